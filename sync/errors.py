@@ -1,0 +1,24 @@
+"""Exception hierarchy shared by all of gearsync.
+
+Every error names the bad value and what was expected.
+"""
+
+
+class SyncError(Exception):
+    """Base class of every error raised by gearsync on purpose."""
+
+
+class ConfigError(SyncError):
+    """Bad or missing configuration value."""
+
+
+class ProtocolError(SyncError):
+    """Bytes on the wire that do not follow the expected protocol."""
+
+
+class SourceError(SyncError):
+    """The change source (trigger jobs, binlog) failed."""
+
+
+class ApplyError(SyncError):
+    """Writing a change to Redis failed."""
