@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -200,16 +201,19 @@ def _float(value: Any, where: str, lo: float, hi: float) -> float:
 
 
 def check_key_template(template: str, where: str = "--key-template") -> str:
-    if "{pk}" not in template:
-        raise ConfigError(f"{where}: {template!r} does not contain {{pk}}; expected e.g. '{{table}}:{{pk}}'")
-    rest = template.replace("{table}", "").replace("{pk}", "")
-    if "{" in rest or "}" in rest:
-        # Only whole Redis Cluster hash tags may remain, e.g. '{{table}}' → '{data}'.
-        stripped = re.sub(r"\{[^{}]*\}", "", template.replace("{table}", "T").replace("{pk}", "P"))
-        if "{" in stripped or "}" in stripped:
-            raise ConfigError(f"{where}: {template!r} has an unknown placeholder; expected only {{table}} and {{pk}}")
-    if _CONTROL.search(template) or len(template) > 512:
+    """Placeholders {table} and {pk}; a literal brace is doubled, so a Redis Cluster hash tag on the
+    table is written '{{{table}}}:{pk}' (→ '{data}:5')."""
+    if _CONTROL.search(template) or not template or len(template) > 512:
         raise ConfigError(f"{where}: {template!r}; expected printable text up to 512 characters")
+    try:
+        fields = [name for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {template!r} is not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
+    unknown = [f for f in fields if f not in ("table", "pk")]
+    if unknown:
+        raise ConfigError(f"{where}: {template!r} has unknown placeholder {{{unknown[0]}}}; expected only {{table}} and {{pk}}")
+    if "pk" not in fields:
+        raise ConfigError(f"{where}: {template!r} does not contain {{pk}}; expected e.g. '{{table}}:{{pk}}'")
     return template
 
 
