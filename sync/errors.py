@@ -22,3 +22,7 @@ class SourceError(SyncError):
 
 class ApplyError(SyncError):
     """Writing a change to Redis failed."""
+
+
+class PayloadError(SyncError):
+    """A job payload (change event) that cannot be parsed or violates the wire format."""

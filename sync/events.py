@@ -1,0 +1,325 @@
+"""Row changes: the `ChangeEvent` type, its wire format v1, and the classic bare payload.
+
+Wire format v1 (one gearman job payload, UTF-8 JSON, at most MAX_PAYLOAD_BYTES):
+
+    {"v":1,"table":"data","op":"update","pk":{"id":5},
+     "row":{"id":5,"volume":3,"name":"x"},"version":123456789012345678,"source":"trigger"}
+
+- "v": the integer 1.
+- "table": the table name; 1..64 characters, no control characters.
+- "op": "insert", "update" or "delete".
+- "pk": an object of primary-key column -> value, in primary-key column order (composite keys have
+  several members). Values are scalars: string, integer, float or {"$b64": ...}; never null or
+  true/false.
+- "row": the whole row after the change, column -> value, for insert and update; absent or null for
+  delete. It contains every pk column with the same value as in "pk".
+- "version": a JSON integer, 0 <= version < 2**64, that orders the changes of one row (a newer
+  change has a larger version). The triggers use UUID_SHORT(), which exceeds 2**53, so the version
+  must never pass through a float: it is compared as a 20-digit decimal string in Redis.
+- "source": "trigger", "binlog", "snapshot" or "seed".
+- Unknown members are rejected.
+
+Row values: string, integer (64-bit), float, null, or {"$b64": "<standard base64>"} for bytes that
+are not valid UTF-8 (what the UDF's JSON builder emits for binary columns). Nested objects or
+arrays are rejected: JSON columns travel as strings. DECIMAL values and integers beyond 64 bits
+must travel as strings (a JSON number that big is silently read as a float by orjson). NaN and
+Infinity are not JSON and are rejected.
+
+A {"$b64": ...} whose bytes are valid UTF-8 is read as the equivalent string, so that every source
+produces one canonical form (`sync.rowcodec.normalize_value` does the same for Python bytes).
+
+Classic payload (the classic recipe, plain function name `syncToRedis`): a JSON object with an
+"id" (integer or non-empty string) such as {"id": 5, "volume": 3}. It is applied exactly as the
+classic worker did: `SET <id> <payload bytes unchanged>`, with no versioning.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeAlias, Union
+
+import orjson
+
+from sync.errors import PayloadError
+
+__all__ = [
+    "WIRE_VERSION",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_NAME_CHARS",
+    "MAX_VERSION",
+    "JSONValue",
+    "Op",
+    "Source",
+    "ChangeEvent",
+    "ClassicSet",
+    "parse_change",
+    "parse_classic",
+    "encode_change",
+    "check_value",
+]
+
+WIRE_VERSION = 1
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+MAX_NAME_CHARS = 64  # MySQL/MariaDB identifier limit
+MAX_PK_COLUMNS = 32
+MAX_VERSION = 2**64 - 1
+
+# What a row or pk value may be: a scalar, or {"$b64": "<base64>"} for non-UTF-8 bytes.
+JSONValue: TypeAlias = Union[str, int, float, None, dict[str, str]]
+
+
+class Op(StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Source(StrEnum):
+    TRIGGER = "trigger"
+    BINLOG = "binlog"
+    SNAPSHOT = "snapshot"
+    SEED = "seed"
+
+
+_OPS = {op.value: op for op in Op}
+_SOURCES = {s.value: s for s in Source}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_REQUIRED = frozenset({"v", "table", "op", "pk", "version", "source"})
+_ALLOWED = _REQUIRED | {"row"}
+
+# Names already checked (table and column names repeat in every event); bounded.
+_good_names: set[str] = set()
+_GOOD_NAMES_MAX = 65536
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_name(name: Any, what: str) -> str:
+    if name in _good_names:
+        return name
+    if not isinstance(name, str):
+        raise PayloadError(f"{what}: expected a string, got {type(name).__name__} {_show(name)}")
+    if not name:
+        raise PayloadError(f"{what}: expected a non-empty name")
+    if len(name) > MAX_NAME_CHARS:
+        raise PayloadError(f"{what}: expected at most {MAX_NAME_CHARS} characters, got {len(name)}: {_show(name)}")
+    if _CONTROL.search(name):
+        raise PayloadError(f"{what}: expected no control characters, got {_show(name)}")
+    if len(_good_names) >= _GOOD_NAMES_MAX:
+        _good_names.clear()
+    _good_names.add(name)
+    return name
+
+
+def _check_b64(value: dict[Any, Any], where: str) -> JSONValue:
+    """A {"$b64": ...} value: strict, canonical base64; returned as str if the bytes are UTF-8."""
+    if len(value) != 1 or "$b64" not in value:
+        raise PayloadError(
+            f"{where}: expected a scalar or {{\"$b64\": ...}}, got an object with keys {_show(sorted(map(str, value)))}"
+        )
+    text = value["$b64"]
+    if not isinstance(text, str):
+        raise PayloadError(f"{where}: $b64 expected a base64 string, got {type(text).__name__}")
+    try:
+        data = binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
+        raise PayloadError(f"{where}: $b64 expected standard padded base64, got {_show(text)} ({exc})") from None
+    if base64.b64encode(data).decode("ascii") != text:
+        raise PayloadError(f"{where}: $b64 expected canonical base64, got {_show(text)}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
+def check_value(value: Any, where: str, *, nullable: bool = True) -> JSONValue:
+    """Validate one row/pk value; returns its canonical form. Raises PayloadError."""
+    t = type(value)
+    if t is str or t is int:
+        return value
+    if t is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise PayloadError(f"{where}: expected a finite number, got {value!r} (NaN/Infinity are not JSON)")
+        return value
+    if value is None:
+        if nullable:
+            return None
+        raise PayloadError(f"{where}: expected a non-null scalar, got null")
+    if t is dict:
+        return _check_b64(value, where)
+    if t is bool:
+        raise PayloadError(f"{where}: expected a string, number or null, got {str(value).lower()}")
+    if t is list:
+        raise PayloadError(f"{where}: expected a scalar, got an array (JSON columns travel as strings)")
+    raise PayloadError(f"{where}: expected a string, number, null or {{\"$b64\": ...}}, got {t.__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """One row change. Construction checks the invariants (raises PayloadError)."""
+
+    table: str
+    op: Op
+    pk: tuple[tuple[str, JSONValue], ...] = field(hash=False)
+    row: dict[str, JSONValue] | None = field(hash=False)
+    version: int
+    source: Source
+
+    def __post_init__(self) -> None:
+        _check_name(self.table, "table")
+        if type(self.op) is not Op:
+            raise PayloadError(f"op: expected an Op, got {_show(self.op)}")
+        if type(self.source) is not Source:
+            raise PayloadError(f"source: expected a Source, got {_show(self.source)}")
+        v = self.version
+        if type(v) is not int or v < 0 or v > MAX_VERSION:
+            raise PayloadError(f"version: expected an integer 0 <= version < 2**64, got {_show(v)}")
+        pk = self.pk
+        if type(pk) is not tuple or not pk:
+            raise PayloadError(f"pk: expected a non-empty tuple of (column, value) pairs, got {_show(pk)}")
+        row = self.row
+        if self.op is Op.DELETE:
+            if row is not None:
+                raise PayloadError("row: expected null for a delete")
+            return
+        if type(row) is not dict:
+            raise PayloadError(f"row: expected an object for {self.op.value}, got {_show(row)}")
+        for col, val in pk:
+            if col not in row:
+                raise PayloadError(f"row: expected pk column {col!r}, missing")
+            got = row[col]
+            if got != val or type(got) is not type(val):
+                raise PayloadError(f"row.{col}: expected the pk value {_show(val)}, got {_show(got)}")
+
+    @property
+    def pk_dict(self) -> dict[str, JSONValue]:
+        return dict(self.pk)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassicSet:
+    """A classic-recipe change: `SET key payload`, unversioned."""
+
+    key: bytes
+    payload: bytes
+
+
+def _loads_object(raw: bytes, what: str) -> dict[str, Any]:
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise PayloadError(f"{what}: expected bytes, got {type(raw).__name__}")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"{what}: payload of {len(raw)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES} bytes")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        hint = ""
+        pos = exc.pos
+        head = bytes(raw[pos : pos + 9]) if isinstance(pos, int) else b""
+        if head.startswith((b"NaN", b"Infinity", b"-Infinity", b"-NaN")):
+            hint = " (NaN/Infinity are not JSON; send null or a string)"
+        elif "infinity" in exc.msg:
+            hint = " (number out of float range)"
+        raise PayloadError(f"{what}: invalid JSON at byte {pos}: {exc.msg}{hint}") from None
+    if type(obj) is not dict:
+        raise PayloadError(f"{what}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def parse_change(raw: bytes) -> ChangeEvent:
+    """Parse and validate one wire-format-v1 payload. Raises PayloadError with a one-line reason."""
+    obj = _loads_object(raw, "payload")
+    keys = obj.keys()
+    if not (_REQUIRED <= keys <= _ALLOWED):
+        missing = sorted(_REQUIRED - keys)
+        unknown = sorted(keys - _ALLOWED)
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown {', '.join(_show(k, 30) for k in unknown)}")
+        raise PayloadError(f"payload: {'; '.join(parts)} (expected keys v, table, op, pk, row, version, source)")
+
+    v = obj["v"]
+    if type(v) is not int or v != WIRE_VERSION:
+        raise PayloadError(f"v: expected {WIRE_VERSION}, got {_show(v)}")
+    table = _check_name(obj["table"], "table")
+    op = _OPS.get(obj["op"]) if type(obj["op"]) is str else None
+    if op is None:
+        raise PayloadError(f"op: expected one of insert, update, delete, got {_show(obj['op'])}")
+    source = _SOURCES.get(obj["source"]) if type(obj["source"]) is str else None
+    if source is None:
+        raise PayloadError(f"source: expected one of trigger, binlog, snapshot, seed, got {_show(obj['source'])}")
+    version = obj["version"]
+    if type(version) is not int or version < 0:
+        extra = " (too large for 64 bits?)" if type(version) is float and version >= 2**63 else ""
+        raise PayloadError(f"version: expected a non-negative integer < 2**64, got {_show(version)}{extra}")
+
+    pk_obj = obj["pk"]
+    if type(pk_obj) is not dict or not pk_obj:
+        raise PayloadError(f"pk: expected a non-empty object of column -> value, got {_show(pk_obj)}")
+    if len(pk_obj) > MAX_PK_COLUMNS:
+        raise PayloadError(f"pk: expected at most {MAX_PK_COLUMNS} columns, got {len(pk_obj)}")
+    pk = []
+    for col, val in pk_obj.items():
+        _check_name(col, "pk column")
+        t = type(val)
+        if t is not int and t is not str:
+            val = check_value(val, f"pk.{col}", nullable=False)
+        pk.append((col, val))
+
+    row = obj.get("row")
+    if op is Op.DELETE:
+        if row is not None:
+            raise PayloadError("row: expected absent or null for a delete")
+    else:
+        if type(row) is not dict:
+            got = "absent" if "row" not in obj else _show(row)
+            raise PayloadError(f"row: expected an object for {op.value}, got {got}")
+        for col, val in row.items():
+            if col not in _good_names:
+                _check_name(col, "row column")
+            t = type(val)
+            if t is str or t is int or val is None:
+                continue
+            fixed = check_value(val, f"row.{col}")
+            if fixed is not val:
+                row[col] = fixed
+    return ChangeEvent(table, op, tuple(pk), row, version, source)
+
+
+def parse_classic(raw: bytes) -> ClassicSet:
+    """Parse a classic-recipe payload (a JSON object with "id"); the payload bytes stay unchanged."""
+    obj = _loads_object(raw, "classic payload")
+    if "id" not in obj:
+        raise PayloadError('classic payload: expected an "id" member, missing')
+    ident = obj["id"]
+    t = type(ident)
+    if t is int:
+        key = str(ident).encode("ascii")
+    elif t is str and ident:
+        key = ident.encode("utf-8")
+    else:
+        raise PayloadError(f"id: expected an integer or a non-empty string, got {_show(ident)}")
+    return ClassicSet(key, bytes(raw))
+
+
+def encode_change(ev: ChangeEvent) -> bytes:
+    """The wire-format-v1 payload of `ev` (the inverse of parse_change)."""
+    obj: dict[str, Any] = {
+        "v": WIRE_VERSION,
+        "table": ev.table,
+        "op": ev.op.value,
+        "pk": dict(ev.pk),
+    }
+    if ev.row is not None:
+        obj["row"] = ev.row
+    obj["version"] = ev.version
+    obj["source"] = ev.source.value
+    return orjson.dumps(obj)

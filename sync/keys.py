@@ -1,0 +1,243 @@
+"""Every Redis key gearsync reads or writes, one function each. No key is built anywhere else.
+
+Row keys come from a per-table template (default "{table}:{pk}"):
+
+    {table}      the table name
+    {pk}         all pk values in pk column order, joined with ":"
+    {pk.<col>}   one pk value
+    {{ and }}    a literal "{" / "}" (to make a Redis Cluster hash tag, e.g. "{{{table}}}:{pk}")
+
+Values (and the table name) are escaped so that two different pks can never share a key, and so
+that only the template can create a Cluster hash tag:
+
+    "\\" -> "\\\\"   ":" -> "\\:"   "{" -> "\\("   "}" -> "\\)"   "" -> "\\e"
+    {"$b64": ...} (non-UTF-8 bytes) -> "\\x" + lowercase hex of the bytes
+    int -> decimal; float -> repr()
+
+An integer and the string of its decimal digits give the same text (5 and "5" -> "5"): the key is
+the value's text, as MySQL prints it. A column's type is fixed, so within one table this never
+merges two rows.
+
+Other keys, all under a prefix (default "gearsync", no braces allowed in it):
+
+    <prefix>:v:<rowkey>  or  <prefix>:v:{<rowkey>}   applied version of a row (same Cluster slot)
+    <prefix>:dead:{<name>}                            dead letters (list of JSON records)
+    <prefix>:dead:{<name>}:processing                 dead letters being replayed
+    <prefix>:stats:<table>                            hash: last_applied_ms, applied_total
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from functools import lru_cache
+from typing import Any, Callable, Sequence
+
+from sync.errors import ConfigError, PayloadError
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_TEMPLATE",
+    "escape",
+    "pk_text",
+    "compile_template",
+    "check_template",
+    "row_key",
+    "version_key",
+    "dead_letter_key",
+    "dead_letter_processing_key",
+    "stats_key",
+    "check_prefix",
+]
+
+DEFAULT_PREFIX = "gearsync"
+DEFAULT_TEMPLATE = "{table}:{pk}"
+
+_ESCAPES = str.maketrans({"\\": "\\\\", ":": "\\:", "{": "\\(", "}": "\\)"})
+_SPECIAL = re.compile(r"[\\:{}]")
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+def escape(value: Any) -> str:
+    """The key text of one pk value (or table name); injective over texts."""
+    t = type(value)
+    if t is int:
+        return str(value)
+    if t is str:
+        if not value:
+            return "\\e"
+        if _SPECIAL.search(value) is None:
+            return value
+        return value.translate(_ESCAPES)
+    if t is float:
+        return repr(value).translate(_ESCAPES)
+    if t is dict and len(value) == 1 and type(value.get("$b64")) is str:
+        return "\\x" + binascii.a2b_base64(value["$b64"]).hex()
+    if t is bytes:
+        try:
+            return escape(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            return "\\x" + value.hex()
+    raise PayloadError(f"key value: expected a string, integer, float or $b64 bytes, got {type(value).__name__}")
+
+
+def pk_text(pk: Sequence[tuple[str, Any]]) -> str:
+    """All pk values, escaped, joined with ":" (the "{pk}" placeholder)."""
+    if len(pk) == 1:
+        return escape(pk[0][1])
+    return ":".join([escape(v) for _, v in pk])
+
+
+KeyBuilder = Callable[[str, Sequence[tuple[str, Any]]], str]
+
+
+@lru_cache(maxsize=256)
+def compile_template(template: str) -> KeyBuilder:
+    """Check a row-key template and return a fast (table, pk) -> key function.
+
+    Raises ConfigError when the template is malformed or could map two rows to one key: it must
+    use {pk} or {pk.<col>}; neighbouring placeholders must be separated by a literal containing
+    ":"; literals must not contain "\\"; literal braces may form at most one hash tag "{...}".
+    """
+    parts: list[tuple[str, str]] = []  # ("lit", text) | ("table", "") | ("pk", "") | ("col", name)
+    pos = 0
+    literal: list[str] = []
+
+    def flush() -> None:
+        text = "".join(literal)
+        literal.clear()
+        if text:
+            parts.append(("lit", text))
+
+    for m in _PLACEHOLDER.finditer(template):
+        literal.append(template[pos : m.start()])
+        pos = m.end()
+        tok = m.group(0)
+        if tok == "{{":
+            literal.append("{")
+        elif tok == "}}":
+            literal.append("}")
+        elif tok in ("{", "}"):
+            raise ConfigError(
+                f"key template {template!r}: single {tok!r} at {m.start()}; expected {{table}}, {{pk}}, "
+                f"{{pk.<column>}}, or {{{{ / }}}} for a literal brace"
+            )
+        else:
+            name = m.group(1)
+            flush()
+            if name == "table":
+                parts.append(("table", ""))
+            elif name == "pk":
+                parts.append(("pk", ""))
+            elif name.startswith("pk.") and len(name) > 3:
+                parts.append(("col", name[3:]))
+            else:
+                raise ConfigError(
+                    f"key template {template!r}: unknown placeholder {{{name}}}; expected {{table}}, {{pk}} or {{pk.<column>}}"
+                )
+    literal.append(template[pos:])
+    flush()
+
+    kinds = [k for k, _ in parts]
+    if "pk" not in kinds and "col" not in kinds:
+        raise ConfigError(f"key template {template!r}: expected {{pk}} or {{pk.<column>}} in it")
+    lits = "".join(text for k, text in parts if k == "lit")
+    if "\\" in lits:
+        raise ConfigError(f"key template {template!r}: expected no backslash in the literal text")
+    braces = "".join(c for c in lits if c in "{}")
+    if braces not in ("", "{}"):
+        raise ConfigError(f"key template {template!r}: literal braces must form at most one hash tag {{...}}")
+    for (k1, _), (k2, t2) in zip(parts, parts[1:]):
+        if k1 != "lit" and k2 != "lit":
+            raise ConfigError(f"key template {template!r}: expected a literal with ':' between placeholders")
+    for i, (k, text) in enumerate(parts):
+        if k == "lit" and 0 < i < len(parts) - 1 and ":" not in text:
+            raise ConfigError(f"key template {template!r}: the literal {text!r} between placeholders needs a ':'")
+    if any(k == "lit" and "{}" in text for k, text in parts):
+        raise ConfigError(f"key template {template!r}: the hash tag {{...}} must not be empty")
+
+    if kinds == ["table", "lit", "pk"]:
+        sep = parts[1][1]
+
+        def build_default(table: str, pk: Sequence[tuple[str, Any]]) -> str:
+            return escape(table) + sep + pk_text(pk)
+
+        return build_default
+
+    frozen = tuple(parts)
+
+    def build(table: str, pk: Sequence[tuple[str, Any]]) -> str:
+        return _render(frozen, table, pk)
+
+    return build
+
+
+def _render(parts: Sequence[tuple[str, str]], table: str, pk: Sequence[tuple[str, Any]]) -> str:
+    out = []
+    for kind, text in parts:
+        if kind == "lit":
+            out.append(text)
+        elif kind == "table":
+            out.append(escape(table))
+        elif kind == "pk":
+            out.append(pk_text(pk))
+        else:
+            for col, val in pk:
+                if col == text:
+                    out.append(escape(val))
+                    break
+            else:
+                raise PayloadError(f"pk: expected column {text!r} (used by the key template), missing")
+    return "".join(out)
+
+
+def check_template(template: str) -> None:
+    """Raise ConfigError if `template` is not a valid row-key template."""
+    compile_template(template)
+
+
+def row_key(template: str, table: str, pk: Sequence[tuple[str, Any]]) -> str:
+    """The Redis key of one row. With {pk.<col>} placeholders the template should use every pk
+    column, or two rows that differ only in an unused column share a key."""
+    return compile_template(template)(table, pk)
+
+
+def check_prefix(prefix: str) -> str:
+    if not prefix or any(c in prefix for c in "{}") or _CONTROL.search(prefix):
+        raise ConfigError(f"key prefix {prefix!r}: expected a non-empty name without braces or control characters")
+    return prefix
+
+
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _has_hash_tag(key: str) -> bool:
+    i = key.find("{")
+    if i < 0:
+        return False
+    j = key.find("}", i + 1)
+    return j > i + 1
+
+
+def version_key(row_key: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Where the applied version (or delete tombstone) of a row lives; same Cluster slot as the row."""
+    if _has_hash_tag(row_key):
+        return f"{prefix}:v:{row_key}"
+    if "}" in row_key:
+        raise ConfigError(f"row key {row_key!r}: has '}}' but no hash tag; cannot co-locate its version key")
+    return f"{prefix}:v:{{{row_key}}}"
+
+
+def dead_letter_key(name: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """List of dead-letter records of one table or gearman function."""
+    return f"{prefix}:dead:{{{escape(name)}}}"
+
+
+def dead_letter_processing_key(name: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Dead letters claimed by a replay and not yet acknowledged (same slot as dead_letter_key)."""
+    return f"{prefix}:dead:{{{escape(name)}}}:processing"
+
+
+def stats_key(table: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Hash of per-table apply statistics: last_applied_ms, applied_total."""
+    return f"{prefix}:stats:{escape(table)}"
