@@ -60,7 +60,10 @@ class Backoff:
         """The delay to wait before the next attempt; grows until max_s."""
         # Cap the exponent so huge attempt counts cannot overflow a float.
         exponent = min(self._attempt, 64)
-        delay = min(self.max_s, self.initial_s * self.multiplier**exponent)
+        try:
+            delay = min(self.max_s, self.initial_s * self.multiplier**exponent)
+        except OverflowError:
+            delay = self.max_s
         self._attempt += 1
         if self.jitter:
             delay *= 1.0 - self.jitter * self._random()
