@@ -4,7 +4,7 @@ Row values are in the canonical JSON-compatible form of `sync.events` (str, int,
 {"$b64": "<base64>"} for bytes that are not UTF-8). Two Redis formats:
 
 - json: `encode_json(row)`: orjson with sorted keys, compact, deterministic. {"$b64": ...} values
-  stay as they are; floats print as orjson prints them (shortest round-trip form, e.g. 1e16).
+  stay as they are; floats print as orjson prints them (shortest round-trip form, e.g. 1e+16).
 - hash: `encode_hash(row)`: one field per non-NULL column (NULL -> field absent); str -> UTF-8,
   int -> decimal, float -> the same text as in json, {"$b64": ...} -> the raw decoded bytes.
 

@@ -1,0 +1,395 @@
+"""RedisApplier: apply a batch of changes to Redis in one round trip, fenced by row versions.
+
+One server-side Lua script (SCRIPT LOAD once, then EVALSHA; reloaded after NOSCRIPT) applies a
+whole batch atomically and in order, and returns one status per event:
+
+- versioned change (ChangeEvent): applied only if its version is newer than the version stored
+  under `keys.version_key(row key)`; an equal or older version is STALE (redelivery is harmless).
+  Versions are stored as 20-digit zero-padded decimal strings and compared in Lua as two
+  10-digit halves, so no version ever passes through a float.
+    insert/update, json:  SET row <encode_json(row)> [PX ttl]; SET version
+    insert/update, hash:  DEL row; HSET row <encode_hash(row)>; [PEXPIRE row ttl]; SET version
+    delete:               DEL row; SET version PX tombstone_ms   (the tombstone)
+  The version key of a row without TTL never expires (it is the fence). With a TTL it expires
+  after max(ttl, tombstone ttl). After a tombstone expires, a late older upsert can resurrect the
+  row: tombstone_ttl_s bounds how late a redelivered change may arrive.
+- classic change (ClassicSet): SET key payload, unversioned, always APPLIED.
+- Per table, in the same script call: HSET <prefix>:stats:<table> last_applied_ms <server ms>,
+  HINCRBY applied_total <n applied>.
+
+Standalone Redis: the batch is ONE EVALSHA. Redis Cluster: events are grouped by hash slot (a row
+key and its version key always share a slot) and each group is one EVALSHA, all sent in one
+cluster pipeline; the stats keys live in other slots, so they are written by a second pipeline
+after the first (only when something was applied), stamped with the client's clock.
+
+Errors: any Redis or connection failure raises ApplyError (with the redis exception as its
+cause); nothing is swallowed. The caller must then not acknowledge the batch and retry it later:
+that is safe, the script is idempotent for versioned changes. A script that fails halfway (e.g.
+OOM) keeps the writes made before the failure; the retry sees them as STALE.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from sync.errors import ApplyError, ConfigError, PayloadError
+from sync.events import ChangeEvent, ClassicSet, Op
+from sync.keys import DEFAULT_PREFIX, check_prefix, compile_template, stats_key
+from sync.rowcodec import encode_hash, encode_json
+
+__all__ = ["TableSpec", "Outcome", "RedisApplier", "APPLY_SCRIPT"]
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """How one table is stored in Redis."""
+
+    name: str
+    key_template: str = "{table}:{pk}"
+    format: str = "json"  # "json" | "hash"
+    ttl_s: int | None = None
+    _build: Callable[..., str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.format not in ("json", "hash"):
+            raise ConfigError(f"table {self.name}: format {self.format!r}; expected json or hash")
+        if self.ttl_s is not None and (type(self.ttl_s) is not int or not 0 < self.ttl_s <= 10 * 365 * 86400):
+            raise ConfigError(f"table {self.name}: ttl_s {self.ttl_s!r}; expected None or 1..{10 * 365 * 86400} seconds")
+        object.__setattr__(self, "_build", compile_template(self.key_template))
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "TableSpec":
+        """From any object with name, key_template, format and ttl_s (e.g. sync.config.TableConfig)."""
+        return cls(cfg.name, cfg.key_template, cfg.format, cfg.ttl_s or None)
+
+
+# Per event, ARGV[2] holds a 41-character record:
+#   op (1: J json upsert, H hash upsert, D delete, C classic SET) | version (20 digits)
+#   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)
+# KEYS: row key, version key (classic: row key twice) per event, then the stats keys.
+# ARGV[1] tombstone ms, ARGV[2] the records, ARGV[3] number of stats keys, ARGV[4..] the values.
+_REC = 41
+APPLY_SCRIPT = r"""
+local sub = string.sub
+local tonumber = tonumber
+local call = redis.call
+local tomb = tonumber(ARGV[1])
+local meta = ARGV[2]
+local nev = #meta / 41
+local nstats = tonumber(ARGV[3])
+local a = 4
+local out = {}
+local counts = {}
+for i = 0, nev - 1 do
+  local m = i * 41
+  local op = sub(meta, m + 1, m + 1)
+  local nv = tonumber(sub(meta, m + 37, m + 41))
+  local rk = KEYS[2 * i + 1]
+  if op == 'C' then
+    call('SET', rk, ARGV[a])
+    out[i + 1] = 'A'
+  else
+    local ver = sub(meta, m + 2, m + 21)
+    local vk = KEYS[2 * i + 2]
+    local cur = call('GET', vk)
+    local newer = true
+    if cur then
+      if cur == ver then
+        newer = false
+      else
+        local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cur, 1, 10))
+        if #cur ~= 20 or ch == nil then
+          return redis.error_reply('gearsync: bad stored version at ' .. vk)
+        end
+        if vh ~= ch then
+          newer = vh > ch
+        else
+          newer = tonumber(sub(ver, 11, 20)) > tonumber(sub(cur, 11, 20))
+        end
+      end
+    end
+    if not newer then
+      out[i + 1] = 'S'
+    else
+      local ttl = tonumber(sub(meta, m + 22, m + 33))
+      if op == 'D' then
+        call('DEL', rk)
+        call('SET', vk, ver, 'PX', tomb)
+      else
+        if op == 'J' then
+          if ttl > 0 then
+            call('SET', rk, ARGV[a], 'PX', ttl)
+          else
+            call('SET', rk, ARGV[a])
+          end
+        else
+          call('DEL', rk)
+          local last = a + nv - 1
+          local j = a
+          while j <= last do
+            local k = j + 7999
+            if k > last then k = last end
+            call('HSET', rk, unpack(ARGV, j, k))
+            j = k + 1
+          end
+          if ttl > 0 then call('PEXPIRE', rk, ttl) end
+        end
+        if ttl > 0 then
+          call('SET', vk, ver, 'PX', math.max(ttl, tomb))
+        else
+          call('SET', vk, ver)
+        end
+      end
+      out[i + 1] = 'A'
+      local si = tonumber(sub(meta, m + 34, m + 36))
+      if si > 0 then counts[si] = (counts[si] or 0) + 1 end
+    end
+  end
+  a = a + nv
+end
+if nstats > 0 then
+  local t = call('TIME')
+  local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+  for s = 1, nstats do
+    if counts[s] then
+      local sk = KEYS[2 * nev + s]
+      call('HSET', sk, 'last_applied_ms', ms)
+      call('HINCRBY', sk, 'applied_total', counts[s])
+    end
+  end
+end
+return table.concat(out)
+"""
+
+_ZERO_VERSION = "0" * 20
+
+
+class _Table:
+    """Per-table precomputed state used on the hot path."""
+
+    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key")
+
+    def __init__(self, spec: TableSpec, prefix: str) -> None:
+        self.spec = spec
+        self.build = spec._build
+        self.op_upsert = "J" if spec.format == "json" else "H"
+        self.ttl_ms = (spec.ttl_s or 0) * 1000
+        # Literal braces in a valid template always form the hash tag; values never add braces.
+        self.vk_tagged = "{{" in spec.key_template
+        self.stats_key = stats_key(spec.name, prefix)
+
+
+class RedisApplier:
+    """Applies batches of ChangeEvent / ClassicSet to Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: Any,
+        tables: Mapping[str, TableSpec],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        tombstone_ttl_s: int = 86400,
+        stats: bool = True,
+    ) -> None:
+        if type(tombstone_ttl_s) is not int or tombstone_ttl_s <= 0:
+            raise ConfigError(f"tombstone_ttl_s: {tombstone_ttl_s!r}; expected a positive number of seconds")
+        self._redis = redis
+        self._cluster = isinstance(redis, RedisCluster)
+        self._prefix = check_prefix(prefix)
+        self._vprefix = prefix + ":v:"
+        self._tomb_ms = str(tombstone_ttl_s * 1000)
+        self._stats = stats
+        self._tables: dict[str, _Table] = {}
+        for name, spec in tables.items():
+            if spec.name != name:
+                raise ConfigError(f"tables: key {name!r} holds the spec of {spec.name!r}")
+            self._tables[name] = _Table(spec, prefix)
+        self._sha: str | None = None
+
+    @property
+    def tables(self) -> Mapping[str, TableSpec]:
+        return {name: t.spec for name, t in self._tables.items()}
+
+    # -- keys ------------------------------------------------------------------------------
+    def row_key(self, ev: ChangeEvent) -> str:
+        """The Redis key of the event's row. Raises PayloadError for an unknown table."""
+        t = self._tables.get(ev.table)
+        if t is None:
+            raise PayloadError(f"table: {ev.table!r} is not configured; expected one of {', '.join(sorted(self._tables))}")
+        return t.build(ev.table, ev.pk)
+
+    def check(self, ev: ChangeEvent | ClassicSet) -> None:
+        """Raise PayloadError if `ev` cannot be applied (unknown table, pk column missing for the
+        key template). The worker calls it per job, to dead-letter a bad job alone."""
+        if type(ev) is ChangeEvent:
+            self.row_key(ev)
+        elif type(ev) is not ClassicSet:
+            raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
+
+    def version_key_of(self, row_key: str, table: str) -> str:
+        t = self._tables[table]
+        return self._vprefix + row_key if t.vk_tagged else self._vprefix + "{" + row_key + "}"
+
+    # -- script ----------------------------------------------------------------------------
+    async def load_script(self) -> str:
+        try:
+            sha = await self._redis.script_load(APPLY_SCRIPT)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis SCRIPT LOAD failed: {type(exc).__name__}: {exc}") from exc
+        self._sha = sha.decode() if isinstance(sha, bytes) else sha
+        return self._sha
+
+    def _build_args(self, events: Sequence[ChangeEvent | ClassicSet]) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV for one script call over `events`."""
+        keys: list[Any] = []
+        values: list[Any] = []
+        meta: list[str] = []
+        stats: dict[str, int] = {}
+        tables = self._tables
+        vprefix = self._vprefix
+        want_stats = self._stats and not self._cluster
+        for ev in events:
+            if type(ev) is ChangeEvent:
+                t = tables.get(ev.table)
+                if t is None:
+                    raise PayloadError(
+                        f"table: {ev.table!r} is not configured; expected one of {', '.join(sorted(tables))}"
+                    )
+                rk = t.build(ev.table, ev.pk)
+                keys.append(rk)
+                keys.append(vprefix + rk if t.vk_tagged else vprefix + "{" + rk + "}")
+                si = 0
+                if want_stats:
+                    si = stats.get(t.stats_key, 0)
+                    if not si:
+                        si = stats[t.stats_key] = len(stats) + 1
+                if ev.op is Op.DELETE:
+                    meta.append(f"D{ev.version:020d}000000000000{si:03d}00000")
+                elif t.op_upsert == "J":
+                    values.append(encode_json(ev.row))  # type: ignore[arg-type]
+                    meta.append(f"J{ev.version:020d}{t.ttl_ms:012d}{si:03d}00001")
+                else:
+                    n = 0
+                    for f, v in encode_hash(ev.row).items():  # type: ignore[arg-type]
+                        values.append(f)
+                        values.append(v)
+                        n += 2
+                    meta.append(f"H{ev.version:020d}{t.ttl_ms:012d}{si:03d}{n:05d}")
+            elif type(ev) is ClassicSet:
+                keys.append(ev.key)
+                keys.append(ev.key)
+                values.append(ev.payload)
+                meta.append("C" + _ZERO_VERSION + "000000000000000" + "00001")
+            else:
+                raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
+        if len(stats) > 999:
+            raise PayloadError(f"batch: {len(stats)} tables in one batch; expected at most 999")
+        keys.extend(stats)
+        return keys, [self._tomb_ms, "".join(meta), len(stats), *values]
+
+    # -- apply -----------------------------------------------------------------------------
+    async def apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> list[Outcome]:
+        """Apply `events` in order; one Outcome per event, same order.
+
+        Raises PayloadError (before touching Redis) if an event cannot be keyed, and ApplyError
+        if Redis fails: then nothing may be acknowledged, and retrying the batch is safe.
+        """
+        if not events:
+            return []
+        if self._cluster:
+            return await self._apply_cluster(events)
+        keys, argv = self._build_args(events)
+        if self._sha is None:
+            await self.load_script()
+        try:
+            try:
+                reply = await self._redis.evalsha(self._sha, len(keys), *keys, *argv)
+            except redis.exceptions.NoScriptError:
+                await self.load_script()
+                reply = await self._redis.evalsha(self._sha, len(keys), *keys, *argv)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis apply of {len(events)} events failed: {type(exc).__name__}: {exc}") from exc
+        return self._outcomes(reply, len(events))
+
+    @staticmethod
+    def _outcomes(reply: Any, n: int) -> list[Outcome]:
+        if isinstance(reply, str):
+            reply = reply.encode()
+        if not isinstance(reply, bytes) or len(reply) != n:
+            raise ApplyError(f"apply script: expected {n} statuses, got {reply!r:.80}")
+        applied, stale = Outcome.APPLIED, Outcome.STALE
+        return [applied if c == 65 else stale for c in reply]  # 65 = ord("A")
+
+    async def _apply_cluster(self, events: Sequence[ChangeEvent | ClassicSet]) -> list[Outcome]:
+        groups: dict[int, list[int]] = {}
+        for i, ev in enumerate(events):
+            if type(ev) is ChangeEvent:
+                rk = self.row_key(ev).encode()
+            elif type(ev) is ClassicSet:
+                rk = ev.key
+            else:
+                raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
+            groups.setdefault(key_slot(rk), []).append(i)
+        calls = {slot: self._build_args([events[i] for i in idx]) for slot, idx in groups.items()}
+        if self._sha is None:
+            await self.load_script()
+        out: list[Outcome | None] = [None] * len(events)
+        pending = list(calls)
+        for attempt in range(2):
+            try:
+                pipe = self._redis.pipeline()
+                for slot in pending:
+                    keys, argv = calls[slot]
+                    pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *argv)
+                replies = await pipe.execute(raise_on_error=False)
+            except (redis.exceptions.RedisError, OSError) as exc:
+                raise ApplyError(f"redis cluster apply of {len(events)} events failed: {type(exc).__name__}: {exc}") from exc
+            retry = []
+            for slot, reply in zip(pending, replies):
+                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
+                    retry.append(slot)
+                    continue
+                if isinstance(reply, BaseException):
+                    raise ApplyError(
+                        f"redis cluster apply of {len(events)} events failed in slot {slot}: "
+                        f"{type(reply).__name__}: {reply}"
+                    ) from reply
+                for i, oc in zip(groups[slot], self._outcomes(reply, len(groups[slot]))):
+                    out[i] = oc
+            if not retry:
+                break
+            await self.load_script()
+            pending = retry
+        if self._stats:
+            await self._cluster_stats(events, out)
+        return out  # type: ignore[return-value]
+
+    async def _cluster_stats(self, events: Sequence[ChangeEvent | ClassicSet], out: Sequence[Outcome | None]) -> None:
+        counts: dict[str, int] = {}
+        for ev, oc in zip(events, out):
+            if oc is Outcome.APPLIED and type(ev) is ChangeEvent:
+                sk = self._tables[ev.table].stats_key
+                counts[sk] = counts.get(sk, 0) + 1
+        if not counts:
+            return
+        ms = int(time.time() * 1000)  # the client's clock: TIME would cost one more round trip
+        try:
+            pipe = self._redis.pipeline()
+            for sk, n in counts.items():
+                pipe.hset(sk, "last_applied_ms", ms)
+                pipe.hincrby(sk, "applied_total", n)
+            await pipe.execute()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis cluster stats update failed: {type(exc).__name__}: {exc}") from exc
