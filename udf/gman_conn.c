@@ -1,0 +1,845 @@
+/*
+ * gman_conn.c — one cached gearmand connection per mysqld thread and the
+ * few packets of the Gearman binary protocol a client needs.
+ *
+ * Why not libgearman: inside mysqld every call must be bounded by a deadline
+ * we choose, must never raise SIGPIPE, and must cost one write and one read
+ * on the common path.  libgearman's client has its own timeout model (per
+ * operation, not per call), its own connection/universe lifetime and extra
+ * runtime dependencies loaded into mysqld.  A client only needs SUBMIT_JOB*
+ * out and five response packets in, so we write them ourselves: a
+ * non-blocking socket, poll() with one absolute deadline per call, send()
+ * with MSG_NOSIGNAL, and a reader that caps every packet size.
+ *
+ * Packet: 4-byte magic ("\0REQ" / "\0RES"), 4-byte big-endian type, 4-byte
+ * big-endian size, then NUL-separated arguments (the last one may hold any
+ * byte).  SUBMIT_JOB*: function\0unique\0workload -> JOB_CREATED(handle);
+ * for a foreground job then WORK_DATA/WORK_WARNING/WORK_STATUS… and finally
+ * WORK_COMPLETE(handle\0data) or WORK_FAIL(handle) / WORK_EXCEPTION.
+ */
+#define _GNU_SOURCE
+#include "gearsync_udf.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+enum {
+    PKT_SUBMIT_JOB = 7,
+    PKT_JOB_CREATED = 8,
+    PKT_WORK_STATUS = 12,
+    PKT_WORK_COMPLETE = 13,
+    PKT_WORK_FAIL = 14,
+    PKT_SUBMIT_JOB_BG = 18,
+    PKT_ERROR = 19,
+    PKT_SUBMIT_JOB_HIGH = 21,
+    PKT_WORK_EXCEPTION = 25,
+    PKT_WORK_DATA = 28,
+    PKT_WORK_WARNING = 29,
+    PKT_SUBMIT_JOB_HIGH_BG = 32,
+    PKT_SUBMIT_JOB_LOW = 33,
+    PKT_SUBMIT_JOB_LOW_BG = 34,
+};
+
+#define HDR 12u
+#define RBUF_KEEP 4096u /* read buffer kept between calls */
+
+/* Outcome of one attempt on one server. */
+enum attempt_rc {
+    A_OK = 0,
+    A_STALE,       /* reused connection was closed by the peer: reconnect */
+    A_SERVER_FAIL, /* connect/IO/timeout/garbage: mark dead, fail over */
+    A_SERVER_ERR,  /* gearmand answered ERROR: try the next server */
+    A_JOB_FAIL,    /* job accepted, then failed/timed out: give up */
+};
+
+struct gs_thread {
+    struct gs_thread *prev, *next; /* registry, under g_threads_lock */
+    uint64_t version;              /* of cfg */
+    struct gs_config cfg;
+    struct sockaddr_storage addr[GS_MAX_SERVERS];
+    socklen_t addrlen[GS_MAX_SERVERS]; /* 0 = not resolved yet */
+    int fd;                            /* cached connection or -1 */
+    unsigned server;                   /* index fd is connected to */
+    int reused;                        /* fd already completed a request */
+    unsigned char seed[12];            /* random per thread: unique ids */
+    uint64_t counter;
+    char *rbuf;
+    size_t rlen, rcap;
+    char err[320];
+};
+
+static pthread_key_t g_key;
+static int g_key_ok;
+static pthread_mutex_t g_threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct gs_thread *g_threads; /* guarded by g_threads_lock */
+
+/* ------------------------------------------------------------ buffers */
+
+int gs_buf_reserve(struct gs_buf *b, size_t extra)
+{
+    size_t need;
+    if (__builtin_add_overflow(b->len, extra, &need) || need > b->max)
+        return -1;
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap = cap > b->max / 2 ? b->max : cap * 2;
+    char *p = realloc(b->p, cap);
+    if (!p)
+        return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+void gs_buf_free(struct gs_buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ------------------------------------------------------------ threads */
+
+static void close_fd(struct gs_thread *t)
+{
+    if (t->fd >= 0)
+        close(t->fd);
+    t->fd = -1;
+    t->reused = 0;
+    t->rlen = 0;
+}
+
+static void thread_free(void *p)
+{
+    struct gs_thread *t = p;
+    if (!t)
+        return;
+    pthread_mutex_lock(&g_threads_lock);
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        g_threads = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    pthread_mutex_unlock(&g_threads_lock);
+    close_fd(t);
+    free(t->rbuf);
+    free(t);
+}
+
+__attribute__((constructor)) static void conn_init(void)
+{
+    g_key_ok = pthread_key_create(&g_key, thread_free) == 0;
+}
+
+/* On dlclose (DROP FUNCTION of the last UDF): the key's destructor would
+ * point into unmapped code, so delete the key first, then close every
+ * thread's connection ourselves. */
+__attribute__((destructor)) static void conn_fini(void)
+{
+    if (g_key_ok)
+        pthread_key_delete(g_key);
+    g_key_ok = 0;
+    pthread_mutex_lock(&g_threads_lock);
+    struct gs_thread *t = g_threads;
+    g_threads = NULL;
+    pthread_mutex_unlock(&g_threads_lock);
+    while (t) {
+        struct gs_thread *next = t->next;
+        close_fd(t);
+        free(t->rbuf);
+        free(t);
+        t = next;
+    }
+}
+
+static void seed_thread(struct gs_thread *t)
+{
+    ssize_t r = getrandom(t->seed, sizeof t->seed, GRND_NONBLOCK);
+    if (r != (ssize_t)sizeof t->seed) {
+        /* entropy pool not ready (early boot): still unique enough across
+         * threads/processes/restarts — mix address, pid, time */
+        uint64_t a = (uint64_t)(uintptr_t)t ^ ((uint64_t)getpid() << 32);
+        uint64_t b = (uint64_t)gs_now_us() * 0x9E3779B97F4A7C15ull;
+        memcpy(t->seed, &a, 8);
+        memcpy(t->seed + 8, &b, 4);
+    }
+}
+
+static struct gs_thread *thread_get(void)
+{
+    struct gs_thread *t;
+    if (!g_key_ok)
+        return NULL;
+    t = pthread_getspecific(g_key);
+    if (t)
+        return t;
+    t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->fd = -1;
+    t->version = (uint64_t)-1;
+    seed_thread(t);
+    if (pthread_setspecific(g_key, t) != 0) {
+        free(t);
+        return NULL;
+    }
+    pthread_mutex_lock(&g_threads_lock);
+    t->next = g_threads;
+    if (g_threads)
+        g_threads->prev = t;
+    g_threads = t;
+    pthread_mutex_unlock(&g_threads_lock);
+    return t;
+}
+
+const char *gs_last_error(void)
+{
+    struct gs_thread *t = thread_get();
+    return t ? t->err : "gearsync_udf: out of memory";
+}
+
+void gs_set_last_error(const char *msg)
+{
+    struct gs_thread *t = thread_get();
+    if (t)
+        snprintf(t->err, sizeof t->err, "%s", msg ? msg : "");
+}
+
+void gs_thread_disconnect(void)
+{
+    struct gs_thread *t = thread_get();
+    if (t)
+        close_fd(t);
+}
+
+static void refresh_config(struct gs_thread *t)
+{
+    if (gs_config_version() == t->version)
+        return;
+    close_fd(t);
+    t->version = gs_config_snapshot(&t->cfg);
+    memset(t->addrlen, 0, sizeof t->addrlen);
+}
+
+/* ------------------------------------------------------------ errors */
+
+static void set_err(struct gs_thread *t, unsigned idx, const char *what,
+                    int e)
+{
+    char ebuf[128];
+    const char *msg = "";
+    if (e)
+        msg = strerror_r(e, ebuf, sizeof ebuf); /* GNU variant */
+    if (idx < t->cfg.n)
+        snprintf(t->err, sizeof t->err, "%s:%u: %s%s%s",
+                 t->cfg.servers[idx].host, (unsigned)t->cfg.servers[idx].port,
+                 what, e ? ": " : "", msg);
+    else
+        snprintf(t->err, sizeof t->err, "%s%s%s", what, e ? ": " : "", msg);
+}
+
+/* ------------------------------------------------------------ I/O */
+
+/* Wait for events on fd until deadline_ms. 1 ready, 0 timeout, -1 error. */
+static int wait_fd(int fd, short events, int64_t deadline_ms)
+{
+    for (;;) {
+        int64_t left = deadline_ms - gs_now_ms();
+        if (left < 0)
+            return 0;
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, (int)(left > 3600000 ? 3600000 : left));
+        if (r > 0)
+            return 1;
+        if (r == 0) {
+            if (gs_now_ms() >= deadline_ms)
+                return 0;
+            continue;
+        }
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+static int resolve(struct gs_thread *t, unsigned idx)
+{
+    struct addrinfo hints, *res = NULL;
+    char port[8];
+    if (t->addrlen[idx])
+        return 0;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(port, sizeof port, "%u", (unsigned)t->cfg.servers[idx].port);
+    /* A numeric address resolves without I/O.  A host name goes through the
+     * system resolver once per thread and config (README: prefer addresses
+     * or /etc/hosts names, DNS has no deadline here). */
+    int rc = getaddrinfo(t->cfg.servers[idx].host, port, &hints, &res);
+    if (rc != 0 || !res) {
+        snprintf(t->err, sizeof t->err, "%s:%u: resolve: %s",
+                 t->cfg.servers[idx].host, (unsigned)t->cfg.servers[idx].port,
+                 rc ? gai_strerror(rc) : "no address");
+        if (res)
+            freeaddrinfo(res);
+        return -1;
+    }
+    if (res->ai_addrlen > sizeof t->addr[idx]) {
+        freeaddrinfo(res);
+        return -1;
+    }
+    memcpy(&t->addr[idx], res->ai_addr, res->ai_addrlen);
+    t->addrlen[idx] = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static int do_connect(struct gs_thread *t, unsigned idx, int64_t deadline)
+{
+    int fd, one = 1, e;
+    if (resolve(t, idx) != 0)
+        return -1;
+    fd = socket(t->addr[idx].ss_family,
+                SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        set_err(t, idx, "socket", errno);
+        return -1;
+    }
+    /* The fd is non-blocking and every call waits in poll() with our
+     * deadline; SO_SNDTIMEO/SO_RCVTIMEO (set too, belt and braces) would only
+     * matter if someone made it blocking. */
+    struct timeval tv = {.tv_sec = t->cfg.timeout_ms / 1000,
+                         .tv_usec = (t->cfg.timeout_ms % 1000) * 1000};
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+        e = errno;
+        close(fd);
+        set_err(t, idx, "setsockopt", e);
+        return -1;
+    }
+    if (connect(fd, (struct sockaddr *)&t->addr[idx], t->addrlen[idx]) != 0) {
+        if (errno != EINPROGRESS && errno != EINTR) {
+            e = errno;
+            close(fd);
+            t->addrlen[idx] = 0;
+            set_err(t, idx, "connect", e);
+            return -1;
+        }
+        int w = wait_fd(fd, POLLOUT, deadline);
+        socklen_t sl = sizeof e;
+        e = 0;
+        if (w <= 0) {
+            e = w == 0 ? ETIMEDOUT : errno;
+        } else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) != 0) {
+            e = errno;
+        }
+        if (e) {
+            close(fd);
+            t->addrlen[idx] = 0;
+            set_err(t, idx, "connect", e);
+            return -1;
+        }
+    }
+    t->fd = fd;
+    t->server = idx;
+    t->reused = 0;
+    t->rlen = 0;
+    return 0;
+}
+
+/* A cached connection the peer has closed (gearmand restarted) shows as
+ * readable: EOF or an error.  Bytes we did not ask for also mean it is out
+ * of sync.  One non-blocking peek, no wait. */
+static int looks_stale(int fd)
+{
+    char c;
+    ssize_t r = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return 0;
+    return 1;
+}
+
+static int send_all(int fd, struct iovec *iov, int iovcnt, int64_t deadline,
+                    int *err)
+{
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    while (iovcnt > 0) {
+        m.msg_iov = iov;
+        m.msg_iovlen = (size_t)iovcnt;
+        ssize_t w = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                int r = wait_fd(fd, POLLOUT, deadline);
+                if (r <= 0) {
+                    *err = r == 0 ? ETIMEDOUT : errno;
+                    return -1;
+                }
+                continue;
+            }
+            *err = errno;
+            return -1;
+        }
+        size_t n = (size_t)w;
+        while (iovcnt > 0 && n >= iov->iov_len) {
+            n -= iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            iov->iov_base = (char *)iov->iov_base + n;
+            iov->iov_len -= n;
+        }
+    }
+    return 0;
+}
+
+static uint32_t be32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return ((uint32_t)u[0] << 24) | ((uint32_t)u[1] << 16) |
+           ((uint32_t)u[2] << 8) | (uint32_t)u[3];
+}
+
+static void put_be32(char *p, uint32_t v)
+{
+    p[0] = (char)(v >> 24);
+    p[1] = (char)(v >> 16);
+    p[2] = (char)(v >> 8);
+    p[3] = (char)v;
+}
+
+/* Drop the packet at the head of rbuf. */
+static void consume(struct gs_thread *t, size_t n)
+{
+    if (n >= t->rlen) {
+        t->rlen = 0;
+        return;
+    }
+    memmove(t->rbuf, t->rbuf + n, t->rlen - n);
+    t->rlen -= n;
+}
+
+/* Read one response packet into rbuf[0..HDR+size).
+ * 0 ok; -1 with *err = errno-ish (ECONNRESET for EOF, ETIMEDOUT, EPROTO). */
+static int read_packet(struct gs_thread *t, int64_t deadline, size_t max_size,
+                       uint32_t *type, uint32_t *size, int *err)
+{
+    for (;;) {
+        if (t->rlen >= HDR) {
+            if (memcmp(t->rbuf, "\0RES", 4) != 0) {
+                *err = EPROTO;
+                return -1;
+            }
+            *type = be32(t->rbuf + 4);
+            *size = be32(t->rbuf + 8);
+            if (*size > max_size) {
+                *err = EMSGSIZE;
+                return -1;
+            }
+            if (t->rlen >= HDR + (size_t)*size)
+                return 0;
+        }
+        size_t need = t->rlen >= HDR ? HDR + (size_t)*size : HDR;
+        if (need < RBUF_KEEP)
+            need = RBUF_KEEP;
+        if (t->rcap < need) {
+            char *p = realloc(t->rbuf, need);
+            if (!p) {
+                *err = ENOMEM;
+                return -1;
+            }
+            t->rbuf = p;
+            t->rcap = need;
+        }
+        int w = wait_fd(t->fd, POLLIN, deadline);
+        if (w <= 0) {
+            *err = w == 0 ? ETIMEDOUT : errno;
+            return -1;
+        }
+        ssize_t r = recv(t->fd, t->rbuf + t->rlen, t->rcap - t->rlen,
+                         MSG_DONTWAIT);
+        if (r == 0) {
+            *err = ECONNRESET;
+            return -1;
+        }
+        if (r < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                continue;
+            *err = errno;
+            return -1;
+        }
+        t->rlen += (size_t)r;
+    }
+}
+
+static uint32_t request_type(int background, enum gs_priority prio)
+{
+    static const uint32_t bg[3] = {PKT_SUBMIT_JOB_BG, PKT_SUBMIT_JOB_HIGH_BG,
+                                   PKT_SUBMIT_JOB_LOW_BG};
+    static const uint32_t fg[3] = {PKT_SUBMIT_JOB, PKT_SUBMIT_JOB_HIGH,
+                                   PKT_SUBMIT_JOB_LOW};
+    unsigned p = (unsigned)prio < 3 ? (unsigned)prio : 0;
+    return background ? bg[p] : fg[p];
+}
+
+struct job {
+    int background;
+    enum gs_priority prio;
+    const char *fn, *unique, *wl;
+    size_t fnlen, uqlen, wllen;
+    char *handle; /* background: out */
+    size_t handle_size;
+    struct gs_buf *out; /* foreground: out */
+    int64_t result_deadline;
+};
+
+static int is_peer_gone(int e)
+{
+    return e == EPIPE || e == ECONNRESET || e == ENOTCONN;
+}
+
+/* One attempt on the connected t->fd. */
+static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
+                               int64_t submit_deadline)
+{
+    char head[HDR + GS_MAX_FUNCTION + 1 + GS_MAX_UNIQUE + 1];
+    unsigned idx = t->server;
+    int e = 0;
+    int reused = t->reused;
+    uint32_t type, size;
+
+    if (reused && looks_stale(t->fd))
+        return A_STALE;
+
+    size_t plen = j->fnlen + 1 + j->uqlen + 1 + j->wllen; /* caller capped */
+    memcpy(head, "\0REQ", 4);
+    put_be32(head + 4, request_type(j->background, j->prio));
+    put_be32(head + 8, (uint32_t)plen);
+    memcpy(head + HDR, j->fn, j->fnlen);
+    head[HDR + j->fnlen] = '\0';
+    memcpy(head + HDR + j->fnlen + 1, j->unique, j->uqlen);
+    head[HDR + j->fnlen + 1 + j->uqlen] = '\0';
+    struct iovec iov[2] = {
+        {.iov_base = head, .iov_len = HDR + j->fnlen + 1 + j->uqlen + 1},
+        {.iov_base = (void *)j->wl, .iov_len = j->wllen},
+    };
+    if (send_all(t->fd, iov, j->wllen ? 2 : 1, submit_deadline, &e) != 0) {
+        set_err(t, idx, "send", e);
+        return reused && is_peer_gone(e) ? A_STALE : A_SERVER_FAIL;
+    }
+    if (read_packet(t, submit_deadline, GS_MAX_SMALL_PACKET, &type, &size,
+                    &e) != 0) {
+        set_err(t, idx,
+                e == ETIMEDOUT ? "no JOB_CREATED before the deadline"
+                               : "reading JOB_CREATED",
+                e == ETIMEDOUT ? 0 : e);
+        return reused && t->rlen == 0 && is_peer_gone(e) ? A_STALE
+                                                          : A_SERVER_FAIL;
+    }
+    if (type == PKT_ERROR) {
+        /* ERROR: code\0text — report it; the connection stays in sync */
+        char msg[200];
+        size_t n = size < sizeof msg - 1 ? size : sizeof msg - 1;
+        for (size_t i = 0; i < n; i++) {
+            char c = t->rbuf[HDR + i];
+            msg[i] = (c == '\0') ? ' ' : (c < 0x20 || c == 0x7f) ? '?' : c;
+        }
+        msg[n] = '\0';
+        consume(t, HDR + size);
+        snprintf(t->err, sizeof t->err, "%s:%u: gearmand ERROR %s",
+                 t->cfg.servers[idx].host, (unsigned)t->cfg.servers[idx].port,
+                 msg);
+        t->reused = 1;
+        return A_SERVER_ERR;
+    }
+    if (type != PKT_JOB_CREATED || size == 0) {
+        snprintf(t->err, sizeof t->err,
+                 "%s:%u: unexpected packet type %u instead of JOB_CREATED",
+                 t->cfg.servers[idx].host, (unsigned)t->cfg.servers[idx].port,
+                 (unsigned)type);
+        return A_SERVER_FAIL;
+    }
+    /* the handle; gearmand's are ~20 bytes, GEARMAN_JOB_HANDLE_SIZE is 64 */
+    char handle[256];
+    size_t hlen = size;
+    if (memchr(t->rbuf + HDR, '\0', size) || hlen >= sizeof handle) {
+        snprintf(t->err, sizeof t->err, "%s:%u: malformed job handle",
+                 t->cfg.servers[idx].host, (unsigned)t->cfg.servers[idx].port);
+        return A_SERVER_FAIL;
+    }
+    memcpy(handle, t->rbuf + HDR, hlen);
+    handle[hlen] = '\0';
+    consume(t, HDR + size);
+    t->reused = 1;
+
+    if (j->background) {
+        if (hlen >= j->handle_size)
+            hlen = j->handle_size - 1;
+        memcpy(j->handle, handle, hlen);
+        j->handle[hlen] = '\0';
+        return A_OK;
+    }
+
+    /* Foreground: wait for the worker until the (longer) result deadline. */
+    for (;;) {
+        if (read_packet(t, j->result_deadline, GS_MAX_PAYLOAD + hlen + 1,
+                        &type, &size, &e) != 0) {
+            set_err(t, idx,
+                    e == ETIMEDOUT ? "no result before do_timeout_ms"
+                    : e == EMSGSIZE ? "result larger than 64 MiB"
+                                    : "reading result",
+                    (e == ETIMEDOUT || e == EMSGSIZE) ? 0 : e);
+            close_fd(t); /* a late answer would desync the connection */
+            return A_JOB_FAIL;
+        }
+        const char *data = t->rbuf + HDR;
+        size_t dlen = 0;
+        int ours = size >= hlen && memcmp(data, handle, hlen) == 0 &&
+                   (size == hlen || data[hlen] == '\0');
+        if (size > hlen)
+            dlen = size - hlen - 1;
+        switch (type) {
+        case PKT_WORK_DATA:
+        case PKT_WORK_COMPLETE:
+            if (!ours) {
+                snprintf(t->err, sizeof t->err, "foreign job handle");
+                close_fd(t);
+                return A_JOB_FAIL;
+            }
+            if (dlen && gs_buf_reserve(j->out, dlen) != 0) {
+                snprintf(t->err, sizeof t->err,
+                         "result larger than 64 MiB or out of memory");
+                close_fd(t);
+                return A_JOB_FAIL;
+            }
+            if (dlen)
+                memcpy(j->out->p + j->out->len, data + hlen + 1, dlen);
+            j->out->len += dlen;
+            consume(t, HDR + size);
+            if (type == PKT_WORK_COMPLETE)
+                return A_OK;
+            break;
+        case PKT_WORK_FAIL:
+        case PKT_WORK_EXCEPTION:
+            consume(t, HDR + size);
+            snprintf(t->err, sizeof t->err, "job %s: %s", handle,
+                     type == PKT_WORK_FAIL ? "WORK_FAIL" : "WORK_EXCEPTION");
+            if (!ours)
+                close_fd(t);
+            return A_JOB_FAIL;
+        case PKT_ERROR:
+            consume(t, HDR + size);
+            snprintf(t->err, sizeof t->err, "job %s: gearmand ERROR", handle);
+            close_fd(t);
+            return A_JOB_FAIL;
+        default: /* WORK_STATUS, WORK_WARNING, anything new: not ours to use */
+            consume(t, HDR + size);
+            break;
+        }
+    }
+}
+
+static int submit(struct job *j)
+{
+    struct gs_thread *t = thread_get();
+    if (!t)
+        return -1;
+    t->err[0] = '\0';
+    refresh_config(t);
+    if (t->cfg.n == 0) {
+        snprintf(t->err, sizeof t->err, "no job servers configured");
+        return -1;
+    }
+
+    char uq[2 * sizeof t->seed + 16 + 1];
+    if (j->uqlen == 0) {
+        static const char hex[] = "0123456789abcdef";
+        size_t k = 0;
+        for (size_t i = 0; i < sizeof t->seed; i++) {
+            uq[k++] = hex[t->seed[i] >> 4];
+            uq[k++] = hex[t->seed[i] & 15];
+        }
+        uint64_t c = ++t->counter;
+        for (int s = 60; s >= 0; s -= 4)
+            uq[k++] = hex[(c >> s) & 15];
+        uq[k] = '\0';
+        j->unique = uq;
+        j->uqlen = k;
+    }
+
+    int64_t start = gs_now_ms();
+    int64_t submit_end = start + t->cfg.timeout_ms;
+    j->result_deadline = start + t->cfg.do_timeout_ms;
+    if (!j->background && j->result_deadline < submit_end)
+        submit_end = j->result_deadline;
+
+    unsigned char tried[GS_MAX_SERVERS] = {0};
+    int stale_retry_used = 0;
+    int have_err = 0;
+
+    for (;;) {
+        if (t->fd < 0) {
+            /* pick the first usable server in list order */
+            int64_t now = gs_now_ms();
+            unsigned left = 0, pick = GS_MAX_SERVERS;
+            for (unsigned i = 0; i < t->cfg.n; i++) {
+                if (tried[i] || !gs_server_usable(t->version, i, now))
+                    continue;
+                if (pick == GS_MAX_SERVERS)
+                    pick = i;
+                left++;
+            }
+            if (pick == GS_MAX_SERVERS) {
+                if (!have_err)
+                    snprintf(t->err, sizeof t->err,
+                             "all job servers failed within the last "
+                             "retry_ms=%u ms",
+                             t->cfg.retry_ms);
+                return -1;
+            }
+            int64_t remaining = submit_end - now;
+            if (remaining <= 0) {
+                if (!have_err)
+                    snprintf(t->err, sizeof t->err,
+                             "timeout_ms=%u used up", t->cfg.timeout_ms);
+                return -1;
+            }
+            /* share what is left between the servers still to try */
+            int64_t dl = now + (remaining + left - 1) / left;
+            tried[pick] = 1;
+            if (do_connect(t, pick, dl) != 0) {
+                gs_server_failed(t->version, pick, gs_now_ms(), t->err);
+                have_err = 1;
+                continue;
+            }
+            gs_server_ok(t->version, pick);
+            enum attempt_rc rc = attempt(t, j, dl);
+            if (rc == A_OK)
+                return 0;
+            have_err = 1;
+            if (rc == A_SERVER_ERR)
+                continue; /* connection fine, job refused here */
+            if (rc == A_JOB_FAIL)
+                return -1;
+            close_fd(t);
+            gs_server_failed(t->version, pick, gs_now_ms(), t->err);
+            continue;
+        }
+
+        /* cached connection */
+        unsigned idx = t->server;
+        int64_t now = gs_now_ms();
+        if (submit_end - now <= 0) {
+            if (!have_err)
+                snprintf(t->err, sizeof t->err, "timeout_ms=%u used up",
+                         t->cfg.timeout_ms);
+            return -1;
+        }
+        enum attempt_rc rc = attempt(t, j, submit_end);
+        if (rc == A_OK)
+            return 0;
+        have_err = 1;
+        if (rc == A_JOB_FAIL)
+            return -1;
+        if (rc == A_SERVER_ERR) {
+            tried[idx] = 1;
+            close_fd(t); /* reconnect elsewhere; keep it simple */
+            continue;
+        }
+        close_fd(t);
+        if (rc == A_STALE && !stale_retry_used) {
+            /* gearmand was restarted under us: reconnect once, same server */
+            stale_retry_used = 1;
+            if (do_connect(t, idx, submit_end) == 0)
+                continue;
+        }
+        tried[idx] = 1;
+        gs_server_failed(t->version, idx, gs_now_ms(), t->err);
+    }
+}
+
+static int check_args(struct gs_thread *t, const char *fn, size_t fnlen,
+                      const char *uq, size_t uqlen, size_t wllen)
+{
+    const char *why = NULL;
+    if (!fn || fnlen == 0)
+        why = "function name is empty";
+    else if (fnlen > GS_MAX_FUNCTION)
+        why = "function name longer than 512 bytes";
+    else if (memchr(fn, '\0', fnlen))
+        why = "function name contains a NUL byte";
+    else if (uqlen > GS_MAX_UNIQUE)
+        why = "unique id longer than 64 bytes";
+    else if (uqlen && memchr(uq, '\0', uqlen))
+        why = "unique id contains a NUL byte";
+    else if (wllen > GS_MAX_PAYLOAD)
+        why = "workload larger than 64 MiB";
+    if (why && t)
+        snprintf(t->err, sizeof t->err, "%s", why);
+    return why ? -1 : 0;
+}
+
+int gs_submit_background(enum gs_priority prio, const char *fn, size_t fnlen,
+                         const char *unique, size_t uqlen, const char *wl,
+                         size_t wllen, char *handle, size_t handle_size)
+{
+    if (check_args(thread_get(), fn, fnlen, unique, uqlen, wllen) != 0 ||
+        handle_size == 0)
+        return -1;
+    struct job j = {.background = 1,
+                    .prio = prio,
+                    .fn = fn,
+                    .fnlen = fnlen,
+                    .unique = unique,
+                    .uqlen = uqlen,
+                    .wl = wl,
+                    .wllen = wllen,
+                    .handle = handle,
+                    .handle_size = handle_size};
+    return submit(&j);
+}
+
+int gs_submit_foreground(enum gs_priority prio, const char *fn, size_t fnlen,
+                         const char *unique, size_t uqlen, const char *wl,
+                         size_t wllen, struct gs_buf *out)
+{
+    if (check_args(thread_get(), fn, fnlen, unique, uqlen, wllen) != 0)
+        return -1;
+    struct job j = {.background = 0,
+                    .prio = prio,
+                    .fn = fn,
+                    .fnlen = fnlen,
+                    .unique = unique,
+                    .uqlen = uqlen,
+                    .wl = wl,
+                    .wllen = wllen,
+                    .out = out};
+    int rc = submit(&j);
+    struct gs_thread *t = thread_get();
+    if (t && t->rcap > 16 * RBUF_KEEP && t->rlen == 0) {
+        /* don't keep a big result buffer per idle thread */
+        free(t->rbuf);
+        t->rbuf = NULL;
+        t->rcap = 0;
+    }
+    return rc;
+}
