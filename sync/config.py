@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import string
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
+from .keys import compile_template
 
 DEFAULT_GEARMAN_PORT = 4730
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -201,19 +201,14 @@ def _float(value: Any, where: str, lo: float, hi: float) -> float:
 
 
 def check_key_template(template: str, where: str = "--key-template") -> str:
-    """Placeholders {table} and {pk}; a literal brace is doubled, so a Redis Cluster hash tag on the
-    table is written '{{{table}}}:{pk}' (→ '{data}:5')."""
+    """Placeholders {table}, {pk} and {pk.<column>}; a literal brace is doubled, so a Redis Cluster
+    hash tag on the table is written '{{{table}}}:{pk}' (→ '{data}:5'). The rules live in keys.py."""
     if _CONTROL.search(template) or not template or len(template) > 512:
         raise ConfigError(f"{where}: {template!r}; expected printable text up to 512 characters")
     try:
-        fields = [name for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {template!r} is not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
-    unknown = [f for f in fields if f not in ("table", "pk")]
-    if unknown:
-        raise ConfigError(f"{where}: {template!r} has unknown placeholder {{{unknown[0]}}}; expected only {{table}} and {{pk}}")
-    if "pk" not in fields:
-        raise ConfigError(f"{where}: {template!r} does not contain {{pk}}; expected e.g. '{{table}}:{{pk}}'")
+        compile_template(template)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return template
 
 

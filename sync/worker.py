@@ -1,0 +1,302 @@
+"""The sync-worker loop: Gearman jobs → change events → Redis, acknowledged only after Redis has them.
+
+    jobs = fetch_batch()                       # up to --batch jobs, pipelined GRAB_JOB_UNIQ
+    events, dead = decode(jobs)                # strict parse; what can never apply is dead
+    applier.apply(events); deadletters.put()   # one round trip; raises while Redis is down
+    complete_many(jobs)                        # only now: WORK_COMPLETE
+
+Redis down: the batch is held (not completed) and retried with capped, jittered back-off; if the
+worker dies meanwhile, gearmand hands the jobs to another worker. A job that can never be applied
+(invalid JSON, wrong table, no primary key, …) goes to the table's dead-letter list with the raw
+payload and the reason, and is then completed. `--connections N` runs N such loops, each with
+its own Gearman connections, so Gearman and Redis round trips of different batches overlap.
+
+Stop (SIGTERM/SIGINT → `request_stop()`): stop grabbing, finish the batches in hand within
+`shutdown_timeout_s` (or give them back to gearmand by closing the connection), exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+
+from .applier import Outcome, RedisApplier, TableSpec
+from .config import CLASSIC_FUNCTION, RedisSettings, WorkerSettings
+from .deadletter import DeadLetter, DeadLetterStore
+from .errors import ApplyError, PayloadError
+from .events import ChangeEvent, ClassicSet, parse_change, parse_classic
+from .gearman import GearmanWorker, Job
+from .retry import Backoff
+
+log = structlog.get_logger(__name__)
+
+REDIS_ERRORS = (ApplyError, redis.exceptions.RedisError, OSError)
+
+
+def connect_redis(settings: RedisSettings, *, socket_timeout_s: float = 5.0) -> Any:
+    """A redis.asyncio client (or cluster client) for the settings; connects lazily."""
+    common: dict[str, Any] = dict(
+        password=settings.password,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=min(2.0, socket_timeout_s),
+    )
+    if settings.cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(settings.url, **common)
+    return aioredis.Redis.from_url(settings.url, health_check_interval=30, **common)
+
+
+@dataclass
+class WorkerStats:
+    """Counters since start; the stats line reports deltas."""
+
+    jobs: int = 0
+    applied: int = 0
+    stale: int = 0
+    dead: int = 0
+    retries: int = 0
+    lost_completions: int = 0
+    batches: int = 0
+    redis_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    def snapshot(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if k != "started"}
+
+
+class SyncWorker:
+    """Runs the loops of one sync-worker process; see the module docstring."""
+
+    def __init__(self, settings: WorkerSettings, *, redis: Any | None = None, idle_timeout_s: float = 1.0) -> None:
+        self.settings = settings
+        self.redis = redis if redis is not None else connect_redis(settings.redis)
+        specs = {name: TableSpec.from_config(t) for name, t in settings.tables.items()}
+        self.applier = RedisApplier(self.redis, specs, tombstone_ttl_s=settings.tombstone_ttl_s)
+        self.deadletters = DeadLetterStore(self.redis)
+        # function → table name, or None for the classic bare-payload function.
+        self.routes: dict[str, str | None] = dict(settings.functions)
+        if settings.classic:
+            self.routes[CLASSIC_FUNCTION] = None
+        self.idle_timeout_s = idle_timeout_s
+        self.stats = WorkerStats()
+        self._stop = asyncio.Event()
+        self._stop_deadline: float | None = None
+        self._gearman: list[GearmanWorker] = []
+
+    # -- control -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("worker_stopping", shutdown_timeout_s=self.settings.shutdown_timeout_s)
+            self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
+            self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- decode --------------------------------------------------------------------------------
+    def decode(self, function: str, workload: bytes) -> ChangeEvent | ClassicSet:
+        """The change a job carries; PayloadError (with the reason) when it can never be applied."""
+        if function not in self.routes:
+            raise PayloadError(f"function {function!r} is not served here; expected one of {', '.join(self.routes)}")
+        table = self.routes[function]
+        if table is None:
+            return parse_classic(workload)
+        event = parse_change(workload)
+        if event.table != table:
+            raise PayloadError(f"table: {event.table!r} arrived on function {function!r}; expected {table!r}")
+        self.applier.check(event)
+        return event
+
+    def dead_letter_name(self, function: str) -> str:
+        table = self.routes.get(function)
+        return table if table is not None else function
+
+    # -- one batch -----------------------------------------------------------------------------
+    async def process(self, gearman: GearmanWorker, jobs: Sequence[Job]) -> bool:
+        """Apply a batch and complete its jobs. False when the jobs were given back instead."""
+        events: list[ChangeEvent | ClassicSet] = []
+        dead: dict[str, list[tuple[bytes, str, str | None, str | None]]] = {}
+        for job in jobs:
+            try:
+                events.append(self.decode(job.function, job.workload))
+            except PayloadError as exc:
+                name = self.dead_letter_name(job.function)
+                dead.setdefault(name, []).append((job.workload, str(exc), job.function, job.unique))
+                log.warning("job_dead_lettered", function=job.function, unique=job.unique,
+                            bytes=len(job.workload), reason=str(exc)[:300])
+        outcomes = await self._write(events, dead, jobs, gearman)
+        if outcomes is None:
+            return False
+        st = self.stats
+        applied = sum(1 for o in outcomes if o is Outcome.APPLIED)
+        st.applied += applied
+        st.stale += len(outcomes) - applied
+        st.dead += sum(len(v) for v in dead.values())
+        st.jobs += len(jobs)
+        st.batches += 1
+        lost = await gearman.complete_many(jobs)
+        if lost:
+            # Their connection died after Redis took the write: gearmand redelivers them and the
+            # version fence turns the second apply into a no-op.
+            st.lost_completions += len(lost)
+        return True
+
+    async def _write(
+        self,
+        events: list[ChangeEvent | ClassicSet],
+        dead: dict[str, list[tuple[bytes, str, str | None, str | None]]],
+        jobs: Sequence[Job],
+        gearman: GearmanWorker,
+    ) -> list[Outcome] | None:
+        backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                outcomes = await self.applier.apply(events) if events else []
+                for name, items in dead.items():
+                    await self.deadletters.put_many(name, items)
+                self.stats.redis_s += time.perf_counter() - t0
+                if backoff.attempts:
+                    log.info("redis_recovered", jobs=len(jobs), attempts=backoff.attempts)
+                return outcomes
+            except REDIS_ERRORS as exc:
+                self.stats.retries += 1
+                delay = backoff.next_delay()
+                if self.stopping and self._stop_deadline is not None and time.monotonic() + delay > self._stop_deadline:
+                    log.warning("jobs_given_back", jobs=len(jobs), reason="redis unavailable at shutdown",
+                                error=_short(exc))
+                    gearman.release(jobs)
+                    return None
+                log.warning("redis_unavailable", error=_short(exc), jobs=len(jobs), retry_in_s=round(delay, 3),
+                            attempt=backoff.attempts)
+                await asyncio.sleep(delay)
+
+    # -- loops ---------------------------------------------------------------------------------
+    async def _loop(self, gearman: GearmanWorker) -> None:
+        batch = self.settings.batch
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not self.stopping:
+                fetch = asyncio.ensure_future(gearman.fetch_batch(batch, self.idle_timeout_s))
+                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    # Stopping while waiting for work: anything assigned but unread goes back to
+                    # gearmand when the connection closes below.
+                    fetch.cancel()
+                    await asyncio.gather(fetch, return_exceptions=True)
+                    break
+                jobs = fetch.result()
+                if jobs:
+                    await self.process(gearman, jobs)
+        finally:
+            stop_wait.cancel()
+            await gearman.close()
+
+    async def _report(self) -> None:
+        interval = self.settings.stats_interval_s
+        if interval <= 0:
+            return
+        last = self.stats.snapshot()
+        last_t = time.monotonic()
+        while not self.stopping:
+            try:
+                await asyncio.wait_for(self._stop.wait(), interval)
+            except TimeoutError:
+                pass
+            now = time.monotonic()
+            cur = self.stats.snapshot()
+            d = {k: cur[k] - last[k] for k in cur}
+            dt = max(now - last_t, 1e-9)
+            log.info(
+                "worker_stats",
+                jobs_per_s=round(d["jobs"] / dt, 1),
+                applied=int(d["applied"]),
+                stale=int(d["stale"]),
+                dead=int(d["dead"]),
+                retries=int(d["retries"]),
+                redis_ms_per_batch=round(1000 * d["redis_s"] / d["batches"], 2) if d["batches"] else None,
+                total_jobs=int(cur["jobs"]),
+                gearman_servers=sum(len(g.connected_servers) for g in self._gearman),
+            )
+            last, last_t = cur, now
+
+    async def run(self) -> int:
+        """Serve until request_stop(); returns the exit code (0)."""
+        functions = list(self.routes)
+        s = self.settings
+        log.info(
+            "worker_started",
+            functions=functions,
+            servers=[f"{h}:{p}" for h, p in s.servers],
+            redis=s.redis.display_url,
+            batch=s.batch,
+            connections=s.connections,
+        )
+        self._gearman = [
+            GearmanWorker(s.servers, functions, client_id=f"{s.client_id}-{i}") for i in range(s.connections)
+        ]
+        reporter = asyncio.ensure_future(self._report())
+        try:
+            await asyncio.gather(*(self._loop(g) for g in self._gearman))
+        finally:
+            self._stop.set()
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+            await self._close_redis()
+        log.info("worker_stopped", **{k: int(v) for k, v in self.stats.snapshot().items() if k != "redis_s"})
+        return 0
+
+    async def _close_redis(self) -> None:
+        try:
+            await self.redis.aclose()
+        except Exception as exc:  # closing a broken connection must not mask the exit
+            log.debug("redis_close_failed", error=_short(exc))
+
+    # -- dead-letter replay ------------------------------------------------------------------
+    async def replay_dead(self, batch: int = 200) -> tuple[int, int]:
+        """Re-apply every table's dead letters; (applied, still dead). Safe to interrupt: records
+        are claimed into a processing list and removed only after the re-apply (or re-dead-letter)."""
+        ok = failed = 0
+        for function, table in self.routes.items():
+            name = table if table is not None else function
+            await self.deadletters.restore(name)  # claimed by an interrupted replay
+            remaining = await self.deadletters.size(name)
+            # Only the letters present now: those that fail again go to the tail and are not retried
+            # in this run.
+            while remaining > 0:
+                letters = await self.deadletters.pop_batch(name, min(batch, remaining))
+                if not letters:
+                    break
+                remaining -= len(letters)
+                events: list[ChangeEvent | ClassicSet] = []
+                again: list[tuple[bytes, str, str | None, str | None]] = []
+                for letter in letters:
+                    try:
+                        events.append(self.decode(function, letter.raw))
+                    except PayloadError as exc:
+                        again.append((letter.raw, str(exc), letter.function, letter.unique))
+                if events:
+                    await self.applier.apply(events)
+                if again:
+                    await self.deadletters.put_many(name, again)
+                await self.deadletters.ack(name, letters)
+                ok += len(events)
+                failed += len(again)
+                log.info("dead_letters_replayed", name=name, applied=len(events), still_dead=len(again))
+        return ok, failed
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+__all__ = ["SyncWorker", "WorkerStats", "connect_redis", "DeadLetter"]

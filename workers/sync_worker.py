@@ -1,0 +1,121 @@
+"""`sync-worker`: the production worker — applies the change jobs of one or more tables to Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Sequence
+
+from sync.cli import ExitCode, make_parser, run
+from sync.config import CLASSIC_FUNCTION, worker_settings
+from sync.logging import setup_logging
+
+PROG = "sync-worker"
+
+DESCRIPTION = """\
+Apply row changes queued in gearmand to Redis.
+
+Registers the Gearman function of each --table (default gearsync.<table>), grabs jobs in
+pipelined batches, writes each batch to Redis in one round trip with version fencing (an older
+change never overwrites a newer one; redelivered jobs are harmless), and completes a job only
+after Redis has its write. A payload that can never be applied goes to the dead-letter list
+gearsync:dead:{<table>} with the reason; fix the cause, then run --replay-dead.
+"""
+
+EPILOG = f"""\
+environment:
+  GEARMAN_SERVERS   job servers, host:port[,host:port…] (default 127.0.0.1:4730)
+  REDIS_URL         redis://host:port/db (default redis://127.0.0.1:6379/0)
+  REDIS_PASSWORD    Redis password (never put it on the command line)
+  Options override the environment, which overrides --config.
+
+examples:
+  {PROG} --table data
+  {PROG} --table data --format hash --ttl 3600 --servers g1:4730,g2:4730
+  {PROG} --classic                       # the classic recipe: {CLASSIC_FUNCTION} → SET <id> <payload>
+  {PROG} --config /etc/gearsync.toml     # every [tables.<name>] section
+  {PROG} --table data --replay-dead      # re-apply dead letters after a fix
+
+exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or replay done, 1 replay left dead letters,
+2 bad option or config, 3 a server needed at once (replay) was unreachable.
+"""
+
+
+def build_parser():  # type: ignore[no-untyped-def]
+    p = make_parser(PROG, DESCRIPTION, EPILOG)
+    p.add_argument("--table", action="append", metavar="NAME",
+                   help="table to sync (repeat, or comma-separate, for several)")
+    p.add_argument("--function", metavar="NAME", help="Gearman function for the one --table (default gearsync.<table>)")
+    p.add_argument("--classic", action="store_true",
+                   help=f"also serve the classic recipe's function {CLASSIC_FUNCTION!r}: bare {{\"id\":…}} payloads "
+                        "written as SET <id> <payload>")
+    p.add_argument("--servers", metavar="HOST:PORT,…", help="gearmand servers (env GEARMAN_SERVERS)")
+    p.add_argument("--redis-url", metavar="URL", help="redis://host:port/db, without password (env REDIS_URL)")
+    p.add_argument("--redis-cluster", action="store_true", default=None, help="the Redis URL is a Redis Cluster node")
+    p.add_argument("--key-template", metavar="T",
+                   help="Redis key of a row: {table}, {pk} (composite pk joined with ':', escaped), "
+                        "{pk.<column>}; '{{' for a literal brace (default '{table}:{pk}')")
+    p.add_argument("--format", choices=("json", "hash"), help="json: SET key <row JSON>; hash: HSET key <columns> (default json)")
+    p.add_argument("--ttl", type=int, metavar="S", help="expire row keys after S seconds (default: never)")
+    p.add_argument("--batch", type=int, metavar="N", help="jobs grabbed per round trip and applied per Redis call (default 128)")
+    p.add_argument("--connections", type=int, metavar="N", help="parallel grab/apply loops, each with its own connections (default 1)")
+    p.add_argument("--config", metavar="FILE", help="TOML config file ([gearman], [redis], [worker], [tables.<name>])")
+    p.add_argument("--replay-dead", action="store_true", help="re-apply the dead letters of the tables, then exit")
+    p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats log lines (default 10; 0 = off)")
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+                   help="log format (auto: console on a terminal, JSON otherwise)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+
+    def go() -> int:
+        tables = [t.strip() for item in (args.table or []) for t in item.split(",")] if args.table else None
+        settings = worker_settings(
+            tables=tables,
+            config_path=args.config,
+            servers=args.servers,
+            redis_url=args.redis_url,
+            function=args.function,
+            key_template=args.key_template,
+            fmt=args.format,
+            ttl_s=args.ttl,
+            batch=args.batch,
+            connections=args.connections,
+            classic=args.classic,
+            redis_cluster=args.redis_cluster,
+        )
+        if args.stats_interval is not None:
+            from dataclasses import replace
+
+            from sync.config import _float
+
+            settings = replace(settings, stats_interval_s=_float(args.stats_interval, "--stats-interval", 0, 86400))
+        setup_logging(args.log_level, args.log_format)
+        return asyncio.run(_serve(settings, replay=args.replay_dead))
+
+    run(PROG, go, argv)
+
+
+async def _serve(settings, *, replay: bool) -> int:  # type: ignore[no-untyped-def]
+    from sync.worker import SyncWorker
+
+    worker = SyncWorker(settings)
+    if replay:
+        try:
+            ok, failed = await worker.replay_dead()
+        finally:
+            await worker._close_redis()
+        sys.stderr.write(f"{PROG}: replayed {ok} dead letters, {failed} still dead\n")
+        return int(ExitCode.DIFFERENCES if failed else ExitCode.OK)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    return await worker.run()
+
+
+if __name__ == "__main__":
+    main()
