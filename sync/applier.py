@@ -139,7 +139,7 @@ for i = 0, nev - 1 do
           local last = a + nv - 1
           local j = a
           while j <= last do
-            local k = j + 7999
+            local k = j + 999
             if k > last then k = last end
             call('HSET', rk, unpack(ARGV, j, k))
             j = k + 1
