@@ -9,6 +9,8 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -341,7 +343,11 @@ def test_script_is_plain_text() -> None:
 async def test_redis_down_raises_then_recovers(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis")
     server.start()
-    client = aioredis.Redis(host=server.host, port=server.port, socket_timeout=2, socket_connect_timeout=2)
+    # redis-py retries connection errors with exponential back-off by default (seconds); the
+    # worker's client should bound that too. One quick retry keeps this test fast.
+    client = aioredis.Redis(
+        host=server.host, port=server.port, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1)
+    )
     try:
         ap = RedisApplier(client, TABLES)
         assert await ap.apply([ins("data", 1, 1)]) == [A]
