@@ -407,11 +407,15 @@ async def test_paused_gearmand_fails_within_deadline(gearmand: GearmanServer) ->
 
 
 async def test_garbage_from_server_closes_connection() -> None:
+    peers: list[asyncio.StreamWriter] = []
+
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer)
         await reader.read(100)
         writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(1)
+        while await reader.read(100):  # until our side hangs up
+            pass
         writer.close()
 
     server = await asyncio.start_server(garbage, "127.0.0.1", 0)
@@ -426,5 +430,7 @@ async def test_garbage_from_server_closes_connection() -> None:
             with pytest.raises(GearmanUnavailableError, match="bad packet magic"):
                 await client.submit_background(FN, b"x")
     finally:
+        for peer in peers:
+            peer.close()
         server.close()
         await server.wait_closed()
