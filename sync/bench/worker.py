@@ -1,0 +1,191 @@
+"""`sync-bench worker`: how fast sync-worker drains pre-queued change jobs into Redis.
+
+Starts a throwaway gearmand and redis-server, pre-queues --jobs change jobs (~150-byte JSON rows,
+one version each, json format, fencing on), then drains them with N `sync-worker` processes and
+reports jobs/s, measured from the first applied change to the last (process start-up excluded),
+as the median of --runs runs. `--batch 1` is the one-job-per-round-trip baseline (the classic
+worker's shape). `--profile` drains once in-process under cProfile and prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from sync.events import ChangeEvent, Op, Source, encode_change
+from sync.gearman import GearmanClient
+from sync.testing.servers import GearmanServer, RedisServer
+
+FUNCTION = "gearsync.data"
+
+
+def make_payloads(n: int, base_version: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        row = {"id": i, "volume": i % 1000, "name": f"row-{i:08d}", "updated_at": "2026-11-27 12:00:00", "score": 0.5}
+        out.append(encode_change(ChangeEvent("data", Op.UPDATE, (("id", i),), row, base_version + i, Source.TRIGGER)))
+    return out
+
+
+async def prequeue(g: GearmanServer, payloads: list[bytes]) -> float:
+    t0 = time.perf_counter()
+    async with GearmanClient([(g.host, g.port)], chunk_size=512) as client:
+        await client.submit_background_many(FUNCTION, payloads)
+    return time.perf_counter() - t0
+
+
+def applied_total(client) -> int:  # type: ignore[no-untyped-def]
+    value = client.hget("gearsync:stats:data", "applied_total")
+    return int(value) if value else 0
+
+
+def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, batch: int, connections: int) -> float:
+    client = r.client()
+    client.flushall()
+    asyncio.run(prequeue(g, make_payloads(n, 10**12)))
+    env = {**os.environ, "GEARMAN_SERVERS": g.address, "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
+    exe = str(Path(sys.executable).with_name("sync-worker"))
+    cmd = [exe, "--table", "data", "--batch", str(batch), "--connections", str(connections),
+           "--stats-interval", "0", "--log-level", "warning"]
+    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(procs)]
+    try:
+        first_t = None
+        first_n = 0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            done = applied_total(client)
+            now = time.perf_counter()
+            if first_t is None and done > 0:
+                first_t, first_n = now, done
+            if done >= n:
+                assert first_t is not None
+                return (n - first_n) / max(now - first_t, 1e-9)
+            for w in workers:
+                if w.poll() is not None:
+                    raise RuntimeError(f"sync-worker exited with {w.returncode}: {w.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            time.sleep(0.02)
+        raise RuntimeError("drain did not finish in 600 s")
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(30)
+        client.close()
+
+
+def profile_in_process(g: GearmanServer, r: RedisServer, n: int, batch: int, top: int) -> str:
+    from sync.config import worker_settings
+    from sync.worker import SyncWorker
+
+    client = r.client()
+    client.flushall()
+    asyncio.run(prequeue(g, make_payloads(n, 10**12)))
+    settings = worker_settings(tables=["data"], servers=g.address, redis_url=f"redis://127.0.0.1:{r.port}/0",
+                               batch=batch, env={})
+
+    async def drain() -> None:
+        worker = SyncWorker(settings)
+        task = asyncio.ensure_future(worker.run())
+        while applied_total(client) < n:
+            await asyncio.sleep(0.01)
+        worker.request_stop()
+        await task
+
+    prof = cProfile.Profile()
+    prof.enable()
+    asyncio.run(drain())
+    prof.disable()
+    client.close()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="sync-bench worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=100_000, help="jobs pre-queued per run (default 100000)")
+    p.add_argument("--runs", type=int, default=3, help="runs per configuration; the median is reported (default 3)")
+    p.add_argument("--processes", default="1,2", help="worker process counts to measure (default 1,2)")
+    p.add_argument("--batch", type=int, default=128, help="sync-worker --batch (default 128)")
+    p.add_argument("--connections", type=int, default=1, help="sync-worker --connections (default 1)")
+    p.add_argument("--baseline", action="store_true", help="also measure --batch 1 (one job per round trip)")
+    p.add_argument("--profile", action="store_true", help="drain once in-process under cProfile and print the top functions")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    args = p.parse_args(argv)
+    try:
+        procs = [int(x) for x in args.processes.split(",")]
+    except ValueError:
+        p.error(f"--processes: {args.processes!r}; expected numbers like 1,2")
+    if args.jobs < 1 or args.runs < 1:
+        p.error("--jobs and --runs must be >= 1")
+
+    results: dict[str, object] = {"jobs": args.jobs, "runs": args.runs, "batch": args.batch, "configs": []}
+    with tempfile.TemporaryDirectory(prefix="gearsync-bench-") as tmp:
+        g = GearmanServer(Path(tmp) / "gearmand").start()
+        r = RedisServer(Path(tmp) / "redis").start()
+        try:
+            qt = asyncio.run(prequeue(g, make_payloads(20_000, 1)))
+            r.client().flushall()
+            print(f"pre-queue rate (pipelined SUBMIT_JOB_BG): {20_000 / qt:,.0f} jobs/s", flush=True)
+            # The warm-up jobs are still queued: drain them so each run starts from an empty queue.
+            _drain_leftovers(g, r, args.batch)
+            configs = [(n, args.batch) for n in procs]
+            if args.baseline:
+                configs.append((1, 1))
+            print(f"{'processes':>9} {'batch':>6} {'median jobs/s':>14}  runs", flush=True)
+            for nprocs, batch in configs:
+                n = args.jobs if batch > 1 else min(args.jobs, 20_000)
+                rates = [drain_with_processes(g, r, n, nprocs, batch, args.connections) for _ in range(args.runs)]
+                med = statistics.median(rates)
+                print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}  " + ", ".join(f"{x:,.0f}" for x in rates), flush=True)
+                results["configs"].append({"processes": nprocs, "batch": batch, "jobs": n,  # type: ignore[union-attr]
+                                           "median_jobs_per_s": med, "runs_jobs_per_s": rates})
+            if args.profile:
+                text = profile_in_process(g, r, args.jobs, args.batch, 25)
+                print(text)
+        finally:
+            g.stop()
+            r.stop()
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int) -> None:
+    from sync.config import worker_settings
+    from sync.worker import SyncWorker
+    from sync.gearman import admin
+
+    settings = worker_settings(tables=["data"], servers=g.address, redis_url=f"redis://127.0.0.1:{r.port}/0",
+                               batch=batch, env={})
+
+    async def go() -> None:
+        worker = SyncWorker(settings)
+        task = asyncio.ensure_future(worker.run())
+        while True:
+            st = {s.name: s.queued for s in await admin.status(g.host, g.port, timeout_s=5)}
+            if not st.get(FUNCTION):
+                break
+            await asyncio.sleep(0.05)
+        worker.request_stop()
+        await task
+
+    asyncio.run(go())
+    r.client().flushall()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
