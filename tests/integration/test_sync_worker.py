@@ -321,3 +321,26 @@ def test_servers_down_at_start_then_up(tmp_path: Path, redis_server: RedisServer
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         g.stop()
+
+
+async def test_worker_on_redis_cluster(gearmand: GearmanServer, redis_cluster) -> None:  # type: ignore[no-untyped-def]
+    from redis.cluster import ClusterNode, RedisCluster
+
+    n = 300
+    payloads = [change("data", "update", {"id": i}, {"id": i, "volume": 1}, 10 + i) for i in range(n)]
+    payloads += [change("data", "update", {"id": i}, {"id": i, "volume": 0}, 5) for i in range(n)]  # older: stale
+    payloads += [change("data", "delete", {"id": i}, None, 10_000) for i in range(0, n, 3)]
+    await submit(gearmand, "gearsync.data", payloads)
+    settings = worker_settings(tables=["data"], servers=gearmand.address, redis_url=redis_cluster.url,
+                               redis_cluster=True, env={})
+    worker = SyncWorker(settings)
+    await run_worker_until_drained(worker, gearmand, "gearsync.data")
+    assert worker.stats.stale == n
+    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes])
+    try:
+        for i in range(n):
+            value = client.get(f"data:{i}")
+            assert value == (None if i % 3 == 0 else encode_json({"id": i, "volume": 1})), i
+    finally:
+        client.flushall(target_nodes=RedisCluster.ALL_NODES)
+        client.close()
