@@ -382,3 +382,48 @@ async def test_corrupt_version_raises(aredis: Any) -> None:
     await aredis.set("gearsync:v:{data:1}", "garbage")
     with pytest.raises(ApplyError, match="bad stored version"):
         await ap.apply([ins("data", 1, 1)])
+
+
+async def test_restart_between_batches_needs_no_caller_retry(tmp_path: Path) -> None:
+    """A pooled connection from before a restart is replaced transparently (once)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = aioredis.Redis(host=server.host, port=server.port, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    try:
+        ap = RedisApplier(client, TABLES)
+        assert await ap.apply([ins("data", 1, 1)]) == [A]
+        server.restart()
+        assert await ap.apply([ins("data", 2, 1)]) == [A]
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_cancelled_apply_leaves_no_stray_reply(aredis: Any) -> None:
+    ap = RedisApplier(aredis, TABLES)
+    await ap.load_script()
+    big = [ins("h", i, 1, **{f"c{j}": "x" * 50 for j in range(50)}) for i in range(400)]
+    for delay in (0, 0.0005, 0.002):
+        task = asyncio.create_task(ap.apply(big))
+        await asyncio.sleep(delay)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        # every later call gets its own reply, never the cancelled one's
+        for n in (1, 3, 7):
+            assert len(await ap.apply([ins("data", 10_000 + k, 1) for k in range(n)])) == n
+    assert await aredis.get("data:10000") == b'{"id":10000}'
+
+
+async def test_single_connection_client(redis_server: RedisServer) -> None:
+    client = aioredis.Redis(host=redis_server.host, port=redis_server.port, single_connection_client=True)
+    try:
+        await client.flushall()
+        ap = RedisApplier(client, TABLES)
+        assert await ap.apply([ins("data", 1, 1), up("data", 1, 1)]) == [A, S]
+        await client.script_flush()
+        assert await ap.apply([up("data", 1, 2)]) == [A]
+    finally:
+        await client.aclose()
