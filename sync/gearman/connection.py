@@ -124,25 +124,18 @@ class GearmanConnection:
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` (one or many packed packets) and wait until the transport buffer drained."""
         writer = self._check_open()
+        reader = self._reader
+        if writer.transport.is_closing() or (reader is not None and reader.at_eof()):
+            # The peer hung up while we were not reading; asyncio would drop the bytes silently.
+            raise self._fail("connection closed by server")
         try:
             writer.write(data)
-            transport = writer.transport
-            if transport.get_write_buffer_size() > 0:
-                async with asyncio.timeout(self.io_timeout_s):
-                    await writer.drain()
+            async with asyncio.timeout(self.io_timeout_s):
+                await writer.drain()
         except TimeoutError:
             raise self._fail(f"write timed out after {self.io_timeout_s}s", GearmanTimeoutError) from None
         except (OSError, RuntimeError) as exc:
             # RuntimeError: write on a transport that was closed underneath us.
-            raise self._fail(f"write failed: {exc!r}") from exc
-
-    def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data`` on the transport without waiting for drain (for small fire-and-forget packets;
-        the next send()/read deadline catches a dead peer)."""
-        writer = self._check_open()
-        try:
-            writer.write(data)
-        except (OSError, RuntimeError) as exc:
             raise self._fail(f"write failed: {exc!r}") from exc
 
     def unread(self, packets: list[Packet]) -> None:

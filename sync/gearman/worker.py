@@ -486,7 +486,10 @@ class GearmanWorker:
 
     async def complete(self, job: Job, data: bytes = b"") -> bool:
         """Complete one job on the connection that assigned it; False (logged) when that connection is gone."""
-        return await job.connection.complete(job, data)
+        done = await job.connection.complete(job, data)
+        if not done:
+            self._note_failed(job.connection)
+        return done
 
     async def complete_many(self, jobs: Sequence[Job]) -> list[Job]:
         """Complete jobs, one write per connection that assigned them. Returns the jobs that could not be
@@ -500,14 +503,20 @@ class GearmanWorker:
         for conn, group in by_conn.items():
             lost.extend(await conn.complete_many(group))
             if conn.closed:
-                for slot in self._slots:
-                    if slot.conn is conn:
-                        self._mark_down(slot, GearmanConnectionError(conn.conn.close_reason or "closed"))
+                self._note_failed(conn)
         return lost
+
+    def _note_failed(self, conn: GearmanWorkerConnection) -> None:
+        for slot in self._slots:
+            if slot.conn is conn:
+                self._mark_down(slot, GearmanConnectionError(conn.conn.close_reason or "connection closed"))
 
     async def fail(self, job: Job, exception: bytes | None = None) -> bool:
         """WORK_FAIL / WORK_EXCEPTION on the assigning connection (drops a background job for good)."""
-        return await job.connection.fail(job, exception)
+        done = await job.connection.fail(job, exception)
+        if not done:
+            self._note_failed(job.connection)
+        return done
 
     def release(self, jobs: Sequence[Job]) -> None:
         """Give jobs back to the queue without finishing them: closes the connections that assigned them (the

@@ -300,12 +300,14 @@ async def test_client_and_worker_survive_gearmand_restart(gearmand: GearmanServe
     async with GearmanClient([addr(gearmand)], **fast) as client, GearmanWorker(  # type: ignore[arg-type]
         [addr(gearmand)], [FN], client_id="restart-test", **fast  # type: ignore[arg-type]
     ) as worker:
-        await client.submit_background(FN, b"before")
+        await client.submit_background_many(FN, [b"before", b"unacked"])
         jobs = await worker.fetch_batch(10, 0.2)
-        assert [j.workload for j in jobs] == [b"before"]
-        assert await worker.complete_many(jobs) == []
+        assert [j.workload for j in jobs] == [b"before", b"unacked"]
+        assert await worker.complete_many(jobs[:1]) == []
 
         gearmand.stop()
+        await asyncio.sleep(0.1)  # let the event loop see the server's FIN
+        assert await worker.complete_many(jobs[1:]) == jobs[1:]  # reported lost, not raised
         with pytest.raises(GearmanConnectionError):
             await client.submit_background(FN, b"while down")
         for _ in range(3):
