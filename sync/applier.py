@@ -304,6 +304,8 @@ class RedisApplier:
                         values.append(f)
                         values.append(v)
                         n += 2
+                    if n > 99998:
+                        raise PayloadError(f"row: {n // 2} non-null columns; expected at most 49999 for a hash")
                     meta.append(f"H{ev.version:020d}{t.ttl_ms:012d}{si:03d}{n:05d}")
             elif type(ev) is ClassicSet:
                 keys.append(ev.key)
