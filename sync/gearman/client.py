@@ -183,7 +183,7 @@ class _ClientSession:
         deadline, lost connection) closes the session and raises GearmanConnectionError; an ERROR answer raises
         GearmanServerError for that request only."""
         if self.error is not None:
-            raise self.error
+            raise GearmanConnectionError(str(self.error), self.conn.address)
         # Register before writing, with no await in between: answers are matched in order.
         futures = self._register(len(packets), expect, foreground)
         try:
@@ -511,14 +511,20 @@ class GearmanClient:
             state.append((session, fg))
             return (await session.request([packet], PacketType.JOB_CREATED, foreground=fg))[0]
 
-        handle = await self._run(op)
-        session, fg = state[-1]
         try:
-            async with asyncio.timeout(timeout_s):
-                return await fg.future
-        except TimeoutError:
-            session.foreground.pop(handle, None)
-            raise GearmanJobTimeoutError(handle, timeout_s or 0.0) from None
+            handle = await self._run(op)
+            session, fg = state[-1]
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await fg.future
+            except TimeoutError:
+                raise GearmanJobTimeoutError(handle, timeout_s or 0.0) from None
+        finally:
+            # Forget every attempt's result slot (failed-over attempts too): nobody reads them any more.
+            for attempt_session, attempt_fg in state:
+                if attempt_fg.handle:
+                    attempt_session.foreground.pop(attempt_fg.handle, None)
+                _ClientSession._abandon([attempt_fg.future])
 
     async def echo(self, data: bytes = b"ping") -> bytes:
         """Round trip through the current server (health check)."""

@@ -396,6 +396,9 @@ class GearmanWorker:
             conn.close(str(exc))
             self._mark_down(slot, exc)
             return
+        except BaseException:  # cancelled (e.g. shutdown) mid-connect: leave no socket behind
+            conn.close("connect cancelled")
+            raise
         slot.conn = conn
         slot.backoff.reset()
         log.info("gearman_worker_connected", host=slot.host, port=slot.port, functions=len(self.functions))

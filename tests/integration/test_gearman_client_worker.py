@@ -436,3 +436,40 @@ async def test_garbage_from_server_closes_connection() -> None:
             peer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_cancelled_fetch_leaves_worker_usable(gearmand: GearmanServer) -> None:
+    async with GearmanWorker([addr(gearmand)], [FN]) as worker, GearmanClient([addr(gearmand)]) as client:
+        assert await worker.fetch_batch(8, 0.05) == []  # connected, idle
+        fetch = asyncio.create_task(worker.fetch_batch(8, 30.0))
+        await asyncio.sleep(0.1)  # now sleeping in PRE_SLEEP / NOOP wait
+        fetch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fetch
+        await client.submit_background(FN, b"after cancel")
+        jobs = await worker.fetch_batch(8, 1.0)
+        assert [j.workload for j in jobs] == [b"after cancel"]
+        assert await worker.complete_many(jobs) == []
+
+    # Cancelled in the middle of a grab: the connection is closed, so gearmand requeues what it assigned.
+    async with GearmanClient([addr(gearmand)]) as client:
+        await client.submit_background(FN, b"in flight")
+    conn = await worker_conn(gearmand, FN)
+    grab = asyncio.create_task(conn.grab_jobs(64))
+    await asyncio.sleep(0)  # the request is written, the answers not read yet
+    grab.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await grab
+    assert conn.closed
+    other = await worker_conn(gearmand, FN)
+    try:
+        jobs = []
+        for _ in range(50):
+            jobs = await other.grab_jobs(4)
+            if jobs:
+                break
+            await other.wait_for_work(0.1)
+        assert [j.workload for j in jobs] == [b"in flight"]
+        await other.complete_many(jobs)
+    finally:
+        other.close()
