@@ -22,6 +22,11 @@ key and its version key always share a slot) and each group is one EVALSHA, all 
 cluster pipeline; the stats keys live in other slots, so they are written by a second pipeline
 after the first (only when something was applied), stamped with the client's clock.
 
+Standalone requests are packed here and sent on a pooled connection (redis-py's generic packer
+costs ~3 us per argument); a connection error on a pooled connection is retried once on a fresh
+one (it may predate a server restart), without redis-py's retry/back-off. A single-connection
+client goes through redis-py's evalsha instead.
+
 Errors: any Redis or connection failure raises ApplyError (with the redis exception as its
 cause); nothing is swallowed. The caller must then not acknowledge the batch and retry it later:
 that is safe, the script is idempotent for versioned changes. A script that fails halfway (e.g.
