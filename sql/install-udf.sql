@@ -21,6 +21,10 @@ CREATE OR REPLACE FUNCTION gman_do_low RETURNS STRING SONAME 'gearsync_udf.so';
 -- one foreground job per row, the integer results summed
 CREATE OR REPLACE AGGREGATE FUNCTION gman_sum RETURNS INTEGER SONAME 'gearsync_udf.so';
 
+-- wait until this connection's pipelined background jobs are acknowledged;
+-- returns how many are still unacknowledged (0 = all confirmed)
+CREATE OR REPLACE FUNCTION gman_flush RETURNS INTEGER SONAME 'gearsync_udf.so';
+
 -- why this connection's last gman_* call returned NULL
 CREATE OR REPLACE FUNCTION gman_last_error RETURNS STRING SONAME 'gearsync_udf.so';
 

@@ -40,6 +40,12 @@ typedef bool my_bool; /* Oracle MySQL 8 dropped the typedef */
 #define GS_MAX_PAYLOAD (64ul << 20)
 /* Largest response packet accepted while waiting for JOB_CREATED. */
 #define GS_MAX_SMALL_PACKET (64ul << 10)
+/* Pipelined background jobs: wait for acknowledgements beyond this many
+ * unacknowledged jobs / bytes per thread; never keep more than
+ * GS_PEND_MAX bytes of them for resending. */
+#define GS_WINDOW_JOBS 1024u
+#define GS_WINDOW_BYTES (1ul << 20)
+#define GS_PEND_MAX (GS_MAX_PAYLOAD + (4ul << 20))
 
 #define GS_ENV_SERVERS "GEARSYNC_GEARMAN_SERVERS"
 #define GS_CONF_NAME "gearsync_udf.conf"
@@ -57,13 +63,17 @@ struct gs_config {
     unsigned timeout_ms;    /* background submit, all attempts together */
     unsigned do_timeout_ms; /* foreground job, submit to WORK_COMPLETE */
     unsigned retry_ms;      /* back-off of a server after a failure */
+    unsigned pipeline;      /* 1: background submits don't wait for
+                               JOB_CREATED (acks reaped on later calls,
+                               unacknowledged jobs resent on reconnect) */
 };
 
 /* Parse "host[:port][,host[:port]…]" into out->servers/out->n (other fields
  * untouched).  0 on success; -1 with a message naming the bad entry. */
 int gs_parse_servers(const char *s, size_t len, struct gs_config *out,
                      char *err, size_t errlen);
-/* Parse "key=value[,key=value…]" for timeout_ms, do_timeout_ms, retry_ms. */
+/* Parse "key=value[,key=value…]": timeout_ms, do_timeout_ms, retry_ms,
+ * pipeline. */
 int gs_parse_options(const char *s, size_t len, struct gs_config *out,
                      char *err, size_t errlen);
 /* Apply one "key=value" (conf file line or option). 1 = unknown key. */
@@ -102,8 +112,9 @@ void gs_buf_free(struct gs_buf *b);
 
 enum gs_priority { GS_PRIO_NORMAL = 0, GS_PRIO_HIGH = 1, GS_PRIO_LOW = 2 };
 
-/* Background submit.  handle receives the job handle (NUL terminated).
- * 0 ok; -1 failure (reason in gs_last_error()). */
+/* Background submit.  handle receives the job handle (pipeline=0) or the
+ * job's unique id (pipeline=1), NUL terminated.  0 ok; -1 failure (reason in
+ * gs_last_error()). */
 int gs_submit_background(enum gs_priority prio, const char *fn, size_t fnlen,
                          const char *unique, size_t uqlen, const char *wl,
                          size_t wllen, char *handle, size_t handle_size);
@@ -112,6 +123,9 @@ int gs_submit_background(enum gs_priority prio, const char *fn, size_t fnlen,
 int gs_submit_foreground(enum gs_priority prio, const char *fn, size_t fnlen,
                          const char *unique, size_t uqlen, const char *wl,
                          size_t wllen, struct gs_buf *out);
+/* Wait until this thread's pipelined background jobs are acknowledged (up
+ * to do_timeout_ms).  Returns how many are still unacknowledged. */
+long long gs_flush(void);
 /* Reason for this thread's last failure ("" after a success). */
 const char *gs_last_error(void);
 /* Record a failure reason for gman_last_error() on this thread. */

@@ -242,10 +242,19 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
         out->retry_ms = (unsigned)v;
         return 0;
     }
+    if (KEY_IS("pipeline")) {
+        if (parse_uint(val, vlen, 0, 1, &v) != 0) {
+            seterr(err, errlen, "gman_servers_set: '%.*s': pipeline is 0 or 1",
+                   key, klen + 1 + vlen);
+            return -1;
+        }
+        out->pipeline = (unsigned)v;
+        return 0;
+    }
 #undef KEY_IS
     seterr(err, errlen,
            "gman_servers_set: unknown option '%.*s' (expected timeout_ms, "
-           "do_timeout_ms, retry_ms)",
+           "do_timeout_ms, retry_ms, pipeline)",
            key, klen);
     return 1;
 }
@@ -415,6 +424,7 @@ static void config_defaults(struct gs_config *c)
     c->timeout_ms = GS_DEFAULT_TIMEOUT_MS;
     c->do_timeout_ms = GS_DEFAULT_DO_TIMEOUT_MS;
     c->retry_ms = GS_DEFAULT_RETRY_MS;
+    c->pipeline = 1;
 }
 
 /* Path of gearsync_udf.conf in the directory this library was loaded from. */
@@ -522,7 +532,8 @@ void gs_config_load_defaults(int log)
         gs_format_servers(&c, list, sizeof list);
         fprintf(stderr,
                 "gearsync_udf: job servers %s (from %s); timeout_ms=%u "
-                "do_timeout_ms=%u retry_ms=%u\n",
-                list, source, c.timeout_ms, c.do_timeout_ms, c.retry_ms);
+                "do_timeout_ms=%u retry_ms=%u pipeline=%u\n",
+                list, source, c.timeout_ms, c.do_timeout_ms, c.retry_ms,
+                c.pipeline);
     }
 }

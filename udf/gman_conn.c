@@ -77,6 +77,19 @@ struct gs_thread {
     uint64_t counter;
     char *rbuf;
     size_t rlen, rcap;
+    int last_errno; /* of the last I/O failure in pump() */
+    /* Pipelined background jobs (pipeline=1): request packets written (or
+     * to be written) but not yet acknowledged by JOB_CREATED, oldest first.
+     * gearmand answers a connection's requests in order, so each
+     * JOB_CREATED acknowledges the oldest one.  On a new connection all of
+     * them are sent again (same unique ids: gearmand merges a job that is
+     * still queued), so nothing a caller was told "submitted" is dropped
+     * because a connection broke. */
+    struct gs_buf pend;
+    size_t pend_head; /* offset of the oldest unacknowledged packet */
+    size_t pend_sent; /* [pend_head, pend_sent) written on the current fd */
+    size_t pend_n;    /* packets in [pend_head, pend.len) */
+    int64_t lost_logged_ms;
     char err[320];
 };
 
@@ -123,11 +136,29 @@ static void close_fd(struct gs_thread *t)
     t->rlen = 0;
 }
 
+static int pipeline_run(struct gs_thread *t, int64_t deadline,
+                        size_t max_jobs, size_t max_bytes);
+
+/* Before a thread's state goes away: deliver what is still unacknowledged,
+ * bounded by timeout_ms, and say in the error log what could not be. */
+static void flush_before_free(struct gs_thread *t)
+{
+    if (t->pend_n == 0 || t->cfg.n == 0)
+        return;
+    (void)pipeline_run(t, gs_now_ms() + t->cfg.timeout_ms, 0, 0);
+    if (t->pend_n)
+        fprintf(stderr,
+                "gearsync_udf: %zu background job(s) lost: not acknowledged "
+                "by any job server when their mysqld thread ended (%s)\n",
+                t->pend_n, t->err);
+}
+
 static void thread_free(void *p)
 {
     struct gs_thread *t = p;
     if (!t)
         return;
+    flush_before_free(t);
     pthread_mutex_lock(&g_threads_lock);
     if (t->prev)
         t->prev->next = t->next;
@@ -138,6 +169,7 @@ static void thread_free(void *p)
     pthread_mutex_unlock(&g_threads_lock);
     close_fd(t);
     free(t->rbuf);
+    gs_buf_free(&t->pend);
     free(t);
 }
 
@@ -160,8 +192,10 @@ __attribute__((destructor)) static void conn_fini(void)
     pthread_mutex_unlock(&g_threads_lock);
     while (t) {
         struct gs_thread *next = t->next;
+        flush_before_free(t);
         close_fd(t);
         free(t->rbuf);
+        gs_buf_free(&t->pend);
         free(t);
         t = next;
     }
@@ -193,6 +227,7 @@ static struct gs_thread *thread_get(void)
         return NULL;
     t->fd = -1;
     t->version = (uint64_t)-1;
+    t->pend.max = GS_PEND_MAX;
     seed_thread(t);
     if (pthread_setspecific(g_key, t) != 0) {
         free(t);
@@ -360,6 +395,7 @@ static int do_connect(struct gs_thread *t, unsigned idx, int64_t deadline)
     t->server = idx;
     t->reused = 0;
     t->rlen = 0;
+    t->pend_sent = t->pend_head; /* a new connection resends them all */
     return 0;
 }
 
@@ -658,6 +694,305 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
     }
 }
 
+/* ------------------------------------------------------------ pipeline */
+
+static void pend_pop(struct gs_thread *t)
+{
+    size_t size = HDR + (size_t)be32(t->pend.p + t->pend_head + 8);
+    t->pend_head += size;
+    t->pend_n--;
+    if (t->pend_head >= t->pend.len) {
+        t->pend.len = t->pend_head = t->pend_sent = 0;
+        t->pend_n = 0;
+        if (t->pend.cap > 4 * GS_WINDOW_BYTES) /* don't keep a big one */
+            gs_buf_free(&t->pend);
+    }
+}
+
+static void pend_compact(struct gs_thread *t)
+{
+    if (t->pend_head < 65536 || t->pend_head * 2 < t->pend.len)
+        return;
+    memmove(t->pend.p, t->pend.p + t->pend_head, t->pend.len - t->pend_head);
+    t->pend.len -= t->pend_head;
+    t->pend_sent -= t->pend_head;
+    t->pend_head = 0;
+}
+
+static void log_lost(struct gs_thread *t, const char *why)
+{
+    int64_t now = gs_now_ms();
+    if (now - t->lost_logged_ms < 1000)
+        return; /* one line a second per thread at most */
+    t->lost_logged_ms = now;
+    fprintf(stderr, "gearsync_udf: a background job was refused: %s\n", why);
+}
+
+/* Handle complete acknowledgements in rbuf.  0 ok, -1 protocol error. */
+static int parse_acks(struct gs_thread *t)
+{
+    while (t->rlen >= HDR) {
+        uint32_t type = be32(t->rbuf + 4), size = be32(t->rbuf + 8);
+        if (memcmp(t->rbuf, "\0RES", 4) != 0 || size > GS_MAX_SMALL_PACKET) {
+            set_err(t, t->server, "garbage instead of JOB_CREATED", 0);
+            return -1;
+        }
+        if (t->rlen < HDR + (size_t)size) {
+            if (t->rcap < HDR + (size_t)size) {
+                char *p = realloc(t->rbuf, HDR + (size_t)size);
+                if (!p) {
+                    set_err(t, t->server, "out of memory", 0);
+                    return -1;
+                }
+                t->rbuf = p;
+                t->rcap = HDR + (size_t)size;
+            }
+            return 0;
+        }
+        if (t->pend_n == 0 || t->pend_head >= t->pend_sent) {
+            set_err(t, t->server, "answer to a request never sent", 0);
+            return -1;
+        }
+        if (type == PKT_JOB_CREATED) {
+            pend_pop(t);
+        } else if (type == PKT_ERROR) {
+            /* refused (e.g. out of memory): resending won't help */
+            char msg[160];
+            size_t n = size < sizeof msg - 1 ? size : sizeof msg - 1;
+            for (size_t i = 0; i < n; i++) {
+                char c = t->rbuf[HDR + i];
+                msg[i] = (c == '\0') ? ' ' : (c < 0x20 || c == 0x7f) ? '?' : c;
+            }
+            msg[n] = '\0';
+            pend_pop(t);
+            snprintf(t->err, sizeof t->err, "gearmand ERROR %s", msg);
+            log_lost(t, t->err);
+        } else {
+            set_err(t, t->server, "unexpected packet instead of JOB_CREATED",
+                    0);
+            return -1;
+        }
+        consume(t, HDR + size);
+    }
+    return 0;
+}
+
+/* Move the pipeline on t->fd: read acknowledgements, write unsent bytes.
+ * Waits (until deadline) only while unsent bytes remain or more than
+ * max_jobs / max_bytes are unacknowledged.  0 ok, 1 deadline passed,
+ * -1 connection failed (t->last_errno, t->err set). */
+static int pump(struct gs_thread *t, int64_t deadline, size_t max_jobs,
+                size_t max_bytes)
+{
+    for (;;) {
+        {
+            /* whatever has arrived: acknowledgements, or the EOF of a
+             * gearmand that restarted since our last call */
+            for (;;) {
+                if (t->rcap - t->rlen < 512) {
+                    size_t cap = t->rcap < RBUF_KEEP ? RBUF_KEEP : t->rcap * 2;
+                    char *p = realloc(t->rbuf, cap);
+                    if (!p) {
+                        t->last_errno = ENOMEM;
+                        set_err(t, t->server, "out of memory", 0);
+                        return -1;
+                    }
+                    t->rbuf = p;
+                    t->rcap = cap;
+                }
+                size_t space = t->rcap - t->rlen;
+                ssize_t r = recv(t->fd, t->rbuf + t->rlen, space, MSG_DONTWAIT);
+                if (r > 0) {
+                    t->rlen += (size_t)r;
+                    if (parse_acks(t) != 0) {
+                        t->last_errno = EPROTO;
+                        return -1;
+                    }
+                    if ((size_t)r < space)
+                        break; /* short read: nothing more queued */
+                    continue;
+                }
+                if (r == 0) {
+                    t->last_errno = ECONNRESET;
+                    set_err(t, t->server, "connection closed by gearmand", 0);
+                    return -1;
+                }
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    break;
+                t->last_errno = errno;
+                set_err(t, t->server, "recv", errno);
+                return -1;
+            }
+        }
+        while (t->pend_sent < t->pend.len) {
+            ssize_t w = send(t->fd, t->pend.p + t->pend_sent,
+                             t->pend.len - t->pend_sent,
+                             MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w > 0) {
+                t->pend_sent += (size_t)w;
+                continue;
+            }
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                break;
+            t->last_errno = w < 0 ? errno : EPIPE;
+            set_err(t, t->server, "send", t->last_errno);
+            return -1;
+        }
+        int unsent = t->pend_sent < t->pend.len;
+        if (!unsent && t->pend_n <= max_jobs &&
+            t->pend.len - t->pend_head <= max_bytes)
+            return 0;
+        int w = wait_fd(t->fd, (short)(POLLIN | (unsent ? POLLOUT : 0)),
+                        deadline);
+        if (w == 0) {
+            t->last_errno = ETIMEDOUT;
+            set_err(t, t->server, "no JOB_CREATED before the deadline", 0);
+            return 1;
+        }
+        if (w < 0) {
+            t->last_errno = errno;
+            set_err(t, t->server, "poll", errno);
+            return -1;
+        }
+    }
+}
+
+/* First server, in list order, not yet tried in this call and not in its
+ * back-off; *left = how many such servers there are. */
+static unsigned pick_server(struct gs_thread *t, const unsigned char *tried,
+                            unsigned *left)
+{
+    int64_t now = gs_now_ms();
+    unsigned pick = GS_MAX_SERVERS;
+    *left = 0;
+    for (unsigned i = 0; i < t->cfg.n; i++) {
+        if (tried[i] || !gs_server_usable(t->version, i, now))
+            continue;
+        if (pick == GS_MAX_SERVERS)
+            pick = i;
+        (*left)++;
+    }
+    return pick;
+}
+
+/* Connect (failing over in list order) and pump until at most max_jobs /
+ * max_bytes are unacknowledged.  0 ok; -1 no server took them before the
+ * deadline (fd closed; the jobs stay queued for the next connection). */
+static int pipeline_run(struct gs_thread *t, int64_t deadline,
+                        size_t max_jobs, size_t max_bytes)
+{
+    unsigned char tried[GS_MAX_SERVERS] = {0};
+    int stale_retry_used = 0, have_err = 0;
+
+    for (;;) {
+        int64_t dl = deadline;
+        if (t->fd < 0) {
+            unsigned left;
+            unsigned pick = pick_server(t, tried, &left);
+            int64_t now = gs_now_ms();
+            if (pick == GS_MAX_SERVERS || deadline - now <= 0) {
+                if (!have_err)
+                    snprintf(t->err, sizeof t->err,
+                             pick == GS_MAX_SERVERS
+                                 ? "all job servers failed within the last "
+                                   "retry_ms"
+                                 : "timeout_ms used up");
+                return -1;
+            }
+            dl = now + (deadline - now + left - 1) / left;
+            tried[pick] = 1;
+            if (do_connect(t, pick, dl) != 0) {
+                gs_server_failed(t->version, pick, gs_now_ms(), t->err);
+                have_err = 1;
+                continue;
+            }
+            gs_server_ok(t->version, pick);
+        }
+        unsigned idx = t->server;
+        int was_reused = t->reused;
+        int rc = pump(t, dl, max_jobs, max_bytes);
+        if (rc == 0) {
+            t->reused = 1;
+            return 0;
+        }
+        have_err = 1;
+        close_fd(t); /* unacknowledged jobs stay in pend */
+        if (rc < 0 && was_reused && is_peer_gone(t->last_errno) &&
+            !stale_retry_used) {
+            /* gearmand restarted under our cached connection */
+            stale_retry_used = 1;
+            if (do_connect(t, idx, deadline) == 0)
+                continue;
+        }
+        tried[idx] = 1;
+        gs_server_failed(t->version, idx, gs_now_ms(), t->err);
+    }
+}
+
+static int submit_pipelined(struct gs_thread *t, struct job *j)
+{
+    size_t plen = HDR + j->fnlen + 1 + j->uqlen + 1 + j->wllen;
+    int64_t deadline = gs_now_ms() + t->cfg.timeout_ms;
+
+    pend_compact(t);
+    if (gs_buf_reserve(&t->pend, plen) != 0) {
+        snprintf(t->err, sizeof t->err,
+                 "too many unacknowledged background jobs on this thread");
+        return -1;
+    }
+    size_t mark = t->pend.len;
+    char *p = t->pend.p + mark;
+    memcpy(p, "\0REQ", 4);
+    put_be32(p + 4, request_type(1, j->prio));
+    put_be32(p + 8, (uint32_t)(plen - HDR));
+    p += HDR;
+    memcpy(p, j->fn, j->fnlen);
+    p[j->fnlen] = '\0';
+    p += j->fnlen + 1;
+    memcpy(p, j->unique, j->uqlen);
+    p[j->uqlen] = '\0';
+    p += j->uqlen + 1;
+    if (j->wllen)
+        memcpy(p, j->wl, j->wllen);
+    t->pend.len += plen;
+    t->pend_n++;
+
+    if (pipeline_run(t, deadline, GS_WINDOW_JOBS, GS_WINDOW_BYTES) != 0) {
+        /* not confirmed to the caller, so not ours to deliver later: drop
+         * this one; older confirmed ones stay queued for the next
+         * connection.  (fd is closed, so nothing of it is half-sent.) */
+        t->pend.len = mark;
+        t->pend_n--;
+        if (t->pend_sent > mark)
+            t->pend_sent = mark;
+        if (t->pend_n == 0)
+            t->pend.len = t->pend_head = t->pend_sent = 0;
+        return -1;
+    }
+    size_t n = j->uqlen < j->handle_size - 1 ? j->uqlen : j->handle_size - 1;
+    memcpy(j->handle, j->unique, n);
+    j->handle[n] = '\0';
+    return 0;
+}
+
+long long gs_flush(void)
+{
+    struct gs_thread *t = thread_get();
+    if (!t)
+        return -1;
+    t->err[0] = '\0';
+    if (t->pend_n == 0)
+        return 0;
+    /* a config change doesn't drop queued jobs: they go to the new servers */
+    refresh_config(t);
+    (void)pipeline_run(t, gs_now_ms() + t->cfg.do_timeout_ms, 0, 0);
+    return (long long)t->pend_n;
+}
+
 static int submit(struct job *j)
 {
     struct gs_thread *t = thread_get();
@@ -672,6 +1007,10 @@ static int submit(struct job *j)
 
     char uq[2 * sizeof t->seed + 16 + 1];
     if (j->uqlen == 0) {
+        /* always send a unique id: persistent queues key on (unique,
+         * function), jobs without one collapse after a gearmand restart.
+         * 96 random bits per thread + a per-thread counter: unique across
+         * threads, processes and restarts. */
         static const char hex[] = "0123456789abcdef";
         size_t k = 0;
         for (size_t i = 0; i < sizeof t->seed; i++) {
@@ -686,8 +1025,16 @@ static int submit(struct job *j)
         j->uqlen = k;
     }
 
+    if (j->background && t->cfg.pipeline)
+        return submit_pipelined(t, j);
+
     int64_t start = gs_now_ms();
     int64_t submit_end = start + t->cfg.timeout_ms;
+    if (t->pend_n) {
+        /* answers to pipelined jobs must not mix with this job's: get them
+         * acknowledged first (or leave them queued for a new connection) */
+        (void)pipeline_run(t, submit_end, 0, 0);
+    }
     j->result_deadline = start + t->cfg.do_timeout_ms;
     if (!j->background && j->result_deadline < submit_end)
         submit_end = j->result_deadline;

@@ -395,3 +395,34 @@ GS_EXPORT char *gman_last_error(UDF_INIT *initid, UDF_ARGS *args,
     *length = (unsigned long)n;
     return initid->ptr;
 }
+
+/* ------------------------------------------------------------ flush */
+
+/* gman_flush(): wait (up to do_timeout_ms) until every background job this
+ * connection's thread pipelined is acknowledged by a job server; returns
+ * how many are still unacknowledged (0 = all confirmed). */
+GS_EXPORT my_bool gman_flush_init(UDF_INIT *initid, UDF_ARGS *args,
+                                  char *message)
+{
+    if (args->arg_count != 0) {
+        snprintf(message, MYSQL_ERRMSG_SIZE, "gman_flush() takes no arguments");
+        return 1;
+    }
+    initid->maybe_null = 1;
+    initid->const_item = 0;
+    return 0;
+}
+
+GS_EXPORT long long gman_flush(UDF_INIT *initid, UDF_ARGS *args,
+                               char *is_null, char *error)
+{
+    (void)initid;
+    (void)args;
+    (void)error;
+    long long n = gs_flush();
+    if (n < 0) {
+        *is_null = 1;
+        return 0;
+    }
+    return n;
+}

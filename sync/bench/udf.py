@@ -1,0 +1,202 @@
+"""Trigger overhead of the gearsync UDFs (`make bench-udf`).
+
+Starts a throwaway MariaDB (the library copied into its plugin dir) and gearmand, fills
+`data(id, volume, payload, updated_at)` with 100k rows and measures, in three modes:
+
+    no trigger            the baseline
+    trigger, gearmand up  AFTER UPDATE trigger: gman_do_background('syncToRedis',
+                          gman_json_object(NEW.id AS id, NEW.volume AS volume, ...))
+    trigger, gearmand down  the same trigger, gearmand stopped (each call returns NULL fast)
+
+20k single-row autocommit UPDATEs on one connection (rows/s) and one UPDATE of 10k rows
+(seconds); the median of 3 runs per figure, modes interleaved within each run.
+
+    python -m sync.bench udf [--runs 3] [--rows 100000] [--single 20000] [--multi 10000] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sync.testing.servers import GearmanServer, MariaDBServer
+from sync.udf_install import INSTALL_SQL, LIBRARY_NAME, read_statements
+
+REPO = Path(__file__).resolve().parent.parent.parent
+LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME
+
+MODES = ("no trigger", "trigger, gearmand up", "trigger, gearmand down")
+
+TRIGGER = """
+CREATE TRIGGER data_sync AFTER UPDATE ON data FOR EACH ROW
+DO gman_do_background('syncToRedis', gman_json_object(
+    'data' AS `table`, NEW.id AS id, NEW.volume AS volume, NEW.payload AS payload,
+    NEW.updated_at AS updated_at))
+"""
+
+
+def gearmand_queued(server: GearmanServer, function: str) -> int:
+    """Jobs gearmand holds for `function` (admin `status`), 0 if it is not known."""
+    with socket.create_connection((server.host, server.port), timeout=5) as s:
+        s.sendall(b"status\n")
+        data = b""
+        while not data.endswith(b".\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    for line in data.decode().splitlines():
+        parts = line.split("\t")
+        if parts[0] == function and len(parts) >= 2:
+            return int(parts[1])
+    return 0
+
+
+def set_mode(cur, mode: str, gearmand: GearmanServer) -> None:  # type: ignore[no-untyped-def]
+    cur.execute("DROP TRIGGER IF EXISTS data_sync")
+    if mode != "no trigger":
+        cur.execute(TRIGGER)
+    if mode == "trigger, gearmand down":
+        gearmand.stop()
+    elif not gearmand.running:
+        gearmand.start()
+
+
+def single_row(cur, ids: list[int]) -> float:  # type: ignore[no-untyped-def]
+    """UPDATE one row per autocommit statement; returns statements per second."""
+    stmt = "UPDATE data SET volume = volume + 1, updated_at = NOW(6) WHERE id = %s"
+    start = time.perf_counter()
+    for i in ids:
+        cur.execute(stmt, (i,))
+    return len(ids) / (time.perf_counter() - start)
+
+
+def multi_row(cur, first: int, n: int) -> float:  # type: ignore[no-untyped-def]
+    """One UPDATE of n rows; returns seconds."""
+    start = time.perf_counter()
+    cur.execute("UPDATE data SET volume = volume + 1, updated_at = NOW(6) WHERE id BETWEEN %s AND %s",
+                (first, first + n - 1))
+    elapsed = time.perf_counter() - start
+    if cur.rowcount != n:
+        raise RuntimeError(f"10k-row UPDATE changed {cur.rowcount} rows, expected {n}")
+    return elapsed
+
+
+def run(args: argparse.Namespace) -> dict:
+    if not args.no_build:
+        subprocess.run(["make", "-s", "-C", str(REPO / "udf")], check=True)
+    base = Path(tempfile.mkdtemp(prefix="gearsync-bench-udf-"))
+    plugin_dir = base / "plugin"
+    plugin_dir.mkdir()
+    shutil.copy(LIBRARY, plugin_dir / LIBRARY_NAME)
+    db = MariaDBServer(base / "mariadb", plugin_dir=plugin_dir)
+    gearmand = GearmanServer(base / "gearmand", threads=args.gearmand_threads)
+    results: dict[str, dict[str, list[float]]] = {m: {"single_per_s": [], "multi_s": []} for m in MODES}
+    try:
+        db.start()
+        gearmand.start()
+        conn = db.connect()
+        cur = conn.cursor()
+        for stmt in read_statements(INSTALL_SQL):
+            cur.execute(stmt)
+        cur.execute("CREATE DATABASE bench")
+        cur.execute("USE bench")
+        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT NOT NULL, payload VARCHAR(64) NOT NULL, "
+                    "updated_at DATETIME(6) NOT NULL) ENGINE=InnoDB")
+        cur.execute(f"INSERT INTO data SELECT seq, seq % 1000, CONCAT('payload-', seq), NOW(6) "
+                    f"FROM seq_1_to_{args.rows}")
+        cur.execute(f"SELECT gman_servers_set('{gearmand.address}')")
+        rng = random.Random(42)
+        queued: list[int] = []
+        for r in range(args.runs):
+            for mode in MODES:
+                set_mode(cur, mode, gearmand)
+                ids = [rng.randrange(1, args.rows + 1) for _ in range(args.single)]
+                single = single_row(cur, ids)
+                first = rng.randrange(1, args.rows - args.multi + 2)
+                multi = multi_row(cur, first, args.multi)
+                results[mode]["single_per_s"].append(single)
+                results[mode]["multi_s"].append(multi)
+                if mode == "trigger, gearmand up":
+                    # gearmand was (re)started fresh for this mode: every row's job is queued
+                    queued.append(gearmand_queued(gearmand, "syncToRedis"))
+                print(f"  run {r + 1} {mode:<24} {single:9,.0f} UPDATE/s   10k-row UPDATE {multi:.3f} s",
+                      file=sys.stderr)
+        if not gearmand.running:
+            gearmand.start()
+        cur.close()
+        conn.close()
+    finally:
+        gearmand.stop()
+        db.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return summarize(results, args, queued)
+
+
+def summarize(results: dict[str, dict[str, list[float]]], args: argparse.Namespace, queued: list[int]) -> dict:
+    base_single = statistics.median(results["no trigger"]["single_per_s"])
+    base_multi = statistics.median(results["no trigger"]["multi_s"])
+    out: dict = {
+        "benchmark": "udf",
+        "rows": args.rows,
+        "single_row_updates": args.single,
+        "multi_row_update_rows": args.multi,
+        "runs": args.runs,
+        "modes": {},
+        "targets": {"single_ratio_min": 0.85, "multi_up_max_s": 0.4},
+        "jobs_queued_per_run": queued,
+        "jobs_expected_per_run": args.single + args.multi,
+    }
+    for mode, figures in results.items():
+        single = statistics.median(figures["single_per_s"])
+        multi = statistics.median(figures["multi_s"])
+        out["modes"][mode] = {
+            "single_per_s": round(single, 1),
+            "single_ratio": round(single / base_single, 3),
+            "multi_s": round(multi, 4),
+            "multi_extra_us_per_row": round((multi - base_multi) / args.multi * 1e6, 1),
+            "single_per_s_runs": [round(x, 1) for x in figures["single_per_s"]],
+            "multi_s_runs": [round(x, 4) for x in figures["multi_s"]],
+        }
+    return out
+
+
+def print_table(out: dict) -> None:
+    print(f"\nUDF trigger overhead — medians of {out['runs']} runs, table of {out['rows']:,} rows")
+    print(f"{'mode':<24} {'single-row UPDATE/s':>20} {'ratio':>7} {'10k-row UPDATE s':>17} {'extra µs/row':>13}")
+    for mode, m in out["modes"].items():
+        print(f"{mode:<24} {m['single_per_s']:>20,.0f} {m['single_ratio']:>7.2f} {m['multi_s']:>17.3f} "
+              f"{m['multi_extra_us_per_row']:>13.1f}")
+    up = out["modes"]["trigger, gearmand up"]
+    print(f"jobs queued in gearmand per run (gearmand up): {out['jobs_queued_per_run']} "
+          f"(expected {out['jobs_expected_per_run']} each)")
+    print(f"targets: single-row ratio >= 0.85 (got {up['single_ratio']:.2f}); "
+          f"10k-row UPDATE <= 0.4 s with gearmand up (got {up['multi_s']:.3f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sync.bench udf", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--single", type=int, default=20_000, help="single-row UPDATEs per run and mode")
+    parser.add_argument("--multi", type=int, default=10_000, help="rows in the one multi-row UPDATE")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--gearmand-threads", type=int, default=2, help="gearmand --threads")
+    parser.add_argument("--no-build", action="store_true", help="do not run make -C udf first")
+    args = parser.parse_args(argv)
+    if args.multi > args.rows:
+        parser.error("--multi must not exceed --rows")
+    out = run(args)
+    print_table(out)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0

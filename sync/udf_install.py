@@ -1,0 +1,264 @@
+"""Install or drop the gearsync UDF library in a MariaDB/MySQL server.
+
+    python -m sync.udf_install install --library udf/build/gearsync_udf.so
+    python -m sync.udf_install uninstall [--remove-library]
+
+The server comes from MYSQL_URL (mysql://user:pass@host:port/db, optional
+?unix_socket=/path) or MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD,
+MYSQL_DATABASE (default 127.0.0.1:3306, root, no password).
+
+`install` asks the server for @@plugin_dir, copies the library there atomically
+(temporary name in the same directory, then rename: a copy mysqld already has
+dlopen()ed keeps its old inode) and runs sql/install-udf.sql statement by
+statement.  When the server is on another host, or its plugin dir is not
+writable from here, it prints the file to copy and the SQL to run and exits 3.
+
+Exit codes: 0 ok, 1 SQL failed, 2 bad configuration / cannot connect, 3 manual
+steps needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+EXIT_OK = 0
+EXIT_SQL_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_MANUAL = 3
+
+LIBRARY_NAME = "gearsync_udf.so"
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+INSTALL_SQL = SQL_DIR / "install-udf.sql"
+UNINSTALL_SQL = SQL_DIR / "uninstall-udf.sql"
+
+
+class InstallError(Exception):
+    """A failure with a one-line message and the exit code to use."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str | None
+    unix_socket: str | None = None
+
+    def display(self) -> str:
+        """The connection as a URL, password masked."""
+        auth = self.user + (":***" if self.password else "")
+        where = f"{self.host}:{self.port}" if not self.unix_socket else f"localhost?unix_socket={self.unix_socket}"
+        return f"mysql://{auth}@{where}/{self.database or ''}"
+
+    @property
+    def is_local(self) -> bool:
+        if self.unix_socket or self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+
+def _mask_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        return parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()
+    except ValueError:
+        return "<unparseable MYSQL_URL>"
+
+
+def target_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Target:
+    url = env.get("MYSQL_URL")
+    if url:
+        shown = _mask_url(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port or 3306
+        except ValueError as exc:
+            raise InstallError(f"MYSQL_URL: {shown!r} is not a valid URL ({exc})", EXIT_CONFIG) from None
+        if parts.scheme not in ("mysql", "mariadb") or not parts.hostname:
+            raise InstallError(
+                f"MYSQL_URL: {shown!r}; expected mysql://user:password@host:port/database", EXIT_CONFIG
+            )
+        query = parse_qs(parts.query)
+        return Target(
+            host=parts.hostname,
+            port=port,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=unquote(parts.path.lstrip("/")) or None,
+            unix_socket=(query.get("unix_socket") or [None])[0],
+        )
+    port_text = env.get("MYSQL_PORT", "3306")
+    try:
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise InstallError(f"MYSQL_PORT: {port_text!r}; expected a port number 1..65535", EXIT_CONFIG) from None
+    return Target(
+        host=env.get("MYSQL_HOST", "127.0.0.1"),
+        port=port,
+        user=env.get("MYSQL_USER", "root"),
+        password=env.get("MYSQL_PASSWORD", ""),
+        database=env.get("MYSQL_DATABASE") or None,
+    )
+
+
+def connect(target: Target):  # type: ignore[no-untyped-def]
+    import pymysql
+
+    kw = dict(user=target.user, password=target.password, database=target.database, connect_timeout=5,
+              autocommit=True, charset="utf8mb4")
+    try:
+        if target.unix_socket:
+            return pymysql.connect(unix_socket=target.unix_socket, **kw)
+        return pymysql.connect(host=target.host, port=target.port, **kw)
+    except pymysql.MySQLError as exc:
+        raise InstallError(f"cannot connect to {target.display()}: {exc}", EXIT_CONFIG) from None
+
+
+def read_statements(path: Path) -> list[str]:
+    """The statements of an install script: `--` comment lines dropped, split on `;`."""
+    text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("--"))
+    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
+
+
+def run_sql(conn, statements: list[str]) -> None:  # type: ignore[no-untyped-def]
+    import pymysql
+
+    with conn.cursor() as cur:
+        for stmt in statements:
+            try:
+                cur.execute(stmt)
+            except pymysql.MySQLError as exc:
+                raise InstallError(f"{stmt!r} failed: {exc}", EXIT_SQL_FAILED) from None
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def copy_atomic(library: Path, plugin_dir: Path) -> Path:
+    """Copy library into plugin_dir under LIBRARY_NAME: temp file, fsync, rename."""
+    dest = plugin_dir / LIBRARY_NAME
+    if dest.exists() and _digest(dest) == _digest(library):
+        return dest
+    tmp = plugin_dir / f".{LIBRARY_NAME}.{os.getpid()}.tmp"
+    try:
+        with open(library, "rb") as src, open(tmp, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+def _manual_steps(reason: str, library: Path, plugin_dir: str, target: Target) -> InstallError:
+    sql = ";\n".join(read_statements(INSTALL_SQL)) + ";"
+    message = (
+        f"{reason}\n"
+        f"Do it by hand:\n"
+        f"  1. copy {library.resolve()} to {plugin_dir}/{LIBRARY_NAME} on the database host "
+        f"(mode 0644, readable by mysqld)\n"
+        f"  2. run {INSTALL_SQL} there, e.g. mariadb -h {target.host} -P {target.port} -u {target.user} -p "
+        f"< {INSTALL_SQL}\n"
+        f"SQL:\n{sql}"
+    )
+    return InstallError(message, EXIT_MANUAL)
+
+
+def install(target: Target, library: Path) -> str:
+    if not library.is_file():
+        raise InstallError(f"--library: no such file {str(library)!r} (run `make build-udf`)", EXIT_CONFIG)
+    conn = connect(target)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@plugin_dir, @@version")
+            plugin_dir, version = cur.fetchone()
+        plugin_dir = str(plugin_dir).rstrip("/")
+        if not target.is_local:
+            raise _manual_steps(
+                f"{target.display()} is not on this host: its plugin dir {plugin_dir} cannot be written from here.",
+                library, plugin_dir, target)
+        pdir = Path(plugin_dir)
+        if not pdir.is_dir() or not os.access(pdir, os.W_OK | os.X_OK):
+            raise _manual_steps(
+                f"plugin dir {plugin_dir} of {target.display()} is not writable by this user "
+                f"(or not on this filesystem).", library, plugin_dir, target)
+        dest = copy_atomic(library, pdir)
+        run_sql(conn, read_statements(INSTALL_SQL))
+        with conn.cursor() as cur:
+            cur.execute("SELECT gman_json_array(1, 'ok')")
+            (check,) = cur.fetchone()
+        if check not in (b'[1,"ok"]', '[1,"ok"]'):
+            raise InstallError(f"installed, but gman_json_array(1, 'ok') returned {check!r}", EXIT_SQL_FAILED)
+        return f"installed gearsync UDFs from {dest} on {target.display()} (MariaDB/MySQL {version})"
+    finally:
+        conn.close()
+
+
+def uninstall(target: Target, remove_library: bool) -> str:
+    conn = connect(target)
+    try:
+        run_sql(conn, read_statements(UNINSTALL_SQL))
+        note = ""
+        if remove_library:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@plugin_dir")
+                (plugin_dir,) = cur.fetchone()
+            path = Path(str(plugin_dir)) / LIBRARY_NAME
+            if target.is_local and path.exists():
+                path.unlink()
+                note = f"; removed {path}"
+            elif path.exists() or not target.is_local:
+                note = f"; remove {path} on the database host by hand"
+        return f"dropped gearsync UDFs on {target.display()}{note}"
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sync.udf_install", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_install = sub.add_parser("install", help="copy the library into @@plugin_dir and CREATE FUNCTION")
+    p_install.add_argument("--library", type=Path, default=Path("udf/build") / LIBRARY_NAME)
+    p_uninstall = sub.add_parser("uninstall", help="DROP FUNCTION for every gearsync UDF")
+    p_uninstall.add_argument("--remove-library", action="store_true", help="also delete it from @@plugin_dir")
+    args = parser.parse_args(argv)
+    try:
+        target = target_from_env()
+        if args.command == "install":
+            print(install(target, args.library))
+        else:
+            print(uninstall(target, args.remove_library))
+    except InstallError as exc:
+        print(f"udf_install: {exc}", file=sys.stderr)
+        return exc.code
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
