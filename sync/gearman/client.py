@@ -48,6 +48,7 @@ from sync.gearman.protocol import (
     Packet,
     PacketType,
     pack_request,
+    pack_submit,
 )
 from sync.retry import Backoff
 
@@ -456,7 +457,6 @@ class GearmanClient:
         fn = encode_function(function)
         new_unique = self._new_unique
         uniq_iter = iter(uniques) if uniques is not None else None
-        header_type = ptype
         handles: list[bytes] = []
         chunk: list[bytes] = []
 
@@ -474,7 +474,7 @@ class GearmanClient:
                     raise ValueError("uniques: fewer unique ids than workloads") from None
             else:
                 unique = new_unique()
-            chunk.append(pack_request(header_type, fn, unique, workload))
+            chunk.append(pack_submit(ptype, fn, unique, workload))
             if len(chunk) >= self.chunk_size:
                 await flush(chunk)
                 chunk = []

@@ -39,6 +39,7 @@ __all__ = [
     "pack_packet",
     "pack_request",
     "pack_response",
+    "pack_submit",
     "pack_work_complete",
     "parse_admin_error",
     "parse_show_jobs",
@@ -237,6 +238,19 @@ def pack_work_complete(handle: bytes, data: bytes = b"") -> bytes:
         + handle
         + b"\0"
         + data
+    )
+
+
+def pack_submit(type: int, function: bytes, unique: bytes, workload: bytes) -> bytes:
+    """Fast path for SUBMIT_JOB* packets (3 arguments). The caller guarantees ``function`` and ``unique`` hold
+    no NUL (the client validates them once); ``workload`` may be any bytes."""
+    return (
+        _HEADER.pack(REQ_MAGIC, type, len(function) + len(unique) + 2 + len(workload))
+        + function
+        + b"\0"
+        + unique
+        + b"\0"
+        + workload
     )
 
 

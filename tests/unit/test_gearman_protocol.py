@@ -22,6 +22,7 @@ from sync.gearman.protocol import (
     WorkerInfo,
     pack_request,
     pack_response,
+    pack_submit,
     pack_work_complete,
     parse_admin_error,
     parse_show_jobs,
@@ -49,6 +50,11 @@ def test_pack_request_zero_args_and_str_int_args() -> None:
     assert pack_request(PacketType.GRAB_JOB_UNIQ) == b"\0REQ\x00\x00\x00\x1e\x00\x00\x00\x00"
     raw = pack_request(PacketType.CAN_DO_TIMEOUT, "fné", 30)
     assert raw.endswith("fné".encode() + b"\x0030")
+
+
+def test_pack_submit_matches_generic() -> None:
+    for ptype in (PacketType.SUBMIT_JOB, PacketType.SUBMIT_JOB_LOW_BG):
+        assert pack_submit(ptype, b"fn", b"u-1", PAYLOAD) == pack_request(ptype, b"fn", b"u-1", PAYLOAD)
 
 
 def test_pack_work_complete_matches_generic() -> None:
