@@ -37,12 +37,19 @@ from .retry import Backoff
 log = structlog.get_logger(__name__)
 
 REDIS_ERRORS = (ApplyError, redis.exceptions.RedisError, OSError)
+MAX_APPLY_BYTES = 32 * 1024 * 1024
 
 
 def connect_redis(settings: RedisSettings, *, socket_timeout_s: float = 5.0) -> Any:
     """A redis.asyncio client (or cluster client) for the settings; connects lazily."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     common: dict[str, Any] = dict(
         password=settings.password,
+        # One immediate retry on a dropped pooled connection; longer outages are the worker's
+        # own back-off, so redis-py must not sleep inside a call.
+        retry=Retry(NoBackoff(), 1),
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=min(2.0, socket_timeout_s),
     )
@@ -126,16 +133,18 @@ class SyncWorker:
     async def process(self, gearman: GearmanWorker, jobs: Sequence[Job]) -> bool:
         """Apply a batch and complete its jobs. False when the jobs were given back instead."""
         events: list[ChangeEvent | ClassicSet] = []
+        sizes: list[int] = []
         dead: dict[str, list[tuple[bytes, str, str | None, str | None]]] = {}
         for job in jobs:
             try:
                 events.append(self.decode(job.function, job.workload))
+                sizes.append(len(job.workload))
             except PayloadError as exc:
                 name = self.dead_letter_name(job.function)
                 dead.setdefault(name, []).append((job.workload, str(exc), job.function, job.unique))
                 log.warning("job_dead_lettered", function=job.function, unique=job.unique,
                             bytes=len(job.workload), reason=str(exc)[:300])
-        outcomes = await self._write(events, dead, jobs, gearman)
+        outcomes = await self._write(events, sizes, dead, jobs, gearman)
         if outcomes is None:
             return False
         st = self.stats
@@ -155,15 +164,19 @@ class SyncWorker:
     async def _write(
         self,
         events: list[ChangeEvent | ClassicSet],
+        sizes: list[int],
         dead: dict[str, list[tuple[bytes, str, str | None, str | None]]],
         jobs: Sequence[Job],
         gearman: GearmanWorker,
     ) -> list[Outcome] | None:
         backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
+        chunks = _chunks_by_bytes(events, sizes, MAX_APPLY_BYTES)
         while True:
             t0 = time.perf_counter()
             try:
-                outcomes = await self.applier.apply(events) if events else []
+                outcomes: list[Outcome] = []
+                for chunk in chunks:
+                    outcomes += await self.applier.apply(chunk)
                 for name, items in dead.items():
                     await self.deadletters.put_many(name, items)
                 self.stats.redis_s += time.perf_counter() - t0
@@ -295,6 +308,22 @@ class SyncWorker:
                 failed += len(again)
                 log.info("dead_letters_replayed", name=name, applied=len(events), still_dead=len(again))
         return ok, failed
+
+
+def _chunks_by_bytes(events: list[Any], sizes: list[int], limit: int) -> list[list[Any]]:
+    """Split a batch so one script call carries at most about `limit` payload bytes (Redis
+    bounds a request's size; a few huge rows must not make one giant call)."""
+    if sum(sizes) <= limit:
+        return [events] if events else []
+    chunks: list[list[Any]] = [[]]
+    total = 0
+    for ev, size in zip(events, sizes):
+        if chunks[-1] and total + size > limit:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(ev)
+        total += size
+    return chunks
 
 
 def _short(exc: BaseException) -> str:

@@ -40,11 +40,15 @@ class ServerStartError(RuntimeError):
     """A server process did not start; the message ends with its log tail."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(max_port: int = 65535) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (at most max_port)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port <= max_port:
+            return port
+    raise ServerStartError(f"no free port at or below {max_port} found")
 
 
 def _which(name: str, *fallbacks: str) -> str:
@@ -392,9 +396,12 @@ class RedisClusterNodes:
 
     def __init__(self, base_dir: str | os.PathLike[str], n: int = 3) -> None:
         self.base_dir = Path(base_dir)
+        # A cluster node also listens on port + 10000 (the cluster bus), so its port must stay
+        # at or below 55535, and that bus port must be free too.
         self.nodes = [
             RedisServer(
                 self.base_dir / f"node{i}",
+                port=_cluster_port(),
                 extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                             "--cluster-node-timeout", "5000"],
             )
@@ -445,6 +452,18 @@ class RedisClusterNodes:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _cluster_port() -> int:
+    for _ in range(200):
+        port = free_port(55535)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise ServerStartError("no free port pair (p, p+10000) for a cluster node")
 
 
 class GearmanServer(_Server):

@@ -72,24 +72,10 @@ def expected(ev: ChangeEvent) -> Any:
 # -- fixtures -------------------------------------------------------------------------------
 
 
-def _cluster_port() -> int:
-    # A cluster node's bus port is port + 10000, so the port must be <= 55535.
-    while True:
-        port = free_port()
-        if port <= 55535:
-            return port
-
-
-@pytest.fixture(scope="module")
-def cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
-    """Like the shared `redis_cluster` fixture, but with node ports that leave room for the
-    cluster bus port (the shared harness may pick ports above 55535, which redis refuses)."""
-    nodes = RedisClusterNodes(tmp_path_factory.mktemp("applier-cluster"), n=3)
-    for node in nodes.nodes:
-        node.port = _cluster_port()
-    nodes.start()
-    yield nodes
-    nodes.stop()
+@pytest.fixture
+def cluster_nodes(redis_cluster: RedisClusterNodes) -> RedisClusterNodes:
+    """The session's shared 3-node cluster."""
+    return redis_cluster
 
 
 @pytest.fixture

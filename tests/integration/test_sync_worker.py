@@ -344,3 +344,14 @@ async def test_worker_on_redis_cluster(gearmand: GearmanServer, redis_cluster) -
     finally:
         client.flushall(target_nodes=RedisCluster.ALL_NODES)
         client.close()
+
+
+async def test_large_rows_are_split_across_script_calls(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+    big = "x" * (5 * 1024 * 1024)
+    payloads = [change("data", "insert", {"id": i}, {"id": i, "blob": big + str(i)}, 1 + i) for i in range(8)]
+    await submit(gearmand, "gearsync.data", payloads)
+    worker = make_worker(gearmand, redis_server, ["data"])
+    await run_worker_until_drained(worker, gearmand, "gearsync.data", timeout_s=60)
+    assert worker.stats.applied == 8
+    for i in range(8):
+        assert orjson.loads(redis_client.get(f"data:{i}"))["blob"] == big + str(i)
