@@ -191,6 +191,17 @@ class GearmanWorkerConnection:
                     self._unexpected(packet.type, packet.args)
         return jobs
 
+    async def echo(self, data: bytes = b"ping") -> bytes:
+        """ECHO_REQ round trip: proves the server answers (bounded by io_timeout_s)."""
+        async with self._read_lock:
+            await self.conn.send(pack_request(PacketType.ECHO_REQ, data))
+            while True:
+                for packet in await self.conn.read_packets():
+                    if packet.type is PacketType.ECHO_RES:
+                        return packet.args[0]
+                    if packet.type is not _NOOP:
+                        self._unexpected(packet.type, packet.args)
+
     def _unexpected(self, ptype: PacketType, args: tuple[bytes, ...]) -> None:
         if ptype is _ERROR:
             log.warning(
@@ -285,7 +296,7 @@ class GearmanWorkerConnection:
 
 
 class _ServerSlot:
-    __slots__ = ("host", "port", "conn", "backoff", "retry_at")
+    __slots__ = ("host", "port", "conn", "backoff", "retry_at", "connecting")
 
     def __init__(self, host: str, port: int, backoff: Backoff) -> None:
         self.host = host
@@ -293,6 +304,7 @@ class _ServerSlot:
         self.conn: GearmanWorkerConnection | None = None
         self.backoff = backoff
         self.retry_at = 0.0
+        self.connecting: asyncio.Task[None] | None = None
 
     @property
     def live(self) -> bool:
@@ -344,10 +356,16 @@ class GearmanWorker:
     async def close(self) -> None:
         """Close every connection (uncompleted jobs go back to gearmand's queue)."""
         self._closed = True
+        tasks = []
         for slot in self._slots:
+            if slot.connecting is not None:
+                slot.connecting.cancel()
+                tasks.append(slot.connecting)
             if slot.conn is not None:
                 slot.conn.close("worker closed")
                 slot.conn = None
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def connected_servers(self) -> list[tuple[str, int]]:
@@ -379,6 +397,8 @@ class GearmanWorker:
         )
 
     async def _connect(self, slot: _ServerSlot) -> None:
+        """Connect, register, and check with an ECHO round trip that the server answers; runs as a background
+        task so a slow or hung server never holds up the others."""
         conn = GearmanWorkerConnection(
             slot.host,
             slot.port,
@@ -392,27 +412,45 @@ class GearmanWorker:
                 await conn.set_client_id(self.client_id)
             for function in self.functions:
                 await conn.can_do(function)
+            await conn.echo(b"gearsync")
         except GearmanConnectionError as exc:
             conn.close(str(exc))
             self._mark_down(slot, exc)
             return
-        except BaseException:  # cancelled (e.g. shutdown) mid-connect: leave no socket behind
+        except BaseException:  # cancelled (worker closed) mid-connect: leave no socket behind
             conn.close("connect cancelled")
             raise
+        finally:
+            slot.connecting = None
+        if self._closed:
+            conn.close("worker closed")
+            return
         slot.conn = conn
         slot.backoff.reset()
         log.info("gearman_worker_connected", host=slot.host, port=slot.port, functions=len(self.functions))
 
-    async def _ensure_connected(self) -> list[_ServerSlot]:
+    async def _ensure_connected(self, wait_s: float) -> list[_ServerSlot]:
+        """Start a reconnect for every server whose back-off expired; return the live ones. With none live, wait
+        (at most wait_s) for a connect attempt to finish or the next back-off to expire."""
         now = time.monotonic()
-        due = [s for s in self._slots if not s.live and s.retry_at <= now]
-        if due:
-            await asyncio.gather(*(self._connect(s) for s in due))
+        for slot in self._slots:
+            if not slot.live and slot.connecting is None and slot.retry_at <= now:
+                slot.connecting = asyncio.get_running_loop().create_task(
+                    self._connect(slot), name=f"gearman-worker-connect-{slot.host}:{slot.port}"
+                )
+        live = [s for s in self._slots if s.live]
+        if live:
+            return live
+        attempts = [s.connecting for s in self._slots if s.connecting is not None]
+        if attempts:
+            await asyncio.wait(attempts, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(min(wait_s, self._next_retry_in()))
         return [s for s in self._slots if s.live]
 
     def _next_retry_in(self) -> float:
-        now = time.monotonic()
-        return max(0.0, min(s.retry_at for s in self._slots if not s.live) - now)
+        waiting = [s.retry_at for s in self._slots if not s.live]
+        return max(0.0, min(waiting) - time.monotonic()) if waiting else 0.0
 
     # ---- jobs ------------------------------------------------------------------------------------------------
 
@@ -464,16 +502,17 @@ class GearmanWorker:
 
         When no server has work: PRE_SLEEP on every live connection, wait for the first NOOP (at most
         ``idle_timeout_s``), then grab once more, so the call returns within about idle_timeout_s (+ io_timeout_s
-        for a server that stopped answering) and may return []. When no server is reachable it sleeps until the next
-        reconnect attempt (at most idle_timeout_s) and returns []. Never raises for server trouble.
+        for a connected server that stopped answering: it is then closed and reconnected in the background) and
+        may return []. Reconnects run as background tasks (connect + ECHO round trip), so a down or hung server
+        never delays the others; with no server live the call waits for a reconnect attempt (at most
+        idle_timeout_s) and returns []. Never raises for server trouble.
         """
         if self._closed:
             raise GearmanConnectionError("worker is closed")
         if max_jobs < 1:
             raise ValueError(f"max_jobs must be >= 1, got {max_jobs}")
-        live = await self._ensure_connected()
+        live = await self._ensure_connected(idle_timeout_s)
         if not live:
-            await asyncio.sleep(min(idle_timeout_s, self._next_retry_in()))
             return []
         jobs = await self._grab_round(live, max_jobs)
         if jobs:

@@ -473,3 +473,24 @@ async def test_cancelled_fetch_leaves_worker_usable(gearmand: GearmanServer) -> 
         await other.complete_many(jobs)
     finally:
         other.close()
+
+
+async def test_hung_server_does_not_stall_the_others(gearmand_factory: Callable[..., GearmanServer]) -> None:
+    hung, healthy = gearmand_factory(), gearmand_factory()
+    async with GearmanClient([addr(healthy)]) as client:
+        await client.submit_background_many(FN, [b"%d" % i for i in range(300)])
+    hung.pause()
+    try:
+        async with GearmanWorker(
+            [addr(hung), addr(healthy)], [FN], io_timeout_s=0.5, connect_timeout_s=0.5, backoff_initial_s=0.05
+        ) as worker:
+            got: list[Job] = []
+            started = time.monotonic()
+            while len(got) < 300 and time.monotonic() - started < 20:
+                jobs = await worker.fetch_batch(64, 0.2)
+                assert await worker.complete_many(jobs) == []
+                got += jobs
+            assert sorted(j.workload for j in got) == sorted(b"%d" % i for i in range(300))
+            assert worker.connected_servers == [addr(healthy)]  # the hung one never passed its ECHO check
+    finally:
+        hung.resume()
