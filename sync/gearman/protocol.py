@@ -157,8 +157,6 @@ del _t, _n
 
 _HEADER = struct.Struct(">4sII")
 _HEADER_INTS = struct.Struct(">III")
-_REQ_MAGIC_INT = int.from_bytes(REQ_MAGIC, "big")
-_RES_MAGIC_INT = int.from_bytes(RES_MAGIC, "big")
 
 
 class Packet:
@@ -227,14 +225,11 @@ def pack_response(type: int, *args: bytes | str | int) -> bytes:
     return pack_packet(RES_MAGIC, type, *args)
 
 
-_WORK_COMPLETE_HEADER = struct.Struct(">4sII")
-
-
 def pack_work_complete(handle: bytes, data: bytes = b"") -> bytes:
     """Fast path for the worker's hot loop: a WORK_COMPLETE packet (handle must not contain NUL; the caller's
     handle came from the server, which never puts a NUL in it)."""
     return (
-        _WORK_COMPLETE_HEADER.pack(REQ_MAGIC, PacketType.WORK_COMPLETE, len(handle) + 1 + len(data))
+        _HEADER.pack(REQ_MAGIC, PacketType.WORK_COMPLETE, len(handle) + 1 + len(data))
         + handle
         + b"\0"
         + data
