@@ -1,0 +1,145 @@
+"""MySQL/MariaDB connection settings shared by every gearsync command.
+
+From `--mysql-url mysql://user@host:port/db` (no password on the command line: it would show in
+the process list) or MYSQL_URL, else MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD,
+MYSQL_DATABASE, MYSQL_SOCKET; MYSQL_PASSWORD always supplies the password when set. Optional TLS:
+MYSQL_SSL_CA (and MYSQL_SSL_CERT / MYSQL_SSL_KEY). Defaults: 127.0.0.1:3306, user root.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .config import mask_url
+from .errors import ConfigError, SourceError
+
+DEFAULT_MYSQL_PORT = 3306
+
+
+@dataclass(frozen=True)
+class MySQLSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_MYSQL_PORT
+    user: str = "root"
+    password: str = field(default="", repr=False)
+    database: str | None = None
+    unix_socket: str | None = None
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"MySQLSettings(host={self.host!r}, port={self.port}, user={self.user!r}, "
+                f"password={'***' if self.password else ''!r}, database={self.database!r})")
+
+    __str__ = __repr__
+
+    @property
+    def display(self) -> str:
+        """user@host:port/db, for messages (never the password)."""
+        where = self.unix_socket or f"{self.host}:{self.port}"
+        return f"{self.user}@{where}/{self.database or ''}"
+
+    @property
+    def is_local(self) -> bool:
+        return bool(self.unix_socket) or self.host in ("localhost", "127.0.0.1", "::1") or self.host.startswith("127.")
+
+    def connect(self, *, database: str | None = None, autocommit: bool = True, **kw: Any) -> Any:
+        """A pymysql connection (utf8mb4); SourceError naming the server when it fails."""
+        import pymysql
+
+        args: dict[str, Any] = dict(
+            user=self.user,
+            password=self.password,
+            database=database if database is not None else self.database,
+            charset="utf8mb4",
+            autocommit=autocommit,
+            connect_timeout=kw.pop("connect_timeout", 5),
+            read_timeout=kw.pop("read_timeout", None),
+            write_timeout=kw.pop("write_timeout", None),
+        )
+        if self.unix_socket:
+            args["unix_socket"] = self.unix_socket
+        else:
+            args["host"], args["port"] = self.host, self.port
+        if self.ssl_ca:
+            args["ssl"] = {"ca": self.ssl_ca, **({"cert": self.ssl_cert} if self.ssl_cert else {}),
+                           **({"key": self.ssl_key} if self.ssl_key else {})}
+        args.update(kw)
+        try:
+            return pymysql.connect(**args)
+        except pymysql.err.OperationalError as exc:
+            code = exc.args[0] if exc.args else "?"
+            text = exc.args[1] if len(exc.args) > 1 else str(exc)
+            if self.password:
+                text = str(text).replace(self.password, "***")
+            raise SourceError(f"MySQL {self.display}: cannot connect ({code}: {text})") from None
+
+
+def from_url(url: str, where: str = "--mysql-url") -> MySQLSettings:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {mask_url(url)!r} is not a valid URL ({exc}); expected mysql://user@host:port/db") from None
+    if parts.scheme not in ("mysql", "mariadb"):
+        raise ConfigError(f"{where}: {mask_url(url)!r} has scheme {parts.scheme!r}; expected mysql://user@host:port/db")
+    query = parse_qs(parts.query)
+    sock = query.get("unix_socket", [None])[0]
+    if not parts.hostname and not sock:
+        raise ConfigError(f"{where}: {mask_url(url)!r} has no host; expected mysql://user@host:port/db")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: {mask_url(url)!r} has port {port}; expected 1 to 65535")
+    db = unquote(parts.path.lstrip("/")) or None
+    return MySQLSettings(
+        host=parts.hostname or "localhost",
+        port=port or DEFAULT_MYSQL_PORT,
+        user=unquote(parts.username) if parts.username else "root",
+        password=unquote(parts.password) if parts.password else "",
+        database=db,
+        unix_socket=sock,
+    )
+
+
+def mysql_settings(url: str | None = None, env: Mapping[str, str] | None = None) -> MySQLSettings:
+    """Settings from an explicit --mysql-url, else the MYSQL_* environment variables."""
+    env = os.environ if env is None else env
+    if url is not None:
+        settings = from_url(url, "--mysql-url")
+        if urlsplit(url).password:
+            raise ConfigError(
+                f"--mysql-url: {mask_url(url)!r} carries a password, which would show in the process list; "
+                "expected it in MYSQL_PASSWORD"
+            )
+    elif env.get("MYSQL_URL"):
+        settings = from_url(env["MYSQL_URL"], "MYSQL_URL")
+    else:
+        port_text = env.get("MYSQL_PORT") or str(DEFAULT_MYSQL_PORT)
+        try:
+            port = int(port_text)
+            if not 1 <= port <= 65535:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"MYSQL_PORT: {port_text!r}; expected a port number from 1 to 65535") from None
+        settings = MySQLSettings(
+            host=env.get("MYSQL_HOST") or "127.0.0.1",
+            port=port,
+            user=env.get("MYSQL_USER") or "root",
+            database=env.get("MYSQL_DATABASE") or None,
+            unix_socket=env.get("MYSQL_SOCKET") or None,
+        )
+    overrides: dict[str, Any] = {}
+    if env.get("MYSQL_PASSWORD"):
+        overrides["password"] = env["MYSQL_PASSWORD"]
+    for key in ("ssl_ca", "ssl_cert", "ssl_key"):
+        value = env.get("MYSQL_" + key.upper())
+        if value:
+            overrides[key] = value
+    if overrides:
+        from dataclasses import replace
+
+        settings = replace(settings, **overrides)
+    return settings
