@@ -1,0 +1,40 @@
+"""What Redis should hold for a MySQL row: the key and the value, from the one canonical mapping.
+
+The applier, the tests, snapshot and verify all go through here (schema.canonical_row →
+keys/rowcodec), so they cannot disagree about what "Redis equals MySQL" means.
+
+    schema = load_table(conn, db, "data")
+    spec = TableSpec("data", "{table}:{pk}", "json")
+    cur.execute(READ_SESSION_SQL); cur.execute(select_sql(schema) + " ORDER BY …")
+    for row in cur:                        # DictCursor rows
+        key, value = expected_entry(schema, spec, row)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .applier import TableSpec
+from .keys import row_key
+from .rowcodec import encode_hash, encode_json
+from .schema import TableSchema, quote_ident, read_sql
+
+
+def select_sql(schema: TableSchema) -> str:
+    """SELECT list + FROM for reading canonical rows (run after schema.READ_SESSION_SQL)."""
+    cols = ", ".join(f"{read_sql(c)} AS {quote_ident(c.name)}" for c in schema.columns)
+    return f"SELECT {cols} FROM {quote_ident(schema.database)}.{quote_ident(schema.name)}"
+
+
+def expected_value(spec: TableSpec, canonical_row: Mapping[str, Any]) -> bytes | dict[bytes, bytes]:
+    """The Redis value of a canonical row: json → the bytes of SET; hash → the HSET fields."""
+    if spec.format == "hash":
+        return encode_hash(canonical_row)
+    return encode_json(canonical_row)
+
+
+def expected_entry(schema: TableSchema, spec: TableSpec, row: Mapping[str, Any]) -> tuple[str, bytes | dict[bytes, bytes]]:
+    """(Redis key, Redis value) for a row as pymysql returns it from select_sql()."""
+    canonical = schema.canonical_row(row)
+    pk = tuple((name, canonical[name]) for name in schema.key)
+    return row_key(spec.key_template, schema.name, pk), expected_value(spec, canonical)
