@@ -1,0 +1,249 @@
+"""SpoolRelay: drain `gearsync_spool` into gearmand, in id order, deleting only what gearmand took.
+
+The capture triggers write a change into the spool table when gearmand did not take it (udf mode,
+`--on-enqueue-failure spool`) or always (outbox mode). One batch:
+
+    BEGIN                                              -- READ COMMITTED: no gap locks, so the
+    SELECT id, function, payload FROM gearsync_spool   -- triggers' INSERTs never wait for us
+      ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED       -- rows of other relays are skipped
+    submit_background_many(function, payloads)        -- pipelined, fresh unique ids, each
+                                                       -- JOB_CREATED awaited
+    DELETE FROM gearsync_spool WHERE id IN (…)
+    COMMIT
+
+Nothing is deleted before gearmand acknowledged it. A relay that dies between the submit and the
+COMMIT leaves its rows in the spool and they are sent again: delivery is at least once, and the
+worker's version fence makes a second apply a no-op. Several relays may run: SKIP LOCKED gives
+each its own rows. Order: rows are sent in id order within a batch and batches follow each other;
+rows committed late (a long transaction) are sent when they become visible, which is harmless
+because every change carries its own version.
+
+Empty spool: poll every `poll_interval_s` (default 20 ms: the outbox latency). MySQL or gearmand
+down: roll back, capped exponential back-off, reconnect. `request_stop()` (SIGTERM): finish the
+batch in hand, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import structlog
+
+from .errors import ConfigError, SourceError
+from .gearman import GearmanClient, GearmanError
+from .mysql import MySQLSettings
+from .retry import Backoff
+from .schema import quote_ident
+from .triggers import SPOOL_TABLE
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["RelaySettings", "RelayStats", "SpoolRelay"]
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    mysql: MySQLSettings
+    databases: tuple[str, ...]                 # each holds a gearsync_spool
+    servers: list[tuple[str, int]]
+    batch: int = 500
+    poll_interval_s: float = 0.02
+    stats_interval_s: float = 10.0
+    spool_table: str = SPOOL_TABLE
+
+    def __post_init__(self) -> None:
+        if not self.databases:
+            raise ConfigError("--database: none given; expected the database holding gearsync_spool")
+        if not 1 <= self.batch <= 100_000:
+            raise ConfigError(f"--batch: {self.batch}; expected 1 to 100000")
+        if not 0.001 <= self.poll_interval_s <= 60:
+            raise ConfigError(f"--poll-interval: {self.poll_interval_s:g}; expected 0.001 to 60 seconds")
+
+
+@dataclass
+class RelayStats:
+    relayed: int = 0
+    batches: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def snapshot(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if k != "started"}
+
+
+class SpoolRelay:
+    """See the module docstring. `run()` serves until `request_stop()`; `drain()` empties the
+    spool once (for tests and one-shot use)."""
+
+    def __init__(self, settings: RelaySettings, *, client: GearmanClient | None = None) -> None:
+        self.settings = settings
+        self.client = client or GearmanClient(settings.servers, backoff_initial_s=0.05, backoff_max_s=2.0)
+        self._own_client = client is None
+        self.stats = RelayStats()
+        self._conn: Any = None
+        self._stop = asyncio.Event()
+        tables = {db: f"{quote_ident(db)}.{quote_ident(settings.spool_table)}" for db in settings.databases}
+        self._select = {db: f"SELECT id, function, payload FROM {t} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+                        for db, t in tables.items()}
+        self._delete = {db: f"DELETE FROM {t} WHERE id IN " for db, t in tables.items()}
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("relay_stopping")
+            self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- MySQL (blocking pymysql calls, run in a thread) ---------------------------------------
+    def _connect(self) -> Any:
+        if self._conn is None:
+            conn = self.settings.mysql.connect(autocommit=True, read_timeout=30, write_timeout=30)
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                cur.execute("SET SESSION innodb_lock_wait_timeout = 5")
+            self._conn = conn
+        return self._conn
+
+    def _close_mysql(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken; nothing more to do with it
+                pass
+
+    def _claim(self, database: str) -> list[tuple[int, str, bytes]]:
+        conn = self._connect()
+        conn.begin()
+        with conn.cursor() as cur:
+            cur.execute(self._select[database], (self.settings.batch,))
+            rows = cur.fetchall()
+        if not rows:
+            conn.rollback()
+        return [(int(i), f if isinstance(f, str) else f.decode("utf-8"), bytes(p)) for i, f, p in rows]
+
+    def _finish(self, database: str, ids: Sequence[int]) -> None:
+        conn = self._conn
+        with conn.cursor() as cur:
+            cur.execute(self._delete[database] + "(" + ",".join(str(int(i)) for i in ids) + ")")
+        conn.commit()
+
+    def _rollback(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            except Exception:
+                self._close_mysql()
+
+    # -- one batch -------------------------------------------------------------------------------
+    async def relay_batch(self, database: str) -> int:
+        """Send one batch of `database`'s spool; returns how many rows were relayed (0: empty).
+        Raises SourceError (MySQL) or GearmanError (gearmand); the rows then stay in the spool."""
+        try:
+            rows = await asyncio.to_thread(self._claim, database)
+        except Exception as exc:
+            await asyncio.to_thread(self._close_mysql)
+            raise SourceError(f"MySQL {self.settings.mysql.display}: spool read failed: {_short(exc)}") from exc
+        if not rows:
+            return 0
+        try:
+            groups: dict[str, list[bytes]] = {}
+            for _id, function, payload in rows:   # id order within each function
+                groups.setdefault(function, []).append(payload)
+            for function, payloads in groups.items():
+                await self.client.submit_background_many(function, payloads)
+        except BaseException:
+            await asyncio.to_thread(self._rollback)
+            raise
+        try:
+            await asyncio.to_thread(self._finish, database, [r[0] for r in rows])
+        except Exception as exc:
+            # gearmand has them; the rows stay and are sent again (harmless: versions fence).
+            await asyncio.to_thread(self._close_mysql)
+            raise SourceError(f"MySQL {self.settings.mysql.display}: spool delete failed after send: {_short(exc)}") from exc
+        self.stats.relayed += len(rows)
+        self.stats.batches += 1
+        return len(rows)
+
+    async def drain(self, timeout_s: float = 30.0) -> int:
+        """Relay until every spool is empty (rows locked by open transactions are not waited
+        for); returns how many were relayed. Errors propagate."""
+        total = 0
+        deadline = time.monotonic() + timeout_s
+        for db in self.settings.databases:
+            while time.monotonic() < deadline:
+                n = await self.relay_batch(db)
+                total += n
+                if n < self.settings.batch:
+                    break
+        return total
+
+    # -- loop ------------------------------------------------------------------------------------
+    async def run(self) -> int:
+        s = self.settings
+        log.info("relay_started", databases=list(s.databases), servers=[f"{h}:{p}" for h, p in s.servers],
+                 mysql=s.mysql.display, batch=s.batch, poll_interval_s=s.poll_interval_s)
+        backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
+        reporter = asyncio.ensure_future(self._report())
+        try:
+            while not self.stopping:
+                busy = False
+                try:
+                    for db in s.databases:
+                        n = await self.relay_batch(db)
+                        busy = busy or n >= s.batch
+                        if n and backoff.attempts:
+                            log.info("relay_recovered", attempts=backoff.attempts)
+                            backoff.reset()
+                    if backoff.attempts:
+                        backoff.reset()
+                except (SourceError, GearmanError, OSError) as exc:
+                    self.stats.errors += 1
+                    delay = backoff.next_delay()
+                    log.warning("relay_unavailable", error=_short(exc), retry_in_s=round(delay, 3),
+                                attempt=backoff.attempts)
+                    await self._sleep(delay)
+                    continue
+                if not busy:
+                    await self._sleep(s.poll_interval_s)
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+            await self.close()
+        log.info("relay_stopped", **{k: int(v) for k, v in self.stats.snapshot().items()})
+        return 0
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _report(self) -> None:
+        interval = self.settings.stats_interval_s
+        if interval <= 0:
+            return
+        last, last_t = self.stats.snapshot(), time.monotonic()
+        while not self.stopping:
+            await self._sleep(interval)
+            now, cur = time.monotonic(), self.stats.snapshot()
+            d = {k: cur[k] - last[k] for k in cur}
+            log.info("relay_stats", relayed_per_s=round(d["relayed"] / max(now - last_t, 1e-9), 1),
+                     relayed=int(d["relayed"]), batches=int(d["batches"]), errors=int(d["errors"]),
+                     total_relayed=int(cur["relayed"]))
+            last, last_t = cur, now
+
+    async def close(self) -> None:
+        if self._own_client:
+            await self.client.close()
+        await asyncio.to_thread(self._close_mysql)
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:297] + "..."
