@@ -118,7 +118,17 @@ class TriggerOptions:
 
     @classmethod
     def for_table(cls, table: str, function: str | None = None, **kw: str) -> "TriggerOptions":
-        return cls(function=function or default_function(table), **kw)
+        if function is None:
+            function = default_function(table)
+            try:
+                check_function_name(function)
+            except ConfigError:
+                raise ConfigError(
+                    f"--function: the default function {function!r} of table {table!r} is not a valid Gearman "
+                    "function name (it has spaces or control characters); expected --function NAME here and "
+                    "the same --function for sync-worker"
+                ) from None
+        return cls(function=function, **kw)
 
 
 def _short_hash(text: str) -> str:
