@@ -112,7 +112,7 @@ static int parse_one_server(const char *s, size_t len, struct gs_server *out,
     if (len && s[0] == '[') {
         const char *close = memchr(s, ']', len);
         if (!close) {
-            seterr(err, errlen, "gman_servers_set: '%.*s': missing ']'", ent,
+            seterr(err, errlen, "missing ']' in '%.*s'", ent,
                    entlen);
             return -1;
         }
@@ -122,7 +122,7 @@ static int parse_one_server(const char *s, size_t len, struct gs_server *out,
         if (rest) {
             if (close[1] != ':') {
                 seterr(err, errlen,
-                       "gman_servers_set: '%.*s': expected ':' after ']'", ent,
+                       "expected ':' after ']' in '%.*s'", ent,
                        entlen);
                 return -1;
             }
@@ -139,21 +139,20 @@ static int parse_one_server(const char *s, size_t len, struct gs_server *out,
             plen = len - hlen - 1;
             if (memchr(port, ':', plen)) {
                 seterr(err, errlen,
-                       "gman_servers_set: '%.*s': write IPv6 addresses as "
-                       "[addr]:port",
+                       "write IPv6 addresses as [addr]:port, not '%.*s'",
                        ent, entlen);
                 return -1;
             }
         }
     }
     if (hlen == 0 || hlen > GS_MAX_HOST) {
-        seterr(err, errlen, "gman_servers_set: '%.*s': bad host", ent, entlen);
+        seterr(err, errlen, "bad host in '%.*s'", ent, entlen);
         return -1;
     }
     for (size_t i = 0; i < hlen; i++) {
         if (!host_char_ok(host[i], v6)) {
             seterr(err, errlen,
-                   "gman_servers_set: '%.*s': bad character in host", ent,
+                   "bad character in host '%.*s'", ent,
                    entlen);
             return -1;
         }
@@ -161,7 +160,7 @@ static int parse_one_server(const char *s, size_t len, struct gs_server *out,
     unsigned long p = GS_DEFAULT_PORT;
     if (port && parse_uint(port, plen, 1, 65535, &p) != 0) {
         seterr(err, errlen,
-               "gman_servers_set: '%.*s': port must be 1..65535", ent, entlen);
+               "port must be 1..65535 in '%.*s'", ent, entlen);
         return -1;
     }
     memcpy(out->host, host, hlen);
@@ -178,7 +177,7 @@ int gs_parse_servers(const char *s, size_t len, struct gs_config *out,
     size_t pos = 0;
 
     if (!s) {
-        seterr(err, errlen, "gman_servers_set: server list is NULL%.*s", "", 0);
+        seterr(err, errlen, "server list is NULL%.*s", "", 0);
         return -1;
     }
     while (pos <= len) {
@@ -188,13 +187,13 @@ int gs_parse_servers(const char *s, size_t len, struct gs_config *out,
         const char *e = trim(s + pos, &elen);
         if (elen == 0) {
             seterr(err, errlen,
-                   "gman_servers_set: empty entry in server list '%.*s'", s,
+                   "empty entry in server list '%.*s'", s,
                    len);
             return -1;
         }
         if (n == GS_MAX_SERVERS) {
             seterr(err, errlen,
-                   "gman_servers_set: more than 16 servers in '%.*s'", s, len);
+                   "more than 16 servers in '%.*s'", s, len);
             return -1;
         }
         if (parse_one_server(e, elen, &tmp[n], err, errlen) != 0)
@@ -222,7 +221,7 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
     if (KEY_IS("timeout_ms") || KEY_IS("do_timeout_ms")) {
         if (parse_uint(val, vlen, 1, GS_MAX_TIMEOUT_MS, &v) != 0) {
             seterr(err, errlen,
-                   "gman_servers_set: '%.*s': timeouts are 1..3600000 ms",
+                   "timeouts are 1..3600000 ms: '%.*s'",
                    key, klen + 1 + vlen);
             return -1;
         }
@@ -235,7 +234,7 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
     if (KEY_IS("retry_ms")) {
         if (parse_uint(val, vlen, 0, GS_MAX_TIMEOUT_MS, &v) != 0) {
             seterr(err, errlen,
-                   "gman_servers_set: '%.*s': retry_ms is 0..3600000", key,
+                   "retry_ms is 0..3600000: '%.*s'", key,
                    klen + 1 + vlen);
             return -1;
         }
@@ -244,7 +243,7 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
     }
     if (KEY_IS("pipeline")) {
         if (parse_uint(val, vlen, 0, 1, &v) != 0) {
-            seterr(err, errlen, "gman_servers_set: '%.*s': pipeline is 0 or 1",
+            seterr(err, errlen, "pipeline is 0 or 1: '%.*s'",
                    key, klen + 1 + vlen);
             return -1;
         }
@@ -253,8 +252,8 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
     }
 #undef KEY_IS
     seterr(err, errlen,
-           "gman_servers_set: unknown option '%.*s' (expected timeout_ms, "
-           "do_timeout_ms, retry_ms, pipeline)",
+           "unknown option '%.*s' (timeout_ms, do_timeout_ms, retry_ms, "
+           "pipeline)",
            key, klen);
     return 1;
 }
@@ -277,7 +276,7 @@ int gs_parse_options(const char *s, size_t len, struct gs_config *out,
             const char *eq = memchr(e, '=', elen);
             if (!eq) {
                 seterr(err, errlen,
-                       "gman_servers_set: option '%.*s' is not key=value", e,
+                       "option '%.*s' is not key=value", e,
                        elen);
                 return -1;
             }

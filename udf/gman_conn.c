@@ -288,6 +288,15 @@ static void set_err(struct gs_thread *t, unsigned idx, const char *what,
         snprintf(t->err, sizeof t->err, "%s%s%s", what, e ? ": " : "", msg);
 }
 
+static void err_all_backing_off(struct gs_thread *t)
+{
+    char list[200];
+    gs_format_servers(&t->cfg, list, sizeof list);
+    snprintf(t->err, sizeof t->err,
+             "every job server failed in the last retry_ms=%u ms: %s",
+             t->cfg.retry_ms, list);
+}
+
 /* ------------------------------------------------------------ I/O */
 
 /* Wait for events on fd until deadline_ms. 1 ready, 0 timeout, -1 error. */
@@ -895,12 +904,12 @@ static int pipeline_run(struct gs_thread *t, int64_t deadline,
             unsigned pick = pick_server(t, tried, &left);
             int64_t now = gs_now_ms();
             if (pick == GS_MAX_SERVERS || deadline - now <= 0) {
-                if (!have_err)
-                    snprintf(t->err, sizeof t->err,
-                             pick == GS_MAX_SERVERS
-                                 ? "all job servers failed within the last "
-                                   "retry_ms"
-                                 : "timeout_ms used up");
+                if (!have_err) {
+                    if (pick == GS_MAX_SERVERS)
+                        err_all_backing_off(t);
+                    else
+                        snprintf(t->err, sizeof t->err, "timeout_ms used up");
+                }
                 return -1;
             }
             dl = now + (deadline - now + left - 1) / left;
@@ -1057,10 +1066,7 @@ static int submit(struct job *j)
             }
             if (pick == GS_MAX_SERVERS) {
                 if (!have_err)
-                    snprintf(t->err, sizeof t->err,
-                             "all job servers failed within the last "
-                             "retry_ms=%u ms",
-                             t->cfg.retry_ms);
+                    err_all_backing_off(t);
                 return -1;
             }
             int64_t remaining = submit_end - now;

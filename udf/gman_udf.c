@@ -43,7 +43,7 @@ static int servers_build(UDF_ARGS *args, struct gs_config *c, char *err,
 {
     gs_config_current(c);
     if (!args->args[0]) {
-        snprintf(err, errlen, "gman_servers_set: server list is NULL");
+        snprintf(err, errlen, "server list is NULL");
         return -1;
     }
     if (gs_parse_servers(args->args[0], args->lengths[0], c, err, errlen))
@@ -59,9 +59,7 @@ GS_EXPORT my_bool gman_servers_set_init(UDF_INIT *initid, UDF_ARGS *args,
 {
     if (args->arg_count < 1 || args->arg_count > 2) {
         snprintf(message, MYSQL_ERRMSG_SIZE,
-                 "gman_servers_set('host:port[,host:port...]'[, "
-                 "'timeout_ms=N,do_timeout_ms=N,retry_ms=N']) takes 1 or 2 "
-                 "arguments");
+                 "gman_servers_set(servers[, options]) takes 1 or 2 arguments");
         return 1;
     }
     coerce_strings(args);
@@ -118,7 +116,7 @@ static my_bool job_init(UDF_INIT *initid, UDF_ARGS *args, char *message,
 {
     if (args->arg_count < 2 || args->arg_count > 3) {
         snprintf(message, MYSQL_ERRMSG_SIZE,
-                 "%s(function, workload[, unique]) takes 2 or 3 arguments",
+                 "%s(function, workload[, unique]): 2 or 3 arguments",
                  name);
         return 1;
     }
