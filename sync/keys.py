@@ -24,6 +24,8 @@ Other keys, all under a prefix (default "gearsync", no braces allowed in it):
     <prefix>:dead:{<name>}                            dead letters (list of JSON records)
     <prefix>:dead:{<name>}:processing                 dead letters being replayed
     <prefix>:stats:<table>                            hash: last_applied_ms, applied_total
+    <prefix>:binlog:pos:{<name>}                      a binlog reader's saved position (JSON)
+    <prefix>:snapshot:<table>                         hash: sync-snapshot progress (resume point)
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "dead_letter_key",
     "dead_letter_processing_key",
     "stats_key",
+    "snapshot_progress_key",
     "check_prefix",
 ]
 
@@ -241,3 +244,13 @@ def dead_letter_processing_key(name: str, prefix: str = DEFAULT_PREFIX) -> str:
 def stats_key(table: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Hash of per-table apply statistics: last_applied_ms, applied_total."""
     return f"{prefix}:stats:{escape(table)}"
+
+
+def snapshot_progress_key(table: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Hash of sync-snapshot's progress for one table: the last applied key, rows done, state."""
+    return f"{prefix}:snapshot:{escape(table)}"
+
+
+def binlog_position_key(name: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The saved position of one binlog stream (name: server + tables, see sync.binlog_service)."""
+    return f"{prefix}:binlog:pos:{{{escape(name)}}}"

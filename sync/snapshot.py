@@ -1,0 +1,662 @@
+"""sync-snapshot: copy the rows a table already has into Redis, through the same fenced applier.
+
+    reader = TableReader(mysql.connect(), schema)
+    snap = Snapshot(reader, applier, progress, chunk=5000)
+    result = await snap.run()               # resumes after the saved key unless restart=True
+
+Rows are read in primary-key order with keyset pagination, `chunk` rows per query:
+
+    SELECT UUID_SHORT() AS __gearsync_version, <columns> FROM db.t
+    WHERE (k1 > %s) OR (k1 = %s AND k2 > %s)        -- after the last key of the previous chunk
+    ORDER BY k1, k2 LIMIT 5000 LOCK IN SHARE MODE
+
+so memory is bounded by one chunk (plus the one read ahead while the previous is applied),
+whatever the table size. MariaDB 10.11 does not turn a row-constructor comparison
+`(k1, k2) > (%s, %s)` into an index range (EXPLAIN: type "index", a scan from the first row on
+every chunk), so the condition is spelled out as the equivalent OR of prefixes, which it does
+range-scan. Each row becomes ChangeEvent(op=insert, source=snapshot) and goes through
+RedisApplier, so its key and value are exactly what the triggers and verify produce
+(`schema.canonical_row`, `keys.row_key`, `rowcodec`).
+
+Resuming: after each chunk is applied, the chunk's last key (canonical pk values, JSON) is saved
+in the hash `keys.snapshot_progress_key(table)`, with the row count and the settings. A new run
+resumes after that key ("resuming after key id=…"), `restart=True` starts over; a finished
+snapshot is marked done and the next run starts over. A crash between the apply and the save
+re-applies one chunk: harmless, the rows are read again under new versions.
+
+Why a snapshot row never overwrites a newer change (trigger versions)
+----------------------------------------------------------------------
+Trigger changes carry UUID_SHORT() taken inside an AFTER trigger, i.e. while the writing
+statement holds the exclusive lock of the row, and Redis keeps a change only when its version is
+newer than the stored one. The snapshot takes its version from the same server-wide, increasing
+counter, in the same SELECT that takes a shared lock on the row, and the value is computed per
+row after that row's lock is granted (checked: with an UPDATE of row 5 left uncommitted, the
+snapshot's SELECT blocks on row 5, the writer then calls UUID_SHORT() and commits, and row 5's
+snapshot version is larger than the writer's while rows 1-4 got smaller ones;
+tests/integration/test_snapshot.py::test_version_is_taken_after_the_row_lock). So for any row:
+
+- a writer that changed the row before our read committed before our lock was granted (a shared
+  lock waits for an uncommitted writer), took its version earlier (smaller), and we read its
+  committed value: whichever of the two reaches Redis last, the row ends with that value;
+- a writer after our read waits for our shared lock (held until the chunk's short transaction
+  commits) and its trigger then takes a larger version: its change wins over our row, even if
+  our apply reaches Redis after it;
+- a rolled-back writer (udf mode queues before COMMIT) took a smaller version and we read the
+  old value under a larger one: the snapshot even repairs the phantom change.
+
+A row deleted before our read is simply not read; one deleted after waits for our lock and its
+tombstone carries a larger version. The locks are held for one chunk's read only (a few ms).
+This needs the UUID_SHORT() versions of sync.triggers (AFTER triggers: the version is taken
+under the row lock) and one MySQL server (UUID_SHORT is per server).
+
+Binlog versions (`versions="binlog"`) must compare with sync-binlog's: not available until the
+binlog source defines its version function (see `_binlog_versions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Callable, Mapping, Sequence
+
+import orjson
+import redis.exceptions
+import structlog
+
+from .applier import Outcome, RedisApplier, TableSpec
+from .errors import ApplyError, ConfigError, SourceError
+from .events import ChangeEvent, JSONValue, Op, Source
+from .keys import DEFAULT_PREFIX, snapshot_progress_key
+from .schema import READ_SESSION_SQL, TableSchema, canonical_value, quote_ident, read_sql
+
+log = structlog.get_logger(__name__)
+
+__all__ = [
+    "VERSION_ALIAS",
+    "Versions",
+    "TableReader",
+    "ProgressStore",
+    "Snapshot",
+    "SnapshotResult",
+    "row_events",
+    "format_pk",
+    "estimate_rows",
+]
+
+VERSION_ALIAS = "__gearsync_version"
+APPLY_BATCH = 1000          # events per applier call (one Lua run blocks Redis ~1-2 ms)
+DEFAULT_CHUNK = 5000
+
+
+class Versions(StrEnum):
+    TRIGGER = "trigger"
+    BINLOG = "binlog"
+
+
+# -- SQL ------------------------------------------------------------------------------------------
+
+def _table_ref(schema: TableSchema) -> str:
+    return f"{quote_ident(schema.database)}.{quote_ident(schema.name)}"
+
+
+def _select_list(schema: TableSchema, versioned: bool) -> str:
+    cols = ", ".join(f"{read_sql(c)} AS {quote_ident(c.name)}" for c in schema.columns)
+    return f"UUID_SHORT() AS {quote_ident(VERSION_ALIAS)}, {cols}" if versioned else cols
+
+
+def after_key_sql(schema: TableSchema) -> str:
+    """`(k1 > %s) OR (k1 = %s AND k2 > %s) …`: rows strictly after a key, in key order."""
+    cols = [quote_ident(k) for k in schema.key]
+    terms = []
+    for i, col in enumerate(cols):
+        terms.append("(" + " AND ".join([f"{c} = %s" for c in cols[:i]] + [f"{col} > %s"]) + ")")
+    return " OR ".join(terms)
+
+
+def after_key_params(after: Sequence[JSONValue]) -> list[Any]:
+    values = [sql_value(v) for v in after]
+    params: list[Any] = []
+    for i in range(len(values)):
+        params.extend(values[: i + 1])
+    return params
+
+
+def key_in_sql(schema: TableSchema, n: int) -> str:
+    """`k IN (%s, …)` or `(k1, k2) IN ((%s, %s), …)` for n keys (MariaDB range-scans both)."""
+    if len(schema.key) == 1:
+        return f"{quote_ident(schema.key[0])} IN ({', '.join(['%s'] * n)})"
+    one = "(" + ", ".join(["%s"] * len(schema.key)) + ")"
+    return "(" + ", ".join(quote_ident(k) for k in schema.key) + f") IN ({', '.join([one] * n)})"
+
+
+def sql_value(v: JSONValue) -> Any:
+    """A canonical pk value as a query parameter ({"$b64"} → the bytes; the rest compare as is:
+    dates, decimals and times as their text, timestamps in the session's UTC)."""
+    if type(v) is dict:
+        import base64
+
+        return base64.b64decode(v["$b64"])  # type: ignore[index]
+    return v
+
+
+def format_pk(schema: TableSchema, pk: Sequence[JSONValue] | None) -> str:
+    if pk is None:
+        return "(start)"
+    return ", ".join(f"{name}={orjson.dumps(v).decode()}" for name, v in zip(schema.key, pk))
+
+
+def estimate_rows(conn: Any, schema: TableSchema) -> int | None:
+    """InnoDB's row estimate (information_schema; no scan). None when unknown."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
+            (schema.database, schema.name),
+        )
+        row = cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+class TableReader:
+    """Keyset-paginated reads of one table on one pymysql connection (autocommit on)."""
+
+    def __init__(self, conn: Any, schema: TableSchema) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.names = [c.name for c in schema.columns]
+        self._key_idx = [self.names.index(k) for k in schema.key]
+        with conn.cursor() as cur:
+            cur.execute(READ_SESSION_SQL)
+            # Gap locks (REPEATABLE READ) matter for absent_version(): an INSERT of a key we
+            # found absent must wait for our transaction, so its trigger version is larger.
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        self._ref = _table_ref(schema)
+        self._order = ", ".join(quote_ident(k) for k in schema.key)
+        self._after = after_key_sql(schema)
+
+    def _query(self, sql: str, params: Sequence[Any], versioned: bool) -> list[dict[str, Any]]:
+        names = ([VERSION_ALIAS] if versioned else []) + self.names
+        try:
+            with self.conn.cursor() as cur:
+                if versioned:
+                    # A short transaction: the shared locks live only while this chunk is read.
+                    cur.execute("START TRANSACTION")
+                    try:
+                        cur.execute(sql + " LOCK IN SHARE MODE", params)
+                        rows = cur.fetchall()
+                        cur.execute("COMMIT")
+                    except BaseException:
+                        self._rollback()
+                        raise
+                else:
+                    cur.execute(sql, params)
+                    rows = cur.fetchall()
+        except Exception as exc:
+            if _is_mysql_error(exc):
+                raise SourceError(f"MySQL read of {self.schema.database}.{self.schema.name} failed: {_short(exc)}") from exc
+            raise
+        return [dict(zip(names, r)) for r in rows]
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except Exception as exc:  # the connection may be gone; the original error matters
+            log.debug("rollback_failed", error=_short(exc))
+
+    def chunk(self, after: Sequence[JSONValue] | None, limit: int, *, versioned: bool) -> list[dict[str, Any]]:
+        """Up to `limit` rows after the key `after` (canonical values), in key order; with
+        `versioned`, under shared row locks with a per-row UUID_SHORT() (module docstring)."""
+        sql = f"SELECT {_select_list(self.schema, versioned)} FROM {self._ref}"
+        params: list[Any] = []
+        if after is not None:
+            sql += f" WHERE {self._after}"
+            params = after_key_params(after)
+        sql += f" ORDER BY {self._order} LIMIT {int(limit)}"
+        return self._query(sql, params, versioned)
+
+    def rows_by_key(self, pks: Sequence[Sequence[JSONValue]], *, versioned: bool) -> list[dict[str, Any]]:
+        """The rows with these keys (canonical values) that exist; versioned as in chunk()."""
+        if not pks:
+            return []
+        sql = (f"SELECT {_select_list(self.schema, versioned)} FROM {self._ref} "
+               f"WHERE {key_in_sql(self.schema, len(pks))} ORDER BY {self._order}")
+        return self._query(sql, [sql_value(v) for pk in pks for v in pk], versioned)
+
+    def existing_keys(self, pks: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """Which of these keys exist (raw key column values as MySQL returns them)."""
+        if not pks:
+            return []
+        cols = ", ".join(quote_ident(k) for k in self.schema.key)
+        sql = f"SELECT {cols} FROM {self._ref} WHERE {key_in_sql(self.schema, len(pks))}"
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(sql, [sql_value(v) for pk in pks for v in pk])
+                return [tuple(r) for r in cur.fetchall()]
+        except Exception as exc:
+            if _is_mysql_error(exc):
+                raise SourceError(f"MySQL read of {self.schema.database}.{self.schema.name} failed: {_short(exc)}") from exc
+            raise
+
+    def absent_version(self, pks: Sequence[Sequence[JSONValue]]) -> tuple[list[tuple[Any, ...]], int]:
+        """(keys that exist after all, a version for deleting the others).
+
+        Same reasoning as the snapshot: the locking read waits for an uncommitted insert of a
+        key and, under REPEATABLE READ, gap-locks the absent ones, so a later INSERT of such a key
+        waits for our COMMIT and its AFTER trigger takes a larger UUID_SHORT() than ours."""
+        cols = ", ".join(quote_ident(k) for k in self.schema.key)
+        sql = f"SELECT {cols} FROM {self._ref} WHERE {key_in_sql(self.schema, len(pks))} LOCK IN SHARE MODE"
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("START TRANSACTION")
+                try:
+                    cur.execute(sql, [sql_value(v) for pk in pks for v in pk])
+                    found = [tuple(r) for r in cur.fetchall()]
+                    cur.execute("SELECT UUID_SHORT()")
+                    version = int(cur.fetchone()[0])
+                    cur.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+        except Exception as exc:
+            if _is_mysql_error(exc):
+                raise SourceError(f"MySQL read of {self.schema.database}.{self.schema.name} failed: {_short(exc)}") from exc
+            raise
+        return found, version
+
+
+def row_events(schema: TableSchema, rows: Sequence[Mapping[str, Any]], op: Op = Op.INSERT) -> list[ChangeEvent]:
+    """Versioned rows (from TableReader with versioned=True) → snapshot change events.
+
+    Values go through `schema.canonical_value`, except those already in canonical form: None,
+    an int in an integer column, a str in a text column (canonical_value returns exactly these
+    unchanged; skipping the call saves a third of the per-row time)."""
+    out = []
+    name = schema.name
+    key = schema.key
+    plan = [(c.name, c, _IDENTITY.get(c.kind)) for c in schema.columns]
+    for row in rows:
+        canonical: dict[str, JSONValue] = {}
+        for cname, col, same in plan:
+            v = row[cname]
+            canonical[cname] = v if v is None or type(v) is same else canonical_value(col, v)
+        pk = tuple((k, canonical[k]) for k in key)
+        out.append(ChangeEvent(name, op, pk, canonical, int(row[VERSION_ALIAS]), Source.SNAPSHOT))
+    return out
+
+
+# Column kind → the Python type whose values canonical_value returns unchanged. Temporal
+# columns arrive as MySQL's text when read through `fast_conversions()` (connections made by
+# open_table): exactly the canonical text (fsp digits, UTC for TIMESTAMP in the read session).
+_IDENTITY: dict[str, type] = {"int": int, "uint64": int, "text": str,
+                              "datetime": str, "timestamp": str, "date": str, "time": str}
+
+
+def fast_conversions() -> dict[Any, Any]:
+    """pymysql decoders that leave DATE/TIME/DATETIME/TIMESTAMP as MySQL's text: it already is
+    the canonical form (schema.canonical_value returns such text unchanged), and parsing it into
+    datetime objects only to format them back costs ~1 us per value."""
+    from pymysql.constants import FIELD_TYPE
+    from pymysql.converters import conversions
+
+    conv = dict(conversions)
+    for t in (FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP, FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE, FIELD_TYPE.TIME):
+        conv.pop(t, None)
+    return conv
+
+
+def _is_mysql_error(exc: BaseException) -> bool:
+    import pymysql
+
+    return isinstance(exc, (pymysql.err.MySQLError, OSError))
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+async def apply_events(applier: RedisApplier, events: Sequence[ChangeEvent]) -> tuple[int, int]:
+    """Apply in calls of APPLY_BATCH events, sent together on pooled connections (the rows of a
+    snapshot are distinct, so their order across calls does not matter). (applied, stale)."""
+    if not events:
+        return 0, 0
+    parts = [events[i : i + APPLY_BATCH] for i in range(0, len(events), APPLY_BATCH)]
+    results = await asyncio.gather(*(applier.apply(p) for p in parts))
+    applied = sum(1 for r in results for o in r if o is Outcome.APPLIED)
+    return applied, len(events) - applied
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+@dataclass
+class SavedProgress:
+    state: str                      # "running" | "done"
+    last: list[JSONValue] | None
+    rows: int
+    settings: dict[str, str]
+    started_ms: int
+    updated_ms: int
+
+
+class ProgressStore:
+    """The resume point of one table's snapshot, in Redis (`keys.snapshot_progress_key`)."""
+
+    def __init__(self, redis: Any, table: str, prefix: str = DEFAULT_PREFIX) -> None:
+        self.redis = redis
+        self.key = snapshot_progress_key(table, prefix)
+
+    async def load(self) -> SavedProgress | None:
+        raw = await _redis_call("HGETALL", self.redis.hgetall(self.key))
+        if not raw:
+            return None
+        d = {k.decode(): v.decode() for k, v in raw.items()}
+        try:
+            return SavedProgress(
+                state=d.get("state", "running"),
+                last=orjson.loads(d["last"]) if d.get("last") else None,
+                rows=int(d.get("rows", 0)),
+                settings=orjson.loads(d.get("settings", "{}")),
+                started_ms=int(d.get("started_ms", 0)),
+                updated_ms=int(d.get("updated_ms", 0)),
+            )
+        except (ValueError, KeyError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"snapshot progress {self.key!r} is unreadable ({exc}); expected a gearsync "
+                              "snapshot record: run with --restart") from None
+
+    async def save(self, *, state: str, last: Sequence[JSONValue] | None, rows: int,
+                   settings: Mapping[str, str], started_ms: int) -> None:
+        fields = {
+            "state": state,
+            "last": orjson.dumps(list(last)) if last is not None else b"",
+            "rows": rows,
+            "settings": orjson.dumps(dict(settings)),
+            "started_ms": started_ms,
+            "updated_ms": int(time.time() * 1000),
+        }
+        await _redis_call("HSET", self.redis.hset(self.key, mapping=fields))
+
+    async def clear(self) -> None:
+        await _redis_call("DEL", self.redis.delete(self.key))
+
+
+async def _redis_call(what: str, awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise ApplyError(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+@dataclass
+class SnapshotResult:
+    rows: int = 0                   # rows read and applied in this run
+    applied: int = 0
+    stale: int = 0                  # rows a newer change had already written
+    total_rows: int = 0             # including the rows of the run(s) resumed
+    resumed_after: list[JSONValue] | None = None
+    last: list[JSONValue] | None = None
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    chunks: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+ProgressFn = Callable[[int, list[JSONValue] | None], None]
+
+
+class Snapshot:
+    """One table's snapshot run; see the module docstring."""
+
+    def __init__(
+        self,
+        reader: TableReader,
+        applier: RedisApplier,
+        progress: ProgressStore,
+        spec: TableSpec,
+        *,
+        chunk: int = DEFAULT_CHUNK,
+        versions: Versions = Versions.TRIGGER,
+    ) -> None:
+        if not 1 <= chunk <= 1_000_000:
+            raise ConfigError(f"--chunk: {chunk}; expected 1 to 1000000 rows")
+        if versions is not Versions.TRIGGER:
+            _binlog_versions()
+        self.reader = reader
+        self.schema = reader.schema
+        self.applier = applier
+        self.progress = progress
+        self.spec = spec
+        self.chunk = chunk
+        self.versions = versions
+        self._stop = False
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """What a resumed run must share with the run it continues."""
+        return {
+            "database": self.schema.database,
+            "key_template": self.spec.key_template,
+            "format": self.spec.format,
+            "columns": ",".join(c.name for c in self.schema.columns),
+            "versions": self.versions.value,
+        }
+
+    def request_stop(self) -> None:
+        """Stop after the chunk being applied (its progress is saved)."""
+        self._stop = True
+
+    async def start_point(self, restart: bool) -> tuple[list[JSONValue] | None, int, int, list[str]]:
+        """(resume after this key or None, rows already done, started_ms, notes)."""
+        notes: list[str] = []
+        now_ms = int(time.time() * 1000)
+        if restart:
+            await self.progress.clear()
+            return None, 0, now_ms, notes
+        saved = await self.progress.load()
+        if saved is None:
+            return None, 0, now_ms, notes
+        if saved.state == "done":
+            notes.append(f"the previous snapshot finished ({saved.rows} rows); starting a new one")
+            return None, 0, now_ms, notes
+        mine = self.settings
+        diff = [k for k in mine if saved.settings.get(k) != mine[k]]
+        if diff:
+            k = diff[0]
+            raise ConfigError(
+                f"the interrupted snapshot of {self.schema.name!r} used {k} {saved.settings.get(k)!r}, this run "
+                f"{mine[k]!r}; expected the same settings to resume, or --restart to start over"
+            )
+        if saved.last is None:
+            return None, 0, saved.started_ms or now_ms, notes
+        if len(saved.last) != len(self.schema.key):
+            raise ConfigError(f"snapshot progress {self.progress.key!r} holds a key of {len(saved.last)} columns; "
+                              f"expected {len(self.schema.key)}: run with --restart")
+        return list(saved.last), saved.rows, saved.started_ms or now_ms, notes
+
+    def _read(self, after: list[JSONValue] | None) -> tuple[list[ChangeEvent], list[JSONValue] | None, int]:
+        rows = self.reader.chunk(after, self.chunk, versioned=True)
+        if not rows:
+            return [], None, 0
+        events = row_events(self.schema, rows)
+        return events, [v for _, v in events[-1].pk], len(rows)
+
+    async def run(self, *, restart: bool = False, on_progress: ProgressFn | None = None) -> SnapshotResult:
+        after, done, started_ms, notes = await self.start_point(restart)
+        res = SnapshotResult(resumed_after=after, total_rows=done, notes=notes)
+        t0 = time.perf_counter()
+        settings = self.settings
+        await self.progress.save(state="running", last=after, rows=done, settings=settings, started_ms=started_ms)
+        log.info("snapshot_started", table=self.schema.name, chunk=self.chunk,
+                 resume_after=format_pk(self.schema, after) if after else None)
+        pending = asyncio.ensure_future(asyncio.to_thread(self._read, after))
+        try:
+            while True:
+                events, last, n = await pending
+                pending = None
+                if not n:
+                    break
+                full = n == self.chunk
+                if full and not self._stop:
+                    # Read the next chunk while this one goes to Redis.
+                    pending = asyncio.ensure_future(asyncio.to_thread(self._read, last))
+                applied, stale = await apply_events(self.applier, events)
+                res.rows += n
+                res.applied += applied
+                res.stale += stale
+                res.chunks += 1
+                res.total_rows += n
+                res.last = last
+                await self.progress.save(state="running", last=last, rows=res.total_rows, settings=settings,
+                                         started_ms=started_ms)
+                if on_progress is not None:
+                    on_progress(res.total_rows, last)
+                if not full:
+                    break
+                if self._stop:
+                    res.interrupted = True
+                    break
+            if not res.interrupted:
+                await self.progress.save(state="done", last=res.last or after, rows=res.total_rows,
+                                         settings=settings, started_ms=started_ms)
+        finally:
+            if pending is not None:
+                # Let an in-flight read finish (its transaction commits; the connection stays usable).
+                await asyncio.gather(pending, return_exceptions=True)
+        res.elapsed_s = time.perf_counter() - t0
+        log.info("snapshot_stopped" if res.interrupted else "snapshot_done", table=self.schema.name,
+                 rows=res.rows, applied=res.applied, stale=res.stale, total_rows=res.total_rows,
+                 seconds=round(res.elapsed_s, 3))
+        return res
+
+
+def _binlog_versions() -> None:
+    """Binlog-mode versions must be comparable with the versions sync-binlog gives its events;
+    until the binlog source exposes that function, refuse rather than guess."""
+    raise ConfigError(
+        "--versions binlog: the binlog source's version function is not available in this build; "
+        "expected --versions trigger (snapshot with the capture triggers live)"
+    )
+
+
+# -- shared by the sync-snapshot / sync-verify commands ------------------------------------------
+
+@dataclass
+class TableTarget:
+    """A table opened for snapshot/verify: MySQL connection + schema, Redis client + spec."""
+
+    conn: Any
+    schema: TableSchema
+    spec: TableSpec
+    redis: Any
+    tombstone_ttl_s: int
+
+    def applier(self) -> RedisApplier:
+        # stats=False: snapshot/repair writes are not live changes; the per-table
+        # last_applied_ms that sync-status reads as "lag" must not look fresh because of them.
+        return RedisApplier(self.redis, {self.spec.name: self.spec}, tombstone_ttl_s=self.tombstone_ttl_s,
+                            stats=False)
+
+    async def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception as exc:
+            log.debug("mysql_close_failed", error=_short(exc))
+        try:
+            await self.redis.aclose()
+        except Exception as exc:
+            log.debug("redis_close_failed", error=_short(exc))
+
+
+def open_table(
+    *,
+    table: str,
+    database: str | None = None,
+    columns: Sequence[str] | None = None,
+    mysql_url: str | None = None,
+    redis_url: str | None = None,
+    redis_cluster: bool | None = None,
+    key_template: str | None = None,
+    fmt: str | None = None,
+    ttl_s: int | None = None,
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> TableTarget:
+    """Settings from options / env / config file (as sync-worker reads them), then connect."""
+    from .config import check_table_name, worker_settings
+    from .mysql import mysql_settings
+    from .schema import current_database, load_table
+    from .worker import connect_redis
+
+    if "." in table and database is None and not table.startswith("."):
+        database, table = table.split(".", 1)
+    check_table_name(table)
+    ws = worker_settings(tables=[table], config_path=config_path, redis_url=redis_url, key_template=key_template,
+                         fmt=fmt, ttl_s=ttl_s, redis_cluster=redis_cluster, env=env)
+    spec = TableSpec.from_config(ws.tables[table])
+    my = mysql_settings(mysql_url, env=env)
+    conn = my.connect(database=database, conv=fast_conversions())
+    try:
+        db = database or my.database or current_database(conn)
+        schema = load_table(conn, db, table).select(list(columns) if columns else None)
+    except BaseException:
+        conn.close()
+        raise
+    return TableTarget(conn, schema, spec, connect_redis(ws.redis, socket_timeout_s=30.0), ws.tombstone_ttl_s)
+
+
+class ProgressDisplay:
+    """A rich progress bar (rate, ETA) on a terminal; otherwise a log line every `interval_s`."""
+
+    def __init__(self, what: str, total: int | None, *, tty: bool | None = None, interval_s: float = 10.0,
+                 done: int = 0) -> None:
+        import sys
+
+        self.what = what
+        self.total = total
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.interval_s = interval_s
+        self._last_log = time.monotonic()
+        self._t0 = time.monotonic()
+        self._start_done = done
+        self._done = done
+        self._bar: Any = None
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            class _Rate(TextColumn):
+                def render(self, task: Any) -> Any:  # rows/s over the whole run
+                    from rich.text import Text
+
+                    speed = task.finished_speed or task.speed
+                    return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s")
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                                 MofNCompleteColumn(), _Rate(""), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task(what, total=max(total or 0, done) or None, completed=done)
+
+    def update(self, done: int, note: str | None = None) -> None:
+        self._done = done
+        if self._bar is not None:
+            total = self.total
+            if total is not None and done > total:
+                total = None  # the estimate was low
+            self._bar.update(self._task, completed=done, total=total)
+            return
+        now = time.monotonic()
+        if now - self._last_log >= self.interval_s:
+            self._last_log = now
+            rate = (done - self._start_done) / max(now - self._t0, 1e-9)
+            eta = round((self.total - done) / rate) if self.total and rate > 0 and self.total > done else None
+            log.info(f"{self.what.replace(' ', '_')}_progress", rows=done, estimated_total=self.total,
+                     rows_per_s=round(rate), eta_s=eta, at=note)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
