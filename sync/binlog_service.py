@@ -1,0 +1,374 @@
+"""The sync-binlog loop: binlog reader thread → batches → Redis (or gearmand) → saved position.
+
+    reader thread   BinlogSource.run(): blocking mysql-replication reads, rows → ChangeEvents,
+                    chunks handed to the event loop (bounded: the reader waits when the sink lags)
+    event loop      drain the chunks into one batch (up to --batch events), deliver it, save the
+                    position of the last commit the batch covers; retry with back-off while the
+                    sink is down (the reader then stops at the bound)
+
+Batching: the reader hands over a chunk at a commit once 5 ms have passed since its first pending
+event or when the loop is idle, and every 512 rows; while a batch is in flight the next chunks queue
+up, so the batch size follows the load (one Redis round trip per batch either way).
+
+Exactly once in effect, --sink redis. The position is written by the SAME Lua script call as the
+batch it covers: it rides as the batch's last item, a `ClassicSet` (an unversioned SET) that the
+applier already supports (sync.applier: the batch is one EVALSHA on a standalone Redis, atomic;
+the SET is last, so a script failing halfway never stores a position ahead of its rows). After a
+crash the reader resumes from the stored position, i.e. right after the last batch that fully
+landed. Events of a transaction that was still open at that position are read again and applied
+again with the same versions: the version fence makes those STALE, no effect. On a Redis Cluster
+the batch is split by slot, so there the position is a separate SET after the batch succeeded:
+at least once, and the replay is harmless for the same reason.
+
+--sink gearman: each batch is submitted with submit_background_many (pipelined; returns when
+gearmand sent JOB_CREATED for every job), then the position is SET in Redis. A crash in between
+resubmits those jobs; their unique ids are derived from (stream, version, op), so gearmand merges
+a resubmission into a still-queued copy, and one that already ran is applied again as STALE.
+
+Stop (SIGTERM/SIGINT → request_stop()): the reader stops within a heartbeat, the loop delivers what
+it holds within shutdown_timeout_s and saves the final position, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import redis.exceptions
+import structlog
+
+from .applier import Outcome, RedisApplier, TableSpec
+from .config import RedisSettings, default_function
+from .errors import ApplyError, ConfigError, SourceError, SyncError
+from .events import ChangeEvent, Op, encode_change
+from .mysql import MySQLSettings
+from .position import Position, PositionStore
+from .retry import Backoff
+from .schema import TableSchema, load_table
+from .sources.binlog import (
+    BinlogSource,
+    Chunk,
+    ServerInfo,
+    check_position_available,
+    check_replication,
+    check_server,
+    resolve_start,
+)
+from .worker import connect_redis
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["BinlogSettings", "BinlogService", "stream_name", "default_server_id"]
+
+SINKS = ("redis", "gearman")
+
+
+@dataclass(frozen=True)
+class BinlogSettings:
+    mysql: MySQLSettings
+    database: str
+    tables: tuple[str, ...]
+    redis: RedisSettings
+    sink: str = "redis"
+    columns: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    servers: tuple[tuple[str, int], ...] = (("127.0.0.1", 4730),)
+    functions: dict[str, str] = field(default_factory=dict)   # table → gearman function
+    key_template: str = "{table}:{pk}"
+    format: str = "json"
+    ttl_s: int | None = None
+    start: str | None = None          # None: the saved position, else "current"
+    server_id: int | None = None
+    name: str | None = None           # position key name; default from server + tables
+    batch: int = 2000
+    chunk_rows: int = 512
+    flush_ms: float = 5.0
+    heartbeat_s: float = 1.0
+    stats_interval_s: float = 10.0
+    shutdown_timeout_s: float = 10.0
+    tombstone_ttl_s: int = 86400
+    max_chunks: int = 256
+
+    def __post_init__(self) -> None:
+        if self.sink not in SINKS:
+            raise ConfigError(f"--sink: {self.sink!r}; expected redis or gearman")
+        if not self.tables:
+            raise ConfigError("--table: none given; expected --table NAME[,NAME…]")
+
+
+def stream_name(mysql: MySQLSettings, database: str, tables: Sequence[str]) -> str:
+    """The default name of a binlog stream: one saved position per (server, database, tables)."""
+    where = mysql.unix_socket or f"{mysql.host}:{mysql.port}"
+    return f"{where}/{database}/{','.join(sorted(tables))}"
+
+
+def default_server_id(name: str) -> int:
+    """A replica server_id stable per stream (two copies of one stream displace each other, which
+    is what we want), away from the small ids servers usually have."""
+    return 0x47530000 + (zlib.crc32(name.encode()) & 0xFFFF)
+
+
+class BinlogService:
+    """One sync-binlog process; see the module docstring."""
+
+    def __init__(self, settings: BinlogSettings, *, redis: Any | None = None) -> None:
+        self.settings = settings
+        self.redis = redis if redis is not None else connect_redis(settings.redis)
+        s = settings
+        self.name = s.name or stream_name(s.mysql, s.database, s.tables)
+        self.positions = PositionStore(self.redis, self.name)
+        self.applier: RedisApplier | None = None
+        if s.sink == "redis":
+            specs = {t: TableSpec(t, s.key_template, s.format, s.ttl_s) for t in s.tables}
+            self.applier = RedisApplier(self.redis, specs, tombstone_ttl_s=s.tombstone_ttl_s)
+        self._cluster = bool(s.redis.cluster)
+        self.gearman: Any = None
+        self._tag = hashlib.blake2b(self.name.encode(), digest_size=4).hexdigest()
+        self._stop = threading.Event()
+        self._stop_async: asyncio.Event | None = None
+        self._stop_deadline: float | None = None
+        self.source: BinlogSource | None = None
+        self.position: Position | None = None          # the last saved position
+        self.stats = {"rows": 0, "events": 0, "applied": 0, "stale": 0, "batches": 0, "retries": 0, "jobs": 0}
+
+    # -- control -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("binlog_stopping", shutdown_timeout_s=self.settings.shutdown_timeout_s)
+            self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
+            self._stop.set()
+            if self._stop_async is not None:
+                self._stop_async.set()
+
+    # -- start-up ------------------------------------------------------------------------------
+    def prepare(self) -> tuple[ServerInfo, Any, dict[str, TableSchema]]:
+        """Server checks and table schemas; returns the open control connection too (the caller
+        closes it). Blocking (pymysql); SourceError/ConfigError."""
+        s = self.settings
+        conn = s.mysql.connect(database=s.database)
+        try:
+            server = check_server(conn, s.mysql, s.database, s.tables)
+            schemas: dict[str, TableSchema] = {}
+            for t in s.tables:
+                schema = load_table(conn, s.database, t)
+                cols = s.columns.get(t)
+                if cols:
+                    schema.select(cols)  # ConfigError naming an unknown column
+                schemas[t] = schema
+            return server, conn, schemas
+        except BaseException:
+            conn.close()
+            raise
+
+    async def _start_position(self, conn: Any, server: ServerInfo) -> Position:
+        s = self.settings
+        saved = await self.positions.load()
+        if saved is not None and saved.flavor != server.flavor:
+            raise SourceError(f"the saved position {saved.describe()} is from a {saved.flavor} server, this is "
+                              f"{server.flavor}; use another --name or start with --start current")
+        if s.start is not None:
+            start = resolve_start(conn, server, s.start, s.tables)
+            if saved is not None:
+                log.info("binlog_position_overridden", saved=saved.describe(), start=start.describe())
+            return start
+        if saved is not None:
+            check_position_available(conn, server, saved, s.tables)
+            log.info("binlog_position_loaded", key=self.positions.key, position=saved.describe())
+            return saved
+        start = resolve_start(conn, server, "current", s.tables)
+        log.info("binlog_position_new", position=start.describe(),
+                 note="no saved position: streaming from the current end of the binlog")
+        return start
+
+    # -- run -----------------------------------------------------------------------------------
+    async def run(self) -> int:
+        s = self.settings
+        self._stop_async = asyncio.Event()
+        if self._stop.is_set():
+            self._stop_async.set()
+        loop = asyncio.get_running_loop()
+        server, conn, schemas = await loop.run_in_executor(None, self.prepare)
+        try:
+            start = await self._start_position(conn, server)
+        finally:
+            conn.close()
+        server_id = s.server_id if s.server_id is not None else default_server_id(self.name)
+        if server_id == server.server_id:
+            raise ConfigError(f"--server-id: {server_id} is the server's own server_id; expected another number")
+        self.source = BinlogSource(
+            s.mysql, s.database, schemas, s.columns, server=server, start=start, server_id=server_id,
+            chunk_rows=s.chunk_rows, flush_s=s.flush_ms / 1000.0, heartbeat_s=s.heartbeat_s,
+        )
+        await loop.run_in_executor(None, check_replication, self.source)
+        self.position = start
+        if s.sink == "gearman":
+            from .gearman import GearmanClient
+
+            self.gearman = GearmanClient(list(s.servers))
+        elif self.applier is not None:
+            await self._retry(self.applier.load_script, "load_script")
+        log.info("binlog_started", server=s.mysql.display, flavor=server.flavor, version=server.version,
+                 tables=list(s.tables), sink=s.sink, position=start.describe(), key=self.positions.key,
+                 server_id=server_id)
+
+        queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
+        slots = threading.Semaphore(s.max_chunks)
+        failure: list[BaseException] = []
+
+        def emit(chunk: Chunk) -> None:
+            while not slots.acquire(timeout=0.5):
+                if self._stop.is_set() and self._stop_deadline and time.monotonic() > self._stop_deadline:
+                    return
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+
+        def reader() -> None:
+            try:
+                assert self.source is not None
+                self.source.run(emit, self._stop, idle=queue.empty)
+            except BaseException as exc:  # handed to the loop, which stops and reports it
+                failure.append(exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        thread = threading.Thread(target=reader, name="binlog-reader", daemon=True)
+        thread.start()
+        reporter = asyncio.ensure_future(self._report())
+        try:
+            await self._sink_loop(queue, slots)
+        finally:
+            self._stop.set()
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+            await loop.run_in_executor(None, thread.join, 30)
+            if self.gearman is not None:
+                await self.gearman.close()
+            await self._close_redis()
+        if failure:
+            exc = failure[0]
+            if isinstance(exc, SyncError):
+                raise exc
+            raise SourceError(f"binlog reader failed: {type(exc).__name__}: {exc}") from exc
+        log.info("binlog_stopped", position=self.position.describe() if self.position else None,
+                 **{k: int(v) for k, v in self.stats.items()})
+        return 0
+
+    async def _sink_loop(self, queue: "asyncio.Queue[Chunk | None]", slots: threading.Semaphore) -> None:
+        limit = self.settings.batch
+        done = False
+        while not done:
+            chunk = await queue.get()
+            if chunk is None:
+                break
+            slots.release()
+            chunks = [chunk]
+            n = len(chunk.events)
+            while n < limit and not queue.empty():
+                nxt = queue.get_nowait()
+                if nxt is None:
+                    done = True
+                    break
+                slots.release()
+                chunks.append(nxt)
+                n += len(nxt.events)
+            events = [e for c in chunks for e in c.events] if len(chunks) > 1 else chunk.events
+            position = None
+            for c in chunks:
+                if c.position is not None:
+                    position = c.position
+            self.stats["rows"] += sum(c.rows for c in chunks)
+            if not await self._deliver(events, position):
+                break  # shutdown deadline passed while the sink was down
+
+    async def _deliver(self, events: list[ChangeEvent], position: Position | None) -> bool:
+        if not events and position is None:
+            return True
+        what = self._apply if self.settings.sink == "redis" else self._submit
+        ok = await self._retry(lambda: what(events, position), "deliver", events=len(events))
+        if ok and position is not None:
+            self.position = position
+        return ok
+
+    async def _retry(self, fn: Any, what: str, **info: Any) -> bool:
+        backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
+        from .gearman import GearmanError
+
+        while True:
+            try:
+                await fn()
+                if backoff.attempts:
+                    log.info("sink_recovered", what=what, attempts=backoff.attempts)
+                return True
+            except (ApplyError, redis.exceptions.RedisError, OSError, GearmanError) as exc:
+                self.stats["retries"] += 1
+                delay = backoff.next_delay()
+                if self._stop.is_set() and self._stop_deadline is not None and time.monotonic() + delay > self._stop_deadline:
+                    log.warning("sink_given_up_at_shutdown", what=what, error=f"{type(exc).__name__}: {exc}"[:300], **info)
+                    return False
+                log.warning("sink_unavailable", what=what, error=f"{type(exc).__name__}: {exc}"[:300],
+                            retry_in_s=round(delay, 3), attempt=backoff.attempts, **info)
+                await asyncio.sleep(delay)
+
+    async def _apply(self, events: list[ChangeEvent], position: Position | None) -> None:
+        assert self.applier is not None
+        batch: list[Any] = list(events)
+        if position is not None and not self._cluster:
+            batch.append(self.positions.set_command(position))  # same script call: atomic with the rows
+        outcomes = await self.applier.apply(batch) if batch else []
+        if position is not None and self._cluster:
+            await self.positions.save(position)
+        applied = sum(1 for o in outcomes[: len(events)] if o is Outcome.APPLIED)
+        st = self.stats
+        st["events"] += len(events)
+        st["applied"] += applied
+        st["stale"] += len(events) - applied
+        st["batches"] += 1
+
+    def unique(self, ev: ChangeEvent) -> str:
+        """The gearman unique id of an event: the same for a re-read of the same change."""
+        u = f"bl:{self._tag}:{ev.version:x}:{'d' if ev.op is Op.DELETE else 'u'}"
+        if ev.version & 0xFFF == 0xFFF:
+            # Possibly an overflow-collapsed version shared by many rows: tell them apart.
+            u += ":" + hashlib.blake2b(repr(ev.pk).encode(), digest_size=10).hexdigest()
+        return u
+
+    async def _submit(self, events: list[ChangeEvent], position: Position | None) -> None:
+        functions = self.settings.functions
+        groups: dict[str, list[ChangeEvent]] = {}
+        for ev in events:
+            groups.setdefault(functions.get(ev.table) or default_function(ev.table), []).append(ev)
+        for fn, evs in groups.items():
+            await self.gearman.submit_background_many(fn, [encode_change(e) for e in evs],
+                                                      uniques=[self.unique(e) for e in evs])
+        if position is not None:
+            await self.positions.save(position)
+        self.stats["events"] += len(events)
+        self.stats["jobs"] += len(events)
+        self.stats["batches"] += 1
+
+    # -- reporting / closing ------------------------------------------------------------------------
+    async def _report(self) -> None:
+        interval = self.settings.stats_interval_s
+        if interval <= 0:
+            return
+        last = dict(self.stats)
+        last_t = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            cur = dict(self.stats)
+            d = {k: cur[k] - last[k] for k in cur}
+            secs = max(now - last_t, 1e-9)
+            log.info("binlog_stats", rows_per_s=round(d["rows"] / secs, 1), events=d["events"],
+                     applied=d["applied"], stale=d["stale"], batches=d["batches"], retries=d["retries"],
+                     position=self.position.describe() if self.position else None)
+            last, last_t = cur, now
+
+    async def _close_redis(self) -> None:
+        try:
+            await self.redis.aclose()
+        except Exception as exc:  # closing a broken connection must not mask the exit
+            log.debug("redis_close_failed", error=str(exc))
