@@ -1,0 +1,546 @@
+"""sync-verify: compare a MySQL table with what Redis holds for it, and optionally repair it.
+
+    report = await Verifier(reader, redis, spec, applier, repair=False).run()
+    report.equal        # exit 0; else 1 (differences remain)
+
+Rows pass: the table is read chunk by chunk in key order (keyset pagination, as the snapshot),
+each row mapped to its Redis key and value by `expected.expected_entry` (the one mapping the
+applier, the snapshot and the tests share), and the chunk's keys read back from Redis in one
+pipeline (GET for json, HGETALL for hash). A key that is absent is *missing*; a value that is
+not byte-for-byte the expected one (or of the wrong type) is *different*.
+
+Keys pass (*extra* keys): Redis is scanned with SCAN MATCH <the template's glob> (literal parts
+glob-escaped, placeholders as "*"), skipping gearsync's own keys (<prefix>:…). Each key is
+parsed back into its key values (the escaping of keys.py is injective, so the parse is exact)
+and the batch is looked up in MySQL; a key whose row does not exist, or that no row could ever
+produce (it does not parse, or a row's key renders differently, e.g. "data:05"), is extra.
+
+Memory is bounded by one chunk of rows and one SCAN batch, plus at most MAX_SUSPECTS keys kept
+for the recheck.
+
+Changes in flight: a live change may be in gearmand while its row is compared. Without --repair,
+every difference is kept (up to MAX_SUSPECTS) and checked again once, `recheck_delay_s` after the
+passes; only differences still there are reported (the others are counted as "settled").
+
+Repair (`repair=True`), fenced like the snapshot (see sync.snapshot):
+- missing/different rows are read again under a shared row lock with a UUID_SHORT() version
+  taken after the lock, and applied as op=update through RedisApplier: a change committed after
+  that read has a larger version, so a repair racing a live change never wins;
+- extra keys that a row could produce get a delete event whose version is taken after a locking
+  read found the key absent (a gap lock under REPEATABLE READ makes a concurrent INSERT of it
+  wait, so its trigger version is larger); keys no row can produce are removed with UNLINK.
+A repair that comes back STALE (Redis already holds a newer version) is rechecked like the
+differences of a report-only run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import orjson
+import redis.exceptions
+import structlog
+
+from .applier import Outcome, RedisApplier, TableSpec
+from .errors import ApplyError, ConfigError
+from .events import ChangeEvent, JSONValue, Op, Source
+from .expected import expected_entry
+from .keys import DEFAULT_PREFIX, escape, row_key
+from .rowcodec import normalize_value
+from .schema import TableSchema, canonical_value, quote_ident
+from .snapshot import TableReader, apply_events, row_events
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["Verifier", "VerifyReport", "KeyPattern", "MAX_SUSPECTS", "typed_pk"]
+
+MAX_EXAMPLES = 5
+MAX_SUSPECTS = 10_000
+SCAN_BATCH = 1000
+
+
+# -- key pattern ---------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+# One escaped value (keys.escape): plain characters and \\ \: \( \) escapes, or \e, or \x<hex>.
+_VALUE = r"(\\e|\\x[0-9a-f]*|(?:[^\\:{}]|\\[\\:()])+)"
+_UNESCAPE = re.compile(r"\\(.)")
+_UNESCAPES = {"\\": "\\", ":": ":", "(": "{", ")": "}"}
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+class KeyPattern:
+    """A table's row-key template as a SCAN glob and as a parser back to key values (texts)."""
+
+    def __init__(self, template: str, table: str, key_columns: Sequence[str]) -> None:
+        self.template = template
+        glob: list[str] = []
+        regex: list[str] = []
+        slots: list[str | None] = []   # per regex group: column name, or None for "all pk columns"
+        pos = 0
+        self.has_anchor = False
+        for m in _TOKEN.finditer(template):
+            lit = template[pos : m.start()]
+            pos = m.end()
+            self._literal(lit, glob, regex)
+            tok = m.group(0)
+            if tok in ("{{", "}}"):
+                self._literal(tok[0], glob, regex)
+                continue
+            name = m.group(1)
+            if name == "table":
+                self._literal(escape(table), glob, regex)
+            elif name == "pk":
+                glob.append("*")
+                regex.append(":".join([_VALUE] * len(key_columns)))
+                slots.extend(key_columns)
+            else:  # pk.<col>
+                glob.append("*")
+                regex.append(_VALUE)
+                slots.append(name[3:])
+        self._literal(template[pos:], glob, regex)
+        self.glob = "".join(glob)
+        self._re = re.compile("".join(regex), re.DOTALL)
+        self._slots = slots
+        self.key_columns = tuple(key_columns)
+        # Every key column must appear, or a key cannot be looked up in MySQL.
+        self.complete = set(key_columns) <= set(slots)
+
+    def _literal(self, text: str, glob: list[str], regex: list[str]) -> None:
+        if text:
+            self.has_anchor = True
+            glob.append(_glob_escape(text))
+            regex.append(re.escape(text))
+
+    def parse(self, key: str) -> tuple[str | bytes, ...] | None:
+        """The key values (text, or bytes for \\x…) in key-column order; None if `key` is not of
+        this template's form."""
+        m = self._re.fullmatch(key)
+        if m is None:
+            return None
+        values: dict[str, str | bytes] = {}
+        for col, raw in zip(self._slots, m.groups()):
+            v = _unescape(raw)
+            if col in values and values[col] != v:
+                return None
+            values[col] = v
+        try:
+            return tuple(values[c] for c in self.key_columns)
+        except KeyError:
+            return None
+
+
+def _unescape(raw: str) -> str | bytes:
+    if raw == "\\e":
+        return ""
+    if raw.startswith("\\x"):
+        try:
+            return bytes.fromhex(raw[2:])
+        except ValueError:
+            return raw
+    return _UNESCAPE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group(1)), raw)
+
+
+def typed_pk(schema: TableSchema, texts: Sequence[str | bytes]) -> tuple[tuple[str, JSONValue], ...] | None:
+    """Key texts → canonical pk values (what a trigger would send), when the text is the
+    canonical rendering of such a value; None otherwise."""
+    out = []
+    for col, text in zip(schema.key_columns, texts):
+        kind = col.kind
+        if isinstance(text, bytes):
+            if kind != "binary":
+                return None
+            value: JSONValue = normalize_value(text)
+        elif kind in ("int", "uint64", "bit"):
+            if not re.fullmatch(r"-?[0-9]+", text):
+                return None
+            value = int(text)
+        elif kind in ("float", "double"):
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+        else:
+            value = text
+        out.append((col.name, value))
+    return tuple(out)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+@dataclass
+class VerifyReport:
+    rows: int = 0                   # MySQL rows compared
+    keys_scanned: int = 0           # Redis keys examined for extras
+    missing: int = 0
+    different: int = 0
+    extra: int = 0
+    settled: int = 0                # differences gone on recheck (changes in flight)
+    repaired: int = 0               # rows re-applied
+    deleted: int = 0                # extra keys removed
+    repair_stale: int = 0           # repairs a newer change had already superseded
+    extras_checked: bool = True
+    notes: list[str] = field(default_factory=list)
+    examples: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "different": [], "extra": []})
+    elapsed_s: float = 0.0
+
+    @property
+    def differences(self) -> int:
+        return self.missing + self.different + self.extra
+
+    @property
+    def equal(self) -> bool:
+        return self.differences == 0
+
+    def example(self, kind: str, text: str) -> None:
+        if len(self.examples[kind]) < MAX_EXAMPLES:
+            self.examples[kind].append(text)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "equal": self.equal, "rows": self.rows, "keys_scanned": self.keys_scanned,
+            "missing": self.missing, "different": self.different, "extra": self.extra,
+            "settled": self.settled, "repaired": self.repaired, "deleted": self.deleted,
+            "repair_stale": self.repair_stale, "extras_checked": self.extras_checked,
+            "examples": self.examples, "notes": self.notes, "seconds": round(self.elapsed_s, 3),
+        }
+
+
+@dataclass
+class _Suspect:
+    kind: str                                   # missing | different | extra
+    key: str
+    pk: tuple[JSONValue, ...] | None            # canonical pk values (rows), parsed texts (extras)
+    detail: str
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+class Verifier:
+    """Compare (and repair) one table; see the module docstring."""
+
+    def __init__(
+        self,
+        reader: TableReader,
+        redis: Any,
+        spec: TableSpec,
+        applier: RedisApplier | None = None,
+        *,
+        chunk: int = 5000,
+        repair: bool = False,
+        sample: int | None = None,
+        recheck_delay_s: float = 1.0,
+        prefix: str = DEFAULT_PREFIX,
+        check_extra: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        if not 1 <= chunk <= 100_000:
+            raise ConfigError(f"--chunk: {chunk}; expected 1 to 100000 rows")
+        if sample is not None and not 1 <= sample <= 10_000_000:
+            raise ConfigError(f"--sample: {sample}; expected 1 to 10000000 rows")
+        if repair and applier is None:
+            raise ConfigError("repair needs an applier")
+        self.reader = reader
+        self.schema = reader.schema
+        self.redis = redis
+        self.spec = spec
+        self.applier = applier
+        self.chunk = chunk
+        self.repair = repair
+        self.sample = sample
+        self.recheck_delay_s = recheck_delay_s
+        self.own_prefix = prefix + ":"
+        self.check_extra = check_extra
+        self.pattern = KeyPattern(spec.key_template, self.schema.name, self.schema.key)
+        self._rng = random.Random(seed)
+        self._suspects: list[_Suspect] = []
+        self._overflow: dict[str, int] = {}
+        self._overflow_examples: list[_Suspect] = []
+
+    # -- comparing rows --------------------------------------------------------------------------
+    async def _fetch(self, keys: Sequence[str]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for k in keys:
+            if self.spec.format == "hash":
+                pipe.hgetall(k)
+            else:
+                pipe.get(k)
+        try:
+            return await pipe.execute(raise_on_error=False)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis read of {len(keys)} keys failed: {type(exc).__name__}: {exc}") from exc
+
+    def _diff(self, expected: Any, actual: Any) -> str | None:
+        """None when equal, else 'missing' or a short description of the difference."""
+        if isinstance(actual, redis.exceptions.ResponseError):
+            return f"different: {str(actual)[:60]}"
+        if isinstance(actual, BaseException):
+            raise ApplyError(f"redis read failed: {type(actual).__name__}: {actual}")
+        if self.spec.format == "hash":
+            if not actual:
+                return "missing"
+            if actual == expected:
+                return None
+            fields = sorted({*expected, *actual} - {k for k in expected if actual.get(k) == expected[k]})
+        else:
+            if actual is None:
+                return "missing"
+            if actual == expected:
+                return None
+            try:
+                got = orjson.loads(actual)
+                want = orjson.loads(expected)
+                fields = sorted(k for k in {*got, *want} if got.get(k, KeyError) != want.get(k, KeyError)) \
+                    if isinstance(got, dict) else ["(not a JSON object)"]
+            except orjson.JSONDecodeError:
+                fields = ["(not JSON)"]
+        names = [f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in fields]
+        return "different: " + (", ".join(names[:4]) + (" …" if len(names) > 4 else "") if names else "encoding")
+
+    async def _compare_rows(self, rows: Sequence[dict[str, Any]], report: VerifyReport) -> list[_Suspect]:
+        entries = [expected_entry(self.schema, self.spec, row) for row in rows]
+        actual = await self._fetch([k for k, _ in entries])
+        found = []
+        key_names = self.schema.key
+        for row, (key, value), got in zip(rows, entries, actual):
+            d = self._diff(value, got)
+            if d is not None:
+                pk = tuple(canonical_value(self.schema.column(k), row[k]) for k in key_names)
+                found.append(_Suspect("missing" if d == "missing" else "different", key, pk, d))
+        return found
+
+    # -- the passes ------------------------------------------------------------------------------
+    async def _row_chunks(self):  # type: ignore[no-untyped-def]
+        if self.sample is None:
+            after = None
+            while True:
+                rows = await asyncio.to_thread(self.reader.chunk, after, self.chunk, versioned=False)
+                if not rows:
+                    return
+                yield rows
+                last = rows[-1]
+                after = [canonical_value(self.schema.column(k), last[k]) for k in self.schema.key]
+                if len(rows) < self.chunk:
+                    return
+        else:
+            pks = await asyncio.to_thread(self._sample_keys, self.sample)
+            for i in range(0, len(pks), self.chunk):
+                yield await asyncio.to_thread(self.reader.rows_by_key, pks[i : i + self.chunk], versioned=False)
+
+    def _sample_keys(self, n: int) -> list[tuple[JSONValue, ...]]:
+        cols = ", ".join(quote_ident(k) for k in self.schema.key)
+        seed = self._rng.randrange(2**31)
+        with self.reader.conn.cursor() as cur:
+            cur.execute(f"SELECT {cols} FROM {quote_ident(self.schema.database)}.{quote_ident(self.schema.name)} "
+                        f"ORDER BY RAND({seed}) LIMIT {int(n)}")
+            raw = cur.fetchall()
+        key_cols = self.schema.key_columns
+        return [tuple(canonical_value(c, v) for c, v in zip(key_cols, r)) for r in raw]
+
+    async def run(self, on_progress: ProgressFn | None = None) -> VerifyReport:
+        report = VerifyReport()
+        t0 = time.perf_counter()
+        async for rows in self._row_chunks():
+            report.rows += len(rows)
+            found = await self._compare_rows(rows, report)
+            if found:
+                if self.repair:
+                    await self._repair_rows(found, report)
+                else:
+                    self._keep(found)
+            if on_progress is not None:
+                on_progress("rows", report.rows)
+        if self.check_extra:
+            await self._extra_pass(report, on_progress)
+        else:
+            report.extras_checked = False
+        await self._recheck(report)
+        report.elapsed_s = time.perf_counter() - t0
+        log.info("verify_done", table=self.schema.name, rows=report.rows, keys_scanned=report.keys_scanned,
+                 missing=report.missing, different=report.different, extra=report.extra, settled=report.settled,
+                 repaired=report.repaired, deleted=report.deleted, seconds=round(report.elapsed_s, 3))
+        return report
+
+    def _keep(self, found: Sequence[_Suspect]) -> None:
+        """Keep differences for the recheck; beyond MAX_SUSPECTS only their count (bounded memory)."""
+        room = max(0, MAX_SUSPECTS - len(self._suspects))
+        self._suspects.extend(found[:room])
+        for s in found[room:]:
+            self._overflow[s.kind] = self._overflow.get(s.kind, 0) + 1
+            if len(self._overflow_examples) < MAX_EXAMPLES:
+                self._overflow_examples.append(s)
+
+    # -- extras ----------------------------------------------------------------------------------
+    async def _extra_pass(self, report: VerifyReport, on_progress: ProgressFn | None) -> None:
+        pat = self.pattern
+        if not pat.has_anchor:
+            report.extras_checked = False
+            report.notes.append(f"extra keys not checked: key template {pat.template!r} has no literal text "
+                                "to match on (it would match every key in the database)")
+            return
+        if not pat.complete:
+            report.extras_checked = False
+            report.notes.append(f"extra keys not checked: key template {pat.template!r} does not use every key column")
+            return
+        limit = self.sample
+        batch: list[str] = []
+        try:
+            async for raw in self.redis.scan_iter(match=pat.glob, count=SCAN_BATCH):
+                key = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+                if key.startswith(self.own_prefix):
+                    continue
+                batch.append(key)
+                if len(batch) >= SCAN_BATCH:
+                    await self._check_extra_batch(batch, report)
+                    batch = []
+                    if on_progress is not None:
+                        on_progress("keys", report.keys_scanned)
+                if limit is not None and report.keys_scanned + len(batch) >= limit:
+                    break
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis SCAN failed: {type(exc).__name__}: {exc}") from exc
+        if batch:
+            await self._check_extra_batch(batch, report)
+        if on_progress is not None:
+            on_progress("keys", report.keys_scanned)
+
+    async def _check_extra_batch(self, keys: Sequence[str], report: VerifyReport) -> None:
+        report.keys_scanned += len(keys)
+        found = await asyncio.to_thread(self._extras_of, keys)
+        if not found:
+            return
+        if self.repair:
+            await self._repair_extras(found, report)
+        else:
+            self._keep(found)
+
+    def _extras_of(self, keys: Sequence[str]) -> list[_Suspect]:
+        """The keys of `keys` that no existing row produces."""
+        parsed: list[tuple[str, tuple[str | bytes, ...] | None]] = [(k, self.pattern.parse(k)) for k in keys]
+        lookups = [p for _, p in parsed if p is not None]
+        existing = self.reader.existing_keys(lookups) if lookups else []
+        have = {self._render(raw) for raw in existing}
+        out = []
+        for key, p in parsed:
+            if key not in have:
+                out.append(_Suspect("extra", key, p, "extra" if p is not None else "extra: not a row key"))
+        return out
+
+    def _render(self, raw_key: Sequence[Any]) -> str:
+        pk = tuple((c.name, canonical_value(c, v)) for c, v in zip(self.schema.key_columns, raw_key))
+        return row_key(self.spec.key_template, self.schema.name, pk)
+
+    # -- repair ----------------------------------------------------------------------------------
+    async def _repair_rows(self, found: Sequence[_Suspect], report: VerifyReport) -> None:
+        assert self.applier is not None
+        rows = await asyncio.to_thread(self.reader.rows_by_key, [s.pk for s in found], versioned=True)
+        events = row_events(self.schema, rows, Op.UPDATE)
+        applied, stale = await apply_events(self.applier, events)
+        report.repaired += applied
+        report.repair_stale += stale
+        if stale:
+            # A newer version is already stored: right if a live change won, wrong if the stored
+            # version is bogus. Compare again later.
+            self._keep(list(found))
+            log.info("repair_superseded", table=self.schema.name, rows=stale)
+        gone = len(found) - len(rows)
+        if gone:
+            # Deleted since the compare: the delete's own change (or the extra pass) handles them.
+            self._keep([s for s in found if s.pk not in {tuple(v for _, v in e.pk) for e in events}])
+
+    async def _repair_extras(self, found: Sequence[_Suspect], report: VerifyReport) -> None:
+        assert self.applier is not None
+        fenced: list[tuple[_Suspect, tuple[tuple[str, JSONValue], ...]]] = []
+        plain: list[str] = []
+        for s in found:
+            pk = typed_pk(self.schema, s.pk) if s.pk is not None else None
+            if pk is not None and row_key(self.spec.key_template, self.schema.name, pk) == s.key:
+                fenced.append((s, pk))
+            else:
+                plain.append(s.key)  # a key no row can produce: no live change ever writes it
+        if fenced:
+            pks = [tuple(v for _, v in pk) for _, pk in fenced]
+            exist, version = await asyncio.to_thread(self.reader.absent_version, pks)
+            now_there = {self._render(raw) for raw in exist}
+            events = [ChangeEvent(self.schema.name, Op.DELETE, pk, None, version, Source.SNAPSHOT)
+                      for s, pk in fenced if s.key not in now_there]
+            if events:
+                outcomes = await self.applier.apply(events)
+                n = sum(1 for o in outcomes if o is Outcome.APPLIED)
+                report.deleted += n
+                report.repair_stale += len(events) - n
+                if n < len(events):
+                    self._keep([s for (s, _), o in zip([f for f in fenced if f[0].key not in now_there], outcomes)
+                                if o is not Outcome.APPLIED])
+        if plain:
+            try:
+                report.deleted += int(await self.redis.unlink(*plain))
+            except (redis.exceptions.RedisError, OSError) as exc:
+                raise ApplyError(f"redis UNLINK of {len(plain)} keys failed: {type(exc).__name__}: {exc}") from exc
+
+    # -- recheck ---------------------------------------------------------------------------------
+    async def _recheck(self, report: VerifyReport) -> None:
+        suspects, self._suspects = self._suspects, []
+        if suspects and self.recheck_delay_s > 0:
+            await asyncio.sleep(self.recheck_delay_s)
+        rows = [s for s in suspects if s.kind != "extra"]
+        extras = [s for s in suspects if s.kind == "extra"]
+        for i in range(0, len(rows), self.chunk):
+            part = rows[i : i + self.chunk]
+            current = await asyncio.to_thread(self.reader.rows_by_key, [s.pk for s in part], versioned=False)
+            still = await self._compare_rows(current, report)
+            by_key = {s.key: s for s in still}
+            now_keys = {expected_entry(self.schema, self.spec, r)[0] for r in current}
+            for s in part:
+                if s.key in by_key:
+                    self._count(report, by_key[s.key])
+                elif s.key not in now_keys:
+                    # The row is gone now: extra if its key is still in Redis.
+                    if (await self._fetch([s.key]))[0]:
+                        self._count(report, _Suspect("extra", s.key, None, "extra"))
+                    else:
+                        report.settled += 1
+                else:
+                    report.settled += 1
+        for i in range(0, len(extras), SCAN_BATCH):
+            part = extras[i : i + SCAN_BATCH]
+            exists = await self._exists([s.key for s in part])
+            still = {s.key for s in await asyncio.to_thread(self._extras_of, [s.key for s, e in zip(part, exists) if e])}
+            for s, e in zip(part, exists):
+                if e and s.key in still:
+                    self._count(report, s)
+                else:
+                    report.settled += 1
+        if self._overflow:
+            # Beyond MAX_SUSPECTS: reported as seen, without a recheck.
+            for s in self._overflow_examples:
+                report.example(s.kind, s.key if s.detail in ("missing", "extra") else f"{s.key} ({s.detail})")
+            for kind, n in self._overflow.items():
+                setattr(report, kind, getattr(report, kind) + n)
+            report.notes.append(f"{sum(self._overflow.values())} differences beyond the first {MAX_SUSPECTS} "
+                                "were not rechecked")
+            self._overflow, self._overflow_examples = {}, []
+
+    async def _exists(self, keys: Sequence[str]) -> list[bool]:
+        pipe = self.redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.exists(k)
+        try:
+            return [bool(x) for x in await pipe.execute()]
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis EXISTS failed: {type(exc).__name__}: {exc}") from exc
+
+    def _count(self, report: VerifyReport, s: _Suspect) -> None:
+        setattr(report, s.kind, getattr(report, s.kind) + 1)
+        report.example(s.kind, f"{s.key} ({s.detail})" if s.detail not in ("missing", "extra") else s.key)
+
