@@ -6,7 +6,8 @@
  *   INT_RESULT          -> integer (signed 64-bit; see README for UNSIGNED)
  *   DECIMAL_RESULT      -> the decimal text as a number (a string if it is
  *                          not a valid JSON number)
- *   REAL_RESULT         -> shortest of %.15g/%.16g/%.17g that round-trips;
+ *   REAL_RESULT         -> the shortest %.<n>g (n = 1..17) that reads back as
+ *                          the same double;
  *                          NaN and ±inf -> null
  *   STRING_RESULT       -> a JSON string if the bytes are valid UTF-8
  *                          (strict: no overlongs, surrogates, > U+10FFFF),
@@ -259,26 +260,53 @@ static int is_json_number(const char *s, size_t len)
     return len > 0 && len < 1024 && (size_t)json_number_len(s, len) == len;
 }
 
+/* %.<prec>g of d into tmp as JSON; 0 if it is not a valid JSON number. */
+static int fmt_g(char *tmp, size_t size, int prec, double d)
+{
+    int n = snprintf(tmp, size, "%.*g", prec, d);
+    if (n <= 0 || (size_t)n >= size)
+        return 0;
+    /* a locale with a decimal comma must not leak into JSON */
+    for (int i = 0; i < n; i++)
+        if (tmp[i] == ',')
+            tmp[i] = '.';
+    return is_json_number(tmp, (size_t)n) ? n : 0;
+}
+
+/* The fewest significant digits (1..17) that read back as exactly d.
+ * Binary search: more digits never round-trip worse; 17 always does. */
 static int put_double(struct gs_buf *b, double d)
 {
-    char tmp[40];
+    char tmp[40], best[40];
+    int lo = 1, hi = 17, n, best_n;
     if (!isfinite(d))
         return put(b, "null", 4);
-    for (int prec = 15; prec <= 17; prec++) {
-        int n = snprintf(tmp, sizeof tmp, "%.*g", prec, d);
-        if (n <= 0 || (size_t)n >= sizeof tmp)
-            return put(b, "null", 4);
-        /* a locale with a decimal comma must not leak into JSON */
-        for (int i = 0; i < n; i++)
-            if (tmp[i] == ',')
-                tmp[i] = '.';
-        if (prec < 17 && strtod(tmp, NULL) != d)
-            continue;
-        if (!is_json_number(tmp, (size_t)n))
-            return put(b, "null", 4);
-        return put(b, tmp, (size_t)n);
+    best_n = fmt_g(best, sizeof best, 17, d);
+    if (!best_n)
+        return put(b, "null", 4);
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        n = fmt_g(tmp, sizeof tmp, mid, d);
+        if (n && strtod(tmp, NULL) == d) {
+            memcpy(best, tmp, (size_t)n + 1); /* with its NUL: atoi() below */
+            best_n = n;
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
     }
-    return put(b, "null", 4);
+    /* %g writes 100 as 1e+02 with one digit; when the number is an integer
+     * of up to 17 digits, the plain form may be shorter: take it then */
+    const char *e = memchr(best, 'e', (size_t)best_n);
+    if (e && e[1] == '+') {
+        int exp10 = atoi(e + 2);
+        if (exp10 >= lo && exp10 < 17) {
+            n = fmt_g(tmp, sizeof tmp, exp10 + 1, d);
+            if (n && n <= best_n && strtod(tmp, NULL) == d)
+                return put(b, tmp, (size_t)n);
+        }
+    }
+    return put(b, best, (size_t)best_n);
 }
 
 /* ------------------------------------------------------------ validator */
