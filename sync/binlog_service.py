@@ -129,7 +129,6 @@ class BinlogService:
         self.gearman: Any = None
         self._tag = hashlib.blake2b(self.name.encode(), digest_size=4).hexdigest()
         self._stop = threading.Event()
-        self._stop_async: asyncio.Event | None = None
         self._stop_deadline: float | None = None
         self.source: BinlogSource | None = None
         self.position: Position | None = None          # the last saved position
@@ -137,12 +136,11 @@ class BinlogService:
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """Stop reading, deliver what is held, save the final position. Callable from any thread."""
         if not self._stop.is_set():
             log.info("binlog_stopping", shutdown_timeout_s=self.settings.shutdown_timeout_s)
             self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
-            self._stop.set()
-            if self._stop_async is not None:
-                self._stop_async.set()
+            self._stop.set()  # thread-safe: the reader thread polls it between events
 
     # -- start-up ------------------------------------------------------------------------------
     def prepare(self) -> tuple[ServerInfo, Any, dict[str, TableSchema]]:
@@ -187,9 +185,6 @@ class BinlogService:
     # -- run -----------------------------------------------------------------------------------
     async def run(self) -> int:
         s = self.settings
-        self._stop_async = asyncio.Event()
-        if self._stop.is_set():
-            self._stop_async.set()
         loop = asyncio.get_running_loop()
         server, conn, schemas = await loop.run_in_executor(None, self.prepare)
         try:

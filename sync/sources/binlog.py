@@ -432,7 +432,7 @@ class BinlogSource:
     # -- connection -------------------------------------------------------------------------------
     def _connection_settings(self) -> dict[str, Any]:
         m = self.mysql
-        s: dict[str, Any] = {"user": m.user, "passwd": m.password, "charset": "utf8mb4",
+        s: dict[str, Any] = {"user": m.user, "password": m.password, "charset": "utf8mb4",
                              "connect_timeout": 5, "read_timeout": max(10.0, 5 * self.heartbeat_s)}
         if m.unix_socket:
             s["unix_socket"] = m.unix_socket
