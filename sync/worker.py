@@ -33,6 +33,7 @@ from .errors import ApplyError, PayloadError
 from .events import ChangeEvent, ClassicSet, parse_change, parse_classic
 from .gearman import GearmanWorker, Job
 from .retry import Backoff
+from . import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +99,7 @@ class SyncWorker:
         self._stop = asyncio.Event()
         self._stop_deadline: float | None = None
         self._gearman: list[GearmanWorker] = []
+        self._lag = metrics.LagTracker()
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -132,6 +134,7 @@ class SyncWorker:
     # -- one batch -----------------------------------------------------------------------------
     async def process(self, gearman: GearmanWorker, jobs: Sequence[Job]) -> bool:
         """Apply a batch and complete its jobs. False when the jobs were given back instead."""
+        t0 = time.perf_counter()
         events: list[ChangeEvent | ClassicSet] = []
         sizes: list[int] = []
         dead: dict[str, list[tuple[bytes, str, str | None, str | None]]] = {}
@@ -154,6 +157,8 @@ class SyncWorker:
         st.dead += sum(len(v) for v in dead.values())
         st.jobs += len(jobs)
         st.batches += 1
+        metrics.record_batch(len(jobs), applied, len(outcomes) - applied, sum(len(v) for v in dead.values()),
+                             time.perf_counter() - t0)
         lost = await gearman.complete_many(jobs)
         if lost:
             # Their connection died after Redis took the write: gearmand redelivers them and the
@@ -185,6 +190,7 @@ class SyncWorker:
                 return outcomes
             except REDIS_ERRORS as exc:
                 self.stats.retries += 1
+                metrics.record_retry()
                 delay = backoff.next_delay()
                 if self.stopping and self._stop_deadline is not None and time.monotonic() + delay > self._stop_deadline:
                     log.warning("jobs_given_back", jobs=len(jobs), reason="redis unavailable at shutdown",
@@ -210,6 +216,7 @@ class SyncWorker:
                     await asyncio.gather(fetch, return_exceptions=True)
                     break
                 jobs = fetch.result()
+                self._lag.note_grab(len(jobs), batch)
                 if jobs:
                     await self.process(gearman, jobs)
         finally:

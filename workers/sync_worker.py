@@ -62,6 +62,8 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--connections", type=int, metavar="N", help="parallel grab/apply loops, each with its own connections (default 1)")
     p.add_argument("--config", metavar="FILE", help="TOML config file ([gearman], [redis], [worker], [tables.<name>])")
     p.add_argument("--replay-dead", action="store_true", help="re-apply the dead letters of the tables, then exit")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off)")
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats log lines (default 10; 0 = off)")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
                    help="log format (auto: console on a terminal, JSON otherwise)")
@@ -95,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             settings = replace(settings, stats_interval_s=_float(args.stats_interval, "--stats-interval", 0, 86400))
         setup_logging(args.log_level, args.log_format)
+        if args.metrics_port is not None and not args.replay_dead:
+            from sync.metrics import start_metrics_server
+
+            start_metrics_server(args.metrics_port)
         return asyncio.run(_serve(settings, replay=args.replay_dead))
 
     run(PROG, go, argv)

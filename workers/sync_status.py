@@ -1,0 +1,109 @@
+"""`sync-status`: queues, workers, spool, dead letters, last applied change and lag, binlog position."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Sequence
+
+import orjson
+
+from sync.cli import ExitCode, make_parser, run
+from sync.logging import setup_logging
+
+PROG = "sync-status"
+
+DESCRIPTION = """\
+Show whether the gearsync pipeline keeps up.
+
+  gearmand   per server and function: queued and running jobs, connected workers (admin protocol)
+  tables     queue depth, workers, time of the last applied change, lag (now − last applied
+             while jobs are queued; 0 when the queue is empty), applied total, dead letters,
+             snapshot progress
+  mysql      gearsync_spool size, binlog position (SHOW MASTER STATUS, @@gtid_binlog_pos)
+  binlog     the binlog reader's saved position, when sync-binlog stored one (else n/a)
+
+A part that does not answer is shown as down; the others are still shown.
+"""
+
+EPILOG = """\
+environment: GEARMAN_SERVERS, REDIS_URL, REDIS_PASSWORD, MYSQL_URL / MYSQL_* (as the other commands).
+
+examples:
+  sync-status
+  sync-status --table data --json
+  sync-status --watch 2
+
+exit codes: 0 shown, 2 bad option, 3 nothing at all was reachable.
+"""
+
+
+def build_parser():  # type: ignore[no-untyped-def]
+    p = make_parser(PROG, DESCRIPTION, EPILOG)
+    p.add_argument("--table", action="append", metavar="NAME", help="tables to show (default: every table found)")
+    p.add_argument("--servers", metavar="HOST:PORT,…", help="gearmand servers (env GEARMAN_SERVERS)")
+    p.add_argument("--redis-url", metavar="URL", help="redis://host:port/db, without password (env REDIS_URL)")
+    p.add_argument("--redis-cluster", action="store_true", default=None, help="the Redis URL is a Redis Cluster node")
+    p.add_argument("--mysql-url", metavar="URL", help="mysql://user@host:port/db, without password (env MYSQL_URL)")
+    p.add_argument("--no-mysql", action="store_true", help="do not connect to MySQL (no spool / binlog position)")
+    p.add_argument("--config", metavar="FILE", help="TOML config file shared with sync-worker")
+    p.add_argument("--json", action="store_true", help="print the state as JSON (one line per refresh)")
+    p.add_argument("--watch", type=float, metavar="S", help="refresh every S seconds until Ctrl-C")
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+
+    def go() -> int:
+        from sync.cli import fail
+
+        setup_logging(args.log_level, "auto")
+        if args.watch is not None and not 0.1 <= args.watch <= 86400:
+            fail(PROG, f"--watch: {args.watch:g}; expected 0.1 to 86400 seconds")
+        return asyncio.run(_status(args))
+
+    run(PROG, go, argv)
+
+
+async def _status(args) -> int:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    from sync.config import worker_settings
+    from sync.mysql import mysql_settings
+    from sync.status import collect, reachable, render
+    from sync.worker import connect_redis
+
+    tables = [t.strip() for item in (args.table or []) for t in item.split(",") if t.strip()]
+    # worker_settings validates servers/Redis/table names the way sync-worker does; the table
+    # list only matters for the function names.
+    ws = worker_settings(tables=tables or None, config_path=args.config, servers=args.servers,
+                         redis_url=args.redis_url, redis_cluster=args.redis_cluster, classic=not tables)
+    functions = {t.name: t.function for t in ws.tables.values()}
+    mysql = None if args.no_mysql else mysql_settings(args.mysql_url)
+    redis = connect_redis(ws.redis, socket_timeout_s=3.0)
+    console = Console()
+    try:
+        while True:
+            state = await collect(servers=ws.servers, redis=redis, mysql=mysql, tables=list(functions) or tables,
+                                  functions=functions)
+            if args.json:
+                sys.stdout.write(orjson.dumps(state).decode() + "\n")
+                sys.stdout.flush()
+            else:
+                if args.watch is not None and console.is_terminal:
+                    console.clear()
+                render(state, console)
+            if args.watch is None:
+                return int(ExitCode.OK if reachable(state) else ExitCode.UNAVAILABLE)
+            await asyncio.sleep(args.watch)
+    finally:
+        try:
+            await redis.aclose()
+        except Exception:  # closing a client whose server is down must not mask the result
+            pass
+
+
+if __name__ == "__main__":
+    main()
