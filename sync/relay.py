@@ -41,6 +41,8 @@ from .triggers import SPOOL_TABLE
 
 log = structlog.get_logger(__name__)
 
+_RETRYABLE = (1213, 1205)  # deadlock victim, lock wait timeout
+
 __all__ = ["RelaySettings", "RelayStats", "SpoolRelay"]
 
 
@@ -68,6 +70,8 @@ class RelayStats:
     relayed: int = 0
     batches: int = 0
     errors: int = 0
+    contended: int = 0      # claims lost to a deadlock with another relay (nothing sent)
+    resent: int = 0         # rows sent whose DELETE failed: they go out again
     started: float = field(default_factory=time.monotonic)
 
     def snapshot(self) -> dict[str, float]:
@@ -117,21 +121,47 @@ class SpoolRelay:
             except Exception:  # already broken; nothing more to do with it
                 pass
 
-    def _claim(self, database: str) -> list[tuple[int, str, bytes]]:
+    def _claim(self, database: str) -> list[tuple[int, str, bytes]] | None:
+        """The rows claimed (locked) for sending; None when InnoDB chose us as a deadlock victim
+        (several relays): nothing was sent, try again."""
+        import pymysql
+
         conn = self._connect()
         conn.begin()
-        with conn.cursor() as cur:
-            cur.execute(self._select[database], (self.settings.batch,))
-            rows = cur.fetchall()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(self._select[database], (self.settings.batch,))
+                rows = cur.fetchall()
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] in _RETRYABLE:
+                conn.rollback()
+                return None
+            raise
         if not rows:
             conn.rollback()
         return [(int(i), f if isinstance(f, str) else f.decode("utf-8"), bytes(p)) for i, f, p in rows]
 
     def _finish(self, database: str, ids: Sequence[int]) -> None:
+        """Delete the sent rows and commit. InnoDB may pick this DELETE as a deadlock victim when
+        relays work on neighbouring ids (its range scan locks a neighbour that another relay has
+        just delete-marked): the rows are unlocked then, so the DELETE is retried on its own; a
+        relay that claimed some of them meanwhile sends them a second time (at least once)."""
+        import pymysql
+
         conn = self._conn
-        with conn.cursor() as cur:
-            cur.execute(self._delete[database] + "(" + ",".join(str(int(i)) for i in ids) + ")")
-        conn.commit()
+        sql = self._delete[database] + "(" + ",".join(str(int(i)) for i in ids) + ")"
+        for attempt in range(10):
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                conn.commit()
+                return
+            except pymysql.err.OperationalError as exc:
+                if not (exc.args and exc.args[0] in _RETRYABLE) or attempt == 9:
+                    raise
+                conn.rollback()
+                self.stats.contended += 1
+                time.sleep(0.001 * (attempt + 1))
 
     def _rollback(self) -> None:
         if self._conn is not None:
@@ -144,11 +174,17 @@ class SpoolRelay:
     async def relay_batch(self, database: str) -> int:
         """Send one batch of `database`'s spool; returns how many rows were relayed (0: empty).
         Raises SourceError (MySQL) or GearmanError (gearmand); the rows then stay in the spool."""
-        try:
-            rows = await asyncio.to_thread(self._claim, database)
-        except Exception as exc:
-            await asyncio.to_thread(self._close_mysql)
-            raise SourceError(f"MySQL {self.settings.mysql.display}: spool read failed: {_short(exc)}") from exc
+        for _attempt in range(20):
+            try:
+                rows = await asyncio.to_thread(self._claim, database)
+            except Exception as exc:
+                await asyncio.to_thread(self._close_mysql)
+                raise SourceError(f"MySQL {self.settings.mysql.display}: spool read failed: {_short(exc)}") from exc
+            if rows is not None:
+                break
+            self.stats.contended += 1
+        else:
+            return 0
         if not rows:
             return 0
         try:
@@ -164,8 +200,10 @@ class SpoolRelay:
             await asyncio.to_thread(self._finish, database, [r[0] for r in rows])
         except Exception as exc:
             # gearmand has them; the rows stay and are sent again (harmless: versions fence).
+            self.stats.resent += len(rows)
             await asyncio.to_thread(self._close_mysql)
-            raise SourceError(f"MySQL {self.settings.mysql.display}: spool delete failed after send: {_short(exc)}") from exc
+            raise SourceError(f"MySQL {self.settings.mysql.display}: spool delete failed after send "
+                              f"({len(rows)} rows will be sent again): {_short(exc)}") from exc
         self.stats.relayed += len(rows)
         self.stats.batches += 1
         return len(rows)
@@ -235,6 +273,7 @@ class SpoolRelay:
             d = {k: cur[k] - last[k] for k in cur}
             log.info("relay_stats", relayed_per_s=round(d["relayed"] / max(now - last_t, 1e-9), 1),
                      relayed=int(d["relayed"]), batches=int(d["batches"]), errors=int(d["errors"]),
+                     contended=int(d["contended"]), resent=int(d["resent"]),
                      total_relayed=int(cur["relayed"]))
             last, last_t = cur, now
 
