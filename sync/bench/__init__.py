@@ -10,4 +10,5 @@ write them with --json FILE.  Benchmarks are not tests: they assert nothing.
 BENCHMARKS = {
     "udf": "sync.bench.udf",
     "worker": "sync.bench.worker",
+    "triggers": "sync.bench.triggers",
 }
