@@ -1,0 +1,966 @@
+/*
+ * udf_driver.c — calls every entry point of gearsync_udf.so the way mysqld
+ * does (fabricated UDF_ARGS/UDF_INIT), with hostile input, so the library
+ * can run under valgrind memcheck and AddressSanitizer/UBSan outside mysqld.
+ *
+ *   udf_driver /path/to/gearsync_udf.so
+ *
+ * It starts a real gearmand (/usr/sbin/gearmand) on a free loopback port
+ * with a small worker thread, plus a misbehaving fake server (garbage,
+ * oversize packets, silence, resets) for the failure paths.  Exit status 0
+ * when every check passed.
+ */
+#define _GNU_SOURCE
+#include "../gearsync_udf.h"
+
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef my_bool (*init_fn)(UDF_INIT *, UDF_ARGS *, char *);
+typedef void (*deinit_fn)(UDF_INIT *);
+typedef char *(*str_fn)(UDF_INIT *, UDF_ARGS *, char *, unsigned long *,
+                        char *, char *);
+typedef long long (*int_fn)(UDF_INIT *, UDF_ARGS *, char *, char *);
+typedef void (*agg_fn)(UDF_INIT *, UDF_ARGS *, char *, char *);
+typedef void (*clear_fn)(UDF_INIT *, char *, char *);
+
+static void *lib;
+static int failures, checks;
+
+#define CHECK(cond, ...)                                                      \
+    do {                                                                      \
+        checks++;                                                             \
+        if (!(cond)) {                                                        \
+            failures++;                                                       \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
+            fprintf(stderr, __VA_ARGS__);                                     \
+            fputc('\n', stderr);                                              \
+        }                                                                     \
+    } while (0)
+
+static void *sym(const char *name)
+{
+    void *p = dlsym(lib, name);
+    if (!p) {
+        fprintf(stderr, "missing symbol %s\n", name);
+        exit(2);
+    }
+    return p;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* ------------------------------------------------------------ UDF calls */
+
+#define MAXA 16
+struct call {
+    UDF_ARGS args;
+    enum Item_result types[MAXA];
+    char *vals[MAXA];
+    unsigned long lens[MAXA];
+    char maybe_null[MAXA];
+    const char *attrs[MAXA];
+    unsigned long attr_lens[MAXA];
+    long long ints[MAXA];
+    double reals[MAXA];
+};
+
+static void call_reset(struct call *c)
+{
+    memset(c, 0, sizeof *c);
+    c->args.arg_type = c->types;
+    c->args.args = c->vals;
+    c->args.lengths = c->lens;
+    c->args.maybe_null = c->maybe_null;
+    c->args.attributes = c->attrs;
+    c->args.attribute_lengths = c->attr_lens;
+}
+
+static void add_str(struct call *c, const char *key, const char *v, size_t len)
+{
+    unsigned i = c->args.arg_count++;
+    c->types[i] = STRING_RESULT;
+    c->vals[i] = (char *)v;
+    c->lens[i] = v ? len : 0;
+    c->maybe_null[i] = 1;
+    c->attrs[i] = key ? key : "x";
+    c->attr_lens[i] = strlen(c->attrs[i]);
+}
+
+static void add_cstr(struct call *c, const char *key, const char *v)
+{
+    add_str(c, key, v, v ? strlen(v) : 0);
+}
+
+static void add_int(struct call *c, const char *key, long long v)
+{
+    unsigned i = c->args.arg_count++;
+    c->types[i] = INT_RESULT;
+    c->ints[i] = v;
+    c->vals[i] = (char *)&c->ints[i];
+    c->lens[i] = 8;
+    c->attrs[i] = key;
+    c->attr_lens[i] = strlen(key);
+}
+
+static void add_real(struct call *c, const char *key, double v)
+{
+    unsigned i = c->args.arg_count++;
+    c->types[i] = REAL_RESULT;
+    c->reals[i] = v;
+    c->vals[i] = (char *)&c->reals[i];
+    c->lens[i] = 8;
+    c->attrs[i] = key;
+    c->attr_lens[i] = strlen(key);
+}
+
+static void add_dec(struct call *c, const char *key, const char *v)
+{
+    add_cstr(c, key, v);
+    c->types[c->args.arg_count - 1] = DECIMAL_RESULT;
+}
+
+/* Run name_init / name / name_deinit once like mysqld: the row function
+ * sees the arguments after init coerced their types.  Returns a malloc'd
+ * copy of the result (NULL for SQL NULL); *init_failed set when init said
+ * no (message in msg). */
+static char *run_str(const char *name, struct call *c, size_t *outlen,
+                     int *init_failed, char *msg)
+{
+    char n1[64], n2[64];
+    snprintf(n1, sizeof n1, "%s_init", name);
+    snprintf(n2, sizeof n2, "%s_deinit", name);
+    init_fn i = (init_fn)sym(n1);
+    deinit_fn d = (deinit_fn)sym(n2);
+    str_fn f = (str_fn)sym(name);
+    UDF_INIT ini;
+    char m[MYSQL_ERRMSG_SIZE];
+    memset(&ini, 0, sizeof ini);
+    memset(m, 0, sizeof m);
+    *init_failed = 0;
+    if (i(&ini, &c->args, m)) {
+        *init_failed = 1;
+        CHECK(memchr(m, '\0', sizeof m) != NULL, "%s: unterminated message",
+              name);
+        if (msg)
+            snprintf(msg, MYSQL_ERRMSG_SIZE, "%s", m);
+        return NULL;
+    }
+    CHECK(ini.maybe_null == 1, "%s: maybe_null", name);
+    char result[255];
+    unsigned long len = 0;
+    char is_null = 0, error = 0;
+    char *r = f(&ini, &c->args, result, &len, &is_null, &error);
+    char *copy = NULL;
+    if (r && !is_null) {
+        copy = malloc(len + 1);
+        memcpy(copy, r, len);
+        copy[len] = '\0';
+        *outlen = len;
+    }
+    d(&ini);
+    return copy;
+}
+
+static char *run1(const char *name, struct call *c, size_t *outlen)
+{
+    int failed;
+    char *r = run_str(name, c, outlen, &failed, NULL);
+    CHECK(!failed, "%s: init failed", name);
+    return r;
+}
+
+static int json_ok(const char *s, size_t len);
+
+static int expect_json(const char *what, struct call *c, const char *want)
+{
+    size_t len = 0;
+    char *got = run1(what, c, &len);
+    int ok = got && strlen(want) == len && memcmp(got, want, len) == 0;
+    CHECK(ok, "%s: got %s, want %s", what, got ? got : "NULL", want);
+    if (got)
+        CHECK(json_ok(got, len), "%s: output is not valid JSON", what);
+    free(got);
+    return ok;
+}
+
+/* An independent, minimal check of the output (the library's own validator
+ * is not exported): valid UTF-8, no raw control bytes inside strings,
+ * balanced brackets.  The Python tests parse with a strict JSON parser. */
+static int utf8_ok(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
+                                                  : (c >> 3) == 30 ? 4 : 0;
+        if (!k || i + k > n || (k == 2 && c < 0xC2))
+            return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xC0) != 0x80)
+                return 0;
+        i += k;
+    }
+    return 1;
+}
+
+static int json_ok(const char *s, size_t len)
+{
+    int in_str = 0, depth = 0;
+    if (!utf8_ok((const unsigned char *)s, len))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (in_str) {
+            if (c < 0x20)
+                return 0;
+            if (c == '\\') {
+                i++;
+                continue;
+            }
+            if (c == '"')
+                in_str = 0;
+            continue;
+        }
+        if (c == '"')
+            in_str = 1;
+        else if (c == '{' || c == '[')
+            depth++;
+        else if (c == '}' || c == ']')
+            depth--;
+        if (depth < 0)
+            return 0;
+    }
+    return !in_str && depth == 0;
+}
+
+/* ------------------------------------------------------------ JSON */
+
+static void test_json(void)
+{
+    struct call c;
+    size_t len;
+    char *r;
+
+    call_reset(&c);
+    expect_json("gman_json_object", &c, "{}");
+    expect_json("gman_json_array", &c, "[]");
+
+    call_reset(&c);
+    add_int(&c, "id", 42);
+    add_int(&c, "min", (long long)(-9223372036854775807LL - 1));
+    add_real(&c, "r", 0.1);
+    add_real(&c, "nan", 0.0 / 0.0);
+    add_real(&c, "inf", 1.0 / 0.0);
+    add_real(&c, "tiny", 5e-324);
+    add_real(&c, "hundred", 100.0);
+    add_dec(&c, "d", "-12.340");
+    add_dec(&c, "bad_dec", "1.2.3");
+    add_cstr(&c, "s", "a\"b\\c\n\t\x01/");
+    add_str(&c, "nul", NULL, 12345); /* NULL with a junk length */
+    add_str(&c, "bin", "\xff\xfe\x00", 3);
+    add_str(&c, "k\"ey\x01", "\xc3\xa9\xf0\x9f\x98\x80", 6);
+    add_cstr(&c, "json_nested", "[1, {\"a\": null}]");
+    add_cstr(&c, "json_inj", "1,\"admin\":true");
+    expect_json("gman_json_object", &c,
+                "{\"id\":42,\"min\":-9223372036854775808,\"r\":0.1,\"nan\":null,"
+                "\"inf\":null,\"tiny\":5e-324,\"hundred\":100,\"d\":-12.340,"
+                "\"bad_dec\":\"1.2.3\",\"s\":\"a\\\"b\\\\c\\n\\t\\u0001/\","
+                "\"nul\":null,\"bin\":{\"$b64\":\"//4A\"},"
+                "\"k\\\"ey\\u0001\":\"\xc3\xa9\xf0\x9f\x98\x80\","
+                "\"nested\":[1, {\"a\": null}],\"inj\":\"1,\\\"admin\\\":true\"}");
+
+    /* no attributes at all (defensive), unknown result types */
+    call_reset(&c);
+    add_int(&c, "a", 1);
+    add_cstr(&c, "b", "x");
+    c.types[1] = TIME_RESULT;
+    c.args.attributes = NULL;
+    c.args.attribute_lengths = NULL;
+    expect_json("gman_json_object", &c, "{\"\":1,\"\":\"x\"}");
+    c.types[1] = ROW_RESULT;
+    expect_json("gman_json_array", &c, "[1,\"x\"]");
+
+    /* invalid UTF-8 in a key is replaced, never copied raw */
+    call_reset(&c);
+    add_int(&c, "k\xff\xc0", 1);
+    expect_json("gman_json_object", &c, "{\"k\xef\xbf\xbd\xef\xbf\xbd\":1}");
+
+    /* every single byte as a string value */
+    for (int b = 0; b < 256; b++) {
+        char v = (char)b;
+        call_reset(&c);
+        add_str(&c, "v", &v, 1);
+        r = run1("gman_json_array", &c, &len);
+        CHECK(r && json_ok(r, len), "byte %d: %s", b, r ? r : "NULL");
+        free(r);
+    }
+
+    /* random bytes, random types: valid output every time */
+    unsigned seed = 12345;
+    char buf[512];
+    for (int iter = 0; iter < 3000; iter++) {
+        call_reset(&c);
+        int n = rand_r(&seed) % 6;
+        for (int k = 0; k < n; k++) {
+            size_t l = (size_t)(rand_r(&seed) % (int)sizeof buf);
+            char *p = buf + rand_r(&seed) % 64;
+            if (p + l > buf + sizeof buf)
+                l = (size_t)(buf + sizeof buf - p);
+            for (size_t q = 0; q < l; q++)
+                p[q] = (char)(rand_r(&seed) % 4 ? rand_r(&seed) % 128
+                                                  : rand_r(&seed));
+            switch (rand_r(&seed) % 5) {
+            case 0: add_str(&c, k % 2 ? "json_v" : "v", p, l); break;
+            case 1: add_int(&c, "i", (long long)rand_r(&seed) * 7919); break;
+            case 2: add_real(&c, "r", (double)rand_r(&seed) / 3.0); break;
+            case 3: add_str(&c, "dec", p, l); c.types[c.args.arg_count - 1] = DECIMAL_RESULT; break;
+            default: add_str(&c, "n", NULL, 0);
+            }
+        }
+        r = run1(iter % 2 ? "gman_json_object" : "gman_json_array", &c, &len);
+        CHECK(r && json_ok(r, len), "random %d", iter);
+        free(r);
+    }
+
+    /* deep nesting through json_: over the validator's depth -> a string */
+    size_t deep = 100000;
+    char *d = malloc(2 * deep);
+    memset(d, '[', deep);
+    memset(d + deep, ']', deep);
+    call_reset(&c);
+    add_str(&c, "json_deep", d, 2 * deep);
+    r = run1("gman_json_object", &c, &len);
+    CHECK(r && len == 2 * deep + 11 && r[8] == '"', "deep nesting escaped");
+    free(r);
+    free(d);
+
+    /* over the 64 MiB output cap: NULL, no crash; just under: fine */
+    size_t big = 12u << 20;
+    char *ctl = malloc(big);
+    memset(ctl, 1, big);
+    call_reset(&c);
+    add_str(&c, "x", ctl, big);
+    r = run1("gman_json_object", &c, &len);
+    CHECK(r == NULL, "72 MiB escaped output must be NULL");
+    free(r);
+    memset(ctl, 'a', big);
+    r = run1("gman_json_object", &c, &len);
+    CHECK(r && len == big + 8, "12 MiB plain string");
+    free(r);
+    free(ctl);
+}
+
+/* ------------------------------------------------------------ servers */
+
+static char *servers_set(const char *spec, const char *opts, int *init_failed,
+                         char *msg)
+{
+    struct call c;
+    size_t len;
+    call_reset(&c);
+    add_cstr(&c, "s", spec);
+    if (opts)
+        add_cstr(&c, "o", opts);
+    return run_str("gman_servers_set", &c, &len, init_failed, msg);
+}
+
+static void test_servers_set(void)
+{
+    char msg[MYSQL_ERRMSG_SIZE];
+    int failed;
+    const char *bad[] = {"", ",", "h:", "h:0", "h:65536", "h:12a", "[::1",
+                         "[::1]x", "::1:4730", "a b", "h,,h", "h:-1",
+                         "h:99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *r = servers_set(bad[i], NULL, &failed, msg);
+        CHECK(failed && r == NULL && msg[0], "bad spec '%s' accepted", bad[i]);
+        free(r);
+    }
+    char *r = servers_set(" 127.0.0.1:1 ,[::1]:2, localhost ", "timeout_ms=50, pipeline=0",
+                          &failed, msg);
+    CHECK(r && strcmp(r, "127.0.0.1:1,[::1]:2,localhost:4730") == 0,
+          "canonical list: %s", r ? r : msg);
+    free(r);
+    /* row-time NULL (not constant at init) */
+    struct call c;
+    size_t len;
+    call_reset(&c);
+    add_str(&c, "s", NULL, 0);
+    r = run_str("gman_servers_set", &c, &len, &failed, msg);
+    CHECK(!failed && r == NULL, "NULL spec gives NULL");
+    free(r);
+    /* fuzz the parser */
+    unsigned seed = 7;
+    char spec[300];
+    for (int iter = 0; iter < 5000; iter++) {
+        size_t l = (size_t)(rand_r(&seed) % (int)sizeof spec);
+        for (size_t q = 0; q < l; q++)
+            spec[q] = "0123456789.:,[]ab -\xff"[rand_r(&seed) % 20];
+        struct call f;
+        call_reset(&f);
+        add_str(&f, "s", spec, l);
+        if (iter % 3 == 0)
+            add_str(&f, "o", spec, l);
+        r = run_str("gman_servers_set", &f, &len, &failed, msg);
+        free(r);
+    }
+    /* too many arguments */
+    call_reset(&c);
+    r = run_str("gman_servers_set", &c, &len, &failed, msg);
+    CHECK(failed, "zero args accepted");
+    free(r);
+}
+
+/* ------------------------------------------------------------ gearmand */
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t l = sizeof a;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &l) != 0) {
+        perror("free_port");
+        exit(2);
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static int connect_port(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int one = 1;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static pid_t gearmand_pid;
+
+static int start_gearmand(void)
+{
+    int port = free_port();
+    char p[16];
+    snprintf(p, sizeof p, "%d", port);
+    gearmand_pid = fork();
+    if (gearmand_pid == 0) {
+        execl("/usr/sbin/gearmand", "gearmand", "--listen", "127.0.0.1",
+              "--port", p, "--threads", "1", "--log-file", "none",
+              (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) {
+        int fd = connect_port(port);
+        if (fd >= 0) {
+            close(fd);
+            return port;
+        }
+        usleep(25000);
+    }
+    fprintf(stderr, "gearmand did not start\n");
+    exit(2);
+}
+
+static void stop_gearmand(void)
+{
+    if (gearmand_pid > 0) {
+        kill(gearmand_pid, SIGTERM);
+        waitpid(gearmand_pid, NULL, 0);
+        gearmand_pid = 0;
+    }
+}
+
+static int send_pkt(int fd, uint32_t type, const char *data, size_t len)
+{
+    char h[12];
+    memcpy(h, "\0REQ", 4);
+    uint32_t t = htonl(type), l = htonl((uint32_t)len);
+    memcpy(h + 4, &t, 4);
+    memcpy(h + 8, &l, 4);
+    if (send(fd, h, 12, MSG_NOSIGNAL) != 12)
+        return -1;
+    if (len && send(fd, data, len, MSG_NOSIGNAL) != (ssize_t)len)
+        return -1;
+    return 0;
+}
+
+static int read_full(int fd, char *p, size_t n)
+{
+    while (n) {
+        ssize_t r = recv(fd, p, n, 0);
+        if (r <= 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* read one response: returns its type, data in *out (malloc'd) */
+static int recv_pkt(int fd, char **out, size_t *len)
+{
+    char h[12];
+    uint32_t t, l;
+    if (read_full(fd, h, 12) != 0)
+        return -1;
+    memcpy(&t, h + 4, 4);
+    memcpy(&l, h + 8, 4);
+    *len = ntohl(l);
+    *out = malloc(*len + 1);
+    if (read_full(fd, *out, *len) != 0) {
+        free(*out);
+        return -1;
+    }
+    (*out)[*len] = '\0';
+    return (int)ntohl(t);
+}
+
+struct worker {
+    int port;
+    volatile int stop;
+    long jobs;
+};
+
+/* worker for upper / fail / chunks / sleep / num */
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    int fd = connect_port(w->port);
+    if (fd < 0)
+        return NULL;
+    const char *fns[] = {"upper", "fail", "chunks", "sleep", "num"};
+    for (size_t i = 0; i < 5; i++)
+        send_pkt(fd, 1 /* CAN_DO */, fns[i], strlen(fns[i]));
+    struct timeval tv = {0, 200000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    while (!w->stop) {
+        char *d;
+        size_t l;
+        send_pkt(fd, 30 /* GRAB_JOB_UNIQ */, NULL, 0);
+        int t = recv_pkt(fd, &d, &l);
+        if (t < 0)
+            continue;
+        if (t != 31) {
+            free(d);
+            usleep(2000);
+            continue;
+        }
+        /* handle\0fn\0unique\0workload */
+        char *h = d, *fn = h + strlen(h) + 1, *uq = fn + strlen(fn) + 1;
+        char *wl = uq + strlen(uq) + 1;
+        size_t wlen = l - (size_t)(wl - d), hl = strlen(h);
+        char *out = malloc(hl + 1 + wlen + 64);
+        memcpy(out, h, hl + 1);
+        w->jobs++;
+        if (strcmp(fn, "upper") == 0) {
+            for (size_t i = 0; i < wlen; i++)
+                out[hl + 1 + i] = (char)((wl[i] >= 'a' && wl[i] <= 'z') ? wl[i] - 32 : wl[i]);
+            send_pkt(fd, 13, out, hl + 1 + wlen);
+        } else if (strcmp(fn, "chunks") == 0) {
+            memcpy(out + hl + 1, "ab", 2);
+            send_pkt(fd, 28 /* WORK_DATA */, out, hl + 3);
+            memcpy(out + hl + 1, "1\0" "2", 3); /* numerator\0denominator */
+            send_pkt(fd, 12 /* WORK_STATUS */, out, hl + 4);
+            memcpy(out + hl + 1, "cd", 2);
+            send_pkt(fd, 13, out, hl + 3);
+        } else if (strcmp(fn, "sleep") == 0) {
+            usleep(400000);
+            send_pkt(fd, 13, out, hl + 1);
+        } else if (strcmp(fn, "num") == 0) {
+            int n = snprintf(out + hl + 1, 64, " %zu ", wlen);
+            send_pkt(fd, 13, out, hl + 1 + (size_t)n);
+        } else {
+            send_pkt(fd, 14 /* WORK_FAIL */, out, hl);
+        }
+        free(out);
+        free(d);
+    }
+    close(fd);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ evil */
+
+enum evil_mode { EVIL_CLOSE, EVIL_GARBAGE, EVIL_HUGE, EVIL_SILENT,
+                 EVIL_TRUNCATED, EVIL_BIG_HANDLE, EVIL_ERROR, EVIL_WORK_HUGE };
+
+struct evil {
+    int port, lfd;
+    volatile int mode, stop;
+    pthread_t th;
+};
+
+static void *evil_main(void *arg)
+{
+    struct evil *e = arg;
+    while (!e->stop) {
+        struct pollfd p = {.fd = e->lfd, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        int fd = accept(e->lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        char buf[65536];
+        struct pollfd q = {.fd = fd, .events = POLLIN};
+        /* wait for the request, then misbehave */
+        while (!e->stop && poll(&q, 1, 50) == 0)
+            ;
+        ssize_t got = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        (void)got;
+        char pkt[64];
+        uint32_t v;
+        switch (e->mode) {
+        case EVIL_CLOSE:
+            break;
+        case EVIL_GARBAGE:
+            send(fd, "HTTP/1.1 400 Bad Request\r\n\r\n", 28, MSG_NOSIGNAL);
+            break;
+        case EVIL_HUGE:
+            memcpy(pkt, "\0RES", 4);
+            v = htonl(8); memcpy(pkt + 4, &v, 4);
+            v = htonl(0xFFFFFFF0u); memcpy(pkt + 8, &v, 4);
+            send(fd, pkt, 12, MSG_NOSIGNAL);
+            usleep(300000);
+            break;
+        case EVIL_SILENT:
+            while (!e->stop && recv(fd, buf, sizeof buf, 0) > 0)
+                ;
+            break;
+        case EVIL_TRUNCATED:
+            memcpy(pkt, "\0RES", 4);
+            v = htonl(8); memcpy(pkt + 4, &v, 4);
+            v = htonl(20); memcpy(pkt + 8, &v, 4);
+            memcpy(pkt + 12, "H:x", 3);
+            send(fd, pkt, 15, MSG_NOSIGNAL);
+            break;
+        case EVIL_BIG_HANDLE: {
+            size_t n = 60000;
+            char *b = malloc(12 + n);
+            memcpy(b, "\0RES", 4);
+            v = htonl(8); memcpy(b + 4, &v, 4);
+            v = htonl((uint32_t)n); memcpy(b + 8, &v, 4);
+            memset(b + 12, 'h', n);
+            send(fd, b, 12 + n, MSG_NOSIGNAL);
+            free(b);
+            usleep(100000);
+            break;
+        }
+        case EVIL_ERROR:
+            memcpy(pkt, "\0RES", 4);
+            v = htonl(19); memcpy(pkt + 4, &v, 4);
+            v = htonl(10); memcpy(pkt + 8, &v, 4);
+            memcpy(pkt + 12, "E1\0\x01\x02oops", 10);
+            send(fd, pkt, 22, MSG_NOSIGNAL);
+            usleep(100000);
+            break;
+        case EVIL_WORK_HUGE:
+            memcpy(pkt, "\0RES", 4);
+            v = htonl(8); memcpy(pkt + 4, &v, 4);
+            v = htonl(3); memcpy(pkt + 8, &v, 4);
+            memcpy(pkt + 12, "H:1", 3);
+            memcpy(pkt + 15, "\0RES", 4);
+            v = htonl(28); memcpy(pkt + 19, &v, 4);
+            v = htonl(0x7FFFFFFFu); memcpy(pkt + 23, &v, 4);
+            send(fd, pkt, 27, MSG_NOSIGNAL);
+            usleep(300000);
+            break;
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+static void evil_start(struct evil *e)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t l = sizeof a;
+    int one = 1;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    e->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(e->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(e->lfd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        listen(e->lfd, 16) != 0 ||
+        getsockname(e->lfd, (struct sockaddr *)&a, &l) != 0) {
+        perror("evil");
+        exit(2);
+    }
+    e->port = ntohs(a.sin_port);
+    pthread_create(&e->th, NULL, evil_main, e);
+}
+
+/* ------------------------------------------------------------ jobs */
+
+static char *job(const char *name, const char *fn, const char *wl, size_t wlen,
+                 const char *uq, size_t *len)
+{
+    struct call c;
+    call_reset(&c);
+    add_cstr(&c, "f", fn);
+    add_str(&c, "w", wl, wlen);
+    if (uq)
+        add_cstr(&c, "u", uq);
+    c.types[1] = INT_RESULT; /* init must coerce to STRING_RESULT */
+    return run1(name, &c, len);
+}
+
+static const char *last_error(void)
+{
+    static char buf[600];
+    struct call c;
+    size_t len = 0;
+    call_reset(&c);
+    char *r = run1("gman_last_error", &c, &len);
+    snprintf(buf, sizeof buf, "%s", r ? r : "(none)");
+    free(r);
+    return buf;
+}
+
+static long long flush(void)
+{
+    struct call c;
+    UDF_INIT ini;
+    char m[MYSQL_ERRMSG_SIZE], isn = 0, err = 0;
+    call_reset(&c);
+    memset(&ini, 0, sizeof ini);
+    CHECK(((init_fn)sym("gman_flush_init"))(&ini, &c.args, m) == 0, "flush init");
+    long long n = ((int_fn)sym("gman_flush"))(&ini, &c.args, &isn, &err);
+    return isn ? -1 : n;
+}
+
+static void point(int port, const char *opts)
+{
+    char spec[64];
+    int failed;
+    snprintf(spec, sizeof spec, "127.0.0.1:%d", port);
+    free(servers_set(spec, opts, &failed, NULL));
+    CHECK(!failed, "servers_set %s", spec);
+}
+
+struct bg_thread_arg {
+    int n, ok;
+};
+
+static void *bg_thread(void *arg)
+{
+    struct bg_thread_arg *a = arg;
+    char wl[32];
+    for (int i = 0; i < a->n; i++) {
+        size_t len;
+        int n = snprintf(wl, sizeof wl, "t%d", i);
+        char *r = job("gman_do_background", "par", wl, (size_t)n, NULL, &len);
+        a->ok += r != NULL;
+        free(r);
+    }
+    CHECK(flush() == 0, "thread flush");
+    return NULL; /* thread exit: the pthread key destructor frees its state */
+}
+
+static void test_jobs(void)
+{
+    size_t len;
+    char *r;
+    double t0;
+
+    /* nothing listening: NULL, fast */
+    point(free_port(), "timeout_ms=100,retry_ms=0");
+    t0 = now_s();
+    r = job("gman_do_background", "f", "x", 1, NULL, &len);
+    CHECK(r == NULL && now_s() - t0 < 0.5, "down: NULL fast");
+    free(r);
+    r = job("gman_do", "f", "x", 1, NULL, &len);
+    CHECK(r == NULL, "down: gman_do NULL");
+    free(r);
+
+    int port = start_gearmand();
+    struct worker w = {.port = port};
+    pthread_t wt;
+    pthread_create(&wt, NULL, worker_main, &w);
+
+    for (int pipeline = 1; pipeline >= 0; pipeline--) {
+        point(port, pipeline ? "pipeline=1,do_timeout_ms=2000"
+                             : "pipeline=0,do_timeout_ms=2000");
+        r = job("gman_do_background", "bgjob", "\0\1\2", 3, NULL, &len);
+        CHECK(r && (pipeline ? len == 40 : strncmp(r, "H:", 2) == 0),
+              "background result %s", r ? r : "NULL");
+        free(r);
+        r = job("gman_do_high_background", "bgjob", "x", 1, "uq-1", &len);
+        CHECK(r != NULL, "high bg");
+        free(r);
+        r = job("gman_do_low_background", "bgjob", "x", 1, NULL, &len);
+        CHECK(r != NULL, "low bg");
+        free(r);
+        r = job("gman_do", "upper", "hello", 5, NULL, &len);
+        CHECK(r && strcmp(r, "HELLO") == 0, "gman_do upper: %s", r ? r : last_error());
+        free(r);
+        r = job("gman_do_high", "chunks", "", 0, NULL, &len);
+        CHECK(r && strcmp(r, "abcd") == 0, "chunks: %s", r ? r : last_error());
+        free(r);
+        r = job("gman_do_low", "fail", "x", 1, NULL, &len);
+        CHECK(r == NULL, "WORK_FAIL -> NULL");
+        free(r);
+        CHECK(flush() == 0, "flush");
+    }
+    /* bad arguments: NULL, nothing sent */
+    r = job("gman_do_background", "f", NULL, 0, NULL, &len);
+    CHECK(r == NULL, "NULL workload");
+    free(r);
+    char longuq[80];
+    memset(longuq, 'u', 79);
+    longuq[79] = '\0';
+    r = job("gman_do_background", "f", "x", 1, longuq, &len);
+    CHECK(r == NULL, "unique > 64");
+    free(r);
+    struct call c;
+    call_reset(&c);
+    add_str(&c, "f", "a\0b", 3);
+    add_cstr(&c, "w", "x");
+    r = run1("gman_do_background", &c, &len);
+    CHECK(r == NULL, "NUL in function name");
+    free(r);
+    call_reset(&c);
+    add_cstr(&c, "f", "x");
+    int failed;
+    r = run_str("gman_do", &c, &len, &failed, NULL);
+    CHECK(failed, "gman_do with one argument");
+    free(r);
+
+    /* foreground timeout */
+    point(port, "do_timeout_ms=150");
+    t0 = now_s();
+    r = job("gman_do", "sleep", "x", 1, NULL, &len);
+    CHECK(r == NULL && now_s() - t0 < 1.0, "foreground timeout");
+    free(r);
+    usleep(400000);
+
+    /* gman_sum */
+    point(port, "do_timeout_ms=2000");
+    {
+        UDF_INIT ini;
+        char m[MYSQL_ERRMSG_SIZE], isn = 0, err = 0;
+        memset(&ini, 0, sizeof ini);
+        call_reset(&c);
+        add_cstr(&c, "f", "num");
+        add_cstr(&c, "w", "abc");
+        CHECK(((init_fn)sym("gman_sum_init"))(&ini, &c.args, m) == 0, "sum init");
+        ((clear_fn)sym("gman_sum_clear"))(&ini, &isn, &err);
+        for (int i = 0; i < 4; i++)
+            ((agg_fn)sym("gman_sum_add"))(&ini, &c.args, &isn, &err);
+        c.vals[1] = NULL; /* NULL rows add nothing */
+        ((agg_fn)sym("gman_sum_add"))(&ini, &c.args, &isn, &err);
+        long long s = ((int_fn)sym("gman_sum"))(&ini, &c.args, &isn, &err);
+        CHECK(!isn && s == 12, "gman_sum = %lld", s);
+        ((clear_fn)sym("gman_sum_clear"))(&ini, &isn, &err);
+        isn = 0;
+        ((int_fn)sym("gman_sum"))(&ini, &c.args, &isn, &err);
+        CHECK(isn, "empty sum is NULL");
+        ((deinit_fn)sym("gman_sum_deinit"))(&ini);
+    }
+
+    /* threads: every thread's state is freed at its exit (a generous
+     * timeout: valgrind runs one thread at a time) */
+    point(port, "timeout_ms=3000");
+    pthread_t th[8];
+    struct bg_thread_arg args[8];
+    for (int i = 0; i < 8; i++) {
+        args[i].n = 400;
+        args[i].ok = 0;
+        pthread_create(&th[i], NULL, bg_thread, &args[i]);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(args[i].ok == 400, "thread %d: %d of 400", i, args[i].ok);
+    }
+
+    /* gearmand restarts under a cached connection: pipelined jobs resent */
+    r = job("gman_do_background", "restart", "before", 6, NULL, &len);
+    free(r);
+    CHECK(flush() == 0, "flush before restart");
+    w.stop = 1;
+    pthread_join(wt, NULL);
+    stop_gearmand();
+    r = job("gman_do_background", "restart", "down", 4, NULL, &len);
+    free(r);
+    r = job("gman_do_background", "restart", "down", 4, NULL, &len);
+    CHECK(r == NULL, "gearmand stopped: NULL");
+    free(r);
+    stop_gearmand();
+
+    /* misbehaving servers: NULL within the deadline, never a crash */
+    struct evil e = {0};
+    evil_start(&e);
+    const char *names[] = {"close", "garbage", "huge", "silent", "truncated",
+                           "big handle", "error", "work huge"};
+    for (int mode = EVIL_CLOSE; mode <= EVIL_WORK_HUGE; mode++) {
+        for (int pipeline = 0; pipeline <= 1; pipeline++) {
+            e.mode = mode;
+            point(e.port, pipeline ? "timeout_ms=100,do_timeout_ms=300,retry_ms=0,pipeline=1"
+                                   : "timeout_ms=100,do_timeout_ms=300,retry_ms=0,pipeline=0");
+            t0 = now_s();
+            r = job(mode == EVIL_WORK_HUGE ? "gman_do" : "gman_do_background",
+                    "f", "x", 1, NULL, &len);
+            double took = now_s() - t0;
+            CHECK(took < 1.0, "%s: took %.3f s", names[mode], took);
+            if (mode != EVIL_SILENT || !pipeline)
+                CHECK(r == NULL || pipeline, "%s: returned %s", names[mode], r);
+            free(r);
+            /* a second call on the same (maybe broken) connection */
+            r = job("gman_do_background", "f", "y", 1, NULL, &len);
+            free(r);
+            flush();
+        }
+    }
+    e.stop = 1;
+    pthread_join(e.th, NULL);
+    close(e.lfd);
+    point(free_port(), "retry_ms=0");
+    flush(); /* drop: nothing reachable, stays queued until unload */
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s /path/to/gearsync_udf.so\n", argv[0]);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_DFL); /* the library must never raise it */
+    setenv(GS_ENV_SERVERS, "127.0.0.1:1,[::1]:2", 1);
+    lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        fprintf(stderr, "dlopen: %s\n", dlerror());
+        return 2;
+    }
+    test_json();
+    test_servers_set();
+    test_jobs();
+    dlclose(lib); /* runs the library destructor: frees every thread's state */
+    stop_gearmand();
+    fprintf(stderr, "udf_driver: %d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}
