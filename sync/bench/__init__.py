@@ -10,5 +10,6 @@ write them with --json FILE.  Benchmarks are not tests: they assert nothing.
 BENCHMARKS = {
     "udf": "sync.bench.udf",
     "worker": "sync.bench.worker",
+    "snapshot": "sync.bench.snapshot",
     "triggers": "sync.bench.triggers",
 }
