@@ -10,8 +10,8 @@
   applied total (the applier's stats hash), the snapshot progress.
 - Lag per table: with jobs queued, now − last applied (how long the oldest unapplied change may
   have waited, at least); with an empty queue, 0.
-- The binlog reader's saved position: read from Redis when the binlog source has stored one
-  (`sync.keys.binlog_position_key`), otherwise "n/a".
+- The binlog readers' saved positions: every `keys.binlog_position_key(name)` in Redis (one per
+  sync-binlog stream), otherwise "n/a".
 
 Nothing here raises because one part is down: each part reports {"up": false, "error": …}.
 """
@@ -22,6 +22,7 @@ import asyncio
 import time
 from typing import Any, Sequence
 
+import orjson
 import structlog
 
 from . import keys
@@ -104,9 +105,12 @@ async def _redis(client: Any, tables: Sequence[str], prefix: str) -> dict[str, A
                 pipe.llen(keys.dead_letter_key(t, prefix))
                 pipe.llen(keys.dead_letter_processing_key(t, prefix))
                 pipe.hgetall(keys.snapshot_progress_key(t, prefix))
-            position_key = getattr(keys, "binlog_position_key", None)
-            if position_key is not None:
-                pipe.get(position_key(prefix) if _takes_prefix(position_key) else position_key())
+            # Every binlog stream's saved position (sync.position.PositionStore: JSON strings).
+            stream_keys = []
+            async for k in client.scan_iter(match=f"{prefix}:binlog:pos:*", count=1000):
+                stream_keys.append(k)
+            for k in stream_keys:
+                pipe.get(k)
             replies = await pipe.execute()
             now_ms = int(time.time() * 1000)
     except Exception as exc:
@@ -128,19 +132,16 @@ async def _redis(client: Any, tables: Sequence[str], prefix: str) -> dict[str, A
             "snapshot": {"state": snapd.get("state"), "rows": int(snapd.get("rows", 0) or 0)} if snapd else None,
         }
     out["tables"] = per
-    if position_key is not None:
-        raw = replies[4 * len(tables)]
-        out["binlog_reader_position"] = raw.decode("utf-8", "replace") if raw else None
+    streams = {}
+    for k, raw in zip(stream_keys, replies[4 * len(tables) :]):
+        if raw:
+            name = (k.decode() if isinstance(k, bytes) else k)[len(prefix) + 12 :].strip("{}")
+            try:
+                streams[_unescape_table(name)] = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                streams[_unescape_table(name)] = raw.decode("utf-8", "replace")
+    out["binlog_reader_position"] = streams or None
     return out
-
-
-def _takes_prefix(fn: Any) -> bool:
-    import inspect
-
-    try:
-        return "prefix" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _unescape_table(text: str) -> str:
@@ -270,7 +271,10 @@ def render(state: dict[str, Any], console: Any) -> None:
     if my.get("up"):
         spool = my.get("spool") or {}
         lines.append("spool: " + (", ".join(f"{db}: {n}" for db, n in spool.items()) if spool else "n/a (no gearsync_spool)"))
+    readers = b["reader_position"]
+    reader_text = "n/a" if not readers else "; ".join(
+        f"{name} {orjson.dumps(pos).decode() if not isinstance(pos, str) else pos}" for name, pos in readers.items())
     lines.append(f"binlog: server {_na(b['server_file'])}:{_na(b['server_position'])} gtid {_na(b['server_gtid'])}; "
-                 f"reader {_na(b['reader_position'])}")
+                 f"reader {reader_text}")
     for line in lines:
         console.print(line)

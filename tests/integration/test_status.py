@@ -73,6 +73,10 @@ def test_status_shows_queues_workers_spool_dead_letters_and_lag(db: Any, mariadb
     text = p.stdout.decode()
     assert p.returncode == 0 and "DOWN" in text and "gearsync.data" in text and f"{db.db_name}: 2" in text
     assert "reader n/a" in text
+    # A binlog stream's saved position (sync.position.PositionStore writes JSON) is shown per stream.
+    redis_client.set("gearsync:binlog:pos:{s1}", b'{"gtid":"0-1-5"}')
+    p = run_status("--json", "--table", "data", servers=gearmand.address, redis_port=redis_server.port, mysql=mysql_url)
+    assert orjson.loads(p.stdout)["binlog"]["reader_position"] == {"s1": {"gtid": "0-1-5"}}
 
 
 def test_status_without_tables_discovers_them_and_nothing_reachable_is_exit_3(gearmand: GearmanServer,
