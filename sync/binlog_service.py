@@ -147,7 +147,8 @@ class BinlogService:
         """Server checks and table schemas; returns the open control connection too (the caller
         closes it). Blocking (pymysql); SourceError/ConfigError."""
         s = self.settings
-        conn = s.mysql.connect(database=s.database)
+        # No default database: a user without rights on it gets the SELECT message below, not 1044.
+        conn = s.mysql.connect(database="")
         try:
             server = check_server(conn, s.mysql, s.database, s.tables)
             schemas: dict[str, TableSchema] = {}
