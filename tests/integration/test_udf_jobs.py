@@ -24,6 +24,7 @@ from tests.integration.udf_fixtures import (
     point_at,
     scalar,
     status,
+    own_mariadb,  # noqa: F401  (fixture)
     udf_installed,  # noqa: F401  (fixture)
     wait_until,
 )
@@ -352,24 +353,6 @@ def test_sixteen_connections_at_once_every_job_exactly_once(udf_installed: Maria
     workloads = sorted(j.workload.decode() for j in jobs)
     assert workloads == sorted(f"{t}:{i}" for t in range(threads) for i in range(per_thread))
     assert len({j.unique for j in jobs}) == threads * per_thread
-
-
-@pytest.fixture
-def own_mariadb(tmp_path, mariadb: MariaDBServer):  # type: ignore[no-untyped-def]
-    """A mariadbd of our own (its plugin dir holds a copy of the library): restarts don't disturb others."""
-    import shutil
-
-    from tests.integration.udf_fixtures import LIBRARY, build_library, install_udfs
-
-    build_library()
-    plugin = tmp_path / "plugin"
-    plugin.mkdir()
-    shutil.copy(LIBRARY, plugin / LIBRARY.name)
-    server = MariaDBServer(tmp_path / "mariadb", plugin_dir=plugin)
-    server.start()
-    install_udfs(server)
-    yield server
-    server.stop()
 
 
 def test_defaults_from_env_and_conf_survive_a_restart(own_mariadb: MariaDBServer,

@@ -7,6 +7,7 @@ jobs go through a real gearmand.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
 import subprocess
@@ -54,6 +55,21 @@ def udf_installed(mariadb: MariaDBServer) -> MariaDBServer:
     build_library()
     install_udfs(mariadb)
     return mariadb
+
+
+@pytest.fixture
+def own_mariadb(tmp_path: Path) -> Iterator[MariaDBServer]:
+    """A mariadbd of our own whose plugin dir holds a copy of the library, UDFs installed: restarts and
+    conf files don't disturb the session server."""
+    build_library()
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    shutil.copy(LIBRARY, plugin / LIBRARY.name)
+    server = MariaDBServer(tmp_path / "mariadb", plugin_dir=plugin)
+    server.start()
+    install_udfs(server)
+    yield server
+    server.stop()
 
 
 def scalar(conn, sql: str, *args: object) -> object:  # type: ignore[no-untyped-def]
