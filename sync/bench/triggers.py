@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -115,24 +116,47 @@ def end_to_end(db, g, redis, schema, mode: str, ids: list[int], settle_s: float)
                 raise RuntimeError("Redis did not reach MySQL's state after the initial full-table update")
             time.sleep(0.5)
         time.sleep(settle_s)
+        keys = [f"data:{i}" for i in sorted(set(ids))]
+        # A poller snapshots the touched keys (a digest per MGET) from the last commit on, so
+        # reading MySQL's expected values afterwards does not count as lag.
+        snaps: list[tuple[float, int]] = []
+        done = threading.Event()
+        go = threading.Event()
+
+        def poll() -> None:
+            pr = redis.client()
+            go.wait()
+            while not done.is_set():
+                vals = pr.mget(keys)
+                snaps.append((time.perf_counter(), hash(tuple(vals))))
+                time.sleep(0.001)
+            pr.close()
+
+        poller = threading.Thread(target=poll)
+        poller.start()
         rate = single_row(cur, ids)
         last_commit = time.perf_counter()
-        # MySQL's final values of the touched rows (read once: nothing changes them any more),
-        # then poll Redis for just those keys.
-        touched = sorted(set(ids))
+        go.set()
         dconn = db.connect("bench", cursorclass=pymysql.cursors.DictCursor)
         with dconn.cursor() as dcur:
             dcur.execute(READ_SESSION_SQL)
-            dcur.execute(select_sql(schema) + " WHERE id IN (" + ",".join(map(str, touched)) + ")")
+            dcur.execute(select_sql(schema) + " WHERE id IN (" + ",".join(map(str, sorted(set(ids)))) + ")")
             expected = dict(expected_entry(schema, spec, row) for row in dcur.fetchall())
         dconn.close()
-        keys = list(expected)
-        want = [expected[k] for k in keys]
-        while r.mget(keys) != want:
-            if time.perf_counter() - last_commit > 300:
-                raise RuntimeError("Redis did not converge within 300 s")
-            time.sleep(0.002)
-        lag = time.perf_counter() - last_commit
+        want = hash(tuple(expected[k] for k in keys))
+        lag = None
+        while lag is None:
+            for t, h in list(snaps):
+                if h == want:
+                    lag = t - last_commit
+                    break
+            else:
+                if time.perf_counter() - last_commit > 300:
+                    done.set()
+                    raise RuntimeError("Redis did not converge within 300 s")
+                time.sleep(0.01)
+        done.set()
+        poller.join()
         if not redis_matches(db, schema, spec, r):
             raise RuntimeError("Redis differs from MySQL after the touched rows converged")
         cur.close()
