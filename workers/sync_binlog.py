@@ -84,7 +84,8 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--format", choices=("json", "hash"), default="json", help="Redis value format for --sink redis (default json)")
     p.add_argument("--ttl", type=int, metavar="S", help="expire row keys after S seconds (--sink redis)")
     p.add_argument("--batch", type=int, default=2000, metavar="N", help="most events per Redis call / gearman batch (default 2000)")
-    p.add_argument("--flush-ms", type=float, default=5.0, metavar="MS", help="longest wait to fill a batch at a commit (default 5)")
+    p.add_argument("--flush-ms", type=float, default=1.0, metavar="MS",
+                   help="how often the sink picks up what the reader decoded: the latency it adds when idle (default 1)")
     p.add_argument("--stats-interval", type=float, default=10.0, metavar="S", help="seconds between stats lines (0 = off)")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -135,8 +136,8 @@ def settings_from_args(args, env=None):  # type: ignore[no-untyped-def]
         raise ConfigError(f"--server-id: {args.server_id}; expected 1 to 4294967295")
     if not 1 <= args.batch <= 100000:
         raise ConfigError(f"--batch: {args.batch}; expected 1 to 100000")
-    if not 0 <= args.flush_ms <= 10000:
-        raise ConfigError(f"--flush-ms: {args.flush_ms:g}; expected 0 to 10000")
+    if not 0.1 <= args.flush_ms <= 1000:
+        raise ConfigError(f"--flush-ms: {args.flush_ms:g}; expected 0.1 to 1000")
     if args.ttl is not None and not 1 <= args.ttl <= 10 * 365 * 86400:
         raise ConfigError(f"--ttl: {args.ttl}; expected 1 to {10 * 365 * 86400} seconds")
     if args.start is not None and not args.start.strip():

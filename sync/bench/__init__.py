@@ -10,6 +10,7 @@ write them with --json FILE.  Benchmarks are not tests: they assert nothing.
 BENCHMARKS = {
     "udf": "sync.bench.udf",
     "worker": "sync.bench.worker",
+    "binlog": "sync.bench.binlog",
     "snapshot": "sync.bench.snapshot",
     "triggers": "sync.bench.triggers",
 }

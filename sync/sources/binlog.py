@@ -384,7 +384,6 @@ class BinlogSource:
         start: Position,
         server_id: int,
         chunk_rows: int = 512,
-        flush_s: float = 0.005,
         heartbeat_s: float = 1.0,
         position_every_s: float = 1.0,
     ) -> None:
@@ -395,7 +394,6 @@ class BinlogSource:
         self.flavor = server.flavor
         self.server_id = server_id
         self.chunk_rows = chunk_rows
-        self.flush_s = flush_s
         self.heartbeat_s = heartbeat_s
         self.position_every_s = position_every_s
         self.tables = {
@@ -423,7 +421,6 @@ class BinlogSource:
         # output state
         self._pending: list[ChangeEvent] = []
         self._pending_rows = 0
-        self._pending_since = 0.0
         self._last_emit = time.monotonic()
         self._emitted_position: Position | None = None
         self.stream: Any = None
@@ -470,13 +467,13 @@ class BinlogSource:
         return BinLogStreamReader(self._connection_settings(), **kw)
 
     # -- main loop (its own thread) ---------------------------------------------------------------
-    def run(self, emit: Callable[[Chunk], None], stop: threading.Event, idle: Callable[[], bool] = lambda: True) -> None:
+    def run(self, emit: Callable[[Chunk], None], stop: threading.Event) -> None:
         """Read until `stop` is set; emit chunks. Reconnects on connection errors (from the last commit
         read); raises SourceError for what retrying cannot fix (privileges, purged position)."""
         import pymysql
 
         backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.3)
-        self._emit, self._idle = emit, idle
+        self._emit = emit
         while not stop.is_set():
             self._reset_trx()
             self._pending.clear()   # emitted-or-not, these are re-read from self.committed
@@ -667,8 +664,6 @@ class BinlogSource:
         rows = ev.rows
         self.rows_read += len(rows)
         self._pending_rows += len(rows)
-        if not out:
-            self._pending_since = time.monotonic()
         src = Source.BINLOG
         if kind == "WriteRowsEvent":
             for r in rows:
@@ -742,7 +737,7 @@ class BinlogSource:
         at_commit = commit or heartbeat or final
         if pending:
             full = len(pending) >= self.chunk_rows
-            if not (full or final or heartbeat or (commit and (self._idle() or now - self._pending_since >= self.flush_s))):
+            if not (full or final or heartbeat or commit):
                 return
         else:
             if not at_commit or self.committed == self._emitted_position:
