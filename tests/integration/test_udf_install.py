@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sync.testing.servers import MariaDBServer, free_port
-from tests.integration.udf_fixtures import LIBRARY, REPO, build_library
+from tests.integration.udf_fixtures import LIBRARY, REPO, build_library, new_mariadb, sanitizer_reports
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,12 +30,13 @@ def run_installer(*args: str, env: dict[str, str]) -> subprocess.CompletedProces
 def bare_mariadb(tmp_path: Path) -> Iterator[MariaDBServer]:
     """A mariadbd with an empty plugin dir and a password user: nothing installed yet."""
     build_library()
-    server = MariaDBServer(tmp_path / "mariadb", plugin_dir=tmp_path / "plugin",
-                           extra_args=["--bind-address=0.0.0.0"])
+    server = new_mariadb(tmp_path / "mariadb", tmp_path / "plugin", extra_args=["--bind-address=0.0.0.0"])
     server.start()
     server.execute(f"CREATE USER 'gs'@'%' IDENTIFIED BY '{SECRET}'", "GRANT ALL ON *.* TO 'gs'@'%'")
     yield server
     server.stop()
+    reports = sanitizer_reports()
+    assert not reports, reports
 
 
 def url(server: MariaDBServer, host: str = "127.0.0.1") -> str:

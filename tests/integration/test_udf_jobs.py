@@ -15,6 +15,7 @@ import pytest
 
 from sync.testing.servers import GearmanServer, MariaDBServer, free_port
 from tests.integration.udf_fixtures import (
+    ASAN_MODE,
     WORK_DATA,
     WORK_EXCEPTION,
     WORK_STATUS,
@@ -28,6 +29,9 @@ from tests.integration.udf_fixtures import (
     udf_installed,  # noqa: F401  (fixture)
     wait_until,
 )
+
+if ASAN_MODE:  # the same tests against the sanitizer build (make -C udf test-asan)
+    from tests.integration.udf_fixtures import asan_mariadb  # noqa: F401  (overrides `mariadb`)
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("udf_installed")]
 

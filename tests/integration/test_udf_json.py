@@ -17,7 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.udf_fixtures import scalar, udf_installed  # noqa: F401  (fixture)
+from tests.integration.udf_fixtures import ASAN_MODE, scalar, udf_installed  # noqa: F401  (fixture)
+
+if ASAN_MODE:  # the same tests against the sanitizer build (make -C udf test-asan)
+    from tests.integration.udf_fixtures import asan_mariadb  # noqa: F401  (overrides `mariadb`)
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("udf_installed")]
 

@@ -7,6 +7,7 @@ jobs go through a real gearmand.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import struct
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +26,12 @@ from sync.udf_install import INSTALL_SQL, read_statements
 
 REPO = Path(__file__).resolve().parents[2]
 UDF_DIR = REPO / "udf"
-LIBRARY = UDF_DIR / "build" / "gearsync_udf.so"
+
+# GEARSYNC_UDF_ASAN=1 (make -C udf test-asan): the same tests against mariadbd running the library
+# built with -fsanitize=address,undefined (udf/build-asan), libasan/libubsan preloaded into mariadbd.
+ASAN_MODE = os.environ.get("GEARSYNC_UDF_ASAN") == "1"
+LIBRARY = UDF_DIR / ("build-asan" if ASAN_MODE else "build") / "gearsync_udf.so"
+SANITIZER_LOGS: list[Path] = []
 
 CAN_DO, PRE_SLEEP, NOOP, NO_JOB = 1, 4, 6, 10
 WORK_STATUS, WORK_COMPLETE, WORK_FAIL = 12, 13, 14
@@ -33,7 +40,8 @@ GRAB_JOB_UNIQ, JOB_ASSIGN_UNIQ = 30, 31
 
 
 def build_library() -> Path:
-    result = subprocess.run(["make", "-s", "-C", str(UDF_DIR)], capture_output=True, text=True)
+    result = subprocess.run(["make", "-s", "-C", str(UDF_DIR), "asan" if ASAN_MODE else "all"],
+                            capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"make -C udf failed:\n{result.stdout}\n{result.stderr}")
     return LIBRARY
@@ -47,6 +55,47 @@ def install_udfs(server: MariaDBServer) -> None:
                 cur.execute(stmt)
     finally:
         conn.close()
+
+
+def _gcc_lib(name: str) -> str:
+    return subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+
+
+def new_mariadb(base_dir: Path, plugin_dir: Path, **kw: Any) -> MariaDBServer:
+    """A MariaDBServer; in ASAN_MODE with the sanitizer runtimes preloaded and reports logged to files."""
+    server = MariaDBServer(base_dir, plugin_dir=plugin_dir, **kw)
+    if ASAN_MODE:
+        server.extra_args.append("--thread-stack=1M")  # ASan needs bigger stacks
+        server.env["LD_PRELOAD"] = f"{_gcc_lib('libasan.so')} {_gcc_lib('libubsan.so')}"
+        server.env["ASAN_OPTIONS"] = f"detect_leaks=0:abort_on_error=1:log_path={base_dir}/asan"
+        server.env["UBSAN_OPTIONS"] = f"print_stacktrace=1:halt_on_error=1:log_path={base_dir}/ubsan"
+        SANITIZER_LOGS.append(base_dir)
+    return server
+
+
+def sanitizer_reports() -> str:
+    """Every ASan/UBSan report written by a mariadbd started in ASAN_MODE (empty when clean)."""
+    reports = []
+    for base in SANITIZER_LOGS:
+        for path in sorted(base.glob("[au][sb]san.*")):
+            reports.append(f"{path}:\n{path.read_text(errors='replace')}")
+    return "\n".join(reports)
+
+
+@pytest.fixture(scope="session", name="mariadb")
+def asan_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
+    """In ASAN_MODE the UDF test modules use this instead of the shared `mariadb`: plugin dir
+    udf/build-asan, sanitizers preloaded; a sanitizer report fails the session."""
+    build_library()
+    server = new_mariadb(tmp_path_factory.mktemp("mariadb-asan"), LIBRARY.parent)
+    server.start()
+    assert server.proc is not None
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "libasan" in maps, "libasan is not loaded into mariadbd"
+    yield server
+    server.stop()
+    reports = sanitizer_reports()
+    assert not reports, reports
 
 
 @pytest.fixture(scope="session")
@@ -65,11 +114,13 @@ def own_mariadb(tmp_path: Path) -> Iterator[MariaDBServer]:
     plugin = tmp_path / "plugin"
     plugin.mkdir()
     shutil.copy(LIBRARY, plugin / LIBRARY.name)
-    server = MariaDBServer(tmp_path / "mariadb", plugin_dir=plugin)
+    server = new_mariadb(tmp_path / "mariadb", plugin)
     server.start()
     install_udfs(server)
     yield server
     server.stop()
+    reports = sanitizer_reports()
+    assert not reports, reports
 
 
 def scalar(conn, sql: str, *args: object) -> object:  # type: ignore[no-untyped-def]
