@@ -572,8 +572,8 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
     int reused = t->reused;
     uint32_t type, size;
 
-    if (reused && looks_stale(t->fd))
-        return A_STALE;
+    if (reused && (t->rlen || looks_stale(t->fd)))
+        return A_STALE; /* closed by the peer, or bytes nobody asked for */
 
     size_t plen = j->fnlen + 1 + j->uqlen + 1 + j->wllen; /* caller capped */
     memcpy(head, "\0REQ", 4);
@@ -1089,12 +1089,11 @@ static int submit(struct job *j)
             if (rc == A_OK)
                 return 0;
             have_err = 1;
-            if (rc == A_SERVER_ERR)
-                continue; /* connection fine, job refused here */
             if (rc == A_JOB_FAIL)
                 return -1;
-            close_fd(t);
-            gs_server_failed(t->version, pick, gs_now_ms(), t->err);
+            close_fd(t); /* one connection per thread: to try the next one */
+            if (rc != A_SERVER_ERR) /* ERROR: the server works, refused this job */
+                gs_server_failed(t->version, pick, gs_now_ms(), t->err);
             continue;
         }
 
