@@ -54,6 +54,7 @@ def test_redis_cluster_routes_keys(redis_cluster: RedisClusterNodes) -> None:
     from redis.cluster import ClusterNode, RedisCluster
 
     client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes])
+    client.flushall(target_nodes=RedisCluster.ALL_NODES)  # the cluster is shared by the session
     for i in range(50):
         client.set(f"key:{i}", i)
     assert client.dbsize(target_nodes=RedisCluster.ALL_NODES) == 50
