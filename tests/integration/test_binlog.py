@@ -30,25 +30,28 @@ CREATE TABLE typed (
   i INT, d DECIMAL(30,10), f FLOAT, g DOUBLE, dt DATE, tm TIME, tm3 TIME(3), dtm DATETIME(6), dz DATETIME,
   ts TIMESTAMP NULL, ts2 TIMESTAMP(2) NULL, s VARCHAR(100) CHARACTER SET utf8mb4, tx TEXT CHARACTER SET utf8mb4,
   bl BLOB, vb VARBINARY(16), js JSON, en ENUM('red','green','blue'), st SET('z','a','m'), bt BIT(12), y YEAR,
-  l1 VARCHAR(20) CHARACTER SET latin1, tl TEXT CHARACTER SET latin1,
+  l1 VARCHAR(20) CHARACTER SET latin1, tl TEXT CHARACTER SET latin1, tm1 TIME(1), tm6 TIME(6), dt3 DATETIME(3),
   PRIMARY KEY (k1, k2)
 ) DEFAULT CHARSET=utf8mb4
 """
 COLS = ("k1", "k2", "i", "d", "f", "g", "dt", "tm", "tm3", "dtm", "dz", "ts", "ts2", "s", "tx", "bl", "vb", "js",
-        "en", "st", "bt", "y", "l1", "tl")
+        "en", "st", "bt", "y", "l1", "tl", "tm1", "tm6", "dt3")
 ROWS = [
     ("acme", 1, 1, "12345678901234567890.0123456789", 0.1, 2.5, "2024-02-29", "-838:59:59", "-838:59:59.999",
      "2024-01-02 03:04:05.123456", "2024-01-02 03:04:05", "2024-06-01 12:00:00", "2024-06-01 12:00:00.25",
      "héllo 😀 \U0010FFFF", "tab\there\nnew \"q\" \\ ", b"\x00\xff\xfe binary", b"\x80\x81", '{"b": [1, 2.5], "a": null}',
-     "green", "m,z", 0b101010101010, 2024, "café", "ÿ latin"),
+     "green", "m,z", 0b101010101010, 2024, "café", "ÿ latin", "-12:00:00.5", "-838:59:59.000001",
+     "2024-01-02 03:04:05.999"),
     ("acme", 18446744073709551615, -2147483648, "-0.0000000001", -1.25e-5, 1.0e300, "1000-01-01", "00:00:00",
      "-00:00:00.500", "9999-12-31 23:59:59.999999", "1000-01-01 00:00:00", "2038-01-19 03:14:07",
-     "1970-01-01 05:00:01.01", "", "", b"", b"", "null", "red", "", 0, 1901, "", ""),
+     "1970-01-01 05:00:01.01", "", "", b"", b"", "null", "red", "", 0, 1901, "", "", "-00:00:00.1", "-00:00:00.000001",
+     "1000-01-01 00:00:00.001"),
     ("b:c", 7, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None, None,
-     None, None, None, None, None),
+     None, None, None, None, None, None, None, None),
     ("z", 3, 3, "0.5000000000", 3.0, 3.0, "2000-01-01", "123:04:05", "-01:02:03.040", "2000-01-01 00:00:00.000001",
      "2000-01-01 00:00:00", "2000-01-01 00:00:00", "2000-01-01 00:00:00.99", "x", "y", b"ok utf8 \xc3\xa9", b"a",
-     '[1, "two", {"3": 4}]', "blue", "a", 4095, 2155, "x", "y"),
+     '[1, "two", {"3": 4}]', "blue", "a", 4095, 2155, "x", "y", "838:59:59.9", "-01:00:00.999999",
+     "2000-01-01 00:00:00.5"),
 ]
 
 
@@ -68,7 +71,7 @@ def test_types_insert_update_delete_composite_key(mariadb: MariaDBServer, db, re
         cur.execute("SET sql_mode = ''")  # zero dates
         _insert(cur, [("zero", 0, 0, "0", 0, 0, "0000-00-00", "00:00:00", "00:00:00.000", "0000-00-00 00:00:00",
                        "0000-00-00 00:00:00", "0000-00-00 00:00:00", "0000-00-00 00:00:00", "", "", b"", b"", "{}",
-                       "", "", 0, 0, "", "")])
+                       "", "", 0, 0, "", "", "00:00:00.0", "-00:00:01.000000", "0000-00-00 00:00:00.000")])
         cur.execute("UPDATE typed SET dt = '2024-00-10', dz = '2024-05-00 10:00:00' WHERE k1 = 'zero'")
         cur.execute("SET sql_mode = DEFAULT")
         cur.execute("UPDATE typed SET s = 'changed ✓', bl = UNHEX('C3'), d = d * 2, bt = b'1', en = NULL, st = 'a,z' "
