@@ -793,10 +793,13 @@ static int parse_acks(struct gs_thread *t)
 static int pump(struct gs_thread *t, int64_t deadline, size_t max_jobs,
                 size_t max_bytes)
 {
-    for (;;) {
-        {
-            /* whatever has arrived: acknowledgements, or the EOF of a
-             * gearmand that restarted since our last call */
+    for (int round = 0;; round++) {
+        /* Read acknowledgements only once a batch of them is due (or we
+         * must wait anyway): one recv() per GS_REAP_BATCH calls instead of
+         * one per call.  A gearmand that went away meanwhile still shows:
+         * writing to its closed connection fails on the next send(). */
+        if (round > 0 || t->pend_n > max_jobs || t->pend_n >= GS_REAP_BATCH ||
+            t->pend.len - t->pend_head > max_bytes) {
             for (;;) {
                 if (t->rcap - t->rlen < 512) {
                     size_t cap = t->rcap < RBUF_KEEP ? RBUF_KEEP : t->rcap * 2;
