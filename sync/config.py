@@ -61,8 +61,9 @@ def check_table_name(name: str, where: str = "--table") -> str:
 
 
 def check_function_name(name: str, where: str = "--function") -> str:
-    if not name or len(name) > 512 or _CONTROL.search(name) or " " in name:
-        raise ConfigError(f"{where}: {name!r} is not a Gearman function name; expected 1 to 512 printable characters without spaces")
+    if not name or len(name) > 512 or _CONTROL.search(name) or name != name.strip():
+        raise ConfigError(f"{where}: {name!r} is not a Gearman function name; expected 1 to 512 printable "
+                          "characters, no leading or trailing spaces")
     return name
 
 

@@ -79,6 +79,7 @@ class _Server:
     """Common process handling: start, wait until ready, stop, kill, pause."""
 
     name = "server"
+    stop_timeout_s = STOP_TIMEOUT_S
 
     def __init__(self, base_dir: str | os.PathLike[str], port: int | None = None) -> None:
         self.base_dir = Path(base_dir)
@@ -150,7 +151,7 @@ class _Server:
                     # A stopped process cannot handle SIGTERM until continued.
                     proc.send_signal(signal.SIGCONT)
                     proc.terminate()
-                proc.wait(timeout=STOP_TIMEOUT_S)
+                proc.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=STOP_TIMEOUT_S)
@@ -473,6 +474,9 @@ class GearmanServer(_Server):
     """
 
     name = "gearmand"
+    # gearmand with a persistent queue and connected clients can take 30 s to exit on SIGTERM;
+    # its queue is already durable, so a short grace period then SIGKILL loses nothing.
+    stop_timeout_s = 5.0
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,7 +19,7 @@ from sync.errors import ApplyError, ConfigError, PayloadError
 from sync.events import ChangeEvent, ClassicSet, Op, Source, parse_classic
 from sync.keys import row_key, stats_key, version_key
 from sync.rowcodec import encode_hash, encode_json
-from sync.testing.servers import RedisClusterNodes, RedisServer, free_port
+from sync.testing.servers import RedisClusterNodes, RedisServer
 
 A, S = Outcome.APPLIED, Outcome.STALE
 TABLES = {

@@ -16,7 +16,6 @@ import pymysql
 import pytest
 
 from sync.applier import TableSpec
-from sync.errors import ConfigError
 from sync.schema import load_table, quote_ident
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
@@ -169,15 +168,13 @@ def test_hostile_names_end_to_end(mariadb: MariaDBServer, gm: GearmanServer, db,
         cur.execute("CREATE TABLE canary (id INT PRIMARY KEY)")
         cur.execute(f"CREATE TABLE {quote_ident(HOSTILE_TABLE)} ({quote_ident(HOSTILE_COLS[0])} VARCHAR(30) "
                     f"CHARACTER SET utf8mb4 PRIMARY KEY, {cols})")
-    with pytest.raises(ConfigError, match="expected --function"):
-        install(db, HOSTILE_TABLE)  # its default function name has spaces
-    schema = install(db, HOSTILE_TABLE, function="gearsync.hostile")
+    schema = install(db, HOSTILE_TABLE)  # default function 'gearsync.<table>', spaces and all
     with db.cursor() as cur:
         cur.execute("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = %s "
                     "ORDER BY TRIGGER_NAME", (db.db_name,))
         names = [r[0] for r in cur.fetchall()]
     assert names == sorted(f"gearsync_{HOSTILE_TABLE}_{s}" for s in ("ad", "ai", "au"))
-    with worker_thread(gm, redis_server, HOSTILE_TABLE, function="gearsync.hostile"), db.cursor() as cur:
+    with worker_thread(gm, redis_server, HOSTILE_TABLE), db.cursor() as cur:
         placeholders = ", ".join(["%s"] * len(HOSTILE_COLS))
         collist = ", ".join(quote_ident(c) for c in HOSTILE_COLS)
         cur.execute(f"INSERT INTO {quote_ident(HOSTILE_TABLE)} ({collist}) VALUES ({placeholders})",
