@@ -73,6 +73,7 @@ struct gs_thread {
     int fd;                            /* cached connection or -1 */
     unsigned server;                   /* index fd is connected to */
     int reused;                        /* fd already completed a request */
+    int verified; /* fd has answered with a JOB_CREATED: it is a gearmand */
     unsigned char seed[12];            /* random per thread: unique ids */
     uint64_t counter;
     char *rbuf;
@@ -405,6 +406,7 @@ static int do_connect(struct gs_thread *t, unsigned idx, int64_t deadline)
     t->reused = 0;
     t->rlen = 0;
     t->pend_sent = t->pend_head; /* a new connection resends them all */
+    t->verified = 0;
     return 0;
 }
 
@@ -764,6 +766,7 @@ static int parse_acks(struct gs_thread *t)
         }
         if (type == PKT_JOB_CREATED) {
             pend_pop(t);
+            t->verified = 1;
         } else if (type == PKT_ERROR) {
             /* refused (e.g. out of memory): resending won't help */
             char msg[160];
@@ -926,7 +929,12 @@ static int pipeline_run(struct gs_thread *t, int64_t deadline,
         }
         unsigned idx = t->server;
         int was_reused = t->reused;
-        int rc = pump(t, dl, max_jobs, max_bytes);
+        /* Pipeline only on a connection that has proved to be a gearmand:
+         * until its first JOB_CREATED, wait for every answer.  Something
+         * that accepts connections and never answers (wrong port, a
+         * proxy, a hung server) then fails the first row, not row 1024. */
+        int rc = t->verified ? pump(t, dl, max_jobs, max_bytes)
+                             : pump(t, dl, 0, 0);
         if (rc == 0) {
             t->reused = 1;
             return 0;
