@@ -44,7 +44,9 @@ typedef bool my_bool; /* Oracle MySQL 8 dropped the typedef */
  * unacknowledged jobs / bytes per thread; never keep more than
  * GS_PEND_MAX bytes of them for resending. */
 #define GS_WINDOW_JOBS 1024u
+#ifndef GS_REAP_BATCH
 #define GS_REAP_BATCH 32u /* read acknowledgements once this many are due */
+#endif
 #define GS_WINDOW_BYTES (1ul << 20)
 #define GS_PEND_MAX (GS_MAX_PAYLOAD + (4ul << 20))
 

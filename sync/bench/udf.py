@@ -4,6 +4,7 @@ Starts a throwaway MariaDB (the library copied into its plugin dir) and gearmand
 `data(id, volume, payload, updated_at)` with 100k rows and measures, in three modes:
 
     no trigger            the baseline
+    trigger without UDFs  the same trigger computing CONCAT_WS(...) instead: MariaDB's own trigger cost
     trigger, gearmand up  AFTER UPDATE trigger: gman_do_background('syncToRedis',
                           gman_json_object(NEW.id AS id, NEW.volume AS volume, ...))
     trigger, gearmand down  the same trigger, gearmand stopped (each call returns NULL fast)
@@ -37,7 +38,13 @@ from sync.udf_install import INSTALL_SQL, LIBRARY_NAME, read_statements
 REPO = Path(__file__).resolve().parent.parent.parent
 LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME
 
-MODES = ("no trigger", "trigger, gearmand up", "trigger, gearmand down")
+MODES = ("no trigger", "trigger without UDFs", "trigger, gearmand up", "trigger, gearmand down")
+
+# the same trigger shape with no UDF in it: what MariaDB itself charges for a row trigger
+PLAIN_TRIGGER = """
+CREATE TRIGGER data_sync AFTER UPDATE ON data FOR EACH ROW
+DO CONCAT_WS(',', 'data', NEW.id, NEW.volume, NEW.payload, NEW.updated_at)
+"""
 
 TRIGGER = """
 CREATE TRIGGER data_sync AFTER UPDATE ON data FOR EACH ROW
@@ -74,7 +81,9 @@ def set_mode(cur, mode: str, gearmand: GearmanServer, dead_address: str) -> None
     """Switch modes without restarting anything: the trigger is dropped/created, and "gearmand down"
     points the library at a port nothing listens on (connection refused, as for a stopped gearmand)."""
     cur.execute("DROP TRIGGER IF EXISTS data_sync")
-    if mode != "no trigger":
+    if mode == "trigger without UDFs":
+        cur.execute(PLAIN_TRIGGER)
+    elif mode != "no trigger":
         cur.execute(TRIGGER)
     address = dead_address if mode == "trigger, gearmand down" else gearmand.address
     cur.execute("SELECT gman_servers_set(%s)", (address,))
@@ -106,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
     base = Path(tempfile.mkdtemp(prefix="gearsync-bench-udf-"))
     plugin_dir = base / "plugin"
     plugin_dir.mkdir()
-    shutil.copy(LIBRARY, plugin_dir / LIBRARY_NAME)
+    shutil.copy(args.library, plugin_dir / LIBRARY_NAME)
     db = MariaDBServer(base / "mariadb", plugin_dir=plugin_dir)
     gearmand = GearmanServer(base / "gearmand", threads=args.gearmand_threads)
     dead_address = f"127.0.0.1:{free_port()}"
@@ -134,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
         slices = args.runs * args.slices_per_run
         per_slice = max(1, args.single // args.slices_per_run)
         for k in range(slices):
-            order = MODES[k % 3:] + MODES[: k % 3]
+            order = MODES[k % len(MODES):] + MODES[: k % len(MODES)]
             for mode in order:
                 set_mode(cur, mode, gearmand, dead_address)
                 ids = [rng.randrange(1, args.rows + 1) for _ in range(per_slice)]
@@ -147,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
                 if mode == "trigger, gearmand up":
                     expected_jobs += per_slice
         for r in range(args.runs):
-            for mode in MODES[r % 3:] + MODES[: r % 3]:
+            for mode in MODES[r % len(MODES):] + MODES[: r % len(MODES)]:
                 set_mode(cur, mode, gearmand, dead_address)
                 first = rng.randrange(1, args.rows - args.multi + 2)
                 results[mode]["multi_s"].append(multi_row(cur, first, args.multi))
@@ -231,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices-per-run", type=int, default=10,
                         help="single-row UPDATEs are measured in this many interleaved slices per run")
     parser.add_argument("--gearmand-threads", type=int, default=2, help="gearmand --threads")
+    parser.add_argument("--library", type=Path, default=LIBRARY, help="the UDF library to load")
     parser.add_argument("--no-build", action="store_true", help="do not run make -C udf first")
     args = parser.parse_args(argv)
     if args.multi > args.rows:
