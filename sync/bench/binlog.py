@@ -63,12 +63,14 @@ def write_workload(db: Any, rows: int, updates: int) -> tuple[str, str]:
     return before, after
 
 
-def raw_decode(db: Any, start: str, end: str) -> tuple[float, int]:
+def raw_decode(db: Any, start: str, end: str) -> tuple[float, int, float]:
+    """(wall seconds, rows, CPU seconds of this process)"""
     from pymysqlreplication import BinLogStreamReader
     from pymysqlreplication.event import MariadbGtidEvent, XidEvent
     from pymysqlreplication.row_event import UpdateRowsEvent
 
     end_seq = int(end.split("-")[2])
+    c0 = time.process_time()
     t0 = time.perf_counter()
     stream = BinLogStreamReader(
         {"host": db.host, "port": db.port, "user": "root", "password": ""}, server_id=4242, blocking=True,
@@ -87,11 +89,12 @@ def raw_decode(db: Any, start: str, end: str) -> tuple[float, int]:
                 break
     finally:
         stream.close()
-    return time.perf_counter() - t0, rows
+    return time.perf_counter() - t0, rows, time.process_time() - c0
 
 
 def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str, end: str, name: str,
-                profile: bool = False) -> float:
+                profile: bool = False) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process: reader thread + event loop + this poller)"""
     from dataclasses import replace
 
     from sync.binlog_service import BinlogService, BinlogSettings
@@ -110,12 +113,18 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
     done = threading.Event()
     result: dict[str, Any] = {}
 
+    loop_prof = cProfile.Profile() if profile else None
+
     def main() -> None:
         try:
+            if loop_prof is not None:
+                loop_prof.enable()
             asyncio.run(service.run())
         except BaseException as exc:  # reported below
             result["error"] = exc
         finally:
+            if loop_prof is not None:
+                loop_prof.disable()
             done.set()
 
     prof = cProfile.Profile() if profile else None
@@ -134,6 +143,7 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
                 BinlogSource.run = plain_run  # type: ignore[method-assign]
 
         BinlogSource.run = profiled_run  # type: ignore[method-assign]
+    c0 = time.process_time()
     t0 = time.perf_counter()
     thread = threading.Thread(target=main, daemon=True)
     thread.start()
@@ -142,19 +152,21 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
         raw = client.get(key)
         if raw and orjson.loads(raw).get("gtid") == end:
             elapsed = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             break
         time.sleep(0.01)
     service.request_stop()
     thread.join(60)
     if "error" in result:
         raise result["error"]
-    if prof is not None:
-        out = io.StringIO()
-        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
-        print(out.getvalue())
+    for what, pr in (("reader thread", prof), ("event loop thread", loop_prof)):
+        if pr is not None:
+            out = io.StringIO()
+            pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(22)
+            print(f"--- {what} ---\n{out.getvalue()}")
     client.close()
     assert elapsed is not None
-    return elapsed
+    return elapsed, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,13 +197,17 @@ def main(argv: list[str] | None = None) -> int:
             start, end = write_workload(db, args.rows, args.updates)
             print(f"  {args.updates / (time.perf_counter() - t0):,.0f} UPDATEs/s; binlog {start} → {end}", file=sys.stderr)
             times: dict[str, list[float]] = {"raw": [], "redis": [], "gearman": []}
+            cpus: dict[str, list[float]] = {"raw": [], "redis": [], "gearman": []}
             for run in range(args.runs):
-                secs, rows = raw_decode(db, start, end)
+                secs, rows, cpu = raw_decode(db, start, end)
                 if rows != args.updates:
                     raise SystemExit(f"raw decode saw {rows} rows; expected {args.updates}")
                 times["raw"].append(secs)
-                times["redis"].append(run_service(db, redis_server, gearmand, "redis", start, end, f"bench-redis-{run}"))
-                times["gearman"].append(run_service(db, redis_server, gearmand, "gearman", start, end, f"bench-gm-{run}"))
+                cpus["raw"].append(cpu)
+                for sink in ("redis", "gearman"):
+                    secs, cpu = run_service(db, redis_server, gearmand, sink, start, end, f"bench-{sink}-{run}")
+                    times[sink].append(secs)
+                    cpus[sink].append(cpu)
                 print(f"  run {run + 1}: " + ", ".join(f"{k} {args.updates / v[-1]:,.0f} rows/s" for k, v in times.items()),
                       file=sys.stderr)
             if args.profile:
@@ -202,17 +218,21 @@ def main(argv: list[str] | None = None) -> int:
             db.stop()
 
     rates = {k: args.updates / statistics.median(v) for k, v in times.items()}
+    cpu_us = {k: 1e6 * statistics.median(v) / args.updates for k, v in cpus.items()}
     print(f"\nsync-binlog catch-up over {args.updates:,} single-row UPDATEs (median of {args.runs}):")
-    print(f"  {'reader':<28}{'rows/s':>12}{'x raw':>9}{'target':>9}")
+    print(f"  {'reader':<28}{'rows/s':>12}{'x raw':>9}{'target':>9}{'CPU us/row':>12}{'x raw CPU':>11}")
     targets = {"raw": None, "redis": 0.8, "gearman": 0.7}
     labels = {"raw": "mysql-replication decode", "redis": "sync-binlog --sink redis", "gearman": "sync-binlog --sink gearman"}
     for k, rate in rates.items():
         t = targets[k]
-        print(f"  {labels[k]:<28}{rate:>12,.0f}{rate / rates['raw']:>9.2f}{(f'>= {t}' if t else ''):>9}")
+        print(f"  {labels[k]:<28}{rate:>12,.0f}{rate / rates['raw']:>9.2f}{(f'>= {t}' if t else ''):>9}"
+              f"{cpu_us[k]:>12.1f}{cpu_us['raw'] / cpu_us[k]:>11.2f}")
+    print("  (x raw CPU: the rate ratio this process would reach where it is CPU-bound on its own core;"
+          " wall-clock rates on a shared machine swing with the load)")
     if args.json:
         Path(args.json).write_bytes(orjson.dumps({
             "updates": args.updates, "rows": args.rows, "runs": args.runs,
-            "seconds": times, "rows_per_s": rates,
+            "seconds": times, "cpu_seconds": cpus, "rows_per_s": rates, "cpu_us_per_row": cpu_us,
             "ratio": {k: rates[k] / rates["raw"] for k in rates},
         }, option=orjson.OPT_INDENT_2))
     return 0

@@ -247,6 +247,10 @@ def _identity(v: Any) -> Any:
     return v
 
 
+def _text(v: Any) -> Any:
+    return v if type(v) is str else normalize_value(v)
+
+
 def _converter(col: Column, bcol: Any, flavor: str) -> Callable[[Any], Any]:
     """value (not None) → canonical value, for one binlog column."""
     kind = col.kind
@@ -293,6 +297,8 @@ def _converter(col: Column, bcol: Any, flavor: str) -> Callable[[Any], Any]:
                 # MySQL's binary JSON, decoded: print it the way MySQL prints JSON text.
                 return json.dumps(_json_plain(v), ensure_ascii=False, separators=(", ", ": "))
             return json_text
+        if col.data_type in ("enum", "json", "varchar", "char", "text", "set") and bcol.character_set_name not in (None, "binary"):
+            return _text
         return lambda v: v if type(v) is str else canonical_value(col, v)
     return lambda v: canonical_value(col, v)
 
@@ -335,6 +341,8 @@ class _Plan:
                     out[name] = ""
                 else:
                     out[name] = None
+            elif conv is _identity:
+                out[name] = v
             else:
                 out[name] = conv(v)
         return out
@@ -349,6 +357,7 @@ class Chunk:
     events: list[ChangeEvent]
     position: Position | None
     rows: int = 0            # binlog row changes read for the chosen tables (before filtering)
+    t: float = 0.0           # time.monotonic() when handed over
 
 
 @dataclass(frozen=True)
@@ -745,7 +754,7 @@ class BinlogSource:
             if not final and now - self._last_emit < self.position_every_s and not heartbeat:
                 return
         position = self.committed if (at_commit and not self._in_trx) else None
-        chunk = Chunk(list(pending), position, self._pending_rows)
+        chunk = Chunk(list(pending), position, self._pending_rows, now)
         pending.clear()
         self._pending_rows = 0
         self._last_emit = now
