@@ -58,7 +58,7 @@ from sync.mysql import MySQLSettings
 from sync.position import Position, format_mariadb_gtids, parse_mariadb_gtids
 from sync.retry import Backoff
 from sync.rowcodec import normalize_value
-from sync.schema import Column, TableSchema, canonical_value, load_table
+from sync.schema import Column, TableSchema, canonical_value, load_table, quote_ident
 
 log = structlog.get_logger(__name__)
 
@@ -814,7 +814,7 @@ def check_server(conn: Any, mysql: MySQLSettings, database: str, tables: Iterabl
             raise
         for table in tables:
             try:
-                cur.execute(f"SELECT 1 FROM `{database}`.`{table.replace('`', '``')}` LIMIT 0")
+                cur.execute(f"SELECT 1 FROM {quote_ident(database)}.{quote_ident(table)} LIMIT 0")
                 cur.fetchall()
             except pymysql.err.MySQLError as exc:
                 if exc.args and exc.args[0] in (1142, 1044, 1045, ER_ACCESS_DENIED):

@@ -246,3 +246,24 @@ def test_cli_bad_options(tmp_path: Path) -> None:
     assert code == 2 and "secret" not in err
     code, err = run("--table", "data", "--mysql-url", "mysql://u@127.0.0.1:1/db", "--redis-url", "redis://127.0.0.1:1/0")
     assert code == 3 and "cannot connect" in err and err.count("\n") == 1
+
+
+def test_redis_hung_mid_stream_holds_then_catches_up(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+    name = db.db_name
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
+    st = settings(mariadb, name, ["data"], redis_server)
+    with Running(st) as run, db.cursor() as cur:
+        cur.executemany("INSERT INTO data VALUES (%s, 0)", [(i,) for i in range(50)])
+        wait_caught_up(mariadb, redis_client, run.service.positions.key)
+        redis_server.pause()  # SIGSTOP: connections hang, applies time out and are retried
+        try:
+            for i in range(200):
+                cur.execute("UPDATE data SET volume = volume + 1 WHERE id = %s", (i % 50,))
+            time.sleep(6)     # longer than the client's socket timeout (5 s)
+        finally:
+            redis_server.resume()
+        wait_caught_up(mariadb, redis_client, run.service.positions.key, timeout_s=60)
+        assert run.service.stats["retries"] >= 1
+    assert diff(mysql_state(mariadb, name, "data"), redis_state(redis_client, "data")) == {}
+    assert int(redis_client.hget(stats_key("data"), "applied_total")) == 250
