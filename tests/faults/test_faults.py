@@ -1,0 +1,382 @@
+"""Faults under a steady write load: each case ends with sync-verify reporting 0 differences.
+
+Every case: the `data` table (400 starting rows) with the capture triggers (or the binlog
+source), a writer doing single-row UPDATE/INSERT/DELETE at a bounded rate the whole time, the fault
+injected while it writes, then: writer stopped, queues and spool drained, sync-verify (the console
+script) → exit 0, 0 missing/different/extra. Duplicates are harmless by version: where a case
+re-delivers jobs the workers' `stale` count shows the fence absorbing them.
+
+Figures go to $GEARSYNC_FAULT_REPORT (tests/faults/report.py) → docs/faults.md.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
+
+from .report import record
+from .rig import BIN, Rig
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Redis servers of the test's own (the cases kill them)."""
+    started: list[RedisServer] = []
+
+    def start(*extra: str) -> RedisServer:
+        r = RedisServer(tmp_path / f"redis{len(started)}", extra_args=list(extra))
+        started.append(r)
+        r.start()
+        return r
+
+    yield start
+    for r in started:
+        r.stop()
+
+
+@pytest.fixture
+def rig_factory(udf_installed: MariaDBServer, db: Any, tmp_path: Path) -> Iterator[Callable[..., Rig]]:  # noqa: F811
+    rigs: list[Rig] = []
+
+    def make(gearmand: GearmanServer | None, redis: RedisServer, mariadb: MariaDBServer | None = None,
+             database: str | None = None) -> Rig:
+        rig = Rig(mariadb or udf_installed, database or db.db_name, gearmand, redis, tmp_path)
+        rigs.append(rig)
+        return rig
+
+    yield make
+    for rig in rigs:
+        rig.close()
+
+
+def finish(case: str, rig: Rig, writer: Any, report: dict[str, Any], **details: Any) -> None:
+    totals = rig.worker_totals()
+    lost = report["missing"] + report["different"] + report["extra"]
+    record(case, written=writer.changes, lost=lost, differences=lost, statements=writer.statements,
+           statement_errors=writer.errors, duplicates_fenced=totals.get("stale", 0),
+           dead_letters=totals.get("dead", 0), verify=report, **details)
+    assert report["exit_code"] == 0 and lost == 0, report
+    assert totals.get("dead", 0) == 0, totals
+
+
+def stop_all(rig: Rig) -> None:
+    """Stop the workers cleanly (so their counters are logged) and the other processes."""
+    rig.stop_workers()
+    rig.close()
+
+
+# -- gearmand ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("queue", ["libsqlite3", "mysql"])
+def test_gearmand_sigkill_with_thousands_queued(queue: str, gearmand_factory, redis_factory, rig_factory,
+                                                udf_installed: MariaDBServer) -> None:  # type: ignore[no-untyped-def]
+    """Workers stopped, thousands of jobs pile up in a persistent queue, gearmand SIGKILLed and
+    restarted: every job comes back; changes written meanwhile go to the spool."""
+    kw: dict[str, Any] = {"queue": queue}
+    if queue == "mysql":
+        kw.update(mysql=udf_installed, extra_args=["--mysql-table", "q_" + uuid.uuid4().hex[:10]])
+    g = gearmand_factory(**kw)
+    rig = rig_factory(g, redis_factory())
+    rig.make_table()
+    writer = rig.writer(rate_per_s=500).start()
+    try:
+        rig.wait(lambda: rig.queued() >= 2000, 60, "2000 queued jobs")
+        before = rig.queued()
+        g.kill()
+        time.sleep(1.0)               # writes meanwhile: the UDF times out, the spool takes them
+        g.start()
+        after_restart = rig.queued()
+        rig.start_relay()
+        rig.start_workers(2)
+        time.sleep(3.0)
+    finally:
+        writer.stop()
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    finish(f"gearmand SIGKILL with queued jobs (-q {queue})", rig, writer, report,
+           queued_at_kill=before, queued_after_restart=after_restart)
+    assert after_restart >= before, (before, after_restart)
+
+
+def test_gearmand_down_for_a_while(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    g = gearmand_factory(queue="libsqlite3")
+    rig = rig_factory(g, redis_factory())
+    rig.make_table()
+    rig.start_workers(2)
+    rig.start_relay()
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        time.sleep(2.0)
+        g.stop()
+        t_down = time.monotonic()
+        time.sleep(3.0)
+        spooled = rig.spool()
+        t_up = time.monotonic()
+        g.start()
+        time.sleep(2.0)
+    finally:
+        writer.stop()
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    finish("gearmand down 3 s during writes (spool, then sync-relay)", rig, writer, report,
+           spooled_while_down=spooled, worst_statement_s_while_down=round(writer.worst_latency_s(t_down, t_up), 4))
+    assert spooled > 0
+
+
+def test_gearmand_sigstop(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    """A hung gearmand: statements slow by at most about the UDF timeout (100 ms), then the server
+    is skipped for retry_ms and changes go to the spool; after SIGCONT everything drains."""
+    g = gearmand_factory()
+    rig = rig_factory(g, redis_factory())
+    rig.make_table()
+    rig.start_workers(2)
+    rig.start_relay()
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        time.sleep(2.0)
+        t_stop = time.monotonic()
+        g.pause()
+        time.sleep(4.0)
+        t_cont = time.monotonic()
+        g.resume()
+        time.sleep(3.0)
+    finally:
+        g.resume()
+        writer.stop()
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    worst = writer.worst_latency_s(t_stop, t_cont)
+    baseline = writer.worst_latency_s(0, t_stop)
+    slow = sum(1 for t, d in writer.latencies_s if t_stop <= t <= t_cont and d > 0.05)
+    finish("gearmand SIGSTOP 4 s during writes", rig, writer, report, worst_statement_s_while_stopped=round(worst, 4),
+           worst_statement_s_before=round(baseline, 4), statements_over_50ms_while_stopped=slow)
+    # Not a benchmark: a statement blocked on the hung server (the classic UDF: > 20 s) shows here.
+    assert worst < 2.0, worst
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+def test_redis_sigkill_with_appendonly_loses_nothing(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    """Redis with appendonly yes + appendfsync always, SIGKILLed for 3 s: the workers hold their
+    batch and retry; no repair is run, so the 0 differences are the pipeline's own."""
+    g = gearmand_factory()
+    redis = redis_factory("--appendonly", "yes", "--appendfsync", "always")
+    rig = rig_factory(g, redis)
+    rig.make_table()
+    rig.start_workers(2)
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        time.sleep(2.0)
+        redis.kill()
+        time.sleep(3.0)
+        queued_while_down = rig.queued()
+        redis.start()
+        time.sleep(2.0)
+    finally:
+        writer.stop()
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    finish("Redis SIGKILL 3 s (appendonly, fsync always; no repair)", rig, writer, report,
+           queued_while_redis_down=queued_while_down, retries=rig.worker_totals().get("retries", 0))
+    assert queued_while_down > 0
+
+
+def test_redis_sigkill_without_persistence_then_repair(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    """Redis without persistence loses its whole dataset on a kill: that is Redis' loss, not the
+    pipeline's. sync-verify finds it, sync-verify --repair restores it, the next verify is 0."""
+    g = gearmand_factory()
+    redis = redis_factory()
+    rig = rig_factory(g, redis)
+    rig.make_table()
+    rig.start_workers(2)
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        time.sleep(2.0)
+        redis.kill()
+        time.sleep(2.0)
+        redis.start()
+        time.sleep(2.0)
+    finally:
+        writer.stop()
+    rig.wait(lambda: rig.spool() == 0 and rig.queued() == 0, 60, "queue empty")
+    before = rig.verify()
+    repaired = rig.verify(repair=True, recheck_delay_s=0)
+    report = rig.verify()
+    stop_all(rig)
+    finish("Redis SIGKILL, no persistence (sync-verify --repair)", rig, writer, report,
+           missing_before_repair=before["missing"], repaired=repaired["repaired"] + repaired["deleted"])
+    assert before["missing"] > 0  # the restart really emptied Redis
+
+
+# -- workers -------------------------------------------------------------------------------------
+
+def test_worker_sigkill_mid_batch(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    g = gearmand_factory()
+    redis = redis_factory()
+    rig = rig_factory(g, redis)
+    rig.make_table()
+    writer = rig.writer(rate_per_s=300).start()
+    kills = 0
+    try:
+        rig.wait(lambda: rig.queued() >= 1200, 30, "a backlog")
+        client = redis.client()
+        for _ in range(3):
+            w = rig.start_worker("--batch", "64")
+            start_keys = client.dbsize()
+            rig.wait(lambda: client.dbsize() > start_keys + 20, 20, "the worker applying")
+            w.kill()                                  # SIGKILL with a batch in hand
+            rig.workers.remove(w)
+            kills += 1
+        left = rig.queued()
+        client.close()
+        rig.start_workers(2)
+        time.sleep(2.0)
+    finally:
+        writer.stop()
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    finish("sync-worker SIGKILL mid-batch (3 times)", rig, writer, report, kills=kills, queued_after_kills=left)
+    assert left > 0
+
+
+def test_all_workers_stopped_then_restarted(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    g = gearmand_factory()
+    rig = rig_factory(g, redis_factory())
+    rig.make_table()
+    rig.start_workers(2)
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        time.sleep(2.0)
+        rig.stop_workers()
+        time.sleep(3.0)
+        backlog = rig.queued()
+        rig.start_workers(2)
+        time.sleep(2.0)
+    finally:
+        writer.stop()
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    finish("all sync-workers stopped 3 s, then restarted", rig, writer, report, backlog=backlog)
+    assert backlog > 0
+
+
+# -- MariaDB -------------------------------------------------------------------------------------
+
+def test_mariadb_restart_during_binlog_streaming(tmp_path: Path, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    server = MariaDBServer(tmp_path / "binlog-db")
+    server.start()
+    try:
+        server.execute("CREATE DATABASE app")
+        rig = rig_factory(None, redis_factory(), mariadb=server, database="app")
+        rig.make_table(triggers=False)
+        binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
+                           "earliest", "--log-format", "json", "--stats-interval", "0")
+        writer = rig.writer(rate_per_s=300).start()
+        try:
+            time.sleep(2.0)
+            server.restart()
+            time.sleep(3.0)
+        finally:
+            writer.stop()
+        report = _verify_until_equal(rig, 60)
+        assert binlog.alive(), binlog.log()[-3000:]
+        stop_all(rig)
+        finish("MariaDB restart during sync-binlog streaming", rig, writer, report,
+               writer_reconnects=writer.reconnects)
+    finally:
+        server.stop()
+
+
+def _verify_until_equal(rig: Rig, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = rig.verify()
+        if report["exit_code"] == 0 or time.monotonic() > deadline:
+            return report
+        time.sleep(1.0)
+
+
+def test_mariadb_restart_during_trigger_capture(own_mariadb: MariaDBServer, gearmand_factory, redis_factory,  # noqa: F811
+                                                rig_factory) -> None:  # type: ignore[no-untyped-def]
+    """Two restarts of mysqld under the writer. The UDF's server list (gman_servers_set) lives in
+    mysqld's memory; after each restart it must come back on its own: first from mysqld's
+    environment (GEARSYNC_GEARMAN_SERVERS), then from gearsync_udf.conf beside the library. No
+    relay runs until the end, so a change the UDF could not send would stay in the spool."""
+    g = gearmand_factory(queue="libsqlite3")
+    own_mariadb.execute("CREATE DATABASE app")
+    rig = rig_factory(g, redis_factory(), mariadb=own_mariadb, database="app")
+    rig.make_table()                      # gman_servers_set at runtime
+    rig.start_workers(2)
+    writer = rig.writer(rate_per_s=300).start()
+    conf = own_mariadb.plugin_dir / "gearsync_udf.conf"
+    spool_after: list[int] = []
+    try:
+        time.sleep(2.0)
+        own_mariadb.env["GEARSYNC_GEARMAN_SERVERS"] = g.address
+        own_mariadb.restart()
+        time.sleep(3.0)
+        spool_after.append(rig.spool())
+        del own_mariadb.env["GEARSYNC_GEARMAN_SERVERS"]
+        conf.write_text(f"servers = {g.address}\ntimeout_ms = 100\n")
+        own_mariadb.restart()
+        time.sleep(3.0)
+        spool_after.append(rig.spool())
+    finally:
+        writer.stop()
+    rig.start_relay()                     # whatever a restart caught mid-send
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    finish("MariaDB restart during trigger capture (UDF servers from env, then conf)", rig, writer, report,
+           spool_after_restarts=spool_after, writer_reconnects=writer.reconnects)
+    assert spool_after == [0, 0], spool_after
+
+
+# -- sync-relay ----------------------------------------------------------------------------------
+
+KILL_AFTER_SUBMIT = (
+    "import os, signal, sync.relay as r\n"
+    "r.SpoolRelay._finish = lambda self, *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "from workers.sync_relay import main\n"
+    "main()\n"
+)
+
+
+def test_relay_killed_between_submit_and_delete(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+    """Outbox triggers: every change goes through the spool. A relay whose DELETE is replaced by
+    SIGKILL dies exactly after gearmand accepted a batch and before the rows left the spool; three
+    such relays, then a real one. The re-sent batches arrive twice; versions make that harmless."""
+    g = gearmand_factory()
+    rig = rig_factory(g, redis_factory())
+    rig.make_table(mode="outbox")
+    rig.start_workers(2)
+    writer = rig.writer(rate_per_s=300).start()
+    killed = 0
+    try:
+        time.sleep(1.0)
+        for _ in range(3):
+            p = rig.spawn("killed-relay", "python", "-c", KILL_AFTER_SUBMIT, "--database", rig.database,
+                          "--log-format", "json", "--stats-interval", "0", "--batch", "200")
+            rc = p._wait(30)
+            assert rc == -9, p.log()[-2000:]
+            killed += 1
+            time.sleep(0.5)
+        rig.start_relay()
+        time.sleep(2.0)
+    finally:
+        writer.stop()
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    totals = rig.worker_totals()
+    finish("sync-relay SIGKILL between submit and delete (3 times)", rig, writer, report, relay_kills=killed)
+    assert totals.get("stale", 0) > 0, totals   # the re-sent jobs were fenced, not applied twice
+
+
+assert BIN.is_dir()
