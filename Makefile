@@ -1,8 +1,13 @@
 # gearsync — top-level targets. `make help` lists them.
 PYTHON ?= .venv/bin/python
 UDF_DIR := udf
+# The demo starts under the system python3 (it installs what is missing, the venv included, then
+# continues inside .venv). Options: make demo DEMO_ARGS='--rows 100000 --rate 1000 --seconds 60'
+DEMO_ARGS ?=
+DEMO_STATE ?= .state/demo
 
-.PHONY: help venv build-udf install-udf uninstall-udf test test-udf-asan test-udf-valgrind bench-udf bench-worker clean
+.PHONY: help venv build-udf install-udf uninstall-udf test test-udf-asan test-udf-valgrind bench-udf bench-worker \
+	demo demo-classic demo-stop docs clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -30,11 +35,32 @@ test-udf-asan:  ## UDF tests with the library built under AddressSanitizer/UBSan
 test-udf-valgrind:  ## UDF unit driver under valgrind memcheck
 	$(MAKE) -C $(UDF_DIR) valgrind
 
+.PHONY: fuzz-udf
+fuzz-udf:  ## libFuzzer (ASan/UBSan) on the UDF entry points and parsers, FUZZ_SECONDS per target (default 300); needs clang
+	$(MAKE) -C $(UDF_DIR)/fuzz replay
+	$(MAKE) -C $(UDF_DIR)/fuzz run FUZZ_SECONDS=$(or $(FUZZ_SECONDS),300)
+
 bench-udf:  ## trigger overhead: 20k single-row UPDATEs and one 10k-row UPDATE, with/without the UDF trigger
 	$(PYTHON) -m sync.bench udf
 
 bench-worker:  ## drain 100k pre-queued change jobs with one and two sync-worker processes
 	$(PYTHON) -m sync.bench worker
 
-clean:  ## remove build output
+demo:  ## the whole pipeline on throwaway servers, live display, verify (DEMO_ARGS=--ci: no display, small load)
+	@command -v python3 >/dev/null || { echo "make demo needs python3: apt-get install -y python3 python3-venv" >&2; exit 2; }
+	python3 -m sync.demo --state-dir $(DEMO_STATE) $(DEMO_ARGS)
+
+demo-classic:  ## the classic recipe: AFTER UPDATE trigger datatoredis, sync-worker --classic, SET <id> <payload>
+	@command -v python3 >/dev/null || { echo "make demo-classic needs python3: apt-get install -y python3 python3-venv" >&2; exit 2; }
+	python3 -m sync.demo --classic --state-dir $(DEMO_STATE) $(DEMO_ARGS)
+
+demo-stop:  ## stop a demo left running (pid files in .state/demo)
+	python3 -m sync.demo --stop --state-dir $(DEMO_STATE)
+
+docs:  ## regenerate docs/cli.md from the commands' --help
+	$(PYTHON) scripts/gen_cli_reference.py
+
+clean:  ## remove build output and the demo state (.state/demo; a demo still running there is stopped first)
 	$(MAKE) -C $(UDF_DIR) clean
+	@if [ -d $(DEMO_STATE) ]; then python3 -m sync.demo --stop --state-dir $(DEMO_STATE) >/dev/null && rm -rf $(DEMO_STATE); fi
+	rm -rf build

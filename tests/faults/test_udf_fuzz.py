@@ -1,0 +1,93 @@
+"""The UDF library under libFuzzer (ASan + UBSan): build, replay every kept input, fuzz each target briefly.
+
+Targets (udf/fuzz/): fuzz_json drives gman_json_object/gman_json_array _init/row/_deinit with
+fabricated UDF_ARGS (every Item_result type, NULLs, aliases of any bytes, several rows) and checks
+that each result is valid JSON; fuzz_servers drives the server-list and option parsers and
+gman_servers_set, checking that the canonical list parses back to the same servers.
+
+`make fuzz-udf` runs the same for longer (FUZZ_SECONDS). A crash input lands in udf/fuzz/build/;
+keep it under udf/fuzz/regressions/<target>/ and this test replays it from then on.
+GEARSYNC_FUZZ_SECONDS sets the time per target here (default 20).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .report import record
+
+FUZZ = Path(__file__).resolve().parents[2] / "udf" / "fuzz"
+TARGETS = ("json", "servers")
+SECONDS = int(os.environ.get("GEARSYNC_FUZZ_SECONDS", "20"))
+
+# Kept inputs of bugs reported but not fixed yet in udf/*.c: replayed with the strict check and
+# expected to fail; when one starts passing (fixed), the strict xfail flags it: remove it here.
+KNOWN_OPEN = {
+    "servers/open-bracket-host-without-colon":
+        "gman_conf.c parse_one_server accepts '[R%.]' (a bracketed host without ':'); "
+        "gs_format_servers writes it back unbracketed and it no longer parses",
+}
+
+
+def _clang() -> str | None:
+    return shutil.which("clang")
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    if _clang() is None:
+        pytest.skip("clang not installed (apt-get install clang libclang-rt-14-dev; .ci/run installs it)")
+    r = subprocess.run(["make", "-s", "-C", str(FUZZ), "all"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return FUZZ / "build"
+
+
+def _inputs() -> list[str]:
+    return sorted(f"{p.parent.name}/{p.name}" for t in TARGETS for p in (FUZZ / "regressions" / t).glob("*")
+                  if p.is_file() and not p.name.startswith("."))
+
+
+@pytest.mark.parametrize("name", _inputs())
+def test_replay_kept_input(built: Path, name: str) -> None:
+    target, _ = name.split("/", 1)
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", "GEARSYNC_FUZZ_STRICT": "1"}
+    r = subprocess.run([str(built / f"fuzz_{target}"), str(FUZZ / "regressions" / name)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    if name in KNOWN_OPEN:
+        if r.returncode == 0:
+            pytest.fail(f"{name} passes now: the bug is fixed; remove it from KNOWN_OPEN")
+        pytest.xfail(KNOWN_OPEN[name])
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_fuzz_briefly(built: Path, target: str, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    r = subprocess.run(
+        [str(built / f"fuzz_{target}"), "-max_len=8192", "-timeout=10", "-rss_limit_mb=2048",
+         f"-max_total_time={SECONDS}", "-print_final_stats=1", f"-artifact_prefix={tmp_path}/crash-",
+         str(corpus), str(FUZZ / "corpus" / target), str(FUZZ / "regressions" / target)],
+        capture_output=True, text=True, timeout=SECONDS + 120, env=env,
+    )
+    crashes = sorted(tmp_path.glob("crash-*"))
+    stats = dict(re.findall(r"stat::(\w+):\s+(\d+)", r.stderr))
+    cov = re.findall(r"cov: (\d+) ft: (\d+)", r.stderr)
+    record(f"UDF libFuzzer: fuzz_{target}", kind="fuzz", written=int(stats.get("number_of_executed_units", 0)),
+           lost=len(crashes), differences=len(crashes), seconds=SECONDS,
+           execs_per_s=int(stats.get("average_exec_per_sec", 0)), coverage_edges=int(cov[-1][0]) if cov else 0,
+           features=int(cov[-1][1]) if cov else 0, peak_rss_mb=int(stats.get("peak_rss_mb", 0)))
+    if crashes:
+        keep = FUZZ / "build" / crashes[0].name
+        shutil.copy(crashes[0], keep)
+        pytest.fail(f"fuzz_{target} crashed; input kept at {keep} (copy it into udf/fuzz/regressions/{target}/):\n"
+                    + r.stderr[-4000:])
+    assert r.returncode == 0, r.stderr[-4000:]
