@@ -26,8 +26,9 @@ FUZZ = Path(__file__).resolve().parents[2] / "udf" / "fuzz"
 TARGETS = ("json", "servers")
 SECONDS = int(os.environ.get("GEARSYNC_FUZZ_SECONDS", "20"))
 
-# Kept inputs of bugs reported but not fixed yet in udf/*.c: replayed with the strict check and
-# expected to fail; when one starts passing (fixed), the strict xfail flags it: remove it here.
+# Kept inputs of bugs reported but not fixed yet in udf/*.c: replayed with the strict check; while
+# the bug is open the replay is an expected failure, once fixed it must pass (then drop the entry
+# here and the tolerance in fuzz_servers.c).
 KNOWN_OPEN = {
     "servers/open-bracket-host-without-colon":
         "gman_conf.c parse_one_server accepts '[R%.]' (a bracketed host without ':'); "
@@ -59,9 +60,7 @@ def test_replay_kept_input(built: Path, name: str) -> None:
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", "GEARSYNC_FUZZ_STRICT": "1"}
     r = subprocess.run([str(built / f"fuzz_{target}"), str(FUZZ / "regressions" / name)],
                        capture_output=True, text=True, timeout=60, env=env)
-    if name in KNOWN_OPEN:
-        if r.returncode == 0:
-            pytest.fail(f"{name} passes now: the bug is fixed; remove it from KNOWN_OPEN")
+    if name in KNOWN_OPEN and r.returncode != 0:
         pytest.xfail(KNOWN_OPEN[name])
     assert r.returncode == 0, r.stderr[-4000:]
 
