@@ -149,6 +149,14 @@ static int parse_one_server(const char *s, size_t len, struct gs_server *out,
         seterr(err, errlen, "bad host in '%.*s'", ent, entlen);
         return -1;
     }
+    /* [...] is for IPv6 addresses only (optionally with a %zone): it must
+     * hold a ':', so that the canonical form, which brackets exactly the
+     * hosts containing ':', reads back the same */
+    if (v6 && (!memchr(host, ':', hlen) || host[0] == '%')) {
+        seterr(err, errlen, "brackets are for IPv6 addresses: '%.*s'", ent,
+               entlen);
+        return -1;
+    }
     for (size_t i = 0; i < hlen; i++) {
         if (!host_char_ok(host[i], v6)) {
             seterr(err, errlen,

@@ -55,6 +55,8 @@ def test_servers_set_returns_the_canonical_list(db, gearmand: GearmanServer) -> 
         ("a b:1", "bad character"),
         ("::1:4730", "[addr]:port"),
         ("h1,,h2", "empty entry"),
+        ("[%%]:4730", "brackets are for IPv6"),
+        ("[example]", "brackets are for IPv6"),
         (",".join(["h"] * 17), "more than 16"),
     ],
 )

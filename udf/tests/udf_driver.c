@@ -390,7 +390,7 @@ static void test_servers_set(void)
     int failed;
     const char *bad[] = {"", ",", "h:", "h:0", "h:65536", "h:12a", "[::1",
                          "[::1]x", "::1:4730", "a b", "h,,h", "h:-1",
-                         "h:99999999999999999999"};
+                         "h:99999999999999999999", "[%%]", "[abc]:1", "[%:1]"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *r = servers_set(bad[i], NULL, &failed, msg);
         CHECK(failed && r == NULL && msg[0], "bad spec '%s' accepted", bad[i]);
