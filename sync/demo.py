@@ -89,8 +89,11 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+_T0 = time.monotonic()   # moved back to the run's wall-clock start by main() (see T0_ENV)
+
+
 def step(text: str) -> None:
-    say(f"==> {text}")
+    say(f"==> [{time.monotonic() - _T0:5.1f} s] {text}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,10 +125,10 @@ def _found(candidate: str) -> bool:
     return shutil.which(candidate) is not None
 
 
-def missing_packages() -> list[str]:
+def missing_packages(need_venv: bool) -> list[str]:
+    """Debian packages to install; need_venv: .venv must still be created (python3-venv)."""
     missing = [r.package for r in REQUIREMENTS if not any(_found(c) for c in r.candidates)]
-    if not _venv_ready() and subprocess.run([sys.executable, "-c", "import ensurepip"],
-                                            capture_output=True).returncode != 0:
+    if need_venv and subprocess.run([sys.executable, "-c", "import ensurepip"], capture_output=True).returncode != 0:
         missing.append("python3-venv")
     return sorted(set(missing))
 
@@ -153,12 +156,20 @@ def install_packages(packages: Sequence[str], interactive: bool) -> None:
                             "(`sudo apt-get install -y " + wanted + "`), then run make demo again.", EXIT_USAGE)
 
 
+VENV_PROBE = "import pymysql, redis, rich, structlog, orjson, pymysqlreplication, sync.worker"
+
+
 def _venv_ready() -> bool:
     python = VENV / "bin" / "python"
     if not python.exists() or not (VENV / "bin" / "sync-worker").exists():
         return False
-    probe = "import pymysql, redis, rich, structlog, orjson, pymysqlreplication, sync.worker"
-    return subprocess.run([str(python), "-c", probe], cwd=REPO, capture_output=True).returncode == 0
+    if _in_venv():
+        try:
+            exec(VENV_PROBE, {})
+            return True
+        except ImportError:
+            return False
+    return subprocess.run([str(python), "-c", VENV_PROBE], cwd=REPO, capture_output=True).returncode == 0
 
 
 def _in_venv() -> bool:
@@ -170,13 +181,14 @@ def _in_venv() -> bool:
 
 def bootstrap(args: argparse.Namespace, argv: Sequence[str]) -> None:
     """Install what is missing, then continue inside the venv (re-exec) if not already there."""
-    missing = missing_packages()
+    venv_ready = _venv_ready()
+    missing = missing_packages(need_venv=not venv_ready)
     if missing:
         install_packages(missing, interactive=sys.stdin.isatty() and not args.ci)
-        still = missing_packages()
+        still = missing_packages(need_venv=not venv_ready)
         if still:
             raise DemoError(f"still missing after apt-get: {' '.join(still)}", EXIT_USAGE)
-    if not _venv_ready():
+    if not venv_ready:
         step("creating the venv: make venv")
         if subprocess.run(["make", "-s", "venv"], cwd=REPO).returncode != 0 or not _venv_ready():
             raise DemoError("make venv failed: see the pip output above", EXIT_USAGE)
@@ -1242,15 +1254,18 @@ def run_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    global _T0
     os.environ.setdefault(T0_ENV, repr(time.time()))
+    _T0 = time.monotonic() - (time.time() - float(os.environ[T0_ENV]))
     try:
         if args.stop:
             stopped = stop_left_running(args.state_dir) if args.state_dir.is_dir() else []
             say(f"stopped: {', '.join(stopped)}" if stopped else f"no demo running in {_rel(args.state_dir)}")
             return EXIT_OK
         if args.no_install:
-            missing = missing_packages()
-            if missing or not _venv_ready():
+            venv_ready = _venv_ready()
+            missing = missing_packages(need_venv=False)
+            if missing or not venv_ready:
                 raise DemoError(f"--no-install: missing {' '.join(missing) or 'the venv (make venv)'}", EXIT_USAGE)
             if not _in_venv():
                 python = str(VENV / "bin" / "python")
