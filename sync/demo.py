@@ -803,33 +803,43 @@ def plain_line(view: View, load: Load) -> str:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m sync.demo",
-        description="Run the whole gearsync pipeline on throwaway servers under a live display, then verify "
-                    "Redis against MySQL and stop everything (make demo; DEMO_ARGS=... passes these options).",
+        description="""\
+Run the whole gearsync pipeline on throwaway servers, watch it, verify it, stop it (make demo).
+
+Installs what is missing (apt-get as root or with sudo; make venv), starts MariaDB, Redis and
+gearmand (queue in MariaDB) on free loopback ports under --state-dir, installs the UDF library,
+creates demo.data with --rows rows and the capture triggers, starts sync-worker, sync-relay,
+sync-snapshot and sync-binlog (into binlog:{table}:{pk}, apart from the triggers' {table}:{pk}),
+runs a write load under a live display, then sync-verify for both key templates, a summary, and
+stops everything. Ctrl-C stops everything at any point.""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="The state dir is reset on every run (a demo still running there is stopped first).\n"
-               "exit codes: 0 equal and everything stopped, 1 differences or a process left running, 2 bad option or "
-               "missing prerequisites, 3 a server or step failed, 130 interrupted.",
+        epilog="""\
+The state dir is reset on every run: a demo left running there is stopped first, then its data
+removed. make demo DEMO_ARGS='...' passes options; make demo-stop is --stop.
+
+exit codes: 0 Redis equal to MySQL and every process stopped, 1 differences or a process left
+running, 2 bad option or missing prerequisites, 3 a server or step failed, 130 interrupted.""",
     )
-    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
                    help="servers' data, logs and pid files (default .state/demo; reset on every run)")
-    p.add_argument("--rows", type=int, help="rows in the table before the load (default 10000; --ci 1000)")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--rows", type=int, metavar="N", help="rows in the table before the load (default 10000; --ci 1000)")
+    p.add_argument("--workers", type=int, metavar="N",
                    help="sync-worker processes (default 2; --classic 1: its unversioned SETs from two workers can "
                         "land out of order)")
-    p.add_argument("--rate", type=float, help="changes per second of the write load (default 300; --ci 100)")
-    p.add_argument("--seconds", type=float, help="how long the load runs (default 20; --ci 5)")
-    p.add_argument("--mysql-port", type=int, default=0, help="MariaDB port (default: a free one)")
-    p.add_argument("--redis-port", type=int, default=0, help="Redis port (default: a free one)")
-    p.add_argument("--gearman-port", type=int, default=0, help="gearmand port (default: a free one)")
+    p.add_argument("--rate", type=float, metavar="N", help="changes per second of the write load (default 300; --ci 100)")
+    p.add_argument("--seconds", type=float, metavar="S", help="how long the load runs (default 20; --ci 5)")
+    p.add_argument("--mysql-port", type=int, default=0, metavar="PORT", help="MariaDB port (default: a free one)")
+    p.add_argument("--redis-port", type=int, default=0, metavar="PORT", help="Redis port (default: a free one)")
+    p.add_argument("--gearman-port", type=int, default=0, metavar="PORT", help="gearmand port (default: a free one)")
     p.add_argument("--classic", action="store_true",
                    help="the classic recipe instead: one AFTER UPDATE trigger datatoredis, sync-worker --classic, "
-                        "SET <id> <payload> in Redis")
+                        "SET <id> <payload> in Redis (make demo-classic)")
     p.add_argument("--no-binlog", action="store_true", help="leave out the sync-binlog path")
     p.add_argument("--ci", action="store_true",
                    help="no live display, a small load; exit 0 only if verify is clean and every process stopped")
     p.add_argument("--keep-running", action="store_true",
                    help="after the summary leave servers and workers running (stop them with make demo-stop)")
-    p.add_argument("--seed", type=int, help="seed of the load's random choices")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the load's random choices")
     p.add_argument("--no-install", action="store_true",
                    help="do not install packages or create the venv; fail if something is missing")
     p.add_argument("--stop", action="store_true", help="stop a demo left running in --state-dir, then exit")
