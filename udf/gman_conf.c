@@ -431,7 +431,7 @@ static void config_defaults(struct gs_config *c)
     c->timeout_ms = GS_DEFAULT_TIMEOUT_MS;
     c->do_timeout_ms = GS_DEFAULT_DO_TIMEOUT_MS;
     c->retry_ms = GS_DEFAULT_RETRY_MS;
-    c->pipeline = 1;
+    c->pipeline = 0; /* exact contract by default: NULL = not queued (the spool relies on it) */
 }
 
 /* Path of gearsync_udf.conf in the directory this library was loaded from. */

@@ -273,6 +273,18 @@ static int fmt_g(char *tmp, size_t size, int prec, double d)
     return is_json_number(tmp, (size_t)n) ? n : 0;
 }
 
+/* A double in integer form ("3", "-0", "100") gets ".0", so every JSON reader
+ * keeps it a float: 3.0 from a DOUBLE column must not turn into the integer 3
+ * (the snapshot and binlog paths read it as a float, and all paths must agree). */
+static int put_real_text(struct gs_buf *b, const char *s, size_t n)
+{
+    if (memchr(s, '.', n) || memchr(s, 'e', n) || memchr(s, 'E', n))
+        return put(b, s, n);
+    if (put(b, s, n))
+        return -1;
+    return put(b, ".0", 2);
+}
+
 /* The fewest significant digits (1..17) that read back as exactly d.
  * Binary search: more digits never round-trip worse; 17 always does. */
 static int put_double(struct gs_buf *b, double d)
@@ -303,10 +315,10 @@ static int put_double(struct gs_buf *b, double d)
         if (exp10 >= lo && exp10 < 17) {
             n = fmt_g(tmp, sizeof tmp, exp10 + 1, d);
             if (n && n <= best_n && strtod(tmp, NULL) == d)
-                return put(b, tmp, (size_t)n);
+                return put_real_text(b, tmp, (size_t)n);
         }
     }
-    return put(b, best, (size_t)best_n);
+    return put_real_text(b, best, (size_t)best_n);
 }
 
 /* ------------------------------------------------------------ validator */

@@ -146,14 +146,12 @@ def test_all_types_composite_key(mariadb: MariaDBServer, fmt: str, gm: GearmanSe
     assert len(state) == 3 and "typed:moved:7" in state and "typed:b\\:c:7" not in state
 
 
-@pytest.mark.xfail(reason="pending UDF fix: integral floats (the UDF writes 3 for a DOUBLE 3.0)", strict=False)
 def test_integral_floats(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
     with db.cursor() as cur:
         cur.execute("CREATE TABLE fl (id INT PRIMARY KEY, f FLOAT, g DOUBLE)")
     schema = install(db, "fl")
     with worker_thread(gm, redis_server, "fl"), db.cursor() as cur:
         cur.execute("INSERT INTO fl VALUES (1, 3.0, -2.0), (2, 0, 1e16)")
-        # pending UDF fix: integral floats
         assert wait_converged(mariadb, schema, redis_client, timeout_s=3) == {}
 
 
