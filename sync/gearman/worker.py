@@ -42,7 +42,7 @@ import structlog
 
 from sync.gearman.client import encode_function
 from sync.gearman.connection import GearmanConnection
-from sync.gearman.errors import GearmanConnectionError
+from sync.gearman.errors import GearmanConnectionError, GearmanProtocolError
 from sync.gearman.protocol import (
     DEFAULT_MAX_PACKET_BYTES,
     PacketType,
@@ -173,9 +173,14 @@ class GearmanWorkerConnection:
         await conn.send(_GRAB_JOB_UNIQ * n)
         jobs: list[Job] = []
         answers = 0
+        # A peer that answers with NOOP/ERROR/anything else forever never lets a read time out;
+        # bound the packets that are not answers (a real gearmand sends at most a few NOOPs here).
+        others, max_others = 0, 64 + 4 * n
         name = self._name
         while answers < n:
-            for packet in await conn.read_packets():
+            packets = await conn.read_packets()
+            others += len(packets)
+            for packet in packets:
                 ptype = packet.type
                 if ptype is _JOB_ASSIGN_UNIQ:
                     handle, function, unique, workload = packet.args
@@ -189,6 +194,11 @@ class GearmanWorkerConnection:
                     pass
                 else:
                     self._unexpected(packet.type, packet.args)
+            if others - answers > max_others:
+                self.close(f"{others - answers} packets that answer no GRAB_JOB_UNIQ")
+                raise GearmanProtocolError(
+                    f"{self.host}:{self.port}: {others - answers} packets that answer no GRAB_JOB_UNIQ "
+                    f"(expected NO_JOB or JOB_ASSIGN_UNIQ); connection closed", self.address)
         return jobs
 
     async def echo(self, data: bytes = b"ping") -> bytes:
