@@ -54,8 +54,9 @@ class Writer:
     latencies_s: per statement (reconnect waits not included); errors: statements that failed."""
 
     def __init__(self, connect: Callable[[], Any], *, rate_per_s: float = 300.0, seed: int = 1,
-                 on_connect: Callable[[Any], None] | None = None) -> None:
+                 on_connect: Callable[[Any], None] | None = None, flush: bool = True) -> None:
         self._connect = connect
+        self._flush = flush
         self._on_connect = on_connect
         self.rate_per_s = rate_per_s
         self.rng = random.Random(seed)
@@ -123,7 +124,7 @@ class Writer:
                     except Exception:
                         pass
                     conn = self._open()
-            if conn is not None:
+            if conn is not None and self._flush:
                 with conn.cursor() as cur:
                     cur.execute("SELECT gman_flush()")   # pipelined jobs of this thread go out now
         except BaseException as exc:  # reported by stop()
@@ -260,8 +261,8 @@ class Rig:
             env["GEARMAN_SERVERS"] = self.gearmand.address
         return env
 
-    def writer(self, rate_per_s: float = 300.0, seed: int = 1) -> Writer:
-        return Writer(self.connect, rate_per_s=rate_per_s, seed=seed, on_connect=None)
+    def writer(self, rate_per_s: float = 300.0, seed: int = 1, flush: bool = True) -> Writer:
+        return Writer(self.connect, rate_per_s=rate_per_s, seed=seed, flush=flush)
 
     # -- processes --------------------------------------------------------------------------------
     def spawn(self, name: str, *args: str) -> Proc:

@@ -88,8 +88,11 @@ def test_gearmand_sigkill_with_thousands_queued(queue: str, gearmand_factory, re
     rig.make_table()
     writer = rig.writer(rate_per_s=500).start()
     try:
-        rig.wait(lambda: rig.queued() >= 2000, 60, "2000 queued jobs")
+        deadline = time.monotonic() + 30
+        while rig.queued() < 2000 and time.monotonic() < deadline:
+            time.sleep(0.2)
         before = rig.queued()
+        assert before >= 1000, f"only {before} jobs queued after 30 s (spool: {rig.spool()})"
         g.kill()
         time.sleep(1.0)               # writes meanwhile: the UDF times out, the spool takes them
         g.start()
@@ -227,16 +230,15 @@ def test_worker_sigkill_mid_batch(gearmand_factory, redis_factory, rig_factory) 
     kills = 0
     try:
         rig.wait(lambda: rig.queued() >= 1200, 30, "a backlog")
-        client = redis.client()
         for _ in range(3):
+            rig.wait(lambda: rig.queued() >= 600, 30, "a backlog")
             w = rig.start_worker("--batch", "64")
-            start_keys = client.dbsize()
-            rig.wait(lambda: client.dbsize() > start_keys + 20, 20, "the worker applying")
+            start_q = rig.queued()
+            rig.wait(lambda: rig.queued() < start_q - 50, 20, "the worker applying")
             w.kill()                                  # SIGKILL with a batch in hand
             rig.workers.remove(w)
             kills += 1
         left = rig.queued()
-        client.close()
         rig.start_workers(2)
         time.sleep(2.0)
     finally:
@@ -279,7 +281,7 @@ def test_mariadb_restart_during_binlog_streaming(tmp_path: Path, redis_factory, 
         rig.make_table(triggers=False)
         binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
                            "earliest", "--log-format", "json", "--stats-interval", "0")
-        writer = rig.writer(rate_per_s=300).start()
+        writer = rig.writer(rate_per_s=300, flush=False).start()
         try:
             time.sleep(2.0)
             server.restart()
