@@ -44,6 +44,13 @@ class MySQLSettings:
         return f"{self.user}@{where}/{self.database or ''}"
 
     @property
+    def url_display(self) -> str:
+        """The connection as a mysql:// URL with the password masked."""
+        auth = self.user + (":***" if self.password else "")
+        where = f"{self.host}:{self.port}" if not self.unix_socket else f"localhost?unix_socket={self.unix_socket}"
+        return f"mysql://{auth}@{where}/{self.database or ''}"
+
+    @property
     def is_local(self) -> bool:
         return bool(self.unix_socket) or self.host in ("localhost", "127.0.0.1", "::1") or self.host.startswith("127.")
 
@@ -76,7 +83,7 @@ class MySQLSettings:
             text = exc.args[1] if len(exc.args) > 1 else str(exc)
             if self.password:
                 text = str(text).replace(self.password, "***")
-            raise SourceError(f"MySQL {self.display}: cannot connect ({code}: {text})") from None
+            raise SourceError(f"cannot connect to {self.url_display}: ({code}, {text!r})") from None
 
 
 def from_url(url: str, where: str = "--mysql-url") -> MySQLSettings:

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Mapping
+
+from .errors import ConfigError, SourceError
+from .mysql import MySQLSettings, mysql_settings
 
 EXIT_OK = 0
 EXIT_SQL_FAILED = 1
@@ -47,92 +48,18 @@ class InstallError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True)
-class Target:
-    host: str
-    port: int
-    user: str
-    password: str
-    database: str | None
-    unix_socket: str | None = None
-
-    def display(self) -> str:
-        """The connection as a URL, password masked."""
-        auth = self.user + (":***" if self.password else "")
-        where = f"{self.host}:{self.port}" if not self.unix_socket else f"localhost?unix_socket={self.unix_socket}"
-        return f"mysql://{auth}@{where}/{self.database or ''}"
-
-    @property
-    def is_local(self) -> bool:
-        if self.unix_socket or self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
-        except ValueError:
-            return False
-
-
-def _mask_url(url: str) -> str:
+def target_from_env(env: Mapping[str, str] | None = None) -> MySQLSettings:
     try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)
-        user = netloc[0].split(":", 1)[0]
-        return parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()
-    except ValueError:
-        return "<unparseable MYSQL_URL>"
+        return mysql_settings(None, env)
+    except ConfigError as exc:
+        raise InstallError(str(exc), EXIT_CONFIG) from None
 
 
-def target_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Target:
-    url = env.get("MYSQL_URL")
-    if url:
-        shown = _mask_url(url)
-        try:
-            parts = urlsplit(url)
-            port = parts.port or 3306
-        except ValueError as exc:
-            raise InstallError(f"MYSQL_URL: {shown!r} is not a valid URL ({exc})", EXIT_CONFIG) from None
-        if parts.scheme not in ("mysql", "mariadb") or not parts.hostname:
-            raise InstallError(
-                f"MYSQL_URL: {shown!r}; expected mysql://user:password@host:port/database", EXIT_CONFIG
-            )
-        query = parse_qs(parts.query)
-        return Target(
-            host=parts.hostname,
-            port=port,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            database=unquote(parts.path.lstrip("/")) or None,
-            unix_socket=(query.get("unix_socket") or [None])[0],
-        )
-    port_text = env.get("MYSQL_PORT", "3306")
+def connect(target: MySQLSettings):  # type: ignore[no-untyped-def]
     try:
-        port = int(port_text)
-        if not 0 < port < 65536:
-            raise ValueError
-    except ValueError:
-        raise InstallError(f"MYSQL_PORT: {port_text!r}; expected a port number 1..65535", EXIT_CONFIG) from None
-    return Target(
-        host=env.get("MYSQL_HOST", "127.0.0.1"),
-        port=port,
-        user=env.get("MYSQL_USER", "root"),
-        password=env.get("MYSQL_PASSWORD", ""),
-        database=env.get("MYSQL_DATABASE") or None,
-    )
-
-
-def connect(target: Target):  # type: ignore[no-untyped-def]
-    import pymysql
-
-    kw = dict(user=target.user, password=target.password, database=target.database, connect_timeout=5,
-              autocommit=True, charset="utf8mb4")
-    try:
-        if target.unix_socket:
-            return pymysql.connect(unix_socket=target.unix_socket, **kw)
-        return pymysql.connect(host=target.host, port=target.port, **kw)
-    except pymysql.MySQLError as exc:
-        raise InstallError(f"cannot connect to {target.display()}: {exc}", EXIT_CONFIG) from None
+        return target.connect(autocommit=True)
+    except SourceError as exc:
+        raise InstallError(str(exc), EXIT_CONFIG) from None
 
 
 def read_statements(path: Path) -> list[str]:
@@ -176,7 +103,7 @@ def copy_atomic(library: Path, plugin_dir: Path) -> Path:
     return dest
 
 
-def _manual_steps(reason: str, library: Path, plugin_dir: str, target: Target) -> InstallError:
+def _manual_steps(reason: str, library: Path, plugin_dir: str, target: MySQLSettings) -> InstallError:
     sql = ";\n".join(read_statements(INSTALL_SQL)) + ";"
     message = (
         f"{reason}\n"
@@ -190,7 +117,7 @@ def _manual_steps(reason: str, library: Path, plugin_dir: str, target: Target) -
     return InstallError(message, EXIT_MANUAL)
 
 
-def install(target: Target, library: Path) -> str:
+def install(target: MySQLSettings, library: Path) -> str:
     if not library.is_file():
         raise InstallError(f"--library: no such file {str(library)!r} (run `make build-udf`)", EXIT_CONFIG)
     conn = connect(target)
@@ -201,12 +128,12 @@ def install(target: Target, library: Path) -> str:
         plugin_dir = str(plugin_dir).rstrip("/")
         if not target.is_local:
             raise _manual_steps(
-                f"{target.display()} is not on this host: its plugin dir {plugin_dir} cannot be written from here.",
+                f"{target.url_display} is not on this host: its plugin dir {plugin_dir} cannot be written from here.",
                 library, plugin_dir, target)
         pdir = Path(plugin_dir)
         if not pdir.is_dir() or not os.access(pdir, os.W_OK | os.X_OK):
             raise _manual_steps(
-                f"plugin dir {plugin_dir} of {target.display()} is not writable by this user "
+                f"plugin dir {plugin_dir} of {target.url_display} is not writable by this user "
                 f"(or not on this filesystem).", library, plugin_dir, target)
         dest = copy_atomic(library, pdir)
         run_sql(conn, read_statements(INSTALL_SQL))
@@ -215,12 +142,12 @@ def install(target: Target, library: Path) -> str:
             (check,) = cur.fetchone()
         if check not in (b'[1,"ok"]', '[1,"ok"]'):
             raise InstallError(f"installed, but gman_json_array(1, 'ok') returned {check!r}", EXIT_SQL_FAILED)
-        return f"installed gearsync UDFs from {dest} on {target.display()} (MariaDB/MySQL {version})"
+        return f"installed gearsync UDFs from {dest} on {target.url_display} (MariaDB/MySQL {version})"
     finally:
         conn.close()
 
 
-def uninstall(target: Target, remove_library: bool) -> str:
+def uninstall(target: MySQLSettings, remove_library: bool) -> str:
     conn = connect(target)
     try:
         run_sql(conn, read_statements(UNINSTALL_SQL))
@@ -235,7 +162,7 @@ def uninstall(target: Target, remove_library: bool) -> str:
                 note = f"; removed {path}"
             elif path.exists() or not target.is_local:
                 note = f"; remove {path} on the database host by hand"
-        return f"dropped gearsync UDFs on {target.display()}{note}"
+        return f"dropped gearsync UDFs on {target.url_display}{note}"
     finally:
         conn.close()
 

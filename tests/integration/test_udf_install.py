@@ -4,7 +4,6 @@ and the one-line errors (bad URL, refused connection, manual steps) with the pas
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -117,28 +116,6 @@ def test_missing_library_is_exit_2(bare_mariadb: MariaDBServer) -> None:
                            env={"MYSQL_URL": url(bare_mariadb)})
     assert result.returncode == 2 and "make build-udf" in result.stderr
     assert_one_clean_line(result)
-
-
-def non_loopback_address() -> str | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("10.255.255.255", 1))  # no packet is sent: only picks the outgoing address
-            address = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if address.startswith("127.") else address
-
-
-def test_remote_server_prints_the_manual_steps_exit_3(bare_mariadb: MariaDBServer) -> None:
-    address = non_loopback_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to reach the server 'remotely'")
-    result = run_installer("install", "--library", str(LIBRARY), env={"MYSQL_URL": url(bare_mariadb, address)})
-    assert result.returncode == 3, result.stderr
-    assert "is not on this host" in result.stderr
-    assert f"copy {LIBRARY}" in result.stderr and "CREATE OR REPLACE FUNCTION gman_do_background" in result.stderr
-    assert "Traceback" not in result.stderr and SECRET not in result.stderr
-    assert not (bare_mariadb.plugin_dir / LIBRARY.name).exists()
 
 
 def test_plugin_dir_not_here_prints_the_manual_steps_exit_3(bare_mariadb: MariaDBServer) -> None:
