@@ -84,8 +84,9 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--format", choices=("json", "hash"), default="json", help="Redis value format for --sink redis (default json)")
     p.add_argument("--ttl", type=int, metavar="S", help="expire row keys after S seconds (--sink redis)")
     p.add_argument("--batch", type=int, default=2000, metavar="N", help="most events per Redis call / gearman batch (default 2000)")
-    p.add_argument("--flush-ms", type=float, default=5.0, metavar="MS",
-                   help="longest a decoded change waits to join a batch (default 5)")
+    p.add_argument("--flush-ms", type=float, default=20.0, metavar="MS",
+                   help="under load, longest a decoded change waits to join a batch (default 20; an idle "
+                        "stream applies within ~10 ms)")
     p.add_argument("--stats-interval", type=float, default=10.0, metavar="S", help="seconds between stats lines (0 = off)")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -93,7 +93,7 @@ def raw_decode(db: Any, start: str, end: str) -> tuple[float, int, float]:
 
 
 def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str, end: str, name: str,
-                profile: bool = False) -> tuple[float, float]:
+                profile: bool = False, flush_ms: float = 20.0) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process: reader thread + event loop + this poller)"""
     from dataclasses import replace
 
@@ -106,7 +106,7 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
     settings = BinlogSettings(
         mysql=from_url(db.url + "bench"), database="bench", tables=("data",),
         redis=RedisSettings(url=f"redis://127.0.0.1:{redis_server.port}/0"), sink=sink, start=start,
-        servers=((gearmand.host, gearmand.port),), stats_interval_s=0, name=name,
+        servers=((gearmand.host, gearmand.port),), stats_interval_s=0, name=name, flush_ms=flush_ms,
     )
     service = BinlogService(settings)
     key = service.positions.key
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--updates", type=int, default=100_000, help="single-row UPDATEs in the binlog (default 100000)")
     p.add_argument("--runs", type=int, default=3, help="runs of each reader; medians reported (default 3)")
     p.add_argument("--profile", action="store_true", help="profile one extra --sink redis run")
+    p.add_argument("--flush-ms", type=float, default=20.0, help="sync-binlog --flush-ms (default 20)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
     setup_logging("warning", "console")
@@ -205,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
                 times["raw"].append(secs)
                 cpus["raw"].append(cpu)
                 for sink in ("redis", "gearman"):
-                    secs, cpu = run_service(db, redis_server, gearmand, sink, start, end, f"bench-{sink}-{run}")
+                    secs, cpu = run_service(db, redis_server, gearmand, sink, start, end, f"bench-{sink}-{run}",
+                                            flush_ms=args.flush_ms)
                     times[sink].append(secs)
                     cpus[sink].append(cpu)
                 print(f"  run {run + 1}: " + ", ".join(f"{k} {args.updates / v[-1]:,.0f} rows/s" for k, v in times.items()),
                       file=sys.stderr)
             if args.profile:
-                run_service(db, redis_server, gearmand, "redis", start, end, "bench-profile", profile=True)
+                run_service(db, redis_server, gearmand, "redis", start, end, "bench-profile", profile=True,
+                            flush_ms=args.flush_ms)
         finally:
             gearmand.stop()
             redis_server.stop()

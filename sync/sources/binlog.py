@@ -373,7 +373,7 @@ class ServerInfo:
 class _TableState:
     schema: TableSchema
     wanted: frozenset[str] | None
-    plans: dict[tuple[Any, ...], _Plan] = field(default_factory=dict)
+    plans: dict[int, _Plan] = field(default_factory=dict)   # table id → plan
 
 
 _DDL = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(ALTER|RENAME|DROP|TRUNCATE|CREATE)\b", re.IGNORECASE | re.DOTALL)
@@ -573,6 +573,8 @@ class BinlogSource:
             self._query(ev)
         elif name == "RotateEvent":
             self._file = ev.next_binlog
+            for st in self.tables.values():
+                st.plans.clear()
             if self.committed.gtid is None and not self._in_trx and self.flavor == "mysql":
                 self.committed = Position(self.flavor, None, ev.next_binlog, ev.position)
         elif name == "HeartbeatLogEvent":
@@ -627,10 +629,12 @@ class BinlogSource:
         log.info("binlog_schema_reloaded", table=table, why=why, key=list(schema.key))
 
     def _plan(self, st: _TableState, ev: Any) -> _Plan:
-        cols = ev.columns
-        sig = tuple((c.name, c.type) for c in cols)
-        plan = st.plans.get(sig)
+        # Cached per table id: the server gives a table a new id when its definition changes, a
+        # DDL statement clears the cache anyway, and so does a binlog rotation (a server restart
+        # rotates, and may reuse ids).
+        plan = st.plans.get(ev.table_id)
         if plan is None:
+            cols = ev.columns
             names = {c.name for c in cols}
             if any(k not in names for k in st.schema.key):
                 self._reload_key(ev.table, st, why="key column missing from the row")
@@ -645,7 +649,7 @@ class BinlogSource:
                     f"table {self.database}.{ev.table}: the binlog has no column names; set "
                     "binlog_row_metadata=FULL on the server (SET GLOBAL binlog_row_metadata=FULL)"
                 )
-            plan = st.plans[sig] = _Plan(cols, st.wanted, st.schema.key, self.flavor)
+            plan = st.plans[ev.table_id] = _Plan(cols, st.wanted, st.schema.key, self.flavor)
         return plan
 
     def _next_version(self) -> int:

@@ -166,6 +166,7 @@ class XidEvent:
 class _Rows:
     def __init__(self, rows: list[dict], cols: list[BCol] | None = None, table: str = "data") -> None:
         self.rows, self.table, self.schema, self.packet = rows, table, "app", P(50)
+        self.table_id = 7
         self.columns = cols or COLS
 
 
