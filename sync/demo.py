@@ -502,16 +502,16 @@ CREATE_TABLE = f"""CREATE TABLE {TABLE} (
 ) ENGINE=InnoDB"""
 
 
+def fill_statements(rows: int) -> list[str]:
+    """The heartbeat row and rows 1..rows (MariaDB's SEQUENCE engine: seq_1_to_<n>)."""
+    return [f"INSERT INTO {TABLE} VALUES ({HEARTBEAT_ID}, 0, 'heartbeat', NOW(6))",
+            *([f"INSERT INTO {TABLE} SELECT seq, seq % 1000, CONCAT('row-', seq), NOW(6) FROM seq_1_to_{rows}"]
+              if rows > 0 else [])]
+
+
 def create_table(stack: Stack, rows: int) -> None:
     step(f"creating {DATABASE}.{TABLE} with {rows:,} rows (id {HEARTBEAT_ID} is the heartbeat row)")
-    stack.mariadb.execute(
-        f"CREATE DATABASE {DATABASE}",
-        f"USE {DATABASE}",
-        CREATE_TABLE,
-        f"INSERT INTO {TABLE} VALUES ({HEARTBEAT_ID}, 0, 'heartbeat', NOW(6))",
-        *([f"INSERT INTO {TABLE} SELECT seq, seq % 1000, CONCAT('row-', seq), NOW(6) FROM seq_1_to_{rows}"]
-          if rows > 0 else []),
-    )
+    stack.mariadb.execute(f"CREATE DATABASE {DATABASE}", f"USE {DATABASE}", CREATE_TABLE, *fill_statements(rows))
 
 
 class Load(threading.Thread):
@@ -519,17 +519,17 @@ class Load(threading.Thread):
 
     tick_s = 0.05
 
-    def __init__(self, stack: Stack, *, rate: float, seconds: float, first_id: int, rows: int,
+    def __init__(self, connect: Callable[[], Any], *, rate: float, seconds: float, live_ids: list[int],
                  classic: bool, seed: int | None) -> None:
         super().__init__(name="demo-load", daemon=True)
-        self.stack = stack
+        self.connect = connect
         self.rate = rate
         self.seconds = seconds
         self.classic = classic
         self.random = random.Random(seed)
-        self.live: list[int] = list(range(1, rows + 1))
+        self.live: list[int] = [pk for pk in live_ids if pk != HEARTBEAT_ID]
         self.index = {pk: i for i, pk in enumerate(self.live)}
-        self.next_id = first_id
+        self.next_id = max(self.live, default=HEARTBEAT_ID) + 1
         self.counts = {"insert": 0, "update": 0, "delete": 0}
         self.written = 0
         # (n, t): heartbeat n (changes committed before it) committed at monotonic time t
@@ -583,7 +583,7 @@ class Load(threading.Thread):
         self.beats.append((self.written, time.monotonic()))
 
     def run(self) -> None:
-        conn = self.stack.mariadb.connect(DATABASE)
+        conn = self.connect()
         try:
             with conn.cursor() as cur:
                 self.started_at = start = time.monotonic()
@@ -800,7 +800,45 @@ def plain_line(view: View, load: Load) -> str:
 # the run
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def run_load_only(args: argparse.Namespace) -> int:
+    """--load-only: the write load alone against an existing demo table (the compose stack's load job)."""
+    from sync.errors import ConfigError, SyncError
+    from sync.mysql import mysql_settings
+
+    try:
+        settings = mysql_settings(args.mysql_url)
+        database = settings.database or DATABASE
+        conn = settings.connect(database=database)
+    except ConfigError as exc:
+        raise DemoError(str(exc), EXIT_USAGE) from None
+    except SyncError as exc:
+        raise DemoError(str(exc), EXIT_FAILED) from None
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {TABLE}")
+            if cur.fetchone()[0] == 0:
+                say(f"{database}.{TABLE} is empty: inserting the heartbeat row and {args.rows:,} rows")
+                for stmt in fill_statements(args.rows):
+                    cur.execute(stmt)
+            cur.execute(f"SELECT id FROM {TABLE}")
+            ids = [int(r[0]) for r in cur.fetchall()]
+    finally:
+        conn.close()
+    load = Load(lambda: settings.connect(database=database), rate=args.rate, seconds=args.seconds, live_ids=ids,
+                classic=args.classic, seed=args.seed)
+    say(f"write load on {settings.display}: {args.rate:g} changes/s for {args.seconds:g} s")
+    load.start()
+    while load.is_alive():
+        load.join(timeout=1.0)
+        say(f"written={load.written} insert={load.counts['insert']} update={load.counts['update']} "
+            f"delete={load.counts['delete']} rows={load.rows}")
+    if load.error is not None:
+        say(f"demo: error: the write load failed: {load.error!r}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sync.demo",
         description="""\
@@ -843,6 +881,15 @@ running, 2 bad option or missing prerequisites, 3 a server or step failed, 130 i
     p.add_argument("--no-install", action="store_true",
                    help="do not install packages or create the venv; fail if something is missing")
     p.add_argument("--stop", action="store_true", help="stop a demo left running in --state-dir, then exit")
+    p.add_argument("--load-only", action="store_true",
+                   help="only run the write load against an existing demo table (--mysql-url / MYSQL_URL, "
+                        "MYSQL_PASSWORD; an empty table gets --rows rows first): the docker compose load job")
+    p.add_argument("--mysql-url", metavar="URL", help="--load-only: mysql://user@host:port/db (env MYSQL_URL)")
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     small = args.ci
     args.workers = args.workers if args.workers is not None else (1 if args.classic else 2)
@@ -857,6 +904,8 @@ running, 2 bad option or missing prerequisites, 3 a server or step failed, 130 i
         port = getattr(args, name)
         if port and not 1024 <= port <= 65535:
             p.error(f"--{name.replace('_', '-')}: {port}; expected 1024 to 65535 (or 0 for a free port)")
+    if args.mysql_url and not args.load_only:
+        p.error("--mysql-url: only with --load-only (the demo starts its own MariaDB)")
     args.state_dir = args.state_dir.resolve()
     return args
 
@@ -1016,8 +1065,8 @@ def wait_ready(stack: Stack, args: argparse.Namespace, paths: dict[str, str]) ->
 
 def run_load(stack: Stack, args: argparse.Namespace, paths: dict[str, str]) -> tuple[Load, Monitor, float]:
     """The write load under the live display; returns when it is done and Redis has caught up."""
-    load = Load(stack, rate=args.rate, seconds=args.seconds, first_id=args.rows + 1, rows=args.rows,
-                classic=args.classic, seed=args.seed)
+    load = Load(lambda: stack.mariadb.connect(DATABASE), rate=args.rate, seconds=args.seconds,
+                live_ids=list(range(1, args.rows + 1)), classic=args.classic, seed=args.seed)
     monitor = Monitor(stack, load, paths, function=CLASSIC_FUNCTION if args.classic else f"gearsync.{TABLE}")
     monitor.start()
     step(f"write load: {args.rate:g} changes/s for {args.seconds:g} s"
@@ -1255,7 +1304,7 @@ def run_demo(args: argparse.Namespace) -> int:
         say(f"\nstill running (stop with make demo-stop):\n"
             f"  mysql  mariadb -h127.0.0.1 -P{stack.mariadb.port} -uroot {DATABASE}\n"
             f"  redis  redis-cli -p {stack.redis.port}\n"
-            f"  status {_shown([str(stack.bin_dir / 'sync-status')])} --servers {stack.gearman_servers} "
+            f"  status {_rel(stack.bin_dir / 'sync-status')} --servers {stack.gearman_servers} "
             f"--redis-url {stack.redis_url} --mysql-url {stack.mysql_url} --table {TABLE}")
     say(f"demo: {'OK' if code == EXIT_OK else 'FAILED'} (exit {code}); logs and summary.json in {_rel(state_dir)}")
     return code
@@ -1268,6 +1317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault(T0_ENV, repr(time.time()))
     _T0 = time.monotonic() - (time.time() - float(os.environ[T0_ENV]))
     try:
+        if args.load_only:
+            return run_load_only(args)
         if args.stop:
             stopped = stop_left_running(args.state_dir) if args.state_dir.is_dir() else []
             say(f"stopped: {', '.join(stopped)}" if stopped else f"no demo running in {_rel(args.state_dir)}")
