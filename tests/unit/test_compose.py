@@ -230,3 +230,21 @@ def test_docker_compose_config() -> None:
     result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_systemd_units_run_real_options() -> None:
+    """deploy/systemd: each ExecStart parses with its command's parser (%i = a table or database)."""
+    units = sorted((REPO / "deploy" / "systemd").glob("*.service"))
+    assert {u.name for u in units} >= {"gearsync-worker@.service", "gearsync-relay@.service"}
+    for unit in units:
+        exec_start = re.search(r"^ExecStart=(.*)$", unit.read_text(), re.M)
+        assert exec_start, unit
+        argv = [a.replace("%i", "data") for a in shlex.split(exec_start[1]) if not a.startswith("$")]
+        program = Path(argv[0]).name
+        assert program in SCRIPTS, f"{unit.name}: {program} is not a gearsync command"
+        _parse(program, argv[1:])
+    env_vars = re.findall(r"^#?\s*([A-Z][A-Z_]+)=", (REPO / "deploy/systemd/gearsync.env").read_text(), re.M)
+    helps = "\n".join(_parser(p).format_help() for p in SCRIPTS if p != "sync-bench")
+    for var in env_vars:
+        if var != "GEARSYNC_WORKER_ARGS":   # expanded by the worker unit itself
+            assert _documented(var, helps), f"gearsync.env: {var} is used by no command"
