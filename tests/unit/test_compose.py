@@ -211,7 +211,8 @@ def test_make_targets_mentioned_exist() -> None:
     assert {"demo", "demo-classic", "demo-stop", "clean", "venv", "test", "install-udf", "docs"} <= targets
     sources = [REPO / "README.md", COMPOSE, REPO / "sync" / "demo.py", *sorted((REPO / "deploy").rglob("*.service"))]
     for path in sources:
-        for target in re.findall(r"\bmake ([a-z][a-z0-9-]*)", path.read_text()):
+        # `make x` in backticks, or a command line starting with make (not "gcc make" in a package list)
+        for target in re.findall(r"(?:`|^[ \t]*|\$ )make ([a-z][a-z0-9-]*)", path.read_text(), re.M):
             assert target in targets, f"{path.relative_to(REPO)} mentions `make {target}`, which the Makefile lacks"
 
 
