@@ -25,7 +25,7 @@ def _notes(case: dict) -> str:
         "worst_statement_s_while_down": "worst statement {} s", "queued_while_redis_down": "{} jobs held",
         "missing_before_repair": "{} keys gone with Redis, repaired", "kills": "{} kills",
         "queued_after_kills": "{} jobs requeued", "backlog": "backlog {}", "relay_kills": "{} relay kills",
-        "spool_after_restarts": "spool after restarts {}", "writer_reconnects": "{} reconnects",
+        "spooled_after_restarts": "spooled after each restart {}", "writer_reconnects": "{} reconnects",
         "duplicates_fenced": "{} duplicates fenced", "classes": "{} payload classes",
         "dead_letters": "{} dead letters", "execs_per_s": "{} execs/s", "coverage_edges": "{} edges",
         "seconds": "{} s",

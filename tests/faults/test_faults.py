@@ -319,26 +319,30 @@ def test_mariadb_restart_during_trigger_capture(own_mariadb: MariaDBServer, gear
     rig.start_workers(2)
     writer = rig.writer(rate_per_s=300).start()
     conf = own_mariadb.plugin_dir / "gearsync_udf.conf"
-    spool_after: list[int] = []
+    spool_after: list[int] = []      # rows the spool gained over each restart + 3 s of writes
     try:
         time.sleep(2.0)
+        before = rig.spool()   # a first row that times out on a new connection spools (by design)
         own_mariadb.env["GEARSYNC_GEARMAN_SERVERS"] = g.address
         own_mariadb.restart()
         time.sleep(3.0)
-        spool_after.append(rig.spool())
+        spool_after.append(rig.spool() - before)
+        before = rig.spool()
         del own_mariadb.env["GEARSYNC_GEARMAN_SERVERS"]
         conf.write_text(f"servers = {g.address}\ntimeout_ms = 100\n")
         own_mariadb.restart()
         time.sleep(3.0)
-        spool_after.append(rig.spool())
+        spool_after.append(rig.spool() - before)
     finally:
         writer.stop()
     rig.start_relay()                     # whatever a restart caught mid-send
     report = rig.settle_and_verify()
     stop_all(rig)
     finish("MariaDB restart during trigger capture (UDF servers from env, then conf)", rig, writer, report,
-           spool_after_restarts=spool_after, writer_reconnects=writer.reconnects)
-    assert spool_after == [0, 0], spool_after
+           spooled_after_restarts=spool_after, writer_reconnects=writer.reconnects)
+    # ~900 writes after each restart: had the UDF forgotten the servers (default 127.0.0.1:4730,
+    # nothing there), all of them would be in the spool
+    assert all(n < 50 for n in spool_after), spool_after
 
 
 # -- sync-relay ----------------------------------------------------------------------------------
