@@ -92,8 +92,8 @@ def test_keep_running_then_stop(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
         summary = json.loads((state / "summary.json").read_text())
         pids = {p.stem for p in (state / "pids").glob("*.pid")}
-        assert {"mariadb", "redis", "gearmand", "worker-1", "worker-2", "relay", "binlog"} <= pids
-        assert "demo" not in pids
+        assert {"mariadb", "redis", "gearmand", "worker-1", "worker-2", "relay", "binlog"} <= pids, pids
+        assert "demo" not in pids, pids
         ports = summary["ports"]
         conn = pymysql.connect(host="127.0.0.1", port=ports["mysql"], user="root", database="demo")
         r = redis.Redis(host="127.0.0.1", port=ports["redis"])
@@ -103,21 +103,23 @@ def test_keep_running_then_stop(tmp_path: Path) -> None:
                 cur.execute(READ_SESSION_SQL)
                 cur.execute(select_sql(schema))
                 rows = cur.fetchall()
-            assert len(rows) > 300
+            assert len(rows) > 100
             for template in ("{table}:{pk}", "binlog:{table}:{pk}"):
                 expected = dict(expected_entry(schema, TableSpec("data", key_template=template), row) for row in rows)
                 keys = list(expected)
-                assert r.mget(keys) == [expected[k] for k in keys], template
+                wrong = [(k, got, expected[k]) for k, got in zip(keys, r.mget(keys)) if got != expected[k]]
+                assert not wrong, f"{template}: {len(wrong)} keys differ, e.g. {wrong[:3]}"
                 prefix = template.split("{table}")[0] + "data:"
                 found = {k.decode() for k in r.scan_iter(match=prefix + "*", count=1000)}
-                assert found == set(expected), template  # no extra keys (deleted rows are gone)
+                # no extra keys (deleted rows are gone)
+                assert found == set(expected), (template, sorted(found - set(expected))[:5],
+                                                sorted(set(expected) - found)[:5])
         finally:
             conn.close()
             r.close()
     finally:
         stop = _run(["--stop", "--state-dir", str(state)], timeout_s=120)
-    assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert "stopped:" in stop.stdout
+    assert stop.returncode == 0 and "stopped:" in stop.stdout, stop.stdout + stop.stderr
     assert list((state / "pids").glob("*.pid")) == []
     assert _processes_in(state) == []
     # a second --stop finds nothing
