@@ -49,8 +49,53 @@ tombstone carries a larger version. The locks are held for one chunk's read only
 This needs the UUID_SHORT() versions of sync.triggers (AFTER triggers: the version is taken
 under the row lock) and one MySQL server (UUID_SHORT is per server).
 
-Binlog versions (`versions="binlog"`) must compare with sync-binlog's: not available until the
-binlog source defines its version function (see `_binlog_versions`).
+Binlog versions (`versions="binlog"`): a snapshot to be followed by sync-binlog
+----------------------------------------------------------------------------------
+sync-binlog versions a change by its commit position, `gtid_version(seq, i) = seq << 20 | i`
+(sync.sources.binlog; seq = the transaction's GTID sequence number, i = row index in it), ~2**40;
+UUID_SHORT() versions are ~2**56, so the two kinds must never share keys, and a snapshot that
+sync-binlog will continue uses binlog-comparable versions instead of UUID_SHORT():
+
+    START TRANSACTION WITH CONSISTENT SNAPSHOT
+    SHOW STATUS LIKE 'binlog_snapshot_file' / 'binlog_snapshot_position'   -- MariaDB: the binlog
+    SELECT BINLOG_GTID_POS(file, pos)                                        -- point of that view → P
+
+All chunks are then read, with the same keyset pagination, as plain consistent reads INSIDE that
+one transaction (no row locks), and every row gets the version V = gtid_version(P.seq, ROW_MASK)
+(P.seq = P's sequence number in the server's gtid_domain_id). MariaDB guarantees that the view
+holds exactly the transactions written to the binlog before binlog_snapshot_position, i.e. the
+transactions with seq <= P.seq. So for any change c of a row, with version v(c):
+
+- c at or before P (c.seq <= P.seq): v(c) = c.seq << 20 | i <= P.seq << 20 | ROW_MASK = V, and
+  the row we read already includes c. If c reaches Redis first, our row (V >= v(c)) replaces it
+  with a value that contains it; if it comes after (a replay from an older position), it is
+  STALE (equal or older). Either way the key ends with a state that includes c.
+- c after P (c.seq >= P.seq + 1): v(c) >= (P.seq + 1) << 20 > V. It wins over our row whichever
+  reaches Redis first; sync-binlog started at P applies exactly these changes.
+
+So the user starts `sync-binlog --start P` (any position at or before P is also correct, only
+slower). When the snapshot finishes, P is also stored as sync-binlog's saved position under the
+stream name sync-binlog uses by default for this one table (`binlog_service.stream_name`, or
+`--binlog-name`), unless a position already saved there is at or after P (a sync-binlog that
+already applied beyond P: keeping its position is correct by the same argument). The command
+prints P either way.
+
+Costs and limits of this mode: the transaction stays open for the whole snapshot (MVCC keeps the
+undo history of every change made meanwhile: purge is held back, and a very long snapshot of a
+busy table grows the undo log — acceptable for a bootstrap, but run it when the undo space allows).
+It needs MariaDB (binlog_snapshot_file/position; MySQL has no equivalent status) with log_bin on;
+versions are only comparable within one GTID domain (as for sync-binlog itself). A row deleted
+before P whose key is already in Redis is not removed (as in trigger mode: sync-verify --repair).
+
+Resuming in binlog mode: the old consistent view is gone with its connection, so a resumed run
+opens a new one at P2 (>= P1, the first run's point) and versions the rows it reads with
+gtid_version(P2.seq, ROW_MASK), while the position to start sync-binlog from stays P1 (saved in
+the progress record). Each key then holds the state at P1 (rows of the first run) or P2 (rows
+read after resuming) with the matching version; sync-binlog from P1 replays every change after
+P1: the ones <= the row's own snapshot point are STALE (already included), the later ones win.
+So every row converges to MySQL's state, whatever the number of interruptions. If the saved P1 is
+missing, unreadable, from another domain, or ahead of the server (a different server), the
+snapshot starts over from the first row and says so.
 """
 
 from __future__ import annotations
@@ -80,6 +125,7 @@ __all__ = [
     "ProgressStore",
     "Snapshot",
     "SnapshotResult",
+    "BinlogPoint",
     "row_events",
     "format_pk",
     "estimate_rows",
@@ -101,9 +147,14 @@ def _table_ref(schema: TableSchema) -> str:
     return f"{quote_ident(schema.database)}.{quote_ident(schema.name)}"
 
 
-def _select_list(schema: TableSchema, versioned: bool) -> str:
+def _select_list(schema: TableSchema, versioned: bool, version: int | None = None) -> str:
+    """Columns; with `versioned`, led by the version: UUID_SHORT() (trigger mode) or, in binlog
+    mode, the constant `version` of the consistent snapshot (an integer literal)."""
     cols = ", ".join(f"{read_sql(c)} AS {quote_ident(c.name)}" for c in schema.columns)
-    return f"UUID_SHORT() AS {quote_ident(VERSION_ALIAS)}, {cols}" if versioned else cols
+    if not versioned:
+        return cols
+    expr = "UUID_SHORT()" if version is None else str(int(version))
+    return f"{expr} AS {quote_ident(VERSION_ALIAS)}, {cols}"
 
 
 def after_key_sql(schema: TableSchema) -> str:
@@ -158,6 +209,45 @@ def estimate_rows(conn: Any, schema: TableSchema) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
+@dataclass(frozen=True)
+class BinlogPoint:
+    """The binlog point P of a consistent snapshot, and the version its rows get."""
+
+    gtid: str                       # BINLOG_GTID_POS: the GTID state at P ("0-1-100[,…]")
+    file: str
+    pos: int
+    domain: int                     # the server's gtid_domain_id: the domain versions come from
+    seq: int                        # P's sequence number in that domain (0: none yet)
+
+    @classmethod
+    def at(cls, gtid: str, file: str, pos: int, domain: int) -> "BinlogPoint":
+        from .position import parse_mariadb_gtids
+
+        state = parse_mariadb_gtids(gtid, "BINLOG_GTID_POS")
+        return cls(gtid, file, pos, domain, state.get(domain, (0, 0))[1])
+
+    @property
+    def version(self) -> int:
+        """gtid_version(P.seq, ROW_MASK): >= every change at or before P, < every later one."""
+        from .sources.binlog import ROW_MASK, gtid_version
+
+        return gtid_version(self.seq, ROW_MASK)
+
+    def position(self) -> Any:
+        from .position import Position
+
+        return Position("mariadb", self.gtid, self.file, self.pos)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"gtid": self.gtid, "file": self.file, "pos": self.pos, "domain": self.domain,
+                             "seq": self.seq})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "BinlogPoint":
+        d = orjson.loads(raw)
+        return cls(str(d["gtid"]), str(d["file"]), int(d["pos"]), int(d["domain"]), int(d["seq"]))
+
+
 class TableReader:
     """Keyset-paginated reads of one table on one pymysql connection (autocommit on)."""
 
@@ -175,11 +265,11 @@ class TableReader:
         self._order = ", ".join(quote_ident(k) for k in schema.key)
         self._after = after_key_sql(schema)
 
-    def _query(self, sql: str, params: Sequence[Any], versioned: bool) -> list[dict[str, Any]]:
+    def _query(self, sql: str, params: Sequence[Any], versioned: bool, *, locked: bool = True) -> list[dict[str, Any]]:
         names = ([VERSION_ALIAS] if versioned else []) + self.names
         try:
             with self.conn.cursor() as cur:
-                if versioned:
+                if versioned and locked:
                     # A short transaction: the shared locks live only while this chunk is read.
                     cur.execute("START TRANSACTION")
                     try:
@@ -214,6 +304,53 @@ class TableReader:
             params = after_key_params(after)
         sql += f" ORDER BY {self._order} LIMIT {int(limit)}"
         return self._query(sql, params, versioned)
+
+    # -- binlog mode: one consistent snapshot for the whole read (module docstring) ------------
+    def begin_consistent(self) -> "BinlogPoint":
+        """Open the consistent-snapshot transaction and return its binlog point P (MariaDB)."""
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                try:
+                    cur.execute("SHOW STATUS LIKE 'binlog_snapshot_file'")
+                    frow = cur.fetchone()
+                    cur.execute("SHOW STATUS LIKE 'binlog_snapshot_position'")
+                    prow = cur.fetchone()
+                    if frow is None or prow is None:
+                        raise ConfigError("--versions binlog: this server has no binlog_snapshot_file status "
+                                          "(MySQL); expected MariaDB, or --versions trigger")
+                    file, pos = str(frow[1] or ""), int(prow[1] or 0)
+                    if not file:
+                        raise ConfigError("--versions binlog: binary logging is off on this server (empty "
+                                          "binlog_snapshot_file); expected log_bin=ON and binlog_format=ROW")
+                    cur.execute("SELECT BINLOG_GTID_POS(%s, %s), @@global.gtid_domain_id", (file, pos))
+                    gtid, domain = cur.fetchone()
+                    if gtid is None:
+                        raise SourceError(f"BINLOG_GTID_POS({file}, {pos}) is NULL: the snapshot's binlog "
+                                          "point has no GTID position")
+                except BaseException:
+                    self._rollback()
+                    raise
+        except Exception as exc:
+            if _is_mysql_error(exc):
+                raise SourceError(f"MySQL consistent snapshot of {self.schema.database}.{self.schema.name} "
+                                  f"failed: {_short(exc)}") from exc
+            raise
+        return BinlogPoint.at(str(gtid), file, pos, int(domain))
+
+    def chunk_consistent(self, after: Sequence[JSONValue] | None, limit: int, version: int) -> list[dict[str, Any]]:
+        """chunk() inside the open consistent snapshot: no locks, every row versioned `version`."""
+        sql = f"SELECT {_select_list(self.schema, True, version)} FROM {self._ref}"
+        params: list[Any] = []
+        if after is not None:
+            sql += f" WHERE {self._after}"
+            params = after_key_params(after)
+        sql += f" ORDER BY {self._order} LIMIT {int(limit)}"
+        return self._query(sql, params, True, locked=False)
+
+    def end_consistent(self) -> None:
+        """Close the consistent-snapshot transaction (read-only: COMMIT and ROLLBACK are the same)."""
+        self._rollback()
 
     def rows_by_key(self, pks: Sequence[Sequence[JSONValue]], *, versioned: bool) -> list[dict[str, Any]]:
         """The rows with these keys (canonical values) that exist; versioned as in chunk()."""
@@ -379,6 +516,19 @@ class ProgressStore:
     async def clear(self) -> None:
         await _redis_call("DEL", self.redis.delete(self.key))
 
+    async def save_binlog_start(self, point: "BinlogPoint") -> None:
+        """Binlog mode: the first run's point P1, where sync-binlog must start (module docstring)."""
+        await _redis_call("HSET", self.redis.hset(self.key, "binlog_start", point.to_json()))
+
+    async def load_binlog_start(self) -> "BinlogPoint | None":
+        raw = await _redis_call("HGET", self.redis.hget(self.key, "binlog_start"))
+        if not raw:
+            return None
+        try:
+            return BinlogPoint.from_json(raw)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            return None
+
 
 async def _redis_call(what: str, awaitable: Any) -> Any:
     try:
@@ -401,6 +551,11 @@ class SnapshotResult:
     elapsed_s: float = 0.0
     chunks: int = 0
     notes: list[str] = field(default_factory=list)
+    # binlog mode: where sync-binlog must start (P1, the first run's point), the point this run
+    # read at (its rows' version), and what happened to sync-binlog's saved position
+    binlog_start: BinlogPoint | None = None
+    binlog_read_at: BinlogPoint | None = None
+    position_note: str | None = None
 
 
 ProgressFn = Callable[[int, list[JSONValue] | None], None]
@@ -418,11 +573,14 @@ class Snapshot:
         *,
         chunk: int = DEFAULT_CHUNK,
         versions: Versions = Versions.TRIGGER,
+        binlog_positions: Any = None,
     ) -> None:
+        """`binlog_positions`: binlog mode only, a sync.position.PositionStore (sync-binlog's saved
+        position of the stream) to set to P when the snapshot is done; None: only report P."""
         if not 1 <= chunk <= 1_000_000:
             raise ConfigError(f"--chunk: {chunk}; expected 1 to 1000000 rows")
-        if versions is not Versions.TRIGGER:
-            _binlog_versions()
+        self.binlog_positions = binlog_positions
+        self._point: BinlogPoint | None = None
         self.reader = reader
         self.schema = reader.schema
         self.applier = applier
@@ -473,10 +631,56 @@ class Snapshot:
         if len(saved.last) != len(self.schema.key):
             raise ConfigError(f"snapshot progress {self.progress.key!r} holds a key of {len(saved.last)} columns; "
                               f"expected {len(self.schema.key)}: run with --restart")
+        if self.versions is Versions.BINLOG and await self.progress.load_binlog_start() is None:
+            notes.append("the interrupted binlog-mode snapshot has no readable start point; starting over")
+            return None, 0, now_ms, notes
         return list(saved.last), saved.rows, saved.started_ms or now_ms, notes
 
+    async def _binlog_begin(self, after: list[JSONValue] | None, done: int,
+                            notes: list[str]) -> tuple[BinlogPoint, BinlogPoint, list[JSONValue] | None, int]:
+        """Open the consistent snapshot: (P1 = where sync-binlog must start, P = this run's read
+        point, after, done) — resuming keeps P1 only while that stays correct (module docstring)."""
+        point = await asyncio.to_thread(self.reader.begin_consistent)
+        start = point
+        if after is not None:
+            saved = await self.progress.load_binlog_start()
+            if saved is None or saved.domain != point.domain or saved.seq > point.seq:
+                why = ("has no start point" if saved is None else
+                       f"started in GTID domain {saved.domain}, the server writes domain {point.domain}"
+                       if saved.domain != point.domain else
+                       f"started at {saved.gtid}, ahead of this server's {point.gtid} (another server?)")
+                notes.append(f"the interrupted binlog-mode snapshot {why}; starting over from the first row")
+                after, done = None, 0
+            else:
+                start = saved
+        await self.progress.save_binlog_start(start)
+        self._point = point
+        log.info("snapshot_binlog_point", start=start.gtid, read_at=point.gtid, version=point.version,
+                 file=point.file, pos=point.pos)
+        return start, point, after, done
+
+    async def _binlog_store_position(self, start: BinlogPoint) -> str:
+        """Done: make sync-binlog's saved position P1 unless it is already at or after P1."""
+        from .position import parse_mariadb_gtids
+
+        store = self.binlog_positions
+        if store is None:
+            return f"start sync-binlog with --start {start.gtid}"
+        saved = await store.load()
+        if saved is not None and saved.flavor == "mariadb" and saved.gtid:
+            state = parse_mariadb_gtids(saved.gtid, "saved position")
+            mine = parse_mariadb_gtids(start.gtid, "snapshot position")
+            if all(state.get(d, (0, -1))[1] >= n for d, (_, n) in mine.items()):
+                return (f"sync-binlog's saved position {saved.gtid} ({store.key}) is already at or after "
+                        f"{start.gtid}: kept")
+        await store.save(start.position())
+        return f"sync-binlog's position {store.key} set to {start.gtid}"
+
     def _read(self, after: list[JSONValue] | None) -> tuple[list[ChangeEvent], list[JSONValue] | None, int]:
-        rows = self.reader.chunk(after, self.chunk, versioned=True)
+        if self._point is not None:
+            rows = self.reader.chunk_consistent(after, self.chunk, self._point.version)
+        else:
+            rows = self.reader.chunk(after, self.chunk, versioned=True)
         if not rows:
             return [], None, 0
         events = row_events(self.schema, rows)
@@ -484,14 +688,19 @@ class Snapshot:
 
     async def run(self, *, restart: bool = False, on_progress: ProgressFn | None = None) -> SnapshotResult:
         after, done, started_ms, notes = await self.start_point(restart)
-        res = SnapshotResult(resumed_after=after, total_rows=done, notes=notes)
+        binlog_start: BinlogPoint | None = None
+        if self.versions is Versions.BINLOG:
+            binlog_start, _, after, done = await self._binlog_begin(after, done, notes)
+        res = SnapshotResult(resumed_after=after, total_rows=done, notes=notes, binlog_start=binlog_start,
+                             binlog_read_at=self._point)
         t0 = time.perf_counter()
         settings = self.settings
-        await self.progress.save(state="running", last=after, rows=done, settings=settings, started_ms=started_ms)
-        log.info("snapshot_started", table=self.schema.name, chunk=self.chunk,
-                 resume_after=format_pk(self.schema, after) if after else None)
-        pending = asyncio.ensure_future(asyncio.to_thread(self._read, after))
+        pending = None
         try:
+            await self.progress.save(state="running", last=after, rows=done, settings=settings, started_ms=started_ms)
+            log.info("snapshot_started", table=self.schema.name, chunk=self.chunk, versions=self.versions.value,
+                     resume_after=format_pk(self.schema, after) if after else None)
+            pending = asyncio.ensure_future(asyncio.to_thread(self._read, after))
             while True:
                 events, last, n = await pending
                 pending = None
@@ -520,24 +729,20 @@ class Snapshot:
             if not res.interrupted:
                 await self.progress.save(state="done", last=res.last or after, rows=res.total_rows,
                                          settings=settings, started_ms=started_ms)
+                if binlog_start is not None:
+                    res.position_note = await self._binlog_store_position(binlog_start)
         finally:
             if pending is not None:
                 # Let an in-flight read finish (its transaction commits; the connection stays usable).
                 await asyncio.gather(pending, return_exceptions=True)
+            if self._point is not None:
+                self._point = None
+                await asyncio.to_thread(self.reader.end_consistent)
         res.elapsed_s = time.perf_counter() - t0
         log.info("snapshot_stopped" if res.interrupted else "snapshot_done", table=self.schema.name,
                  rows=res.rows, applied=res.applied, stale=res.stale, total_rows=res.total_rows,
                  seconds=round(res.elapsed_s, 3))
         return res
-
-
-def _binlog_versions() -> None:
-    """Binlog-mode versions must be comparable with the versions sync-binlog gives its events;
-    until the binlog source exposes that function, refuse rather than guess."""
-    raise ConfigError(
-        "--versions binlog: the binlog source's version function is not available in this build; "
-        "expected --versions trigger (snapshot with the capture triggers live)"
-    )
 
 
 # -- shared by the sync-snapshot / sync-verify commands ------------------------------------------
@@ -551,6 +756,7 @@ class TableTarget:
     spec: TableSpec
     redis: Any
     tombstone_ttl_s: int
+    mysql: Any = None               # sync.mysql.MySQLSettings (binlog mode: sync-binlog's stream name)
 
     def applier(self) -> RedisApplier:
         # stats=False: snapshot/repair writes are not live changes; the per-table
@@ -603,7 +809,8 @@ def open_table(
     except BaseException:
         conn.close()
         raise
-    return TableTarget(conn, schema, spec, connect_redis(ws.redis, socket_timeout_s=30.0), ws.tombstone_ttl_s)
+    return TableTarget(conn, schema, spec, connect_redis(ws.redis, socket_timeout_s=30.0), ws.tombstone_ttl_s,
+                       mysql=my)
 
 
 class ProgressDisplay:

@@ -24,6 +24,14 @@ over.
 Safe while the capture triggers are live: each row is read under a shared row lock with a
 UUID_SHORT() version taken after the lock, so a change committed after the read carries a larger
 version and is never overwritten by the snapshot row, whichever reaches Redis first.
+
+--versions binlog (MariaDB), for a snapshot that sync-binlog continues: all rows are read in ONE
+consistent-snapshot transaction (START TRANSACTION WITH CONSISTENT SNAPSHOT; it stays open for the
+whole copy) at a binlog point P, and versioned so that binlog changes at or before P lose to the
+snapshot row and later ones win. P is printed, and when done stored as sync-binlog's saved
+position for this table (--binlog-name; unless the saved one is already at or after P): start
+sync-binlog afterwards (no --start needed with the default name, or --start P). A resumed run
+reads at a new point but keeps the first run's P as the start.
 """
 
 EPILOG = """\
@@ -36,6 +44,8 @@ examples:
   sync-snapshot --table data
   sync-snapshot --table shop.orders --format hash --key-template '{table}:{pk}' --chunk 2000
   sync-snapshot --table data --restart
+  sync-snapshot --table data --versions binlog --key-template 'bl:{table}:{pk}' && \
+    sync-binlog --table data --key-template 'bl:{table}:{pk}'
 
 exit codes: 0 done, 2 bad option or table, 3 MySQL or Redis unreachable,
 130 interrupted (the progress is saved: run again to resume).
@@ -57,6 +67,10 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--config", metavar="FILE", help="TOML config file shared with sync-worker")
     p.add_argument("--versions", choices=("trigger", "binlog"), default="trigger",
                    help="which change source's versions the snapshot must order against (default trigger)")
+    p.add_argument("--binlog-name", metavar="NAME",
+                   help="--versions binlog: sync-binlog stream (its --name) whose saved position is set to the "
+                        "snapshot's GTID point when done (default: the name sync-binlog uses for this one table; "
+                        "'-' = only print the point)")
     p.add_argument("--restart", action="store_true", help="ignore a saved resume point and start from the first row")
     p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto",
                    help="progress bar (auto: on a terminal) or a log line every 10 s")
@@ -88,8 +102,15 @@ async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
     try:
         schema = target.schema
         reader = TableReader(target.conn, schema)
+        positions = None
+        if args.versions == "binlog" and args.binlog_name != "-":
+            from sync.binlog_service import stream_name
+            from sync.position import PositionStore
+
+            positions = PositionStore(target.redis, args.binlog_name or stream_name(target.mysql, schema.database,
+                                                                                      [schema.name]))
         snap = Snapshot(reader, target.applier(), ProgressStore(target.redis, schema.name), target.spec,
-                        chunk=args.chunk, versions=Versions(args.versions))
+                        chunk=args.chunk, versions=Versions(args.versions), binlog_positions=positions)
         after, done, _, notes = await snap.start_point(args.restart)
         for note in notes:
             sys.stderr.write(f"{PROG}: {note}\n")
@@ -104,6 +125,12 @@ async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
         res = await snap.run(on_progress=lambda n, last: display.update(n, format_pk(schema, last)))
         display.close()
         display = None
+        for note in res.notes[len(notes):]:
+            sys.stderr.write(f"{PROG}: {note}\n")
+        if res.binlog_start is not None:
+            sys.stderr.write(f"{PROG}: binlog point of this snapshot: GTID {res.binlog_start.gtid}"
+                             + (f" (this run read at {res.binlog_read_at.gtid})"
+                                if res.binlog_read_at and res.binlog_read_at != res.binlog_start else "") + "\n")
         rate = res.rows / res.elapsed_s if res.elapsed_s > 0 else 0.0
         if res.interrupted:
             sys.stderr.write(
@@ -115,6 +142,9 @@ async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
             f"{PROG}: {schema.database}.{schema.name}: {res.rows} rows copied in {res.elapsed_s:.1f}s "
             f"({rate:,.0f} rows/s; {res.stale} already newer in Redis); {res.total_rows} rows in total\n"
         )
+        if res.binlog_start is not None:
+            sys.stderr.write(f"{PROG}: {res.position_note}; next: sync-binlog --table {schema.name} "
+                             f"--start {res.binlog_start.gtid} (same --key-template)\n")
         return int(ExitCode.OK)
     finally:
         if display is not None:
