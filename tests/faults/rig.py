@@ -43,7 +43,7 @@ BIN = REPO / ".venv" / "bin"
 TABLE = "data"
 FUNCTION = "gearsync.data"
 ROWS = 400                     # ids 1..ROWS; the writer's inserts and deletes stay in this range
-UDF_OPTIONS = "timeout_ms=100,do_timeout_ms=5000,retry_ms=1000,pipeline=1"
+UDF_OPTIONS = "timeout_ms=100,do_timeout_ms=5000,retry_ms=1000"  # pipeline=0: the default
 
 
 class Writer:
