@@ -26,16 +26,6 @@ FUZZ = Path(__file__).resolve().parents[2] / "udf" / "fuzz"
 TARGETS = ("json", "servers")
 SECONDS = int(os.environ.get("GEARSYNC_FUZZ_SECONDS", "20"))
 
-# Kept inputs of bugs reported but not fixed yet in udf/*.c: replayed with the strict check; while
-# the bug is open the replay is an expected failure, once fixed it must pass (then drop the entry
-# here and the tolerance in fuzz_servers.c).
-KNOWN_OPEN = {
-    "servers/open-bracket-host-without-colon":
-        "gman_conf.c parse_one_server accepts '[R%.]' (a bracketed host without ':'); "
-        "gs_format_servers writes it back unbracketed and it no longer parses",
-}
-
-
 def _clang() -> str | None:
     return shutil.which("clang")
 
@@ -60,8 +50,6 @@ def test_replay_kept_input(built: Path, name: str) -> None:
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1", "GEARSYNC_FUZZ_STRICT": "1"}
     r = subprocess.run([str(built / f"fuzz_{target}"), str(FUZZ / "regressions" / name)],
                        capture_output=True, text=True, timeout=60, env=env)
-    if name in KNOWN_OPEN and r.returncode != 0:
-        pytest.xfail(KNOWN_OPEN[name])
     assert r.returncode == 0, r.stderr[-4000:]
 
 

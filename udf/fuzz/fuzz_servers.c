@@ -27,24 +27,6 @@ static char *dup_exact(const uint8_t *p, size_t n)
     return out;
 }
 
-/* Known open bug (reported, udf/gman_conf.c parse_one_server): a bracketed host
- * without ':' is accepted ("[R%.]"), but gs_format_servers writes it without
- * brackets and the '%' is then refused.  The round trip skips such hosts
- * unless GEARSYNC_FUZZ_STRICT is set (the regression replay sets it, as an
- * expected failure, so the fix shows up). */
-static int known_bracket_bug(const struct gs_config *c)
-{
-    static int strict = -1;
-    if (strict < 0)
-        strict = getenv("GEARSYNC_FUZZ_STRICT") != NULL;
-    if (strict)
-        return 0;
-    for (unsigned i = 0; i < c->n; i++)
-        if (strchr(c->servers[i].host, '%') && !strchr(c->servers[i].host, ':'))
-            return 1;
-    return 0;
-}
-
 static void check_config(const struct gs_config *c)
 {
     if (c->n < 1 || c->n > GS_MAX_SERVERS)
@@ -70,8 +52,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     err[0] = 0;
     if (gs_parse_servers(s, slen, &c, err, sizeof err) == 0) {
         check_config(&c);
-        if (known_bracket_bug(&c))
-            goto options;
         char text[GS_MAX_SERVERS * (GS_MAX_HOST + 10) + 1];
         size_t tl = gs_format_servers(&c, text, sizeof text);
         struct gs_config again;
@@ -90,7 +70,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fprintf(stderr, "gs_parse_servers failed without a message\n");
         abort();
     }
-options:
     if (opt) {
         char *o = dup_exact(opt, olen);
         err[0] = 0;
