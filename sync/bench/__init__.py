@@ -13,4 +13,5 @@ BENCHMARKS = {
     "binlog": "sync.bench.binlog",
     "snapshot": "sync.bench.snapshot",
     "triggers": "sync.bench.triggers",
+    "compare": "sync.bench.compare",
 }
