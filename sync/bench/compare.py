@@ -30,9 +30,12 @@ Figures per path:
                       that diverges, → the moment the number of differing keys stopped changing)
     lag p50/p95/p99   commit → visible in Redis, MEASURED PER CHANGE on a sample: the writer
                       records the time right after COMMIT returned for each (row, value); a
-                      poller thread reads a fixed random sample of min(2000, rows) keys with one
-                      MGET per round, as fast as it can, and records when each value first
-                      appears. Resolution: one poll round (its mean period is printed). A value
+                      poller PROCESS (not a thread: no GIL shared with the writers) reads a fixed
+                      random sample of min(1000, rows) keys with one MGET per round, pausing
+                      --poll-pause-ms (1 ms) between rounds, and records when each value first
+                      appears (both sides use CLOCK_MONOTONIC). Resolution: one poll round (its
+                      mean period is printed). The poller runs during the "none" path too, so the
+                      writers' baseline pays the same CPU cost. A value
                       overwritten before the poller saw it is not measured (counted as missed).
                       A lag can be NEGATIVE in udf mode: the trigger queues the job before COMMIT,
                       so a value can be in Redis before the writer's COMMIT returned.
@@ -72,7 +75,7 @@ from sync.udf_install import INSTALL_SQL, LIBRARY_NAME, read_statements
 
 PATHS = ("none", "udf", "outbox", "binlog-redis", "binlog-gearman")
 PREFIX = {"udf": "udf", "outbox": "outbox", "binlog-redis": "blr", "binlog-gearman": "blg"}
-SAMPLE = 2000
+SAMPLE = 1000
 VALUE_STRIDE = 10_000_000       # values of path i: (i + 1) * VALUE_STRIDE + n
 
 
@@ -103,6 +106,7 @@ class PathResult:
             "lag_ms": {"p50": q(0.50), "p95": q(0.95), "p99": q(0.99), "measured": len(lag), "missed": self.missed},
             "poll_period_ms": round(self.poll_period_ms, 2),
             "phantom": self.phantom, "differ": self.differ, "converged": self.converged,
+            "lag_series": [[round(t, 4), round(x, 4)] for t, x in self.lags],   # (commit s since start, lag s)
         }
 
 
@@ -174,33 +178,55 @@ def start_path(path: str, db: MariaDBServer, g: GearmanServer, redis: RedisServe
 
 # -- measuring -----------------------------------------------------------------------------------
 
-class Poller(threading.Thread):
-    """MGETs the sample keys in a loop; records when each (id, volume) first appears."""
+def _poll_main(port: int, keys: list[str], ids: list[int], stop: Any, out: Any, pause_s: float) -> None:
+    import redis as redis_mod
 
-    def __init__(self, redis: RedisServer, template: str, ids: list[int]) -> None:
-        super().__init__(daemon=True)
-        self.client = redis.client()
+    client = redis_mod.Redis(host="127.0.0.1", port=port)
+    last: list[Any] = [None] * len(keys)
+    seen: dict[tuple[int, int], float] = {}
+    rounds = 0
+    t0 = time.monotonic()
+    while not stop.is_set():
+        vals = client.mget(keys)
+        now = time.monotonic()
+        for j, v in enumerate(vals):
+            if v is not None and v != last[j]:
+                last[j] = v
+                seen.setdefault((ids[j], orjson.loads(v).get("volume")), now)
+        rounds += 1
+        if pause_s:
+            time.sleep(pause_s)
+    out.put((list(seen.items()), rounds, time.monotonic() - t0))
+    client.close()
+
+
+class Poller:
+    """A separate process (no GIL shared with the writers) that MGETs the sample keys in a loop
+    and records when each (id, volume) first appears (CLOCK_MONOTONIC: time.monotonic() is the
+    same clock in every process on Linux, so it compares with the writers' commit times)."""
+
+    def __init__(self, redis: RedisServer, template: str, ids: list[int], pause_s: float) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork")
         self.ids = ids
-        self.keys = [template.replace("{table}", "data").replace("{pk}", str(i)) for i in ids]
+        keys = [template.replace("{table}", "data").replace("{pk}", str(i)) for i in ids]
+        self.stop_ev = ctx.Event()
+        self.queue = ctx.Queue()
+        self.proc = ctx.Process(target=_poll_main, args=(redis.port, keys, ids, self.stop_ev, self.queue, pause_s),
+                                daemon=True)
         self.seen: dict[tuple[int, int], float] = {}
-        self.stop_ev = threading.Event()
         self.rounds = 0
         self.elapsed = 0.0
 
-    def run(self) -> None:
-        last: list[Any] = [None] * len(self.keys)
-        t0 = time.perf_counter()
-        while not self.stop_ev.is_set():
-            vals = self.client.mget(self.keys)
-            now = time.perf_counter()
-            for j, v in enumerate(vals):
-                if v is not None and v != last[j]:
-                    last[j] = v
-                    vol = orjson.loads(v).get("volume")
-                    self.seen.setdefault((self.ids[j], vol), now)
-            self.rounds += 1
-        self.elapsed = time.perf_counter() - t0
-        self.client.close()
+    def start(self) -> None:
+        self.proc.start()
+
+    def finish(self) -> None:
+        self.stop_ev.set()
+        items, self.rounds, self.elapsed = self.queue.get(timeout=60)
+        self.seen = dict(items)
+        self.proc.join(10)
 
 
 def writers(db: MariaDBServer, n_writers: int, updates: int, rows: int, rollback: float, base: int,
@@ -235,7 +261,7 @@ def writers(db: MariaDBServer, n_writers: int, updates: int, rows: int, rollback
                         mine_rb.add((i, v))
                     else:
                         cur.execute("COMMIT")
-                        mine[(i, v)] = time.perf_counter()
+                        mine[(i, v)] = time.monotonic()
                     done[0] += 1
         except BaseException as exc:  # reported by the caller
             errors.append(exc)
@@ -249,11 +275,11 @@ def writers(db: MariaDBServer, n_writers: int, updates: int, rows: int, rollback
     for t in threads:
         t.start()
     barrier.wait()
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
     while any(t.is_alive() for t in threads):
         progress(done[0])
         time.sleep(0.1)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.monotonic() - t0
     progress(done[0])
     if errors:
         raise errors[0]
@@ -284,11 +310,11 @@ def wait_converged(client: Any, expected: dict[str, Any], t0: float, timeout_s: 
                    status: Any) -> tuple[int, float, bool]:
     """(differing keys, seconds from t0 to convergence, equal?). Stops when equal, or when the
     count has not changed for 5 s (a path that diverges: its time is when it stopped changing)."""
-    deadline = time.perf_counter() + timeout_s
-    last, since = None, time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
     while True:
         n = count_differ(client, expected)
-        now = time.perf_counter()
+        now = time.monotonic()
         status(n)
         if n == 0:
             return 0, now - t0, True
@@ -299,25 +325,47 @@ def wait_converged(client: Any, expected: dict[str, Any], t0: float, timeout_s: 
         time.sleep(0.05)
 
 
+def wait_live(db: MariaDBServer, redis: RedisServer, key: str, path: str, timeout_s: float) -> None:
+    """Commit a probe change to row 1 and wait until Redis shows it: the path's processes are
+    connected and caught up (sync-binlog from the snapshot's point included) before the timed
+    writes start, so start-up time is not counted as lag."""
+    conn = db.connect("bench")
+    client = redis.client()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("UPDATE data SET payload = %s WHERE id = 1", (f"probe-{path}",))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            v = client.get(key)
+            if v is not None and orjson.loads(v).get("payload") == f"probe-{path}":
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{path}: the probe change did not reach Redis ({key}) in {timeout_s:.0f} s")
+            time.sleep(0.01)
+    finally:
+        client.close()
+        conn.close()
+
+
 def run_path(path: str, idx: int, args: argparse.Namespace, db: MariaDBServer, g: GearmanServer,
              redis: RedisServer, conn: Any, schema: Any, logdir: Path, progress: Any, task: Any) -> PathResult:
     res = PathResult(path)
     progress.update(task, description=f"{path}: start + snapshot", completed=0)
     procs = start_path(path, db, g, redis, conn, schema, logdir)
     try:
-        poller = None
         if path != "none":
-            time.sleep(1.0)  # let sync-binlog / workers connect
-            template = f"{PREFIX[path]}:{{table}}:{{pk}}"
-            sample = random.Random(idx).sample(range(1, args.rows + 1), min(SAMPLE, args.rows))
-            poller = Poller(redis, template, sample)
-            poller.start()
+            wait_live(db, redis, f"{PREFIX[path]}:data:1", path, args.timeout)
+        template = f"{PREFIX.get(path, 'none')}:{{table}}:{{pk}}"
+        sample = random.Random(idx).sample(range(1, args.rows + 1), min(SAMPLE, args.rows))
+        poller = Poller(redis, template, sample, args.poll_pause_ms / 1000)
+        poller.start()
         progress.update(task, description=f"{path}: writing")
         committed, rolled, t0, res.writer_s = writers(
             db, args.writers, args.updates, args.rows, args.rollback_rate, (idx + 1) * VALUE_STRIDE, idx,
             lambda n: progress.update(task, completed=n))
         res.committed, res.rolled_back = len(committed), len(rolled)
-        if poller is None:
+        if path == "none":
+            poller.finish()
             return res
         progress.update(task, description=f"{path}: draining")
         spec = TableSpec("data", f"{PREFIX[path]}:{{table}}:{{pk}}")
@@ -329,8 +377,7 @@ def run_path(path: str, idx: int, args: argparse.Namespace, db: MariaDBServer, g
                 lambda n: progress.update(task, description=f"{path}: draining ({n} keys differ)"))
         finally:
             client.close()
-        poller.stop_ev.set()
-        poller.join(10)
+        poller.finish()
         res.poll_period_ms = 1000 * poller.elapsed / max(poller.rounds, 1)
         sample = set(poller.ids)
         for (i, v), tc in committed.items():
@@ -372,7 +419,7 @@ def print_table(out: dict[str, Any]) -> None:
                   "-" if p == "none" else f"{lag['measured']} (+{lag['missed']} missed)",
                   "-" if s["differ"] is None else f"{s['differ']}" + ("" if s["converged"] else " (stable)"),
                   "-" if p == "none" else str(s["phantom"]))
-    Console().print(t)
+    Console(width=max(Console().width, 150)).print(t)
     periods = [s["poll_period_ms"] for p, s in out["paths"].items() if p != "none"]
     if periods:
         print(f"lag resolution: one poll round of {SAMPLE if out['rows'] >= SAMPLE else out['rows']} keys, "
@@ -464,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--writers", type=int, default=4, help="writer threads, one connection each (default 4)")
     p.add_argument("--rollback-rate", type=float, default=0.0, help="fraction of transactions rolled back (default 0)")
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    p.add_argument("--poll-pause-ms", type=float, default=1.0,
+                   help="pause of the lag poller between MGET rounds (default 1 ms; 0 = tight, costs a core)")
     p.add_argument("--timeout", type=float, default=600.0, help="longest wait for a path to drain (s)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="lag over time per path (needs matplotlib)")
