@@ -422,7 +422,7 @@ def print_table(out: dict[str, Any]) -> None:
     Console(width=max(Console().width, 150)).print(t)
     periods = [s["poll_period_ms"] for p, s in out["paths"].items() if p != "none"]
     if periods:
-        print(f"lag resolution: one poll round of {SAMPLE if out['rows'] >= SAMPLE else out['rows']} keys, "
+        print(f"lag resolution: one poll round of {min(SAMPLE, out['rows'])} keys, "
               f"mean {statistics.mean(periods):.2f} ms; e2e = committed / (first write → Redis equals MySQL)")
 
 
