@@ -532,7 +532,7 @@ class BinlogSource:
                         f"(server said: {text})")
             return f"{who} was refused by {self.mysql.display}: {text}"
         return (f"the binlog cannot be read from {self.committed.describe()}: {text}. If the position was "
-                f"purged, re-run sync-snapshot --table {','.join(self.tables)} then start with --start current")
+                f"purged, {resnapshot_hint(self.tables)}")
 
     # -- events ------------------------------------------------------------------------------------
     def _reset_trx(self) -> None:
@@ -896,10 +896,17 @@ def resolve_start(conn: Any, server: ServerInfo, start: str, tables: Sequence[st
                           "uuid:1-100) or FILE:POS")
 
 
+def resnapshot_hint(tables: Sequence[str]) -> str:
+    """How to recover from a purged position: snapshot rows with binlog-comparable versions (trigger
+    versions would never compare with this stream's); the snapshot saves the point to resume from."""
+    return (f"re-run sync-snapshot --table {','.join(tables)} --versions binlog (with this stream's "
+            "--key-template): it saves the position to start from, then start sync-binlog again")
+
+
 def check_position_available(conn: Any, server: ServerInfo, position: Position, tables: Sequence[str]) -> None:
     """SourceError when the binlog no longer holds what follows `position` (purged), or the server
     is behind it (a different or reset server)."""
-    hint = (f"re-run sync-snapshot --table {','.join(tables)} then start with --start current")
+    hint = resnapshot_hint(tables)
     with conn.cursor() as cur:
         if server.flavor == "mariadb" and position.gtid is not None:
             saved = parse_mariadb_gtids(position.gtid, "saved position")

@@ -106,7 +106,7 @@ def test_purged_position_says_how_to_resnapshot(own_db: MariaDBServer, redis_ser
     conn.close()
     code, err = _cli(own_db, redis_server, "--name", "purge-test")
     assert code == 3, err
-    assert "purged" in err and "re-run sync-snapshot --table data then start with --start current" in err
+    assert "purged" in err and "re-run sync-snapshot --table data --versions binlog" in err
     # As told: --start current goes on from the end of the binlog.
     st = settings(own_db, DB, ["data"], redis_server, start="current", name="purge-test")
     with Running(st) as run:
