@@ -283,7 +283,7 @@ static void test_json(void)
     add_cstr(&c, "json_inj", "1,\"admin\":true");
     expect_json("gman_json_object", &c,
                 "{\"id\":42,\"min\":-9223372036854775808,\"r\":0.1,\"nan\":null,"
-                "\"inf\":null,\"tiny\":5e-324,\"hundred\":100,\"d\":-12.340,"
+                "\"inf\":null,\"tiny\":5e-324,\"hundred\":100.0,\"d\":-12.340,"
                 "\"bad_dec\":\"1.2.3\",\"s\":\"a\\\"b\\\\c\\n\\t\\u0001/\","
                 "\"nul\":null,\"bin\":{\"$b64\":\"//4A\"},"
                 "\"k\\\"ey\\u0001\":\"\xc3\xa9\xf0\x9f\x98\x80\","
