@@ -52,6 +52,7 @@ from .errors import ApplyError, ConfigError, SourceError, SyncError
 from .events import ChangeEvent, Op, encode_change
 from .mysql import MySQLSettings
 from .position import Position, PositionStore
+from . import metrics
 from .retry import Backoff
 from .schema import TableSchema, load_table
 from .sources.binlog import (
@@ -310,7 +311,12 @@ class BinlogService:
         if not events and position is None:
             return True
         what = self._apply if self.settings.sink == "redis" else self._submit
+        t0 = time.perf_counter()
+        before = (self.stats["applied"], self.stats["stale"])
         ok = await self._retry(lambda: what(events, position), "deliver", events=len(events))
+        if ok:
+            metrics.record_batch(len(events), self.stats["applied"] - before[0], self.stats["stale"] - before[1], 0,
+                                 time.perf_counter() - t0)
         if ok and position is not None:
             self.position = position
         return ok
@@ -327,6 +333,7 @@ class BinlogService:
                 return True
             except (ApplyError, redis.exceptions.RedisError, OSError, GearmanError) as exc:
                 self.stats["retries"] += 1
+                metrics.record_retry()
                 delay = backoff.next_delay()
                 if self._stop.is_set() and self._stop_deadline is not None and time.monotonic() + delay > self._stop_deadline:
                     log.warning("sink_given_up_at_shutdown", what=what, error=f"{type(exc).__name__}: {exc}"[:300], **info)

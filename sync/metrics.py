@@ -14,8 +14,9 @@ additions per round trip.
 Lag: a trigger change carries no commit time (its version is a UUID_SHORT), so the worker cannot
 know how old a job is. It knows when it last found the queue drained (a grab returned fewer jobs
 than asked for): every job it handles since then was queued after that moment, so "now − last
-drained" bounds the age of the jobs it is applying; 0 while it keeps up. A source that knows the
-commit time (the binlog reader) sets the gauge directly with `LAG.set(seconds)`.
+drained" bounds the age of the jobs it is applying; 0 while it keeps up. sync-binlog reports the
+counters and the batch latency (jobs = changes read, applied/stale as the applier says, or all
+submitted for --sink gearman) but leaves the lag gauge alone: its changes carry no commit time yet.
 """
 
 from __future__ import annotations

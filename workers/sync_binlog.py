@@ -88,6 +88,8 @@ def build_parser():  # type: ignore[no-untyped-def]
                    help="under load, longest a decoded change waits to join a batch (default 20; an idle "
                         "stream applies within ~10 ms)")
     p.add_argument("--stats-interval", type=float, default=10.0, metavar="S", help="seconds between stats lines (0 = off)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off)")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
@@ -157,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         setup_logging(args.log_level, args.log_format)
+        if args.metrics_port is not None:
+            from sync.metrics import start_metrics_server
+
+            start_metrics_server(args.metrics_port)
         return asyncio.run(_serve(settings))
 
     run(PROG, go, argv)

@@ -1,4 +1,4 @@
-"""sync-worker --metrics-port: scrape /metrics over HTTP from the running process."""
+"""sync-worker and sync-binlog --metrics-port: scrape /metrics over HTTP from the running process."""
 
 from __future__ import annotations
 
@@ -80,3 +80,50 @@ def test_busy_metrics_port_is_a_one_line_error(gearmand: GearmanServer, redis_se
         proc = start_worker_process(gearmand, redis_server, "--metrics-port", str(port))
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 2 and b"--metrics-port" in err and b"Traceback" not in err
+
+
+def test_binlog_exposes_counters(mariadb, db, redis_server: RedisServer, redis_client: Any, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    from pathlib import Path
+
+    from sync.binlog_service import stream_name
+    from sync.keys import binlog_position_key
+    from sync.mysql import from_url
+
+    name = db.db_name
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
+    url = mariadb.url + name
+    port = free_port()
+    bin_dir = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+    log = open(tmp_path / "binlog.log", "ab")
+    proc = subprocess.Popen(
+        [str(bin_dir / "sync-binlog"), "--table", "data", "--mysql-url", url, "--redis-url",
+         f"redis://127.0.0.1:{redis_server.port}/0", "--start", "current", "--stats-interval", "0",
+         "--metrics-port", str(port), "--log-format", "json"], stdout=log, stderr=log)
+    try:
+        key = binlog_position_key(stream_name(from_url(url), name, ["data"]))
+        deadline = time.monotonic() + 30
+        while redis_client.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with db.cursor() as cur:
+            cur.executemany("INSERT INTO data VALUES (%s, 1)", [(i,) for i in range(30)])
+            cur.execute("UPDATE data SET volume = 2 WHERE id < 10")
+        deadline = time.monotonic() + 30
+        m: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            try:
+                m = scrape(port)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            if m.get("gearsync_applied_total", 0) >= 40:
+                break
+            time.sleep(0.05)
+        assert m.get("gearsync_applied_total") == 40, m
+        assert m["gearsync_jobs_total"] == 40 and m["gearsync_stale_skipped_total"] == 0
+        assert m["gearsync_batch_seconds_count"] >= 1
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0, (tmp_path / "binlog.log").read_text()[-2000:]
+        log.close()
