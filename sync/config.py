@@ -113,6 +113,15 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{hostport}", parts.path, parts.query, parts.fragment))
 
 
+def refuse_password_in(url: str, option: str, password_env: str) -> None:
+    """A URL given on the command line must not carry a password (the process list shows argv)."""
+    if urlsplit(url).password:
+        raise ConfigError(
+            f"{option}: {mask_url(url)!r} carries a password, which would show in the process list; "
+            f"expected it in {password_env}"
+        )
+
+
 def check_redis_url(url: str, where: str = "--redis-url") -> str:
     try:
         parts = urlsplit(url)
@@ -291,11 +300,7 @@ def worker_settings(
 
     if redis_url is not None:
         url = check_redis_url(redis_url, "--redis-url")
-        if urlsplit(url).password:
-            raise ConfigError(
-                f"--redis-url: {mask_url(url)!r} carries a password, which would show in the process list; "
-                "expected it in REDIS_PASSWORD or the config file"
-            )
+        refuse_password_in(url, "--redis-url", "REDIS_PASSWORD or the config file")
     elif env.get("REDIS_URL"):
         url = check_redis_url(env["REDIS_URL"], "REDIS_URL")
     else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .config import mask_url
+from .config import mask_url, refuse_password_in
 from .errors import ConfigError, SourceError
 
 DEFAULT_MYSQL_PORT = 3306
@@ -116,11 +116,7 @@ def mysql_settings(url: str | None = None, env: Mapping[str, str] | None = None)
     env = os.environ if env is None else env
     if url is not None:
         settings = from_url(url, "--mysql-url")
-        if urlsplit(url).password:
-            raise ConfigError(
-                f"--mysql-url: {mask_url(url)!r} carries a password, which would show in the process list; "
-                "expected it in MYSQL_PASSWORD"
-            )
+        refuse_password_in(url, "--mysql-url", "MYSQL_PASSWORD")
     elif env.get("MYSQL_URL"):
         settings = from_url(env["MYSQL_URL"], "MYSQL_URL")
     else:

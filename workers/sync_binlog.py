@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 from typing import Sequence
-from urllib.parse import urlsplit
 
 from sync.cli import make_parser, run
 from sync.config import (
@@ -16,8 +15,8 @@ from sync.config import (
     check_key_template,
     check_redis_url,
     check_table_name,
-    mask_url,
     parse_servers,
+    refuse_password_in,
 )
 from sync.errors import ConfigError
 from sync.logging import setup_logging
@@ -122,8 +121,7 @@ def settings_from_args(args, env=None):  # type: ignore[no-untyped-def]
             columns[table] = (*(columns.get(table) or ()), col)
     if args.redis_url is not None:
         url = check_redis_url(args.redis_url, "--redis-url")
-        if urlsplit(url).password:
-            raise ConfigError(f"--redis-url: {mask_url(url)!r} carries a password; expected it in REDIS_PASSWORD")
+        refuse_password_in(url, "--redis-url", "REDIS_PASSWORD")
     else:
         url = check_redis_url(env.get("REDIS_URL") or DEFAULT_REDIS_URL, "REDIS_URL")
     redis = RedisSettings(url=url, password=env.get("REDIS_PASSWORD") or None, cluster=bool(args.redis_cluster))

@@ -95,7 +95,6 @@ def raw_decode(db: Any, start: str, end: str) -> tuple[float, int, float]:
 def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str, end: str, name: str,
                 profile: bool = False, flush_ms: float = 20.0) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process: reader thread + event loop + this poller)"""
-    from dataclasses import replace
 
     from sync.binlog_service import BinlogService, BinlogSettings
     from sync.config import RedisSettings

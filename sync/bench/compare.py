@@ -66,7 +66,7 @@ import orjson
 import pymysql
 
 from sync.applier import TableSpec
-from sync.bench.triggers import BIN, LIBRARY, REPO, set_mode
+from sync.bench.triggers import BIN, LIBRARY, REPO, set_mode, stop_processes
 from sync.expected import expected_entry, select_sql
 from sync.schema import READ_SESSION_SQL, load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
@@ -119,16 +119,6 @@ def _env() -> dict[str, str]:
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=subprocess.DEVNULL,
                             stderr=open(log, "ab"), env=_env())
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def _snapshot(db: MariaDBServer, redis: RedisServer, template: str, versions: str, name: str | None, log: Path) -> None:
@@ -392,7 +382,7 @@ def run_path(path: str, idx: int, args: argparse.Namespace, db: MariaDBServer, g
         res.lags.sort()
         return res
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 # -- output --------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from sync.expected import expected_entry, select_sql
 from sync.schema import READ_SESSION_SQL, load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.triggers import TriggerOptions, install_statements, uninstall_statements
+from sync.bench.udf import multi_row, single_row
 from sync.udf_install import INSTALL_SQL, LIBRARY_NAME, read_statements
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -60,19 +61,15 @@ def set_mode(conn, schema, mode: str) -> None:  # type: ignore[no-untyped-def]
         cur.execute("DELETE FROM gearsync_spool") if mode != "no trigger" else None
 
 
-def single_row(cur, ids: list[int]) -> float:  # type: ignore[no-untyped-def]
-    stmt = "UPDATE data SET volume = volume + 1, updated_at = NOW(6) WHERE id = %s"
-    start = time.perf_counter()
-    for i in ids:
-        cur.execute(stmt, (i,))
-    return len(ids) / (time.perf_counter() - start)
-
-
-def multi_row(cur, first: int, n: int) -> float:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    cur.execute("UPDATE data SET volume = volume + 1, updated_at = NOW(6) WHERE id BETWEEN %s AND %s",
-                (first, first + n - 1))
-    return time.perf_counter() - start
+def stop_processes(procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
+    """SIGTERM every process, wait up to 15 s each, SIGKILL what is still running."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def redis_matches(db: MariaDBServer, schema, spec: TableSpec, r) -> bool:  # type: ignore[no-untyped-def]
@@ -163,13 +160,7 @@ def end_to_end(db, g, redis, schema, mode: str, ids: list[int], settle_s: float)
         conn.close()
         return rate, lag
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         r.flushall()
         r.close()
 
