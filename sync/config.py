@@ -273,6 +273,7 @@ def worker_settings(
     connections: int | None = None,
     classic: bool = False,
     redis_cluster: bool | None = None,
+    stats_interval_s: float | None = None,
     env: Mapping[str, str] | None = None,
 ) -> WorkerSettings:
     """Merge options, env vars and the config file into validated WorkerSettings."""
@@ -350,6 +351,8 @@ def worker_settings(
     for key, lo, hi in (("stats_interval_s", 0.0, 86400.0), ("shutdown_timeout_s", 0.1, 3600.0)):
         if key in worker_sec:
             overrides[key] = _float(worker_sec[key], f"[worker].{key}", lo, hi)
+    if stats_interval_s is not None:
+        overrides["stats_interval_s"] = _float(stats_interval_s, "--stats-interval", 0.0, 86400.0)
     if "tombstone_ttl_s" in worker_sec:
         overrides["tombstone_ttl_s"] = _int(worker_sec["tombstone_ttl_s"], "[worker].tombstone_ttl_s", 1, 365 * 86400)
     if "client_id" in worker_sec:

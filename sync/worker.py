@@ -152,13 +152,14 @@ class SyncWorker:
             return False
         st = self.stats
         applied = sum(1 for o in outcomes if o is Outcome.APPLIED)
+        stale = len(outcomes) - applied
+        dead_count = sum(len(v) for v in dead.values())
         st.applied += applied
-        st.stale += len(outcomes) - applied
-        st.dead += sum(len(v) for v in dead.values())
+        st.stale += stale
+        st.dead += dead_count
         st.jobs += len(jobs)
         st.batches += 1
-        metrics.record_batch(len(jobs), applied, len(outcomes) - applied, sum(len(v) for v in dead.values()),
-                             time.perf_counter() - t0)
+        metrics.record_batch(len(jobs), applied, stale, dead_count, time.perf_counter() - t0)
         lost = await gearman.complete_many(jobs)
         if lost:
             # Their connection died after Redis took the write: gearmand redelivers them and the

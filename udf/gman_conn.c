@@ -300,20 +300,13 @@ static void err_all_backing_off(struct gs_thread *t)
 
 /* ------------------------------------------------------------ I/O */
 
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* Wait for events on fd until deadline_ms. 1 ready, 0 timeout, -1 error.
  * An answer from gearmand on the same host usually comes within tens of µs; sleeping in poll()
  * and being woken costs more than that, so poll without sleeping for up to SPIN_US first. */
 #define SPIN_US 100
 static int wait_fd(int fd, short events, int64_t deadline_ms)
 {
-    int64_t spin_until = now_us() + SPIN_US;
+    int64_t spin_until = gs_now_us() + SPIN_US;
     do {
         struct pollfd p = {.fd = fd, .events = events};
         int r = poll(&p, 1, 0);
@@ -321,7 +314,7 @@ static int wait_fd(int fd, short events, int64_t deadline_ms)
             return 1;
         if (r < 0 && errno != EINTR)
             return -1;
-    } while (now_us() < spin_until);
+    } while (gs_now_us() < spin_until);
     for (;;) {
         int64_t left = deadline_ms - gs_now_ms();
         if (left < 0)

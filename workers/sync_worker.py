@@ -89,13 +89,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             connections=args.connections,
             classic=args.classic,
             redis_cluster=args.redis_cluster,
+            stats_interval_s=args.stats_interval,
         )
-        if args.stats_interval is not None:
-            from dataclasses import replace
-
-            from sync.config import _float
-
-            settings = replace(settings, stats_interval_s=_float(args.stats_interval, "--stats-interval", 0, 86400))
         setup_logging(args.log_level, args.log_format)
         if args.metrics_port is not None and not args.replay_dead:
             from sync.metrics import start_metrics_server
