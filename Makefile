@@ -6,7 +6,7 @@ UDF_DIR := udf
 DEMO_ARGS ?=
 DEMO_STATE ?= .state/demo
 
-.PHONY: help venv build-udf install-udf uninstall-udf test test-udf-asan test-udf-valgrind bench-udf bench-worker \
+.PHONY: help venv build-udf install-udf uninstall-udf test test-udf-asan test-udf-valgrind test-udf-tsan bench-udf bench-worker \
 	demo demo-classic demo-stop docs clean
 
 help:  ## list targets
@@ -34,6 +34,9 @@ test-udf-asan:  ## UDF tests with the library built under AddressSanitizer/UBSan
 
 test-udf-valgrind:  ## UDF unit driver under valgrind memcheck
 	$(MAKE) -C $(UDF_DIR) valgrind
+
+test-udf-tsan:  ## UDF unit driver (callers' threads + the keeper thread) under ThreadSanitizer; needs clang
+	$(MAKE) -C $(UDF_DIR) test-tsan
 
 .PHONY: fuzz-udf
 fuzz-udf:  ## libFuzzer (ASan/UBSan) on the UDF entry points and parsers, FUZZ_SECONDS per target (default 300); needs clang

@@ -24,9 +24,11 @@ one wire-format-v1 change (sync.events) and hand it to gearmand with the UDF:
 
 Enqueue modes (`TriggerOptions`):
 
-    udf + spool (default)  gman_do_background(); when it returns NULL (not queued), INSERT the
-                           change into `gearsync_spool` in the same transaction; `sync-relay`
-                           drains it into gearmand later
+    udf + spool (default)  gman_do_background(); when it returns NULL (not handed to any job
+                           server), INSERT the change into `gearsync_spool` in the same
+                           transaction; `sync-relay` drains it into gearmand later. A job that
+                           was handed over is the UDF library's until gearmand acknowledges it
+                           (resent, kept past the session, spilled at unload: udf/README.md)
     udf + fail             … SIGNAL SQLSTATE '45000' instead: the write fails
     udf + ignore           … drop it; counted in the session variable @gearsync_not_queued
     outbox                 always INSERT into the spool, never call gearmand inside the

@@ -49,9 +49,28 @@ typedef bool my_bool; /* Oracle MySQL 8 dropped the typedef */
 #endif
 #define GS_WINDOW_BYTES (1ul << 20)
 #define GS_PEND_MAX (GS_MAX_PAYLOAD + (4ul << 20))
+/* The keeper thread (gman_keeper.c) visits threads that hold pipelined jobs
+ * and have made no call for GS_KEEPER_IDLE_MS: it reads their
+ * acknowledgements and, after a broken connection, resends them.  It looks
+ * every GS_KEEPER_TICK_MS while any such jobs exist and sleeps otherwise.
+ * Jobs of a mysqld thread that ended are kept (up to GS_ORPHAN_MAX bytes
+ * in all) until a job server takes them. */
+#define GS_KEEPER_TICK_MS 10
+#define GS_KEEPER_IDLE_MS 20
+/* With more than one server configured, the keeper moves a thread's jobs
+ * to the next server when its connection has not answered for this long. */
+#define GS_KEEPER_HUNG_MS 3000
+/* How long the keeper waits for a job server's first answer on behalf of an
+ * ended thread (no caller waits for those). */
+#define GS_KEEPER_ORPHAN_WAIT_MS 2000
+#define GS_ORPHAN_MAX (256ul << 20)
 
 #define GS_ENV_SERVERS "GEARSYNC_GEARMAN_SERVERS"
 #define GS_CONF_NAME "gearsync_udf.conf"
+/* Spill file for jobs unacknowledged at unload (gman_spill.c). */
+#define GS_ENV_SPILL "GEARSYNC_UDF_SPILL"
+#define GS_SPILL_NAME "gearsync_udf.pending"
+#define GS_SPILL_MAX (1ul << 30)
 
 /* ------------------------------------------------------------ config */
 
@@ -66,9 +85,10 @@ struct gs_config {
     unsigned timeout_ms;    /* background submit, all attempts together */
     unsigned do_timeout_ms; /* foreground job, submit to WORK_COMPLETE */
     unsigned retry_ms;      /* back-off of a server after a failure */
-    unsigned pipeline;      /* 1: background submits don't wait for
-                               JOB_CREATED (acks reaped on later calls,
-                               unacknowledged jobs resent on reconnect) */
+    unsigned pipeline;      /* 1 (default): background submits don't wait
+                               for JOB_CREATED (acks reaped on later calls
+                               or by the keeper, unacknowledged jobs resent
+                               on reconnect, spilled at unload); 0: wait */
 };
 
 /* Parse "host[:port][,host[:port]…]" into out->servers/out->n (other fields
@@ -129,12 +149,51 @@ int gs_submit_foreground(enum gs_priority prio, const char *fn, size_t fnlen,
 /* Wait until this thread's pipelined background jobs are acknowledged (up
  * to do_timeout_ms).  Returns how many are still unacknowledged. */
 long long gs_flush(void);
-/* Reason for this thread's last failure ("" after a success). */
-const char *gs_last_error(void);
+/* Copy the reason for this thread's last failure ("" after a success)
+ * into buf (NUL terminated, truncated); returns its length. */
+size_t gs_last_error_copy(char *buf, size_t size);
 /* Record a failure reason for gman_last_error() on this thread. */
 void gs_set_last_error(const char *msg);
 /* Close this thread's cached connection (tests). */
 void gs_thread_disconnect(void);
+
+/* One visit of the keeper thread (gman_conn.c): deliver the pipelined
+ * jobs of threads idle for GS_KEEPER_IDLE_MS and of ended threads, once
+ * each per tick.  Returns how many threads still hold unacknowledged jobs
+ * (0: the keeper may sleep until gs_keeper_notify()). */
+unsigned gs_conn_keeper_pass(unsigned tick);
+/* How many unacknowledged background jobs this process holds (all threads,
+ * ended ones included); for tests and gman_pending(). */
+long long gs_conn_pending(void);
+
+/* ------------------------------------------------------------ keeper */
+
+/* Start the keeper thread if needed and wake it if it sleeps.  Cheap: one
+ * atomic increment unless the keeper is asleep. */
+void gs_keeper_notify(void);
+/* 1 if the keeper runs (ended threads' jobs can be handed to it). */
+int gs_keeper_running(void);
+/* Stop and join the keeper (library unload); idempotent. */
+void gs_keeper_stop(void);
+
+/* ------------------------------------------------------------ spill */
+
+struct gs_spill_part {
+    const char *p;
+    size_t len;
+};
+/* The spill file's path ($GEARSYNC_UDF_SPILL or GS_SPILL_NAME in the
+ * working directory); 0 if it does not fit. */
+size_t gs_spill_path(char *buf, size_t size);
+/* Write these request packets (jobs of them) to the spill file, atomically
+ * (tmp + fsync + rename).  0 ok; -1 (logged: the jobs are lost). */
+int gs_spill_save(const struct gs_spill_part *parts, size_t nparts,
+                  size_t jobs);
+/* Read and validate the spill file: the packets (malloc'd, *len bytes,
+ * *jobs packets), or NULL when there is none or nothing usable (logged). */
+char *gs_spill_load(size_t *len, size_t *jobs);
+/* The spill file's jobs are all acknowledged: remove it. */
+void gs_spill_remove(void);
 
 /* ------------------------------------------------------------ JSON */
 

@@ -431,7 +431,12 @@ static void config_defaults(struct gs_config *c)
     c->timeout_ms = GS_DEFAULT_TIMEOUT_MS;
     c->do_timeout_ms = GS_DEFAULT_DO_TIMEOUT_MS;
     c->retry_ms = GS_DEFAULT_RETRY_MS;
-    c->pipeline = 0; /* exact contract by default: NULL = not queued (the spool relies on it) */
+    /* pipelined by default: a submit returns once its packet is written; the
+     * library keeps every job until gearmand acknowledges it (resent on a new
+     * connection, watched by the keeper thread once the caller goes idle or
+     * ends, saved to the spill file at unload).  pipeline=0: wait for
+     * JOB_CREATED on every submit. */
+    c->pipeline = 1;
 }
 
 /* Path of gearsync_udf.conf in the directory this library was loaded from. */

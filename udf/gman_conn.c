@@ -64,8 +64,19 @@ enum attempt_rc {
     A_JOB_FAIL,    /* job accepted, then failed/timed out: give up */
 };
 
+/* Per mysqld thread.  Its owner (the mysqld thread) and the keeper thread
+ * (gman_keeper.c) both use it, each only while holding `lock`.  Lock order:
+ * lock, then g_threads_lock; the keeper, holding g_threads_lock, only ever
+ * trylocks `lock`.  A struct is freed only after it is unlinked from the
+ * registry under both locks, so the keeper never sees a freed one. */
 struct gs_thread {
     struct gs_thread *prev, *next; /* registry, under g_threads_lock */
+    pthread_mutex_t lock;
+    int64_t last_use_ms; /* end of the owner's last call */
+    unsigned keeper_tick; /* last keeper pass that visited it */
+    int orphan;          /* its mysqld thread ended; the keeper owns it */
+    int from_spill;      /* its jobs were read from the spill file */
+    int64_t progress_ms; /* last JOB_CREATED, or first outstanding job */
     uint64_t version;              /* of cfg */
     struct gs_config cfg;
     struct sockaddr_storage addr[GS_MAX_SERVERS];
@@ -98,6 +109,7 @@ static pthread_key_t g_key;
 static int g_key_ok;
 static pthread_mutex_t g_threads_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct gs_thread *g_threads; /* guarded by g_threads_lock */
+static size_t g_orphan_bytes;       /* guarded by g_threads_lock */
 
 /* ------------------------------------------------------------ buffers */
 
@@ -138,15 +150,25 @@ static void close_fd(struct gs_thread *t)
 }
 
 static int pipeline_run(struct gs_thread *t, int64_t deadline,
-                        size_t max_jobs, size_t max_bytes);
+                        size_t max_jobs, size_t max_bytes, int reap);
+static void refresh_config(struct gs_thread *t);
 
-/* Before a thread's state goes away: deliver what is still unacknowledged,
- * bounded by timeout_ms, and say in the error log what could not be. */
+/* Deliver what is still unacknowledged, bounded by timeout_ms. */
+static void flush_now(struct gs_thread *t)
+{
+    if (t->pend_n == 0)
+        return;
+    refresh_config(t); /* e.g. jobs read from the spill file */
+    if (t->cfg.n)
+        (void)pipeline_run(t, gs_now_ms() + t->cfg.timeout_ms, 0, 0, 1);
+}
+
+/* A thread's state goes away without the keeper (it cannot run, or holds
+ * GS_ORPHAN_MAX bytes already): deliver within timeout_ms, and say in the
+ * error log what could not be. */
 static void flush_before_free(struct gs_thread *t)
 {
-    if (t->pend_n == 0 || t->cfg.n == 0)
-        return;
-    (void)pipeline_run(t, gs_now_ms() + t->cfg.timeout_ms, 0, 0);
+    flush_now(t);
     if (t->pend_n)
         fprintf(stderr,
                 "gearsync_udf: %zu background job(s) lost: not acknowledged "
@@ -154,29 +176,110 @@ static void flush_before_free(struct gs_thread *t)
                 t->pend_n, t->err);
 }
 
-static void thread_free(void *p)
+static void unlink_locked(struct gs_thread *t)
 {
-    struct gs_thread *t = p;
-    if (!t)
-        return;
-    flush_before_free(t);
-    pthread_mutex_lock(&g_threads_lock);
     if (t->prev)
         t->prev->next = t->next;
     else
         g_threads = t->next;
     if (t->next)
         t->next->prev = t->prev;
-    pthread_mutex_unlock(&g_threads_lock);
+    t->prev = t->next = NULL;
+}
+
+/* Caller holds t->lock and has unlinked t. */
+static void destroy(struct gs_thread *t)
+{
     close_fd(t);
     free(t->rbuf);
     gs_buf_free(&t->pend);
+    pthread_mutex_unlock(&t->lock);
+    pthread_mutex_destroy(&t->lock);
     free(t);
+}
+
+static size_t pend_bytes(const struct gs_thread *t)
+{
+    return t->pend.len - t->pend_head;
+}
+
+/* The mysqld thread ends (pthread key destructor).  Jobs it pipelined that
+ * no job server has acknowledged yet go to the keeper, which delivers them
+ * when a server takes them; only when the keeper cannot run or holds
+ * GS_ORPHAN_MAX bytes already are they flushed here, within timeout_ms. */
+static void thread_free(void *p)
+{
+    struct gs_thread *t = p;
+    if (!t)
+        return;
+    pthread_mutex_lock(&t->lock);
+    if (t->pend_n && t->cfg.n) {
+        if (!gs_keeper_running())
+            gs_keeper_notify(); /* starts it */
+        int adopt = 0;
+        pthread_mutex_lock(&g_threads_lock);
+        if (gs_keeper_running() &&
+            g_orphan_bytes + pend_bytes(t) <= GS_ORPHAN_MAX) {
+            g_orphan_bytes += pend_bytes(t);
+            t->orphan = 1;
+            adopt = 1;
+        }
+        pthread_mutex_unlock(&g_threads_lock);
+        if (adopt) {
+            t->last_use_ms = 0;
+            pthread_mutex_unlock(&t->lock);
+            gs_keeper_notify();
+            return;
+        }
+    }
+    flush_before_free(t);
+    pthread_mutex_lock(&g_threads_lock);
+    unlink_locked(t);
+    pthread_mutex_unlock(&g_threads_lock);
+    destroy(t);
+}
+
+static void seed_thread(struct gs_thread *t);
+
+/* Jobs the last unload saved (gman_spill.c) become an orphan the keeper
+ * delivers; the file goes once they are all acknowledged. */
+static void adopt_spill_file(void)
+{
+    size_t len, jobs;
+    char *p = gs_spill_load(&len, &jobs);
+    if (!p)
+        return;
+    struct gs_thread *t = calloc(1, sizeof *t);
+    if (!t || pthread_mutex_init(&t->lock, NULL) != 0) {
+        fprintf(stderr, "gearsync_udf: out of memory reading the spill file; "
+                        "it stays for the next load\n");
+        free(t);
+        free(p);
+        return;
+    }
+    t->fd = -1;
+    t->version = (uint64_t)-1;
+    t->pend.p = p;
+    t->pend.len = t->pend.cap = len;
+    t->pend.max = len > GS_PEND_MAX ? len : GS_PEND_MAX;
+    t->pend_n = jobs;
+    t->orphan = 1;
+    t->from_spill = 1;
+    seed_thread(t);
+    pthread_mutex_lock(&g_threads_lock);
+    t->next = g_threads;
+    if (g_threads)
+        g_threads->prev = t;
+    g_threads = t;
+    g_orphan_bytes += len;
+    pthread_mutex_unlock(&g_threads_lock);
+    gs_keeper_notify();
 }
 
 __attribute__((constructor)) static void conn_init(void)
 {
     g_key_ok = pthread_key_create(&g_key, thread_free) == 0;
+    adopt_spill_file();
 }
 
 /* On dlclose (DROP FUNCTION of the last UDF): the key's destructor would
@@ -184,20 +287,49 @@ __attribute__((constructor)) static void conn_init(void)
  * thread's connection ourselves. */
 __attribute__((destructor)) static void conn_fini(void)
 {
+    gs_keeper_stop(); /* joined: no one else touches the registry now */
     if (g_key_ok)
         pthread_key_delete(g_key);
     g_key_ok = 0;
     pthread_mutex_lock(&g_threads_lock);
     struct gs_thread *t = g_threads;
     g_threads = NULL;
+    g_orphan_bytes = 0;
     pthread_mutex_unlock(&g_threads_lock);
+    /* Last chance to deliver; what no server takes goes to the spill file,
+     * read back at the next load. */
+    size_t nparts = 0, jobs = 0;
+    int had_spill = 0;
+    for (struct gs_thread *u = t; u; u = u->next) {
+        pthread_mutex_lock(&u->lock);
+        had_spill |= u->from_spill;
+        flush_now(u);
+        if (u->pend_n) {
+            nparts++;
+            jobs += u->pend_n;
+        }
+    }
+    struct gs_spill_part *parts =
+        nparts ? calloc(nparts, sizeof *parts) : NULL;
+    size_t k = 0;
+    for (struct gs_thread *u = t; u && parts; u = u->next) {
+        if (u->pend_n) {
+            parts[k].p = u->pend.p + u->pend_head;
+            parts[k].len = pend_bytes(u);
+            k++;
+        }
+    }
+    if (nparts && parts)
+        (void)gs_spill_save(parts, nparts, jobs);
+    else if (nparts)
+        fprintf(stderr, "gearsync_udf: %zu background job(s) lost at unload: "
+                        "out of memory\n", jobs);
+    else if (had_spill)
+        gs_spill_remove();
+    free(parts);
     while (t) {
         struct gs_thread *next = t->next;
-        flush_before_free(t);
-        close_fd(t);
-        free(t->rbuf);
-        gs_buf_free(&t->pend);
-        free(t);
+        destroy(t); /* unlocks */
         t = next;
     }
 }
@@ -226,11 +358,16 @@ static struct gs_thread *thread_get(void)
     t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
+    if (pthread_mutex_init(&t->lock, NULL) != 0) {
+        free(t);
+        return NULL;
+    }
     t->fd = -1;
     t->version = (uint64_t)-1;
     t->pend.max = GS_PEND_MAX;
     seed_thread(t);
     if (pthread_setspecific(g_key, t) != 0) {
+        pthread_mutex_destroy(&t->lock);
         free(t);
         return NULL;
     }
@@ -243,24 +380,54 @@ static struct gs_thread *thread_get(void)
     return t;
 }
 
-const char *gs_last_error(void)
+/* The calling mysqld thread's state, locked; NULL when out of memory. */
+static struct gs_thread *thread_lock(void)
 {
     struct gs_thread *t = thread_get();
-    return t ? t->err : "gearsync_udf: out of memory";
+    if (t)
+        pthread_mutex_lock(&t->lock);
+    return t;
+}
+
+/* End of a call: jobs left unacknowledged are the keeper's to watch. */
+static void thread_unlock(struct gs_thread *t)
+{
+    int pending = t->pend_n != 0;
+    t->last_use_ms = gs_now_ms();
+    pthread_mutex_unlock(&t->lock);
+    if (pending)
+        gs_keeper_notify();
+}
+
+size_t gs_last_error_copy(char *buf, size_t size)
+{
+    if (size == 0)
+        return 0;
+    struct gs_thread *t = thread_lock();
+    int n = snprintf(buf, size, "%s", t ? t->err : "gearsync_udf: out of memory");
+    if (t)
+        thread_unlock(t);
+    if (n < 0)
+        return 0;
+    return (size_t)n < size ? (size_t)n : size - 1;
 }
 
 void gs_set_last_error(const char *msg)
 {
-    struct gs_thread *t = thread_get();
-    if (t)
+    struct gs_thread *t = thread_lock();
+    if (t) {
         snprintf(t->err, sizeof t->err, "%s", msg ? msg : "");
+        thread_unlock(t);
+    }
 }
 
 void gs_thread_disconnect(void)
 {
-    struct gs_thread *t = thread_get();
-    if (t)
+    struct gs_thread *t = thread_lock();
+    if (t) {
         close_fd(t);
+        thread_unlock(t);
+    }
 }
 
 static void refresh_config(struct gs_thread *t)
@@ -418,6 +585,7 @@ static int do_connect(struct gs_thread *t, unsigned idx, int64_t deadline)
     t->reused = 0;
     t->rlen = 0;
     t->pend_sent = t->pend_head; /* a new connection resends them all */
+    t->progress_ms = gs_now_ms();
     t->verified = 0;
     return 0;
 }
@@ -779,6 +947,7 @@ static int parse_acks(struct gs_thread *t)
         if (type == PKT_JOB_CREATED) {
             pend_pop(t);
             t->verified = 1;
+            t->progress_ms = gs_now_ms();
         } else if (type == PKT_ERROR) {
             /* refused (e.g. out of memory): resending won't help */
             char msg[160];
@@ -806,14 +975,15 @@ static int parse_acks(struct gs_thread *t)
  * max_jobs / max_bytes are unacknowledged.  0 ok, 1 deadline passed,
  * -1 connection failed (t->last_errno, t->err set). */
 static int pump(struct gs_thread *t, int64_t deadline, size_t max_jobs,
-                size_t max_bytes)
+                size_t max_bytes, int reap)
 {
     for (int round = 0;; round++) {
         /* Read acknowledgements only once a batch of them is due (or we
          * must wait anyway): one recv() per GS_REAP_BATCH calls instead of
          * one per call.  A gearmand that went away meanwhile still shows:
          * writing to its closed connection fails on the next send(). */
-        if (round > 0 || t->pend_n > max_jobs || t->pend_n >= GS_REAP_BATCH ||
+        if (round > 0 || reap || t->pend_n > max_jobs ||
+            t->pend_n >= GS_REAP_BATCH ||
             t->pend.len - t->pend_head > max_bytes) {
             for (;;) {
                 if (t->rcap - t->rlen < 512) {
@@ -870,8 +1040,14 @@ static int pump(struct gs_thread *t, int64_t deadline, size_t max_jobs,
             return -1;
         }
         int unsent = t->pend_sent < t->pend.len;
-        if (!unsent && t->pend_n <= max_jobs &&
-            t->pend.len - t->pend_head <= max_bytes)
+        /* Pipeline only on a connection that has proved to be a gearmand:
+         * until its first JOB_CREATED, wait.  Something that accepts
+         * connections and never answers (wrong port, a proxy, a hung
+         * server) then fails the first row, not row 1024.  Only the first
+         * answer: a new connection that resends a backlog to a slow
+         * (persistent-queue) gearmand must not time out on all of it. */
+        if (!unsent && (t->verified || t->pend_n == 0) &&
+            t->pend_n <= max_jobs && t->pend.len - t->pend_head <= max_bytes)
             return 0;
         int w = wait_fd(t->fd, (short)(POLLIN | (unsent ? POLLOUT : 0)),
                         deadline);
@@ -910,7 +1086,7 @@ static unsigned pick_server(struct gs_thread *t, const unsigned char *tried,
  * max_bytes are unacknowledged.  0 ok; -1 no server took them before the
  * deadline (fd closed; the jobs stay queued for the next connection). */
 static int pipeline_run(struct gs_thread *t, int64_t deadline,
-                        size_t max_jobs, size_t max_bytes)
+                        size_t max_jobs, size_t max_bytes, int reap)
 {
     unsigned char tried[GS_MAX_SERVERS] = {0};
     int stale_retry_used = 0, have_err = 0;
@@ -941,12 +1117,7 @@ static int pipeline_run(struct gs_thread *t, int64_t deadline,
         }
         unsigned idx = t->server;
         int was_reused = t->reused;
-        /* Pipeline only on a connection that has proved to be a gearmand:
-         * until its first JOB_CREATED, wait for every answer.  Something
-         * that accepts connections and never answers (wrong port, a
-         * proxy, a hung server) then fails the first row, not row 1024. */
-        int rc = t->verified ? pump(t, dl, max_jobs, max_bytes)
-                             : pump(t, dl, 0, 0);
+        int rc = pump(t, dl, max_jobs, max_bytes, reap);
         if (rc == 0) {
             t->reused = 1;
             return 0;
@@ -991,9 +1162,10 @@ static int submit_pipelined(struct gs_thread *t, struct job *j)
     if (j->wllen)
         memcpy(p, j->wl, j->wllen);
     t->pend.len += plen;
-    t->pend_n++;
+    if (t->pend_n++ == 0)
+        t->progress_ms = gs_now_ms(); /* the oldest outstanding job's age */
 
-    if (pipeline_run(t, deadline, GS_WINDOW_JOBS, GS_WINDOW_BYTES) != 0) {
+    if (pipeline_run(t, deadline, GS_WINDOW_JOBS, GS_WINDOW_BYTES, 0) != 0) {
         /* not confirmed to the caller, so not ours to deliver later: drop
          * this one; older confirmed ones stay queued for the next
          * connection.  (fd is closed, so nothing of it is half-sent.) */
@@ -1013,23 +1185,127 @@ static int submit_pipelined(struct gs_thread *t, struct job *j)
 
 long long gs_flush(void)
 {
-    struct gs_thread *t = thread_get();
+    struct gs_thread *t = thread_lock();
     if (!t)
         return -1;
     t->err[0] = '\0';
-    if (t->pend_n == 0)
-        return 0;
-    /* a config change doesn't drop queued jobs: they go to the new servers */
-    refresh_config(t);
-    (void)pipeline_run(t, gs_now_ms() + t->cfg.do_timeout_ms, 0, 0);
-    return (long long)t->pend_n;
+    if (t->pend_n) {
+        /* a config change doesn't drop queued jobs: they go to the new
+         * servers */
+        refresh_config(t);
+        (void)pipeline_run(t, gs_now_ms() + t->cfg.do_timeout_ms, 0, 0, 1);
+    }
+    long long n = (long long)t->pend_n;
+    thread_unlock(t);
+    return n;
 }
 
-static int submit(struct job *j)
+/* ------------------------------------------------------------ keeper */
+
+static void keeper_service(struct gs_thread *t)
 {
-    struct gs_thread *t = thread_get();
-    if (!t)
-        return -1;
+    char saved[sizeof t->err];
+    memcpy(saved, t->err, sizeof saved); /* the owner's last error stays */
+    size_t before = pend_bytes(t);
+    refresh_config(t);
+    int64_t now = gs_now_ms();
+    if (t->fd >= 0 && t->cfg.n > 1 && t->pend_sent > t->pend_head &&
+        now - t->progress_ms > GS_KEEPER_HUNG_MS) {
+        /* sent, and not one answer for seconds: a hung server.  Another
+         * one is configured: give the jobs to it. */
+        set_err(t, t->server, "no JOB_CREATED for seconds", 0);
+        gs_server_failed(t->version, t->server, now, t->err);
+        close_fd(t);
+    }
+    if (t->cfg.n)
+        /* read the answers that are there, (re)send; wait for nothing but
+         * a new connection's first answer and socket space.  No caller
+         * waits for an orphan: a persistent-queue gearmand busy with its
+         * fsyncs (e.g. while mysqld starts) gets longer to answer before
+         * it counts as failed for every thread. */
+        (void)pipeline_run(t, now + (t->orphan ? GS_KEEPER_ORPHAN_WAIT_MS
+                                               : (int64_t)t->cfg.timeout_ms),
+                           (size_t)-1, (size_t)-1, 1);
+    if (t->orphan) {
+        size_t after = pend_bytes(t);
+        pthread_mutex_lock(&g_threads_lock);
+        g_orphan_bytes -= before - after;
+        pthread_mutex_unlock(&g_threads_lock);
+        int64_t later = gs_now_ms();
+        if (t->pend_n && after == before && t->err[0] &&
+            later - t->lost_logged_ms >= 60000) { /* stuck, not slow */
+            t->lost_logged_ms = later;
+            fprintf(stderr,
+                    "gearsync_udf: %zu background job(s) of an ended mysqld "
+                    "thread wait for a job server (%s)\n",
+                    t->pend_n, t->err);
+        }
+    }
+    memcpy(t->err, saved, sizeof saved);
+}
+
+unsigned gs_conn_keeper_pass(unsigned tick)
+{
+    unsigned waiting = 0;
+    for (;;) {
+        struct gs_thread *pick = NULL;
+        int64_t now = gs_now_ms();
+        pthread_mutex_lock(&g_threads_lock);
+        for (struct gs_thread *t = g_threads; t; t = t->next) {
+            if (pthread_mutex_trylock(&t->lock) != 0) {
+                waiting++; /* its owner is in a call: look again next tick */
+                continue;
+            }
+            if (t->keeper_tick == tick || t->pend_n == 0) {
+                pthread_mutex_unlock(&t->lock);
+                continue;
+            }
+            t->keeper_tick = tick;
+            if (!t->orphan && now - t->last_use_ms < GS_KEEPER_IDLE_MS) {
+                waiting++; /* its owner will reap them on its next call */
+                pthread_mutex_unlock(&t->lock);
+                continue;
+            }
+            pick = t;
+            break;
+        }
+        pthread_mutex_unlock(&g_threads_lock);
+        if (!pick)
+            return waiting;
+        keeper_service(pick); /* network I/O: no global lock held */
+        if (pick->orphan && pick->pend_n == 0) {
+            if (pick->from_spill)
+                gs_spill_remove();
+            pthread_mutex_lock(&g_threads_lock);
+            unlink_locked(pick);
+            pthread_mutex_unlock(&g_threads_lock);
+            destroy(pick);
+            continue;
+        }
+        if (pick->pend_n)
+            waiting++;
+        pthread_mutex_unlock(&pick->lock);
+    }
+}
+
+long long gs_conn_pending(void)
+{
+    long long n = 0;
+    pthread_mutex_lock(&g_threads_lock);
+    for (struct gs_thread *t = g_threads; t; t = t->next) {
+        /* a blocking lock here would invert the lock order: a thread in a
+         * call is counted from its last visible state instead */
+        if (pthread_mutex_trylock(&t->lock) == 0) {
+            n += (long long)t->pend_n;
+            pthread_mutex_unlock(&t->lock);
+        }
+    }
+    pthread_mutex_unlock(&g_threads_lock);
+    return n;
+}
+
+static int submit(struct gs_thread *t, struct job *j)
+{
     t->err[0] = '\0';
     refresh_config(t);
     if (t->cfg.n == 0) {
@@ -1065,7 +1341,7 @@ static int submit(struct job *j)
     if (t->pend_n) {
         /* answers to pipelined jobs must not mix with this job's: get them
          * acknowledged first (or leave them queued for a new connection) */
-        (void)pipeline_run(t, submit_end, 0, 0);
+        (void)pipeline_run(t, submit_end, 0, 0, 1);
     }
     j->result_deadline = start + t->cfg.do_timeout_ms;
     if (!j->background && j->result_deadline < submit_end)
@@ -1177,9 +1453,14 @@ int gs_submit_background(enum gs_priority prio, const char *fn, size_t fnlen,
                          const char *unique, size_t uqlen, const char *wl,
                          size_t wllen, char *handle, size_t handle_size)
 {
-    if (check_args(thread_get(), fn, fnlen, unique, uqlen, wllen) != 0 ||
-        handle_size == 0)
+    struct gs_thread *t = thread_lock();
+    if (!t)
         return -1;
+    if (check_args(t, fn, fnlen, unique, uqlen, wllen) != 0 ||
+        handle_size == 0) {
+        thread_unlock(t);
+        return -1;
+    }
     struct job j = {.background = 1,
                     .prio = prio,
                     .fn = fn,
@@ -1190,15 +1471,22 @@ int gs_submit_background(enum gs_priority prio, const char *fn, size_t fnlen,
                     .wllen = wllen,
                     .handle = handle,
                     .handle_size = handle_size};
-    return submit(&j);
+    int rc = submit(t, &j);
+    thread_unlock(t);
+    return rc;
 }
 
 int gs_submit_foreground(enum gs_priority prio, const char *fn, size_t fnlen,
                          const char *unique, size_t uqlen, const char *wl,
                          size_t wllen, struct gs_buf *out)
 {
-    if (check_args(thread_get(), fn, fnlen, unique, uqlen, wllen) != 0)
+    struct gs_thread *t = thread_lock();
+    if (!t)
         return -1;
+    if (check_args(t, fn, fnlen, unique, uqlen, wllen) != 0) {
+        thread_unlock(t);
+        return -1;
+    }
     struct job j = {.background = 0,
                     .prio = prio,
                     .fn = fn,
@@ -1208,13 +1496,13 @@ int gs_submit_foreground(enum gs_priority prio, const char *fn, size_t fnlen,
                     .wl = wl,
                     .wllen = wllen,
                     .out = out};
-    int rc = submit(&j);
-    struct gs_thread *t = thread_get();
-    if (t && t->rcap > 16 * RBUF_KEEP && t->rlen == 0) {
+    int rc = submit(t, &j);
+    if (t->rcap > 16 * RBUF_KEEP && t->rlen == 0) {
         /* don't keep a big result buffer per idle thread */
         free(t->rbuf);
         t->rbuf = NULL;
         t->rcap = 0;
     }
+    thread_unlock(t);
     return rc;
 }

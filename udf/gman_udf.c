@@ -378,18 +378,18 @@ GS_EXPORT char *gman_last_error(UDF_INIT *initid, UDF_ARGS *args,
                                 char *result, unsigned long *length,
                                 char *is_null, char *error)
 {
-    const char *e = gs_last_error();
     (void)args;
     (void)result;
     (void)error;
-    if (!initid->ptr || !e || !*e) {
+    if (!initid->ptr) {
         *is_null = 1;
         return NULL;
     }
-    size_t n = strlen(e);
-    if (n > 511)
-        n = 511;
-    memcpy(initid->ptr, e, n);
+    size_t n = gs_last_error_copy(initid->ptr, 512);
+    if (n == 0) {
+        *is_null = 1;
+        return NULL;
+    }
     *length = (unsigned long)n;
     return initid->ptr;
 }

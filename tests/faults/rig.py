@@ -43,7 +43,7 @@ BIN = REPO / ".venv" / "bin"
 TABLE = "data"
 FUNCTION = "gearsync.data"
 ROWS = 400                     # ids 1..ROWS; the writer's inserts and deletes stay in this range
-UDF_OPTIONS = "timeout_ms=100,do_timeout_ms=5000,retry_ms=1000"  # pipeline=0: the default
+UDF_OPTIONS = "timeout_ms=100,do_timeout_ms=5000,retry_ms=1000"  # pipeline=1: the default
 
 
 class Writer:
@@ -54,7 +54,7 @@ class Writer:
     latencies_s: per statement (reconnect waits not included); errors: statements that failed."""
 
     def __init__(self, connect: Callable[[], Any], *, rate_per_s: float = 300.0, seed: int = 1,
-                 on_connect: Callable[[Any], None] | None = None, flush: bool = True) -> None:
+                 on_connect: Callable[[Any], None] | None = None, flush: bool = False) -> None:
         self._connect = connect
         self._flush = flush
         self._on_connect = on_connect
@@ -126,7 +126,7 @@ class Writer:
                     conn = self._open()
             if conn is not None and self._flush:
                 with conn.cursor() as cur:
-                    cur.execute("SELECT gman_flush()")   # pipelined jobs of this thread go out now
+                    cur.execute("SELECT gman_flush()")   # only if asked: the keeper thread delivers them anyway
         except BaseException as exc:  # reported by stop()
             self.error = exc
         finally:
@@ -261,7 +261,7 @@ class Rig:
             env["GEARMAN_SERVERS"] = self.gearmand.address
         return env
 
-    def writer(self, rate_per_s: float = 300.0, seed: int = 1, flush: bool = True) -> Writer:
+    def writer(self, rate_per_s: float = 300.0, seed: int = 1, flush: bool = False) -> Writer:
         return Writer(self.connect, rate_per_s=rate_per_s, seed=seed, flush=flush)
 
     # -- processes --------------------------------------------------------------------------------

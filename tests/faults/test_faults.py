@@ -281,7 +281,7 @@ def test_mariadb_restart_during_binlog_streaming(tmp_path: Path, redis_factory, 
         rig.make_table(triggers=False)
         binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
                            "earliest", "--log-format", "json", "--stats-interval", "0")
-        writer = rig.writer(rate_per_s=300, flush=False).start()
+        writer = rig.writer(rate_per_s=300).start()
         try:
             time.sleep(2.0)
             server.restart()
@@ -311,8 +311,13 @@ def test_mariadb_restart_during_trigger_capture(own_mariadb: MariaDBServer, gear
     """Two restarts of mysqld under the writer. The UDF's server list (gman_servers_set) lives in
     mysqld's memory; after each restart it must come back on its own: first from mysqld's
     environment (GEARSYNC_GEARMAN_SERVERS), then from gearsync_udf.conf beside the library. No
-    relay runs until the end, so a change the UDF could not send would stay in the spool."""
-    g = gearmand_factory(queue="libsqlite3")
+    relay runs until the end, so a change the UDF could not send would stay in the spool.
+
+    gearmand keeps its queue in memory here: with -q libsqlite3 each JOB_CREATED waits for an
+    fsync, and while mysqld restarts (InnoDB's own I/O) those took over 2 s on our VM, so the UDF
+    timed out, put the server in back-off and spooled a second of writes: correct behaviour, but
+    not what this case measures (persistent queues have their own cases above)."""
+    g = gearmand_factory()
     own_mariadb.execute("CREATE DATABASE app")
     rig = rig_factory(g, redis_factory(), mariadb=own_mariadb, database="app")
     rig.make_table()                      # gman_servers_set at runtime

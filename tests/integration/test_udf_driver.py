@@ -1,9 +1,11 @@
 """The C driver (udf/tests/udf_driver.c) calls every UDF entry point with fabricated UDF_ARGS —
-NULLs, wrong types, huge lengths, invalid UTF-8, gearmand up, down and misbehaving — plain and
-under valgrind memcheck, which must report no error and no leak."""
+NULLs, wrong types, huge lengths, invalid UTF-8, gearmand up, down and misbehaving — plain,
+under valgrind memcheck, which must report no error and no leak, and under ThreadSanitizer (the
+callers' threads, the keeper thread and the shared state), which must report no race."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -27,3 +29,15 @@ def test_driver_is_clean_under_valgrind() -> None:
     assert r.returncode == 0, out[-4000:]
     assert "ERROR SUMMARY: 0 errors" in out, out[-4000:]
     assert "definitely lost" not in out or re.search(r"definitely lost: 0 bytes", out), out[-4000:]
+
+
+def test_driver_is_race_free_under_threadsanitizer() -> None:
+    if shutil.which("clang") is None:
+        if os.environ.get("CI"):
+            pytest.fail("clang missing under CI: .ci/run installs it")
+        pytest.skip("clang not installed (.ci/run installs it)")
+    r = subprocess.run(["make", "-s", "-C", str(UDF), "test-tsan"], capture_output=True, text=True, timeout=900)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "ThreadSanitizer" not in out, out[-4000:]
+    assert re.search(r"udf_driver: \d+ checks, 0 failures", out), out[-4000:]

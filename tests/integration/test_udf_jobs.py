@@ -331,6 +331,98 @@ def test_restarted_gearmand_gets_the_jobs(db, gearmand: GearmanServer) -> None:
     assert [j.workload for j in grab_all(gearmand, "f_rs", expect=1)] == [b"after"]
 
 
+def _hold_jobs_in_a_hung_gearmand(conn, gearmand: GearmanServer, function: str, n: int) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """Pipelined submits on `conn` while gearmand is SIGSTOPped: each returns its unique id (the
+    packet is written), none is acknowledged."""
+    point_at(conn, gearmand, options="timeout_ms=100,retry_ms=200,pipeline=1")
+    assert scalar(conn, "SELECT gman_do_background(%s, 'warm')", function) is not None
+    assert scalar(conn, "SELECT gman_flush()") == 0
+    assert [j.workload for j in grab_all(gearmand, function, expect=1)] == [b"warm"]
+    gearmand.pause()
+    sent = [f"held-{i}".encode() for i in range(n)]
+    for w in sent:
+        assert scalar(conn, "SELECT gman_do_background(%s, %s)", function, w) is not None
+    return sent
+
+
+def _crash_and_restart(gearmand: GearmanServer) -> None:
+    gearmand.kill()  # SIGKILL while stopped: the jobs die unread in its socket buffers
+    gearmand.start()  # same port
+
+
+def test_an_idle_connection_s_unacknowledged_jobs_reach_a_restarted_gearmand(db, gearmand: GearmanServer) -> None:
+    """No further call on the connection: the library's keeper thread notices the broken
+    connection and resends the jobs gearmand never acknowledged."""
+    sent = _hold_jobs_in_a_hung_gearmand(db, gearmand, "f_keep_idle", 5)
+    _crash_and_restart(gearmand)
+    jobs = grab_all(gearmand, "f_keep_idle", expect=len(sent), timeout_s=20)
+    assert sorted(j.workload for j in jobs) == sent
+
+
+def test_an_ended_connection_s_unacknowledged_jobs_reach_a_restarted_gearmand(udf_installed: MariaDBServer,
+                                                                               gearmand: GearmanServer) -> None:
+    """The client disconnects and (thread_cache_size=0) its mysqld thread ends while its jobs are
+    unacknowledged: they are handed to the keeper, not dropped."""
+    admin = udf_installed.connect()
+    cache = int(scalar(admin, "SELECT @@GLOBAL.thread_cache_size"))  # type: ignore[arg-type]
+    udf_installed.execute("SET GLOBAL thread_cache_size = 0")
+    try:
+        conn = udf_installed.connect()
+        try:
+            sent = _hold_jobs_in_a_hung_gearmand(conn, gearmand, "f_keep_ended", 5)
+            thread_id = conn.thread_id()
+        finally:
+            conn.close()
+        assert wait_until(lambda: scalar(admin, "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                                                "WHERE ID = %s", thread_id) == 0)
+        _crash_and_restart(gearmand)
+        jobs = grab_all(gearmand, "f_keep_ended", expect=len(sent), timeout_s=20)
+        assert sorted(j.workload for j in jobs) == sent
+    finally:
+        udf_installed.execute(f"SET GLOBAL thread_cache_size = {cache}")
+        admin.close()
+
+
+def test_jobs_unacknowledged_at_shutdown_are_saved_and_sent_after_the_restart(
+        own_mariadb: MariaDBServer, gearmand: GearmanServer) -> None:
+    """mysqld shuts down while gearmand hangs: the library writes the jobs no server acknowledged to
+    gearsync_udf.pending in the datadir, reads them back when mysqld starts again, sends them, and
+    removes the file."""
+    server = own_mariadb
+    server.env["GEARSYNC_GEARMAN_SERVERS"] = gearmand.address  # the servers after the restart
+    server.restart()
+    spill = server.datadir / "gearsync_udf.pending"
+    conn = server.connect()
+    try:
+        sent = _hold_jobs_in_a_hung_gearmand(conn, gearmand, "f_spill", 5)
+    finally:
+        conn.close()
+    server.stop()  # gearmand still hung: nothing acknowledges the 5 jobs
+    assert spill.is_file()
+    log = server.log_path.read_text(errors="replace")
+    assert "5 background job(s) not acknowledged by any job server at unload: saved to" in log
+    _crash_and_restart(gearmand)
+    server.start()
+    jobs = grab_all(gearmand, "f_spill", expect=len(sent), timeout_s=20)
+    assert sorted(j.workload for j in jobs) == sent
+    assert wait_until(lambda: not spill.exists())
+    assert "5 background job(s) saved at the last unload read from" in server.log_path.read_text(errors="replace")
+
+
+def test_a_damaged_spill_file_is_kept_aside_with_a_message(own_mariadb: MariaDBServer,
+                                                           gearmand: GearmanServer) -> None:
+    server = own_mariadb
+    server.env["GEARSYNC_GEARMAN_SERVERS"] = gearmand.address
+    server.stop()
+    good = b"\0REQ" + (18).to_bytes(4, "big") + (len(b"f_bad\0u1\0ok")).to_bytes(4, "big") + b"f_bad\0u1\0ok"
+    (server.datadir / "gearsync_udf.pending").write_bytes(b"GSPEND1\n" + good + b"\0REQ\xff\xff")
+    server.start()
+    assert [j.workload for j in grab_all(gearmand, "f_bad", expect=1, timeout_s=20)] == [b"ok"]
+    assert (server.datadir / "gearsync_udf.pending.bad").is_file()
+    log = server.log_path.read_text(errors="replace")
+    assert "damaged packet at byte" in log and "1 job(s) before it will be sent" in log
+
+
 def test_sixteen_connections_at_once_every_job_exactly_once(udf_installed: MariaDBServer, db,
                                                             gearmand: GearmanServer) -> None:
     point_at(db, gearmand)

@@ -43,9 +43,9 @@ static int failures, checks;
 
 #define CHECK(cond, ...)                                                      \
     do {                                                                      \
-        checks++;                                                             \
+        __atomic_add_fetch(&checks, 1, __ATOMIC_RELAXED);                     \
         if (!(cond)) {                                                        \
-            failures++;                                                       \
+            __atomic_add_fetch(&failures, 1, __ATOMIC_RELAXED);               \
             fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
             fprintf(stderr, __VA_ARGS__);                                     \
             fputc('\n', stderr);                                              \
@@ -464,9 +464,8 @@ static int connect_port(int port)
 
 static pid_t gearmand_pid;
 
-static int start_gearmand(void)
+static int start_gearmand_on(int port)
 {
-    int port = free_port();
     char p[16];
     snprintf(p, sizeof p, "%d", port);
     gearmand_pid = fork();
@@ -486,6 +485,11 @@ static int start_gearmand(void)
     }
     fprintf(stderr, "gearmand did not start\n");
     exit(2);
+}
+
+static int start_gearmand(void)
+{
+    return start_gearmand_on(free_port());
 }
 
 static void stop_gearmand(void)
@@ -544,7 +548,7 @@ static int recv_pkt(int fd, char **out, size_t *len)
 
 struct worker {
     int port;
-    volatile int stop;
+    int stop; /* atomic */
     long jobs;
 };
 
@@ -560,7 +564,7 @@ static void *worker_main(void *arg)
         send_pkt(fd, 1 /* CAN_DO */, fns[i], strlen(fns[i]));
     struct timeval tv = {0, 200000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    while (!w->stop) {
+    while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
         char *d;
         size_t l;
         send_pkt(fd, 30 /* GRAB_JOB_UNIQ */, NULL, 0);
@@ -613,14 +617,14 @@ enum evil_mode { EVIL_CLOSE, EVIL_GARBAGE, EVIL_HUGE, EVIL_SILENT,
 
 struct evil {
     int port, lfd;
-    volatile int mode, stop;
+    int mode, stop; /* atomic */
     pthread_t th;
 };
 
 static void *evil_main(void *arg)
 {
     struct evil *e = arg;
-    while (!e->stop) {
+    while (!__atomic_load_n(&e->stop, __ATOMIC_ACQUIRE)) {
         struct pollfd p = {.fd = e->lfd, .events = POLLIN};
         if (poll(&p, 1, 100) <= 0)
             continue;
@@ -630,13 +634,13 @@ static void *evil_main(void *arg)
         char buf[65536];
         struct pollfd q = {.fd = fd, .events = POLLIN};
         /* wait for the request, then misbehave */
-        while (!e->stop && poll(&q, 1, 50) == 0)
+        while (!__atomic_load_n(&e->stop, __ATOMIC_ACQUIRE) && poll(&q, 1, 50) == 0)
             ;
         ssize_t got = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
         (void)got;
         char pkt[64];
         uint32_t v;
-        switch (e->mode) {
+        switch (__atomic_load_n(&e->mode, __ATOMIC_ACQUIRE)) {
         case EVIL_CLOSE:
             break;
         case EVIL_GARBAGE:
@@ -650,7 +654,7 @@ static void *evil_main(void *arg)
             usleep(300000);
             break;
         case EVIL_SILENT:
-            while (!e->stop && recv(fd, buf, sizeof buf, 0) > 0)
+            while (!__atomic_load_n(&e->stop, __ATOMIC_ACQUIRE) && recv(fd, buf, sizeof buf, 0) > 0)
                 ;
             break;
         case EVIL_TRUNCATED:
@@ -902,7 +906,7 @@ static void test_jobs(void)
     r = job("gman_do_background", "restart", "before", 6, NULL, &len);
     free(r);
     CHECK(flush() == 0, "flush before restart");
-    w.stop = 1;
+    __atomic_store_n(&w.stop, 1, __ATOMIC_RELEASE);
     pthread_join(wt, NULL);
     stop_gearmand();
     r = job("gman_do_background", "restart", "down", 4, NULL, &len);
@@ -919,7 +923,7 @@ static void test_jobs(void)
                            "big handle", "error", "work huge"};
     for (int mode = EVIL_CLOSE; mode <= EVIL_WORK_HUGE; mode++) {
         for (int pipeline = 0; pipeline <= 1; pipeline++) {
-            e.mode = mode;
+            __atomic_store_n(&e.mode, mode, __ATOMIC_RELEASE);
             point(e.port, pipeline ? "timeout_ms=100,do_timeout_ms=300,retry_ms=0,pipeline=1"
                                    : "timeout_ms=100,do_timeout_ms=300,retry_ms=0,pipeline=0");
             t0 = now_s();
@@ -936,11 +940,89 @@ static void test_jobs(void)
             flush();
         }
     }
-    e.stop = 1;
+    __atomic_store_n(&e.stop, 1, __ATOMIC_RELEASE);
     pthread_join(e.th, NULL);
     close(e.lfd);
     point(free_port(), "retry_ms=0");
     flush(); /* drop: nothing reachable, stays queued until unload */
+}
+
+/* Jobs unacknowledged at unload go to the spill file and come back at the
+ * next load: pipelined jobs held by a SIGSTOPped gearmand, dlclose, gearmand
+ * SIGKILLed and started again on the same port, dlopen: they arrive, and the
+ * file goes. */
+static void test_spill(const char *so, const char *spill)
+{
+    size_t len;
+    char *r;
+    int port = start_gearmand();
+    pid_t pid = gearmand_pid;
+    char spec[64];
+    snprintf(spec, sizeof spec, "127.0.0.1:%d", port);
+    point(port, "timeout_ms=100,retry_ms=0,pipeline=1");
+    r = job("gman_do_background", "spill", "warm", 4, NULL, &len);
+    free(r);
+    CHECK(flush() == 0, "spill: warm flush");
+    kill(pid, SIGSTOP);
+    const char *held[] = {"s1", "s2", "s3"};
+    for (int i = 0; i < 3; i++) {
+        r = job("gman_do_background", "spill", held[i], 2, NULL, &len);
+        CHECK(r != NULL, "spill: pipelined submit to a hung gearmand");
+        free(r);
+    }
+    dlclose(lib); /* unload: nothing acknowledges them -> spill file */
+    lib = NULL;
+    CHECK(access(spill, F_OK) == 0, "spill: file written at unload");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    gearmand_pid = 0;
+    start_gearmand_on(port);
+    setenv(GS_ENV_SERVERS, spec, 1); /* the defaults of the next load */
+    lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        fprintf(stderr, "dlopen again: %s\n", dlerror());
+        exit(2);
+    }
+    /* the keeper sends them without any call: take them as a worker */
+    int fd = connect_port(port), got = 0, warm = 0, other = 0;
+    CHECK(fd >= 0, "spill: worker connects");
+    struct timeval tv = {0, 200000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    send_pkt(fd, 1 /* CAN_DO */, "spill", 5);
+    double t0 = now_s();
+    while (fd >= 0 && got < 3 && now_s() - t0 < 10) {
+        char *d = NULL;
+        size_t l = 0;
+        send_pkt(fd, 30 /* GRAB_JOB_UNIQ */, NULL, 0);
+        int t = recv_pkt(fd, &d, &l);
+        if (t == 31) { /* handle\0fn\0unique\0workload */
+            char *h = d, *fn = memchr(d, 0, l);
+            char *uq = fn ? memchr(fn + 1, 0, l - (size_t)(fn + 1 - d)) : NULL;
+            char *wl = uq ? memchr(uq + 1, 0, l - (size_t)(uq + 1 - d)) : NULL;
+            if (wl) {
+                wl++;
+                size_t wlen = l - (size_t)(wl - d);
+                if (wlen == 2 && wl[0] == 's' && wl[1] >= '1' && wl[1] <= '3')
+                    got++;
+                else if (wlen == 4 && memcmp(wl, "warm", 4) == 0)
+                    warm++;
+                else
+                    other++;
+                /* handle\0result (empty): both arguments are required */
+                send_pkt(fd, 13 /* WORK_COMPLETE */, h, strlen(h) + 1);
+            }
+        } else if (t >= 0) {
+            usleep(20000);
+        }
+        free(d);
+    }
+    if (fd >= 0)
+        close(fd);
+    CHECK(got == 3 && other == 0, "spill: %d of 3 held jobs arrived after the reload (%d other)", got, other);
+    for (int i = 0; i < 250 && access(spill, F_OK) == 0; i++)
+        usleep(20000);
+    CHECK(access(spill, F_OK) != 0, "spill: file removed once delivered");
+    (void)warm; /* gearmand lost it with its queue: not ours to check */
 }
 
 int main(int argc, char **argv)
@@ -951,6 +1033,13 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_DFL); /* the library must never raise it */
     setenv(GS_ENV_SERVERS, "127.0.0.1:1,[::1]:2", 1);
+    char spill_dir[] = "/tmp/gearsync_udf_driver_XXXXXX", spill[64];
+    if (!mkdtemp(spill_dir)) {
+        perror("mkdtemp");
+        return 2;
+    }
+    snprintf(spill, sizeof spill, "%s/pending", spill_dir);
+    setenv(GS_ENV_SPILL, spill, 1); /* never the working directory */
     lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
         fprintf(stderr, "dlopen: %s\n", dlerror());
@@ -959,8 +1048,15 @@ int main(int argc, char **argv)
     test_json();
     test_servers_set();
     test_jobs();
+    stop_gearmand();
+    test_spill(argv[1], spill);
     dlclose(lib); /* runs the library destructor: frees every thread's state */
     stop_gearmand();
+    unlink(spill);
+    char tmp[80];
+    snprintf(tmp, sizeof tmp, "%s.tmp", spill);
+    unlink(tmp);
+    rmdir(spill_dir);
     fprintf(stderr, "udf_driver: %d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
