@@ -36,6 +36,7 @@ OOM) keeps the writes made before the failure; the retry sees them as STALE.
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -49,7 +50,7 @@ from sync.events import ChangeEvent, ClassicSet, Op
 from sync.keys import DEFAULT_PREFIX, check_prefix, compile_template, stats_key
 from sync.rowcodec import encode_hash, encode_json
 
-__all__ = ["TableSpec", "Outcome", "RedisApplier", "APPLY_SCRIPT"]
+__all__ = ["TableSpec", "Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT_SHA"]
 
 
 class Outcome(enum.StrEnum):
@@ -179,6 +180,8 @@ return table.concat(out)
 """
 
 _ZERO_VERSION = "0" * 20
+# What SCRIPT LOAD returns for APPLY_SCRIPT (Redis names a script by the SHA1 of its text).
+APPLY_SCRIPT_SHA = hashlib.sha1(APPLY_SCRIPT.encode()).hexdigest()
 
 
 def _pack_command(args: Sequence[Any]) -> bytes:
@@ -323,6 +326,26 @@ class RedisApplier:
             raise PayloadError(f"batch: {len(stats)} tables in one batch; expected at most 999")
         keys.extend(stats)
         return keys, [self._tomb_ms, "".join(meta), len(stats), *values]
+
+    # -- for a caller's own synchronous connection (standalone Redis) ------------------------
+    def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:
+        """The packed EVALSHA request that applies `events` (same script, keys and arguments as
+        apply() on a standalone Redis), for a caller that writes it on its own connection, e.g.
+        sync-binlog's writer, which sends it and reads the reply later. Raises PayloadError like
+        apply(). The reply goes to parse_reply(); NOSCRIPT means: send pack_script_load() first."""
+        keys, argv = self._build_args(events)
+        return _pack_command(("EVALSHA", APPLY_SCRIPT_SHA, len(keys), *keys, *argv))
+
+    @staticmethod
+    def pack_script_load() -> bytes:
+        """The packed SCRIPT LOAD of the apply script (its reply is APPLY_SCRIPT_SHA)."""
+        return _pack_command(("SCRIPT", "LOAD", APPLY_SCRIPT))
+
+    @staticmethod
+    def parse_reply(reply: Any, n: int) -> list[Outcome]:
+        """One Outcome per event from the script's reply to a batch of `n` events (ApplyError when
+        the reply is not n statuses)."""
+        return RedisApplier._outcomes(reply, n)
 
     # -- apply -----------------------------------------------------------------------------
     async def apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> list[Outcome]:

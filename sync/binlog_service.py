@@ -1,17 +1,38 @@
 """The sync-binlog loop: binlog reader thread → batches → Redis (or gearmand) → saved position.
 
-    reader thread   BinlogSource.run(): blocking mysql-replication reads, rows → ChangeEvents,
-                    chunks handed to the event loop (bounded: the reader waits when the sink lags)
+--sink redis on a standalone Redis: decode and write in ONE thread, the write pipelined behind
+the next decode (_RedisWriter).
+
+    reader thread   BinlogSource.run(): blocking mysql-replication reads, rows → ChangeEvents; at a
+                    batch boundary the batch (+ position) goes out as one EVALSHA on a synchronous
+                    redis-py connection WITHOUT waiting for the reply, and decoding goes on while
+                    Redis executes it on the other core. The reply is read before the next batch
+                    is sent: at most one batch in flight, batches land in order.
+    event loop      start-up, the stats line, and waiting for the thread to end; nothing per batch
+
+A batch is sent when it holds --batch events, when its oldest change has waited --flush-ms (20 ms),
+or when the server went quiet: the dump connection's reads first try without waiting, and when
+nothing is there the reader sends what it holds and reads the reply before it waits
+(BinlogSource._hook_quiet). So a trickle of changes is applied within about a Redis round trip
+after the server sent it, and a backlog goes in batches of --flush-ms worth of changes, each
+costing this thread one packed write and one (by then ready) reply. Why one thread: with the
+writes on an asyncio loop thread, every socket operation there waited for the GIL held by the
+CPU-bound reader (~5 ms switch interval each); the decoding alone was the limit anyway.
+
+While Redis is down, the failed batch is sent again with back-off (50 ms … 5 s) from the reader
+thread, which therefore stops reading (the binlog waits in the server, nothing is lost).
+
+--sink gearman, and --sink redis on a Redis Cluster, keep the two-thread design (simpler there):
+
+    reader thread   BinlogSource.run(), chunks handed to the event loop (bounded: the reader waits
+                    when the sink lags)
     event loop      drain the chunks into one batch (up to --batch events), deliver it, save the
                     position of the last commit the batch covers; retry with back-off while the
                     sink is down (the reader then stops at the bound)
 
-Batching: the reader hands over a chunk at every commit and every 512 rows (a deque append; the
-loop looks every 5 ms). The loop takes up to --batch events as one batch as soon as the reader has
-gone quiet for 5 ms (it waits for the server: nothing to gain by waiting), or the oldest change has
-waited --flush-ms (20 ms), or 256 chunks are there. So a trickle of changes is applied within
-~10 ms, and a backlog goes in few, big batches: fewer Redis round trips and fewer thread switches,
-which is what keeps the rate near the library's own decode rate.
+There the reader hands over a chunk at every commit and every 512 rows (a deque append; the loop
+looks every 5 ms). The loop takes up to --batch events as one batch as soon as the reader has gone
+quiet for 5 ms, or the oldest change has waited --flush-ms, or 256 chunks are there.
 
 Exactly once in effect, --sink redis. The position is written by the SAME Lua script call as the
 batch it covers: it rides as the batch's last item, a `ClassicSet` (an unversioned SET) that the
@@ -19,17 +40,19 @@ applier already supports (sync.applier: the batch is one EVALSHA on a standalone
 the SET is last, so a script failing halfway never stores a position ahead of its rows). After a
 crash the reader resumes from the stored position, i.e. right after the last batch that fully
 landed. Events of a transaction that was still open at that position are read again and applied
-again with the same versions: the version fence makes those STALE, no effect. On a Redis Cluster
-the batch is split by slot, so there the position is a separate SET after the batch succeeded:
-at least once, and the replay is harmless for the same reason.
+again with the same versions: the version fence makes those STALE, no effect. A batch sent again
+after a lost reply is the same: STALE where it had landed. On a Redis Cluster the batch is split
+by slot, so there the position is a separate SET after the batch succeeded: at least once, and
+the replay is harmless for the same reason.
 
 --sink gearman: each batch is submitted with submit_background_many (pipelined; returns when
 gearmand sent JOB_CREATED for every job), then the position is SET in Redis. A crash in between
 resubmits those jobs; their unique ids are derived from (stream, version, op), so gearmand merges
 a resubmission into a still-queued copy, and one that already ran is applied again as STALE.
 
-Stop (SIGTERM/SIGINT → request_stop()): the reader stops within a heartbeat, the loop delivers what
-it holds within shutdown_timeout_s and saves the final position, exit 0.
+Stop (SIGTERM/SIGINT → request_stop()): the reader stops within a heartbeat, what is held is
+delivered within shutdown_timeout_s (a batch that cannot land by then is dropped, its position not
+saved) and the final position saved, exit 0.
 """
 
 from __future__ import annotations
@@ -119,6 +142,155 @@ def default_server_id(name: str) -> int:
     return 0x47530000 + (zlib.crc32(name.encode()) & 0xFFFF)
 
 
+class _RedisWriter:
+    """--sink redis on a standalone Redis, inside the reader thread (see the module docstring):
+    `add` takes the source's chunks into a batch and sends it when it is full or old enough, `idle`
+    (the server went quiet) sends what is held and reads the reply; at most one batch in flight.
+    A failed batch is sent again with back-off until it lands, which keeps the reader from reading
+    meanwhile, or, once a stop is requested, until the shutdown deadline: then it is dropped
+    (`gave_up`) with the position not advanced."""
+
+    def __init__(self, service: "BinlogService") -> None:
+        import redis as redis_sync
+
+        s = service.settings
+        self.service = service
+        self.applier = service.applier
+        self.limit = s.batch
+        self.flush_s = s.flush_ms / 1000.0
+        self.client = redis_sync.Redis.from_url(s.redis.url, password=s.redis.password, socket_timeout=5.0,
+                                                socket_connect_timeout=2.0)
+        self.conn: Any = self.client.connection_pool.get_connection()
+        self.events: list[ChangeEvent] = []       # the batch being gathered
+        self.position: Position | None = None     # ... and the last commit it covers
+        self.rows = 0
+        self.first_t = 0.0
+        # The batch sent and not yet acknowledged: (events, position, packed request, sent, client s)
+        self.inflight: tuple[list[ChangeEvent], Position | None, bytes, bool, float] | None = None
+        self.gave_up = False
+
+    # -- called by BinlogSource.run ------------------------------------------------------------
+    def add(self, chunk: Chunk) -> None:
+        if self.gave_up:
+            return
+        events = chunk.events
+        if events:
+            if not self.events:
+                self.first_t = chunk.t
+                self.events = events  # the chunk's own list: no copy
+            else:
+                self.events.extend(events)
+        if chunk.position is not None:
+            self.position = chunk.position
+        self.rows += chunk.rows
+        if self.events and (len(self.events) >= self.limit or chunk.t - self.first_t >= self.flush_s):
+            self.send()
+
+    def idle(self) -> None:
+        if self.gave_up:
+            return
+        if self.events or self.position is not None:
+            self.send()
+        if self.inflight is not None:
+            self.finish()
+
+    def close(self) -> None:
+        """Deliver what is held (bounded by the shutdown deadline), then close the connection."""
+        try:
+            self.idle()
+        finally:
+            self.client.connection_pool.release(self.conn)
+            self.client.close()
+
+    # -- batches -------------------------------------------------------------------------------
+    def send(self) -> None:
+        """Send the gathered batch (its position as the script call's last item); the reply of the
+        batch before it is read first."""
+        if self.inflight is not None:
+            self.finish()
+            if self.gave_up:
+                return
+        events, position = self.events, self.position
+        self.events, self.position = [], None
+        st = self.service.stats
+        st["rows"] += self.rows
+        self.rows = 0
+        t0 = time.perf_counter()
+        batch: list[Any] = events
+        if position is not None:
+            batch = [*events, self.service.positions.set_command(position)]
+        packed = self.applier.pack_apply(batch)  # type: ignore[union-attr]
+        sent = True
+        try:
+            self.conn.send_packed_command((packed,), check_health=False)
+        except (redis.exceptions.RedisError, OSError):
+            self.conn.disconnect()   # finish() sends it again
+            sent = False
+        self.inflight = (events, position, packed, sent, time.perf_counter() - t0)
+
+    def finish(self) -> None:
+        """Read the reply of the batch in flight; on failure send it again (with back-off) until it
+        lands or the shutdown deadline passes."""
+        assert self.inflight is not None
+        events, position, packed, sent, spent = self.inflight
+        t1 = time.perf_counter()
+        n = len(events) + (position is not None)
+        svc = self.service
+        backoff: Backoff | None = None
+        while True:
+            try:
+                if not sent:
+                    self.conn.send_packed_command((packed,), check_health=False)  # connects first
+                    sent = True
+                reply = self._reply(packed)
+                outcomes = self.applier.parse_reply(reply, n)  # type: ignore[union-attr]
+                break
+            except (ApplyError, redis.exceptions.RedisError, OSError) as exc:
+                self.conn.disconnect()
+                if backoff is None:
+                    backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
+                svc.stats["retries"] += 1
+                metrics.record_retry()
+                delay = backoff.next_delay()
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                if svc.stopping_past(delay):
+                    log.warning("sink_given_up_at_shutdown", what="deliver", error=error, events=len(events))
+                    self.inflight = None
+                    self.gave_up = True
+                    return
+                log.warning("sink_unavailable", what="deliver", error=error, retry_in_s=round(delay, 3),
+                            attempt=backoff.attempts, events=len(events))
+                time.sleep(delay)
+                sent = False
+        if backoff is not None:
+            log.info("sink_recovered", what="deliver", attempts=backoff.attempts)
+        self.inflight = None
+        applied = sum(1 for o in outcomes[: len(events)] if o is Outcome.APPLIED)
+        st = svc.stats
+        st["events"] += len(events)
+        st["applied"] += applied
+        st["stale"] += len(events) - applied
+        st["batches"] += 1
+        # Batch latency: this thread's time on the batch (build and send, then the wait for the
+        # reply), not the decoding of the next batch that overlapped the round trip.
+        metrics.record_batch(len(events), applied, len(events) - applied, 0, spent + time.perf_counter() - t1)
+        if position is not None:
+            svc.position = position
+
+    def _reply(self, packed: bytes) -> Any:
+        """The reply to `packed` (already sent); NOSCRIPT: load the script and send it again."""
+        conn = self.conn
+        try:
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            conn.send_packed_command((RedisApplier.pack_script_load(),), check_health=False)
+            conn.read_response()
+            conn.send_packed_command((packed,), check_health=False)
+            return conn.read_response()
+        except redis.exceptions.ResponseError as exc:
+            raise ApplyError(f"redis apply failed: {exc}") from exc
+
+
 class BinlogService:
     """One sync-binlog process; see the module docstring."""
 
@@ -148,6 +320,11 @@ class BinlogService:
             log.info("binlog_stopping", shutdown_timeout_s=self.settings.shutdown_timeout_s)
             self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
             self._stop.set()  # thread-safe: the reader thread polls it between events
+
+    def stopping_past(self, delay_s: float) -> bool:
+        """A stop was requested and waiting `delay_s` more would pass its deadline."""
+        return (self._stop.is_set() and self._stop_deadline is not None
+                and time.monotonic() + delay_s > self._stop_deadline)
 
     # -- start-up ------------------------------------------------------------------------------
     def prepare(self) -> tuple[ServerInfo, Any, dict[str, TableSchema]]:
@@ -219,6 +396,8 @@ class BinlogService:
         log.info("binlog_started", server=s.mysql.display, flavor=server.flavor, version=server.version,
                  tables=list(s.tables), sink=s.sink, position=start.describe(), key=self.positions.key,
                  server_id=server_id)
+        if s.sink == "redis" and not self._cluster:
+            return await self._run_in_reader()
 
         # Hand-over between the threads: a deque, polled by the loop. No per-chunk wake-up of the
         # loop (call_soon_threadsafe writes a pipe each time, and every such write made the
@@ -257,6 +436,45 @@ class BinlogService:
             if self.gearman is not None:
                 await self.gearman.close()
             await self._close_redis()
+        return self._finished(failure)
+
+    async def _run_in_reader(self) -> int:
+        """--sink redis, standalone: decode and write in the reader thread (_RedisWriter); the
+        event loop only reports stats and waits for the thread to end."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        failure: list[BaseException] = []
+        writer = _RedisWriter(self)
+
+        def reader() -> None:
+            try:
+                assert self.source is not None
+                try:
+                    self.source.run(writer.add, self._stop, idle=writer.idle)
+                except BaseException:
+                    self.request_stop()  # deliver what is held within the shutdown timeout, then fail
+                    raise
+                finally:
+                    writer.close()
+            except BaseException as exc:  # handed to the loop, which reports it
+                failure.append(exc)
+            finally:
+                loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(None))
+
+        thread = threading.Thread(target=reader, name="binlog-reader", daemon=True)
+        thread.start()
+        reporter = asyncio.ensure_future(self._report())
+        try:
+            await asyncio.shield(ended)
+        finally:
+            self._stop.set()
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+            await loop.run_in_executor(None, thread.join, 30)
+            await self._close_redis()
+        return self._finished(failure)
+
+    def _finished(self, failure: list[BaseException]) -> int:
         if failure:
             exc = failure[0]
             if isinstance(exc, SyncError):
