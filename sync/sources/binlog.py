@@ -278,7 +278,17 @@ def _converter(col: Column, bcol: Any, flavor: str) -> Callable[[Any], Any]:
                 return zero if v == _EPOCH else normalize_value(v, fsp=fsp)
             return str(v)
         return ts
-    if kind in ("datetime", "date", "time"):
+    if kind == "datetime":
+        cut = 19 if fsp == 0 else 20 + fsp
+
+        def datetime_text(v: Any) -> Any:
+            # canonical_value's text from the C formatter: "YYYY-MM-DD HH:MM:SS.ffffff", cut to
+            # fsp fraction digits (MySQL truncates the same way). Zero dates arrive as text.
+            if type(v) is dt.datetime and v.tzinfo is None:
+                return v.isoformat(" ", "microseconds")[:cut]
+            return canonical_value(col, v)
+        return datetime_text
+    if kind in ("date", "time"):
         return lambda v: canonical_value(col, v)
     if kind == "text":
         if col.data_type == "set":
@@ -738,14 +748,20 @@ class BinlogSource:
                 self._out(ChangeEvent(table, Op.DELETE, tuple((k, row[k]) for k in key), None, version, src), version)
         else:
             names = plan.names if st.wanted is not None else None
+            k0 = key[0] if len(key) == 1 else None
             for r in rows:
                 before, after = r["before_values"], r["after_values"]
                 if names is not None and all(before[n] == after[n] for n in names):
                     continue  # none of the chosen columns changed
                 version = self._next_version()
                 row = plan.row(after, r.get("after_none_sources"))
-                pk = tuple((k, row[k]) for k in key)
-                if any(before[k] != after[k] for k in key):
+                if k0 is not None:  # a one-column key (the usual case): no generators per row
+                    pk = ((k0, row[k0]),)
+                    moved = before[k0] != after[k0]
+                else:
+                    pk = tuple((k, row[k]) for k in key)
+                    moved = any(before[k] != after[k] for k in key)
+                if moved:
                     old = plan.row(before, r.get("before_none_sources"))
                     old_pk = tuple((k, old[k]) for k in key)
                     if old_pk != pk:
@@ -770,7 +786,12 @@ class BinlogSource:
             if self._trx_gtid is not None:
                 d, s, n = self._trx_gtid
                 self._gtid_state[d] = (s, n)
-            gtid = format_mariadb_gtids(self._gtid_state)
+            state = self._gtid_state
+            if len(state) == 1:  # one domain (the usual case): what format_mariadb_gtids writes
+                ((d, (s, n)),) = state.items()
+                gtid = f"{d}-{s}-{n}"
+            else:
+                gtid = format_mariadb_gtids(state)
             self.committed = Position("mariadb", gtid, self._file, log_pos)
             if self.stream is not None:
                 # The library reconnects by itself after error 2013/2006 with auto_position: make
