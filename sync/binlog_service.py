@@ -160,7 +160,7 @@ class _RedisWriter:
         self.flush_s = s.flush_ms / 1000.0
         self.client = redis_sync.Redis.from_url(s.redis.url, password=s.redis.password, socket_timeout=5.0,
                                                 socket_connect_timeout=2.0)
-        self.conn: Any = self.client.connection_pool.get_connection()
+        self.conn: Any = self.client.connection_pool.make_connection()  # connects at its first send
         self.events: list[ChangeEvent] = []       # the batch being gathered
         self.position: Position | None = None     # ... and the last commit it covers
         self.rows = 0
@@ -199,7 +199,7 @@ class _RedisWriter:
         try:
             self.idle()
         finally:
-            self.client.connection_pool.release(self.conn)
+            self.conn.disconnect()
             self.client.close()
 
     # -- batches -------------------------------------------------------------------------------
