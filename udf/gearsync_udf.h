@@ -56,6 +56,12 @@ typedef bool my_bool; /* Oracle MySQL 8 dropped the typedef */
  * Jobs of a mysqld thread that ended are kept (up to GS_ORPHAN_MAX bytes
  * in all) until a job server takes them. */
 #define GS_KEEPER_TICK_MS 10
+/* Coalescing of pipelined sends (option coalesce_us, default below; 0 = send
+ * every job at once): a job waits at most this long, or until this many
+ * bytes are due, to share one send() with the next ones. */
+#define GS_DEFAULT_COALESCE_US 1000u
+#define GS_MAX_COALESCE_US 100000u
+#define GS_COALESCE_BYTES (16u << 10)
 #define GS_KEEPER_IDLE_MS 20
 /* With more than one server configured, the keeper moves a thread's jobs
  * to the next server when its connection has not answered for this long. */
@@ -85,6 +91,8 @@ struct gs_config {
     unsigned timeout_ms;    /* background submit, all attempts together */
     unsigned do_timeout_ms; /* foreground job, submit to WORK_COMPLETE */
     unsigned retry_ms;      /* back-off of a server after a failure */
+    unsigned coalesce_us;   /* pipelined jobs may wait this long to be sent
+                               together (0: send each at once) */
     unsigned pipeline;      /* 1 (default): background submits don't wait
                                for JOB_CREATED (acks reaped on later calls
                                or by the keeper, unacknowledged jobs resent
@@ -157,20 +165,23 @@ void gs_set_last_error(const char *msg);
 /* Close this thread's cached connection (tests). */
 void gs_thread_disconnect(void);
 
-/* One visit of the keeper thread (gman_conn.c): deliver the pipelined
- * jobs of threads idle for GS_KEEPER_IDLE_MS and of ended threads, once
- * each per tick.  Returns how many threads still hold unacknowledged jobs
- * (0: the keeper may sleep until gs_keeper_notify()). */
-unsigned gs_conn_keeper_pass(unsigned tick);
+/* One visit of the keeper thread (gman_conn.c): send what threads left
+ * coalescing for coalesce_us, deliver the pipelined jobs of threads idle for
+ * GS_KEEPER_IDLE_MS and of ended threads, once each per tick.  Returns 1
+ * while any thread holds unacknowledged jobs (0: the keeper may sleep until
+ * gs_keeper_notify()); *unsent = 1 when some wait to be sent (look again
+ * within coalesce_us). */
+int gs_conn_keeper_pass(unsigned tick, int *unsent);
 /* How many unacknowledged background jobs this process holds (all threads,
  * ended ones included); for tests and gman_pending(). */
 long long gs_conn_pending(void);
 
 /* ------------------------------------------------------------ keeper */
 
-/* Start the keeper thread if needed and wake it if it sleeps.  Cheap: one
- * atomic increment unless the keeper is asleep. */
-void gs_keeper_notify(void);
+/* Start the keeper thread if needed and wake it if it sleeps (or, with
+ * unsent = 1, if it does not look every GS_COALESCE_US already).  Cheap:
+ * one atomic increment unless the keeper must be woken. */
+void gs_keeper_notify(int unsent);
 /* 1 if the keeper runs (ended threads' jobs can be handed to it). */
 int gs_keeper_running(void);
 /* Stop and join the keeper (library unload); idempotent. */

@@ -258,10 +258,19 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
         out->pipeline = (unsigned)v;
         return 0;
     }
+    if (KEY_IS("coalesce_us")) {
+        if (parse_uint(val, vlen, 0, GS_MAX_COALESCE_US, &v) != 0) {
+            seterr(err, errlen, "coalesce_us is 0..100000: '%.*s'",
+                   key, klen + 1 + vlen);
+            return -1;
+        }
+        out->coalesce_us = (unsigned)v;
+        return 0;
+    }
 #undef KEY_IS
     seterr(err, errlen,
            "unknown option '%.*s' (timeout_ms, do_timeout_ms, retry_ms, "
-           "pipeline)",
+           "pipeline, coalesce_us)",
            key, klen);
     return 1;
 }
@@ -437,6 +446,7 @@ static void config_defaults(struct gs_config *c)
      * ends, saved to the spill file at unload).  pipeline=0: wait for
      * JOB_CREATED on every submit. */
     c->pipeline = 1;
+    c->coalesce_us = GS_DEFAULT_COALESCE_US;
 }
 
 /* Path of gearsync_udf.conf in the directory this library was loaded from. */
@@ -544,8 +554,8 @@ void gs_config_load_defaults(int log)
         gs_format_servers(&c, list, sizeof list);
         fprintf(stderr,
                 "gearsync_udf: job servers %s (from %s); timeout_ms=%u "
-                "do_timeout_ms=%u retry_ms=%u pipeline=%u\n",
+                "do_timeout_ms=%u retry_ms=%u pipeline=%u coalesce_us=%u\n",
                 list, source, c.timeout_ms, c.do_timeout_ms, c.retry_ms,
-                c.pipeline);
+                c.pipeline, c.coalesce_us);
     }
 }

@@ -77,6 +77,7 @@ struct gs_thread {
     int orphan;          /* its mysqld thread ended; the keeper owns it */
     int from_spill;      /* its jobs were read from the spill file */
     int64_t progress_ms; /* last JOB_CREATED, or first outstanding job */
+    int64_t unsent_since_us; /* when [pend_sent, pend.len) became non-empty */
     uint64_t version;              /* of cfg */
     struct gs_config cfg;
     struct sockaddr_storage addr[GS_MAX_SERVERS];
@@ -215,7 +216,7 @@ static void thread_free(void *p)
     pthread_mutex_lock(&t->lock);
     if (t->pend_n && t->cfg.n) {
         if (!gs_keeper_running())
-            gs_keeper_notify(); /* starts it */
+            gs_keeper_notify(0); /* starts it */
         int adopt = 0;
         pthread_mutex_lock(&g_threads_lock);
         if (gs_keeper_running() &&
@@ -228,7 +229,7 @@ static void thread_free(void *p)
         if (adopt) {
             t->last_use_ms = 0;
             pthread_mutex_unlock(&t->lock);
-            gs_keeper_notify();
+            gs_keeper_notify(0);
             return;
         }
     }
@@ -273,7 +274,7 @@ static void adopt_spill_file(void)
     g_threads = t;
     g_orphan_bytes += len;
     pthread_mutex_unlock(&g_threads_lock);
-    gs_keeper_notify();
+    gs_keeper_notify(0);
 }
 
 __attribute__((constructor)) static void conn_init(void)
@@ -393,10 +394,11 @@ static struct gs_thread *thread_lock(void)
 static void thread_unlock(struct gs_thread *t)
 {
     int pending = t->pend_n != 0;
+    int unsent = t->pend_sent < t->pend.len;
     t->last_use_ms = gs_now_ms();
     pthread_mutex_unlock(&t->lock);
     if (pending)
-        gs_keeper_notify();
+        gs_keeper_notify(unsent);
 }
 
 size_t gs_last_error_copy(char *buf, size_t size)
@@ -1161,9 +1163,28 @@ static int submit_pipelined(struct gs_thread *t, struct job *j)
     p += j->uqlen + 1;
     if (j->wllen)
         memcpy(p, j->wl, j->wllen);
+    int64_t now_us = gs_now_us();
+    if (t->pend_sent == t->pend.len)
+        t->unsent_since_us = now_us;
     t->pend.len += plen;
     if (t->pend_n++ == 0)
-        t->progress_ms = gs_now_ms(); /* the oldest outstanding job's age */
+        t->progress_ms = now_us / 1000; /* the oldest outstanding job's age */
+
+    /* Coalesce: on a connection that works, a job may wait up to
+     * GS_COALESCE_US (or until GS_COALESCE_BYTES are due) to go out together
+     * with the next ones: one send() and one gearmand wake-up for several
+     * jobs instead of one each.  The keeper sends what an idle thread left.
+     * A connection still to be made or proved goes now. */
+    if (t->cfg.coalesce_us && t->fd >= 0 && t->verified &&
+        now_us - t->unsent_since_us < (int64_t)t->cfg.coalesce_us &&
+        t->pend.len - t->pend_sent < GS_COALESCE_BYTES &&
+        t->pend_n <= GS_WINDOW_JOBS &&
+        t->pend.len - t->pend_head <= GS_WINDOW_BYTES) {
+        size_t n = j->uqlen < j->handle_size - 1 ? j->uqlen : j->handle_size - 1;
+        memcpy(j->handle, j->unique, n);
+        j->handle[n] = '\0';
+        return 0;
+    }
 
     if (pipeline_run(t, deadline, GS_WINDOW_JOBS, GS_WINDOW_BYTES, 0) != 0) {
         /* not confirmed to the caller, so not ours to deliver later: drop
@@ -1244,16 +1265,18 @@ static void keeper_service(struct gs_thread *t)
     memcpy(t->err, saved, sizeof saved);
 }
 
-unsigned gs_conn_keeper_pass(unsigned tick)
+int gs_conn_keeper_pass(unsigned tick, int *unsent)
 {
     unsigned waiting = 0;
+    *unsent = 0;
     for (;;) {
         struct gs_thread *pick = NULL;
-        int64_t now = gs_now_ms();
+        int64_t now_us = gs_now_us(), now = now_us / 1000;
         pthread_mutex_lock(&g_threads_lock);
         for (struct gs_thread *t = g_threads; t; t = t->next) {
             if (pthread_mutex_trylock(&t->lock) != 0) {
                 waiting++; /* its owner is in a call: look again next tick */
+                *unsent = 1; /* it may leave some */
                 continue;
             }
             if (t->keeper_tick == tick || t->pend_n == 0) {
@@ -1261,8 +1284,13 @@ unsigned gs_conn_keeper_pass(unsigned tick)
                 continue;
             }
             t->keeper_tick = tick;
-            if (!t->orphan && now - t->last_use_ms < GS_KEEPER_IDLE_MS) {
+            int due = t->pend_sent < t->pend.len && t->fd >= 0 &&
+                      now_us - t->unsent_since_us >=
+                          (int64_t)t->cfg.coalesce_us;
+            if (!due && !t->orphan && now - t->last_use_ms < GS_KEEPER_IDLE_MS) {
                 waiting++; /* its owner will reap them on its next call */
+                if (t->pend_sent < t->pend.len)
+                    *unsent = 1; /* coalescing: due within coalesce_us */
                 pthread_mutex_unlock(&t->lock);
                 continue;
             }
@@ -1271,7 +1299,7 @@ unsigned gs_conn_keeper_pass(unsigned tick)
         }
         pthread_mutex_unlock(&g_threads_lock);
         if (!pick)
-            return waiting;
+            return waiting != 0;
         keeper_service(pick); /* network I/O: no global lock held */
         if (pick->orphan && pick->pend_n == 0) {
             if (pick->from_spill)
@@ -1284,6 +1312,8 @@ unsigned gs_conn_keeper_pass(unsigned tick)
         }
         if (pick->pend_n)
             waiting++;
+        if (pick->pend_sent < pick->pend.len)
+            *unsent = 1;
         pthread_mutex_unlock(&pick->lock);
     }
 }

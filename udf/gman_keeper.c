@@ -37,17 +37,28 @@ static pthread_t k_thread;
 static int k_running;  /* atomic: 1 while the thread runs */
 static int k_stop;     /* under k_lock */
 static int k_idle;     /* atomic: 1 while it waits for a notify */
+static int k_fast;     /* atomic: 1 while it looks every GS_COALESCE tick */
 static unsigned long k_gen; /* atomic: bumped by every notify */
 
-static void deadline_in(struct timespec *ts, long ms)
+static void deadline_in(struct timespec *ts, long us)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (ms % 1000) * 1000000L;
+    ts->tv_sec += us / 1000000;
+    ts->tv_nsec += (us % 1000000) * 1000L;
     if (ts->tv_nsec >= 1000000000L) {
         ts->tv_sec++;
         ts->tv_nsec -= 1000000000L;
     }
+}
+
+/* How often to look while jobs wait to be sent: the current coalesce_us,
+ * at least 200 µs. */
+static long fast_tick_us(void)
+{
+    struct gs_config c;
+    gs_config_current(&c);
+    long us = c.coalesce_us ? (long)c.coalesce_us : 1000;
+    return us < 200 ? 200 : us;
 }
 
 static void *keeper_main(void *arg)
@@ -58,13 +69,16 @@ static void *keeper_main(void *arg)
     while (!k_stop) {
         unsigned long gen = __atomic_load_n(&k_gen, __ATOMIC_SEQ_CST);
         pthread_mutex_unlock(&k_lock);
-        unsigned pending = gs_conn_keeper_pass(++tick);
+        int unsent = 0;
+        int pending = gs_conn_keeper_pass(++tick, &unsent);
+        long fast = unsent ? fast_tick_us() : 0;
         pthread_mutex_lock(&k_lock);
         if (k_stop)
             break;
-        if (pending) {
+        __atomic_store_n(&k_fast, unsent, __ATOMIC_SEQ_CST);
+        if (pending || unsent) {
             struct timespec ts;
-            deadline_in(&ts, GS_KEEPER_TICK_MS);
+            deadline_in(&ts, unsent ? fast : GS_KEEPER_TICK_MS * 1000L);
             (void)pthread_cond_timedwait(&k_cond, &k_lock, &ts);
             continue;
         }
@@ -111,7 +125,7 @@ static void keeper_start(void)
     __atomic_store_n(&k_running, 1, __ATOMIC_SEQ_CST);
 }
 
-void gs_keeper_notify(void)
+void gs_keeper_notify(int unsent)
 {
     if (!__atomic_load_n(&k_running, __ATOMIC_ACQUIRE)) {
         pthread_mutex_lock(&k_lock);
@@ -122,9 +136,12 @@ void gs_keeper_notify(void)
         pthread_once(&k_once, keeper_start);
     }
     __atomic_add_fetch(&k_gen, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&k_idle, __ATOMIC_SEQ_CST)) {
+    if (__atomic_load_n(&k_idle, __ATOMIC_SEQ_CST) ||
+        (unsent && !__atomic_load_n(&k_fast, __ATOMIC_SEQ_CST))) {
+        /* asleep, or on its slow tick while jobs wait to be sent */
         pthread_mutex_lock(&k_lock);
         __atomic_store_n(&k_idle, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&k_fast, 1, __ATOMIC_SEQ_CST);
         pthread_cond_signal(&k_cond);
         pthread_mutex_unlock(&k_lock);
     }

@@ -83,7 +83,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def set_mode(cur, mode: str, gearmand: GearmanServer, dead_address: str,  # type: ignore[no-untyped-def]
-             queued: list[int]) -> None:
+             queued: list[int], options: str = "") -> None:
     """Switch modes: the trigger is dropped/created, and "gearmand down" points the library at a port
     nothing listens on (connection refused, as for a stopped gearmand).
 
@@ -101,7 +101,8 @@ def set_mode(cur, mode: str, gearmand: GearmanServer, dead_address: str,  # type
         cur.execute(TRIGGER)
     address = dead_address if mode == "trigger, gearmand down" else gearmand.address
     cur.execute("SELECT gman_flush()")  # nothing pipelined carries over into the next mode
-    cur.execute("SELECT gman_servers_set(%s, %s)", (address, "pipeline=0" if mode == UP_CONFIRMED else "pipeline=1"))
+    mode_option = "pipeline=0" if mode == UP_CONFIRMED else "pipeline=1"
+    cur.execute("SELECT gman_servers_set(%s, %s)", (address, ",".join(filter(None, (options, mode_option)))))
 
 
 def single_row(cur, ids: list[int]) -> float:  # type: ignore[no-untyped-def]
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
         for k in range(slices):
             order = MODES[k % len(MODES):] + MODES[: k % len(MODES)]
             for mode in order:
-                set_mode(cur, mode, gearmand, dead_address, queued)
+                set_mode(cur, mode, gearmand, dead_address, queued, args.udf_options)
                 ids = [rng.randrange(1, args.rows + 1) for _ in range(per_slice)]
                 assert db.proc is not None and gearmand.proc is not None
                 before = cpu_seconds(db.proc.pid), cpu_seconds(gearmand.proc.pid)
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
                     expected_jobs += per_slice
         for r in range(args.runs):
             for mode in MODES[r % len(MODES):] + MODES[: r % len(MODES)]:
-                set_mode(cur, mode, gearmand, dead_address, queued)
+                set_mode(cur, mode, gearmand, dead_address, queued, args.udf_options)
                 first = rng.randrange(1, args.rows - args.multi + 2)
                 results[mode]["multi_s"].append(multi_row(cur, first, args.multi))
                 if mode in (UP, UP_CONFIRMED):
@@ -210,6 +211,7 @@ def summarize(results: dict[str, dict[str, list[float]]], args: argparse.Namespa
         "single_row_updates": args.single,
         "multi_row_update_rows": args.multi,
         "runs": args.runs,
+        "udf_options": args.udf_options,
         "modes": {},
         "targets": {"single_ratio_min": 0.85, "multi_up_max_s": 0.4},
         "jobs_queued": queued,
@@ -258,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices-per-run", type=int, default=10,
                         help="single-row UPDATEs are measured in this many interleaved slices per run")
     parser.add_argument("--gearmand-threads", type=int, default=2, help="gearmand --threads")
+    parser.add_argument("--udf-options", default="", metavar="K=V[,K=V]",
+                        help="extra gman_servers_set options for every mode, e.g. coalesce_us=0 (udf/README.md)")
     parser.add_argument("--library", type=Path, default=LIBRARY, help="the UDF library to load")
     parser.add_argument("--no-build", action="store_true", help="do not run make -C udf first")
     args = parser.parse_args(argv)
