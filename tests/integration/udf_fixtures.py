@@ -133,8 +133,10 @@ def scalar(conn, sql: str, *args: object) -> object:  # type: ignore[no-untyped-
 def point_at(conn, *servers: GearmanServer | str, options: str | None = None) -> bytes:  # type: ignore[no-untyped-def]
     """gman_servers_set for the whole mysqld; returns the canonical list."""
     spec = ",".join(s if isinstance(s, str) else s.address for s in servers)
-    if options is None:
-        options = "timeout_ms=100,do_timeout_ms=5000,retry_ms=1000,pipeline=1"
+    # Options apply on top of the current ones: start every call from the defaults, so nothing a
+    # previous test set carries over; `options` override them (later keys win).
+    defaults = "timeout_ms=100,do_timeout_ms=5000,retry_ms=1000,pipeline=1,coalesce_us=1000"
+    options = defaults if options is None else f"{defaults},{options}"
     return scalar(conn, "SELECT gman_servers_set(%s, %s)", spec, options)  # type: ignore[return-value]
 
 
