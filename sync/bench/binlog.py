@@ -6,7 +6,8 @@ before them, times reading that stretch of binlog to its end:
 
     raw       BinLogStreamReader alone (is_mariadb, GTID start, blocking), decoding every row
     redis     BinlogService --sink redis: rows → events → Redis (one script call per batch,
-              position in the same call), until the saved position reaches the end
+              position in the same call, sent from the reader thread without waiting for the
+              reply), until the saved position reaches the end
     gearman   BinlogService --sink gearman: rows → jobs accepted by gearmand → position saved
 
 Each is run --runs times in turn (raw, redis, gearman, raw, …) in this one process; the median
@@ -128,7 +129,8 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
 
     prof = cProfile.Profile() if profile else None
     if prof is not None:
-        # Profile the reader thread (where the decoding and the event building happen).
+        # Profile the reader thread (the decoding and the event building; with --sink redis the
+        # batches' packing, sends and replies too).
         from sync.sources.binlog import BinlogSource
 
         plain_run = BinlogSource.run
