@@ -42,6 +42,30 @@ from .triggers import SPOOL_TABLE
 log = structlog.get_logger(__name__)
 
 _RETRYABLE = (1213, 1205)  # deadlock victim, lock wait timeout
+# MySQL errors that waiting will not cure: the relay stops with what to change instead of retrying
+# forever (server error code -> what is wrong).
+_FATAL = {
+    1045: "access denied: check MYSQL_USER / MYSQL_PASSWORD (or the user in --mysql-url)",
+    1044: "access to the database denied: GRANT SELECT, DELETE ON <db>.gearsync_spool",
+    1142: "command denied: the relay needs SELECT and DELETE on gearsync_spool",
+    1049: "unknown database: check --database / MYSQL_DATABASE",
+    1146: "no table gearsync_spool: create it with `sync-triggers install` (or sql/spool.sql)",
+}
+
+
+def fatal_mysql_error(exc: BaseException) -> str | None:
+    """What to change (and the server's error code), when `exc` — or what caused it, e.g. the
+    pymysql error inside a SourceError from connect() — is a MySQL error that retrying cannot fix;
+    None otherwise."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        code = seen.args[0] if seen.args and isinstance(seen.args[0], int) else None
+        if code in _FATAL:
+            return f"{_FATAL[code]} (error {code})"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 __all__ = ["RelaySettings", "RelayStats", "SpoolRelay"]
 
@@ -179,6 +203,10 @@ class SpoolRelay:
                 rows = await asyncio.to_thread(self._claim, database)
             except Exception as exc:
                 await asyncio.to_thread(self._close_mysql)
+                fatal = fatal_mysql_error(exc)
+                if fatal:
+                    raise ConfigError(f"MySQL {self.settings.mysql.display}, database {database!r}: "
+                                      f"{fatal}") from exc
                 raise SourceError(f"MySQL {self.settings.mysql.display}: spool read failed: {_short(exc)}") from exc
             if rows is not None:
                 break

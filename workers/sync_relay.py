@@ -37,7 +37,8 @@ examples:
   {PROG} --database shop,crm --servers g1:4730,g2:4730 --batch 1000
   {PROG} --database shop --once           # empty the spool once, then exit
 
-exit codes: 0 stopped cleanly or --once done, 2 bad option, 3 MySQL or gearmand unreachable
+exit codes: 0 stopped cleanly or --once done, 2 bad option, or a MySQL error retrying cannot fix
+(access denied, no gearsync_spool, missing grants), 3 MySQL or gearmand unreachable
 (--once only; the long-running relay keeps retrying).
 """
 

@@ -105,3 +105,29 @@ def test_relay_bad_options(mariadb: MariaDBServer) -> None:
                          (["--servers", "h:99999", "--database", "x"], "port 99999")):
         r = subprocess.run([exe, *args], capture_output=True, text=True, env={**os.environ, "MYSQL_URL": mariadb.url})
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_relay_stops_with_a_message_when_retrying_cannot_help(mariadb: MariaDBServer, db) -> None:  # type: ignore[no-untyped-def]
+    """A wrong password, an unknown database or a database without gearsync_spool: one line that
+    says what to change, exit 2 — not a relay retrying forever. The password never shows."""
+    exe = str(REPO / ".venv" / "bin" / "sync-relay")
+    mariadb.execute("CREATE USER IF NOT EXISTS 'relay_t'@'127.0.0.1' IDENTIFIED BY 'right-Secret-1'",
+                    f"GRANT SELECT, DELETE ON `{db.db_name}`.* TO 'relay_t'@'127.0.0.1'")
+    mariadb.execute("CREATE DATABASE IF NOT EXISTS relay_nospool")
+    base = f"mysql://relay_t@127.0.0.1:{mariadb.port}/"
+    cases = (
+        ("wrong-Secret-2", db.db_name, "access denied: check MYSQL_USER / MYSQL_PASSWORD"),
+        ("right-Secret-1", "no_such_db_here", "the relay needs SELECT and DELETE on gearsync_spool"),  # 1142
+        ("", "relay_nospool", "no table gearsync_spool"),
+    )
+    for password, database, needle in cases:
+        env = {**os.environ, "MYSQL_PASSWORD": password}
+        url = base if password else f"mysql://root@127.0.0.1:{mariadb.port}/"
+        for args in (["--once"], []):  # also the long-running relay: it must not loop
+            r = subprocess.run([exe, "--database", database, "--mysql-url", url, "--servers", "127.0.0.1:1",
+                                "--log-format", "console", *args],
+                               capture_output=True, text=True, env=env, timeout=60)
+            last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+            assert r.returncode == 2 and needle in last, r.stderr[-2000:]
+            assert "Secret" not in r.stderr + r.stdout
+            assert "Traceback" not in r.stderr
