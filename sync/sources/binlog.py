@@ -533,13 +533,17 @@ class BinlogSource:
                 self._disconnected(exc, backoff, stop)
             finally:
                 self._close_stream()
+        if self._idle_error is not None:
+            exc, self._idle_error = self._idle_error, None
+            raise exc
         self._flush(final=True)
 
     def _hook_quiet(self, conn: Any, idle: Callable[[], None]) -> Any:
         """Make pymysql's socket reads of the dump connection `conn` try without waiting first:
-        when the server has nothing to send (it went quiet), emit the pending events, call
-        `idle`, then wait as before. Under load the buffer refills find bytes at once, so this
-        costs two cheap syscalls per refill (~8 KB) and nothing per event. Returns `conn`."""
+        when the server has nothing to send between transactions (it went quiet), emit the
+        pending events, call `idle`, then wait as before. Under load the buffer refills find
+        bytes at once, so this costs two cheap syscalls per refill (~8 KB) and nothing per
+        event. Returns `conn`."""
         rfile = getattr(conn, "_rfile", None)
         raw = getattr(rfile, "raw", None)
         if raw is None or not hasattr(raw, "_sock"):
@@ -554,15 +558,19 @@ class BinlogSource:
                 try:
                     return sock.recv_into(buf)
                 except (BlockingIOError, ssl.SSLWantReadError):
-                    pass   # nothing there: the server went quiet
+                    pass   # nothing there
                 finally:
                     sock.settimeout(timeout)
-                try:
-                    if self._pending:
-                        self._flush(heartbeat=True)
-                    idle()
-                except BaseException as exc:  # raised by run() after this read, not into pymysql
-                    self._idle_error = exc
+                # Between transactions the server went quiet. Inside one, the rest of it is on its
+                # way (a transaction is in the binlog whole before it is sent): wait for its commit,
+                # so the batch carries that position, rather than send its first rows alone.
+                if not self._in_trx:
+                    try:
+                        if self._pending:
+                            self._flush(heartbeat=True)
+                        idle()
+                    except BaseException as exc:  # raised by run() after this read, not into pymysql
+                        self._idle_error = exc
             return blocking_read(buf)
 
         raw.readinto = readinto
