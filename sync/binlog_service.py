@@ -459,7 +459,10 @@ class BinlogService:
             except BaseException as exc:  # handed to the loop, which reports it
                 failure.append(exc)
             finally:
-                loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(None))
+                try:
+                    loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(None))
+                except RuntimeError:  # the loop is gone (it stopped waiting after 30 s)
+                    log.debug("binlog_reader_outlived_loop")
 
         thread = threading.Thread(target=reader, name="binlog-reader", daemon=True)
         thread.start()
@@ -467,7 +470,7 @@ class BinlogService:
         try:
             await asyncio.shield(ended)
         finally:
-            self._stop.set()
+            self.request_stop()  # a no-op unless cancelled: then the held batch gets the shutdown timeout
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
             await loop.run_in_executor(None, thread.join, 30)
