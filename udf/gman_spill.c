@@ -199,10 +199,11 @@ char *gs_spill_load(size_t *len, size_t *jobs)
         char bad[4120];
         snprintf(bad, sizeof bad, "%s.bad", path);
         int renamed = rename(path, bad) == 0;
+        size_t at = off <= size ? off : 0; /* where the damage starts */
         fprintf(stderr,
                 "gearsync_udf: spill file %s: %s at byte %zu; %zu job(s) "
                 "before it will be sent; the file is %s\n",
-                path, why, buf && off <= size ? off : (size_t)0, n,
+                path, why, at, n,
                 renamed ? "kept as <file>.bad" : "left in place");
         if (n == 0) {
             free(buf);
