@@ -365,7 +365,8 @@ class FunctionStatus:
 
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
-    """One line of ``workers``: ``fd ip client_id : function function ...`` (client_id "-" when unset)."""
+    """One line of ``workers``: ``fd ip client_id : function function ...`` (client_id "-" when unset;
+    fd -1 for a connection gearmand is closing, seen in 1.1.20 while a client disconnects)."""
 
     fd: int
     ip: str
@@ -439,7 +440,7 @@ def parse_workers(lines: list[str]) -> list[WorkerInfo]:
         fd, ip, client_id = fields
         out.append(
             WorkerInfo(
-                fd=_to_int(fd, "workers fd", line),
+                fd=-1 if fd == "-1" else _to_int(fd, "workers fd", line),
                 ip=ip,
                 client_id=client_id,
                 functions=tuple(funcs.split()),

@@ -296,6 +296,14 @@ def test_parse_status() -> None:
         parse_status(["f1\tx\t1\t1"])
 
 
+def test_parse_workers_accepts_a_closing_connection() -> None:
+    # gearmand 1.1.20 lists a connection it is tearing down with fd -1 (seen in a CI run)
+    (row,) = parse_workers(["-1 127.0.0.1 - :"])
+    assert row.fd == -1 and row.functions == () and row.client_id == "-"
+    with pytest.raises(ProtocolError, match="-2"):
+        parse_workers(["-2 127.0.0.1 - :"])
+
+
 def test_parse_workers() -> None:
     rows = parse_workers(["21 127.0.0.1 w1 : f1 f2", "20 127.0.0.1 - :"])
     assert rows == [
