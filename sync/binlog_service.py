@@ -130,6 +130,23 @@ class BinlogSettings:
             raise ConfigError("--table: none given; expected --table NAME[,NAME…]")
 
 
+def tune_gc() -> None:
+    """Fewer garbage-collector passes for a process that decodes rows all day.
+
+    Decoding allocates several short-lived containers per row (the library's row dicts, our
+    ChangeEvents); CPython's default gen-0 threshold (700 allocations) then runs a collection
+    every few rows, each walking young objects that are already dead or about to be. Objects that
+    exist after start-up are frozen out of the collector, and gen-0 runs every 50,000
+    allocations: reference cycles are still collected, just in bigger, rarer passes (a few ms).
+    Process-wide, so the sync-binlog command calls it, not BinlogService (a library user or a
+    test process keeps its own settings); the bench applies it to its raw-decode baseline too.
+    Measured (bench binlog, quiet): --sink redis 0.79x -> 0.82-0.90x of raw decode."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def stream_name(mysql: MySQLSettings, database: str, tables: Sequence[str]) -> str:
     """The default name of a binlog stream: one saved position per (server, database, tables)."""
     where = mysql.unix_socket or f"{mysql.host}:{mysql.port}"

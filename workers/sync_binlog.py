@@ -167,8 +167,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve(settings) -> int:  # type: ignore[no-untyped-def]
-    from sync.binlog_service import BinlogService
+    from sync.binlog_service import BinlogService, tune_gc
 
+    tune_gc()  # a long-running decoder: fewer, bigger garbage-collector passes
     service = BinlogService(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

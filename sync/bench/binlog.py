@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             start, end = write_workload(db, args.rows, args.updates)
             print(f"  {args.updates / (time.perf_counter() - t0):,.0f} UPDATEs/s; binlog {start} → {end}", file=sys.stderr)
+            from sync.binlog_service import tune_gc
+
+            tune_gc()  # what sync-binlog does at start: the raw baseline gets the same setting
             times: dict[str, list[float]] = {"raw": [], "redis": [], "gearman": []}
             cpus: dict[str, list[float]] = {"raw": [], "redis": [], "gearman": []}
             for run in range(args.runs):
