@@ -92,6 +92,9 @@ def set_mode(cur, mode: str, gearmand: GearmanServer, dead_address: str,  # type
     queue grows (a 10k-row UPDATE took ~0.1 s against an empty queue, ~0.3 s with 60k queued).  The
     jobs it held are counted first (`queued`)."""
     if mode in (UP, UP_CONFIRMED):
+        # everything sent so far acknowledged (coalesced and pipelined jobs included) before the
+        # count; otherwise jobs still in flight are queued after it and go with the restart
+        cur.execute("SELECT gman_flush()")
         queued.append(gearmand_queued(gearmand, "syncToRedis"))
         gearmand.restart()
     cur.execute("DROP TRIGGER IF EXISTS data_sync")
