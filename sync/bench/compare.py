@@ -67,11 +67,12 @@ import pymysql
 
 from sync.applier import TableSpec
 from sync.bench.triggers import BIN, LIBRARY, REPO, set_mode, stop_processes
+from sync.bench.udf import prepare_bench_table
 from sync.expected import expected_entry, select_sql
 from sync.schema import READ_SESSION_SQL, load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.triggers import TriggerOptions, install_statements
-from sync.udf_install import INSTALL_SQL, LIBRARY_NAME, read_statements
+from sync.udf_install import LIBRARY_NAME
 
 PATHS = ("none", "udf", "outbox", "binlog-redis", "binlog-gearman")
 PREFIX = {"udf": "udf", "outbox": "outbox", "binlog-redis": "blr", "binlog-gearman": "blg"}
@@ -456,15 +457,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[PathResult]]:
         db.start(); g.start(); redis.start()  # noqa: E702
         conn = db.connect()
         with conn.cursor() as cur:
-            for stmt in read_statements(INSTALL_SQL):
-                cur.execute(stmt)
-            cur.execute(f"SELECT gman_servers_set('{g.address}')")
-            cur.execute("CREATE DATABASE bench")
-            cur.execute("USE bench")
-            cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT NOT NULL, payload VARCHAR(64) NOT NULL, "
-                        "updated_at DATETIME(6) NOT NULL) ENGINE=InnoDB")
-            cur.execute(f"INSERT INTO data SELECT seq, seq % 1000, CONCAT('payload-', seq), NOW(6) "
-                        f"FROM seq_1_to_{args.rows}")
+            prepare_bench_table(cur, args.rows, g.address)
             schema = load_table(conn, "bench", "data")
             for stmt in install_statements(schema, TriggerOptions.for_table("data"))[:1]:
                 cur.execute(stmt)  # the spool table

@@ -41,8 +41,8 @@ from sync.expected import expected_entry, select_sql
 from sync.schema import READ_SESSION_SQL, load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.triggers import TriggerOptions, install_statements, uninstall_statements
-from sync.bench.udf import multi_row, single_row
-from sync.udf_install import INSTALL_SQL, LIBRARY_NAME, read_statements
+from sync.bench.udf import multi_row, prepare_bench_table, single_row
+from sync.udf_install import LIBRARY_NAME
 
 REPO = Path(__file__).resolve().parent.parent.parent
 LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME
@@ -181,14 +181,7 @@ def run(args: argparse.Namespace) -> dict:
         db.start(); g.start(); redis.start()  # noqa: E702
         conn = db.connect()
         cur = conn.cursor()
-        for stmt in read_statements(INSTALL_SQL):
-            cur.execute(stmt)
-        cur.execute(f"SELECT gman_servers_set('{g.address}')")
-        cur.execute("CREATE DATABASE bench")
-        cur.execute("USE bench")
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT NOT NULL, payload VARCHAR(64) NOT NULL, "
-                    "updated_at DATETIME(6) NOT NULL) ENGINE=InnoDB")
-        cur.execute(f"INSERT INTO data SELECT seq, seq % 1000, CONCAT('payload-', seq), NOW(6) FROM seq_1_to_{args.rows}")
+        prepare_bench_table(cur, args.rows, g.address)
         schema = load_table(conn, "bench", "data")
         for stmt in install_statements(schema, TriggerOptions.for_table("data"))[:1]:
             cur.execute(stmt)  # the spool table

@@ -108,6 +108,22 @@ def set_mode(cur, mode: str, gearmand: GearmanServer, dead_address: str,  # type
     cur.execute("SELECT gman_servers_set(%s, %s)", (address, ",".join(filter(None, (options, mode_option)))))
 
 
+def prepare_bench_table(cur, rows: int, gearmand_address: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    """The benchmarks' common start: the UDFs created (sql/install-udf.sql), the job servers set when
+    given, and `bench.data(id, volume, payload, updated_at)` filled with `rows` rows; `cur` is left
+    in database `bench`."""
+    for stmt in read_statements(INSTALL_SQL):
+        cur.execute(stmt)
+    if gearmand_address is not None:
+        cur.execute("SELECT gman_servers_set(%s)", (gearmand_address,))
+    cur.execute("CREATE DATABASE bench")
+    cur.execute("USE bench")
+    cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT NOT NULL, payload VARCHAR(64) NOT NULL, "
+                "updated_at DATETIME(6) NOT NULL) ENGINE=InnoDB")
+    cur.execute(f"INSERT INTO data SELECT seq, seq % 1000, CONCAT('payload-', seq), NOW(6) "
+                f"FROM seq_1_to_{int(rows)}")
+
+
 def single_row(cur, ids: list[int]) -> float:  # type: ignore[no-untyped-def]
     """UPDATE one row per autocommit statement; returns statements per second."""
     stmt = "UPDATE data SET volume = volume + 1, updated_at = NOW(6) WHERE id = %s"
@@ -149,14 +165,7 @@ def run(args: argparse.Namespace) -> dict:
         gearmand.start()
         conn = db.connect()
         cur = conn.cursor()
-        for stmt in read_statements(INSTALL_SQL):
-            cur.execute(stmt)
-        cur.execute("CREATE DATABASE bench")
-        cur.execute("USE bench")
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT NOT NULL, payload VARCHAR(64) NOT NULL, "
-                    "updated_at DATETIME(6) NOT NULL) ENGINE=InnoDB")
-        cur.execute(f"INSERT INTO data SELECT seq, seq % 1000, CONCAT('payload-', seq), NOW(6) "
-                    f"FROM seq_1_to_{args.rows}")
+        prepare_bench_table(cur, args.rows)
         rng = random.Random(42)
         # The machine is shared: interleave the modes in short slices (rotating their order) so that
         # load from elsewhere hits every mode alike; medians over the slices.
