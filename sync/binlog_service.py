@@ -282,12 +282,7 @@ class _RedisWriter:
         if backoff is not None:
             log.info("sink_recovered", what="deliver", attempts=backoff.attempts)
         self.inflight = None
-        applied = sum(1 for o in outcomes[: len(events)] if o is Outcome.APPLIED)
-        st = svc.stats
-        st["events"] += len(events)
-        st["applied"] += applied
-        st["stale"] += len(events) - applied
-        st["batches"] += 1
+        applied = svc.count_outcomes(len(events), outcomes)
         # Batch latency: this thread's time on the batch (build and send, then the wait for the
         # reply), not the decoding of the next batch that overlapped the round trip.
         metrics.record_batch(len(events), applied, len(events) - applied, 0, spent + time.perf_counter() - t1)
@@ -588,12 +583,18 @@ class BinlogService:
         outcomes = await self.applier.apply(batch) if batch else []
         if position is not None and self._cluster:
             await self.positions.save(position)
-        applied = sum(1 for o in outcomes[: len(events)] if o is Outcome.APPLIED)
+        self.count_outcomes(len(events), outcomes)
+
+    def count_outcomes(self, n_events: int, outcomes: Sequence[Outcome]) -> int:
+        """Add one applied batch of n_events to the stats (the outcomes of a batch carrying the
+        position have one more, the position's own); returns how many were APPLIED."""
+        applied = sum(1 for o in outcomes[:n_events] if o is Outcome.APPLIED)
         st = self.stats
-        st["events"] += len(events)
+        st["events"] += n_events
         st["applied"] += applied
-        st["stale"] += len(events) - applied
+        st["stale"] += n_events - applied
         st["batches"] += 1
+        return applied
 
     def unique(self, ev: ChangeEvent) -> str:
         """The gearman unique id of an event: the same for a re-read of the same change."""
