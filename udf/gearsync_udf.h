@@ -172,9 +172,6 @@ void gs_thread_disconnect(void);
  * gs_keeper_notify()); *unsent = 1 when some wait to be sent (look again
  * within coalesce_us). */
 int gs_conn_keeper_pass(unsigned tick, int *unsent);
-/* How many unacknowledged background jobs this process holds (all threads,
- * ended ones included); for tests and gman_pending(). */
-long long gs_conn_pending(void);
 
 /* ------------------------------------------------------------ keeper */
 

@@ -1138,6 +1138,15 @@ static int pipeline_run(struct gs_thread *t, int64_t deadline,
     }
 }
 
+/* A pipelined job's result: its unique id stands for it (no handle yet). */
+static int handle_is_unique(struct job *j)
+{
+    size_t n = j->uqlen < j->handle_size - 1 ? j->uqlen : j->handle_size - 1;
+    memcpy(j->handle, j->unique, n);
+    j->handle[n] = '\0';
+    return 0;
+}
+
 static int submit_pipelined(struct gs_thread *t, struct job *j)
 {
     size_t plen = HDR + j->fnlen + 1 + j->uqlen + 1 + j->wllen;
@@ -1180,10 +1189,7 @@ static int submit_pipelined(struct gs_thread *t, struct job *j)
         t->pend.len - t->pend_sent < GS_COALESCE_BYTES &&
         t->pend_n <= GS_WINDOW_JOBS &&
         t->pend.len - t->pend_head <= GS_WINDOW_BYTES) {
-        size_t n = j->uqlen < j->handle_size - 1 ? j->uqlen : j->handle_size - 1;
-        memcpy(j->handle, j->unique, n);
-        j->handle[n] = '\0';
-        return 0;
+        return handle_is_unique(j);
     }
 
     if (pipeline_run(t, deadline, GS_WINDOW_JOBS, GS_WINDOW_BYTES, 0) != 0) {
@@ -1198,10 +1204,7 @@ static int submit_pipelined(struct gs_thread *t, struct job *j)
             t->pend.len = t->pend_head = t->pend_sent = 0;
         return -1;
     }
-    size_t n = j->uqlen < j->handle_size - 1 ? j->uqlen : j->handle_size - 1;
-    memcpy(j->handle, j->unique, n);
-    j->handle[n] = '\0';
-    return 0;
+    return handle_is_unique(j);
 }
 
 long long gs_flush(void)
@@ -1316,22 +1319,6 @@ int gs_conn_keeper_pass(unsigned tick, int *unsent)
             *unsent = 1;
         pthread_mutex_unlock(&pick->lock);
     }
-}
-
-long long gs_conn_pending(void)
-{
-    long long n = 0;
-    pthread_mutex_lock(&g_threads_lock);
-    for (struct gs_thread *t = g_threads; t; t = t->next) {
-        /* a blocking lock here would invert the lock order: a thread in a
-         * call is counted from its last visible state instead */
-        if (pthread_mutex_trylock(&t->lock) == 0) {
-            n += (long long)t->pend_n;
-            pthread_mutex_unlock(&t->lock);
-        }
-    }
-    pthread_mutex_unlock(&g_threads_lock);
-    return n;
 }
 
 static int submit(struct gs_thread *t, struct job *j)
