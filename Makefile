@@ -20,10 +20,10 @@ build-udf:  ## build udf/build/gearsync_udf.so against the server UDF headers
 	$(MAKE) -C $(UDF_DIR)
 
 install-udf: build-udf  ## copy the UDF library into @@plugin_dir and CREATE FUNCTION (MYSQL_* / MYSQL_URL env)
-	$(PYTHON) -m sync.udf_install install --library $(UDF_DIR)/build/gearsync_udf.so
+	$(PYTHON) -m sync.capture.udf_install install --library $(UDF_DIR)/build/gearsync_udf.so
 
 uninstall-udf:  ## DROP the UDF functions (MYSQL_* / MYSQL_URL env)
-	$(PYTHON) -m sync.udf_install uninstall
+	$(PYTHON) -m sync.capture.udf_install uninstall
 
 test:  ## the whole test suite against throwaway real servers
 	$(PYTHON) -m pytest -q

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/gen_cli_reference.py --check    # exit 1 if docs/cli.md is stale
 
 The commands are the console scripts of pyproject.toml ([project.scripts], except the benchmark
-dispatcher) plus `python -m sync.udf_install` (make install-udf) and `python -m sync.demo`
+dispatcher) plus `python -m sync.capture.udf_install` (make install-udf) and `python -m sync.demo`
 (make demo). Each --help runs in its own process with COLUMNS fixed, so the wrapping is the same on
 every machine. tests/unit/test_cli_reference.py runs --check.
 """
@@ -44,11 +44,11 @@ def commands() -> list[Command]:
             continue
         module, func = target.split(":")
         out.append(Command(name, name, f"from {module} import {func}; {func}(['--help'])"))
-    out.append(Command("python -m sync.udf_install", "udf-install", "from sync.udf_install import main; main(['--help'])",
-                       tuple((f"python -m sync.udf_install {sub}",
-                              f"from sync.udf_install import main; main([{sub!r}, '--help'])")
+    out.append(Command("python -m sync.capture.udf_install", "udf-install", "from sync.capture.udf_install import main; main(['--help'])",
+                       tuple((f"python -m sync.capture.udf_install {sub}",
+                              f"from sync.capture.udf_install import main; main([{sub!r}, '--help'])")
                              for sub in ("install", "uninstall"))))
-    out.append(Command("python -m sync.demo", "demo", "from sync.demo import main; main(['--help'])"))
+    out.append(Command("python -m sync.demo", "demo", "from sync.demo.cli import main; main(['--help'])"))
     return out
 
 

@@ -1,6 +1,6 @@
 -- gearsync UDFs (udf/build/gearsync_udf.so, copied into @@plugin_dir).
 -- Re-runnable: CREATE OR REPLACE.  `make install-udf` runs it statement by
--- statement (sync/udf_install.py).  Names carry the gman_ prefix: MariaDB's
+-- statement (sync/capture/udf_install.py).  Names carry the gman_ prefix: MariaDB's
 -- native JSON_OBJECT/JSON_ARRAY would shadow json_object/json_array
 -- (ERROR 1585).
 

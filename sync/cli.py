@@ -12,7 +12,7 @@ import sys
 from enum import IntEnum
 from typing import Callable, NoReturn, Sequence
 
-from .errors import ConfigError, SyncError
+from sync.errors import ConfigError, SyncError
 
 
 class ExitCode(IntEnum):

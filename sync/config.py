@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError
-from .keys import compile_template
+from sync.errors import ConfigError
+from sync.keys import compile_template
 
 DEFAULT_GEARMAN_PORT = 4730
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

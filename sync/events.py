@@ -26,7 +26,7 @@ must travel as strings (a JSON number that big is silently read as a float by or
 Infinity are not JSON and are rejected.
 
 A {"$b64": ...} whose bytes are valid UTF-8 is read as the equivalent string, so that every source
-produces one canonical form (`sync.rowcodec.normalize_value` does the same for Python bytes).
+produces one canonical form (`sync.rows.rowcodec.normalize_value` does the same for Python bytes).
 
 Classic payload (the classic recipe, plain function name `syncToRedis`): a JSON object with an
 "id" (integer or non-empty string) such as {"id": 5, "volume": 3}. It is applied exactly as the

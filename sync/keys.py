@@ -252,5 +252,5 @@ def snapshot_progress_key(table: str, prefix: str = DEFAULT_PREFIX) -> str:
 
 
 def binlog_position_key(name: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The saved position of one binlog stream (name: server + tables, see sync.binlog_service)."""
+    """The saved position of one binlog stream (name: server + tables, see sync.capture.binlog.service)."""
     return f"{prefix}:binlog:pos:{{{escape(name)}}}"

@@ -75,7 +75,7 @@ class LagTracker:
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
     """Serve /metrics over HTTP on a daemon thread. Raises ConfigError for a bad or busy port."""
-    from .errors import ConfigError
+    from sync.errors import ConfigError
 
     if not 1 <= port <= 65535:
         raise ConfigError(f"--metrics-port: {port}; expected 1 to 65535")

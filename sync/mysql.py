@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .config import mask_url, refuse_password_in
-from .errors import ConfigError, SourceError
+from sync.config import mask_url, refuse_password_in
+from sync.errors import ConfigError, SourceError
 
 DEFAULT_MYSQL_PORT = 3306
 

@@ -11,7 +11,7 @@ from it never starts inside a transaction.
 
 `PositionStore` keeps one position per binlog stream under `keys.binlog_position_key(name)`, as
 compact JSON. `set_command()` gives the write as a `ClassicSet`, so the Redis sink can put it in
-the SAME script call as the batch it covers (see sync.binlog_service).
+the SAME script call as the batch it covers (see sync.capture.binlog.service).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import orjson
 import redis.exceptions
 
-from .errors import ApplyError, SourceError
-from .events import ClassicSet
-from .keys import DEFAULT_PREFIX, binlog_position_key
+from sync.errors import ApplyError, SourceError
+from sync.events import ClassicSet
+from sync.keys import DEFAULT_PREFIX, binlog_position_key
 
 __all__ = ["Position", "PositionStore", "parse_mariadb_gtids", "format_mariadb_gtids"]
 

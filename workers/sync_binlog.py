@@ -95,7 +95,7 @@ def build_parser():  # type: ignore[no-untyped-def]
 
 
 def settings_from_args(args, env=None):  # type: ignore[no-untyped-def]
-    from sync.binlog_service import BinlogSettings
+    from sync.capture.binlog.service import BinlogSettings
     from sync.mysql import mysql_settings
 
     env = os.environ if env is None else env
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve(settings) -> int:  # type: ignore[no-untyped-def]
-    from sync.binlog_service import BinlogService, tune_gc
+    from sync.capture.binlog.service import BinlogService, tune_gc
 
     tune_gc()  # a long-running decoder: fewer, bigger garbage-collector passes
     service = BinlogService(settings)

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        from sync.relay import RelaySettings
+        from sync.capture.relay import RelaySettings
 
         mysql = mysql_settings(args.mysql_url)
         dbs_text = args.database or mysql.database
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve(settings, *, once: bool) -> int:  # type: ignore[no-untyped-def]
-    from sync.relay import SpoolRelay
+    from sync.capture.relay import SpoolRelay
 
     relay = SpoolRelay(settings)
     if once:

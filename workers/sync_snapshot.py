@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
-    from sync.snapshot import ProgressDisplay, ProgressStore, Snapshot, TableReader, Versions, estimate_rows, format_pk, open_table
+    from sync.tools.snapshot import ProgressDisplay, ProgressStore, Snapshot, TableReader, Versions, estimate_rows, format_pk, open_table
 
     target = open_table(
         table=args.table, database=args.database,
@@ -104,7 +104,7 @@ async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
         reader = TableReader(target.conn, schema)
         positions = None
         if args.versions == "binlog" and args.binlog_name != "-":
-            from sync.binlog_service import stream_name
+            from sync.capture.binlog.service import stream_name
             from sync.position import PositionStore
 
             positions = PositionStore(target.redis, args.binlog_name or stream_name(target.mysql, schema.database,

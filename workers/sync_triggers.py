@@ -11,8 +11,8 @@ from sync.cli import ExitCode, make_parser, run
 from sync.config import check_table_name
 from sync.errors import ConfigError, SourceError
 from sync.mysql import mysql_settings
-from sync.schema import TableSchema, current_database, load_table
-from sync.triggers import (
+from sync.rows.schema import TableSchema, current_database, load_table
+from sync.capture.triggers import (
     EVENTS,
     FAILURE_POLICIES,
     MODES,
@@ -44,7 +44,7 @@ show       prints the install SQL; with --output DIR writes DIR/<table>.triggers
 
 Modes:
   --mode udf (default)  the trigger calls gman_do_background() (the gearsync UDF library must be
-                        installed: python -m sync.udf_install install). When that returns NULL
+                        installed: python -m sync.capture.udf_install install). When that returns NULL
                         (gearmand down or slow: ~100 ms timeout, then fast failures):
                           --on-enqueue-failure spool (default)  keep the change in gearsync_spool,
                                  in the same transaction; run sync-relay to send it later
@@ -134,7 +134,7 @@ def _check_udfs(conn: Any) -> None:
     if missing:
         raise SourceError(
             f"the gearsync UDFs {', '.join(sorted(missing))} are not installed on this server; "
-            "expected them (run: python -m sync.udf_install install)"
+            "expected them (run: python -m sync.capture.udf_install install)"
         )
 
 

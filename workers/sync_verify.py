@@ -83,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _verify(args) -> int:  # type: ignore[no-untyped-def]
-    from sync.snapshot import ProgressDisplay, TableReader, estimate_rows, open_table
-    from sync.verify import Verifier
+    from sync.tools.snapshot import ProgressDisplay, TableReader, estimate_rows, open_table
+    from sync.tools.verify import Verifier
 
     target = open_table(
         table=args.table, database=args.database,

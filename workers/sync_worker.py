@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve(settings, *, replay: bool) -> int:  # type: ignore[no-untyped-def]
-    from sync.worker import SyncWorker
+    from sync.apply.worker import SyncWorker
 
     worker = SyncWorker(settings)
     if replay:

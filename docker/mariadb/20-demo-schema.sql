@@ -1,4 +1,4 @@
--- The docker compose demo schema: the same table as `make demo` (CREATE_TABLE in sync/demo.py;
+-- The docker compose demo schema: the same table as `make demo` (CREATE_TABLE in sync/demo/;
 -- tests/unit/test_compose.py keeps the two equal). The rows come from the load job after the
 -- capture triggers exist, so every row reaches Redis through the triggers and the binlog alike.
 CREATE DATABASE IF NOT EXISTS gearman;   -- gearmand's persistent queue (-q mysql)

@@ -97,7 +97,7 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
                 profile: bool = False, flush_ms: float = 20.0) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process: reader thread + event loop + this poller)"""
 
-    from sync.binlog_service import BinlogService, BinlogSettings
+    from sync.capture.binlog.service import BinlogService, BinlogSettings
     from sync.config import RedisSettings
     from sync.mysql import from_url
 
@@ -131,7 +131,7 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
     if prof is not None:
         # Profile the reader thread (the decoding and the event building; with --sink redis the
         # batches' packing, sends and replies too).
-        from sync.sources.binlog import BinlogSource
+        from sync.capture.binlog.reader import BinlogSource
 
         plain_run = BinlogSource.run
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             start, end = write_workload(db, args.rows, args.updates)
             print(f"  {args.updates / (time.perf_counter() - t0):,.0f} UPDATEs/s; binlog {start} → {end}", file=sys.stderr)
-            from sync.binlog_service import tune_gc
+            from sync.capture.binlog.service import tune_gc
 
             tune_gc()  # what sync-binlog does at start: the raw baseline gets the same setting
             times: dict[str, list[float]] = {"raw": [], "redis": [], "gearman": []}

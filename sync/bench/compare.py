@@ -39,7 +39,7 @@ Figures per path:
                       overwritten before the poller saw it is not measured (counted as missed).
                       A lag can be NEGATIVE in udf mode: the trigger queues the job before COMMIT,
                       so a value can be in Redis before the writer's COMMIT returned.
-    differ            keys whose value differs from MySQL at the end (sync.expected: the same
+    differ            keys whose value differs from MySQL at the end (sync.rows.expected: the same
                       row → key/value mapping as the applier and sync-verify); rolled-back
                       transactions make the udf path diverge — that is expected and reported.
     phantom           sampled values seen in Redis that were rolled back (udf mode)
@@ -65,14 +65,14 @@ from typing import Any
 import orjson
 import pymysql
 
-from sync.applier import TableSpec
+from sync.apply.applier import TableSpec
 from sync.bench.triggers import BIN, LIBRARY, REPO, set_mode, stop_processes
 from sync.bench.udf import prepare_bench_table
-from sync.expected import expected_entry, select_sql
-from sync.schema import READ_SESSION_SQL, load_table
+from sync.rows.expected import expected_entry, select_sql
+from sync.rows.schema import READ_SESSION_SQL, load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.triggers import TriggerOptions, install_statements
-from sync.udf_install import LIBRARY_NAME
+from sync.capture.triggers import TriggerOptions, install_statements
+from sync.capture.udf_install import LIBRARY_NAME
 
 PATHS = ("none", "udf", "outbox", "binlog-redis", "binlog-gearman")
 PREFIX = {"udf": "udf", "outbox": "outbox", "binlog-redis": "blr", "binlog-gearman": "blg"}

@@ -35,8 +35,8 @@ import pymysql
 
 from sync.gearman import admin
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.triggers import TriggerOptions, install_statements
-from sync.schema import load_table
+from sync.capture.triggers import TriggerOptions, install_statements
+from sync.rows.schema import load_table
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"

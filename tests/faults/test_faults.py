@@ -353,7 +353,7 @@ def test_mariadb_restart_during_trigger_capture(own_mariadb: MariaDBServer, gear
 # -- sync-relay ----------------------------------------------------------------------------------
 
 KILL_AFTER_SUBMIT = (
-    "import os, signal, sync.relay as r\n"
+    "import os, signal, sync.capture.relay as r\n"
     "r.SpoolRelay._finish = lambda self, *a: os.kill(os.getpid(), signal.SIGKILL)\n"
     "from workers.sync_relay import main\n"
     "main()\n"

@@ -14,11 +14,11 @@ from redis.backoff import NoBackoff
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from sync.applier import APPLY_SCRIPT, Outcome, RedisApplier, TableSpec
+from sync.apply.applier import APPLY_SCRIPT, Outcome, RedisApplier, TableSpec
 from sync.errors import ApplyError, ConfigError, PayloadError
 from sync.events import ChangeEvent, ClassicSet, Op, Source, parse_classic
 from sync.keys import row_key, stats_key, version_key
-from sync.rowcodec import encode_hash, encode_json
+from sync.rows.rowcodec import encode_hash, encode_json
 from sync.testing.servers import RedisClusterNodes, RedisServer
 
 A, S = Outcome.APPLIED, Outcome.STALE

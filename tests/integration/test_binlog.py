@@ -16,7 +16,7 @@ import pytest
 from sync.config import RedisSettings, WorkerSettings, TableConfig
 from sync.keys import binlog_position_key, stats_key
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.binlog_service import stream_name
+from sync.capture.binlog.service import stream_name
 from sync.mysql import from_url
 
 from .test_binlog_helpers import Running, diff, mysql_state, redis_state, settings, wait_caught_up
@@ -200,7 +200,7 @@ def test_sigkill_mid_stream_no_loss_no_double_apply(mariadb: MariaDBServer, db, 
 
 
 def test_gearman_sink_through_sync_worker(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client, gearmand: GearmanServer) -> None:  # type: ignore[no-untyped-def]
-    from sync.worker import SyncWorker
+    from sync.apply.worker import SyncWorker
 
     name = db.db_name
     with db.cursor() as cur:

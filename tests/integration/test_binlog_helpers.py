@@ -10,11 +10,11 @@ from typing import Any, Sequence
 
 import pymysql
 
-from sync.binlog_service import BinlogService, BinlogSettings
+from sync.capture.binlog.service import BinlogService, BinlogSettings
 from sync.config import RedisSettings
 from sync.mysql import from_url
-from sync.rowcodec import encode_json
-from sync.schema import READ_SESSION_SQL, load_table, quote_ident, read_sql
+from sync.rows.rowcodec import encode_json
+from sync.rows.schema import READ_SESSION_SQL, load_table, quote_ident, read_sql
 from sync.keys import row_key
 from sync.testing.servers import MariaDBServer, RedisServer
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import pymysql
 import pytest
 
-from sync.binlog_service import stream_name
+from sync.capture.binlog.service import stream_name
 from sync.keys import binlog_position_key, stats_key
 from sync.mysql import from_url
 from sync.testing.servers import MariaDBServer, RedisServer

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from sync.deadletter import DeadLetterStore
+from sync.apply.deadletter import DeadLetterStore
 from sync.errors import ApplyError
 from sync.keys import dead_letter_key, dead_letter_processing_key
 from sync.testing.servers import RedisServer

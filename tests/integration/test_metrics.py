@@ -86,7 +86,7 @@ def test_binlog_exposes_counters(mariadb, db, redis_server: RedisServer, redis_c
     import subprocess
     from pathlib import Path
 
-    from sync.binlog_service import stream_name
+    from sync.capture.binlog.service import stream_name
     from sync.keys import binlog_position_key
     from sync.mysql import from_url
 

@@ -10,9 +10,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sync.relay import SpoolRelay
+from sync.capture.relay import SpoolRelay
 from sync.testing.servers import GearmanServer, MariaDBServer
-from sync.triggers import spool_ddl
+from sync.capture.triggers import spool_ddl
 
 from .test_triggers_helpers import relay_settings, spool_count
 from .udf_fixtures import grab_all

@@ -16,15 +16,15 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from sync.applier import TableSpec
+from sync.apply.applier import TableSpec
 from sync.config import worker_settings
-from sync.expected import expected_entry, select_sql
-from sync.schema import READ_SESSION_SQL, load_table
-from sync.snapshot import ProgressStore, Snapshot, TableReader, fast_conversions, open_table
+from sync.rows.expected import expected_entry, select_sql
+from sync.rows.schema import READ_SESSION_SQL, load_table
+from sync.tools.snapshot import ProgressStore, Snapshot, TableReader, fast_conversions, open_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.triggers import TriggerOptions, install_statements
-from sync.verify import Verifier
-from sync.worker import SyncWorker
+from sync.capture.triggers import TriggerOptions, install_statements
+from sync.tools.verify import Verifier
+from sync.apply.worker import SyncWorker
 from tests.integration.udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)

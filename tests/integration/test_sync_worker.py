@@ -18,9 +18,9 @@ import pytest
 from sync.config import worker_settings
 from sync.events import ChangeEvent, Op, Source, encode_change
 from sync.gearman import GearmanClient, admin
-from sync.rowcodec import encode_json
+from sync.rows.rowcodec import encode_json
 from sync.testing.servers import GearmanServer, RedisServer
-from sync.worker import SyncWorker
+from sync.apply.worker import SyncWorker
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_BIN = str(REPO / ".venv" / "bin" / "sync-worker")

@@ -1,6 +1,6 @@
 """Capture triggers end to end: real MariaDB (gearsync UDFs) → gearmand → sync-worker → Redis.
 
-"Redis equals MySQL" is computed from MySQL's committed rows with sync.expected (the one
+"Redis equals MySQL" is computed from MySQL's committed rows with sync.rows.expected (the one
 canonical mapping), never hand-written.
 """
 
@@ -15,8 +15,8 @@ import orjson
 import pymysql
 import pytest
 
-from sync.applier import TableSpec
-from sync.schema import load_table, quote_ident
+from sync.apply.applier import TableSpec
+from sync.rows.schema import load_table, quote_ident
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .test_triggers_helpers import (

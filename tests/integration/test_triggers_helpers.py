@@ -13,15 +13,15 @@ from typing import Any, Callable
 
 import pymysql
 
-from sync.applier import TableSpec
+from sync.apply.applier import TableSpec
 from sync.config import worker_settings
-from sync.expected import expected_entry, select_sql
+from sync.rows.expected import expected_entry, select_sql
 from sync.mysql import MySQLSettings
-from sync.relay import RelaySettings, SpoolRelay
-from sync.schema import READ_SESSION_SQL, TableSchema, load_table
+from sync.capture.relay import RelaySettings, SpoolRelay
+from sync.rows.schema import READ_SESSION_SQL, TableSchema, load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.triggers import TriggerOptions, install_statements
-from sync.worker import SyncWorker
+from sync.capture.triggers import TriggerOptions, install_statements
+from sync.apply.worker import SyncWorker
 from workers.sync_triggers import last_other_triggers
 
 

@@ -1,4 +1,4 @@
-"""`python -m sync.udf_install` against real throwaway MariaDB servers: install, re-install, uninstall,
+"""`python -m sync.capture.udf_install` against real throwaway MariaDB servers: install, re-install, uninstall,
 and the one-line errors (bad URL, refused connection, manual steps) with the password never shown."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SECRET = "s3cr3t-pw"
 
 def run_installer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MYSQL_")}
-    return subprocess.run([sys.executable, "-m", "sync.udf_install", *args], cwd=REPO, env={**clean, **env},
+    return subprocess.run([sys.executable, "-m", "sync.capture.udf_install", *args], cwd=REPO, env={**clean, **env},
                           capture_output=True, text=True, timeout=60)
 
 

@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.applier import TableSpec
+from sync.apply.applier import TableSpec
 from sync.events import ChangeEvent, Op, Source
 from sync.keys import row_key, version_key
-from sync.snapshot import TableReader, open_table
+from sync.tools.snapshot import TableReader, open_table
 from sync.testing.servers import MariaDBServer, RedisServer
-from sync.verify import KeyPattern, Verifier
+from sync.tools.verify import KeyPattern, Verifier
 from tests.integration.test_snapshot import expected_state, make_data, redis_state, run_snapshot
 
 pytestmark = pytest.mark.timeout(120)
@@ -111,7 +111,7 @@ async def test_repair_does_not_overwrite_a_newer_change(db: Any, mariadb: MariaD
     """A stored version newer than any UUID_SHORT the repair can take wins; the row stays reported."""
     make_data(db, 10)
     await run_snapshot(mariadb, db, redis_server, "data")
-    from sync.applier import RedisApplier
+    from sync.apply.applier import RedisApplier
     import redis.asyncio as aioredis
 
     client = aioredis.Redis(port=redis_server.port)

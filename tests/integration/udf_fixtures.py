@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from sync.testing.servers import GearmanServer, MariaDBServer
-from sync.udf_install import INSTALL_SQL, read_statements
+from sync.capture.udf_install import INSTALL_SQL, read_statements
 
 REPO = Path(__file__).resolve().parents[2]
 UDF_DIR = REPO / "udf"

@@ -8,15 +8,15 @@ from decimal import Decimal
 
 import pytest
 
-import sync.sources.binlog as binlog
-from sync.binlog_service import BinlogService, BinlogSettings, default_server_id, stream_name
+import sync.capture.binlog.reader as binlog
+from sync.capture.binlog.service import BinlogService, BinlogSettings, default_server_id, stream_name
 from sync.config import RedisSettings
 from sync.errors import ConfigError, SourceError
 from sync.events import ChangeEvent, Op, Source
 from sync.keys import binlog_position_key
 from sync.mysql import MySQLSettings
 from sync.position import Position, format_mariadb_gtids, parse_mariadb_gtids
-from sync.schema import Column, TableSchema
+from sync.rows.schema import Column, TableSchema
 
 
 # -- positions -----------------------------------------------------------------------------------

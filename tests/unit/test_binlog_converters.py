@@ -9,11 +9,11 @@ import random
 
 import pytest
 
-from sync.applier import APPLY_SCRIPT, APPLY_SCRIPT_SHA, Outcome, RedisApplier, TableSpec, _pack_command
+from sync.apply.applier import APPLY_SCRIPT, APPLY_SCRIPT_SHA, Outcome, RedisApplier, TableSpec, _pack_command
 from sync.errors import ApplyError
 from sync.events import ChangeEvent, ClassicSet, Op, Source
-from sync.schema import Column, canonical_value
-from sync.sources.binlog import _converter
+from sync.rows.schema import Column, canonical_value
+from sync.capture.binlog.reader import _converter
 
 
 @pytest.mark.parametrize("fsp", range(7))

@@ -49,7 +49,7 @@ def _parse(program: str, args: list[str]) -> tuple[Any, str]:
     if program in SCRIPTS:
         parser = _parser(program)
     elif program == "python" and args[:2] == ["-m", "sync.demo"]:
-        from sync import demo
+        from sync.demo import cli as demo
 
         args = args[2:]
         parser = demo.build_parser()
@@ -195,7 +195,7 @@ def test_mariadb_image_builds_the_udf_fresh_and_enables_the_binlog() -> None:
 
 
 def test_demo_schema_is_the_demos_table() -> None:
-    from sync.demo import CREATE_TABLE
+    from sync.demo.cli import CREATE_TABLE
 
     sql = (REPO / "docker/mariadb/20-demo-schema.sql").read_text()
     norm = lambda s: " ".join(s.replace(";", " ").split())  # noqa: E731
@@ -210,7 +210,7 @@ def _make_targets() -> set[str]:
 def test_make_targets_mentioned_exist() -> None:
     targets = _make_targets()
     assert {"demo", "demo-classic", "demo-stop", "clean", "venv", "test", "install-udf", "docs"} <= targets
-    sources = [REPO / "README.md", COMPOSE, REPO / "sync" / "demo.py", *sorted((REPO / "deploy").rglob("*.service"))]
+    sources = [REPO / "README.md", COMPOSE, *sorted((REPO / "sync" / "demo").glob("*.py")), *sorted((REPO / "deploy").rglob("*.service"))]
     for path in sources:
         # `make x` in backticks, or a command line starting with make (not "gcc make" in a package list)
         for target in re.findall(r"(?:`|^[ \t]*|\$ )make ([a-z][a-z0-9-]*)", path.read_text(), re.M):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync.events import ChangeEvent, Op, Source, encode_change, parse_change
-from sync.rowcodec import decode_json, encode_hash, encode_json, normalize_row, normalize_value
+from sync.rows.rowcodec import decode_json, encode_hash, encode_json, normalize_row, normalize_value
 
 
 def test_encode_json_sorted_compact_deterministic() -> None:

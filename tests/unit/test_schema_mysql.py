@@ -9,7 +9,7 @@ import pytest
 
 from sync.errors import ConfigError
 from sync.mysql import mysql_settings
-from sync.schema import Column, canonical_value, quote_ident, quote_string, trigger_sql
+from sync.rows.schema import Column, canonical_value, quote_ident, quote_string, trigger_sql
 
 
 def col(name: str, data_type: str, column_type: str | None = None, fsp: int | None = None,

@@ -1,4 +1,4 @@
-"""sync.triggers: the generated SQL, without a server (the integration tests run it for real)."""
+"""sync.capture.triggers: the generated SQL, without a server (the integration tests run it for real)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import orjson
 import pytest
 
 from sync.errors import ConfigError
-from sync.schema import Column, TableSchema
-from sync.triggers import (
+from sync.rows.schema import Column, TableSchema
+from sync.capture.triggers import (
     EVENTS,
     TriggerOptions,
     _delimiter,

@@ -1,6 +1,6 @@
 """The binlog source: mysql-replication's BinLogStreamReader → ChangeEvent chunks with commit positions.
 
-    BinlogSource(...).run(emit, stop)      # blocking; runs in its own thread (sync.binlog_service)
+    BinlogSource(...).run(emit, stop)      # blocking; runs in its own thread (sync.capture.binlog.service)
 
 emit() receives `Chunk`s in binlog order: the ChangeEvents decoded so far, and — when the chunk ends
 at a transaction commit — the `Position` after that commit. A position is only ever handed out at
@@ -12,8 +12,8 @@ which the applier's version fence turns into no-ops.
 
 Row values: the binlog's own table map (binlog_row_metadata=FULL) gives the column names and types
 of every event, so ALTER TABLE (add/drop/rename column) mid-stream needs no schema reload for the
-values; each value is mapped with sync.schema.canonical_value to exactly what the triggers and the
-snapshot produce. The key columns come from sync.schema.load_table() and are re-read when a DDL
+values; each value is mapped with sync.rows.schema.canonical_value to exactly what the triggers and the
+snapshot produce. The key columns come from sync.rows.schema.load_table() and are re-read when a DDL
 statement names the table (or a row lacks a key column).
 
 Versions (must grow along the binlog for every row, across the whole stream):
@@ -58,8 +58,8 @@ from sync.events import ChangeEvent, Op, Source
 from sync.mysql import MySQLSettings
 from sync.position import Position, format_mariadb_gtids, parse_mariadb_gtids
 from sync.retry import Backoff
-from sync.rowcodec import normalize_value
-from sync.schema import Column, TableSchema, canonical_value, load_table, quote_ident
+from sync.rows.rowcodec import normalize_value
+from sync.rows.schema import Column, TableSchema, canonical_value, load_table, quote_ident
 
 log = structlog.get_logger(__name__)
 
@@ -220,7 +220,7 @@ _FIELD_TYPES: dict[int, str] = {}
 
 
 def binlog_column(bcol: Any) -> Column:
-    """A sync.schema.Column from a mysql-replication table-map column (FULL metadata)."""
+    """A sync.rows.schema.Column from a mysql-replication table-map column (FULL metadata)."""
     if not _FIELD_TYPES:
         _FIELD_TYPES.update(_field_types())
     data_type = _FIELD_TYPES.get(bcol.type)
@@ -495,7 +495,7 @@ class BinlogSource:
 
         `idle`, when given, is called (after the pending events are emitted) whenever the server
         has nothing more to send right now, i.e. a read of the dump connection would wait (see
-        _hook_quiet). A caller that batches in this thread flushes there (sync.binlog_service)."""
+        _hook_quiet). A caller that batches in this thread flushes there (sync.capture.binlog.service)."""
         import pymysql
 
         backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.3)

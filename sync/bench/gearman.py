@@ -1,6 +1,6 @@
 """Micro-benchmark of sync.gearman against a running gearmand (no Redis): pipelined submit, then drain.
 
-    python -m sync.gearman.bench --port 4730 --jobs 100000 --size 150 --batch 128 --runs 3
+    python -m sync.bench.gearman --port 4730 --jobs 100000 --size 150 --batch 128 --runs 3
 
 Pre-queues ``--jobs`` background jobs of ``--size`` bytes (GearmanClient.submit_background_many), then drains them
 with one worker (grab ``--batch`` per round trip, complete_many per batch) and prints jobs/s; medians over

@@ -50,9 +50,9 @@ from typing import Sequence
 
 import orjson
 
-from .config import check_function_name, default_function
-from .errors import ConfigError
-from .schema import Column, TableSchema, quote_ident, quote_string, trigger_sql
+from sync.config import check_function_name, default_function
+from sync.errors import ConfigError
+from sync.rows.schema import Column, TableSchema, quote_ident, quote_string, trigger_sql
 
 __all__ = [
     "SPOOL_TABLE",

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
 
-from .errors import ConfigError, SourceError
-from .events import JSONValue
-from .rowcodec import normalize_value
+from sync.errors import ConfigError, SourceError
+from sync.events import JSONValue
+from sync.rows.rowcodec import normalize_value
 
 INT_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint", "year"}
 TEXT_TYPES = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"}

@@ -1,7 +1,7 @@
 """Install or drop the gearsync UDF library in a MariaDB/MySQL server.
 
-    python -m sync.udf_install install --library udf/build/gearsync_udf.so
-    python -m sync.udf_install uninstall [--remove-library]
+    python -m sync.capture.udf_install install --library udf/build/gearsync_udf.so
+    python -m sync.capture.udf_install uninstall [--remove-library]
 
 The server comes from MYSQL_URL (mysql://user:pass@host:port/db, optional
 ?unix_socket=/path) or MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD,
@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-from .errors import ConfigError, SourceError
-from .mysql import MySQLSettings, mysql_settings
+from sync.errors import ConfigError, SourceError
+from sync.mysql import MySQLSettings, mysql_settings
 
 EXIT_OK = 0
 EXIT_SQL_FAILED = 1
@@ -35,7 +35,7 @@ EXIT_CONFIG = 2
 EXIT_MANUAL = 3
 
 LIBRARY_NAME = "gearsync_udf.so"
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 INSTALL_SQL = SQL_DIR / "install-udf.sql"
 UNINSTALL_SQL = SQL_DIR / "uninstall-udf.sql"
 
@@ -168,7 +168,7 @@ def uninstall(target: MySQLSettings, remove_library: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sync.udf_install", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sync.capture.udf_install", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_install = sub.add_parser("install", help="copy the library into @@plugin_dir and CREATE FUNCTION")
     p_install.add_argument("--library", type=Path, default=Path("udf/build") / LIBRARY_NAME)

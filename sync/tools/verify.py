@@ -22,7 +22,7 @@ Changes in flight: a live change may be in gearmand while its row is compared. W
 every difference is kept (up to MAX_SUSPECTS) and checked again once, `recheck_delay_s` after the
 passes; only differences still there are reported (the others are counted as "settled").
 
-Repair (`repair=True`), fenced like the snapshot (see sync.snapshot):
+Repair (`repair=True`), fenced like the snapshot (see sync.tools.snapshot):
 - missing/different rows are read again under a shared row lock with a UUID_SHORT() version
   taken after the lock, and applied as op=update through RedisApplier: a change committed after
   that read has a larger version, so a repair racing a live change never wins;
@@ -46,14 +46,14 @@ import orjson
 import redis.exceptions
 import structlog
 
-from .applier import Outcome, RedisApplier, TableSpec
-from .errors import ApplyError, ConfigError
-from .events import ChangeEvent, JSONValue, Op, Source
-from .expected import expected_entry
-from .keys import DEFAULT_PREFIX, escape, row_key
-from .rowcodec import normalize_value
-from .schema import TableSchema, canonical_value, quote_ident
-from .snapshot import TableReader, apply_events, row_events
+from sync.apply.applier import Outcome, RedisApplier, TableSpec
+from sync.errors import ApplyError, ConfigError
+from sync.events import ChangeEvent, JSONValue, Op, Source
+from sync.rows.expected import expected_entry
+from sync.keys import DEFAULT_PREFIX, escape, row_key
+from sync.rows.rowcodec import normalize_value
+from sync.rows.schema import TableSchema, canonical_value, quote_ident
+from sync.tools.snapshot import TableReader, apply_events, row_events
 
 log = structlog.get_logger(__name__)
 

@@ -26,14 +26,14 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
-from .applier import Outcome, RedisApplier, TableSpec
-from .config import CLASSIC_FUNCTION, RedisSettings, WorkerSettings
-from .deadletter import DeadLetter, DeadLetterStore
-from .errors import ApplyError, PayloadError
-from .events import ChangeEvent, ClassicSet, parse_change, parse_classic
-from .gearman import GearmanWorker, Job
-from .retry import Backoff
-from . import metrics
+from sync.apply.applier import Outcome, RedisApplier, TableSpec
+from sync.config import CLASSIC_FUNCTION, RedisSettings, WorkerSettings
+from sync.apply.deadletter import DeadLetter, DeadLetterStore
+from sync.errors import ApplyError, PayloadError
+from sync.events import ChangeEvent, ClassicSet, parse_change, parse_classic
+from sync.gearman import GearmanWorker, Job
+from sync.retry import Backoff
+from sync import metrics
 
 log = structlog.get_logger(__name__)
 

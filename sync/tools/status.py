@@ -25,9 +25,9 @@ from typing import Any, Sequence
 import orjson
 import structlog
 
-from . import keys
-from .config import default_function
-from .gearman import admin
+from sync import keys
+from sync.config import default_function
+from sync.gearman import admin
 
 log = structlog.get_logger(__name__)
 

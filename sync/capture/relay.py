@@ -32,12 +32,12 @@ from typing import Any, Sequence
 
 import structlog
 
-from .errors import ConfigError, SourceError
-from .gearman import GearmanClient, GearmanError
-from .mysql import MySQLSettings
-from .retry import Backoff
-from .schema import quote_ident
-from .triggers import SPOOL_TABLE
+from sync.errors import ConfigError, SourceError
+from sync.gearman import GearmanClient, GearmanError
+from sync.mysql import MySQLSettings
+from sync.retry import Backoff
+from sync.rows.schema import quote_ident
+from sync.capture.triggers import SPOOL_TABLE
 
 log = structlog.get_logger(__name__)
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .applier import TableSpec
-from .keys import row_key
-from .rowcodec import encode_hash, encode_json
-from .schema import TableSchema, quote_ident, read_sql
+from sync.apply.applier import TableSpec
+from sync.keys import row_key
+from sync.rows.rowcodec import encode_hash, encode_json
+from sync.rows.schema import TableSchema, quote_ident, read_sql
 
 
 def select_sql(schema: TableSchema) -> str:

@@ -46,13 +46,13 @@ tests/integration/test_snapshot.py::test_version_is_taken_after_the_row_lock). S
 
 A row deleted before our read is simply not read; one deleted after waits for our lock and its
 tombstone carries a larger version. The locks are held for one chunk's read only (a few ms).
-This needs the UUID_SHORT() versions of sync.triggers (AFTER triggers: the version is taken
+This needs the UUID_SHORT() versions of sync.capture.triggers (AFTER triggers: the version is taken
 under the row lock) and one MySQL server (UUID_SHORT is per server).
 
 Binlog versions (`versions="binlog"`): a snapshot to be followed by sync-binlog
 ----------------------------------------------------------------------------------
 sync-binlog versions a change by its commit position, `gtid_version(seq, i) = seq << 20 | i`
-(sync.sources.binlog; seq = the transaction's GTID sequence number, i = row index in it), ~2**40;
+(sync.capture.binlog.reader; seq = the transaction's GTID sequence number, i = row index in it), ~2**40;
 UUID_SHORT() versions are ~2**56, so the two kinds must never share keys, and a snapshot that
 sync-binlog will continue uses binlog-comparable versions instead of UUID_SHORT():
 
@@ -110,11 +110,11 @@ import orjson
 import redis.exceptions
 import structlog
 
-from .applier import Outcome, RedisApplier, TableSpec
-from .errors import ApplyError, ConfigError, SourceError
-from .events import ChangeEvent, JSONValue, Op, Source
-from .keys import DEFAULT_PREFIX, snapshot_progress_key
-from .schema import READ_SESSION_SQL, TableSchema, canonical_value, quote_ident, read_sql
+from sync.apply.applier import Outcome, RedisApplier, TableSpec
+from sync.errors import ApplyError, ConfigError, SourceError
+from sync.events import ChangeEvent, JSONValue, Op, Source
+from sync.keys import DEFAULT_PREFIX, snapshot_progress_key
+from sync.rows.schema import READ_SESSION_SQL, TableSchema, canonical_value, quote_ident, read_sql
 
 log = structlog.get_logger(__name__)
 
@@ -221,7 +221,7 @@ class BinlogPoint:
 
     @classmethod
     def at(cls, gtid: str, file: str, pos: int, domain: int) -> "BinlogPoint":
-        from .position import parse_mariadb_gtids
+        from sync.position import parse_mariadb_gtids
 
         state = parse_mariadb_gtids(gtid, "BINLOG_GTID_POS")
         return cls(gtid, file, pos, domain, state.get(domain, (0, 0))[1])
@@ -229,12 +229,12 @@ class BinlogPoint:
     @property
     def version(self) -> int:
         """gtid_version(P.seq, ROW_MASK): >= every change at or before P, < every later one."""
-        from .sources.binlog import ROW_MASK, gtid_version
+        from sync.capture.binlog.reader import ROW_MASK, gtid_version
 
         return gtid_version(self.seq, ROW_MASK)
 
     def position(self) -> Any:
-        from .position import Position
+        from sync.position import Position
 
         return Position("mariadb", self.gtid, self.file, self.pos)
 
@@ -661,7 +661,7 @@ class Snapshot:
 
     async def _binlog_store_position(self, start: BinlogPoint) -> str:
         """Done: make sync-binlog's saved position P1 unless it is already at or after P1."""
-        from .position import parse_mariadb_gtids
+        from sync.position import parse_mariadb_gtids
 
         store = self.binlog_positions
         if store is None:
@@ -790,10 +790,10 @@ def open_table(
     env: Mapping[str, str] | None = None,
 ) -> TableTarget:
     """Settings from options / env / config file (as sync-worker reads them), then connect."""
-    from .config import check_table_name, worker_settings
-    from .mysql import mysql_settings
-    from .schema import current_database, load_table
-    from .worker import connect_redis
+    from sync.config import check_table_name, worker_settings
+    from sync.mysql import mysql_settings
+    from sync.rows.schema import current_database, load_table
+    from sync.apply.worker import connect_redis
 
     if "." in table and database is None and not table.startswith("."):
         database, table = table.split(".", 1)

@@ -36,7 +36,7 @@ quiet for 5 ms, or the oldest change has waited --flush-ms, or 256 chunks are th
 
 Exactly once in effect, --sink redis. The position is written by the SAME Lua script call as the
 batch it covers: it rides as the batch's last item, a `ClassicSet` (an unversioned SET) that the
-applier already supports (sync.applier: the batch is one EVALSHA on a standalone Redis, atomic;
+applier already supports (sync.apply.applier: the batch is one EVALSHA on a standalone Redis, atomic;
 the SET is last, so a script failing halfway never stores a position ahead of its rows). After a
 crash the reader resumes from the stored position, i.e. right after the last batch that fully
 landed. Events of a transaction that was still open at that position are read again and applied
@@ -69,16 +69,16 @@ from typing import Any, Sequence
 import redis.exceptions
 import structlog
 
-from .applier import Outcome, RedisApplier, TableSpec
-from .config import RedisSettings, default_function
-from .errors import ApplyError, ConfigError, SourceError, SyncError
-from .events import ChangeEvent, Op, encode_change
-from .mysql import MySQLSettings
-from .position import Position, PositionStore
-from . import metrics
-from .retry import Backoff
-from .schema import TableSchema, load_table
-from .sources.binlog import (
+from sync.apply.applier import Outcome, RedisApplier, TableSpec
+from sync.config import RedisSettings, default_function
+from sync.errors import ApplyError, ConfigError, SourceError, SyncError
+from sync.events import ChangeEvent, Op, encode_change
+from sync.mysql import MySQLSettings
+from sync.position import Position, PositionStore
+from sync import metrics
+from sync.retry import Backoff
+from sync.rows.schema import TableSchema, load_table
+from sync.capture.binlog.reader import (
     BinlogSource,
     Chunk,
     ServerInfo,
@@ -87,7 +87,7 @@ from .sources.binlog import (
     check_server,
     resolve_start,
 )
-from .worker import connect_redis
+from sync.apply.worker import connect_redis
 
 log = structlog.get_logger(__name__)
 
@@ -398,7 +398,7 @@ class BinlogService:
         await loop.run_in_executor(None, check_replication, self.source)
         self.position = start
         if s.sink == "gearman":
-            from .gearman import GearmanClient
+            from sync.gearman import GearmanClient
 
             # One write (and one wait for the JOB_CREATEDs) per batch, not per 256 jobs: fewer
             # socket operations, each of which can make the loop wait for the GIL.
@@ -556,7 +556,7 @@ class BinlogService:
 
     async def _retry(self, fn: Any, what: str, **info: Any) -> bool:
         backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
-        from .gearman import GearmanError
+        from sync.gearman import GearmanError
 
         while True:
             try:

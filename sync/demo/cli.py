@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv"
 DEFAULT_STATE_DIR = REPO / ".state" / "demo"
 MARKER = ".gearsync-demo"          # a state dir holding this file may be wiped by the demo
@@ -156,7 +156,7 @@ def install_packages(packages: Sequence[str], interactive: bool) -> None:
                             "(`sudo apt-get install -y " + wanted + "`), then run make demo again.", EXIT_USAGE)
 
 
-VENV_PROBE = "import pymysql, redis, rich, structlog, orjson, pymysqlreplication, sync.worker"
+VENV_PROBE = "import pymysql, redis, rich, structlog, orjson, pymysqlreplication, sync.apply.worker"
 
 
 def _venv_ready() -> bool:
@@ -383,7 +383,7 @@ class Stack:
         # The UDF library reads this when mysqld loads it, so triggers find the demo's gearmand
         # (also after a restart) without gman_servers_set().
         (self.plugin_dir / "gearsync_udf.conf").write_text(
-            f"# written by sync/demo.py\nservers = {self.gearmand.address}\n")
+            f"# written by the gearsync demo\nservers = {self.gearmand.address}\n")
         self.start_server(self.mariadb, "MariaDB (ROW binlog, binlog_row_metadata=FULL)")
         self.start_server(self.redis, "Redis")
         self.start_server(self.gearmand, "gearmand (persistent queue in MariaDB: -q mysql, database gearman)")
@@ -701,7 +701,7 @@ class Monitor(threading.Thread):
         import asyncio
 
         from sync.mysql import from_url
-        from sync.status import collect
+        from sync.tools.status import collect
 
         mysql = from_url(self.stack.mysql_url)
         while not self.stop_event.is_set():
@@ -971,7 +971,7 @@ def build_udf(stack: Stack) -> None:
         raise DemoError(f"make build-udf failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     env_url = f"mysql://root@127.0.0.1:{stack.mariadb.port}/"
     say(f"    $ MYSQL_URL={env_url} make install-udf")
-    argv = [sys.executable, "-m", "sync.udf_install", "install", "--library", str(REPO / "udf" / "build" / "gearsync_udf.so")]
+    argv = [sys.executable, "-m", "sync.capture.udf_install", "install", "--library", str(REPO / "udf" / "build" / "gearsync_udf.so")]
     log = stack.log_dir / "udf-install.log"
     with open(log, "ab") as fh:
         result2 = subprocess.run(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,

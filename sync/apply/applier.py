@@ -39,6 +39,7 @@ import enum
 import hashlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import redis.exceptions
@@ -48,7 +49,7 @@ from redis.crc import key_slot
 from sync.errors import ApplyError, ConfigError, PayloadError
 from sync.events import ChangeEvent, ClassicSet, Op
 from sync.keys import DEFAULT_PREFIX, check_prefix, compile_template, stats_key
-from sync.rowcodec import encode_hash, encode_json
+from sync.rows.rowcodec import encode_hash, encode_json
 
 __all__ = ["TableSpec", "Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT_SHA"]
 
@@ -81,103 +82,9 @@ class TableSpec:
         return cls(cfg.name, cfg.key_template, cfg.format, cfg.ttl_s or None)
 
 
-# Per event, ARGV[2] holds a 41-character record:
-#   op (1: J json upsert, H hash upsert, D delete, C classic SET) | version (20 digits)
-#   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)
-# KEYS: row key, version key (classic: row key twice) per event, then the stats keys.
-# ARGV[1] tombstone ms, ARGV[2] the records, ARGV[3] number of stats keys, ARGV[4..] the values.
+# The record layout of KEYS/ARGV is described at the top of apply.lua.
 _REC = 41
-APPLY_SCRIPT = r"""
-local sub = string.sub
-local tonumber = tonumber
-local call = redis.call
-local tomb = tonumber(ARGV[1])
-local meta = ARGV[2]
-local nev = #meta / 41
-local nstats = tonumber(ARGV[3])
-local a = 4
-local out = {}
-local counts = {}
-for i = 0, nev - 1 do
-  local m = i * 41
-  local op = sub(meta, m + 1, m + 1)
-  local nv = tonumber(sub(meta, m + 37, m + 41))
-  local rk = KEYS[2 * i + 1]
-  if op == 'C' then
-    call('SET', rk, ARGV[a])
-    out[i + 1] = 'A'
-  else
-    local ver = sub(meta, m + 2, m + 21)
-    local vk = KEYS[2 * i + 2]
-    local cur = call('GET', vk)
-    local newer = true
-    if cur then
-      if cur == ver then
-        newer = false
-      else
-        local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cur, 1, 10))
-        if #cur ~= 20 or ch == nil then
-          return redis.error_reply('gearsync: bad stored version at ' .. vk)
-        end
-        if vh ~= ch then
-          newer = vh > ch
-        else
-          newer = tonumber(sub(ver, 11, 20)) > tonumber(sub(cur, 11, 20))
-        end
-      end
-    end
-    if not newer then
-      out[i + 1] = 'S'
-    else
-      local ttl = tonumber(sub(meta, m + 22, m + 33))
-      if op == 'D' then
-        call('DEL', rk)
-        call('SET', vk, ver, 'PX', tomb)
-      else
-        if op == 'J' then
-          if ttl > 0 then
-            call('SET', rk, ARGV[a], 'PX', ttl)
-          else
-            call('SET', rk, ARGV[a])
-          end
-        else
-          call('DEL', rk)
-          local last = a + nv - 1
-          local j = a
-          while j <= last do
-            local k = j + 999
-            if k > last then k = last end
-            call('HSET', rk, unpack(ARGV, j, k))
-            j = k + 1
-          end
-          if ttl > 0 then call('PEXPIRE', rk, ttl) end
-        end
-        if ttl > 0 then
-          call('SET', vk, ver, 'PX', math.max(ttl, tomb))
-        else
-          call('SET', vk, ver)
-        end
-      end
-      out[i + 1] = 'A'
-      local si = tonumber(sub(meta, m + 34, m + 36))
-      if si > 0 then counts[si] = (counts[si] or 0) + 1 end
-    end
-  end
-  a = a + nv
-end
-if nstats > 0 then
-  local t = call('TIME')
-  local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-  for s = 1, nstats do
-    if counts[s] then
-      local sk = KEYS[2 * nev + s]
-      call('HSET', sk, 'last_applied_ms', ms)
-      call('HINCRBY', sk, 'applied_total', counts[s])
-    end
-  end
-end
-return table.concat(out)
-"""
+APPLY_SCRIPT = (Path(__file__).with_name("apply.lua")).read_text(encoding="utf-8")
 
 _ZERO_VERSION = "0" * 20
 # What SCRIPT LOAD returns for APPLY_SCRIPT (Redis names a script by the SHA1 of its text).

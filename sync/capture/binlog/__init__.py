@@ -1,0 +1,1 @@
+"""Binlog capture: the reader (mysql-replication + our row decoding) and the sync-binlog service."""

@@ -1,0 +1,5 @@
+import sys
+
+from sync.demo.cli import main
+
+sys.exit(main())

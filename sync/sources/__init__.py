@@ -1,1 +1,0 @@
-"""Change sources: where row changes come from (sync.sources.binlog: the server's binary log)."""
