@@ -29,16 +29,16 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 from sync.errors import ConfigError
 from sync.keys import compile_template
+from sync.redis_client import DEFAULT_REDIS_URL, RedisSettings, check_redis_url
+from sync.urls import refuse_password_in
 
 DEFAULT_GEARMAN_PORT = 4730
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 CLASSIC_FUNCTION = "syncToRedis"
 FORMATS = ("json", "hash")
 
@@ -94,67 +94,6 @@ def parse_servers(text: str, where: str = "--servers") -> list[tuple[str, int]]:
                 raise ConfigError(f"{where}: {item!r} has port {port}; expected a number from 1 to 65535")
         servers.append((host, port))
     return servers
-
-
-def format_servers(servers: list[tuple[str, int]]) -> str:
-    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in servers)
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and errors."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:
-        return "<unparsable url>"
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit((parts.scheme, f"{user}:***@{hostport}", parts.path, parts.query, parts.fragment))
-
-
-def refuse_password_in(url: str, option: str, password_env: str) -> None:
-    """A URL given on the command line must not carry a password (the process list shows argv)."""
-    if urlsplit(url).password:
-        raise ConfigError(
-            f"{option}: {mask_url(url)!r} carries a password, which would show in the process list; "
-            f"expected it in {password_env}"
-        )
-
-
-def check_redis_url(url: str, where: str = "--redis-url") -> str:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {mask_url(url)!r} is not a valid URL ({exc}); expected redis://host:port/db") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"{where}: {mask_url(url)!r} has scheme {parts.scheme!r}; expected redis://, rediss:// or unix://")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"{where}: {mask_url(url)!r} has no host; expected redis://host:port/db")
-    if port is not None and not 1 <= port <= 65535:
-        raise ConfigError(f"{where}: {mask_url(url)!r} has port {port}; expected 1 to 65535")
-    db = parts.path.strip("/")
-    if parts.scheme != "unix" and db and not db.isdigit():
-        raise ConfigError(f"{where}: {mask_url(url)!r} has database {db!r}; expected a number like /0")
-    return url
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    url: str = DEFAULT_REDIS_URL
-    password: str | None = field(default=None, repr=False)
-    cluster: bool = False
-
-    def __repr__(self) -> str:
-        pw = "***" if self.password else None
-        return f"RedisSettings(url={mask_url(self.url)!r}, password={pw!r}, cluster={self.cluster})"
-
-    __str__ = __repr__
-
-    @property
-    def display_url(self) -> str:
-        return mask_url(self.url)
 
 
 @dataclass(frozen=True)

@@ -26,3 +26,10 @@ class ApplyError(SyncError):
 
 class PayloadError(SyncError):
     """A job payload (change event) that cannot be parsed or violates the wire format."""
+
+
+def short_error(exc: BaseException, limit: int = 300) -> str:
+    """`Type: message` of an exception in at most `limit` characters, for one log line or one
+    error line (a driver's message can carry a whole statement)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sync.config import mask_url, refuse_password_in
+from sync.urls import mask_url, refuse_password_in
 from sync.errors import ConfigError, SourceError
 
 DEFAULT_MYSQL_PORT = 3306

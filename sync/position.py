@@ -27,7 +27,26 @@ from sync.errors import ApplyError, SourceError
 from sync.events import ClassicSet
 from sync.keys import DEFAULT_PREFIX, binlog_position_key
 
-__all__ = ["Position", "PositionStore", "parse_mariadb_gtids", "format_mariadb_gtids"]
+__all__ = ["Position", "PositionStore", "parse_mariadb_gtids", "format_mariadb_gtids", "gtid_version", "ROW_BITS", "ROW_MASK"]
+
+# Versions of binlog changes (sync-binlog, sync-snapshot --versions binlog): a GTID change is
+# seq << ROW_BITS | row index in the transaction; a file/position change (no GTID) is
+# file number << 44 | log_pos << FILE_ROW_BITS | row index.
+ROW_BITS = 20
+ROW_MASK = (1 << ROW_BITS) - 1
+MAX_SEQ = (1 << (64 - ROW_BITS)) - 1
+FILE_ROW_BITS = 12
+FILE_ROW_MASK = (1 << FILE_ROW_BITS) - 1
+
+
+def gtid_version(seq_no: int, index: int = 0) -> int:
+    """The version of the index-th row change of the transaction with GTID sequence number seq_no.
+    (A snapshot consistent with GTID position P can use gtid_version(P.seq, ROW_MASK): every later
+    binlog change of the row is newer.)"""
+    if not 0 <= seq_no <= MAX_SEQ:
+        raise SourceError(f"GTID sequence number {seq_no} is beyond {MAX_SEQ}; versions would exceed 64 bits")
+    return (seq_no << ROW_BITS) | min(index, ROW_MASK)
+
 
 FLAVORS = ("mariadb", "mysql")
 

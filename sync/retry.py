@@ -1,4 +1,4 @@
-"""Capped exponential back-off with jitter.
+"""Capped exponential back-off with jitter, and retrying a call until a deadline.
 
     backoff = Backoff(initial_s=0.1, max_s=10.0, jitter=0.5)
     while True:
@@ -9,13 +9,21 @@
             continue
         backoff.reset()
         break
+
+    result = await retry_until(send, retry_on=(OSError,), backoff=backoff,
+                               deadline=lambda: stop_deadline, on_retry=log_it)
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from typing import Awaitable, Callable, TypeVar
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "DeadlinePassed", "retry_until", "retry_until_sync"]
+
+T = TypeVar("T")
 
 
 class Backoff:
@@ -72,3 +80,63 @@ class Backoff:
     def reset(self) -> None:
         """Call after a success: the next delay starts again at initial_s."""
         self._attempt = 0
+
+
+class DeadlinePassed(Exception):
+    """retry_until gave up: waiting for the next attempt would pass the deadline. The last
+    failure is the ``__cause__``."""
+
+
+async def retry_until(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    backoff: Backoff,
+    deadline: Callable[[], float | None] = lambda: None,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> T:
+    """Await ``attempt()`` until it returns, waiting ``backoff.next_delay()`` after each failure
+    of a type in ``retry_on`` (other exceptions propagate at once).
+
+    ``deadline()`` is read after each failure: a ``time.monotonic()`` instant past which no wait
+    may end (None: no deadline; it may appear later, e.g. once a stop is requested). When the
+    next wait would pass it, DeadlinePassed is raised from the failure. ``on_retry(exc, delay)``
+    runs before each wait (count, log). The back-off is not reset on success: the caller can
+    read ``backoff.attempts`` to log a recovery, then reset it.
+    """
+    while True:
+        try:
+            return await attempt()
+        except retry_on as exc:
+            delay = _wait_before_retry(exc, backoff, deadline, on_retry)
+            await sleep(delay)
+
+
+def retry_until_sync(
+    attempt: Callable[[], T],
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    backoff: Backoff,
+    deadline: Callable[[], float | None] = lambda: None,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+) -> T:
+    """retry_until for a plain function, in a thread of its own (sync-binlog's reader thread)."""
+    while True:
+        try:
+            return attempt()
+        except retry_on as exc:
+            sleep(_wait_before_retry(exc, backoff, deadline, on_retry))
+
+
+def _wait_before_retry(exc: BaseException, backoff: Backoff, deadline: Callable[[], float | None],
+                       on_retry: Callable[[BaseException, float], None] | None) -> float:
+    """The delay before the next attempt, or DeadlinePassed (from exc) when it would pass the deadline."""
+    delay = backoff.next_delay()
+    limit = deadline()
+    if limit is not None and time.monotonic() + delay > limit:
+        raise DeadlinePassed(f"gave up after {backoff.attempts} attempts") from exc
+    if on_retry is not None:
+        on_retry(exc, delay)
+    return delay

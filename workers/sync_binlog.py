@@ -8,16 +8,9 @@ import signal
 from typing import Sequence
 
 from sync.cli import make_parser, run
-from sync.config import (
-    DEFAULT_REDIS_URL,
-    RedisSettings,
-    check_function_name,
-    check_key_template,
-    check_redis_url,
-    check_table_name,
-    parse_servers,
-    refuse_password_in,
-)
+from sync.config import check_function_name, check_key_template, check_table_name, parse_servers
+from sync.redis_client import DEFAULT_REDIS_URL, RedisSettings, check_redis_url
+from sync.urls import refuse_password_in
 from sync.errors import ConfigError
 from sync.logging import setup_logging
 

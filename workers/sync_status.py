@@ -73,7 +73,7 @@ async def _status(args) -> int:  # type: ignore[no-untyped-def]
     from sync.config import worker_settings
     from sync.mysql import mysql_settings
     from sync.tools.status import collect, reachable, render
-    from sync.apply.worker import connect_redis
+    from sync.redis_client import connect_redis
 
     tables = [t.strip() for item in (args.table or []) for t in item.split(",") if t.strip()]
     # worker_settings validates servers/Redis/table names the way sync-worker does; the table

@@ -12,11 +12,11 @@ from sync.config import check_table_name
 from sync.errors import ConfigError, SourceError
 from sync.mysql import mysql_settings
 from sync.rows.schema import TableSchema, current_database, load_table
+from sync.capture.spool import SPOOL_TABLE
 from sync.capture.triggers import (
     EVENTS,
     FAILURE_POLICIES,
     MODES,
-    SPOOL_TABLE,
     TriggerOptions,
     file_stem,
     install_script,

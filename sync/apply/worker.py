@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
 from sync.apply.applier import Outcome, RedisApplier, TableSpec
-from sync.config import CLASSIC_FUNCTION, RedisSettings, WorkerSettings
+from sync.config import CLASSIC_FUNCTION, WorkerSettings
+from sync.redis_client import connect_redis
 from sync.apply.deadletter import DeadLetter, DeadLetterStore
-from sync.errors import ApplyError, PayloadError
+from sync.errors import ApplyError, PayloadError, short_error
 from sync.events import ChangeEvent, ClassicSet, parse_change, parse_classic
 from sync.gearman import GearmanWorker, Job
-from sync.retry import Backoff
+from sync.retry import Backoff, DeadlinePassed, retry_until
+from sync.stats import Counters, report_loop
 from sync import metrics
 
 log = structlog.get_logger(__name__)
@@ -41,28 +42,8 @@ REDIS_ERRORS = (ApplyError, redis.exceptions.RedisError, OSError)
 MAX_APPLY_BYTES = 32 * 1024 * 1024
 
 
-def connect_redis(settings: RedisSettings, *, socket_timeout_s: float = 5.0) -> Any:
-    """A redis.asyncio client (or cluster client) for the settings; connects lazily."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    common: dict[str, Any] = dict(
-        password=settings.password,
-        # One immediate retry on a dropped pooled connection; longer outages are the worker's
-        # own back-off, so redis-py must not sleep inside a call.
-        retry=Retry(NoBackoff(), 1),
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=min(2.0, socket_timeout_s),
-    )
-    if settings.cluster:
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url(settings.url, **common)
-    return aioredis.Redis.from_url(settings.url, health_check_interval=30, **common)
-
-
 @dataclass
-class WorkerStats:
+class WorkerStats(Counters):
     """Counters since start; the stats line reports deltas."""
 
     jobs: int = 0
@@ -73,10 +54,6 @@ class WorkerStats:
     lost_completions: int = 0
     batches: int = 0
     redis_s: float = 0.0
-    started: float = field(default_factory=time.monotonic)
-
-    def snapshot(self) -> dict[str, float]:
-        return {k: v for k, v in self.__dict__.items() if k != "started"}
 
 
 class SyncWorker:
@@ -177,30 +154,37 @@ class SyncWorker:
     ) -> list[Outcome] | None:
         backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
         chunks = _chunks_by_bytes(events, sizes, MAX_APPLY_BYTES)
-        while True:
+
+        async def write() -> list[Outcome]:
             t0 = time.perf_counter()
-            try:
-                outcomes: list[Outcome] = []
-                for chunk in chunks:
-                    outcomes += await self.applier.apply(chunk)
-                for name, items in dead.items():
-                    await self.deadletters.put_many(name, items)
-                self.stats.redis_s += time.perf_counter() - t0
-                if backoff.attempts:
-                    log.info("redis_recovered", jobs=len(jobs), attempts=backoff.attempts)
-                return outcomes
-            except REDIS_ERRORS as exc:
-                self.stats.retries += 1
-                metrics.record_retry()
-                delay = backoff.next_delay()
-                if self.stopping and self._stop_deadline is not None and time.monotonic() + delay > self._stop_deadline:
-                    log.warning("jobs_given_back", jobs=len(jobs), reason="redis unavailable at shutdown",
-                                error=_short(exc))
-                    gearman.release(jobs)
-                    return None
-                log.warning("redis_unavailable", error=_short(exc), jobs=len(jobs), retry_in_s=round(delay, 3),
-                            attempt=backoff.attempts)
-                await asyncio.sleep(delay)
+            outcomes: list[Outcome] = []
+            for chunk in chunks:
+                outcomes += await self.applier.apply(chunk)
+            for name, items in dead.items():
+                await self.deadletters.put_many(name, items)
+            self.stats.redis_s += time.perf_counter() - t0
+            return outcomes
+
+        def on_retry(exc: BaseException, delay: float) -> None:
+            self.stats.retries += 1
+            metrics.record_retry()
+            log.warning("redis_unavailable", error=short_error(exc), jobs=len(jobs), retry_in_s=round(delay, 3),
+                        attempt=backoff.attempts)
+
+        try:
+            outcomes = await retry_until(write, retry_on=REDIS_ERRORS, backoff=backoff,
+                                         deadline=lambda: self._stop_deadline if self.stopping else None,
+                                         on_retry=on_retry)
+        except DeadlinePassed as gave_up:
+            self.stats.retries += 1
+            metrics.record_retry()
+            log.warning("jobs_given_back", jobs=len(jobs), reason="redis unavailable at shutdown",
+                        error=short_error(gave_up.__cause__ or gave_up))
+            gearman.release(jobs)
+            return None
+        if backoff.attempts:
+            log.info("redis_recovered", jobs=len(jobs), attempts=backoff.attempts)
+        return outcomes
 
     # -- loops ---------------------------------------------------------------------------------
     async def _loop(self, gearman: GearmanWorker) -> None:
@@ -225,23 +209,10 @@ class SyncWorker:
             await gearman.close()
 
     async def _report(self) -> None:
-        interval = self.settings.stats_interval_s
-        if interval <= 0:
-            return
-        last = self.stats.snapshot()
-        last_t = time.monotonic()
-        while not self.stopping:
-            try:
-                await asyncio.wait_for(self._stop.wait(), interval)
-            except TimeoutError:
-                pass
-            now = time.monotonic()
-            cur = self.stats.snapshot()
-            d = {k: cur[k] - last[k] for k in cur}
-            dt = max(now - last_t, 1e-9)
+        def report(d: dict[str, float], cur: dict[str, float], seconds: float) -> None:
             log.info(
                 "worker_stats",
-                jobs_per_s=round(d["jobs"] / dt, 1),
+                jobs_per_s=round(d["jobs"] / seconds, 1),
                 applied=int(d["applied"]),
                 stale=int(d["stale"]),
                 dead=int(d["dead"]),
@@ -250,7 +221,8 @@ class SyncWorker:
                 total_jobs=int(cur["jobs"]),
                 gearman_servers=sum(len(g.connected_servers) for g in self._gearman),
             )
-            last, last_t = cur, now
+
+        await report_loop(self.stats, self.settings.stats_interval_s, report, self._stop)
 
     async def run(self) -> int:
         """Serve until request_stop(); returns the exit code (0)."""
@@ -282,7 +254,7 @@ class SyncWorker:
         try:
             await self.redis.aclose()
         except Exception as exc:  # closing a broken connection must not mask the exit
-            log.debug("redis_close_failed", error=_short(exc))
+            log.debug("redis_close_failed", error=short_error(exc))
 
     # -- dead-letter replay ------------------------------------------------------------------
     async def replay_dead(self, batch: int = 200) -> tuple[int, int]:
@@ -334,9 +306,4 @@ def _chunks_by_bytes(events: list[Any], sizes: list[int], limit: int) -> list[li
     return chunks
 
 
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-__all__ = ["SyncWorker", "WorkerStats", "connect_redis", "DeadLetter"]
+__all__ = ["SyncWorker", "WorkerStats", "DeadLetter"]

@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import structlog
 
-from sync.errors import ConfigError, SourceError
+from sync.errors import ConfigError, SourceError, short_error
 from sync.gearman import GearmanClient, GearmanError
 from sync.mysql import MySQLSettings
 from sync.retry import Backoff
+from sync.stats import Counters, report_loop
 from sync.rows.schema import quote_ident
-from sync.capture.triggers import SPOOL_TABLE
+from sync.capture.spool import SPOOL_TABLE
 
 log = structlog.get_logger(__name__)
 
@@ -90,16 +91,12 @@ class RelaySettings:
 
 
 @dataclass
-class RelayStats:
+class RelayStats(Counters):
     relayed: int = 0
     batches: int = 0
     errors: int = 0
     contended: int = 0      # claims lost to a deadlock with another relay (nothing sent)
     resent: int = 0         # rows sent whose DELETE failed: they go out again
-    started: float = field(default_factory=time.monotonic)
-
-    def snapshot(self) -> dict[str, float]:
-        return {k: v for k, v in self.__dict__.items() if k != "started"}
 
 
 class SpoolRelay:
@@ -207,7 +204,7 @@ class SpoolRelay:
                 if fatal:
                     raise ConfigError(f"MySQL {self.settings.mysql.display}, database {database!r}: "
                                       f"{fatal}") from exc
-                raise SourceError(f"MySQL {self.settings.mysql.display}: spool read failed: {_short(exc)}") from exc
+                raise SourceError(f"MySQL {self.settings.mysql.display}: spool read failed: {short_error(exc)}") from exc
             if rows is not None:
                 break
             self.stats.contended += 1
@@ -231,7 +228,7 @@ class SpoolRelay:
             self.stats.resent += len(rows)
             await asyncio.to_thread(self._close_mysql)
             raise SourceError(f"MySQL {self.settings.mysql.display}: spool delete failed after send "
-                              f"({len(rows)} rows will be sent again): {_short(exc)}") from exc
+                              f"({len(rows)} rows will be sent again): {short_error(exc)}") from exc
         self.stats.relayed += len(rows)
         self.stats.batches += 1
         return len(rows)
@@ -271,7 +268,7 @@ class SpoolRelay:
                 except (SourceError, GearmanError, OSError) as exc:
                     self.stats.errors += 1
                     delay = backoff.next_delay()
-                    log.warning("relay_unavailable", error=_short(exc), retry_in_s=round(delay, 3),
+                    log.warning("relay_unavailable", error=short_error(exc), retry_in_s=round(delay, 3),
                                 attempt=backoff.attempts)
                     await self._sleep(delay)
                     continue
@@ -281,7 +278,7 @@ class SpoolRelay:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
             await self.close()
-        log.info("relay_stopped", **{k: int(v) for k, v in self.stats.snapshot().items()})
+        log.info("relay_stopped", **self.stats.totals())
         return 0
 
     async def _sleep(self, seconds: float) -> None:
@@ -291,26 +288,15 @@ class SpoolRelay:
             pass
 
     async def _report(self) -> None:
-        interval = self.settings.stats_interval_s
-        if interval <= 0:
-            return
-        last, last_t = self.stats.snapshot(), time.monotonic()
-        while not self.stopping:
-            await self._sleep(interval)
-            now, cur = time.monotonic(), self.stats.snapshot()
-            d = {k: cur[k] - last[k] for k in cur}
-            log.info("relay_stats", relayed_per_s=round(d["relayed"] / max(now - last_t, 1e-9), 1),
+        def report(d: dict[str, float], cur: dict[str, float], seconds: float) -> None:
+            log.info("relay_stats", relayed_per_s=round(d["relayed"] / seconds, 1),
                      relayed=int(d["relayed"]), batches=int(d["batches"]), errors=int(d["errors"]),
                      contended=int(d["contended"]), resent=int(d["resent"]),
                      total_relayed=int(cur["relayed"]))
-            last, last_t = cur, now
+
+        await report_loop(self.stats, self.settings.stats_interval_s, report, self._stop)
 
     async def close(self) -> None:
         if self._own_client:
             await self.client.close()
         await asyncio.to_thread(self._close_mysql)
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -50,19 +50,18 @@ from typing import Sequence
 
 import orjson
 
+from sync.capture.spool import SPOOL_TABLE, spool_ddl
 from sync.config import check_function_name, default_function
 from sync.errors import ConfigError
 from sync.rows.schema import Column, TableSchema, quote_ident, quote_string, trigger_sql
 
 __all__ = [
-    "SPOOL_TABLE",
     "EVENTS",
     "MODES",
     "FAILURE_POLICIES",
     "VERSION_SQL",
     "TriggerOptions",
     "trigger_names",
-    "spool_ddl",
     "payload_sql",
     "create_trigger_sql",
     "install_statements",
@@ -72,7 +71,6 @@ __all__ = [
     "not_queued_message",
 ]
 
-SPOOL_TABLE = "gearsync_spool"
 EVENTS = ("INSERT", "UPDATE", "DELETE")
 _SUFFIX = {"INSERT": "ai", "UPDATE": "au", "DELETE": "ad"}
 MODES = ("udf", "outbox")
@@ -152,19 +150,6 @@ def trigger_names(table: str) -> dict[str, str]:
 
 def _q(database: str, name: str) -> str:
     return f"{quote_ident(database)}.{quote_ident(name)}"
-
-
-def spool_ddl(database: str, table: str = SPOOL_TABLE) -> str:
-    """CREATE TABLE IF NOT EXISTS for the spool (InnoDB: its rows commit or roll back with the
-    captured change)."""
-    return (
-        f"CREATE TABLE IF NOT EXISTS {_q(database, table)} (\n"
-        "  `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
-        "  `function` VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,\n"
-        "  `payload` LONGBLOB NOT NULL,\n"
-        "  `created_at` TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)\n"
-        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-    )
 
 
 # -- payload -------------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ import redis.exceptions
 import structlog
 
 from sync.apply.applier import Outcome, RedisApplier, TableSpec
-from sync.errors import ApplyError, ConfigError, SourceError
+from sync.errors import ApplyError, ConfigError, SourceError, short_error
 from sync.events import ChangeEvent, JSONValue, Op, Source
 from sync.keys import DEFAULT_PREFIX, snapshot_progress_key
 from sync.rows.schema import READ_SESSION_SQL, TableSchema, canonical_value, quote_ident, read_sql
@@ -229,7 +229,7 @@ class BinlogPoint:
     @property
     def version(self) -> int:
         """gtid_version(P.seq, ROW_MASK): >= every change at or before P, < every later one."""
-        from sync.capture.binlog.reader import ROW_MASK, gtid_version
+        from sync.position import ROW_MASK, gtid_version
 
         return gtid_version(self.seq, ROW_MASK)
 
@@ -284,7 +284,7 @@ class TableReader:
                     rows = cur.fetchall()
         except Exception as exc:
             if _is_mysql_error(exc):
-                raise SourceError(f"MySQL read of {self.schema.database}.{self.schema.name} failed: {_short(exc)}") from exc
+                raise SourceError(f"MySQL read of {self.schema.database}.{self.schema.name} failed: {short_error(exc)}") from exc
             raise
         return [dict(zip(names, r)) for r in rows]
 
@@ -292,7 +292,7 @@ class TableReader:
         try:
             self.conn.rollback()
         except Exception as exc:  # the connection may be gone; the original error matters
-            log.debug("rollback_failed", error=_short(exc))
+            log.debug("rollback_failed", error=short_error(exc))
 
     def chunk(self, after: Sequence[JSONValue] | None, limit: int, *, versioned: bool) -> list[dict[str, Any]]:
         """Up to `limit` rows after the key `after` (canonical values), in key order; with
@@ -334,7 +334,7 @@ class TableReader:
         except Exception as exc:
             if _is_mysql_error(exc):
                 raise SourceError(f"MySQL consistent snapshot of {self.schema.database}.{self.schema.name} "
-                                  f"failed: {_short(exc)}") from exc
+                                  f"failed: {short_error(exc)}") from exc
             raise
         return BinlogPoint.at(str(gtid), file, pos, int(domain))
 
@@ -372,7 +372,7 @@ class TableReader:
                 return [tuple(r) for r in cur.fetchall()]
         except Exception as exc:
             if _is_mysql_error(exc):
-                raise SourceError(f"MySQL read of {self.schema.database}.{self.schema.name} failed: {_short(exc)}") from exc
+                raise SourceError(f"MySQL read of {self.schema.database}.{self.schema.name} failed: {short_error(exc)}") from exc
             raise
 
     def absent_version(self, pks: Sequence[Sequence[JSONValue]]) -> tuple[list[tuple[Any, ...]], int]:
@@ -397,7 +397,7 @@ class TableReader:
                     raise
         except Exception as exc:
             if _is_mysql_error(exc):
-                raise SourceError(f"MySQL read of {self.schema.database}.{self.schema.name} failed: {_short(exc)}") from exc
+                raise SourceError(f"MySQL read of {self.schema.database}.{self.schema.name} failed: {short_error(exc)}") from exc
             raise
         return found, version
 
@@ -446,11 +446,6 @@ def _is_mysql_error(exc: BaseException) -> bool:
     import pymysql
 
     return isinstance(exc, (pymysql.err.MySQLError, OSError))
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 async def apply_events(applier: RedisApplier, events: Sequence[ChangeEvent]) -> tuple[int, int]:
@@ -768,11 +763,11 @@ class TableTarget:
         try:
             self.conn.close()
         except Exception as exc:
-            log.debug("mysql_close_failed", error=_short(exc))
+            log.debug("mysql_close_failed", error=short_error(exc))
         try:
             await self.redis.aclose()
         except Exception as exc:
-            log.debug("redis_close_failed", error=_short(exc))
+            log.debug("redis_close_failed", error=short_error(exc))
 
 
 def open_table(
@@ -793,7 +788,7 @@ def open_table(
     from sync.config import check_table_name, worker_settings
     from sync.mysql import mysql_settings
     from sync.rows.schema import current_database, load_table
-    from sync.apply.worker import connect_redis
+    from sync.redis_client import connect_redis
 
     if "." in table and database is None and not table.startswith("."):
         database, table = table.split(".", 1)

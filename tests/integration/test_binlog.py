@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import RedisSettings, WorkerSettings, TableConfig
+from sync.config import WorkerSettings, TableConfig
+from sync.redis_client import RedisSettings
 from sync.keys import binlog_position_key, stats_key
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.binlog.service import stream_name

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import pymysql
 
 from sync.capture.binlog.service import BinlogService, BinlogSettings
-from sync.config import RedisSettings
+from sync.redis_client import RedisSettings
 from sync.mysql import from_url
 from sync.rows.rowcodec import encode_json
 from sync.rows.schema import READ_SESSION_SQL, load_table, quote_ident, read_sql

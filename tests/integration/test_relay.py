@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sync.capture.relay import SpoolRelay
 from sync.testing.servers import GearmanServer, MariaDBServer
-from sync.capture.triggers import spool_ddl
+from sync.capture.spool import spool_ddl
 
 from .test_triggers_helpers import relay_settings, spool_count
 from .udf_fixtures import grab_all

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sync.config import check_redis_url
+from sync.redis_client import check_redis_url
 from sync.events import ChangeEvent, Op, Source, encode_change
 from sync.gearman import GearmanClient
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
@@ -186,7 +186,7 @@ def test_least_privilege_snapshot_verify_and_relay(mariadb: MariaDBServer, redis
                                                    gearmand: GearmanServer, db) -> None:  # type: ignore[no-untyped-def]
     """The GRANTs of docs/security.md and nothing more: SELECT for snapshot/verify (--repair too);
     SELECT, DELETE on gearsync_spool for the relay."""
-    from sync.capture.triggers import spool_ddl
+    from sync.capture.spool import spool_ddl
 
     user = "lp_" + uuid.uuid4().hex[:6]
     with db.cursor() as cur:

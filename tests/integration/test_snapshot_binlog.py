@@ -17,7 +17,7 @@ from sync.capture.binlog.service import stream_name
 from sync.keys import binlog_position_key, version_key
 from sync.position import PositionStore
 from sync.tools.snapshot import ProgressStore, Snapshot, TableReader, Versions, open_table
-from sync.capture.binlog.reader import ROW_MASK, gtid_version
+from sync.position import ROW_MASK, gtid_version
 from sync.testing.servers import MariaDBServer, RedisServer
 
 from .test_binlog_helpers import Running, binlog_pos, diff, mysql_state, redis_state, settings, wait_caught_up

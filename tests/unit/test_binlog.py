@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 from decimal import Decimal
 
 import pytest
 
 import sync.capture.binlog.reader as binlog
+import sync.position as position
 from sync.capture.binlog.service import BinlogService, BinlogSettings, default_server_id, stream_name
-from sync.config import RedisSettings
+from sync.redis_client import RedisSettings
 from sync.errors import ConfigError, SourceError
 from sync.events import ChangeEvent, Op, Source
 from sync.keys import binlog_position_key
@@ -53,11 +53,11 @@ def test_position_key_and_names() -> None:
 
 
 def test_gtid_version_bounds() -> None:
-    assert binlog.gtid_version(1, 0) == 1 << 20
-    assert binlog.gtid_version(1, 5) < binlog.gtid_version(2, 0)
-    assert binlog.gtid_version(binlog.MAX_SEQ, binlog.ROW_MASK) == 2**64 - 1
+    assert position.gtid_version(1, 0) == 1 << 20
+    assert position.gtid_version(1, 5) < position.gtid_version(2, 0)
+    assert position.gtid_version(position.MAX_SEQ, position.ROW_MASK) == 2**64 - 1
     with pytest.raises(SourceError, match="64 bits"):
-        binlog.gtid_version(binlog.MAX_SEQ + 1)
+        position.gtid_version(position.MAX_SEQ + 1)
 
 
 # -- decoders (byte vectors in MySQL's TIME2/DATETIME2/DATE formats) ------------------------------

@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import (
-    ConfigError,
-    default_function,
-    mask_url,
-    parse_servers,
-    worker_settings,
-)
+from sync.config import default_function, parse_servers, worker_settings
+from sync.errors import ConfigError
+from sync.urls import mask_url
 
 
 def test_parse_servers_forms() -> None:

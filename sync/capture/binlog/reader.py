@@ -40,7 +40,6 @@ stream is expected to carry one domain (a warning is logged otherwise). seq_no m
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 import ssl
@@ -53,10 +52,18 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import structlog
 
-from sync.errors import ConfigError, SourceError
+from sync.errors import ConfigError, SourceError, short_error
 from sync.events import ChangeEvent, Op, Source
 from sync.mysql import MySQLSettings
-from sync.position import Position, format_mariadb_gtids, parse_mariadb_gtids
+from sync.position import (
+    FILE_ROW_BITS,
+    FILE_ROW_MASK,
+    ROW_MASK,
+    Position,
+    format_mariadb_gtids,
+    gtid_version,
+    parse_mariadb_gtids,
+)
 from sync.retry import Backoff
 from sync.rows.rowcodec import normalize_value
 from sync.rows.schema import Column, TableSchema, canonical_value, load_table, quote_ident
@@ -64,36 +71,20 @@ from sync.rows.schema import Column, TableSchema, canonical_value, load_table, q
 log = structlog.get_logger(__name__)
 
 __all__ = [
-    "ROW_BITS",
     "Chunk",
     "BinlogSource",
     "ServerInfo",
     "binlog_column",
     "check_server",
-    "gtid_version",
     "resolve_start",
 ]
 
-ROW_BITS = 20
-ROW_MASK = (1 << ROW_BITS) - 1
-MAX_SEQ = (1 << (64 - ROW_BITS)) - 1
-FILE_ROW_BITS = 12
-FILE_ROW_MASK = (1 << FILE_ROW_BITS) - 1
 
 ER_ACCESS_DENIED = 1227
 ER_MASTER_FATAL_READING_BINLOG = 1236
 ER_DBACCESS_DENIED = 1044
 ER_ACCESS_DENIED_USER = 1045
 FATAL_MYSQL_ERRORS = {ER_ACCESS_DENIED, ER_MASTER_FATAL_READING_BINLOG, ER_DBACCESS_DENIED, ER_ACCESS_DENIED_USER, 1142}
-
-
-def gtid_version(seq_no: int, index: int = 0) -> int:
-    """The version of the index-th row change of the transaction with GTID sequence number seq_no.
-    (A snapshot consistent with GTID position P can use gtid_version(P.seq, ROW_MASK): every later
-    binlog change of the row is newer.)"""
-    if not 0 <= seq_no <= MAX_SEQ:
-        raise SourceError(f"GTID sequence number {seq_no} is beyond {MAX_SEQ}; versions would exceed 64 bits")
-    return (seq_no << ROW_BITS) | min(index, ROW_MASK)
 
 
 # -- decoding fixes ------------------------------------------------------------------------------
@@ -578,7 +569,7 @@ class BinlogSource:
 
     def _disconnected(self, exc: BaseException, backoff: Backoff, stop: threading.Event) -> None:
         delay = backoff.next_delay()
-        log.warning("binlog_disconnected", error=f"{type(exc).__name__}: {exc}"[:300],
+        log.warning("binlog_disconnected", error=short_error(exc),
                     resume_from=self.committed.describe(), retry_in_s=round(delay, 3))
         stop.wait(delay)
 

@@ -70,7 +70,8 @@ import redis.exceptions
 import structlog
 
 from sync.apply.applier import Outcome, RedisApplier, TableSpec
-from sync.config import RedisSettings, default_function
+from sync.config import default_function
+from sync.redis_client import RedisSettings
 from sync.errors import ApplyError, ConfigError, SourceError, SyncError
 from sync.events import ChangeEvent, Op, encode_change
 from sync.mysql import MySQLSettings
@@ -87,7 +88,7 @@ from sync.capture.binlog.reader import (
     check_server,
     resolve_start,
 )
-from sync.apply.worker import connect_redis
+from sync.redis_client import connect_redis
 
 log = structlog.get_logger(__name__)
 
