@@ -195,7 +195,7 @@ def test_mariadb_image_builds_the_udf_fresh_and_enables_the_binlog() -> None:
 
 
 def test_demo_schema_is_the_demos_table() -> None:
-    from sync.demo.cli import CREATE_TABLE
+    from sync.demo.load import CREATE_TABLE
 
     sql = (REPO / "docker/mariadb/20-demo-schema.sql").read_text()
     norm = lambda s: " ".join(s.replace(";", " ").split())  # noqa: E731
