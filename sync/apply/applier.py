@@ -46,7 +46,7 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from sync.errors import ApplyError, ConfigError, PayloadError
+from sync.errors import ApplyError, ConfigError, PayloadError, short_error
 from sync.events import ChangeEvent, ClassicSet, Op
 from sync.keys import DEFAULT_PREFIX, check_prefix, compile_template, stats_key
 from sync.rows.rowcodec import encode_hash, encode_json
@@ -171,16 +171,12 @@ class RedisApplier:
         elif type(ev) is not ClassicSet:
             raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
 
-    def version_key_of(self, row_key: str, table: str) -> str:
-        t = self._tables[table]
-        return self._vprefix + row_key if t.vk_tagged else self._vprefix + "{" + row_key + "}"
-
     # -- script ----------------------------------------------------------------------------
     async def load_script(self) -> str:
         try:
             sha = await self._redis.script_load(APPLY_SCRIPT)
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise ApplyError(f"redis SCRIPT LOAD failed: {type(exc).__name__}: {exc}") from exc
+            raise ApplyError(f"redis SCRIPT LOAD failed: {short_error(exc)}") from exc
         self._sha = sha.decode() if isinstance(sha, bytes) else sha
         return self._sha
 

@@ -1,4 +1,4 @@
-"""Dispatcher: `python -m sync.bench udf|worker [options]` imports the module lazily and runs its main()."""
+"""Dispatcher: `sync-bench NAME [options]` imports the benchmark's module lazily and runs its main()."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Micro-benchmark of sync.gearman against a running gearmand (no Redis): pipelined submit, then drain.
 
-    python -m sync.bench.gearman --port 4730 --jobs 100000 --size 150 --batch 128 --runs 3
+    sync-bench gearman --port 4730 --jobs 100000 --size 150 --batch 128 --runs 3
 
 Pre-queues ``--jobs`` background jobs of ``--size`` bytes (GearmanClient.submit_background_many), then drains them
 with one worker (grab ``--batch`` per round trip, complete_many per batch) and prints jobs/s; medians over
@@ -76,8 +76,8 @@ async def _main(args: argparse.Namespace) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sync-bench gearman", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--jobs", type=int, default=100_000)
@@ -86,8 +86,9 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--mode", choices=("connection", "worker"), default="connection")
-    asyncio.run(_main(parser.parse_args()))
+    asyncio.run(_main(parser.parse_args(argv)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -3,13 +3,17 @@
     rows = await status("127.0.0.1", 4730)      # [FunctionStatus(name, queued, running, workers)]
 
 Every call opens a connection, sends one command, reads the reply and closes, all within ``timeout_s``; failures
-raise GearmanConnectionError / GearmanTimeoutError, an ``ERR`` reply raises GearmanServerError.
+raise GearmanConnectionError / GearmanTimeoutError, an ``ERR`` reply raises GearmanServerError, and a reply
+that does not parse raises GearmanProtocolError: every failure is a GearmanError.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from typing import Callable, TypeVar
+
+from sync.errors import ProtocolError
 from sync.gearman.errors import GearmanConnectionError, GearmanProtocolError, GearmanServerError, GearmanTimeoutError
 from sync.gearman.protocol import (
     FunctionStatus,
@@ -26,6 +30,8 @@ from sync.gearman.protocol import (
 __all__ = ["admin_command", "getpid", "show_jobs", "show_unique_jobs", "status", "version", "workers"]
 
 MAX_REPLY_BYTES = 64 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 async def admin_command(host: str, port: int, command: str, *, multiline: bool, timeout_s: float = 5.0) -> list[str]:
@@ -72,37 +78,47 @@ async def admin_command(host: str, port: int, command: str, *, multiline: bool, 
             writer.transport.abort()
 
 
+async def _ask(host: str, port: int, command: str, parse: Callable[[list[str]], T], *, multiline: bool,
+               timeout_s: float) -> T:
+    """One admin command and its parsed reply; a reply the parser refuses is a GearmanProtocolError."""
+    lines = await admin_command(host, port, command, multiline=multiline, timeout_s=timeout_s)
+    try:
+        return parse(lines)
+    except (ProtocolError, ValueError) as exc:
+        raise GearmanProtocolError(f"{host}:{port}: {exc}", (host, port)) from None
+
+
 async def status(host: str, port: int, timeout_s: float = 5.0) -> list[FunctionStatus]:
     """``status``: one row per known function (queued counts running jobs too)."""
-    return parse_status(await admin_command(host, port, "status", multiline=True, timeout_s=timeout_s))
+    return await _ask(host, port, "status", parse_status, multiline=True, timeout_s=timeout_s)
 
 
 async def workers(host: str, port: int, timeout_s: float = 5.0) -> list[WorkerInfo]:
     """``workers``: one row per connection (clients too, with no functions)."""
-    return parse_workers(await admin_command(host, port, "workers", multiline=True, timeout_s=timeout_s))
+    return await _ask(host, port, "workers", parse_workers, multiline=True, timeout_s=timeout_s)
 
 
 async def version(host: str, port: int, timeout_s: float = 5.0) -> str:
     """``version`` -> e.g. "1.1.20+ds"."""
-    return parse_version((await admin_command(host, port, "version", multiline=False, timeout_s=timeout_s))[0])
+    return await _ask(host, port, "version", lambda lines: parse_version(lines[0]), multiline=False, timeout_s=timeout_s)
 
 
 async def getpid(host: str, port: int, timeout_s: float = 5.0) -> int:
     """``getpid`` -> the gearmand process id."""
-    line = (await admin_command(host, port, "getpid", multiline=False, timeout_s=timeout_s))[0]
-    try:
-        return int(parse_version(line))
-    except ValueError:
-        raise GearmanProtocolError(f"{host}:{port}: getpid: expected 'OK <pid>', got {line!r}") from None
+    def pid(lines: list[str]) -> int:
+        text = parse_version(lines[0])
+        if not text.isdigit():
+            raise ProtocolError(f"getpid: expected 'OK <pid>', got {lines[0]!r}")
+        return int(text)
+
+    return await _ask(host, port, "getpid", pid, multiline=False, timeout_s=timeout_s)
 
 
 async def show_jobs(host: str, port: int, timeout_s: float = 5.0) -> list[JobInfo]:
     """``show jobs``: every job gearmand holds (queued or running)."""
-    return parse_show_jobs(await admin_command(host, port, "show jobs", multiline=True, timeout_s=timeout_s))
+    return await _ask(host, port, "show jobs", parse_show_jobs, multiline=True, timeout_s=timeout_s)
 
 
 async def show_unique_jobs(host: str, port: int, timeout_s: float = 5.0) -> list[str]:
     """``show unique jobs``: the unique id of every job ("" for none)."""
-    return parse_show_unique_jobs(
-        await admin_command(host, port, "show unique jobs", multiline=True, timeout_s=timeout_s)
-    )
+    return await _ask(host, port, "show unique jobs", parse_show_unique_jobs, multiline=True, timeout_s=timeout_s)

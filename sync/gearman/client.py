@@ -43,8 +43,8 @@ from sync.gearman.errors import (
 )
 from sync.gearman.protocol import (
     DEFAULT_MAX_PACKET_BYTES,
-    MAX_FUNCTION_BYTES,
-    MAX_UNIQUE_BYTES,
+    encode_function,
+    encode_unique,
     Packet,
     PacketType,
     pack_request,
@@ -69,26 +69,6 @@ _FG_TYPES = {
     "low": PacketType.SUBMIT_JOB_LOW,
 }
 _IDLE_READ_S = 60.0
-
-
-def encode_function(function: str | bytes) -> bytes:
-    """Function name as bytes; must be 1..512 bytes, without NUL."""
-    name = function.encode("utf-8") if isinstance(function, str) else bytes(function)
-    if not name or len(name) > MAX_FUNCTION_BYTES or b"\0" in name:
-        raise ValueError(
-            f"function name must be 1..{MAX_FUNCTION_BYTES} bytes without NUL, got {name[:80]!r} ({len(name)} bytes)"
-        )
-    return name
-
-
-def encode_unique(unique: str | bytes) -> bytes:
-    """Unique id as bytes; must be 1..64 bytes (gearmand's limit), without NUL."""
-    raw = unique.encode("utf-8") if isinstance(unique, str) else bytes(unique)
-    if not raw or len(raw) > MAX_UNIQUE_BYTES or b"\0" in raw:
-        raise ValueError(
-            f"unique id must be 1..{MAX_UNIQUE_BYTES} bytes without NUL, got {raw[:80]!r} ({len(raw)} bytes)"
-        )
-    return raw
 
 
 class _UniqueIds:

@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from sync.gearman.client import encode_function
 from sync.gearman.connection import GearmanConnection
 from sync.gearman.errors import GearmanConnectionError, GearmanProtocolError
 from sync.gearman.protocol import (
+    encode_function,
     DEFAULT_MAX_PACKET_BYTES,
     PacketType,
     pack_request,
@@ -136,14 +136,6 @@ class GearmanWorkerConnection:
     async def can_do(self, function: str) -> None:
         await self.conn.send(pack_request(PacketType.CAN_DO, encode_function(function)))
         self.functions.add(function)
-
-    async def cant_do(self, function: str) -> None:
-        await self.conn.send(pack_request(PacketType.CANT_DO, encode_function(function)))
-        self.functions.discard(function)
-
-    async def reset_abilities(self) -> None:
-        await self.conn.send(pack_request(PacketType.RESET_ABILITIES))
-        self.functions.clear()
 
     def _name(self, raw: bytes) -> str:
         name = self._names.get(raw)
@@ -380,21 +372,6 @@ class GearmanWorker:
     @property
     def connected_servers(self) -> list[tuple[str, int]]:
         return [(s.host, s.port) for s in self._slots if s.live]
-
-    async def add_function(self, function: str) -> None:
-        """Register one more function, on the live connections now and on every future one."""
-        encode_function(function)
-        if function in self.functions:
-            return
-        self.functions.append(function)
-        for slot in self._slots:
-            if slot.live:
-                try:
-                    await slot.conn.can_do(function)  # type: ignore[union-attr]
-                except GearmanConnectionError as exc:
-                    self._mark_down(slot, exc)
-
-    # ---- connections -----------------------------------------------------------------------------------------
 
     def _mark_down(self, slot: _ServerSlot, error: BaseException) -> None:
         if slot.conn is not None:
