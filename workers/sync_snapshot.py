@@ -90,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
-    from sync.tools.snapshot import ProgressDisplay, ProgressStore, Snapshot, TableReader, Versions, estimate_rows, format_pk, open_table
+    from sync.rows.reader import TableReader, estimate_rows, format_pk
+    from sync.tools.display import ProgressDisplay
+    from sync.tools.progress import ProgressStore
+    from sync.tools.snapshot import Snapshot, Versions, open_table
 
     target = open_table(
         table=args.table, database=args.database,

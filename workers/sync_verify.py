@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _verify(args) -> int:  # type: ignore[no-untyped-def]
-    from sync.tools.snapshot import ProgressDisplay, TableReader, estimate_rows, open_table
+    from sync.rows.reader import TableReader, estimate_rows
+    from sync.tools.display import ProgressDisplay
+    from sync.tools.snapshot import open_table
     from sync.tools.verify import Verifier
 
     target = open_table(

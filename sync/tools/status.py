@@ -27,6 +27,7 @@ import structlog
 
 from sync import keys
 from sync.config import default_function
+from sync.errors import short_error
 from sync.gearman import admin
 
 log = structlog.get_logger(__name__)
@@ -36,18 +37,13 @@ __all__ = ["collect", "reachable", "render"]
 TIMEOUT_S = 3.0
 
 
-def _err(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
 async def _gearman(host: str, port: int) -> dict[str, Any]:
     out: dict[str, Any] = {"server": f"{host}:{port}", "up": False}
     try:
         rows, conns = await asyncio.gather(admin.status(host, port, timeout_s=TIMEOUT_S),
                                            admin.workers(host, port, timeout_s=TIMEOUT_S))
     except Exception as exc:
-        out["error"] = _err(exc)
+        out["error"] = short_error(exc, 200)
         return out
     out["up"] = True
     out["functions"] = {r.name: {"queued": r.queued, "running": r.running, "workers": r.workers} for r in rows}
@@ -60,7 +56,7 @@ def _mysql(settings: Any) -> dict[str, Any]:
     try:
         conn = settings.connect(connect_timeout=int(TIMEOUT_S), read_timeout=int(TIMEOUT_S) * 3)
     except Exception as exc:
-        out["error"] = _err(exc)
+        out["error"] = short_error(exc, 200)
         return out
     try:
         out["up"] = True
@@ -77,14 +73,14 @@ def _mysql(settings: Any) -> dict[str, Any]:
                 out["binlog"] = {"file": row[0], "position": int(row[1])} if row else None
             except Exception as exc:  # no privilege / binlog off: shown, not fatal
                 out["binlog"] = None
-                out["binlog_error"] = _err(exc)
+                out["binlog_error"] = short_error(exc, 200)
             try:
                 cur.execute("SELECT @@gtid_binlog_pos")
                 out["gtid_binlog_pos"] = cur.fetchone()[0]
             except Exception:  # MySQL (not MariaDB) has no such variable
                 out["gtid_binlog_pos"] = None
     except Exception as exc:
-        out["error"] = _err(exc)
+        out["error"] = short_error(exc, 200)
     finally:
         conn.close()
     return out
@@ -114,7 +110,7 @@ async def _redis(client: Any, tables: Sequence[str], prefix: str) -> dict[str, A
             replies = await pipe.execute()
             now_ms = int(time.time() * 1000)
     except Exception as exc:
-        out["error"] = _err(exc)
+        out["error"] = short_error(exc, 200)
         return out
     out["up"] = True
     per: dict[str, Any] = {}

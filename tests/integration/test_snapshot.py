@@ -20,10 +20,11 @@ from sync.apply.applier import TableSpec
 from sync.config import worker_settings
 from sync.rows.expected import expected_entry, select_sql
 from sync.rows.schema import READ_SESSION_SQL, load_table
-from sync.tools.snapshot import ProgressStore, Snapshot, TableReader, fast_conversions, open_table
+from sync.rows.reader import TableReader, fast_conversions
+from sync.tools.progress import ProgressStore
+from sync.tools.snapshot import Snapshot, open_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.triggers import TriggerOptions, install_statements
-from sync.tools.verify import Verifier
 from sync.apply.worker import SyncWorker
 from tests.integration.udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
 

@@ -16,7 +16,9 @@ import pytest
 from sync.capture.binlog.service import stream_name
 from sync.keys import binlog_position_key, version_key
 from sync.position import PositionStore
-from sync.tools.snapshot import ProgressStore, Snapshot, TableReader, Versions, open_table
+from sync.rows.reader import TableReader
+from sync.tools.progress import ProgressStore
+from sync.tools.snapshot import Snapshot, Versions, open_table
 from sync.position import ROW_MASK, gtid_version
 from sync.testing.servers import MariaDBServer, RedisServer
 

@@ -13,9 +13,11 @@ import pytest
 from sync.apply.applier import TableSpec
 from sync.events import ChangeEvent, Op, Source
 from sync.keys import row_key, version_key
-from sync.tools.snapshot import TableReader, open_table
+from sync.rows.reader import TableReader
+from sync.tools.snapshot import open_table
 from sync.testing.servers import MariaDBServer, RedisServer
-from sync.tools.verify import KeyPattern, Verifier
+from sync.tools.keypattern import KeyPattern
+from sync.tools.verify import Verifier
 from tests.integration.test_snapshot import expected_state, make_data, redis_state, run_snapshot
 
 pytestmark = pytest.mark.timeout(120)
