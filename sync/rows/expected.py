@@ -17,13 +17,12 @@ from typing import Any, Mapping
 from sync.apply.applier import TableSpec
 from sync.keys import row_key
 from sync.rows.rowcodec import encode_hash, encode_json
-from sync.rows.schema import TableSchema, quote_ident, read_sql
+from sync.rows.schema import TableSchema, read_columns_sql
 
 
 def select_sql(schema: TableSchema) -> str:
     """SELECT list + FROM for reading canonical rows (run after schema.READ_SESSION_SQL)."""
-    cols = ", ".join(f"{read_sql(c)} AS {quote_ident(c.name)}" for c in schema.columns)
-    return f"SELECT {cols} FROM {quote_ident(schema.database)}.{quote_ident(schema.name)}"
+    return f"SELECT {read_columns_sql(schema)} FROM {schema.ref}"
 
 
 def expected_value(spec: TableSpec, canonical_row: Mapping[str, Any]) -> bytes | dict[bytes, bytes]:

@@ -19,7 +19,7 @@ import structlog
 
 from sync.errors import ConfigError, SourceError, short_error
 from sync.events import ChangeEvent, JSONValue, Op, Source
-from sync.rows.schema import READ_SESSION_SQL, TableSchema, canonical_value, quote_ident, read_sql
+from sync.rows.schema import READ_SESSION_SQL, TableSchema, canonical_value, quote_ident, read_columns_sql
 
 log = structlog.get_logger(__name__)
 
@@ -43,14 +43,10 @@ VERSION_ALIAS = "__gearsync_version"
 
 # -- SQL ------------------------------------------------------------------------------------------
 
-def _table_ref(schema: TableSchema) -> str:
-    return f"{quote_ident(schema.database)}.{quote_ident(schema.name)}"
-
-
 def _select_list(schema: TableSchema, versioned: bool, version: int | None = None) -> str:
     """Columns; with `versioned`, led by the version: UUID_SHORT() (trigger mode) or, in binlog
     mode, the constant `version` of the consistent snapshot (an integer literal)."""
-    cols = ", ".join(f"{read_sql(c)} AS {quote_ident(c.name)}" for c in schema.columns)
+    cols = read_columns_sql(schema)
     if not versioned:
         return cols
     expr = "UUID_SHORT()" if version is None else str(int(version))
@@ -161,7 +157,7 @@ class TableReader:
             # Gap locks (REPEATABLE READ) matter for absent_version(): an INSERT of a key we
             # found absent must wait for our transaction, so its trigger version is larger.
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        self._ref = _table_ref(schema)
+        self._ref = schema.ref
         self._order = ", ".join(quote_ident(k) for k in schema.key)
         self._after = after_key_sql(schema)
 

@@ -123,6 +123,11 @@ class TableSchema:
     key: tuple[str, ...]            # primary key, or the NOT NULL unique key used instead
     key_name: str                   # "PRIMARY" or the unique index name
 
+    @property
+    def ref(self) -> str:
+        """`database`.`table`, quoted for SQL."""
+        return f"{quote_ident(self.database)}.{quote_ident(self.name)}"
+
     def column(self, name: str) -> Column:
         for c in self.columns:
             if c.name == name:
@@ -219,6 +224,11 @@ def read_sql(col: Column) -> str:
     if col.kind == "float":
         return f"CAST({x} AS DOUBLE)"
     return x
+
+
+def read_columns_sql(schema: "TableSchema") -> str:
+    """The column list of a snapshot/verify SELECT: read_sql(c) AS `c` for every column."""
+    return ", ".join(f"{read_sql(c)} AS {quote_ident(c.name)}" for c in schema.columns)
 
 
 READ_SESSION_SQL = "SET SESSION time_zone = '+00:00'"

@@ -230,7 +230,7 @@ class Verifier:
         cols = ", ".join(quote_ident(k) for k in self.schema.key)
         seed = self._rng.randrange(2**31)
         with self.reader.conn.cursor() as cur:
-            cur.execute(f"SELECT {cols} FROM {quote_ident(self.schema.database)}.{quote_ident(self.schema.name)} "
+            cur.execute(f"SELECT {cols} FROM {self.schema.ref} "
                         f"ORDER BY RAND({seed}) LIMIT {int(n)}")
             raw = cur.fetchall()
         key_cols = self.schema.key_columns
