@@ -1,6 +1,11 @@
 /*
- * gman_conn.c — one cached gearmand connection per mysqld thread and the
- * few packets of the Gearman binary protocol a client needs.
+ * gman_conn.c — one cached gearmand connection per mysqld thread: the
+ * per-thread state and its registry, submits with failover and back-off,
+ * the pipeline of background jobs (coalescing, acknowledgements, resending
+ * on a new connection), the hand-off of ended threads' jobs to the keeper
+ * and the spill file at unload.  Packets are encoded and parsed by
+ * gman_proto.c, sockets opened, written and read with deadlines by
+ * gman_net.c.
  *
  * Why not libgearman: inside mysqld every call must be bounded by a deadline
  * we choose, must never raise SIGPIPE, and must cost one write and one read
@@ -10,21 +15,12 @@
  * out and five response packets in, so we write them ourselves: a
  * non-blocking socket, poll() with one absolute deadline per call, send()
  * with MSG_NOSIGNAL, and a reader that caps every packet size.
- *
- * Packet: 4-byte magic ("\0REQ" / "\0RES"), 4-byte big-endian type, 4-byte
- * big-endian size, then NUL-separated arguments (the last one may hold any
- * byte).  SUBMIT_JOB*: function\0unique\0workload -> JOB_CREATED(handle);
- * for a foreground job then WORK_DATA/WORK_WARNING/WORK_STATUS… and finally
- * WORK_COMPLETE(handle\0data) or WORK_FAIL(handle) / WORK_EXCEPTION.
  */
 #define _GNU_SOURCE
-#include "gearsync_udf.h"
+#include "gman_net.h"
+#include "gman_proto.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -35,24 +31,6 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-enum {
-    PKT_SUBMIT_JOB = 7,
-    PKT_JOB_CREATED = 8,
-    PKT_WORK_STATUS = 12,
-    PKT_WORK_COMPLETE = 13,
-    PKT_WORK_FAIL = 14,
-    PKT_SUBMIT_JOB_BG = 18,
-    PKT_ERROR = 19,
-    PKT_SUBMIT_JOB_HIGH = 21,
-    PKT_WORK_EXCEPTION = 25,
-    PKT_WORK_DATA = 28,
-    PKT_WORK_WARNING = 29,
-    PKT_SUBMIT_JOB_HIGH_BG = 32,
-    PKT_SUBMIT_JOB_LOW = 33,
-    PKT_SUBMIT_JOB_LOW_BG = 34,
-};
-
-#define HDR 12u
 #define RBUF_KEEP 4096u /* read buffer kept between calls */
 
 /* Outcome of one attempt on one server. */
@@ -111,33 +89,6 @@ static int g_key_ok;
 static pthread_mutex_t g_threads_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct gs_thread *g_threads; /* guarded by g_threads_lock */
 static size_t g_orphan_bytes;       /* guarded by g_threads_lock */
-
-/* ------------------------------------------------------------ buffers */
-
-int gs_buf_reserve(struct gs_buf *b, size_t extra)
-{
-    size_t need;
-    if (__builtin_add_overflow(b->len, extra, &need) || need > b->max)
-        return -1;
-    if (need <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < need)
-        cap = cap > b->max / 2 ? b->max : cap * 2;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return -1;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-void gs_buf_free(struct gs_buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
 
 /* ------------------------------------------------------------ threads */
 
@@ -469,118 +420,27 @@ static void err_all_backing_off(struct gs_thread *t)
 
 /* ------------------------------------------------------------ I/O */
 
-/* Wait for events on fd until deadline_ms. 1 ready, 0 timeout, -1 error.
- * An answer from gearmand on the same host usually comes within tens of µs; sleeping in poll()
- * and being woken costs more than that, so poll without sleeping for up to SPIN_US first. */
-#define SPIN_US 100
-static int wait_fd(int fd, short events, int64_t deadline_ms)
-{
-    int64_t spin_until = gs_now_us() + SPIN_US;
-    do {
-        struct pollfd p = {.fd = fd, .events = events};
-        int r = poll(&p, 1, 0);
-        if (r > 0)
-            return 1;
-        if (r < 0 && errno != EINTR)
-            return -1;
-    } while (gs_now_us() < spin_until);
-    for (;;) {
-        int64_t left = deadline_ms - gs_now_ms();
-        if (left < 0)
-            return 0;
-        struct pollfd p = {.fd = fd, .events = events};
-        int r = poll(&p, 1, (int)(left > 3600000 ? 3600000 : left));
-        if (r > 0)
-            return 1;
-        if (r == 0) {
-            if (gs_now_ms() >= deadline_ms)
-                return 0;
-            continue;
-        }
-        if (errno != EINTR)
-            return -1;
-    }
-}
-
 static int resolve(struct gs_thread *t, unsigned idx)
 {
-    struct addrinfo hints, *res = NULL;
-    char port[8];
     if (t->addrlen[idx])
         return 0;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    snprintf(port, sizeof port, "%u", (unsigned)t->cfg.servers[idx].port);
-    /* A numeric address resolves without I/O.  A host name goes through the
-     * system resolver once per thread and config (README: prefer addresses
-     * or /etc/hosts names, DNS has no deadline here). */
-    int rc = getaddrinfo(t->cfg.servers[idx].host, port, &hints, &res);
-    if (rc != 0 || !res) {
-        snprintf(t->err, sizeof t->err, "%s:%u: resolve: %s",
-                 t->cfg.servers[idx].host, (unsigned)t->cfg.servers[idx].port,
-                 rc ? gai_strerror(rc) : "no address");
-        if (res)
-            freeaddrinfo(res);
-        return -1;
-    }
-    if (res->ai_addrlen > sizeof t->addr[idx]) {
-        freeaddrinfo(res);
-        return -1;
-    }
-    memcpy(&t->addr[idx], res->ai_addr, res->ai_addrlen);
-    t->addrlen[idx] = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
+    return gs_net_resolve(&t->cfg.servers[idx], &t->addr[idx],
+                          &t->addrlen[idx], t->err, sizeof t->err);
 }
 
 static int do_connect(struct gs_thread *t, unsigned idx, int64_t deadline)
 {
-    int fd, one = 1, e;
+    int fd, e;
+    const char *what;
     if (resolve(t, idx) != 0)
         return -1;
-    fd = socket(t->addr[idx].ss_family,
-                SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = gs_net_connect(&t->addr[idx], t->addrlen[idx], t->cfg.timeout_ms,
+                        deadline, &what, &e);
     if (fd < 0) {
-        set_err(t, idx, "socket", errno);
-        return -1;
-    }
-    /* The fd is non-blocking and every call waits in poll() with our
-     * deadline; SO_SNDTIMEO/SO_RCVTIMEO (set too, belt and braces) would only
-     * matter if someone made it blocking. */
-    struct timeval tv = {.tv_sec = t->cfg.timeout_ms / 1000,
-                         .tv_usec = (t->cfg.timeout_ms % 1000) * 1000};
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
-        e = errno;
-        close(fd);
-        set_err(t, idx, "setsockopt", e);
-        return -1;
-    }
-    if (connect(fd, (struct sockaddr *)&t->addr[idx], t->addrlen[idx]) != 0) {
-        if (errno != EINPROGRESS && errno != EINTR) {
-            e = errno;
-            close(fd);
+        if (fd == -2)
             t->addrlen[idx] = 0;
-            set_err(t, idx, "connect", e);
-            return -1;
-        }
-        int w = wait_fd(fd, POLLOUT, deadline);
-        socklen_t sl = sizeof e;
-        e = 0;
-        if (w <= 0) {
-            e = w == 0 ? ETIMEDOUT : errno;
-        } else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &sl) != 0) {
-            e = errno;
-        }
-        if (e) {
-            close(fd);
-            t->addrlen[idx] = 0;
-            set_err(t, idx, "connect", e);
-            return -1;
-        }
+        set_err(t, idx, what, e);
+        return -1;
     }
     t->fd = fd;
     t->server = idx;
@@ -590,70 +450,6 @@ static int do_connect(struct gs_thread *t, unsigned idx, int64_t deadline)
     t->progress_ms = gs_now_ms();
     t->verified = 0;
     return 0;
-}
-
-/* A cached connection the peer has closed (gearmand restarted) shows as
- * readable: EOF or an error.  Bytes we did not ask for also mean it is out
- * of sync.  One non-blocking peek, no wait. */
-static int looks_stale(int fd)
-{
-    char c;
-    ssize_t r = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-        return 0;
-    return 1;
-}
-
-static int send_all(int fd, struct iovec *iov, int iovcnt, int64_t deadline,
-                    int *err)
-{
-    struct msghdr m;
-    memset(&m, 0, sizeof m);
-    while (iovcnt > 0) {
-        m.msg_iov = iov;
-        m.msg_iovlen = (size_t)iovcnt;
-        ssize_t w = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                int r = wait_fd(fd, POLLOUT, deadline);
-                if (r <= 0) {
-                    *err = r == 0 ? ETIMEDOUT : errno;
-                    return -1;
-                }
-                continue;
-            }
-            *err = errno;
-            return -1;
-        }
-        size_t n = (size_t)w;
-        while (iovcnt > 0 && n >= iov->iov_len) {
-            n -= iov->iov_len;
-            iov++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + n;
-            iov->iov_len -= n;
-        }
-    }
-    return 0;
-}
-
-static uint32_t be32(const char *p)
-{
-    const unsigned char *u = (const unsigned char *)p;
-    return ((uint32_t)u[0] << 24) | ((uint32_t)u[1] << 16) |
-           ((uint32_t)u[2] << 8) | (uint32_t)u[3];
-}
-
-static void put_be32(char *p, uint32_t v)
-{
-    p[0] = (char)(v >> 24);
-    p[1] = (char)(v >> 16);
-    p[2] = (char)(v >> 8);
-    p[3] = (char)v;
 }
 
 /* Drop the packet at the head of rbuf. */
@@ -673,21 +469,19 @@ static int read_packet(struct gs_thread *t, int64_t deadline, size_t max_size,
                        uint32_t *type, uint32_t *size, int *err)
 {
     for (;;) {
-        if (t->rlen >= HDR) {
-            if (memcmp(t->rbuf, "\0RES", 4) != 0) {
-                *err = EPROTO;
-                return -1;
-            }
-            *type = be32(t->rbuf + 4);
-            *size = be32(t->rbuf + 8);
-            if (*size > max_size) {
-                *err = EMSGSIZE;
-                return -1;
-            }
-            if (t->rlen >= HDR + (size_t)*size)
-                return 0;
+        size_t need;
+        enum gs_proto_rc pr = gs_proto_response(t->rbuf, t->rlen, max_size,
+                                                type, size, &need);
+        if (pr == GS_PKT_COMPLETE)
+            return 0;
+        if (pr == GS_PKT_BAD_MAGIC) {
+            *err = EPROTO;
+            return -1;
         }
-        size_t need = t->rlen >= HDR ? HDR + (size_t)*size : HDR;
+        if (pr == GS_PKT_TOO_BIG) {
+            *err = EMSGSIZE;
+            return -1;
+        }
         if (need < RBUF_KEEP)
             need = RBUF_KEEP;
         if (t->rcap < need) {
@@ -699,35 +493,12 @@ static int read_packet(struct gs_thread *t, int64_t deadline, size_t max_size,
             t->rbuf = p;
             t->rcap = need;
         }
-        int w = wait_fd(t->fd, POLLIN, deadline);
-        if (w <= 0) {
-            *err = w == 0 ? ETIMEDOUT : errno;
+        ssize_t r = gs_net_recv(t->fd, t->rbuf + t->rlen, t->rcap - t->rlen,
+                                deadline, err);
+        if (r < 0)
             return -1;
-        }
-        ssize_t r = recv(t->fd, t->rbuf + t->rlen, t->rcap - t->rlen,
-                         MSG_DONTWAIT);
-        if (r == 0) {
-            *err = ECONNRESET;
-            return -1;
-        }
-        if (r < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-                continue;
-            *err = errno;
-            return -1;
-        }
         t->rlen += (size_t)r;
     }
-}
-
-static uint32_t request_type(int background, enum gs_priority prio)
-{
-    static const uint32_t bg[3] = {PKT_SUBMIT_JOB_BG, PKT_SUBMIT_JOB_HIGH_BG,
-                                   PKT_SUBMIT_JOB_LOW_BG};
-    static const uint32_t fg[3] = {PKT_SUBMIT_JOB, PKT_SUBMIT_JOB_HIGH,
-                                   PKT_SUBMIT_JOB_LOW};
-    unsigned p = (unsigned)prio < 3 ? (unsigned)prio : 0;
-    return background ? bg[p] : fg[p];
 }
 
 struct job {
@@ -741,11 +512,6 @@ struct job {
     int64_t result_deadline;
 };
 
-static int is_peer_gone(int e)
-{
-    return e == EPIPE || e == ECONNRESET || e == ENOTCONN;
-}
-
 /* One attempt on the connected t->fd. */
 static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
                                int64_t submit_deadline)
@@ -756,24 +522,21 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
     int reused = t->reused;
     uint32_t type, size;
 
-    if (reused && (t->rlen || looks_stale(t->fd)))
+    if (reused && (t->rlen || gs_net_looks_stale(t->fd)))
         return A_STALE; /* closed by the peer, or bytes nobody asked for */
 
-    size_t plen = j->fnlen + 1 + j->uqlen + 1 + j->wllen; /* caller capped */
-    memcpy(head, "\0REQ", 4);
-    put_be32(head + 4, request_type(j->background, j->prio));
-    put_be32(head + 8, (uint32_t)plen);
-    memcpy(head + HDR, j->fn, j->fnlen);
-    head[HDR + j->fnlen] = '\0';
-    memcpy(head + HDR + j->fnlen + 1, j->unique, j->uqlen);
-    head[HDR + j->fnlen + 1 + j->uqlen] = '\0';
+    /* caller capped: the head always fits */
+    size_t hl = gs_proto_submit_head(
+        head, sizeof head, gs_proto_request_type(j->background, j->prio),
+        j->fn, j->fnlen, j->unique, j->uqlen, j->wllen);
     struct iovec iov[2] = {
-        {.iov_base = head, .iov_len = HDR + j->fnlen + 1 + j->uqlen + 1},
+        {.iov_base = head, .iov_len = hl},
         {.iov_base = (void *)j->wl, .iov_len = j->wllen},
     };
-    if (send_all(t->fd, iov, j->wllen ? 2 : 1, submit_deadline, &e) != 0) {
+    if (gs_net_send_all(t->fd, iov, j->wllen ? 2 : 1, submit_deadline,
+                        &e) != 0) {
         set_err(t, idx, "send", e);
-        return reused && is_peer_gone(e) ? A_STALE : A_SERVER_FAIL;
+        return reused && gs_net_peer_gone(e) ? A_STALE : A_SERVER_FAIL;
     }
     if (read_packet(t, submit_deadline, GS_MAX_SMALL_PACKET, &type, &size,
                     &e) != 0) {
@@ -781,18 +544,13 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
                 e == ETIMEDOUT ? "no JOB_CREATED before the deadline"
                                : "reading JOB_CREATED",
                 e == ETIMEDOUT ? 0 : e);
-        return reused && t->rlen == 0 && is_peer_gone(e) ? A_STALE
+        return reused && t->rlen == 0 && gs_net_peer_gone(e) ? A_STALE
                                                           : A_SERVER_FAIL;
     }
     if (type == PKT_ERROR) {
         /* ERROR: code\0text — report it; the connection stays in sync */
         char msg[200];
-        size_t n = size < sizeof msg - 1 ? size : sizeof msg - 1;
-        for (size_t i = 0; i < n; i++) {
-            char c = t->rbuf[HDR + i];
-            msg[i] = (c == '\0') ? ' ' : (c < 0x20 || c == 0x7f) ? '?' : c;
-        }
-        msg[n] = '\0';
+        gs_proto_error_text(t->rbuf + HDR, size, msg, sizeof msg);
         consume(t, HDR + size);
         snprintf(t->err, sizeof t->err, "%s:%u: gearmand ERROR %s",
                  t->cfg.servers[idx].host, (unsigned)t->cfg.servers[idx].port,
@@ -810,13 +568,11 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
     /* the handle; gearmand's are ~20 bytes, GEARMAN_JOB_HANDLE_SIZE is 64 */
     char handle[256];
     size_t hlen = size;
-    if (memchr(t->rbuf + HDR, '\0', size) || hlen >= sizeof handle) {
+    if (gs_proto_job_handle(t->rbuf + HDR, size, handle, sizeof handle) != 0) {
         snprintf(t->err, sizeof t->err, "%s:%u: malformed job handle",
                  t->cfg.servers[idx].host, (unsigned)t->cfg.servers[idx].port);
         return A_SERVER_FAIL;
     }
-    memcpy(handle, t->rbuf + HDR, hlen);
-    handle[hlen] = '\0';
     consume(t, HDR + size);
     t->reused = 1;
 
@@ -841,11 +597,8 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
             return A_JOB_FAIL;
         }
         const char *data = t->rbuf + HDR;
-        size_t dlen = 0;
-        int ours = size >= hlen && memcmp(data, handle, hlen) == 0 &&
-                   (size == hlen || data[hlen] == '\0');
-        if (size > hlen)
-            dlen = size - hlen - 1;
+        size_t dlen;
+        int ours = gs_proto_work_ours(data, size, handle, hlen, &dlen);
         switch (type) {
         case PKT_WORK_DATA:
         case PKT_WORK_COMPLETE:
@@ -891,7 +644,7 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
 
 static void pend_pop(struct gs_thread *t)
 {
-    size_t size = HDR + (size_t)be32(t->pend.p + t->pend_head + 8);
+    size_t size = HDR + (size_t)gs_proto_be32(t->pend.p + t->pend_head + 8);
     t->pend_head += size;
     t->pend_n--;
     if (t->pend_head >= t->pend.len) {
@@ -925,20 +678,23 @@ static void log_lost(struct gs_thread *t, const char *why)
 static int parse_acks(struct gs_thread *t)
 {
     while (t->rlen >= HDR) {
-        uint32_t type = be32(t->rbuf + 4), size = be32(t->rbuf + 8);
-        if (memcmp(t->rbuf, "\0RES", 4) != 0 || size > GS_MAX_SMALL_PACKET) {
+        uint32_t type, size;
+        size_t need;
+        enum gs_proto_rc pr = gs_proto_response(
+            t->rbuf, t->rlen, GS_MAX_SMALL_PACKET, &type, &size, &need);
+        if (pr == GS_PKT_BAD_MAGIC || pr == GS_PKT_TOO_BIG) {
             set_err(t, t->server, "garbage instead of JOB_CREATED", 0);
             return -1;
         }
-        if (t->rlen < HDR + (size_t)size) {
-            if (t->rcap < HDR + (size_t)size) {
-                char *p = realloc(t->rbuf, HDR + (size_t)size);
+        if (pr == GS_PKT_MORE) {
+            if (t->rcap < need) {
+                char *p = realloc(t->rbuf, need);
                 if (!p) {
                     set_err(t, t->server, "out of memory", 0);
                     return -1;
                 }
                 t->rbuf = p;
-                t->rcap = HDR + (size_t)size;
+                t->rcap = need;
             }
             return 0;
         }
@@ -953,12 +709,7 @@ static int parse_acks(struct gs_thread *t)
         } else if (type == PKT_ERROR) {
             /* refused (e.g. out of memory): resending won't help */
             char msg[160];
-            size_t n = size < sizeof msg - 1 ? size : sizeof msg - 1;
-            for (size_t i = 0; i < n; i++) {
-                char c = t->rbuf[HDR + i];
-                msg[i] = (c == '\0') ? ' ' : (c < 0x20 || c == 0x7f) ? '?' : c;
-            }
-            msg[n] = '\0';
+            gs_proto_error_text(t->rbuf + HDR, size, msg, sizeof msg);
             pend_pop(t);
             snprintf(t->err, sizeof t->err, "gearmand ERROR %s", msg);
             log_lost(t, t->err);
@@ -1051,7 +802,7 @@ static int pump(struct gs_thread *t, int64_t deadline, size_t max_jobs,
         if (!unsent && (t->verified || t->pend_n == 0) &&
             t->pend_n <= max_jobs && t->pend.len - t->pend_head <= max_bytes)
             return 0;
-        int w = wait_fd(t->fd, (short)(POLLIN | (unsent ? POLLOUT : 0)),
+        int w = gs_net_wait_fd(t->fd, (short)(POLLIN | (unsent ? POLLOUT : 0)),
                         deadline);
         if (w == 0) {
             t->last_errno = ETIMEDOUT;
@@ -1126,7 +877,7 @@ static int pipeline_run(struct gs_thread *t, int64_t deadline,
         }
         have_err = 1;
         close_fd(t); /* unacknowledged jobs stay in pend */
-        if (rc < 0 && was_reused && is_peer_gone(t->last_errno) &&
+        if (rc < 0 && was_reused && gs_net_peer_gone(t->last_errno) &&
             !stale_retry_used) {
             /* gearmand restarted under our cached connection */
             stale_retry_used = 1;
@@ -1160,16 +911,8 @@ static int submit_pipelined(struct gs_thread *t, struct job *j)
     }
     size_t mark = t->pend.len;
     char *p = t->pend.p + mark;
-    memcpy(p, "\0REQ", 4);
-    put_be32(p + 4, request_type(1, j->prio));
-    put_be32(p + 8, (uint32_t)(plen - HDR));
-    p += HDR;
-    memcpy(p, j->fn, j->fnlen);
-    p[j->fnlen] = '\0';
-    p += j->fnlen + 1;
-    memcpy(p, j->unique, j->uqlen);
-    p[j->uqlen] = '\0';
-    p += j->uqlen + 1;
+    p += gs_proto_submit_head(p, plen, gs_proto_request_type(1, j->prio),
+                              j->fn, j->fnlen, j->unique, j->uqlen, j->wllen);
     if (j->wllen)
         memcpy(p, j->wl, j->wllen);
     int64_t now_us = gs_now_us();

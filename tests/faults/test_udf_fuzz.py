@@ -3,7 +3,9 @@
 Targets (udf/fuzz/): fuzz_json drives gman_json_object/gman_json_array _init/row/_deinit with
 fabricated UDF_ARGS (every Item_result type, NULLs, aliases of any bytes, several rows) and checks
 that each result is valid JSON; fuzz_servers drives the server-list and option parsers and
-gman_servers_set, checking that the canonical list parses back to the same servers.
+gman_servers_set, checking that the canonical list parses back to the same servers; fuzz_proto
+feeds a byte stream of responses to the Gearman packet parsers (udf/gman_proto.c: header, ERROR
+text, JOB_CREATED handle, WORK_* body) and round-trips encoded request heads.
 
 `make fuzz-udf` runs the same for longer (FUZZ_SECONDS). A crash input lands in udf/fuzz/build/;
 keep it under udf/fuzz/regressions/<target>/ and this test replays it from then on.
@@ -23,7 +25,7 @@ import pytest
 from .report import record
 
 FUZZ = Path(__file__).resolve().parents[2] / "udf" / "fuzz"
-TARGETS = ("json", "servers")
+TARGETS = ("json", "servers", "proto")
 SECONDS = int(os.environ.get("GEARSYNC_FUZZ_SECONDS", "20"))
 
 
