@@ -160,3 +160,26 @@ int gs_proto_work_ours(const char *body, size_t size, const char *handle,
         *dlen = size - hlen - 1;
     return ours;
 }
+
+size_t gs_proto_background_request_len(const char *p, size_t len)
+{
+    if (!p || len < HDR || memcmp(p, "\0REQ", 4) != 0)
+        return 0;
+    uint32_t type = gs_proto_be32(p + 4);
+    uint32_t size = gs_proto_be32(p + 8);
+    if (type != PKT_SUBMIT_JOB_BG && type != PKT_SUBMIT_JOB_HIGH_BG &&
+        type != PKT_SUBMIT_JOB_LOW_BG)
+        return 0;
+    if ((size_t)size > GS_MAX_FUNCTION + 1 + GS_MAX_UNIQUE + 1 + GS_MAX_PAYLOAD ||
+        len - HDR < (size_t)size)
+        return 0;
+    const char *body = p + HDR;
+    const char *nul = memchr(body, '\0', size);
+    if (!nul || nul == body || (size_t)(nul - body) > GS_MAX_FUNCTION)
+        return 0;
+    size_t rest = size - (size_t)(nul - body) - 1;
+    const char *nul2 = memchr(nul + 1, '\0', rest);
+    if (!nul2 || (size_t)(nul2 - nul - 1) > GS_MAX_UNIQUE)
+        return 0;
+    return HDR + (size_t)size;
+}

@@ -77,4 +77,10 @@ int gs_proto_job_handle(const char *body, size_t size, char *handle,
 int gs_proto_work_ours(const char *body, size_t size, const char *handle,
                        size_t hlen, size_t *dlen);
 
+/* Length of the valid background SUBMIT_JOB*_BG request packet at
+ * p[0..len) (function 1..GS_MAX_FUNCTION bytes, unique up to GS_MAX_UNIQUE,
+ * payload up to GS_MAX_PAYLOAD); 0 if it is not one (also for p NULL).  The
+ * spill file is a sequence of such packets. */
+size_t gs_proto_background_request_len(const char *p, size_t len);
+
 #endif

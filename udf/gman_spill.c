@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include "gearsync_udf.h"
+#include "gman_proto.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,10 +32,6 @@
 
 #define MAGIC "GSPEND1\n"
 #define MAGIC_LEN 8u
-#define HDR 12u
-
-enum { PKT_SUBMIT_JOB_BG = 18, PKT_SUBMIT_JOB_HIGH_BG = 32,
-       PKT_SUBMIT_JOB_LOW_BG = 34 };
 
 size_t gs_spill_path(char *buf, size_t size)
 {
@@ -44,37 +41,6 @@ size_t gs_spill_path(char *buf, size_t size)
     if (n < 0 || (size_t)n >= size)
         return 0;
     return (size_t)n;
-}
-
-static uint32_t be32(const unsigned char *u)
-{
-    return ((uint32_t)u[0] << 24) | ((uint32_t)u[1] << 16) |
-           ((uint32_t)u[2] << 8) | (uint32_t)u[3];
-}
-
-/* Length of the valid background request packet at p (at most len bytes
- * available); 0 if it is not one. */
-static size_t packet_ok(const char *p, size_t len)
-{
-    if (len < HDR || memcmp(p, "\0REQ", 4) != 0)
-        return 0;
-    uint32_t type = be32((const unsigned char *)p + 4);
-    uint32_t size = be32((const unsigned char *)p + 8);
-    if (type != PKT_SUBMIT_JOB_BG && type != PKT_SUBMIT_JOB_HIGH_BG &&
-        type != PKT_SUBMIT_JOB_LOW_BG)
-        return 0;
-    if ((size_t)size > GS_MAX_FUNCTION + 1 + GS_MAX_UNIQUE + 1 + GS_MAX_PAYLOAD ||
-        len - HDR < (size_t)size)
-        return 0;
-    const char *body = p + HDR;
-    const char *nul = memchr(body, '\0', size);
-    if (!nul || nul == body || (size_t)(nul - body) > GS_MAX_FUNCTION)
-        return 0;
-    size_t rest = size - (size_t)(nul - body) - 1;
-    const char *nul2 = memchr(nul + 1, '\0', rest);
-    if (!nul2 || (size_t)(nul2 - nul - 1) > GS_MAX_UNIQUE)
-        return 0;
-    return HDR + (size_t)size;
 }
 
 static int write_all(int fd, const char *p, size_t n)
@@ -186,7 +152,7 @@ char *gs_spill_load(size_t *len, size_t *jobs)
     size_t off = MAGIC_LEN, n = 0;
     if (!why) {
         while (off < size) {
-            size_t k = packet_ok(buf + off, size - off);
+            size_t k = gs_proto_background_request_len(buf + off, size - off);
             if (k == 0) {
                 why = "damaged packet";
                 break;

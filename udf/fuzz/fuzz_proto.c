@@ -208,6 +208,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_encode(ctl, p, len);
     check_buf(ctl, p, len);
 
+    /* the spill file's reader: a background request's length stays within
+     * the bytes given (an exact-size copy, so ASan sees any overread) */
+    {
+        char *req = dup_exact(p, len);
+        size_t n = gs_proto_background_request_len(req, len);
+        if (n != 0 && (n < HDR || n > len))
+            FAIL("background request of %zu bytes in %zu", n, len);
+        free(req);
+    }
+
     /* the limits the pipeline uses, and a small one from the input */
     const size_t maxes[2] = {GS_MAX_SMALL_PACKET, (size_t)ctl[1] * 4};
     for (int m = 0; m < 2; m++) {
