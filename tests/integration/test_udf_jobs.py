@@ -233,16 +233,19 @@ def test_gearmand_down_returns_null_quickly(db, gearmand: GearmanServer) -> None
     gearmand.stop()
     start = time.monotonic()
     results, times = [], []
-    for i in range(40):
-        results.append(scalar(db, "SELECT gman_do_background('f_down', %s)", str(i)))
+    # Call until the library has noticed (NULL) and then some: how many calls are still accepted
+    # depends on how fast this machine runs them, so the count is bounded, not fixed.
+    while len(results) < 2000 and results[-20:].count(None) < 20:
+        results.append(scalar(db, "SELECT gman_do_background('f_down', %s)", str(len(results))))
         times.append(time.monotonic() - start)
-    assert times[-1] < 1.0
+    assert times[-1] < 2.0 and max(b - a for a, b in zip([0.0, *times], times)) < 0.5, times
     # The calls right after the stop may still be accepted: written into the dying connection, or
     # coalesced for up to coalesce_us (1 ms) before the send that finds the server gone. Once one
     # returns NULL every later one does (back-off), and the accepted ones are not lost:
     accepted = [str(i).encode() for i, r in enumerate(results) if r is not None]
+    assert None in results, f"{len(results)} calls in {times[-1]:.3f} s after gearmand stopped, none returned NULL"
     first_null = results.index(None)
-    assert results[first_null:] == [None] * (40 - first_null), results
+    assert results[first_null:] == [None] * (len(results) - first_null), results
     assert first_null == 0 or times[first_null - 1] < 0.05, (first_null, times)
     assert b"127.0.0.1" in scalar(db, "SELECT gman_last_error()")
     start = time.monotonic()
