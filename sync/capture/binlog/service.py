@@ -1,7 +1,7 @@
 """The sync-binlog loop: binlog reader thread → batches → Redis (or gearmand) → saved position.
 
 --sink redis on a standalone Redis: decode and write in ONE thread, the write pipelined behind
-the next decode (_RedisWriter).
+the next decode (RedisWriter).
 
     reader thread   BinlogSource.run(): blocking mysql-replication reads, rows → ChangeEvents; at a
                     batch boundary the batch (+ position) goes out as one EVALSHA on a synchronous
@@ -79,15 +79,15 @@ from sync.position import Position, PositionStore
 from sync import metrics
 from sync.retry import Backoff
 from sync.rows.schema import TableSchema, load_table
-from sync.capture.binlog.reader import (
-    BinlogSource,
-    Chunk,
+from sync.capture.binlog.preflight import (
     ServerInfo,
     check_position_available,
     check_replication,
     check_server,
     resolve_start,
 )
+from sync.capture.binlog.reader import BinlogSource, Chunk
+from sync.capture.binlog.writer import RedisWriter
 from sync.redis_client import connect_redis
 
 log = structlog.get_logger(__name__)
@@ -158,150 +158,6 @@ def default_server_id(name: str) -> int:
     """A replica server_id stable per stream (two copies of one stream displace each other, which
     is what we want), away from the small ids servers usually have."""
     return 0x47530000 + (zlib.crc32(name.encode()) & 0xFFFF)
-
-
-class _RedisWriter:
-    """--sink redis on a standalone Redis, inside the reader thread (see the module docstring):
-    `add` takes the source's chunks into a batch and sends it when it is full or old enough, `idle`
-    (the server went quiet) sends what is held and reads the reply; at most one batch in flight.
-    A failed batch is sent again with back-off until it lands, which keeps the reader from reading
-    meanwhile, or, once a stop is requested, until the shutdown deadline: then it is dropped
-    (`gave_up`) with the position not advanced."""
-
-    def __init__(self, service: "BinlogService") -> None:
-        import redis as redis_sync
-
-        s = service.settings
-        self.service = service
-        self.applier = service.applier
-        self.limit = s.batch
-        self.flush_s = s.flush_ms / 1000.0
-        self.client = redis_sync.Redis.from_url(s.redis.url, password=s.redis.password, socket_timeout=5.0,
-                                                socket_connect_timeout=2.0)
-        self.conn: Any = self.client.connection_pool.make_connection()  # connects at its first send
-        self.events: list[ChangeEvent] = []       # the batch being gathered
-        self.position: Position | None = None     # ... and the last commit it covers
-        self.rows = 0
-        self.first_t = 0.0
-        # The batch sent and not yet acknowledged: (events, position, packed request, sent, client s)
-        self.inflight: tuple[list[ChangeEvent], Position | None, bytes, bool, float] | None = None
-        self.gave_up = False
-
-    # -- called by BinlogSource.run ------------------------------------------------------------
-    def add(self, chunk: Chunk) -> None:
-        if self.gave_up:
-            return
-        events = chunk.events
-        if events:
-            if not self.events:
-                self.first_t = chunk.t
-                self.events = events  # the chunk's own list: no copy
-            else:
-                self.events.extend(events)
-        if chunk.position is not None:
-            self.position = chunk.position
-        self.rows += chunk.rows
-        if self.events and (len(self.events) >= self.limit or chunk.t - self.first_t >= self.flush_s):
-            self.send()
-
-    def idle(self) -> None:
-        if self.gave_up:
-            return
-        if self.events or self.position is not None:
-            self.send()
-        if self.inflight is not None:
-            self.finish()
-
-    def close(self) -> None:
-        """Deliver what is held (bounded by the shutdown deadline), then close the connection."""
-        try:
-            self.idle()
-        finally:
-            self.conn.disconnect()
-            self.client.close()
-
-    # -- batches -------------------------------------------------------------------------------
-    def send(self) -> None:
-        """Send the gathered batch (its position as the script call's last item); the reply of the
-        batch before it is read first."""
-        if self.inflight is not None:
-            self.finish()
-            if self.gave_up:
-                return
-        events, position = self.events, self.position
-        self.events, self.position = [], None
-        st = self.service.stats
-        st["rows"] += self.rows
-        self.rows = 0
-        t0 = time.perf_counter()
-        batch: list[Any] = events
-        if position is not None:
-            batch = [*events, self.service.positions.set_command(position)]
-        packed = self.applier.pack_apply(batch)  # type: ignore[union-attr]
-        sent = True
-        try:
-            self.conn.send_packed_command((packed,), check_health=False)
-        except (redis.exceptions.RedisError, OSError):
-            self.conn.disconnect()   # finish() sends it again
-            sent = False
-        self.inflight = (events, position, packed, sent, time.perf_counter() - t0)
-
-    def finish(self) -> None:
-        """Read the reply of the batch in flight; on failure send it again (with back-off) until it
-        lands or the shutdown deadline passes."""
-        assert self.inflight is not None
-        events, position, packed, sent, spent = self.inflight
-        t1 = time.perf_counter()
-        n = len(events) + (position is not None)
-        svc = self.service
-        backoff: Backoff | None = None
-        while True:
-            try:
-                if not sent:
-                    self.conn.send_packed_command((packed,), check_health=False)  # connects first
-                    sent = True
-                reply = self._reply(packed)
-                outcomes = self.applier.parse_reply(reply, n)  # type: ignore[union-attr]
-                break
-            except (ApplyError, redis.exceptions.RedisError, OSError) as exc:
-                self.conn.disconnect()
-                if backoff is None:
-                    backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
-                svc.stats["retries"] += 1
-                metrics.record_retry()
-                delay = backoff.next_delay()
-                error = f"{type(exc).__name__}: {exc}"[:300]
-                if svc.stopping_past(delay):
-                    log.warning("sink_given_up_at_shutdown", what="deliver", error=error, events=len(events))
-                    self.inflight = None
-                    self.gave_up = True
-                    return
-                log.warning("sink_unavailable", what="deliver", error=error, retry_in_s=round(delay, 3),
-                            attempt=backoff.attempts, events=len(events))
-                time.sleep(delay)
-                sent = False
-        if backoff is not None:
-            log.info("sink_recovered", what="deliver", attempts=backoff.attempts)
-        self.inflight = None
-        applied = svc.count_outcomes(len(events), outcomes)
-        # Batch latency: this thread's time on the batch (build and send, then the wait for the
-        # reply), not the decoding of the next batch that overlapped the round trip.
-        metrics.record_batch(len(events), applied, len(events) - applied, 0, spent + time.perf_counter() - t1)
-        if position is not None:
-            svc.position = position
-
-    def _reply(self, packed: bytes) -> Any:
-        """The reply to `packed` (already sent); NOSCRIPT: load the script and send it again."""
-        conn = self.conn
-        try:
-            return conn.read_response()
-        except redis.exceptions.NoScriptError:
-            conn.send_packed_command((RedisApplier.pack_script_load(),), check_health=False)
-            conn.read_response()
-            conn.send_packed_command((packed,), check_health=False)
-            return conn.read_response()
-        except redis.exceptions.ResponseError as exc:
-            raise ApplyError(f"redis apply failed: {exc}") from exc
 
 
 class BinlogService:
@@ -452,12 +308,12 @@ class BinlogService:
         return self._finished(failure)
 
     async def _run_in_reader(self) -> int:
-        """--sink redis, standalone: decode and write in the reader thread (_RedisWriter); the
+        """--sink redis, standalone: decode and write in the reader thread (RedisWriter); the
         event loop only reports stats and waits for the thread to end."""
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()
         failure: list[BaseException] = []
-        writer = _RedisWriter(self)
+        writer = RedisWriter(self)
 
         def reader() -> None:
             try:
