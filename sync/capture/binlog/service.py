@@ -10,17 +10,7 @@ the next decode (RedisWriter).
                     is sent: at most one batch in flight, batches land in order.
     event loop      start-up, the stats line, and waiting for the thread to end; nothing per batch
 
-A batch is sent when it holds --batch events, when its oldest change has waited --flush-ms (20 ms),
-or when the server went quiet: the dump connection's reads first try without waiting, and when
-nothing is there the reader sends what it holds and reads the reply before it waits
-(BinlogSource._hook_quiet). So a trickle of changes is applied within about a Redis round trip
-after the server sent it, and a backlog goes in batches of --flush-ms worth of changes, each
-costing this thread one packed write and one (by then ready) reply. Why one thread: with the
-writes on an asyncio loop thread, every socket operation there waited for the GIL held by the
-CPU-bound reader (~5 ms switch interval each); the decoding alone was the limit anyway.
-
-While Redis is down, the failed batch is sent again with back-off (50 ms … 5 s) from the reader
-thread, which therefore stops reading (the binlog waits in the server, nothing is lost).
+When a batch is sent, and what happens while Redis is down: sync.capture.binlog.writer.
 
 --sink gearman, and --sink redis on a Redis Cluster, keep the two-thread design (simpler there):
 
@@ -64,7 +54,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import redis.exceptions
 import structlog
@@ -72,13 +62,14 @@ import structlog
 from sync.apply.applier import Outcome, RedisApplier, TableSpec
 from sync.config import default_function
 from sync.redis_client import RedisSettings
-from sync.errors import ApplyError, ConfigError, SourceError, SyncError
+from sync.errors import ApplyError, ConfigError, SourceError, SyncError, short_error
 from sync.events import ChangeEvent, Op, encode_change
 from sync.mysql import MySQLSettings
 from sync.position import Position, PositionStore
 from sync import metrics
-from sync.retry import Backoff
+from sync.retry import Backoff, DeadlinePassed, retry_until
 from sync.rows.schema import TableSchema, load_table
+from sync.stats import Counters, report_loop
 from sync.capture.binlog.preflight import (
     ServerInfo,
     check_position_available,
@@ -131,6 +122,19 @@ class BinlogSettings:
             raise ConfigError("--table: none given; expected --table NAME[,NAME…]")
 
 
+@dataclass
+class BinlogStats(Counters):
+    """Counters since start; the stats line reports deltas."""
+
+    rows: int = 0       # binlog row changes read for the chosen tables
+    events: int = 0     # ChangeEvents delivered
+    applied: int = 0
+    stale: int = 0
+    batches: int = 0
+    retries: int = 0    # failed deliveries (each one retried or, at shutdown, given up)
+    jobs: int = 0       # --sink gearman: jobs submitted
+
+
 def tune_gc() -> None:
     """Fewer garbage-collector passes for a process that decodes rows all day.
 
@@ -180,7 +184,7 @@ class BinlogService:
         self._stop_deadline: float | None = None
         self.source: BinlogSource | None = None
         self.position: Position | None = None          # the last saved position
-        self.stats = {"rows": 0, "events": 0, "applied": 0, "stale": 0, "batches": 0, "retries": 0, "jobs": 0}
+        self.stats = BinlogStats()
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -190,10 +194,24 @@ class BinlogService:
             self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
             self._stop.set()  # thread-safe: the reader thread polls it between events
 
-    def stopping_past(self, delay_s: float) -> bool:
-        """A stop was requested and waiting `delay_s` more would pass its deadline."""
-        return (self._stop.is_set() and self._stop_deadline is not None
-                and time.monotonic() + delay_s > self._stop_deadline)
+    def shutdown_deadline(self) -> float | None:
+        """Once a stop is requested, the time.monotonic() past which a failed delivery is given up."""
+        return self._stop_deadline if self._stop.is_set() else None
+
+    def sink_retry(self, what: str, backoff: Backoff, **info: Any) -> Callable[[BaseException, float], None]:
+        """on_retry of a delivery: count the failure, log sink_unavailable."""
+        def on_retry(exc: BaseException, delay: float) -> None:
+            self.stats.retries += 1
+            metrics.record_retry()
+            log.warning("sink_unavailable", what=what, error=short_error(exc), retry_in_s=round(delay, 3),
+                        attempt=backoff.attempts, **info)
+        return on_retry
+
+    def sink_given_up(self, what: str, gave_up: DeadlinePassed, **info: Any) -> None:
+        """A delivery failed once more and the shutdown deadline allows no further wait: count it, log it."""
+        self.stats.retries += 1
+        metrics.record_retry()
+        log.warning("sink_given_up_at_shutdown", what=what, error=short_error(gave_up.__cause__ or gave_up), **info)
 
     # -- start-up ------------------------------------------------------------------------------
     def prepare(self) -> tuple[ServerInfo, Any, dict[str, TableSchema]]:
@@ -353,7 +371,7 @@ class BinlogService:
                 raise exc
             raise SourceError(f"binlog reader failed: {type(exc).__name__}: {exc}") from exc
         log.info("binlog_stopped", position=self.position.describe() if self.position else None,
-                 **{k: int(v) for k, v in self.stats.items()})
+                 **self.stats.totals())
         return 0
 
     async def _sink_loop(self, chunks: "deque[Chunk | None]") -> None:
@@ -393,7 +411,7 @@ class BinlogService:
             for c in taken:
                 if c.position is not None:
                     position = c.position
-            self.stats["rows"] += sum(c.rows for c in taken)
+            self.stats.rows += sum(c.rows for c in taken)
             if not await self._deliver(events, position):
                 break  # shutdown deadline passed while the sink was down
 
@@ -402,35 +420,31 @@ class BinlogService:
             return True
         what = self._apply if self.settings.sink == "redis" else self._submit
         t0 = time.perf_counter()
-        before = (self.stats["applied"], self.stats["stale"])
+        before = (self.stats.applied, self.stats.stale)
         ok = await self._retry(lambda: what(events, position), "deliver", events=len(events))
         if ok:
-            metrics.record_batch(len(events), self.stats["applied"] - before[0], self.stats["stale"] - before[1], 0,
+            metrics.record_batch(len(events), self.stats.applied - before[0], self.stats.stale - before[1], 0,
                                  time.perf_counter() - t0)
         if ok and position is not None:
             self.position = position
         return ok
 
     async def _retry(self, fn: Any, what: str, **info: Any) -> bool:
+        """Await fn() until it succeeds (True) or, once a stop is requested, the shutdown deadline
+        passes while the sink is down (False)."""
         backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
         from sync.gearman import GearmanError
 
-        while True:
-            try:
-                await fn()
-                if backoff.attempts:
-                    log.info("sink_recovered", what=what, attempts=backoff.attempts)
-                return True
-            except (ApplyError, redis.exceptions.RedisError, OSError, GearmanError) as exc:
-                self.stats["retries"] += 1
-                metrics.record_retry()
-                delay = backoff.next_delay()
-                if self._stop.is_set() and self._stop_deadline is not None and time.monotonic() + delay > self._stop_deadline:
-                    log.warning("sink_given_up_at_shutdown", what=what, error=f"{type(exc).__name__}: {exc}"[:300], **info)
-                    return False
-                log.warning("sink_unavailable", what=what, error=f"{type(exc).__name__}: {exc}"[:300],
-                            retry_in_s=round(delay, 3), attempt=backoff.attempts, **info)
-                await asyncio.sleep(delay)
+        try:
+            await retry_until(fn, retry_on=(ApplyError, redis.exceptions.RedisError, OSError, GearmanError),
+                              backoff=backoff, deadline=self.shutdown_deadline,
+                              on_retry=self.sink_retry(what, backoff, **info))
+        except DeadlinePassed as gave_up:
+            self.sink_given_up(what, gave_up, **info)
+            return False
+        if backoff.attempts:
+            log.info("sink_recovered", what=what, attempts=backoff.attempts)
+        return True
 
     async def _apply(self, events: list[ChangeEvent], position: Position | None) -> None:
         assert self.applier is not None
@@ -447,10 +461,10 @@ class BinlogService:
         position have one more, the position's own); returns how many were APPLIED."""
         applied = sum(1 for o in outcomes[:n_events] if o is Outcome.APPLIED)
         st = self.stats
-        st["events"] += n_events
-        st["applied"] += applied
-        st["stale"] += n_events - applied
-        st["batches"] += 1
+        st.events += n_events
+        st.applied += applied
+        st.stale += n_events - applied
+        st.batches += 1
         return applied
 
     def unique(self, ev: ChangeEvent) -> str:
@@ -471,27 +485,18 @@ class BinlogService:
                                                       uniques=[self.unique(e) for e in evs])
         if position is not None:
             await self.positions.save(position)
-        self.stats["events"] += len(events)
-        self.stats["jobs"] += len(events)
-        self.stats["batches"] += 1
+        self.stats.events += len(events)
+        self.stats.jobs += len(events)
+        self.stats.batches += 1
 
     # -- reporting / closing ------------------------------------------------------------------------
     async def _report(self) -> None:
-        interval = self.settings.stats_interval_s
-        if interval <= 0:
-            return
-        last = dict(self.stats)
-        last_t = time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            cur = dict(self.stats)
-            d = {k: cur[k] - last[k] for k in cur}
-            secs = max(now - last_t, 1e-9)
+        def report(d: dict[str, float], total: dict[str, float], secs: float) -> None:
             log.info("binlog_stats", rows_per_s=round(d["rows"] / secs, 1), events=d["events"],
                      applied=d["applied"], stale=d["stale"], batches=d["batches"], retries=d["retries"],
                      position=self.position.describe() if self.position else None)
-            last, last_t = cur, now
+
+        await report_loop(self.stats, self.settings.stats_interval_s, report)
 
     async def _close_redis(self) -> None:
         try:

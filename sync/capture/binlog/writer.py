@@ -1,5 +1,18 @@
 """--sink redis on a standalone Redis: the batches written from the reader thread itself
-(RedisWriter; see sync.capture.binlog.service for the design)."""
+(RedisWriter; the design: sync.capture.binlog.service).
+
+A batch is sent when it holds --batch events, when its oldest change has waited --flush-ms (20 ms),
+or when the server went quiet: the dump connection's reads first try without waiting, and when
+nothing is there the reader sends what it holds and reads the reply before it waits
+(BinlogSource._hook_quiet). So a trickle of changes is applied within about a Redis round trip
+after the server sent it, and a backlog goes in batches of --flush-ms worth of changes, each
+costing this thread one packed write and one (by then ready) reply. Why one thread: with the
+writes on an asyncio loop thread, every socket operation there waited for the GIL held by the
+CPU-bound reader (~5 ms switch interval each); the decoding alone was the limit anyway.
+
+While Redis is down, the failed batch is sent again with back-off (50 ms … 5 s) from the reader
+thread, which therefore stops reading (the binlog waits in the server, nothing is lost).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +23,12 @@ import redis.exceptions
 import structlog
 
 from sync import metrics
-from sync.apply.applier import RedisApplier
+from sync.apply.applier import Outcome, RedisApplier
 from sync.capture.binlog.reader import Chunk
 from sync.errors import ApplyError
 from sync.events import ChangeEvent
 from sync.position import Position
-from sync.retry import Backoff
+from sync.retry import Backoff, DeadlinePassed, retry_until_sync
 
 if TYPE_CHECKING:  # the service creates the writer; no import at run time
     from sync.capture.binlog.service import BinlogService
@@ -23,6 +36,8 @@ if TYPE_CHECKING:  # the service creates the writer; no import at run time
 log = structlog.get_logger(__name__)
 
 __all__ = ["RedisWriter"]
+
+SEND_ERRORS = (ApplyError, redis.exceptions.RedisError, OSError)   # a batch that did not land: send it again
 
 
 class RedisWriter:
@@ -95,8 +110,7 @@ class RedisWriter:
                 return
         events, position = self.events, self.position
         self.events, self.position = [], None
-        st = self.service.stats
-        st["rows"] += self.rows
+        self.service.stats.rows += self.rows
         self.rows = 0
         t0 = time.perf_counter()
         batch: list[Any] = events
@@ -119,33 +133,31 @@ class RedisWriter:
         t1 = time.perf_counter()
         n = len(events) + (position is not None)
         svc = self.service
-        backoff: Backoff | None = None
-        while True:
+        backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
+
+        def attempt() -> list[Outcome]:
+            nonlocal sent
             try:
                 if not sent:
                     self.conn.send_packed_command((packed,), check_health=False)  # connects first
                     sent = True
                 reply = self._reply(packed)
-                outcomes = self.applier.parse_reply(reply, n)  # type: ignore[union-attr]
-                break
-            except (ApplyError, redis.exceptions.RedisError, OSError) as exc:
+                return self.applier.parse_reply(reply, n)  # type: ignore[union-attr]
+            except SEND_ERRORS:
                 self.conn.disconnect()
-                if backoff is None:
-                    backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
-                svc.stats["retries"] += 1
-                metrics.record_retry()
-                delay = backoff.next_delay()
-                error = f"{type(exc).__name__}: {exc}"[:300]
-                if svc.stopping_past(delay):
-                    log.warning("sink_given_up_at_shutdown", what="deliver", error=error, events=len(events))
-                    self.inflight = None
-                    self.gave_up = True
-                    return
-                log.warning("sink_unavailable", what="deliver", error=error, retry_in_s=round(delay, 3),
-                            attempt=backoff.attempts, events=len(events))
-                time.sleep(delay)
-                sent = False
-        if backoff is not None:
+                sent = False   # the next attempt sends it again
+                raise
+
+        try:
+            outcomes = retry_until_sync(attempt, retry_on=SEND_ERRORS, backoff=backoff,
+                                        deadline=svc.shutdown_deadline,
+                                        on_retry=svc.sink_retry("deliver", backoff, events=len(events)))
+        except DeadlinePassed as gave_up:
+            svc.sink_given_up("deliver", gave_up, events=len(events))
+            self.inflight = None
+            self.gave_up = True
+            return
+        if backoff.attempts:
             log.info("sink_recovered", what="deliver", attempts=backoff.attempts)
         self.inflight = None
         applied = svc.count_outcomes(len(events), outcomes)
