@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from sync.config import WorkerSettings, TableConfig
-from sync.redis_client import RedisSettings
 from sync.keys import binlog_position_key, stats_key
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.binlog.service import stream_name
@@ -101,7 +99,7 @@ def test_columns_subset_and_untouched_updates(mariadb: MariaDBServer, db, redis_
         cur.execute("UPDATE data SET other = 'c' WHERE id = 2")       # not a chosen column: nothing
         cur.execute("UPDATE data SET volume = 3 WHERE id = 2")
         wait_caught_up(mariadb, redis_client, run.service.positions.key)
-        stats = dict(run.service.stats)
+        stats = run.service.stats.snapshot()
     assert redis_client.get("data:2") == b'{"id":2,"volume":3}'
     assert redis_client.get("data:1") is None  # before the start
     assert stats["events"] == 2
@@ -225,7 +223,7 @@ def test_gearman_sink_through_sync_worker(mariadb: MariaDBServer, db, redis_serv
             while diff(expected, redis_state(redis_client, "typed")) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert diff(expected, redis_state(redis_client, "typed")) == {}
-            assert run.service.stats["jobs"] == 9  # 4 inserts, 2 updates, key change = delete + upsert, 1 delete
+            assert run.service.stats.jobs == 9  # 4 inserts, 2 updates, key change = delete + upsert, 1 delete
     finally:
         loop.call_soon_threadsafe(worker.request_stop)
         wt.join(30)
@@ -265,6 +263,6 @@ def test_redis_hung_mid_stream_holds_then_catches_up(mariadb: MariaDBServer, db,
         finally:
             redis_server.resume()
         wait_caught_up(mariadb, redis_client, run.service.positions.key, timeout_s=60)
-        assert run.service.stats["retries"] >= 1
+        assert run.service.stats.retries >= 1
     assert diff(mysql_state(mariadb, name, "data"), redis_state(redis_client, "data")) == {}
     assert int(redis_client.hget(stats_key("data"), "applied_total")) == 250

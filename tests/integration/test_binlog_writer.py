@@ -26,7 +26,7 @@ def test_quiet_server_flushes_a_small_batch_at_once(mariadb: MariaDBServer, db, 
             cur.execute("INSERT INTO data VALUES (%s, %s)", (i, i * 10))
         wait_caught_up(mariadb, redis_client, run.service.positions.key)
         assert redis_client.get("data:2") == b'{"id":2,"volume":20}'
-        assert run.service.stats["batches"] >= 1
+        assert run.service.stats.batches >= 1
     assert int(redis_client.hget(stats_key("data"), "applied_total")) == 3
 
 
@@ -43,7 +43,7 @@ def test_redis_restart_mid_stream_resends_the_held_batch(mariadb: MariaDBServer,
             for i in range(200):
                 cur.execute("UPDATE data SET volume = volume + 1 WHERE id = %s", (i % 50,))
             deadline = time.monotonic() + 30
-            while run.service.stats["retries"] < 2 and time.monotonic() < deadline:
+            while run.service.stats.retries < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
         finally:
             redis_server.start()
@@ -54,7 +54,7 @@ def test_redis_restart_mid_stream_resends_the_held_batch(mariadb: MariaDBServer,
             assert diff(mysql_state(mariadb, name, "data"), redis_state(client, "data")) == {}
         finally:
             client.close()
-        assert run.service.stats["retries"] >= 2
+        assert run.service.stats.retries >= 2
 
 
 def test_stop_while_redis_hangs_gives_up_the_batch_within_the_timeout(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
@@ -73,7 +73,7 @@ def test_stop_while_redis_hangs_gives_up_the_batch_within_the_timeout(mariadb: M
                 cur.execute("UPDATE data SET volume = 7 WHERE id = 1")
             assert binlog_pos(mariadb) != saved_gtid
             deadline = time.monotonic() + 30
-            while run.service.stats["retries"] < 1 and time.monotonic() < deadline:
+            while run.service.stats.retries < 1 and time.monotonic() < deadline:
                 time.sleep(0.05)   # the batch is out and its reply timed out once
             assert run.stop(timeout_s=30) == 0
         finally:
@@ -89,7 +89,7 @@ def test_stop_while_redis_hangs_gives_up_the_batch_within_the_timeout(mariadb: M
     assert saved in (saved_gtid, binlog_pos(mariadb))
     if saved != saved_gtid:
         assert row == b'{"id":1,"volume":7}'
-    assert run.service.stats["retries"] >= 1
+    assert run.service.stats.retries >= 1
     assert run.service.position is not None and run.service.position.gtid == saved_gtid  # never acknowledged
     with Running(st) as again:
         wait_caught_up(mariadb, redis_client, again.service.positions.key)

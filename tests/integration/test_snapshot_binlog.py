@@ -136,7 +136,7 @@ def test_versions_order_changes_around_the_point(mariadb: MariaDBServer, db: Any
                     run = Running(settings(mariadb, name, ["data"], redis_server, key_template=template,
                                            name="after-p", start=p.gtid)).wait_started()
                     wait_caught_up(mariadb, redis_client, run.service.positions.key)
-                    state["stats"] = dict(run.service.stats)
+                    state["stats"] = run.service.stats.snapshot()
                     run.stop()
                     assert redis_client.get("bl:data:5") is not None
 
@@ -159,7 +159,7 @@ def test_versions_order_changes_around_the_point(mariadb: MariaDBServer, db: Any
     with Running(settings(mariadb, name, ["data"], redis_server, key_template=template, name="replay",
                           start=g0)) as run:
         wait_caught_up(mariadb, redis_client, run.service.positions.key)
-        stats = dict(run.service.stats)
+        stats = run.service.stats.snapshot()
     assert stats["applied"] == 0 and stats["stale"] == 2     # 'before' (<= P) and 'after' (same version)
     assert diff(mysql_state(mariadb, name, "data", template),
                 {k: v for k, v in redis_state(redis_client, "bl:data").items()}) == {}

@@ -7,8 +7,10 @@ from decimal import Decimal
 
 import pytest
 
+import sync.capture.binlog.decoders as decoders
 import sync.capture.binlog.reader as binlog
 import sync.position as position
+from sync.capture.binlog.preflight import ServerInfo
 from sync.capture.binlog.service import BinlogService, BinlogSettings, default_server_id, stream_name
 from sync.redis_client import RedisSettings
 from sync.errors import ConfigError, SourceError
@@ -113,7 +115,7 @@ def _time2_bytes(negative: bool, h: int, m: int, s: int, micro: int, fsp: int) -
 ])
 def test_time2_decoder(fsp: int, negative: bool, h: int, m: int, s: int, micro: int) -> None:
     micro = int(str(micro).zfill(6)[:fsp].ljust(6, "0")) if fsp else 0
-    got = binlog._time2(_Ev(_time2_bytes(negative, h, m, s, micro, fsp)), _Col(fsp))
+    got = decoders.decode_time2(_Ev(_time2_bytes(negative, h, m, s, micro, fsp)), _Col(fsp))
     want = dt.timedelta(hours=h, minutes=m, seconds=s, microseconds=micro) * (-1 if negative else 1)
     assert got == want
 
@@ -128,15 +130,15 @@ def _datetime2_bytes(y: int, mo: int, d: int, h: int, mi: int, s: int, micro: in
 
 
 def test_datetime2_and_date_decoders_keep_zero_dates() -> None:
-    assert binlog._datetime2(_Ev(_datetime2_bytes(2024, 1, 2, 3, 4, 5, 123456, 6)), _Col(6)) == \
+    assert decoders.decode_datetime2(_Ev(_datetime2_bytes(2024, 1, 2, 3, 4, 5, 123456, 6)), _Col(6)) == \
         dt.datetime(2024, 1, 2, 3, 4, 5, 123456)
-    assert binlog._datetime2(_Ev(_datetime2_bytes(0, 0, 0, 0, 0, 0, 0, 6)), _Col(6)) == "0000-00-00 00:00:00.000000"
-    assert binlog._datetime2(_Ev(_datetime2_bytes(2024, 5, 0, 10, 0, 0, 0, 0)), _Col(0)) == "2024-05-00 10:00:00"
-    assert binlog._datetime2(_Ev(_datetime2_bytes(1000, 1, 1, 0, 0, 0, 1000, 3)), _Col(3)) == dt.datetime(1000, 1, 1, 0, 0, 0, 1000)
+    assert decoders.decode_datetime2(_Ev(_datetime2_bytes(0, 0, 0, 0, 0, 0, 0, 6)), _Col(6)) == "0000-00-00 00:00:00.000000"
+    assert decoders.decode_datetime2(_Ev(_datetime2_bytes(2024, 5, 0, 10, 0, 0, 0, 0)), _Col(0)) == "2024-05-00 10:00:00"
+    assert decoders.decode_datetime2(_Ev(_datetime2_bytes(1000, 1, 1, 0, 0, 0, 1000, 3)), _Col(3)) == dt.datetime(1000, 1, 1, 0, 0, 0, 1000)
     date = lambda y, m, d: (y << 9 | m << 5 | d).to_bytes(3, "little")  # noqa: E731
-    assert binlog._date(_Ev(date(2024, 2, 29))) == dt.date(2024, 2, 29)
-    assert binlog._date(_Ev(date(0, 0, 0))) == "0000-00-00"
-    assert binlog._date(_Ev(date(2024, 0, 10))) == "2024-00-10"
+    assert decoders.decode_date(_Ev(date(2024, 2, 29))) == dt.date(2024, 2, 29)
+    assert decoders.decode_date(_Ev(date(0, 0, 0))) == "0000-00-00"
+    assert decoders.decode_date(_Ev(date(2024, 0, 10))) == "2024-00-10"
 
 
 # -- the event mapping, with hand-made events ------------------------------------------------------
@@ -190,7 +192,7 @@ SCHEMA = TableSchema("app", "data", (Column("id", "int", "int", False, None, Non
 def _source(columns: tuple[str, ...] | None = None) -> tuple[binlog.BinlogSource, list[binlog.Chunk]]:
     src = binlog.BinlogSource(
         MySQLSettings(), "app", {"data": SCHEMA}, {"data": columns},
-        server=binlog.ServerInfo("mariadb", "10.11", 1, True), start=Position("mariadb", "0-1-9"), server_id=77,
+        server=ServerInfo("mariadb", "10.11", 1, True), start=Position("mariadb", "0-1-9"), server_id=77,
     )
     out: list[binlog.Chunk] = []
     src._emit = out.append
@@ -279,19 +281,19 @@ def test_gearman_unique_ids_differ_per_change() -> None:
 def test_binlog_column_kinds() -> None:
     from pymysqlreplication.constants import FIELD_TYPE as F
 
-    assert binlog.binlog_column(BCol("b", F.BLOB, "binary")).kind == "binary"
-    assert binlog.binlog_column(BCol("t", F.BLOB, "utf8")).kind == "text"
-    assert binlog.binlog_column(BCol("c", F.STRING, "binary")).kind == "binary"
-    assert binlog.binlog_column(BCol("d", F.NEWDECIMAL)).kind == "decimal"
+    assert decoders.binlog_column(BCol("b", F.BLOB, "binary")).kind == "binary"
+    assert decoders.binlog_column(BCol("t", F.BLOB, "utf8")).kind == "text"
+    assert decoders.binlog_column(BCol("c", F.STRING, "binary")).kind == "binary"
+    assert decoders.binlog_column(BCol("d", F.NEWDECIMAL)).kind == "decimal"
     u = BCol("u", F.LONGLONG)
     u.unsigned = True
-    assert binlog.binlog_column(u).kind == "uint64"
-    conv = binlog._converter(binlog.binlog_column(BCol("d", F.NEWDECIMAL)), BCol("d", F.NEWDECIMAL), "mariadb")
+    assert decoders.binlog_column(u).kind == "uint64"
+    conv = decoders.column_converter(decoders.binlog_column(BCol("d", F.NEWDECIMAL)), BCol("d", F.NEWDECIMAL), "mariadb")
     assert conv(Decimal("1.2500")) == "1.2500"
     bit = BCol("bt", F.BIT)
-    assert binlog._converter(binlog.binlog_column(bit), bit, "mariadb")("101") == 5
+    assert decoders.column_converter(decoders.binlog_column(bit), bit, "mariadb")("101") == 5
     js = BCol("j", F.JSON, "utf8")
-    assert binlog._converter(binlog.binlog_column(js), js, "mysql")({"a": [1, 2.5]}) == '{"a": [1, 2.5]}'
+    assert decoders.column_converter(decoders.binlog_column(js), js, "mysql")({"a": [1, 2.5]}) == '{"a": [1, 2.5]}'
 
 
 def test_cli_settings() -> None:

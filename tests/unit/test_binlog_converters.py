@@ -13,13 +13,13 @@ from sync.apply.applier import APPLY_SCRIPT, APPLY_SCRIPT_SHA, Outcome, RedisApp
 from sync.errors import ApplyError
 from sync.events import ChangeEvent, ClassicSet, Op, Source
 from sync.rows.schema import Column, canonical_value
-from sync.capture.binlog.reader import _converter
+from sync.capture.binlog.decoders import column_converter
 
 
 @pytest.mark.parametrize("fsp", range(7))
 def test_datetime_converter_is_canonical_value(fsp: int) -> None:
     col = Column(name="x", data_type="datetime", column_type="datetime", nullable=True, fsp=fsp, charset=None)
-    conv = _converter(col, None, "mariadb")
+    conv = column_converter(col, None, "mariadb")
     rnd = random.Random(fsp)
     values = [dt.datetime(1, 1, 1), dt.datetime(999, 12, 31, 23, 59, 59, 999999), dt.datetime(9999, 12, 31, 23, 59, 59, 1000)]
     values += [dt.datetime(rnd.randint(1, 9999), rnd.randint(1, 12), rnd.randint(1, 28), rnd.randint(0, 23),

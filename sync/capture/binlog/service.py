@@ -1,7 +1,7 @@
 """The sync-binlog loop: binlog reader thread → batches → Redis (or gearmand) → saved position.
 
 --sink redis on a standalone Redis: decode and write in ONE thread, the write pipelined behind
-the next decode (_RedisWriter).
+the next decode (RedisWriter).
 
     reader thread   BinlogSource.run(): blocking mysql-replication reads, rows → ChangeEvents; at a
                     batch boundary the batch (+ position) goes out as one EVALSHA on a synchronous
@@ -10,17 +10,7 @@ the next decode (_RedisWriter).
                     is sent: at most one batch in flight, batches land in order.
     event loop      start-up, the stats line, and waiting for the thread to end; nothing per batch
 
-A batch is sent when it holds --batch events, when its oldest change has waited --flush-ms (20 ms),
-or when the server went quiet: the dump connection's reads first try without waiting, and when
-nothing is there the reader sends what it holds and reads the reply before it waits
-(BinlogSource._hook_quiet). So a trickle of changes is applied within about a Redis round trip
-after the server sent it, and a backlog goes in batches of --flush-ms worth of changes, each
-costing this thread one packed write and one (by then ready) reply. Why one thread: with the
-writes on an asyncio loop thread, every socket operation there waited for the GIL held by the
-CPU-bound reader (~5 ms switch interval each); the decoding alone was the limit anyway.
-
-While Redis is down, the failed batch is sent again with back-off (50 ms … 5 s) from the reader
-thread, which therefore stops reading (the binlog waits in the server, nothing is lost).
+When a batch is sent, and what happens while Redis is down: sync.capture.binlog.writer.
 
 --sink gearman, and --sink redis on a Redis Cluster, keep the two-thread design (simpler there):
 
@@ -64,7 +54,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import redis.exceptions
 import structlog
@@ -72,22 +62,23 @@ import structlog
 from sync.apply.applier import Outcome, RedisApplier, TableSpec
 from sync.config import default_function
 from sync.redis_client import RedisSettings
-from sync.errors import ApplyError, ConfigError, SourceError, SyncError
+from sync.errors import ApplyError, ConfigError, SourceError, SyncError, short_error
 from sync.events import ChangeEvent, Op, encode_change
 from sync.mysql import MySQLSettings
 from sync.position import Position, PositionStore
 from sync import metrics
-from sync.retry import Backoff
+from sync.retry import Backoff, DeadlinePassed, retry_until
 from sync.rows.schema import TableSchema, load_table
-from sync.capture.binlog.reader import (
-    BinlogSource,
-    Chunk,
+from sync.stats import Counters, report_loop
+from sync.capture.binlog.preflight import (
     ServerInfo,
     check_position_available,
     check_replication,
     check_server,
     resolve_start,
 )
+from sync.capture.binlog.reader import BinlogSource, Chunk
+from sync.capture.binlog.writer import RedisWriter
 from sync.redis_client import connect_redis
 
 log = structlog.get_logger(__name__)
@@ -131,6 +122,19 @@ class BinlogSettings:
             raise ConfigError("--table: none given; expected --table NAME[,NAME…]")
 
 
+@dataclass
+class BinlogStats(Counters):
+    """Counters since start; the stats line reports deltas."""
+
+    rows: int = 0       # binlog row changes read for the chosen tables
+    events: int = 0     # ChangeEvents delivered
+    applied: int = 0
+    stale: int = 0
+    batches: int = 0
+    retries: int = 0    # failed deliveries (each one retried or, at shutdown, given up)
+    jobs: int = 0       # --sink gearman: jobs submitted
+
+
 def tune_gc() -> None:
     """Fewer garbage-collector passes for a process that decodes rows all day.
 
@@ -160,150 +164,6 @@ def default_server_id(name: str) -> int:
     return 0x47530000 + (zlib.crc32(name.encode()) & 0xFFFF)
 
 
-class _RedisWriter:
-    """--sink redis on a standalone Redis, inside the reader thread (see the module docstring):
-    `add` takes the source's chunks into a batch and sends it when it is full or old enough, `idle`
-    (the server went quiet) sends what is held and reads the reply; at most one batch in flight.
-    A failed batch is sent again with back-off until it lands, which keeps the reader from reading
-    meanwhile, or, once a stop is requested, until the shutdown deadline: then it is dropped
-    (`gave_up`) with the position not advanced."""
-
-    def __init__(self, service: "BinlogService") -> None:
-        import redis as redis_sync
-
-        s = service.settings
-        self.service = service
-        self.applier = service.applier
-        self.limit = s.batch
-        self.flush_s = s.flush_ms / 1000.0
-        self.client = redis_sync.Redis.from_url(s.redis.url, password=s.redis.password, socket_timeout=5.0,
-                                                socket_connect_timeout=2.0)
-        self.conn: Any = self.client.connection_pool.make_connection()  # connects at its first send
-        self.events: list[ChangeEvent] = []       # the batch being gathered
-        self.position: Position | None = None     # ... and the last commit it covers
-        self.rows = 0
-        self.first_t = 0.0
-        # The batch sent and not yet acknowledged: (events, position, packed request, sent, client s)
-        self.inflight: tuple[list[ChangeEvent], Position | None, bytes, bool, float] | None = None
-        self.gave_up = False
-
-    # -- called by BinlogSource.run ------------------------------------------------------------
-    def add(self, chunk: Chunk) -> None:
-        if self.gave_up:
-            return
-        events = chunk.events
-        if events:
-            if not self.events:
-                self.first_t = chunk.t
-                self.events = events  # the chunk's own list: no copy
-            else:
-                self.events.extend(events)
-        if chunk.position is not None:
-            self.position = chunk.position
-        self.rows += chunk.rows
-        if self.events and (len(self.events) >= self.limit or chunk.t - self.first_t >= self.flush_s):
-            self.send()
-
-    def idle(self) -> None:
-        if self.gave_up:
-            return
-        if self.events or self.position is not None:
-            self.send()
-        if self.inflight is not None:
-            self.finish()
-
-    def close(self) -> None:
-        """Deliver what is held (bounded by the shutdown deadline), then close the connection."""
-        try:
-            self.idle()
-        finally:
-            self.conn.disconnect()
-            self.client.close()
-
-    # -- batches -------------------------------------------------------------------------------
-    def send(self) -> None:
-        """Send the gathered batch (its position as the script call's last item); the reply of the
-        batch before it is read first."""
-        if self.inflight is not None:
-            self.finish()
-            if self.gave_up:
-                return
-        events, position = self.events, self.position
-        self.events, self.position = [], None
-        st = self.service.stats
-        st["rows"] += self.rows
-        self.rows = 0
-        t0 = time.perf_counter()
-        batch: list[Any] = events
-        if position is not None:
-            batch = [*events, self.service.positions.set_command(position)]
-        packed = self.applier.pack_apply(batch)  # type: ignore[union-attr]
-        sent = True
-        try:
-            self.conn.send_packed_command((packed,), check_health=False)
-        except (redis.exceptions.RedisError, OSError):
-            self.conn.disconnect()   # finish() sends it again
-            sent = False
-        self.inflight = (events, position, packed, sent, time.perf_counter() - t0)
-
-    def finish(self) -> None:
-        """Read the reply of the batch in flight; on failure send it again (with back-off) until it
-        lands or the shutdown deadline passes."""
-        assert self.inflight is not None
-        events, position, packed, sent, spent = self.inflight
-        t1 = time.perf_counter()
-        n = len(events) + (position is not None)
-        svc = self.service
-        backoff: Backoff | None = None
-        while True:
-            try:
-                if not sent:
-                    self.conn.send_packed_command((packed,), check_health=False)  # connects first
-                    sent = True
-                reply = self._reply(packed)
-                outcomes = self.applier.parse_reply(reply, n)  # type: ignore[union-attr]
-                break
-            except (ApplyError, redis.exceptions.RedisError, OSError) as exc:
-                self.conn.disconnect()
-                if backoff is None:
-                    backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
-                svc.stats["retries"] += 1
-                metrics.record_retry()
-                delay = backoff.next_delay()
-                error = f"{type(exc).__name__}: {exc}"[:300]
-                if svc.stopping_past(delay):
-                    log.warning("sink_given_up_at_shutdown", what="deliver", error=error, events=len(events))
-                    self.inflight = None
-                    self.gave_up = True
-                    return
-                log.warning("sink_unavailable", what="deliver", error=error, retry_in_s=round(delay, 3),
-                            attempt=backoff.attempts, events=len(events))
-                time.sleep(delay)
-                sent = False
-        if backoff is not None:
-            log.info("sink_recovered", what="deliver", attempts=backoff.attempts)
-        self.inflight = None
-        applied = svc.count_outcomes(len(events), outcomes)
-        # Batch latency: this thread's time on the batch (build and send, then the wait for the
-        # reply), not the decoding of the next batch that overlapped the round trip.
-        metrics.record_batch(len(events), applied, len(events) - applied, 0, spent + time.perf_counter() - t1)
-        if position is not None:
-            svc.position = position
-
-    def _reply(self, packed: bytes) -> Any:
-        """The reply to `packed` (already sent); NOSCRIPT: load the script and send it again."""
-        conn = self.conn
-        try:
-            return conn.read_response()
-        except redis.exceptions.NoScriptError:
-            conn.send_packed_command((RedisApplier.pack_script_load(),), check_health=False)
-            conn.read_response()
-            conn.send_packed_command((packed,), check_health=False)
-            return conn.read_response()
-        except redis.exceptions.ResponseError as exc:
-            raise ApplyError(f"redis apply failed: {exc}") from exc
-
-
 class BinlogService:
     """One sync-binlog process; see the module docstring."""
 
@@ -324,7 +184,7 @@ class BinlogService:
         self._stop_deadline: float | None = None
         self.source: BinlogSource | None = None
         self.position: Position | None = None          # the last saved position
-        self.stats = {"rows": 0, "events": 0, "applied": 0, "stale": 0, "batches": 0, "retries": 0, "jobs": 0}
+        self.stats = BinlogStats()
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -334,10 +194,24 @@ class BinlogService:
             self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
             self._stop.set()  # thread-safe: the reader thread polls it between events
 
-    def stopping_past(self, delay_s: float) -> bool:
-        """A stop was requested and waiting `delay_s` more would pass its deadline."""
-        return (self._stop.is_set() and self._stop_deadline is not None
-                and time.monotonic() + delay_s > self._stop_deadline)
+    def shutdown_deadline(self) -> float | None:
+        """Once a stop is requested, the time.monotonic() past which a failed delivery is given up."""
+        return self._stop_deadline if self._stop.is_set() else None
+
+    def sink_retry(self, what: str, backoff: Backoff, **info: Any) -> Callable[[BaseException, float], None]:
+        """on_retry of a delivery: count the failure, log sink_unavailable."""
+        def on_retry(exc: BaseException, delay: float) -> None:
+            self.stats.retries += 1
+            metrics.record_retry()
+            log.warning("sink_unavailable", what=what, error=short_error(exc), retry_in_s=round(delay, 3),
+                        attempt=backoff.attempts, **info)
+        return on_retry
+
+    def sink_given_up(self, what: str, gave_up: DeadlinePassed, **info: Any) -> None:
+        """A delivery failed once more and the shutdown deadline allows no further wait: count it, log it."""
+        self.stats.retries += 1
+        metrics.record_retry()
+        log.warning("sink_given_up_at_shutdown", what=what, error=short_error(gave_up.__cause__ or gave_up), **info)
 
     # -- start-up ------------------------------------------------------------------------------
     def prepare(self) -> tuple[ServerInfo, Any, dict[str, TableSchema]]:
@@ -452,12 +326,12 @@ class BinlogService:
         return self._finished(failure)
 
     async def _run_in_reader(self) -> int:
-        """--sink redis, standalone: decode and write in the reader thread (_RedisWriter); the
+        """--sink redis, standalone: decode and write in the reader thread (RedisWriter); the
         event loop only reports stats and waits for the thread to end."""
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()
         failure: list[BaseException] = []
-        writer = _RedisWriter(self)
+        writer = RedisWriter(self)
 
         def reader() -> None:
             try:
@@ -497,7 +371,7 @@ class BinlogService:
                 raise exc
             raise SourceError(f"binlog reader failed: {type(exc).__name__}: {exc}") from exc
         log.info("binlog_stopped", position=self.position.describe() if self.position else None,
-                 **{k: int(v) for k, v in self.stats.items()})
+                 **self.stats.totals())
         return 0
 
     async def _sink_loop(self, chunks: "deque[Chunk | None]") -> None:
@@ -537,7 +411,7 @@ class BinlogService:
             for c in taken:
                 if c.position is not None:
                     position = c.position
-            self.stats["rows"] += sum(c.rows for c in taken)
+            self.stats.rows += sum(c.rows for c in taken)
             if not await self._deliver(events, position):
                 break  # shutdown deadline passed while the sink was down
 
@@ -546,35 +420,31 @@ class BinlogService:
             return True
         what = self._apply if self.settings.sink == "redis" else self._submit
         t0 = time.perf_counter()
-        before = (self.stats["applied"], self.stats["stale"])
+        before = (self.stats.applied, self.stats.stale)
         ok = await self._retry(lambda: what(events, position), "deliver", events=len(events))
         if ok:
-            metrics.record_batch(len(events), self.stats["applied"] - before[0], self.stats["stale"] - before[1], 0,
+            metrics.record_batch(len(events), self.stats.applied - before[0], self.stats.stale - before[1], 0,
                                  time.perf_counter() - t0)
         if ok and position is not None:
             self.position = position
         return ok
 
     async def _retry(self, fn: Any, what: str, **info: Any) -> bool:
+        """Await fn() until it succeeds (True) or, once a stop is requested, the shutdown deadline
+        passes while the sink is down (False)."""
         backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
         from sync.gearman import GearmanError
 
-        while True:
-            try:
-                await fn()
-                if backoff.attempts:
-                    log.info("sink_recovered", what=what, attempts=backoff.attempts)
-                return True
-            except (ApplyError, redis.exceptions.RedisError, OSError, GearmanError) as exc:
-                self.stats["retries"] += 1
-                metrics.record_retry()
-                delay = backoff.next_delay()
-                if self._stop.is_set() and self._stop_deadline is not None and time.monotonic() + delay > self._stop_deadline:
-                    log.warning("sink_given_up_at_shutdown", what=what, error=f"{type(exc).__name__}: {exc}"[:300], **info)
-                    return False
-                log.warning("sink_unavailable", what=what, error=f"{type(exc).__name__}: {exc}"[:300],
-                            retry_in_s=round(delay, 3), attempt=backoff.attempts, **info)
-                await asyncio.sleep(delay)
+        try:
+            await retry_until(fn, retry_on=(ApplyError, redis.exceptions.RedisError, OSError, GearmanError),
+                              backoff=backoff, deadline=self.shutdown_deadline,
+                              on_retry=self.sink_retry(what, backoff, **info))
+        except DeadlinePassed as gave_up:
+            self.sink_given_up(what, gave_up, **info)
+            return False
+        if backoff.attempts:
+            log.info("sink_recovered", what=what, attempts=backoff.attempts)
+        return True
 
     async def _apply(self, events: list[ChangeEvent], position: Position | None) -> None:
         assert self.applier is not None
@@ -591,10 +461,10 @@ class BinlogService:
         position have one more, the position's own); returns how many were APPLIED."""
         applied = sum(1 for o in outcomes[:n_events] if o is Outcome.APPLIED)
         st = self.stats
-        st["events"] += n_events
-        st["applied"] += applied
-        st["stale"] += n_events - applied
-        st["batches"] += 1
+        st.events += n_events
+        st.applied += applied
+        st.stale += n_events - applied
+        st.batches += 1
         return applied
 
     def unique(self, ev: ChangeEvent) -> str:
@@ -615,27 +485,18 @@ class BinlogService:
                                                       uniques=[self.unique(e) for e in evs])
         if position is not None:
             await self.positions.save(position)
-        self.stats["events"] += len(events)
-        self.stats["jobs"] += len(events)
-        self.stats["batches"] += 1
+        self.stats.events += len(events)
+        self.stats.jobs += len(events)
+        self.stats.batches += 1
 
     # -- reporting / closing ------------------------------------------------------------------------
     async def _report(self) -> None:
-        interval = self.settings.stats_interval_s
-        if interval <= 0:
-            return
-        last = dict(self.stats)
-        last_t = time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            cur = dict(self.stats)
-            d = {k: cur[k] - last[k] for k in cur}
-            secs = max(now - last_t, 1e-9)
+        def report(d: dict[str, float], total: dict[str, float], secs: float) -> None:
             log.info("binlog_stats", rows_per_s=round(d["rows"] / secs, 1), events=d["events"],
                      applied=d["applied"], stale=d["stale"], batches=d["batches"], retries=d["retries"],
                      position=self.position.describe() if self.position else None)
-            last, last_t = cur, now
+
+        await report_loop(self.stats, self.settings.stats_interval_s, report)
 
     async def _close_redis(self) -> None:
         try:

@@ -1,0 +1,181 @@
+"""--sink redis on a standalone Redis: the batches written from the reader thread itself
+(RedisWriter; the design: sync.capture.binlog.service).
+
+A batch is sent when it holds --batch events, when its oldest change has waited --flush-ms (20 ms),
+or when the server went quiet: the dump connection's reads first try without waiting, and when
+nothing is there the reader sends what it holds and reads the reply before it waits
+(BinlogSource._hook_quiet). So a trickle of changes is applied within about a Redis round trip
+after the server sent it, and a backlog goes in batches of --flush-ms worth of changes, each
+costing this thread one packed write and one (by then ready) reply. Why one thread: with the
+writes on an asyncio loop thread, every socket operation there waited for the GIL held by the
+CPU-bound reader (~5 ms switch interval each); the decoding alone was the limit anyway.
+
+While Redis is down, the failed batch is sent again with back-off (50 ms … 5 s) from the reader
+thread, which therefore stops reading (the binlog waits in the server, nothing is lost).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis.exceptions
+import structlog
+
+from sync import metrics
+from sync.apply.applier import Outcome, RedisApplier
+from sync.capture.binlog.reader import Chunk
+from sync.errors import ApplyError
+from sync.events import ChangeEvent
+from sync.position import Position
+from sync.retry import Backoff, DeadlinePassed, retry_until_sync
+
+if TYPE_CHECKING:  # the service creates the writer; no import at run time
+    from sync.capture.binlog.service import BinlogService
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["RedisWriter"]
+
+SEND_ERRORS = (ApplyError, redis.exceptions.RedisError, OSError)   # a batch that did not land: send it again
+
+
+class RedisWriter:
+    """--sink redis on a standalone Redis, inside the reader thread (see the module docstring):
+    `add` takes the source's chunks into a batch and sends it when it is full or old enough, `idle`
+    (the server went quiet) sends what is held and reads the reply; at most one batch in flight.
+    A failed batch is sent again with back-off until it lands, which keeps the reader from reading
+    meanwhile, or, once a stop is requested, until the shutdown deadline: then it is dropped
+    (`gave_up`) with the position not advanced."""
+
+    def __init__(self, service: "BinlogService") -> None:
+        import redis as redis_sync
+
+        s = service.settings
+        self.service = service
+        self.applier = service.applier
+        self.limit = s.batch
+        self.flush_s = s.flush_ms / 1000.0
+        self.client = redis_sync.Redis.from_url(s.redis.url, password=s.redis.password, socket_timeout=5.0,
+                                                socket_connect_timeout=2.0)
+        self.conn: Any = self.client.connection_pool.make_connection()  # connects at its first send
+        self.events: list[ChangeEvent] = []       # the batch being gathered
+        self.position: Position | None = None     # ... and the last commit it covers
+        self.rows = 0
+        self.first_t = 0.0
+        # The batch sent and not yet acknowledged: (events, position, packed request, sent, client s)
+        self.inflight: tuple[list[ChangeEvent], Position | None, bytes, bool, float] | None = None
+        self.gave_up = False
+
+    # -- called by BinlogSource.run ------------------------------------------------------------
+    def add(self, chunk: Chunk) -> None:
+        if self.gave_up:
+            return
+        events = chunk.events
+        if events:
+            if not self.events:
+                self.first_t = chunk.t
+                self.events = events  # the chunk's own list: no copy
+            else:
+                self.events.extend(events)
+        if chunk.position is not None:
+            self.position = chunk.position
+        self.rows += chunk.rows
+        if self.events and (len(self.events) >= self.limit or chunk.t - self.first_t >= self.flush_s):
+            self.send()
+
+    def idle(self) -> None:
+        if self.gave_up:
+            return
+        if self.events or self.position is not None:
+            self.send()
+        if self.inflight is not None:
+            self.finish()
+
+    def close(self) -> None:
+        """Deliver what is held (bounded by the shutdown deadline), then close the connection."""
+        try:
+            self.idle()
+        finally:
+            self.conn.disconnect()
+            self.client.close()
+
+    # -- batches -------------------------------------------------------------------------------
+    def send(self) -> None:
+        """Send the gathered batch (its position as the script call's last item); the reply of the
+        batch before it is read first."""
+        if self.inflight is not None:
+            self.finish()
+            if self.gave_up:
+                return
+        events, position = self.events, self.position
+        self.events, self.position = [], None
+        self.service.stats.rows += self.rows
+        self.rows = 0
+        t0 = time.perf_counter()
+        batch: list[Any] = events
+        if position is not None:
+            batch = [*events, self.service.positions.set_command(position)]
+        packed = self.applier.pack_apply(batch)  # type: ignore[union-attr]
+        sent = True
+        try:
+            self.conn.send_packed_command((packed,), check_health=False)
+        except (redis.exceptions.RedisError, OSError):
+            self.conn.disconnect()   # finish() sends it again
+            sent = False
+        self.inflight = (events, position, packed, sent, time.perf_counter() - t0)
+
+    def finish(self) -> None:
+        """Read the reply of the batch in flight; on failure send it again (with back-off) until it
+        lands or the shutdown deadline passes."""
+        assert self.inflight is not None
+        events, position, packed, sent, spent = self.inflight
+        t1 = time.perf_counter()
+        n = len(events) + (position is not None)
+        svc = self.service
+        backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
+
+        def attempt() -> list[Outcome]:
+            nonlocal sent
+            try:
+                if not sent:
+                    self.conn.send_packed_command((packed,), check_health=False)  # connects first
+                    sent = True
+                reply = self._reply(packed)
+                return self.applier.parse_reply(reply, n)  # type: ignore[union-attr]
+            except SEND_ERRORS:
+                self.conn.disconnect()
+                sent = False   # the next attempt sends it again
+                raise
+
+        try:
+            outcomes = retry_until_sync(attempt, retry_on=SEND_ERRORS, backoff=backoff,
+                                        deadline=svc.shutdown_deadline,
+                                        on_retry=svc.sink_retry("deliver", backoff, events=len(events)))
+        except DeadlinePassed as gave_up:
+            svc.sink_given_up("deliver", gave_up, events=len(events))
+            self.inflight = None
+            self.gave_up = True
+            return
+        if backoff.attempts:
+            log.info("sink_recovered", what="deliver", attempts=backoff.attempts)
+        self.inflight = None
+        applied = svc.count_outcomes(len(events), outcomes)
+        # Batch latency: this thread's time on the batch (build and send, then the wait for the
+        # reply), not the decoding of the next batch that overlapped the round trip.
+        metrics.record_batch(len(events), applied, len(events) - applied, 0, spent + time.perf_counter() - t1)
+        if position is not None:
+            svc.position = position
+
+    def _reply(self, packed: bytes) -> Any:
+        """The reply to `packed` (already sent); NOSCRIPT: load the script and send it again."""
+        conn = self.conn
+        try:
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            conn.send_packed_command((RedisApplier.pack_script_load(),), check_health=False)
+            conn.read_response()
+            conn.send_packed_command((packed,), check_health=False)
+            return conn.read_response()
+        except redis.exceptions.ResponseError as exc:
+            raise ApplyError(f"redis apply failed: {exc}") from exc
