@@ -54,7 +54,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import redis.exceptions
 import structlog
@@ -310,20 +310,29 @@ class BinlogService:
             finally:
                 chunks.append(None)
 
-        thread = threading.Thread(target=reader, name="binlog-reader", daemon=True)
-        thread.start()
-        reporter = asyncio.ensure_future(self._report())
         try:
-            await self._sink_loop(chunks)
+            await self._with_reader_thread(reader, self._sink_loop(chunks), self._stop.set)
         finally:
-            self._stop.set()
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
-            await loop.run_in_executor(None, thread.join, 30)
             if self.gearman is not None:
                 await self.gearman.close()
             await self._close_redis()
         return self._finished(failure)
+
+    async def _with_reader_thread(self, reader: Callable[[], None], wait: Awaitable[None],
+                                  on_exit: Callable[[], None]) -> None:
+        """Run `reader` in the binlog-reader thread and the stats reporter while awaiting `wait`;
+        on the way out (also when cancelled) call `on_exit`, end the reporter and join the
+        thread (30 s at most)."""
+        thread = threading.Thread(target=reader, name="binlog-reader", daemon=True)
+        thread.start()
+        reporter = asyncio.ensure_future(self._report())
+        try:
+            await wait
+        finally:
+            on_exit()
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
 
     async def _run_in_reader(self) -> int:
         """--sink redis, standalone: decode and write in the reader thread (RedisWriter); the
@@ -351,16 +360,11 @@ class BinlogService:
                 except RuntimeError:  # the loop is gone (it stopped waiting after 30 s)
                     log.debug("binlog_reader_outlived_loop")
 
-        thread = threading.Thread(target=reader, name="binlog-reader", daemon=True)
-        thread.start()
-        reporter = asyncio.ensure_future(self._report())
         try:
-            await asyncio.shield(ended)
+            # request_stop on the way out is a no-op unless cancelled: then the held batch gets
+            # the shutdown timeout.
+            await self._with_reader_thread(reader, asyncio.shield(ended), self.request_stop)
         finally:
-            self.request_stop()  # a no-op unless cancelled: then the held batch gets the shutdown timeout
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
-            await loop.run_in_executor(None, thread.join, 30)
             await self._close_redis()
         return self._finished(failure)
 
