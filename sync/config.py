@@ -34,37 +34,29 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sync.errors import ConfigError
-from sync.keys import compile_template
 from sync.redis_client import DEFAULT_REDIS_URL, RedisSettings, check_redis_url
+from sync.tables import (
+    FORMATS,
+    MAX_TTL_S,
+    TableSpec,
+    check_function_name,
+    check_key_template,
+    check_table_name,
+    default_function,
+)
 from sync.urls import refuse_password_in
+
+__all__ = [
+    "CLASSIC_FUNCTION", "DEFAULT_GEARMAN_PORT", "WorkerSettings", "build_table", "load_toml", "parse_servers",
+    "worker_settings",
+    # Kept importable from here for the merge of the parallel branches (their home is sync.tables):
+    "FORMATS", "TableConfig", "check_function_name", "check_key_template", "check_table_name", "default_function",
+]
 
 DEFAULT_GEARMAN_PORT = 4730
 CLASSIC_FUNCTION = "syncToRedis"
-FORMATS = ("json", "hash")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def default_function(table: str) -> str:
-    """The Gearman function that carries changes of `table` (triggers and workers agree on it)."""
-    return f"gearsync.{table}"
-
-
-def check_table_name(name: str, where: str = "--table") -> str:
-    """A MySQL table name as gearsync accepts it: 1-64 characters, no control characters."""
-    if not name or len(name) > 64 or _CONTROL.search(name) or name != name.strip():
-        raise ConfigError(
-            f"{where}: {name!r} is not a table name; expected 1 to 64 characters without control "
-            "characters or surrounding spaces"
-        )
-    return name
-
-
-def check_function_name(name: str, where: str = "--function") -> str:
-    if not name or len(name) > 512 or _CONTROL.search(name) or name != name.strip():
-        raise ConfigError(f"{where}: {name!r} is not a Gearman function name; expected 1 to 512 printable "
-                          "characters, no leading or trailing spaces")
-    return name
 
 
 def parse_servers(text: str, where: str = "--servers") -> list[tuple[str, int]]:
@@ -96,20 +88,14 @@ def parse_servers(text: str, where: str = "--servers") -> list[tuple[str, int]]:
     return servers
 
 
-@dataclass(frozen=True)
-class TableConfig:
-    name: str
-    function: str
-    key_template: str = "{table}:{pk}"
-    format: str = "json"
-    ttl_s: int | None = None
+TableConfig = TableSpec  # alias for the merge; use sync.tables.TableSpec
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
     servers: list[tuple[str, int]]
     redis: RedisSettings
-    tables: dict[str, TableConfig]
+    tables: dict[str, TableSpec]
     classic: bool = False
     batch: int = 128
     connections: int = 1
@@ -146,18 +132,6 @@ def _float(value: Any, where: str, lo: float, hi: float) -> float:
     return number
 
 
-def check_key_template(template: str, where: str = "--key-template") -> str:
-    """Placeholders {table}, {pk} and {pk.<column>}; a literal brace is doubled, so a Redis Cluster
-    hash tag on the table is written '{{{table}}}:{pk}' (→ '{data}:5'). The rules live in keys.py."""
-    if _CONTROL.search(template) or not template or len(template) > 512:
-        raise ConfigError(f"{where}: {template!r}; expected printable text up to 512 characters")
-    try:
-        compile_template(template)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return template
-
-
 def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     try:
@@ -186,16 +160,13 @@ def _section(data: Mapping[str, Any], name: str, known: set[str], path: str) -> 
     return section
 
 
-def build_table(name: str, values: Mapping[str, Any], where: str) -> TableConfig:
-    check_table_name(name, where)
-    function = check_function_name(str(values.get("function") or default_function(name)), f"{where}.function")
-    template = check_key_template(str(values.get("key_template", "{table}:{pk}")), f"{where}.key_template")
-    fmt = str(values.get("format", "json"))
-    if fmt not in FORMATS:
-        raise ConfigError(f"{where}.format: {fmt!r}; expected json or hash")
+def build_table(name: str, values: Mapping[str, Any], where: str) -> TableSpec:
+    """A table from the values of its [tables.<name>] section (and the options that override them)."""
     ttl_raw = values.get("ttl_s", 0)
-    ttl = _int(ttl_raw, f"{where}.ttl_s", 0, 10 * 365 * 86400) if ttl_raw is not None else 0
-    return TableConfig(name=name, function=function, key_template=template, format=fmt, ttl_s=ttl or None)
+    ttl = _int(ttl_raw, f"{where}.ttl_s", 0, MAX_TTL_S) if ttl_raw is not None else 0
+    return TableSpec(name=name, function=values.get("function") or None,
+                     key_template=str(values.get("key_template", "{table}:{pk}")),
+                     format=str(values.get("format", "json")), ttl_s=ttl or None, where=where)
 
 
 def worker_settings(
@@ -256,7 +227,7 @@ def worker_settings(
         raise ConfigError("--table: none given; expected --table NAME (or [tables.NAME] in --config, or --classic)")
     if function is not None and len(names) > 1:
         raise ConfigError(f"--function: {function!r} given with {len(names)} tables; expected one --table with --function")
-    table_map: dict[str, TableConfig] = {}
+    table_map: dict[str, TableSpec] = {}
     for name in names:
         check_table_name(name)
         values = dict(tables_sec.get(name, {}))

@@ -24,7 +24,7 @@ from .test_triggers_helpers import (
     worker_thread,
 )
 from .udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 
 ROWS = 100
 
