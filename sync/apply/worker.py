@@ -245,11 +245,12 @@ class SyncWorker:
             self._stop.set()
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
-            await self._close_redis()
+            await self.aclose()
         log.info("worker_stopped", **{k: int(v) for k, v in self.stats.snapshot().items() if k != "redis_s"})
         return 0
 
-    async def _close_redis(self) -> None:
+    async def aclose(self) -> None:
+        """Close the Redis client (run() does it when it ends; call it after replay_dead())."""
         try:
             await self.redis.aclose()
         except Exception as exc:  # closing a broken connection must not mask the exit
