@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,6 @@ import pytest
 
 from sync.config import WorkerSettings
 from sync.tables import TableSpec
-from sync.redis_client import RedisSettings
 from sync.keys import binlog_position_key, stats_key
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.binlog.service import stream_name

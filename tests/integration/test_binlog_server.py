@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
-import pymysql
 import pytest
 
-from sync.capture.binlog.service import stream_name
-from sync.keys import binlog_position_key, stats_key
-from sync.mysql import from_url
+from sync.keys import stats_key
 from sync.testing.servers import MariaDBServer, RedisServer
 
 from .test_binlog_helpers import Running, diff, mysql_state, redis_state, settings, wait_caught_up

@@ -23,7 +23,6 @@ from sync.rows.schema import READ_SESSION_SQL, load_table
 from sync.tools.snapshot import ProgressStore, Snapshot, TableReader, fast_conversions, open_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.triggers import TriggerOptions, install_statements
-from sync.tools.verify import Verifier
 from sync.apply.worker import SyncWorker
 from tests.integration.udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
 

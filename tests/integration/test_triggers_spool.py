@@ -9,7 +9,6 @@ import time
 from typing import Any, Callable
 
 import pymysql
-import pytest
 
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
