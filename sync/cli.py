@@ -1,16 +1,19 @@
 """What every gearsync command shares: named exit codes, a one-line error format, argument parsing.
 
-A command's `main()` builds its parser with `make_parser`, then calls `run(main_fn, argv)`;
-bad input ends as `<prog>: error: <what was wrong, naming the value>` on stderr and exit code 2,
-never as a traceback.
+A command's `main()` builds its parser with `make_parser`, adds the shared options it has with
+the `add_*_options` groups below (declared once here; sync.settings resolves them), then calls
+`run(main_fn, argv)`; bad input ends as `<prog>: error: <what was wrong, naming the value>` on
+stderr and exit code 2, never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from enum import IntEnum
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from sync.errors import ConfigError, SyncError
 
@@ -38,6 +41,63 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> OneLi
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+# -- shared option groups (resolved by sync.settings.resolve_*) ---------------------------------
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def add_mysql_options(parser: argparse.ArgumentParser) -> None:
+    """--mysql-url (the password only ever from MYSQL_PASSWORD)."""
+    parser.add_argument("--mysql-url", metavar="URL", help="mysql://user@host:port/db, without password (env MYSQL_URL)")
+
+
+def add_redis_options(parser: argparse.ArgumentParser) -> None:
+    """--redis-url, --redis-cluster (the password only ever from REDIS_PASSWORD or the config file)."""
+    parser.add_argument("--redis-url", metavar="URL", help="redis://host:port/db, without password (env REDIS_URL)")
+    parser.add_argument("--redis-cluster", action="store_true", default=None, help="the Redis URL is a Redis Cluster node")
+
+
+def add_gearman_options(parser: argparse.ArgumentParser) -> None:
+    """--servers."""
+    parser.add_argument("--servers", metavar="HOST:PORT,…", help="gearmand servers (env GEARMAN_SERVERS)")
+
+
+def add_logging_options(parser: argparse.ArgumentParser, *, level: str = "info", log_format: bool = True) -> None:
+    """--log-format (unless log_format=False) and --log-level, whose default is `level`."""
+    if log_format:
+        parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
+                            help="log format (auto: console on a terminal, JSON otherwise)")
+    parser.add_argument("--log-level", default=level, choices=LOG_LEVELS,
+                        help=f"least severe log messages shown (default {level})")
+
+
+def add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    """--metrics-port."""
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off)")
+
+
+def table_target_options(args: Any) -> dict[str, Any]:
+    """The keyword arguments of sync.tools.snapshot.open_table from sync-snapshot's / sync-verify's
+    options (--table, --database, --columns, the MySQL and Redis options, --key-template, --format,
+    --ttl where the command has it, --config)."""
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    options = dict(table=args.table, database=args.database, columns=columns, mysql_url=args.mysql_url,
+                   redis_url=args.redis_url, redis_cluster=args.redis_cluster, key_template=args.key_template,
+                   fmt=args.format, config_path=args.config)
+    if hasattr(args, "ttl"):
+        options["ttl_s"] = args.ttl
+    return options
+
+
+def stop_on_signals(request_stop: Callable[[], None]) -> None:
+    """In a running event loop: SIGTERM and SIGINT call request_stop (finish the work in hand, exit)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
 
 
 def fail(prog: str, message: str, code: ExitCode = ExitCode.USAGE) -> NoReturn:

@@ -1,8 +1,10 @@
-"""Settings for gearsync's commands: parsed from options, env vars and a TOML file, validated at the edge.
+"""sync-worker's settings: its options, the environment and its TOML config file, validated at the edge.
 
-Precedence, highest first: command-line option, environment variable, config file, default.
-Secrets (the Redis password) come only from the environment or the config file, never from the
-command line (it would show in the process list), and every repr/str here masks them.
+The settings every command shares (Gearman servers, Redis, MySQL; the precedence option >
+environment > config file > default) are resolved by sync.settings; this module adds the tables
+(sync.tables.TableSpec) and the [worker] section. Secrets (the Redis password) come only from the
+environment or the config file, never from the command line (it would show in the process list),
+and every repr/str here masks them.
 
 Config file (``--config gearsync.toml``)::
 
@@ -27,89 +29,58 @@ Config file (``--config gearsync.toml``)::
 from __future__ import annotations
 
 import os
-import re
-import tomllib
 from dataclasses import dataclass, replace
-from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 from sync.errors import ConfigError
-from sync.keys import compile_template
-from sync.redis_client import DEFAULT_REDIS_URL, RedisSettings, check_redis_url
-from sync.urls import refuse_password_in
+from sync.redis_client import RedisSettings
+from sync.settings import (
+    DEFAULT_GEARMAN_PORT,
+    ConfigFile,
+    check_float,
+    check_int,
+    load_config,
+    parse_servers,
+    resolve_gearman_servers,
+    resolve_redis,
+)
+from sync.tables import (
+    FORMATS,
+    MAX_TTL_S,
+    TableSpec,
+    check_function_name,
+    check_key_template,
+    check_table_name,
+    default_function,
+)
 
-DEFAULT_GEARMAN_PORT = 4730
+__all__ = [
+    "CLASSIC_FUNCTION",
+    "WorkerSettings",
+    "build_table",
+    "worker_settings",
+    # Kept importable from here for the merge of the parallel branches (their home is given):
+    "DEFAULT_GEARMAN_PORT",  # sync.settings
+    "parse_servers",  # sync.settings
+    "FORMATS",  # sync.tables
+    "TableConfig",  # sync.tables.TableSpec
+    "check_function_name",  # sync.tables
+    "check_key_template",  # sync.tables
+    "check_table_name",  # sync.tables
+    "default_function",  # sync.tables
+]
+
 CLASSIC_FUNCTION = "syncToRedis"
-FORMATS = ("json", "hash")
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def default_function(table: str) -> str:
-    """The Gearman function that carries changes of `table` (triggers and workers agree on it)."""
-    return f"gearsync.{table}"
-
-
-def check_table_name(name: str, where: str = "--table") -> str:
-    """A MySQL table name as gearsync accepts it: 1-64 characters, no control characters."""
-    if not name or len(name) > 64 or _CONTROL.search(name) or name != name.strip():
-        raise ConfigError(
-            f"{where}: {name!r} is not a table name; expected 1 to 64 characters without control "
-            "characters or surrounding spaces"
-        )
-    return name
-
-
-def check_function_name(name: str, where: str = "--function") -> str:
-    if not name or len(name) > 512 or _CONTROL.search(name) or name != name.strip():
-        raise ConfigError(f"{where}: {name!r} is not a Gearman function name; expected 1 to 512 printable "
-                          "characters, no leading or trailing spaces")
-    return name
-
-
-def parse_servers(text: str, where: str = "--servers") -> list[tuple[str, int]]:
-    """'host[:port][,host[:port]…]' (IPv6 as [addr]:port) → [(host, port), …]."""
-    servers: list[tuple[str, int]] = []
-    for raw in str(text).split(","):
-        item = raw.strip()
-        if not item:
-            raise ConfigError(f"{where}: {text!r} has an empty entry; expected host:port[,host:port…]")
-        if item.startswith("["):
-            host, sep, rest = item[1:].partition("]")
-            port_text = rest[1:] if rest.startswith(":") else ("" if not rest else None)
-            if not sep or port_text is None:
-                raise ConfigError(f"{where}: {item!r} is not [ipv6]:port")
-        else:
-            host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
-        if not host or _CONTROL.search(host) or " " in host:
-            raise ConfigError(f"{where}: {item!r} has no valid host; expected host:port")
-        if port_text == "":
-            port = DEFAULT_GEARMAN_PORT
-        else:
-            try:
-                port = int(port_text)
-            except ValueError:
-                raise ConfigError(f"{where}: {item!r} has port {port_text!r}; expected a number from 1 to 65535") from None
-            if not 1 <= port <= 65535:
-                raise ConfigError(f"{where}: {item!r} has port {port}; expected a number from 1 to 65535")
-        servers.append((host, port))
-    return servers
-
-
-@dataclass(frozen=True)
-class TableConfig:
-    name: str
-    function: str
-    key_template: str = "{table}:{pk}"
-    format: str = "json"
-    ttl_s: int | None = None
+TableConfig = TableSpec  # alias for the merge; use sync.tables.TableSpec
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
     servers: list[tuple[str, int]]
     redis: RedisSettings
-    tables: dict[str, TableConfig]
+    tables: dict[str, TableSpec]
     classic: bool = False
     batch: int = 128
     connections: int = 1
@@ -124,78 +95,13 @@ class WorkerSettings:
         return {t.function: t.name for t in self.tables.values()}
 
 
-def _int(value: Any, where: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: {value!r}; expected an integer from {lo} to {hi}")
-    try:
-        number = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise ConfigError(f"{where}: {value!r}; expected an integer from {lo} to {hi}") from None
-    if not lo <= number <= hi:
-        raise ConfigError(f"{where}: {number}; expected an integer from {lo} to {hi}")
-    return number
-
-
-def _float(value: Any, where: str, lo: float, hi: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r}; expected a number from {lo:g} to {hi:g}") from None
-    if not lo <= number <= hi:
-        raise ConfigError(f"{where}: {number:g}; expected a number from {lo:g} to {hi:g}")
-    return number
-
-
-def check_key_template(template: str, where: str = "--key-template") -> str:
-    """Placeholders {table}, {pk} and {pk.<column>}; a literal brace is doubled, so a Redis Cluster
-    hash tag on the table is written '{{{table}}}:{pk}' (→ '{data}:5'). The rules live in keys.py."""
-    if _CONTROL.search(template) or not template or len(template) > 512:
-        raise ConfigError(f"{where}: {template!r}; expected printable text up to 512 characters")
-    try:
-        compile_template(template)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return template
-
-
-def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"--config: {str(p)!r} does not exist; expected a TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config: {str(p)!r} is not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"--config: {str(p)!r} cannot be read: {exc.strerror}") from None
-    known = {"gearman", "redis", "worker", "tables", "mysql"}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"--config {p}: unknown section [{key}]; expected one of {', '.join(sorted(known))}")
-    return data
-
-
-def _section(data: Mapping[str, Any], name: str, known: set[str], path: str) -> Mapping[str, Any]:
-    section = data.get(name, {})
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"--config {path}: [{name}] must be a table")
-    for key in section:
-        if key not in known:
-            raise ConfigError(f"--config {path}: unknown key {key!r} in [{name}]; expected one of {', '.join(sorted(known))}")
-    return section
-
-
-def build_table(name: str, values: Mapping[str, Any], where: str) -> TableConfig:
-    check_table_name(name, where)
-    function = check_function_name(str(values.get("function") or default_function(name)), f"{where}.function")
-    template = check_key_template(str(values.get("key_template", "{table}:{pk}")), f"{where}.key_template")
-    fmt = str(values.get("format", "json"))
-    if fmt not in FORMATS:
-        raise ConfigError(f"{where}.format: {fmt!r}; expected json or hash")
+def build_table(name: str, values: Mapping[str, Any], where: str) -> TableSpec:
+    """A table from the values of its [tables.<name>] section (and the options that override them)."""
     ttl_raw = values.get("ttl_s", 0)
-    ttl = _int(ttl_raw, f"{where}.ttl_s", 0, 10 * 365 * 86400) if ttl_raw is not None else 0
-    return TableConfig(name=name, function=function, key_template=template, format=fmt, ttl_s=ttl or None)
+    ttl = check_int(ttl_raw, f"{where}.ttl_s", 0, MAX_TTL_S) if ttl_raw is not None else 0
+    return TableSpec(name=name, function=values.get("function") or None,
+                     key_template=str(values.get("key_template", "{table}:{pk}")),
+                     format=str(values.get("format", "json")), ttl_s=ttl or None, where=where)
 
 
 def worker_settings(
@@ -217,37 +123,14 @@ def worker_settings(
 ) -> WorkerSettings:
     """Merge options, env vars and the config file into validated WorkerSettings."""
     env = os.environ if env is None else env
-    data: dict[str, Any] = load_toml(config_path) if config_path else {}
-    path = str(config_path or "")
+    # sync-worker reads a config file: without --config it is an empty one.
+    cfg = load_config(config_path) if config_path else ConfigFile("")
+    worker_sec = cfg.section("worker")
+    tables_sec = cfg.section("tables")
 
-    gearman = _section(data, "gearman", {"servers"}, path)
-    redis_sec = _section(data, "redis", {"url", "password", "cluster"}, path)
-    worker_sec = _section(data, "worker", {"batch", "connections", "stats_interval_s", "shutdown_timeout_s",
-                                           "tombstone_ttl_s", "client_id"}, path)
-    tables_sec = data.get("tables", {})
-    if not isinstance(tables_sec, Mapping):
-        raise ConfigError(f"--config {path}: [tables] must hold [tables.<name>] sections")
-
-    if servers is not None:
-        server_list = parse_servers(servers, "--servers")
-    elif env.get("GEARMAN_SERVERS"):
-        server_list = parse_servers(env["GEARMAN_SERVERS"], "GEARMAN_SERVERS")
-    elif "servers" in gearman:
-        raw = gearman["servers"]
-        server_list = parse_servers(",".join(raw) if isinstance(raw, list) else str(raw), f"--config {path}: [gearman].servers")
-    else:
-        server_list = [("127.0.0.1", DEFAULT_GEARMAN_PORT)]
-
-    if redis_url is not None:
-        url = check_redis_url(redis_url, "--redis-url")
-        refuse_password_in(url, "--redis-url", "REDIS_PASSWORD or the config file")
-    elif env.get("REDIS_URL"):
-        url = check_redis_url(env["REDIS_URL"], "REDIS_URL")
-    else:
-        url = check_redis_url(str(redis_sec.get("url", DEFAULT_REDIS_URL)), f"--config {path}: [redis].url")
-    password = env.get("REDIS_PASSWORD") or redis_sec.get("password") or None
-    cluster = bool(redis_cluster) if redis_cluster is not None else bool(redis_sec.get("cluster", False))
-    redis = RedisSettings(url=url, password=password, cluster=cluster)
+    options = SimpleNamespace(servers=servers, redis_url=redis_url, redis_cluster=redis_cluster)
+    server_list = resolve_gearman_servers(options, env, cfg)
+    redis = resolve_redis(options, env, cfg)
 
     names = list(tables or [])
     if not names:
@@ -256,7 +139,7 @@ def worker_settings(
         raise ConfigError("--table: none given; expected --table NAME (or [tables.NAME] in --config, or --classic)")
     if function is not None and len(names) > 1:
         raise ConfigError(f"--function: {function!r} given with {len(names)} tables; expected one --table with --function")
-    table_map: dict[str, TableConfig] = {}
+    table_map: dict[str, TableSpec] = {}
     for name in names:
         check_table_name(name)
         values = dict(tables_sec.get(name, {}))
@@ -283,17 +166,17 @@ def worker_settings(
     overrides: dict[str, Any] = {}
     b = batch if batch is not None else worker_sec.get("batch")
     if b is not None:
-        overrides["batch"] = _int(b, "--batch", 1, 10000)
+        overrides["batch"] = check_int(b, "--batch", 1, 10000)
     c = connections if connections is not None else worker_sec.get("connections")
     if c is not None:
-        overrides["connections"] = _int(c, "--connections", 1, 64)
+        overrides["connections"] = check_int(c, "--connections", 1, 64)
     for key, lo, hi in (("stats_interval_s", 0.0, 86400.0), ("shutdown_timeout_s", 0.1, 3600.0)):
         if key in worker_sec:
-            overrides[key] = _float(worker_sec[key], f"[worker].{key}", lo, hi)
+            overrides[key] = check_float(worker_sec[key], f"[worker].{key}", lo, hi)
     if stats_interval_s is not None:
-        overrides["stats_interval_s"] = _float(stats_interval_s, "--stats-interval", 0.0, 86400.0)
+        overrides["stats_interval_s"] = check_float(stats_interval_s, "--stats-interval", 0.0, 86400.0)
     if "tombstone_ttl_s" in worker_sec:
-        overrides["tombstone_ttl_s"] = _int(worker_sec["tombstone_ttl_s"], "[worker].tombstone_ttl_s", 1, 365 * 86400)
+        overrides["tombstone_ttl_s"] = check_int(worker_sec["tombstone_ttl_s"], "[worker].tombstone_ttl_s", 1, 365 * 86400)
     if "client_id" in worker_sec:
         overrides["client_id"] = check_function_name(str(worker_sec["client_id"]), "[worker].client_id")
     return replace(settings, **overrides) if overrides else settings

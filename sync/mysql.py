@@ -1,19 +1,17 @@
-"""MySQL/MariaDB connection settings shared by every gearsync command.
+"""MySQL/MariaDB connection settings shared by every gearsync command, and the mysql:// URL form.
 
-From `--mysql-url mysql://user@host:port/db` (no password on the command line: it would show in
-the process list) or MYSQL_URL, else MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD,
-MYSQL_DATABASE, MYSQL_SOCKET; MYSQL_PASSWORD always supplies the password when set. Optional TLS:
-MYSQL_SSL_CA (and MYSQL_SSL_CERT / MYSQL_SSL_KEY). Defaults: 127.0.0.1:3306, user root.
+Which settings a command uses (--mysql-url, MYSQL_URL, MYSQL_HOST, MYSQL_PORT, MYSQL_USER,
+MYSQL_PASSWORD, MYSQL_DATABASE, MYSQL_SOCKET, MYSQL_SSL_*) is decided in one place:
+sync.settings.resolve_mysql. Defaults: 127.0.0.1:3306, user root.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sync.urls import mask_url, refuse_password_in
+from sync.urls import mask_url
 from sync.errors import ConfigError, SourceError
 
 DEFAULT_MYSQL_PORT = 3306
@@ -112,37 +110,9 @@ def from_url(url: str, where: str = "--mysql-url") -> MySQLSettings:
 
 
 def mysql_settings(url: str | None = None, env: Mapping[str, str] | None = None) -> MySQLSettings:
-    """Settings from an explicit --mysql-url, else the MYSQL_* environment variables."""
-    env = os.environ if env is None else env
-    if url is not None:
-        settings = from_url(url, "--mysql-url")
-        refuse_password_in(url, "--mysql-url", "MYSQL_PASSWORD")
-    elif env.get("MYSQL_URL"):
-        settings = from_url(env["MYSQL_URL"], "MYSQL_URL")
-    else:
-        port_text = env.get("MYSQL_PORT") or str(DEFAULT_MYSQL_PORT)
-        try:
-            port = int(port_text)
-            if not 1 <= port <= 65535:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(f"MYSQL_PORT: {port_text!r}; expected a port number from 1 to 65535") from None
-        settings = MySQLSettings(
-            host=env.get("MYSQL_HOST") or "127.0.0.1",
-            port=port,
-            user=env.get("MYSQL_USER") or "root",
-            database=env.get("MYSQL_DATABASE") or None,
-            unix_socket=env.get("MYSQL_SOCKET") or None,
-        )
-    overrides: dict[str, Any] = {}
-    if env.get("MYSQL_PASSWORD"):
-        overrides["password"] = env["MYSQL_PASSWORD"]
-    for key in ("ssl_ca", "ssl_cert", "ssl_key"):
-        value = env.get("MYSQL_" + key.upper())
-        if value:
-            overrides[key] = value
-    if overrides:
-        from dataclasses import replace
+    """Kept for the merge of the parallel branches: use sync.settings.resolve_mysql."""
+    from types import SimpleNamespace
 
-        settings = replace(settings, **overrides)
-    return settings
+    from sync.settings import resolve_mysql
+
+    return resolve_mysql(SimpleNamespace(mysql_url=url), env)

@@ -5,7 +5,6 @@ Nothing is mocked. If a server cannot start, the fixture fails with the server's
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from typing import Sequence
 
-from sync.cli import make_parser, run
-from sync.config import check_function_name, check_key_template, check_table_name, parse_servers
-from sync.redis_client import DEFAULT_REDIS_URL, RedisSettings, check_redis_url
-from sync.urls import refuse_password_in
+from sync.cli import (add_gearman_options, add_logging_options, add_metrics_options, add_mysql_options,
+                      add_redis_options, make_parser, run, stop_on_signals)
 from sync.errors import ConfigError
-from sync.logging import setup_logging
+from sync.redis_client import DEFAULT_REDIS_URL
+from sync.settings import (resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql,
+                           resolve_redis)
+from sync.tables import check_function_name, check_key_template, check_table_name
 
 PROG = "sync-binlog"
 
@@ -67,11 +67,10 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--server-id", type=int, metavar="N", help="replica server_id to register with (default: derived from the stream name)")
     p.add_argument("--start", metavar="WHERE", help="current | earliest | GTID | FILE:POS (overrides the saved position)")
     p.add_argument("--name", metavar="NAME", help="name of the saved position (default: host:port/db/tables)")
-    p.add_argument("--mysql-url", metavar="URL", help="mysql://user@host:port/db, without password (env MYSQL_URL)")
-    p.add_argument("--servers", metavar="HOST:PORT,…", help="gearmand servers for --sink gearman (env GEARMAN_SERVERS)")
+    add_mysql_options(p)
+    add_gearman_options(p)
     p.add_argument("--function", metavar="NAME", help="Gearman function for the one --table (default gearsync.<table>)")
-    p.add_argument("--redis-url", metavar="URL", help="redis://host:port/db, without password (env REDIS_URL)")
-    p.add_argument("--redis-cluster", action="store_true", help="the Redis URL is a Redis Cluster node")
+    add_redis_options(p)
     p.add_argument("--key-template", metavar="T", default="{table}:{pk}", help="Redis key of a row (default '{table}:{pk}')")
     p.add_argument("--format", choices=("json", "hash"), default="json", help="Redis value format for --sink redis (default json)")
     p.add_argument("--ttl", type=int, metavar="S", help="expire row keys after S seconds (--sink redis)")
@@ -80,22 +79,19 @@ def build_parser():  # type: ignore[no-untyped-def]
                    help="under load, longest a decoded change waits to join a batch (default 20; an idle "
                         "stream applies within ~10 ms)")
     p.add_argument("--stats-interval", type=float, default=10.0, metavar="S", help="seconds between stats lines (0 = off)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
-                   help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off)")
-    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_metrics_options(p)
+    add_logging_options(p)
     return p
 
 
 def settings_from_args(args, env=None):  # type: ignore[no-untyped-def]
     from sync.capture.binlog.service import BinlogSettings
-    from sync.mysql import mysql_settings
 
     env = os.environ if env is None else env
     tables = tuple(dict.fromkeys(check_table_name(t.strip()) for item in args.table for t in item.split(",") if t.strip()))
     if not tables:
         raise ConfigError("--table: none given; expected --table NAME[,NAME…]")
-    mysql = mysql_settings(args.mysql_url, env)
+    mysql = resolve_mysql(args, env)
     database = args.database or mysql.database
     if not database:
         raise ConfigError("--database: none given; expected --database DB, a /db path in --mysql-url, or MYSQL_DATABASE")
@@ -112,14 +108,8 @@ def settings_from_args(args, env=None):  # type: ignore[no-untyped-def]
             if table not in tables:
                 raise ConfigError(f"--columns: {item!r} names table {table!r}; expected one of {', '.join(tables)}")
             columns[table] = (*(columns.get(table) or ()), col)
-    if args.redis_url is not None:
-        url = check_redis_url(args.redis_url, "--redis-url")
-        refuse_password_in(url, "--redis-url", "REDIS_PASSWORD")
-    else:
-        url = check_redis_url(env.get("REDIS_URL") or DEFAULT_REDIS_URL, "REDIS_URL")
-    redis = RedisSettings(url=url, password=env.get("REDIS_PASSWORD") or None, cluster=bool(args.redis_cluster))
-    servers = parse_servers(args.servers or env.get("GEARMAN_SERVERS") or "127.0.0.1:4730",
-                            "--servers" if args.servers else "GEARMAN_SERVERS")
+    redis = resolve_redis(args, env)
+    servers = resolve_gearman_servers(args, env)
     functions: dict[str, str] = {}
     if args.function:
         if len(tables) > 1:
@@ -149,11 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def go() -> int:
         settings = settings_from_args(args)
-        setup_logging(args.log_level, args.log_format)
-        if args.metrics_port is not None:
-            from sync.metrics import start_metrics_server
-
-            start_metrics_server(args.metrics_port)
+        resolve_logging(args).apply()
+        resolve_metrics(args).start()
         return asyncio.run(_serve(settings))
 
     run(PROG, go, argv)
@@ -164,9 +151,7 @@ async def _serve(settings) -> int:  # type: ignore[no-untyped-def]
 
     tune_gc()  # a long-running decoder: fewer, bigger garbage-collector passes
     service = BinlogService(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.request_stop)
+    stop_on_signals(service.request_stop)
     return await service.run()
 
 

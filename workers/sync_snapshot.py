@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from typing import Sequence
 
-from sync.cli import ExitCode, make_parser, run
-from sync.logging import setup_logging
+from sync.cli import (ExitCode, add_logging_options, add_mysql_options, add_redis_options, make_parser, run,
+                      stop_on_signals, table_target_options)
+from sync.settings import resolve_logging
 
 PROG = "sync-snapshot"
 
@@ -58,9 +58,8 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--database", metavar="DB", help="database of the table (default: from the MySQL URL/env)")
     p.add_argument("--columns", metavar="A,B,…", help="only these columns (the key columns are always included)")
     p.add_argument("--chunk", type=int, default=5000, metavar="N", help="rows per query and per saved step (default 5000)")
-    p.add_argument("--mysql-url", metavar="URL", help="mysql://user@host:port/db, without password (env MYSQL_URL)")
-    p.add_argument("--redis-url", metavar="URL", help="redis://host:port/db, without password (env REDIS_URL)")
-    p.add_argument("--redis-cluster", action="store_true", default=None, help="the Redis URL is a Redis Cluster node")
+    add_mysql_options(p)
+    add_redis_options(p)
     p.add_argument("--key-template", metavar="T", help="Redis key of a row, as for sync-worker (default '{table}:{pk}')")
     p.add_argument("--format", choices=("json", "hash"), help="json or hash, as for sync-worker (default json)")
     p.add_argument("--ttl", type=int, metavar="S", help="expire row keys after S seconds, as for sync-worker")
@@ -74,8 +73,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--restart", action="store_true", help="ignore a saved resume point and start from the first row")
     p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto",
                    help="progress bar (auto: on a terminal) or a log line every 10 s")
-    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_logging_options(p)
     return p
 
 
@@ -83,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        setup_logging(args.log_level, args.log_format)
+        resolve_logging(args).apply()
         return asyncio.run(_snapshot(args))
 
     run(PROG, go, argv)
@@ -95,12 +93,7 @@ async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
     from sync.tools.progress import ProgressStore
     from sync.tools.snapshot import Snapshot, Versions, open_table
 
-    target = open_table(
-        table=args.table, database=args.database,
-        columns=[c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None,
-        mysql_url=args.mysql_url, redis_url=args.redis_url, redis_cluster=args.redis_cluster,
-        key_template=args.key_template, fmt=args.format, ttl_s=args.ttl, config_path=args.config,
-    )
+    target = open_table(**table_target_options(args))
     display = None
     try:
         schema = target.schema
@@ -122,9 +115,7 @@ async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
         total = estimate_rows(target.conn, schema)
         tty = {"auto": None, "bar": True, "log": False}[args.progress]
         display = ProgressDisplay(f"snapshot {schema.name}", total, tty=tty, done=done)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, snap.request_stop)
+        stop_on_signals(snap.request_stop)
         res = await snap.run(on_progress=lambda n, last: display.update(n, format_pk(schema, last)))
         display.close()
         display = None

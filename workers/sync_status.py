@@ -8,8 +8,9 @@ from typing import Sequence
 
 import orjson
 
-from sync.cli import ExitCode, make_parser, run
-from sync.logging import setup_logging
+from sync.cli import (ExitCode, add_gearman_options, add_logging_options, add_mysql_options, add_redis_options,
+                      make_parser, run)
+from sync.settings import resolve_logging, resolve_mysql
 
 PROG = "sync-status"
 
@@ -41,15 +42,14 @@ exit codes: 0 shown, 2 bad option, 3 nothing at all was reachable.
 def build_parser():  # type: ignore[no-untyped-def]
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("--table", action="append", metavar="NAME", help="tables to show (default: every table found)")
-    p.add_argument("--servers", metavar="HOST:PORT,…", help="gearmand servers (env GEARMAN_SERVERS)")
-    p.add_argument("--redis-url", metavar="URL", help="redis://host:port/db, without password (env REDIS_URL)")
-    p.add_argument("--redis-cluster", action="store_true", default=None, help="the Redis URL is a Redis Cluster node")
-    p.add_argument("--mysql-url", metavar="URL", help="mysql://user@host:port/db, without password (env MYSQL_URL)")
+    add_gearman_options(p)
+    add_redis_options(p)
+    add_mysql_options(p)
     p.add_argument("--no-mysql", action="store_true", help="do not connect to MySQL (no spool / binlog position)")
     p.add_argument("--config", metavar="FILE", help="TOML config file shared with sync-worker")
     p.add_argument("--json", action="store_true", help="print the state as JSON (one line per refresh)")
     p.add_argument("--watch", type=float, metavar="S", help="refresh every S seconds until Ctrl-C")
-    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    add_logging_options(p, level="warning", log_format=False)
     return p
 
 
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         from sync.cli import fail
 
-        setup_logging(args.log_level, "auto")
+        resolve_logging(args).apply()
         if args.watch is not None and not 0.1 <= args.watch <= 86400:
             fail(PROG, f"--watch: {args.watch:g}; expected 0.1 to 86400 seconds")
         return asyncio.run(_status(args))
@@ -71,7 +71,6 @@ async def _status(args) -> int:  # type: ignore[no-untyped-def]
     from rich.console import Console
 
     from sync.config import worker_settings
-    from sync.mysql import mysql_settings
     from sync.tools.status import collect, reachable, render
     from sync.redis_client import connect_redis
 
@@ -81,7 +80,7 @@ async def _status(args) -> int:  # type: ignore[no-untyped-def]
     ws = worker_settings(tables=tables or None, config_path=args.config, servers=args.servers,
                          redis_url=args.redis_url, redis_cluster=args.redis_cluster, classic=not tables)
     functions = {t.name: t.function for t in ws.tables.values()}
-    mysql = None if args.no_mysql else mysql_settings(args.mysql_url)
+    mysql = None if args.no_mysql else resolve_mysql(args)
     redis = connect_redis(ws.redis, socket_timeout_s=3.0)
     console = Console()
     try:

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from sync.cli import ExitCode, make_parser, run
-from sync.config import check_table_name
+from sync.cli import ExitCode, add_mysql_options, make_parser, run
 from sync.errors import ConfigError, SourceError
-from sync.mysql import mysql_settings
+from sync.settings import resolve_mysql
 from sync.rows.schema import TableSchema, current_database, load_table
 from sync.capture.spool import SPOOL_TABLE
+from sync.tables import check_table_name
 from sync.capture.triggers import (
     EVENTS,
     FAILURE_POLICIES,
@@ -84,7 +84,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--on-enqueue-failure", choices=FAILURE_POLICIES, default=None,
                    help="udf mode: what to do when gearmand did not take the change (default spool)")
     p.add_argument("--mode", choices=MODES, default="udf", help="udf: send from the trigger; outbox: spool only (default udf)")
-    p.add_argument("--mysql-url", metavar="URL", help="mysql://user@host:port/db (password in MYSQL_PASSWORD)")
+    add_mysql_options(p)
     p.add_argument("--output", metavar="DIR", help="show: write the SQL files into DIR instead of printing")
     return p
 
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         table = check_table_name(args.table)
         columns = _columns(args.columns)
         options = options_from_args(args, table)
-        settings = mysql_settings(args.mysql_url)
+        settings = resolve_mysql(args)
         conn = settings.connect(database=args.database) if args.database else settings.connect()
         try:
             database = args.database or current_database(conn)

@@ -8,9 +8,10 @@ from typing import Sequence
 
 import orjson
 
-from sync.cli import ExitCode, fail, make_parser, run
+from sync.cli import (ExitCode, add_logging_options, add_mysql_options, add_redis_options, fail, make_parser, run,
+                      table_target_options)
 from sync.errors import SyncError
-from sync.logging import setup_logging
+from sync.settings import resolve_logging
 
 PROG = "sync-verify"
 
@@ -52,17 +53,15 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--no-extra", action="store_true", help="do not scan Redis for extra keys")
     p.add_argument("--recheck-delay", type=float, default=1.0, metavar="S",
                    help="seconds to wait before checking differences again (default 1; 0 = at once)")
-    p.add_argument("--mysql-url", metavar="URL", help="mysql://user@host:port/db, without password (env MYSQL_URL)")
-    p.add_argument("--redis-url", metavar="URL", help="redis://host:port/db, without password (env REDIS_URL)")
-    p.add_argument("--redis-cluster", action="store_true", default=None, help="the Redis URL is a Redis Cluster node")
+    add_mysql_options(p)
+    add_redis_options(p)
     p.add_argument("--key-template", metavar="T", help="Redis key of a row, as for sync-worker (default '{table}:{pk}')")
     p.add_argument("--format", choices=("json", "hash"), help="json or hash, as for sync-worker (default json)")
     p.add_argument("--config", metavar="FILE", help="TOML config file shared with sync-worker")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto",
                    help="progress bar (auto: on a terminal) or a log line every 10 s")
-    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    add_logging_options(p, level="warning")
     return p
 
 
@@ -70,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        setup_logging(args.log_level, args.log_format)
+        resolve_logging(args).apply()
         if not 0 <= args.recheck_delay <= 3600:
             fail(PROG, f"--recheck-delay: {args.recheck_delay:g}; expected 0 to 3600 seconds")
         try:
@@ -88,12 +87,7 @@ async def _verify(args) -> int:  # type: ignore[no-untyped-def]
     from sync.tools.snapshot import open_table
     from sync.tools.verify import Verifier
 
-    target = open_table(
-        table=args.table, database=args.database,
-        columns=[c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None,
-        mysql_url=args.mysql_url, redis_url=args.redis_url, redis_cluster=args.redis_cluster,
-        key_template=args.key_template, fmt=args.format, config_path=args.config,
-    )
+    target = open_table(**table_target_options(args))
     display = None
     try:
         schema = target.schema

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from typing import Sequence
 
-from sync.cli import ExitCode, make_parser, run
+from sync.cli import (ExitCode, add_gearman_options, add_logging_options, add_metrics_options, add_redis_options,
+                      make_parser, run, stop_on_signals)
 from sync.config import CLASSIC_FUNCTION, worker_settings
-from sync.logging import setup_logging
+from sync.settings import resolve_logging, resolve_metrics
 
 PROG = "sync-worker"
 
@@ -50,9 +50,8 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--classic", action="store_true",
                    help=f"also serve the classic recipe's function {CLASSIC_FUNCTION!r}: bare {{\"id\":…}} payloads "
                         "written as SET <id> <payload>")
-    p.add_argument("--servers", metavar="HOST:PORT,…", help="gearmand servers (env GEARMAN_SERVERS)")
-    p.add_argument("--redis-url", metavar="URL", help="redis://host:port/db, without password (env REDIS_URL)")
-    p.add_argument("--redis-cluster", action="store_true", default=None, help="the Redis URL is a Redis Cluster node")
+    add_gearman_options(p)
+    add_redis_options(p)
     p.add_argument("--key-template", metavar="T",
                    help="Redis key of a row: {table}, {pk} (composite pk joined with ':', escaped), "
                         "{pk.<column>}; '{{' for a literal brace (default '{table}:{pk}')")
@@ -62,40 +61,31 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--connections", type=int, metavar="N", help="parallel grab/apply loops, each with its own connections (default 1)")
     p.add_argument("--config", metavar="FILE", help="TOML config file ([gearman], [redis], [worker], [tables.<name>])")
     p.add_argument("--replay-dead", action="store_true", help="re-apply the dead letters of the tables, then exit")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
-                   help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off)")
+    add_metrics_options(p)
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats log lines (default 10; 0 = off)")
-    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
-                   help="log format (auto: console on a terminal, JSON otherwise)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_logging_options(p)
     return p
+
+
+def settings_from_args(args, env=None):  # type: ignore[no-untyped-def]
+    """WorkerSettings from the parsed options, the environment and --config."""
+    tables = [t.strip() for item in (args.table or []) for t in item.split(",")] if args.table else None
+    return worker_settings(
+        tables=tables, config_path=args.config, servers=args.servers, redis_url=args.redis_url,
+        redis_cluster=args.redis_cluster, function=args.function, key_template=args.key_template, fmt=args.format,
+        ttl_s=args.ttl, batch=args.batch, connections=args.connections, classic=args.classic,
+        stats_interval_s=args.stats_interval, env=env,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        tables = [t.strip() for item in (args.table or []) for t in item.split(",")] if args.table else None
-        settings = worker_settings(
-            tables=tables,
-            config_path=args.config,
-            servers=args.servers,
-            redis_url=args.redis_url,
-            function=args.function,
-            key_template=args.key_template,
-            fmt=args.format,
-            ttl_s=args.ttl,
-            batch=args.batch,
-            connections=args.connections,
-            classic=args.classic,
-            redis_cluster=args.redis_cluster,
-            stats_interval_s=args.stats_interval,
-        )
-        setup_logging(args.log_level, args.log_format)
-        if args.metrics_port is not None and not args.replay_dead:
-            from sync.metrics import start_metrics_server
-
-            start_metrics_server(args.metrics_port)
+        settings = settings_from_args(args)
+        resolve_logging(args).apply()
+        if not args.replay_dead:
+            resolve_metrics(args).start()
         return asyncio.run(_serve(settings, replay=args.replay_dead))
 
     run(PROG, go, argv)
@@ -109,12 +99,10 @@ async def _serve(settings, *, replay: bool) -> int:  # type: ignore[no-untyped-d
         try:
             ok, failed = await worker.replay_dead()
         finally:
-            await worker._close_redis()
+            await worker.aclose()
         sys.stderr.write(f"{PROG}: replayed {ok} dead letters, {failed} still dead\n")
         return int(ExitCode.DIFFERENCES if failed else ExitCode.OK)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop)
+    stop_on_signals(worker.request_stop)
     return await worker.run()
 
 

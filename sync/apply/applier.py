@@ -38,9 +38,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
@@ -48,8 +47,9 @@ from redis.crc import key_slot
 
 from sync.errors import ApplyError, ConfigError, PayloadError, short_error
 from sync.events import ChangeEvent, ClassicSet, Op
-from sync.keys import DEFAULT_PREFIX, check_prefix, compile_template, stats_key
+from sync.keys import DEFAULT_PREFIX, check_prefix, stats_key
 from sync.rows.rowcodec import encode_hash, encode_json
+from sync.tables import TableSpec  # also re-exported from here until the parallel branches are merged
 
 __all__ = ["TableSpec", "Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT_SHA"]
 
@@ -57,29 +57,6 @@ __all__ = ["TableSpec", "Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT
 class Outcome(enum.StrEnum):
     APPLIED = "applied"
     STALE = "stale"
-
-
-@dataclass(frozen=True, slots=True)
-class TableSpec:
-    """How one table is stored in Redis."""
-
-    name: str
-    key_template: str = "{table}:{pk}"
-    format: str = "json"  # "json" | "hash"
-    ttl_s: int | None = None
-    _build: Callable[..., str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.format not in ("json", "hash"):
-            raise ConfigError(f"table {self.name}: format {self.format!r}; expected json or hash")
-        if self.ttl_s is not None and (type(self.ttl_s) is not int or not 0 < self.ttl_s <= 10 * 365 * 86400):
-            raise ConfigError(f"table {self.name}: ttl_s {self.ttl_s!r}; expected None or 1..{10 * 365 * 86400} seconds")
-        object.__setattr__(self, "_build", compile_template(self.key_template))
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "TableSpec":
-        """From any object with name, key_template, format and ttl_s (e.g. sync.config.TableConfig)."""
-        return cls(cfg.name, cfg.key_template, cfg.format, cfg.ttl_s or None)
 
 
 # The record layout of KEYS/ARGV is described at the top of apply.lua.
@@ -116,7 +93,7 @@ class _Table:
 
     def __init__(self, spec: TableSpec, prefix: str) -> None:
         self.spec = spec
-        self.build = spec._build
+        self.build = spec.build_key
         self.op_upsert = "J" if spec.format == "json" else "H"
         self.ttl_ms = (spec.ttl_s or 0) * 1000
         # Literal braces in a valid template always form the hash tag; values never add braces.

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import redis.exceptions
 import structlog
 
-from sync.apply.applier import Outcome, RedisApplier, TableSpec
+from sync.apply.applier import Outcome, RedisApplier
 from sync.config import CLASSIC_FUNCTION, WorkerSettings
 from sync.redis_client import connect_redis
 from sync.apply.deadletter import DeadLetter, DeadLetterStore
@@ -62,8 +62,7 @@ class SyncWorker:
     def __init__(self, settings: WorkerSettings, *, redis: Any | None = None, idle_timeout_s: float = 1.0) -> None:
         self.settings = settings
         self.redis = redis if redis is not None else connect_redis(settings.redis)
-        specs = {name: TableSpec.from_config(t) for name, t in settings.tables.items()}
-        self.applier = RedisApplier(self.redis, specs, tombstone_ttl_s=settings.tombstone_ttl_s)
+        self.applier = RedisApplier(self.redis, settings.tables, tombstone_ttl_s=settings.tombstone_ttl_s)
         self.deadletters = DeadLetterStore(self.redis)
         # function → table name, or None for the classic bare-payload function.
         self.routes: dict[str, str | None] = dict(settings.functions)
@@ -246,11 +245,12 @@ class SyncWorker:
             self._stop.set()
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
-            await self._close_redis()
+            await self.aclose()
         log.info("worker_stopped", **{k: int(v) for k, v in self.stats.snapshot().items() if k != "redis_s"})
         return 0
 
-    async def _close_redis(self) -> None:
+    async def aclose(self) -> None:
+        """Close the Redis client (run() does it when it ends; call it after replay_dead())."""
         try:
             await self.redis.aclose()
         except Exception as exc:  # closing a broken connection must not mask the exit

@@ -65,7 +65,7 @@ from typing import Any
 import orjson
 import pymysql
 
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 from sync.bench.triggers import BIN, LIBRARY, REPO, set_mode, stop_processes
 from sync.bench.udf import prepare_bench_table
 from sync.rows.expected import expected_entry, select_sql

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pymysql
 
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 from sync.rows.expected import expected_entry, select_sql
 from sync.rows.schema import READ_SESSION_SQL, load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer

@@ -36,6 +36,7 @@ from sync.errors import ConfigError, SourceError, short_error
 from sync.gearman import GearmanClient, GearmanError
 from sync.mysql import MySQLSettings
 from sync.retry import Backoff
+from sync.settings import check_float, check_int
 from sync.stats import Counters, report_loop
 from sync.rows.schema import quote_ident
 from sync.capture.spool import SPOOL_TABLE
@@ -82,12 +83,13 @@ class RelaySettings:
     spool_table: str = SPOOL_TABLE
 
     def __post_init__(self) -> None:
+        """Checks the values (numbers may be given as option text: they are converted)."""
         if not self.databases:
             raise ConfigError("--database: none given; expected the database holding gearsync_spool")
-        if not 1 <= self.batch <= 100_000:
-            raise ConfigError(f"--batch: {self.batch}; expected 1 to 100000")
-        if not 0.001 <= self.poll_interval_s <= 60:
-            raise ConfigError(f"--poll-interval: {self.poll_interval_s:g}; expected 0.001 to 60 seconds")
+        for name, value in (("batch", check_int(self.batch, "--batch", 1, 100_000)),
+                            ("poll_interval_s", check_float(self.poll_interval_s, "--poll-interval", 0.001, 60)),
+                            ("stats_interval_s", check_float(self.stats_interval_s, "--stats-interval", 0, 86400))):
+            object.__setattr__(self, name, value)
 
 
 @dataclass

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Mapping
 
 from sync.errors import ConfigError, SourceError
-from sync.mysql import MySQLSettings, mysql_settings
+from sync.mysql import MySQLSettings
+from sync.settings import resolve_mysql
 
 EXIT_OK = 0
 EXIT_SQL_FAILED = 1
@@ -49,8 +50,9 @@ class InstallError(Exception):
 
 
 def target_from_env(env: Mapping[str, str] | None = None) -> MySQLSettings:
+    """The server, from the MYSQL_* environment (this command has no --mysql-url)."""
     try:
-        return mysql_settings(None, env)
+        return resolve_mysql(None, env)
     except ConfigError as exc:
         raise InstallError(str(exc), EXIT_CONFIG) from None
 

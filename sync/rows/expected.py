@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 from sync.keys import row_key
 from sync.rows.rowcodec import encode_hash, encode_json
 from sync.rows.schema import TableSchema, read_columns_sql

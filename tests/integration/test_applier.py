@@ -14,7 +14,8 @@ from redis.backoff import NoBackoff
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from sync.apply.applier import APPLY_SCRIPT, Outcome, RedisApplier, TableSpec
+from sync.apply.applier import APPLY_SCRIPT, Outcome, RedisApplier
+from sync.tables import TableSpec
 from sync.errors import ApplyError, ConfigError, PayloadError
 from sync.events import ChangeEvent, ClassicSet, Op, Source, parse_classic
 from sync.keys import row_key, stats_key, version_key

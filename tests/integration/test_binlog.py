@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import WorkerSettings, TableConfig
+from sync.config import WorkerSettings
+from sync.tables import TableSpec
 from sync.keys import binlog_position_key, stats_key
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.binlog.service import stream_name
@@ -206,7 +207,7 @@ def test_gearman_sink_through_sync_worker(mariadb: MariaDBServer, db, redis_serv
         cur.execute(TYPED)
     st = settings(mariadb, name, ["typed"], redis_server, sink="gearman", servers=((gearmand.host, gearmand.port),))
     ws = WorkerSettings(servers=[(gearmand.host, gearmand.port)], redis=st.redis,
-                        tables={"typed": TableConfig("typed", "gearsync.typed")}, stats_interval_s=0)
+                        tables={"typed": TableSpec("typed", function="gearsync.typed")}, stats_interval_s=0)
     worker = SyncWorker(ws)
     loop = asyncio.new_event_loop()
     wt = threading.Thread(target=lambda: loop.run_until_complete(worker.run()), daemon=True)

@@ -117,7 +117,7 @@ async def test_redis_down_raises(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_replay_on_cluster(cluster: Any) -> None:
+async def test_replay_on_cluster(cluster: Any) -> None:  # noqa: F811  (fixture imported above)
     store = DeadLetterStore(cluster)
     for name in ("data", "a:{b}", "syncToRedis"):
         await store.put_many(name, [(b"%d" % i, "r", None, None) for i in range(20)])

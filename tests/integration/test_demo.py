@@ -21,7 +21,7 @@ import pymysql
 import pytest
 import redis
 
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 from sync.rows.expected import expected_entry, select_sql
 from sync.rows.schema import READ_SESSION_SQL, load_table
 

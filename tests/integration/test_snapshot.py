@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 from sync.config import worker_settings
 from sync.rows.expected import expected_entry, select_sql
 from sync.rows.schema import READ_SESSION_SQL, load_table

@@ -15,7 +15,7 @@ import orjson
 import pymysql
 import pytest
 
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 from sync.rows.schema import load_table, quote_ident
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pymysql
 
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 from sync.config import worker_settings
 from sync.rows.expected import expected_entry, select_sql
 from sync.mysql import MySQLSettings

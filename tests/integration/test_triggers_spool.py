@@ -9,7 +9,6 @@ import time
 from typing import Any, Callable
 
 import pymysql
-import pytest
 
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
@@ -24,7 +23,7 @@ from .test_triggers_helpers import (
     worker_thread,
 )
 from .udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 
 ROWS = 100
 

@@ -384,7 +384,7 @@ def test_an_idle_connection_s_unacknowledged_jobs_reach_a_restarted_gearmand(db,
     assert sorted(j.workload for j in jobs) == sent
 
 
-def test_an_ended_connection_s_unacknowledged_jobs_reach_a_restarted_gearmand(udf_installed: MariaDBServer,
+def test_an_ended_connection_s_unacknowledged_jobs_reach_a_restarted_gearmand(udf_installed: MariaDBServer,  # noqa: F811  (fixture imported above)
                                                                                gearmand: GearmanServer) -> None:
     """The client disconnects and (thread_cache_size=0) its mysqld thread ends while its jobs are
     unacknowledged: they are handed to the keeper, not dropped."""
@@ -409,7 +409,7 @@ def test_an_ended_connection_s_unacknowledged_jobs_reach_a_restarted_gearmand(ud
 
 
 def test_jobs_unacknowledged_at_shutdown_are_saved_and_sent_after_the_restart(
-        own_mariadb: MariaDBServer, gearmand: GearmanServer) -> None:
+        own_mariadb: MariaDBServer, gearmand: GearmanServer) -> None:  # noqa: F811  (fixture imported above)
     """mysqld shuts down while gearmand hangs: the library writes the jobs no server acknowledged to
     gearsync_udf.pending in the datadir, reads them back when mysqld starts again, sends them, and
     removes the file."""
@@ -434,7 +434,7 @@ def test_jobs_unacknowledged_at_shutdown_are_saved_and_sent_after_the_restart(
     assert "5 background job(s) saved at the last unload read from" in server.log_path.read_text(errors="replace")
 
 
-def test_a_damaged_spill_file_is_kept_aside_with_a_message(own_mariadb: MariaDBServer,
+def test_a_damaged_spill_file_is_kept_aside_with_a_message(own_mariadb: MariaDBServer,  # noqa: F811  (fixture imported above)
                                                            gearmand: GearmanServer) -> None:
     server = own_mariadb
     server.env["GEARSYNC_GEARMAN_SERVERS"] = gearmand.address
@@ -448,7 +448,7 @@ def test_a_damaged_spill_file_is_kept_aside_with_a_message(own_mariadb: MariaDBS
     assert "damaged packet at byte" in log and "1 job(s) before it will be sent" in log
 
 
-def test_sixteen_connections_at_once_every_job_exactly_once(udf_installed: MariaDBServer, db,
+def test_sixteen_connections_at_once_every_job_exactly_once(udf_installed: MariaDBServer, db,  # noqa: F811  (fixture imported above)
                                                             gearmand: GearmanServer) -> None:
     point_at(db, gearmand)
     per_thread, threads = 300, 16
@@ -484,7 +484,7 @@ def test_sixteen_connections_at_once_every_job_exactly_once(udf_installed: Maria
     assert len({j.unique for j in jobs}) == threads * per_thread
 
 
-def test_defaults_from_env_and_conf_survive_a_restart(own_mariadb: MariaDBServer,
+def test_defaults_from_env_and_conf_survive_a_restart(own_mariadb: MariaDBServer,  # noqa: F811  (fixture imported above)
                                                       gearmand_factory: Callable[..., GearmanServer]) -> None:
     by_env, by_conf = gearmand_factory(), gearmand_factory()
     server = own_mariadb

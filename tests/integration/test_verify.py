@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.apply.applier import TableSpec
+from sync.tables import TableSpec
 from sync.events import ChangeEvent, Op, Source
 from sync.keys import row_key, version_key
 from sync.rows.reader import TableReader

@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from sync.apply.applier import APPLY_SCRIPT, APPLY_SCRIPT_SHA, Outcome, RedisApplier, TableSpec, _pack_command
+from sync.apply.applier import APPLY_SCRIPT, APPLY_SCRIPT_SHA, Outcome, RedisApplier, _pack_command
+from sync.tables import TableSpec
 from sync.errors import ApplyError
 from sync.events import ChangeEvent, ClassicSet, Op, Source
 from sync.rows.schema import Column, canonical_value

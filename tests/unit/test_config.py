@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from sync.config import default_function, parse_servers, worker_settings
+from sync.config import worker_settings
+from sync.settings import (
+    ConfigFile,
+    check_float,
+    check_int,
+    load_config,
+    parse_servers,
+    resolve_gearman_servers,
+    resolve_logging,
+    resolve_metrics,
+    resolve_mysql,
+    resolve_redis,
+)
+from sync.tables import TableSpec, default_function
 from sync.errors import ConfigError
 from sync.urls import mask_url
 
@@ -129,3 +143,70 @@ def test_bad_config_file(tmp_path: Path, text: str, fragment: str) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         worker_settings(tables=["data"], config_path=str(tmp_path / "nope.toml"), env={})
+
+
+# -- the shared resolver (sync.settings) and the one table type (sync.tables) -------------------
+
+def test_resolvers_precedence_option_env_file_default(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "g.toml"
+    cfg_path.write_text('[gearman]\nservers = "f:3"\n[redis]\nurl = "redis://f:3/0"\npassword = "filepw"\ncluster = true\n')
+    cfg = load_config(cfg_path)
+    env = {"GEARMAN_SERVERS": "e:2", "REDIS_URL": "redis://e:2/0"}
+    opts = SimpleNamespace(servers="o:1", redis_url="redis://o:1/0", redis_cluster=None)
+    assert resolve_gearman_servers(opts, env, cfg) == [("o", 1)]
+    assert resolve_gearman_servers(None, env, cfg) == [("e", 2)]
+    assert resolve_gearman_servers(None, {}, cfg) == [("f", 3)]
+    assert resolve_gearman_servers(None, {}, None) == [("127.0.0.1", 4730)]
+    assert resolve_redis(opts, env, cfg).url == "redis://o:1/0"
+    assert resolve_redis(None, env, cfg).url == "redis://e:2/0"
+    r = resolve_redis(None, {}, cfg)
+    assert (r.url, r.password, r.cluster) == ("redis://f:3/0", "filepw", True)
+    assert resolve_redis(None, {"REDIS_PASSWORD": "envpw"}, cfg).password == "envpw"
+    r = resolve_redis(None, {}, None)
+    assert (r.url, r.password, r.cluster) == ("redis://127.0.0.1:6379/0", None, False)
+
+
+def test_redis_password_hint_names_the_config_file_only_when_the_command_reads_one() -> None:
+    opts = SimpleNamespace(redis_url="redis://:pw@h:1/0")
+    with pytest.raises(ConfigError, match=r"expected it in REDIS_PASSWORD$"):
+        resolve_redis(opts, {}, None)
+    with pytest.raises(ConfigError, match="REDIS_PASSWORD or the config file"):
+        resolve_redis(opts, {}, ConfigFile(""))
+
+
+def test_resolve_mysql_option_over_env() -> None:
+    env = {"MYSQL_URL": "mysql://e@e:2/edb", "MYSQL_PASSWORD": "pw"}
+    assert resolve_mysql(SimpleNamespace(mysql_url="mysql://o@o:1/odb"), env).host == "o"
+    s = resolve_mysql(None, env)
+    assert (s.host, s.port, s.password) == ("e", 2, "pw")
+
+
+def test_logging_and_metrics_from_options() -> None:
+    assert resolve_logging(SimpleNamespace(log_level="warning")).format == "auto"
+    assert resolve_logging(SimpleNamespace(log_level="debug", log_format="json")).level == "debug"
+    assert resolve_metrics(SimpleNamespace(metrics_port=9100)).port == 9100
+    assert resolve_metrics(None).port is None
+
+
+def test_check_int_and_float_name_the_value() -> None:
+    assert check_int("12", "--n", 1, 20) == 12 and check_float("0.5", "--s", 0, 1) == 0.5
+    with pytest.raises(ConfigError, match="--n: True; expected an integer from 1 to 20"):
+        check_int(True, "--n", 1, 20)
+    with pytest.raises(ConfigError, match="--s: 'x'; expected a number from 0 to 1"):
+        check_float("x", "--s", 0, 1)
+
+
+def test_table_spec_checks_once_and_names_the_source() -> None:
+    spec = TableSpec("data")
+    assert (spec.function, spec.key_template, spec.format, spec.ttl_s) == ("gearsync.data", "{table}:{pk}", "json", None)
+    assert spec.build_key("data", (("id", 5),)) == "data:5"
+    assert TableSpec("data", function="gearsync.data") == spec
+    assert TableSpec.from_config(spec) is spec
+    with pytest.raises(ConfigError, match=r"^\[tables.t\].format: 'xml'; expected json or hash$"):
+        TableSpec("t", format="xml")
+    with pytest.raises(ConfigError, match=r"^--table.ttl_s: 0"):
+        TableSpec("t", ttl_s=0, where="--table")
+    with pytest.raises(ConfigError, match=r"^\[tables.t\].function: ''"):
+        TableSpec("t", function="")
+    s = worker_settings(tables=["data"], env={}, ttl_s=0)
+    assert isinstance(s.tables["data"], TableSpec) and s.tables["data"].ttl_s is None
