@@ -36,23 +36,18 @@ from typing import Any, Mapping
 from sync.errors import ConfigError
 from sync.redis_client import RedisSettings
 from sync.settings import (
-    DEFAULT_GEARMAN_PORT,
     ConfigFile,
     check_float,
     check_int,
     load_config,
-    parse_servers,
     resolve_gearman_servers,
     resolve_redis,
 )
 from sync.tables import (
-    FORMATS,
     MAX_TTL_S,
     TableSpec,
     check_function_name,
-    check_key_template,
     check_table_name,
-    default_function,
 )
 
 __all__ = [
@@ -60,20 +55,9 @@ __all__ = [
     "WorkerSettings",
     "build_table",
     "worker_settings",
-    # Kept importable from here for the merge of the parallel branches (their home is given):
-    "DEFAULT_GEARMAN_PORT",  # sync.settings
-    "parse_servers",  # sync.settings
-    "FORMATS",  # sync.tables
-    "TableConfig",  # sync.tables.TableSpec
-    "check_function_name",  # sync.tables
-    "check_key_template",  # sync.tables
-    "check_table_name",  # sync.tables
-    "default_function",  # sync.tables
 ]
 
 CLASSIC_FUNCTION = "syncToRedis"
-
-TableConfig = TableSpec  # alias for the merge; use sync.tables.TableSpec
 
 
 @dataclass(frozen=True)

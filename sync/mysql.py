@@ -8,7 +8,7 @@ sync.settings.resolve_mysql. Defaults: 127.0.0.1:3306, user root.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sync.urls import mask_url
@@ -107,12 +107,3 @@ def from_url(url: str, where: str = "--mysql-url") -> MySQLSettings:
         database=db,
         unix_socket=sock,
     )
-
-
-def mysql_settings(url: str | None = None, env: Mapping[str, str] | None = None) -> MySQLSettings:
-    """Kept for the merge of the parallel branches: use sync.settings.resolve_mysql."""
-    from types import SimpleNamespace
-
-    from sync.settings import resolve_mysql
-
-    return resolve_mysql(SimpleNamespace(mysql_url=url), env)

@@ -186,8 +186,12 @@ def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
 def resolve_mysql(args: Any = None, env: Mapping[str, str] | None = None, cfg: ConfigFile | None = None) -> MySQLSettings:
     """--mysql-url, else MYSQL_URL, else the MYSQL_* variables; MYSQL_PASSWORD and MYSQL_SSL_* always
     apply when set."""
+    return mysql_settings(_option(args, "mysql_url"), env)
+
+
+def mysql_settings(url: str | None = None, env: Mapping[str, str] | None = None) -> MySQLSettings:
+    """resolve_mysql for a caller holding the --mysql-url value itself (None: not given)."""
     env = _env(env)
-    url = _option(args, "mysql_url")
     if url is not None:
         settings = from_url(url, "--mysql-url")
         refuse_password_in(url, "--mysql-url", "MYSQL_PASSWORD")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import InitVar, dataclass, field
-from typing import Any
 
 from sync.errors import ConfigError
 from sync.keys import DEFAULT_TEMPLATE, KeyBuilder, compile_template
@@ -94,11 +93,3 @@ class TableSpec:
         if self.ttl_s is not None and (type(self.ttl_s) is not int or not 0 < self.ttl_s <= MAX_TTL_S):
             raise ConfigError(f"{label}.ttl_s: {self.ttl_s!r}; expected None or 1..{MAX_TTL_S} seconds")
         object.__setattr__(self, "build_key", compile_template(self.key_template))
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "TableSpec":
-        """Kept for the merge of the parallel branches: a TableSpec is returned as is; any other object
-        with name, key_template, format and ttl_s (0 = none) is converted."""
-        if isinstance(cfg, cls):
-            return cfg
-        return cls(cfg.name, cfg.key_template, cfg.format, cfg.ttl_s or None, getattr(cfg, "function", None))

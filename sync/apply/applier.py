@@ -49,9 +49,9 @@ from sync.errors import ApplyError, ConfigError, PayloadError, short_error
 from sync.events import ChangeEvent, ClassicSet, Op
 from sync.keys import DEFAULT_PREFIX, check_prefix, stats_key
 from sync.rows.rowcodec import encode_hash, encode_json
-from sync.tables import TableSpec  # also re-exported from here until the parallel branches are merged
+from sync.tables import TableSpec
 
-__all__ = ["TableSpec", "Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT_SHA"]
+__all__ = ["Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT_SHA"]
 
 
 class Outcome(enum.StrEnum):

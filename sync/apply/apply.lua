@@ -1,4 +1,4 @@
--- gearsync apply script: loaded by sync/apply/applier.py (SCRIPT LOAD, then EVALSHA).
+-- gearsync apply script: loaded by sync/apply/applier.py (SCRIPT LOAD once, then called by its SHA1).
 -- Per event, ARGV[2] holds a 41-character record:
 --   op (1: J json upsert, H hash upsert, D delete, C classic SET) | version (20 digits)
 --   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)

@@ -51,7 +51,7 @@ from typing import Sequence
 import orjson
 
 from sync.capture.spool import SPOOL_TABLE, spool_ddl
-from sync.config import check_function_name, default_function
+from sync.tables import check_function_name, default_function
 from sync.errors import ConfigError
 from sync.rows.schema import Column, TableSchema, quote_ident, quote_string, trigger_sql
 

@@ -139,7 +139,7 @@ class Load(threading.Thread):
 def run_load_only(args: argparse.Namespace) -> int:
     """--load-only: the write load alone against an existing demo table (the compose stack's load job)."""
     from sync.errors import ConfigError, SyncError
-    from sync.mysql import mysql_settings
+    from sync.settings import mysql_settings
 
     try:
         settings = mysql_settings(args.mysql_url)

@@ -108,7 +108,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import structlog
 
-from sync.apply.applier import Outcome, RedisApplier, TableSpec
+from sync.apply.applier import Outcome, RedisApplier
+from sync.tables import TableSpec
 from sync.errors import ConfigError, short_error
 from sync.events import ChangeEvent, JSONValue
 from sync.rows.reader import BinlogPoint, TableReader, fast_conversions, format_pk, row_events
@@ -399,8 +400,9 @@ def open_table(
     env: Mapping[str, str] | None = None,
 ) -> TableTarget:
     """Settings from options / env / config file (as sync-worker reads them), then connect."""
-    from sync.config import check_table_name, worker_settings
-    from sync.mysql import mysql_settings
+    from sync.config import worker_settings
+    from sync.tables import check_table_name
+    from sync.settings import mysql_settings
     from sync.rows.schema import current_database, load_table
     from sync.redis_client import connect_redis
 
@@ -409,7 +411,7 @@ def open_table(
     check_table_name(table)
     ws = worker_settings(tables=[table], config_path=config_path, redis_url=redis_url, key_template=key_template,
                          fmt=fmt, ttl_s=ttl_s, redis_cluster=redis_cluster, env=env)
-    spec = TableSpec.from_config(ws.tables[table])
+    spec = ws.tables[table]
     my = mysql_settings(mysql_url, env=env)
     conn = my.connect(database=database, conv=fast_conversions())
     try:

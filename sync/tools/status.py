@@ -26,7 +26,7 @@ import orjson
 import structlog
 
 from sync import keys
-from sync.config import default_function
+from sync.tables import default_function
 from sync.errors import short_error
 from sync.gearman import admin
 

@@ -45,7 +45,8 @@ import orjson
 import redis.exceptions
 import structlog
 
-from sync.apply.applier import Outcome, RedisApplier, TableSpec
+from sync.apply.applier import Outcome, RedisApplier
+from sync.tables import TableSpec
 from sync.errors import ApplyError, ConfigError
 from sync.events import ChangeEvent, JSONValue, Op, Source
 from sync.rows.expected import expected_entry

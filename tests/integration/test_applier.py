@@ -310,10 +310,6 @@ def test_table_spec_validation() -> None:
     with pytest.raises(ConfigError, match="key template"):
         TableSpec("t", key_template="{table}")
 
-    class Cfg:
-        name, key_template, format, ttl_s = "t", "{table}:{pk}", "hash", 0
-
-    assert TableSpec.from_config(Cfg()) == TableSpec("t", format="hash")
     with pytest.raises(ConfigError):
         RedisApplier(object(), {"x": TableSpec("t")})
     with pytest.raises(ConfigError):

@@ -220,7 +220,7 @@ def test_least_privilege_snapshot_verify_and_relay(mariadb: MariaDBServer, redis
 def test_tls_options_are_parsed() -> None:
     """rediss:// is accepted by every command's URL check (TLS against a live server: not tested here,
     see docs/security.md); MYSQL_SSL_CA/CERT/KEY reach the connection settings."""
-    from sync.mysql import mysql_settings
+    from sync.settings import mysql_settings
 
     assert check_redis_url("rediss://127.0.0.1:6380/0") == "rediss://127.0.0.1:6380/0"
     s = mysql_settings(None, env={"MYSQL_HOST": "db", "MYSQL_SSL_CA": "/ca.pem", "MYSQL_SSL_CERT": "/c.pem",

@@ -201,7 +201,6 @@ def test_table_spec_checks_once_and_names_the_source() -> None:
     assert (spec.function, spec.key_template, spec.format, spec.ttl_s) == ("gearsync.data", "{table}:{pk}", "json", None)
     assert spec.build_key("data", (("id", 5),)) == "data:5"
     assert TableSpec("data", function="gearsync.data") == spec
-    assert TableSpec.from_config(spec) is spec
     with pytest.raises(ConfigError, match=r"^\[tables.t\].format: 'xml'; expected json or hash$"):
         TableSpec("t", format="xml")
     with pytest.raises(ConfigError, match=r"^--table.ttl_s: 0"):

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from sync.errors import ConfigError
-from sync.mysql import mysql_settings
+from sync.settings import mysql_settings
 from sync.rows.schema import Column, canonical_value, quote_ident, quote_string, trigger_sql
 
 

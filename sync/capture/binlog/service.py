@@ -59,8 +59,9 @@ from typing import Any, Awaitable, Callable, Sequence
 import redis.exceptions
 import structlog
 
-from sync.apply.applier import Outcome, RedisApplier, TableSpec
-from sync.config import default_function
+from sync.apply.applier import Outcome, RedisApplier
+from sync.tables import TableSpec
+from sync.tables import default_function
 from sync.redis_client import RedisSettings
 from sync.errors import ApplyError, ConfigError, SourceError, SyncError, short_error
 from sync.events import ChangeEvent, Op, encode_change
