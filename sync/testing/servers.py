@@ -181,9 +181,21 @@ class _Server:
         return self.start()
 
     def pause(self) -> None:
-        """SIGSTOP: the process keeps its sockets but answers nothing (a hung server)."""
+        """SIGSTOP: the process keeps its sockets but answers nothing (a hung server). Returns once
+        /proc shows it stopped (at most 5 s): the signal alone returns before that, and a server
+        still running on the other core could answer what a test sends next."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGSTOP)
+            stat = Path(f"/proc/{self.proc.pid}/stat")
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                try:
+                    state = stat.read_text().rpartition(")")[2].split()[0]
+                except (OSError, IndexError):
+                    return
+                if state in ("T", "t"):
+                    return
+                time.sleep(0.001)
 
     def resume(self) -> None:
         if self.proc is not None:

@@ -947,6 +947,29 @@ static void test_jobs(void)
     flush(); /* drop: nothing reachable, stays queued until unload */
 }
 
+/* kill(SIGSTOP) returns before the process has stopped: a gearmand still
+ * running on the other core could acknowledge the next jobs.  Wait (at most
+ * 5 s) until /proc shows it stopped. */
+static int wait_stopped(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    double t0 = now_s();
+    while (now_s() - t0 < 5.0) {
+        FILE *f = fopen(path, "r");
+        if (!f)
+            return 0;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." */
+        if (rp && rp[1] == ' ' && (rp[2] == 'T' || rp[2] == 't'))
+            return 1;
+        usleep(1000);
+    }
+    return 0;
+}
+
 /* Jobs unacknowledged at unload go to the spill file and come back at the
  * next load: pipelined jobs held by a SIGSTOPped gearmand, dlclose, gearmand
  * SIGKILLed and started again on the same port, dlopen: they arrive, and the
@@ -964,6 +987,7 @@ static void test_spill(const char *so, const char *spill)
     free(r);
     CHECK(flush() == 0, "spill: warm flush");
     kill(pid, SIGSTOP);
+    CHECK(wait_stopped(pid), "spill: gearmand stopped by SIGSTOP");
     const char *held[] = {"s1", "s2", "s3"};
     for (int i = 0; i < 3; i++) {
         r = job("gman_do_background", "spill", held[i], 2, NULL, &len);
