@@ -12,8 +12,9 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from sync.errors import ConfigError, SyncError
 

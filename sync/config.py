@@ -29,9 +29,10 @@ Config file (``--config gearsync.toml``)::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Any
 
 from sync.errors import ConfigError
 from sync.redis_client import RedisSettings

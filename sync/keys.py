@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from sync.errors import ConfigError, PayloadError
 

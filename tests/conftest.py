@@ -6,8 +6,8 @@ Nothing is mocked. If a server cannot start, the fixture fails with the server's
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
-from sync.cli import (add_gearman_options, add_logging_options, add_metrics_options, add_mysql_options,
-                      add_redis_options, make_parser, run, stop_on_signals)
+from sync.cli import (
+    add_gearman_options,
+    add_logging_options,
+    add_metrics_options,
+    add_mysql_options,
+    add_redis_options,
+    make_parser,
+    run,
+    stop_on_signals,
+)
 from sync.errors import ConfigError
 from sync.redis_client import DEFAULT_REDIS_URL
-from sync.settings import (resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql,
-                           resolve_redis)
+from sync.settings import resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql, resolve_redis
 from sync.tables import check_function_name, check_key_template, check_table_name
 
 PROG = "sync-binlog"

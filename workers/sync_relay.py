@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from sync.cli import add_gearman_options, add_logging_options, add_mysql_options, make_parser, run, stop_on_signals
 from sync.errors import ConfigError

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from sync.cli import (ExitCode, add_logging_options, add_mysql_options, add_redis_options, make_parser, run,
-                      stop_on_signals, table_target_options)
+from sync.cli import (
+    ExitCode,
+    add_logging_options,
+    add_mysql_options,
+    add_redis_options,
+    make_parser,
+    run,
+    stop_on_signals,
+    table_target_options,
+)
 from sync.settings import resolve_logging
 
 PROG = "sync-snapshot"

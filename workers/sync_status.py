@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import orjson
 
-from sync.cli import (ExitCode, add_gearman_options, add_logging_options, add_mysql_options, add_redis_options,
-                      make_parser, run)
+from sync.cli import ExitCode, add_gearman_options, add_logging_options, add_mysql_options, add_redis_options, make_parser, run
 from sync.settings import resolve_logging, resolve_mysql
 
 PROG = "sync-status"
@@ -71,8 +70,8 @@ async def _status(args) -> int:  # type: ignore[no-untyped-def]
     from rich.console import Console
 
     from sync.config import worker_settings
-    from sync.tools.status import collect, reachable, render
     from sync.redis_client import connect_redis
+    from sync.tools.status import collect, reachable, render
 
     tables = [t.strip() for item in (args.table or []) for t in item.split(",") if t.strip()]
     # worker_settings validates servers/Redis/table names the way sync-worker does; the table

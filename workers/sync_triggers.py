@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from sync.cli import ExitCode, add_mysql_options, make_parser, run
-from sync.errors import ConfigError, SourceError
-from sync.settings import resolve_mysql
-from sync.rows.schema import TableSchema, current_database, load_table
 from sync.capture.spool import SPOOL_TABLE
-from sync.tables import check_table_name
 from sync.capture.triggers import (
     EVENTS,
     FAILURE_POLICIES,
@@ -25,6 +21,11 @@ from sync.capture.triggers import (
     uninstall_script,
     uninstall_statements,
 )
+from sync.cli import ExitCode, add_mysql_options, make_parser, run
+from sync.errors import ConfigError, SourceError
+from sync.rows.schema import TableSchema, current_database, load_table
+from sync.settings import resolve_mysql
+from sync.tables import check_table_name
 
 PROG = "sync-triggers"
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import orjson
 
-from sync.cli import (ExitCode, add_logging_options, add_mysql_options, add_redis_options, fail, make_parser, run,
-                      table_target_options)
+from sync.cli import ExitCode, add_logging_options, add_mysql_options, add_redis_options, fail, make_parser, run, table_target_options
 from sync.errors import SyncError
 from sync.settings import resolve_logging
 

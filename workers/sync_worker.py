@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from sync.cli import (ExitCode, add_gearman_options, add_logging_options, add_metrics_options, add_redis_options,
-                      make_parser, run, stop_on_signals)
+from sync.cli import (
+    ExitCode,
+    add_gearman_options,
+    add_logging_options,
+    add_metrics_options,
+    add_redis_options,
+    make_parser,
+    run,
+    stop_on_signals,
+)
 from sync.config import CLASSIC_FUNCTION, worker_settings
 from sync.settings import resolve_logging, resolve_metrics
 

@@ -38,8 +38,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster

@@ -98,8 +98,8 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
     """(wall seconds, CPU seconds of this process: reader thread + event loop + this poller)"""
 
     from sync.capture.binlog.service import BinlogService, BinlogSettings
-    from sync.redis_client import RedisSettings
     from sync.mysql import from_url
+    from sync.redis_client import RedisSettings
 
     client = redis_server.client()
     client.flushall()

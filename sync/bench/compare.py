@@ -65,14 +65,14 @@ from typing import Any
 import orjson
 import pymysql
 
-from sync.tables import TableSpec
 from sync.bench.triggers import BIN, LIBRARY, REPO, set_mode, stop_processes
 from sync.bench.udf import prepare_bench_table
-from sync.rows.expected import expected_entry, select_sql
-from sync.rows.schema import READ_SESSION_SQL, load_table
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.triggers import TriggerOptions, install_statements
 from sync.capture.udf_install import LIBRARY_NAME
+from sync.rows.expected import expected_entry, select_sql
+from sync.rows.schema import READ_SESSION_SQL, load_table
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 PATHS = ("none", "udf", "outbox", "binlog-redis", "binlog-gearman")
 PREFIX = {"udf": "udf", "outbox": "outbox", "binlog-redis": "blr", "binlog-gearman": "blg"}

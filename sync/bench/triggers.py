@@ -36,13 +36,13 @@ from pathlib import Path
 
 import pymysql
 
-from sync.tables import TableSpec
+from sync.bench.udf import multi_row, prepare_bench_table, single_row
+from sync.capture.triggers import TriggerOptions, install_statements, uninstall_statements
+from sync.capture.udf_install import LIBRARY_NAME
 from sync.rows.expected import expected_entry, select_sql
 from sync.rows.schema import READ_SESSION_SQL, load_table
+from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.capture.triggers import TriggerOptions, install_statements, uninstall_statements
-from sync.bench.udf import multi_row, prepare_bench_table, single_row
-from sync.capture.udf_install import LIBRARY_NAME
 
 REPO = Path(__file__).resolve().parent.parent.parent
 LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME

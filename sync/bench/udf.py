@@ -32,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sync.testing.servers import GearmanServer, MariaDBServer, free_port
 from sync.capture.udf_install import INSTALL_SQL, LIBRARY_NAME, read_statements
+from sync.testing.servers import GearmanServer, MariaDBServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent.parent
 LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME

@@ -86,8 +86,8 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
 
 
 def profile_in_process(g: GearmanServer, r: RedisServer, n: int, batch: int, top: int) -> str:
-    from sync.config import worker_settings
     from sync.apply.worker import SyncWorker
+    from sync.config import worker_settings
 
     client = r.client()
     client.flushall()
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int) -> None:
-    from sync.config import worker_settings
     from sync.apply.worker import SyncWorker
+    from sync.config import worker_settings
     from sync.gearman import admin
 
     settings = worker_settings(tables=["data"], servers=g.address, redis_url=f"redis://127.0.0.1:{r.port}/0",

@@ -23,8 +23,8 @@ import argparse
 import hashlib
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from sync.errors import ConfigError, SourceError
 from sync.mysql import MySQLSettings

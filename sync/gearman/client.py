@@ -43,10 +43,10 @@ from sync.gearman.errors import (
 )
 from sync.gearman.protocol import (
     DEFAULT_MAX_PACKET_BYTES,
-    encode_function,
-    encode_unique,
     Packet,
     PacketType,
+    encode_function,
+    encode_unique,
     pack_request,
     pack_submit,
 )

@@ -43,9 +43,9 @@ import structlog
 from sync.gearman.connection import GearmanConnection
 from sync.gearman.errors import GearmanConnectionError, GearmanProtocolError
 from sync.gearman.protocol import (
-    encode_function,
     DEFAULT_MAX_PACKET_BYTES,
     PacketType,
+    encode_function,
     pack_request,
     pack_work_complete,
 )

@@ -5,7 +5,7 @@ typed_pk)."""
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from sync.events import JSONValue
 from sync.keys import escape

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import structlog
 
 from sync import keys
-from sync.tables import default_function
 from sync.errors import short_error
 from sync.gearman import admin
+from sync.tables import default_function
 
 log = structlog.get_logger(__name__)
 

@@ -38,21 +38,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import orjson
 import redis.exceptions
 import structlog
 
 from sync.apply.applier import Outcome, RedisApplier
-from sync.tables import TableSpec
 from sync.errors import ApplyError, ConfigError
 from sync.events import ChangeEvent, JSONValue, Op, Source
-from sync.rows.expected import expected_entry
 from sync.keys import DEFAULT_PREFIX, row_key
-from sync.rows.schema import canonical_value, quote_ident
+from sync.rows.expected import expected_entry
 from sync.rows.reader import TableReader, row_events
+from sync.rows.schema import canonical_value, quote_ident
+from sync.tables import TableSpec
 from sync.tools.keypattern import KeyPattern, typed_pk
 from sync.tools.snapshot import apply_events
 

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from sync.apply.applier import APPLY_SCRIPT, Outcome, RedisApplier
-from sync.tables import TableSpec
 from sync.errors import ApplyError, ConfigError, PayloadError
 from sync.events import ChangeEvent, ClassicSet, Op, Source, parse_classic
 from sync.keys import row_key, stats_key, version_key
 from sync.rows.rowcodec import encode_hash, encode_json
+from sync.tables import TableSpec
 from sync.testing.servers import RedisClusterNodes, RedisServer
 
 A, S = Outcome.APPLIED, Outcome.STALE

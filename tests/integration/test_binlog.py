@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import WorkerSettings
-from sync.tables import TableSpec
-from sync.keys import binlog_position_key, stats_key
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.binlog.service import stream_name
+from sync.config import WorkerSettings
+from sync.keys import binlog_position_key, stats_key
 from sync.mysql import from_url
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .test_binlog_helpers import Running, diff, mysql_state, redis_state, settings, wait_caught_up
 

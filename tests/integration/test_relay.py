@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 from sync.capture.relay import SpoolRelay
-from sync.testing.servers import GearmanServer, MariaDBServer
 from sync.capture.spool import spool_ddl
+from sync.testing.servers import GearmanServer, MariaDBServer
 
 from .test_triggers_helpers import relay_settings, spool_count
 from .udf_fixtures import grab_all

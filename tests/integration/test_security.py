@@ -20,9 +20,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sync.redis_client import check_redis_url
 from sync.events import ChangeEvent, Op, Source, encode_change
 from sync.gearman import GearmanClient
+from sync.redis_client import check_redis_url
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,16 +16,16 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from sync.tables import TableSpec
+from sync.apply.worker import SyncWorker
+from sync.capture.triggers import TriggerOptions, install_statements
 from sync.config import worker_settings
 from sync.rows.expected import expected_entry, select_sql
-from sync.rows.schema import READ_SESSION_SQL, load_table
 from sync.rows.reader import TableReader, fast_conversions
+from sync.rows.schema import READ_SESSION_SQL, load_table
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.tools.progress import ProgressStore
 from sync.tools.snapshot import Snapshot, open_table
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.capture.triggers import TriggerOptions, install_statements
-from sync.apply.worker import SyncWorker
 from tests.integration.udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)

@@ -15,12 +15,11 @@ import pytest
 
 from sync.capture.binlog.service import stream_name
 from sync.keys import binlog_position_key, version_key
-from sync.position import PositionStore
+from sync.position import ROW_MASK, PositionStore, gtid_version
 from sync.rows.reader import TableReader
+from sync.testing.servers import MariaDBServer, RedisServer
 from sync.tools.progress import ProgressStore
 from sync.tools.snapshot import Snapshot, Versions, open_table
-from sync.position import ROW_MASK, gtid_version
-from sync.testing.servers import MariaDBServer, RedisServer
 
 from .test_binlog_helpers import Running, binlog_pos, diff, mysql_state, redis_state, settings, wait_caught_up
 
@@ -60,7 +59,7 @@ class Writer:
                     cur.execute("DELETE FROM data WHERE id = %s", (i,))
                 self.n += 1
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         self.thread.start()
         return self
 

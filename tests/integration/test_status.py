@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer, free_port
 from sync.capture.spool import spool_ddl
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer, free_port
 from tests.integration.test_sync_worker import change, start_worker_process, submit_sync
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,18 +8,19 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 import pytest
 
+from sync.apply.worker import SyncWorker
 from sync.config import worker_settings
 from sync.events import ChangeEvent, Op, Source, encode_change
 from sync.gearman import GearmanClient, admin
 from sync.rows.rowcodec import encode_json
 from sync.testing.servers import GearmanServer, RedisServer
-from sync.apply.worker import SyncWorker
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_BIN = str(REPO / ".venv" / "bin" / "sync-worker")

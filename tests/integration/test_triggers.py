@@ -15,8 +15,8 @@ import orjson
 import pymysql
 import pytest
 
-from sync.tables import TableSpec
 from sync.rows.schema import load_table, quote_ident
+from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .test_triggers_helpers import (

@@ -6,10 +6,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pymysql
 
+from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .test_triggers_helpers import (
@@ -23,7 +25,6 @@ from .test_triggers_helpers import (
     worker_thread,
 )
 from .udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
-from sync.tables import TableSpec
 
 ROWS = 100
 

@@ -6,8 +6,8 @@ Jobs are checked byte for byte on the worker side (GRAB_JOB_UNIQ through gearman
 from __future__ import annotations
 
 import re
-import threading
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,10 +23,10 @@ from tests.integration.udf_fixtures import (
     WORK_WARNING,
     Worker,
     grab_all,
+    own_mariadb,  # noqa: F401  (fixture)
     point_at,
     scalar,
     status,
-    own_mariadb,  # noqa: F401  (fixture)
     udf_installed,  # noqa: F401  (fixture)
     wait_until,
 )

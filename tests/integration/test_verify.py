@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.tables import TableSpec
 from sync.events import ChangeEvent, Op, Source
 from sync.keys import row_key, version_key
 from sync.rows.reader import TableReader
-from sync.tools.snapshot import open_table
+from sync.tables import TableSpec
 from sync.testing.servers import MariaDBServer, RedisServer
 from sync.tools.keypattern import KeyPattern
+from sync.tools.snapshot import open_table
 from sync.tools.verify import Verifier
 from tests.integration.test_snapshot import expected_state, make_data, redis_state, run_snapshot
 
@@ -113,8 +113,9 @@ async def test_repair_does_not_overwrite_a_newer_change(db: Any, mariadb: MariaD
     """A stored version newer than any UUID_SHORT the repair can take wins; the row stays reported."""
     make_data(db, 10)
     await run_snapshot(mariadb, db, redis_server, "data")
-    from sync.apply.applier import RedisApplier
     import redis.asyncio as aioredis
+
+    from sync.apply.applier import RedisApplier
 
     client = aioredis.Redis(port=redis_server.port)
     try:

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from sync.testing.servers import GearmanServer, MariaDBServer
 from sync.capture.udf_install import INSTALL_SQL, read_statements
+from sync.testing.servers import GearmanServer, MariaDBServer
 
 REPO = Path(__file__).resolve().parents[2]
 UDF_DIR = REPO / "udf"
@@ -249,7 +249,7 @@ class Worker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Worker":
+    def __enter__(self) -> Worker:
         self._thread.start()
         return self
 
@@ -266,7 +266,7 @@ class Worker:
                 conn.send(GRAB_JOB_UNIQ)
                 try:
                     ptype, data = conn.recv()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 if ptype != JOB_ASSIGN_UNIQ:
                     time.sleep(0.005)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import yaml  # PyYAML is in the dev extras; a missing one must fail, not skip the whole file
 
 REPO = Path(__file__).resolve().parent.parent.parent

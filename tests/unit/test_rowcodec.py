@@ -93,7 +93,7 @@ def test_normalize_fsp() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [float("nan"), float("inf"), Decimal("NaN"), dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), [1], {"a": 1}]
+    "bad", [float("nan"), float("inf"), Decimal("NaN"), dt.datetime(2024, 1, 1, tzinfo=dt.UTC), [1], {"a": 1}]
 )
 def test_normalize_rejects(bad: object) -> None:
     with pytest.raises((ValueError, TypeError)):

@@ -42,8 +42,9 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 
@@ -165,7 +166,12 @@ class BinlogSource:
     def open_stream(self, position: Position, *, blocking: bool = True) -> Any:
         from pymysqlreplication import BinLogStreamReader
         from pymysqlreplication.event import (
-            GtidEvent, HeartbeatLogEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent,
+            GtidEvent,
+            HeartbeatLogEvent,
+            MariadbGtidEvent,
+            QueryEvent,
+            RotateEvent,
+            XidEvent,
         )
         from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 

@@ -48,7 +48,7 @@ class RedisWriter:
     meanwhile, or, once a stop is requested, until the shutdown deadline: then it is dropped
     (`gave_up`) with the position not advanced."""
 
-    def __init__(self, service: "BinlogService") -> None:
+    def __init__(self, service: BinlogService) -> None:
         import redis as redis_sync
 
         s = service.settings
