@@ -116,5 +116,5 @@ def run(prog: str, fn: Callable[[], int], argv: Sequence[str] | None = None) -> 
         fail(prog, str(exc), ExitCode.UNAVAILABLE)
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
-        raise SystemExit(int(ExitCode.INTERRUPTED))
+        raise SystemExit(int(ExitCode.INTERRUPTED)) from None
     raise SystemExit(int(code))

@@ -142,7 +142,9 @@ def worker_settings(
     functions: dict[str, str] = {}
     for t in table_map.values():
         if t.function in functions:
-            raise ConfigError(f"function {t.function!r} is used by tables {functions[t.function]!r} and {t.name!r}; expected one function per table")
+            raise ConfigError(
+                f"function {t.function!r} is used by tables {functions[t.function]!r} and {t.name!r}; expected one function per table"
+            )
         functions[t.function] = t.name
     if classic and CLASSIC_FUNCTION in functions:
         raise ConfigError(f"--classic: function {CLASSIC_FUNCTION!r} is already used by table {functions[CLASSIC_FUNCTION]!r}")

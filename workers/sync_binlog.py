@@ -70,7 +70,8 @@ def build_parser():  # type: ignore[no-untyped-def]
     p.add_argument("--table", action="append", required=True, metavar="NAME[,NAME…]", help="tables to stream (repeat or comma-separate)")
     p.add_argument("--database", metavar="DB", help="database of the tables (default: the one in --mysql-url / MYSQL_DATABASE)")
     p.add_argument("--columns", metavar="COL,…", help="only these columns (the key is always kept); with several tables write table.col")
-    p.add_argument("--sink", choices=("redis", "gearman"), default="redis", help="apply to Redis directly, or submit to gearmand (default redis)")
+    p.add_argument("--sink", choices=("redis", "gearman"), default="redis",
+                   help="apply to Redis directly, or submit to gearmand (default redis)")
     p.add_argument("--server-id", type=int, metavar="N", help="replica server_id to register with (default: derived from the stream name)")
     p.add_argument("--start", metavar="WHERE", help="current | earliest | GTID | FILE:POS (overrides the saved position)")
     p.add_argument("--name", metavar="NAME", help="name of the saved position (default: host:port/db/tables)")

@@ -42,7 +42,8 @@ exit codes: 0 stopped cleanly or --once done, 2 bad option, or a MySQL error ret
 
 def build_parser():  # type: ignore[no-untyped-def]
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("--database", metavar="DB[,DB…]", help="database(s) holding gearsync_spool (default: MYSQL_DATABASE / the --mysql-url path)")
+    p.add_argument("--database", metavar="DB[,DB…]",
+                   help="database(s) holding gearsync_spool (default: MYSQL_DATABASE / the --mysql-url path)")
     add_mysql_options(p)
     add_gearman_options(p)
     p.add_argument("--batch", default="500", metavar="N", help="rows per transaction (default 500)")

@@ -463,7 +463,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[PathResult]]:
                 cur.execute(stmt)  # the spool table
         with Progress(TextColumn("[bold]{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), transient=False) as progress:
-            for idx, path in enumerate(args.paths):
+            for path in args.paths:
                 task = progress.add_task(path, total=args.updates)
                 r = run_path(path, PATHS.index(path), args, db, g, redis, conn, schema, logdir, progress, task)
                 progress.update(task, description=f"{path}: done", completed=args.updates)

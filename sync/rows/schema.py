@@ -298,7 +298,7 @@ def load_table(conn: Any, database: str, table: str) -> TableSchema:
         )
     schema = TableSchema(database, table, columns, key, key_name)
     for c in schema.columns:
-        c.kind  # raises ConfigError for unsupported types
+        _ = c.kind  # raises ConfigError for unsupported types
     return schema
 
 

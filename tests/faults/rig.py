@@ -183,12 +183,12 @@ class Proc:
 
     def kill(self) -> None:
         if self.alive():
-            self.proc.kill()  # type: ignore[union-attr]
+            self.proc.kill()
         self._wait(10)
 
     def stop(self, timeout_s: float = 20) -> int | None:
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            self.proc.send_signal(signal.SIGTERM)
         return self._wait(timeout_s)
 
     def _wait(self, timeout_s: float) -> int | None:

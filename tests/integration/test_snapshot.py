@@ -64,7 +64,7 @@ def redis_state(client: Any, pattern: str, fmt: str) -> dict[str, Any]:
 
 
 async def run_snapshot(mariadb: MariaDBServer, db: Any, r: RedisServer, table: str, *, chunk: int = 1000,
-                       fmt: str = "json", template: str = "{table}:{pk}", restart: bool = False):  # type: ignore[no-untyped-def]
+                       fmt: str = "json", template: str = "{table}:{pk}", restart: bool = False):
     target = open_table(table=table, database=db.db_name, mysql_url=f"mysql://root@127.0.0.1:{mariadb.port}/",
                         redis_url=f"redis://127.0.0.1:{r.port}/0", fmt=fmt, key_template=template, env={})
     try:

@@ -73,7 +73,7 @@ class Writer:
             self.stop()
 
 
-def _target(mariadb: MariaDBServer, db: Any, r: RedisServer, template: str):  # type: ignore[no-untyped-def]
+def _target(mariadb: MariaDBServer, db: Any, r: RedisServer, template: str):
     return open_table(table="data", database=db.db_name, mysql_url=f"mysql://root@127.0.0.1:{mariadb.port}/",
                       redis_url=f"redis://127.0.0.1:{r.port}/0", key_template=template, env={})
 

@@ -100,7 +100,7 @@ def test_status_watch_refreshes(gearmand: GearmanServer, redis_server: RedisServ
     proc = subprocess.Popen([STATUS_BIN, "--json", "--no-mysql", "--watch", "0.2", "--table", "data"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+        lines = [proc.stdout.readline() for _ in range(3)]
     finally:
         proc.terminate()
         proc.wait(10)

@@ -27,7 +27,7 @@ VERIFY_BIN = str(REPO / ".venv" / "bin" / "sync-verify")
 
 
 async def verify(mariadb: MariaDBServer, db: Any, r: RedisServer, table: str, *, repair: bool = False,
-                 fmt: str = "json", template: str = "{table}:{pk}", **kw: Any):  # type: ignore[no-untyped-def]
+                 fmt: str = "json", template: str = "{table}:{pk}", **kw: Any):
     target = open_table(table=table, database=db.db_name, mysql_url=f"mysql://root@127.0.0.1:{mariadb.port}/",
                         redis_url=f"redis://127.0.0.1:{r.port}/0", fmt=fmt, key_template=template, env={})
     try:
@@ -140,7 +140,7 @@ async def test_sample_checks_only_n_rows(db: Any, mariadb: MariaDBServer, redis_
     assert rep.missing == 50
 
 
-def run_cli(mariadb: MariaDBServer, db: Any, r: RedisServer, *args: str, redis_port: int | None = None):  # type: ignore[no-untyped-def]
+def run_cli(mariadb: MariaDBServer, db: Any, r: RedisServer, *args: str, redis_port: int | None = None):
     env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}",
            "REDIS_URL": f"redis://127.0.0.1:{redis_port or r.port}/0"}
     return subprocess.run([VERIFY_BIN, "--table", "data", "--recheck-delay", "0", *args], env=env,

@@ -298,7 +298,7 @@ def test_binlog_column_kinds() -> None:
 def test_cli_settings() -> None:
     from workers.sync_binlog import build_parser, settings_from_args
 
-    def parse(*argv: str, env: dict | None = None):  # type: ignore[no-untyped-def]
+    def parse(*argv: str, env: dict | None = None):
         return settings_from_args(build_parser().parse_args(list(argv)), env or {})
 
     s = parse("--table", "a,b", "--mysql-url", "mysql://u@h:1/app", "--columns", "a.x,b.y,a.z")

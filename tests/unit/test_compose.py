@@ -159,7 +159,7 @@ def test_gearmand_options_exist() -> None:
 
 def _dockerfiles() -> list[tuple[Path, Path]]:
     out = []
-    for name, svc in services().items():
+    for svc in services().values():
         build = svc.get("build")
         if build:
             context = (REPO / build["context"]).resolve()

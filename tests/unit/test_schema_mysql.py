@@ -68,7 +68,7 @@ def test_trigger_expressions_by_kind() -> None:
 
 def test_unsupported_type_names_the_column() -> None:
     with pytest.raises(ConfigError, match="column 'v': type 'vector' is not supported"):
-        col("v", "vector").kind
+        _ = col("v", "vector").kind
 
 
 def test_mysql_settings_from_env_and_url() -> None:
