@@ -77,7 +77,7 @@ class WorkerSettings:
     @property
     def functions(self) -> dict[str, str]:
         """function name → table name."""
-        return {t.function: t.name for t in self.tables.values()}
+        return {t.gearman_function: t.name for t in self.tables.values()}
 
 
 def build_table(name: str, values: Mapping[str, Any], where: str) -> TableSpec:
@@ -141,11 +141,12 @@ def worker_settings(
 
     functions: dict[str, str] = {}
     for t in table_map.values():
-        if t.function in functions:
+        if t.gearman_function in functions:
             raise ConfigError(
-                f"function {t.function!r} is used by tables {functions[t.function]!r} and {t.name!r}; expected one function per table"
+                f"function {t.function!r} is used by tables {functions[t.gearman_function]!r} and {t.name!r}; "
+                "expected one function per table"
             )
-        functions[t.function] = t.name
+        functions[t.gearman_function] = t.name
     if classic and CLASSIC_FUNCTION in functions:
         raise ConfigError(f"--classic: function {CLASSIC_FUNCTION!r} is already used by table {functions[CLASSIC_FUNCTION]!r}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ exit codes: 0 shown, 2 bad option, 3 nothing at all was reachable.
 """
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("--table", action="append", metavar="NAME", help="tables to show (default: every table found)")
     add_gearman_options(p)
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(PROG, go, argv)
 
 
-async def _status(args) -> int:  # type: ignore[no-untyped-def]
+async def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sync.config import worker_settings
@@ -78,7 +79,7 @@ async def _status(args) -> int:  # type: ignore[no-untyped-def]
     # list only matters for the function names.
     ws = worker_settings(tables=tables or None, config_path=args.config, servers=args.servers,
                          redis_url=args.redis_url, redis_cluster=args.redis_cluster, classic=not tables)
-    functions = {t.name: t.function for t in ws.tables.values()}
+    functions = {t.name: t.gearman_function for t in ws.tables.values()}
     mysql = None if args.no_mysql else resolve_mysql(args)
     redis = connect_redis(ws.redis, socket_timeout_s=3.0)
     console = Console()

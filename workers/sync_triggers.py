@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -75,7 +76,7 @@ unreachable or the SQL failed.
 """
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("command", choices=("install", "uninstall", "show"), help="what to do")
     p.add_argument("--table", required=True, metavar="NAME", help="the table (NAME or DB.NAME is not split: use --database)")

@@ -370,9 +370,9 @@ def run_path(path: str, idx: int, args: argparse.Namespace, db: MariaDBServer, g
             client.close()
         poller.finish()
         res.poll_period_ms = 1000 * poller.elapsed / max(poller.rounds, 1)
-        sample = set(poller.ids)
+        sampled = set(poller.ids)
         for (i, v), tc in committed.items():
-            if i not in sample:
+            if i not in sampled:
                 continue
             ts = poller.seen.get((i, v))
             if ts is None:

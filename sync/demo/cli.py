@@ -340,7 +340,8 @@ def check_classic(stack: Stack, load: Load) -> dict[str, Any]:
         with conn.cursor() as cur:
             cur.execute(f"SELECT id, volume FROM {TABLE}")
             rows = dict(cur.fetchall())
-        different, examples = 0, []
+        different = 0
+        examples: list[str] = []
         for i in range(0, len(ids), 1000):
             chunk = ids[i : i + 1000]
             for pk, raw in zip(chunk, r.mget([str(pk) for pk in chunk])):

@@ -465,11 +465,11 @@ class GearmanWorker:
         if len(live) == 1:
             slot = live[0]
             try:
-                await slot.conn.wait_for_work(timeout_s)  # type: ignore[union-attr]
+                await slot.conn.wait_for_work(timeout_s)  # type: ignore[union-attr]  # `live` slots have a conn (s.live)
             except GearmanConnectionError as exc:
                 self._mark_down(slot, exc)
             return
-        tasks = {asyncio.ensure_future(s.conn.wait_for_work(timeout_s)): s for s in live}  # type: ignore[union-attr]
+        tasks = {asyncio.ensure_future(s.conn.wait_for_work(timeout_s)): s for s in live}  # type: ignore[union-attr]  # as above
         try:
             done, pending = await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -85,7 +85,7 @@ def sql_value(v: JSONValue) -> Any:
     if type(v) is dict:
         import base64
 
-        return base64.b64decode(v["$b64"])  # type: ignore[index]
+        return base64.b64decode(v["$b64"])
     return v
 
 
@@ -313,7 +313,7 @@ def row_events(schema: TableSchema, rows: Sequence[Mapping[str, Any]], op: Op = 
 # Column kind → the Python type whose values canonical_value returns unchanged. Temporal
 # columns arrive as MySQL's text when read through `fast_conversions()` (connections made by
 # open_table): exactly the canonical text (fsp digits, UTC for TIMESTAMP in the read session).
-_IDENTITY: dict[str, type] = {"int": int, "uint64": int, "text": str,
+_IDENTITY: dict[str, Any] = {"int": int, "uint64": int, "text": str,
                               "datetime": str, "timestamp": str, "date": str, "time": str}
 
 

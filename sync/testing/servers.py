@@ -22,7 +22,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "ServerStartError",
@@ -110,7 +110,7 @@ class _Server:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> _Server:
+    def start(self) -> Self:
         if self.running:
             return self
         self.prepare()
@@ -177,7 +177,7 @@ class _Server:
         """SIGKILL: no chance to flush or shut down cleanly."""
         self._terminate(force=True)
 
-    def restart(self) -> _Server:
+    def restart(self) -> Self:
         self.stop()
         return self.start()
 
@@ -190,7 +190,7 @@ class _Server:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGCONT)
 
-    def __enter__(self) -> _Server:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -313,6 +313,7 @@ class Snapshot:
                      resume_after=format_pk(self.schema, after) if after else None)
             pending = asyncio.ensure_future(asyncio.to_thread(self._read, after))
             while True:
+                assert pending is not None  # set before the loop and before every further round
                 events, last, n = await pending
                 pending = None
                 if not n:

@@ -161,7 +161,7 @@ async def collect(
                                    *([mtask] if mtask is not None else []))
     gearman = list(results[: len(gtasks)])
     rds = results[len(gtasks)]
-    my = results[len(gtasks) + 1] if mtask is not None else {"up": None, "error": "not configured"}
+    my: dict[str, Any] = results[len(gtasks) + 1] if mtask is not None else {"up": None, "error": "not configured"}
     names = list(tables) or sorted(rds.get("tables", {}))
     fn_of = dict(functions or {})
     # Tables seen only as gearsync.<table> functions in gearmand count too.

@@ -342,6 +342,10 @@ class BinlogService:
         failure: list[BaseException] = []
         writer = RedisWriter(self)
 
+        def end() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
         def reader() -> None:
             try:
                 assert self.source is not None
@@ -356,7 +360,7 @@ class BinlogService:
                 failure.append(exc)
             finally:
                 try:
-                    loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(None))
+                    loop.call_soon_threadsafe(end)
                 except RuntimeError:  # the loop is gone (it stopped waiting after 30 s)
                     log.debug("binlog_reader_outlived_loop")
 
