@@ -6,7 +6,7 @@ UDF_DIR := udf
 DEMO_ARGS ?=
 DEMO_STATE ?= .state/demo
 
-.PHONY: help venv build-udf install-udf uninstall-udf test test-udf-asan test-udf-valgrind test-udf-tsan bench-udf bench-worker \
+.PHONY: help venv build-udf install-udf uninstall-udf lint test test-udf-asan test-udf-valgrind test-udf-tsan bench-udf bench-worker \
 	demo demo-classic demo-stop docs clean
 
 help:  ## list targets
@@ -25,7 +25,11 @@ install-udf: build-udf  ## copy the UDF library into @@plugin_dir and CREATE FUN
 uninstall-udf:  ## DROP the UDF functions (MYSQL_* / MYSQL_URL env)
 	$(PYTHON) -m sync.capture.udf_install uninstall
 
-test:  ## the whole test suite against throwaway real servers
+lint:  ## ruff (lint rules and import order) and mypy (types of sync/ and workers/), as configured in pyproject.toml
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
+test: lint  ## make lint, then the whole test suite against throwaway real servers
 	$(PYTHON) -m pytest -q
 
 test-udf-asan:  ## UDF tests with the library built under AddressSanitizer/UBSan

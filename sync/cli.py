@@ -12,8 +12,9 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from sync.errors import ConfigError, SyncError
 
@@ -115,5 +116,5 @@ def run(prog: str, fn: Callable[[], int], argv: Sequence[str] | None = None) -> 
         fail(prog, str(exc), ExitCode.UNAVAILABLE)
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
-        raise SystemExit(int(ExitCode.INTERRUPTED))
+        raise SystemExit(int(ExitCode.INTERRUPTED)) from None
     raise SystemExit(int(code))

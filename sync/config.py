@@ -29,9 +29,10 @@ Config file (``--config gearsync.toml``)::
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Any
 
 from sync.errors import ConfigError
 from sync.redis_client import RedisSettings
@@ -76,7 +77,7 @@ class WorkerSettings:
     @property
     def functions(self) -> dict[str, str]:
         """function name → table name."""
-        return {t.function: t.name for t in self.tables.values()}
+        return {t.gearman_function: t.name for t in self.tables.values()}
 
 
 def build_table(name: str, values: Mapping[str, Any], where: str) -> TableSpec:
@@ -140,9 +141,12 @@ def worker_settings(
 
     functions: dict[str, str] = {}
     for t in table_map.values():
-        if t.function in functions:
-            raise ConfigError(f"function {t.function!r} is used by tables {functions[t.function]!r} and {t.name!r}; expected one function per table")
-        functions[t.function] = t.name
+        if t.gearman_function in functions:
+            raise ConfigError(
+                f"function {t.function!r} is used by tables {functions[t.gearman_function]!r} and {t.name!r}; "
+                "expected one function per table"
+            )
+        functions[t.gearman_function] = t.name
     if classic and CLASSIC_FUNCTION in functions:
         raise ConfigError(f"--classic: function {CLASSIC_FUNCTION!r} is already used by table {functions[CLASSIC_FUNCTION]!r}")
 

@@ -40,7 +40,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeAlias, Union
+from typing import Any, TypeAlias
 
 import orjson
 
@@ -69,7 +69,7 @@ MAX_PK_COLUMNS = 32
 MAX_VERSION = 2**64 - 1
 
 # What a row or pk value may be: a scalar, or {"$b64": "<base64>"} for non-UTF-8 bytes.
-JSONValue: TypeAlias = Union[str, int, float, None, dict[str, str]]
+JSONValue: TypeAlias = str | int | float | None | dict[str, str]
 
 
 class Op(StrEnum):

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from sync.errors import ConfigError, PayloadError
 
@@ -150,7 +151,7 @@ def compile_template(template: str) -> KeyBuilder:
     braces = "".join(c for c in lits if c in "{}")
     if braces not in ("", "{}"):
         raise ConfigError(f"key template {template!r}: literal braces must form at most one hash tag {{...}}")
-    for (k1, _), (k2, t2) in zip(parts, parts[1:]):
+    for (k1, _), (k2, _) in zip(parts, parts[1:]):
         if k1 != "lit" and k2 != "lit":
             raise ConfigError(f"key template {template!r}: expected a literal with ':' between placeholders")
     for i, (k, text) in enumerate(parts):

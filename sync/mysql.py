@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from sync.urls import mask_url
 from sync.errors import ConfigError, SourceError
+from sync.urls import mask_url
 
 DEFAULT_MYSQL_PORT = 3306
 

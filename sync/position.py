@@ -81,7 +81,7 @@ class Position:
         return orjson.dumps(obj)
 
     @classmethod
-    def from_json(cls, raw: bytes, where: str = "position") -> "Position":
+    def from_json(cls, raw: bytes, where: str = "position") -> Position:
         try:
             obj = orjson.loads(raw)
             if type(obj) is not dict:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 __all__ = ["Backoff", "DeadlinePassed", "retry_until", "retry_until_sync"]
 

@@ -32,9 +32,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from sync.errors import ConfigError
 from sync.mysql import DEFAULT_MYSQL_PORT, MySQLSettings, from_url

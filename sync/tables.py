@@ -93,3 +93,9 @@ class TableSpec:
         if self.ttl_s is not None and (type(self.ttl_s) is not int or not 0 < self.ttl_s <= MAX_TTL_S):
             raise ConfigError(f"{label}.ttl_s: {self.ttl_s!r}; expected None or 1..{MAX_TTL_S} seconds")
         object.__setattr__(self, "build_key", compile_template(self.key_template))
+
+    @property
+    def gearman_function(self) -> str:
+        """`function`, typed as set: __post_init__ fills in the default, so it is never None."""
+        assert self.function is not None
+        return self.function

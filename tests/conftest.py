@@ -6,8 +6,8 @@ Nothing is mocked. If a server cannot start, the fixture fails with the server's
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -38,7 +38,7 @@ def db(mariadb: MariaDBServer) -> Iterator[object]:
     name = "t_" + uuid.uuid4().hex[:12]
     mariadb.execute(f"CREATE DATABASE `{name}`")
     conn = mariadb.connect(name)
-    conn.db_name = name  # type: ignore[attr-defined]
+    conn.db_name = name
     try:
         yield conn
     finally:
@@ -66,7 +66,7 @@ def redis_client(redis_server: RedisServer) -> Iterator[object]:
 
 
 @pytest.fixture
-async def aredis(redis_server: RedisServer):  # type: ignore[no-untyped-def]
+async def aredis(redis_server: RedisServer):
     """A redis.asyncio client on a flushed server (use from async tests)."""
     import redis.asyncio as aioredis
 
@@ -92,7 +92,7 @@ def gearmand_factory(tmp_path: Path) -> Iterator[Callable[..., GearmanServer]]:
     started: list[GearmanServer] = []
 
     def start(**kw: object) -> GearmanServer:
-        server = GearmanServer(tmp_path / f"gearmand{len(started)}", **kw)  # type: ignore[arg-type]
+        server = GearmanServer(tmp_path / f"gearmand{len(started)}", **kw)
         started.append(server)
         server.start()
         return server

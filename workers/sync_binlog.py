@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-from typing import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from sync.cli import (add_gearman_options, add_logging_options, add_metrics_options, add_mysql_options,
-                      add_redis_options, make_parser, run, stop_on_signals)
+from sync.cli import (
+    add_gearman_options,
+    add_logging_options,
+    add_metrics_options,
+    add_mysql_options,
+    add_redis_options,
+    make_parser,
+    run,
+    stop_on_signals,
+)
 from sync.errors import ConfigError
 from sync.redis_client import DEFAULT_REDIS_URL
-from sync.settings import (resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql,
-                           resolve_redis)
+from sync.settings import resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql, resolve_redis
 from sync.tables import check_function_name, check_key_template, check_table_name
+
+if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
+    from sync.capture.binlog.service import BinlogSettings
 
 PROG = "sync-binlog"
 
@@ -58,12 +70,13 @@ says what to change), the saved position was purged, or a server could not be re
 """
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("--table", action="append", required=True, metavar="NAME[,NAME…]", help="tables to stream (repeat or comma-separate)")
     p.add_argument("--database", metavar="DB", help="database of the tables (default: the one in --mysql-url / MYSQL_DATABASE)")
     p.add_argument("--columns", metavar="COL,…", help="only these columns (the key is always kept); with several tables write table.col")
-    p.add_argument("--sink", choices=("redis", "gearman"), default="redis", help="apply to Redis directly, or submit to gearmand (default redis)")
+    p.add_argument("--sink", choices=("redis", "gearman"), default="redis",
+                   help="apply to Redis directly, or submit to gearmand (default redis)")
     p.add_argument("--server-id", type=int, metavar="N", help="replica server_id to register with (default: derived from the stream name)")
     p.add_argument("--start", metavar="WHERE", help="current | earliest | GTID | FILE:POS (overrides the saved position)")
     p.add_argument("--name", metavar="NAME", help="name of the saved position (default: host:port/db/tables)")
@@ -84,7 +97,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     return p
 
 
-def settings_from_args(args, env=None):  # type: ignore[no-untyped-def]
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> BinlogSettings:
     from sync.capture.binlog.service import BinlogSettings
 
     env = os.environ if env is None else env
@@ -146,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(PROG, go, argv)
 
 
-async def _serve(settings) -> int:  # type: ignore[no-untyped-def]
+async def _serve(settings: BinlogSettings) -> int:
     from sync.capture.binlog.service import BinlogService, tune_gc
 
     tune_gc()  # a long-running decoder: fewer, bigger garbage-collector passes

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-from typing import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from sync.cli import add_gearman_options, add_logging_options, add_mysql_options, make_parser, run, stop_on_signals
 from sync.errors import ConfigError
 from sync.settings import DEFAULT_GEARMAN_PORT, resolve_gearman_servers, resolve_logging, resolve_mysql
+
+if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
+    from sync.capture.relay import RelaySettings
 
 PROG = "sync-relay"
 
@@ -40,9 +45,10 @@ exit codes: 0 stopped cleanly or --once done, 2 bad option, or a MySQL error ret
 """
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("--database", metavar="DB[,DB…]", help="database(s) holding gearsync_spool (default: MYSQL_DATABASE / the --mysql-url path)")
+    p.add_argument("--database", metavar="DB[,DB…]",
+                   help="database(s) holding gearsync_spool (default: MYSQL_DATABASE / the --mysql-url path)")
     add_mysql_options(p)
     add_gearman_options(p)
     p.add_argument("--batch", default="500", metavar="N", help="rows per transaction (default 500)")
@@ -53,7 +59,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     return p
 
 
-def settings_from_args(args, env=None):  # type: ignore[no-untyped-def]
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> RelaySettings:
     from sync.capture.relay import RelaySettings
 
     env = os.environ if env is None else env
@@ -80,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(PROG, go, argv)
 
 
-async def _serve(settings, *, once: bool) -> int:  # type: ignore[no-untyped-def]
+async def _serve(settings: RelaySettings, *, once: bool) -> int:
     from sync.capture.relay import SpoolRelay
 
     relay = SpoolRelay(settings)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from sync.cli import (ExitCode, add_logging_options, add_mysql_options, add_redis_options, make_parser, run,
-                      stop_on_signals, table_target_options)
+from sync.cli import (
+    ExitCode,
+    add_logging_options,
+    add_mysql_options,
+    add_redis_options,
+    make_parser,
+    run,
+    stop_on_signals,
+    table_target_options,
+)
 from sync.settings import resolve_logging
 
 PROG = "sync-snapshot"
@@ -52,7 +61,7 @@ exit codes: 0 done, 2 bad option or table, 3 MySQL or Redis unreachable,
 """
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("--table", required=True, metavar="NAME", help="table to copy (NAME or DB.NAME)")
     p.add_argument("--database", metavar="DB", help="database of the table (default: from the MySQL URL/env)")
@@ -87,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(PROG, go, argv)
 
 
-async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
+async def _snapshot(args: argparse.Namespace) -> int:
     from sync.rows.reader import TableReader, estimate_rows, format_pk
     from sync.tools.display import ProgressDisplay
     from sync.tools.progress import ProgressStore
@@ -114,9 +123,9 @@ async def _snapshot(args) -> int:  # type: ignore[no-untyped-def]
             sys.stderr.write(f"{PROG}: resuming after key {format_pk(schema, after)} ({done} rows done)\n")
         total = estimate_rows(target.conn, schema)
         tty = {"auto": None, "bar": True, "log": False}[args.progress]
-        display = ProgressDisplay(f"snapshot {schema.name}", total, tty=tty, done=done)
+        display = bar = ProgressDisplay(f"snapshot {schema.name}", total, tty=tty, done=done)
         stop_on_signals(snap.request_stop)
-        res = await snap.run(on_progress=lambda n, last: display.update(n, format_pk(schema, last)))
+        res = await snap.run(on_progress=lambda n, last: bar.update(n, format_pk(schema, last)))
         display.close()
         display = None
         for note in res.notes[len(notes):]:

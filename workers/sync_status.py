@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import orjson
 
-from sync.cli import (ExitCode, add_gearman_options, add_logging_options, add_mysql_options, add_redis_options,
-                      make_parser, run)
+from sync.cli import ExitCode, add_gearman_options, add_logging_options, add_mysql_options, add_redis_options, make_parser, run
 from sync.settings import resolve_logging, resolve_mysql
 
 PROG = "sync-status"
@@ -39,7 +39,7 @@ exit codes: 0 shown, 2 bad option, 3 nothing at all was reachable.
 """
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("--table", action="append", metavar="NAME", help="tables to show (default: every table found)")
     add_gearman_options(p)
@@ -67,19 +67,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(PROG, go, argv)
 
 
-async def _status(args) -> int:  # type: ignore[no-untyped-def]
+async def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from sync.config import worker_settings
-    from sync.tools.status import collect, reachable, render
     from sync.redis_client import connect_redis
+    from sync.tools.status import collect, reachable, render
 
     tables = [t.strip() for item in (args.table or []) for t in item.split(",") if t.strip()]
     # worker_settings validates servers/Redis/table names the way sync-worker does; the table
     # list only matters for the function names.
     ws = worker_settings(tables=tables or None, config_path=args.config, servers=args.servers,
                          redis_url=args.redis_url, redis_cluster=args.redis_cluster, classic=not tables)
-    functions = {t.name: t.function for t in ws.tables.values()}
+    functions = {t.name: t.gearman_function for t in ws.tables.values()}
     mysql = None if args.no_mysql else resolve_mysql(args)
     redis = connect_redis(ws.redis, socket_timeout_s=3.0)
     console = Console()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from sync.cli import ExitCode, add_mysql_options, make_parser, run
-from sync.errors import ConfigError, SourceError
-from sync.settings import resolve_mysql
-from sync.rows.schema import TableSchema, current_database, load_table
 from sync.capture.spool import SPOOL_TABLE
-from sync.tables import check_table_name
 from sync.capture.triggers import (
     EVENTS,
     FAILURE_POLICIES,
@@ -25,6 +22,11 @@ from sync.capture.triggers import (
     uninstall_script,
     uninstall_statements,
 )
+from sync.cli import ExitCode, add_mysql_options, make_parser, run
+from sync.errors import ConfigError, SourceError
+from sync.rows.schema import TableSchema, current_database, load_table
+from sync.settings import resolve_mysql
+from sync.tables import check_table_name
 
 PROG = "sync-triggers"
 
@@ -74,7 +76,7 @@ unreachable or the SQL failed.
 """
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("command", choices=("install", "uninstall", "show"), help="what to do")
     p.add_argument("--table", required=True, metavar="NAME", help="the table (NAME or DB.NAME is not split: use --database)")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 
-from sync.cli import (ExitCode, add_logging_options, add_mysql_options, add_redis_options, fail, make_parser, run,
-                      table_target_options)
+from sync.cli import ExitCode, add_logging_options, add_mysql_options, add_redis_options, fail, make_parser, run, table_target_options
 from sync.errors import SyncError
 from sync.settings import resolve_logging
+
+if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
+    from sync.rows.schema import TableSchema
+    from sync.tools.verify import VerifyReport
 
 PROG = "sync-verify"
 
@@ -42,7 +47,7 @@ exit codes: 0 equal, 1 differences remain, 2 bad input or an error (MySQL/Redis 
 """
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("--table", required=True, metavar="NAME", help="table to check (NAME or DB.NAME)")
     p.add_argument("--database", metavar="DB", help="database of the table (default: from the MySQL URL/env)")
@@ -81,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(PROG, go, argv)
 
 
-async def _verify(args) -> int:  # type: ignore[no-untyped-def]
+async def _verify(args: argparse.Namespace) -> int:
     from sync.rows.reader import TableReader, estimate_rows
     from sync.tools.display import ProgressDisplay
     from sync.tools.snapshot import open_table
@@ -101,6 +106,7 @@ async def _verify(args) -> int:  # type: ignore[no-untyped-def]
 
         def progress(phase: str, n: int) -> None:
             nonlocal display
+            assert display is not None  # set above; cleared only once verifier.run has returned
             if phase != state["phase"]:
                 state["phase"] = phase
                 display.close()
@@ -121,7 +127,7 @@ async def _verify(args) -> int:  # type: ignore[no-untyped-def]
     return int(ExitCode.OK if report.equal else ExitCode.DIFFERENCES)
 
 
-def _print(schema, report, repair: bool) -> None:  # type: ignore[no-untyped-def]
+def _print(schema: TableSchema, report: VerifyReport, repair: bool) -> None:
     out = sys.stdout
     what = "equal" if report.equal else f"{report.differences} differences"
     out.write(f"{schema.database}.{schema.name}: {report.rows} rows, {report.keys_scanned} Redis keys scanned: {what} "

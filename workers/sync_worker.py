@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
-from sync.cli import (ExitCode, add_gearman_options, add_logging_options, add_metrics_options, add_redis_options,
-                      make_parser, run, stop_on_signals)
-from sync.config import CLASSIC_FUNCTION, worker_settings
+from sync.cli import (
+    ExitCode,
+    add_gearman_options,
+    add_logging_options,
+    add_metrics_options,
+    add_redis_options,
+    make_parser,
+    run,
+    stop_on_signals,
+)
+from sync.config import CLASSIC_FUNCTION, WorkerSettings, worker_settings
 from sync.settings import resolve_logging, resolve_metrics
 
 PROG = "sync-worker"
@@ -42,7 +51,7 @@ exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or replay done, 1 replay left dea
 """
 
 
-def build_parser():  # type: ignore[no-untyped-def]
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("--table", action="append", metavar="NAME",
                    help="table to sync (repeat, or comma-separate, for several)")
@@ -67,7 +76,7 @@ def build_parser():  # type: ignore[no-untyped-def]
     return p
 
 
-def settings_from_args(args, env=None):  # type: ignore[no-untyped-def]
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> WorkerSettings:
     """WorkerSettings from the parsed options, the environment and --config."""
     tables = [t.strip() for item in (args.table or []) for t in item.split(",")] if args.table else None
     return worker_settings(
@@ -91,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(PROG, go, argv)
 
 
-async def _serve(settings, *, replay: bool) -> int:  # type: ignore[no-untyped-def]
+async def _serve(settings: WorkerSettings, *, replay: bool) -> int:
     from sync.apply.worker import SyncWorker
 
     worker = SyncWorker(settings)

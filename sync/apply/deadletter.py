@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 import redis.exceptions
@@ -101,7 +102,7 @@ class DeadLetterStore:
             text, is_b64 = raw.decode("utf-8"), False
         except UnicodeDecodeError:
             text, is_b64 = base64.b64encode(raw).decode("ascii"), True
-        when = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+        when = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
         if len(reason) > MAX_REASON_CHARS:
             reason = reason[: MAX_REASON_CHARS - 3] + "..."
         return orjson.dumps(

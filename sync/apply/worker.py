@@ -19,22 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import redis.exceptions
 import structlog
 
+from sync import metrics
 from sync.apply.applier import Outcome, RedisApplier
-from sync.config import CLASSIC_FUNCTION, WorkerSettings
-from sync.redis_client import connect_redis
 from sync.apply.deadletter import DeadLetter, DeadLetterStore
+from sync.config import CLASSIC_FUNCTION, WorkerSettings
 from sync.errors import ApplyError, PayloadError, short_error
 from sync.events import ChangeEvent, ClassicSet, parse_change, parse_classic
 from sync.gearman import GearmanWorker, Job
+from sync.redis_client import connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until
 from sync.stats import Counters, report_loop
-from sync import metrics
 
 log = structlog.get_logger(__name__)
 

@@ -45,12 +45,16 @@ def write_workload(db: Any, rows: int, updates: int) -> tuple[str, str]:
                            client_flag=CLIENT.MULTI_STATEMENTS)
     with conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM data")
-        if cur.fetchone()[0] < rows:
+        count = cur.fetchone()
+        assert count is not None  # SELECT COUNT(*) returns one row
+        if count[0] < rows:
             for lo in range(0, rows, 1000):
                 cur.execute("INSERT IGNORE INTO data VALUES " + ",".join(
                     f"({i}, 0, 'row-{i:08d}', NOW(6))" for i in range(lo, min(rows, lo + 1000))))
         cur.execute("SELECT @@gtid_binlog_pos")
-        before = cur.fetchone()[0]
+        pos = cur.fetchone()
+        assert pos is not None  # a SELECT of a variable returns one row
+        before = pos[0]
         per_call = 200  # one round trip carries 200 statements, each its own transaction
         for lo in range(0, updates, per_call):
             sql = ";".join(f"UPDATE data SET volume = volume + 1, updated_at = NOW(6) WHERE id = {(lo + j) % rows}"
@@ -59,7 +63,9 @@ def write_workload(db: Any, rows: int, updates: int) -> tuple[str, str]:
             while cur.nextset():
                 pass
         cur.execute("SELECT @@gtid_binlog_pos")
-        after = cur.fetchone()[0]
+        pos = cur.fetchone()
+        assert pos is not None
+        after = pos[0]
     conn.close()
     return before, after
 
@@ -98,8 +104,8 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
     """(wall seconds, CPU seconds of this process: reader thread + event loop + this poller)"""
 
     from sync.capture.binlog.service import BinlogService, BinlogSettings
-    from sync.redis_client import RedisSettings
     from sync.mysql import from_url
+    from sync.redis_client import RedisSettings
 
     client = redis_server.client()
     client.flushall()
@@ -141,9 +147,9 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
                 plain_run(self, *a, **kw)
             finally:
                 prof.disable()
-                BinlogSource.run = plain_run  # type: ignore[method-assign]
+                BinlogSource.run = plain_run  # type: ignore[method-assign]  # undo the profiling patch below
 
-        BinlogSource.run = profiled_run  # type: ignore[method-assign]
+        BinlogSource.run = profiled_run  # type: ignore[method-assign]  # profile the reader thread's run() only
     c0 = time.process_time()
     t0 = time.perf_counter()
     thread = threading.Thread(target=main, daemon=True)

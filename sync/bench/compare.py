@@ -65,14 +65,14 @@ from typing import Any
 import orjson
 import pymysql
 
-from sync.tables import TableSpec
 from sync.bench.triggers import BIN, LIBRARY, REPO, set_mode, stop_processes
 from sync.bench.udf import prepare_bench_table
-from sync.rows.expected import expected_entry, select_sql
-from sync.rows.schema import READ_SESSION_SQL, load_table
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.triggers import TriggerOptions, install_statements
 from sync.capture.udf_install import LIBRARY_NAME
+from sync.rows.expected import expected_entry, select_sql
+from sync.rows.schema import READ_SESSION_SQL, load_table
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 PATHS = ("none", "udf", "outbox", "binlog-redis", "binlog-gearman")
 PREFIX = {"udf": "udf", "outbox": "outbox", "binlog-redis": "blr", "binlog-gearman": "blg"}
@@ -370,9 +370,9 @@ def run_path(path: str, idx: int, args: argparse.Namespace, db: MariaDBServer, g
             client.close()
         poller.finish()
         res.poll_period_ms = 1000 * poller.elapsed / max(poller.rounds, 1)
-        sample = set(poller.ids)
+        sampled = set(poller.ids)
         for (i, v), tc in committed.items():
-            if i not in sample:
+            if i not in sampled:
                 continue
             ts = poller.seen.get((i, v))
             if ts is None:
@@ -463,7 +463,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[PathResult]]:
                 cur.execute(stmt)  # the spool table
         with Progress(TextColumn("[bold]{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), transient=False) as progress:
-            for idx, path in enumerate(args.paths):
+            for path in args.paths:
                 task = progress.add_task(path, total=args.updates)
                 r = run_path(path, PATHS.index(path), args, db, g, redis, conn, schema, logdir, progress, task)
                 progress.update(task, description=f"{path}: done", completed=args.updates)

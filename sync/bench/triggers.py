@@ -33,16 +33,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pymysql
 
-from sync.tables import TableSpec
-from sync.rows.expected import expected_entry, select_sql
-from sync.rows.schema import READ_SESSION_SQL, load_table
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.capture.triggers import TriggerOptions, install_statements, uninstall_statements
 from sync.bench.udf import multi_row, prepare_bench_table, single_row
+from sync.capture.triggers import TriggerOptions, install_statements, uninstall_statements
 from sync.capture.udf_install import LIBRARY_NAME
+from sync.rows.expected import expected_entry, select_sql
+from sync.rows.schema import READ_SESSION_SQL, TableSchema, load_table
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 REPO = Path(__file__).resolve().parent.parent.parent
 LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME
@@ -51,7 +52,7 @@ BIN = Path(sys.executable).parent
 MODES = ("no trigger", "udf", "outbox")
 
 
-def set_mode(conn, schema, mode: str) -> None:  # type: ignore[no-untyped-def]
+def set_mode(conn: Any, schema: TableSchema, mode: str) -> None:
     with conn.cursor() as cur:
         for stmt in uninstall_statements(schema):
             cur.execute(stmt)
@@ -61,7 +62,7 @@ def set_mode(conn, schema, mode: str) -> None:  # type: ignore[no-untyped-def]
         cur.execute("DELETE FROM gearsync_spool") if mode != "no trigger" else None
 
 
-def stop_processes(procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM every process, wait up to 15 s each, SIGKILL what is still running."""
     for p in procs:
         p.terminate()
@@ -72,7 +73,7 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:  # type: ignore[type-
             p.kill()
 
 
-def redis_matches(db: MariaDBServer, schema, spec: TableSpec, r) -> bool:  # type: ignore[no-untyped-def]
+def redis_matches(db: MariaDBServer, schema: TableSchema, spec: TableSpec, r: Any) -> bool:
     conn = db.connect("bench", cursorclass=pymysql.cursors.DictCursor)
     try:
         with conn.cursor() as cur:
@@ -89,7 +90,8 @@ def redis_matches(db: MariaDBServer, schema, spec: TableSpec, r) -> bool:  # typ
     return True
 
 
-def end_to_end(db, g, redis, schema, mode: str, ids: list[int], settle_s: float) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def end_to_end(db: MariaDBServer, g: GearmanServer, redis: RedisServer, schema: TableSchema, mode: str, ids: list[int],
+               settle_s: float) -> tuple[float, float]:
     """UPDATE/s while a sync-worker (and for outbox a sync-relay) runs; lag after the last commit."""
     env = {**os.environ, "MYSQL_PASSWORD": "", "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen([str(BIN / "sync-worker"), "--table", "data", "--servers", g.address,
@@ -218,7 +220,7 @@ def run(args: argparse.Namespace) -> dict:
     return summarize(res, e2e, args)
 
 
-def summarize(res, e2e, args) -> dict:  # type: ignore[no-untyped-def]
+def summarize(res: dict[str, dict[str, list[float]]], e2e: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> dict:
     med = statistics.median
     base_single = med(res["no trigger"]["single_per_s"])
     out: dict = {"benchmark": "triggers", "rows": args.rows, "single_row_updates": args.single,

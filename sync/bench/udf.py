@@ -31,9 +31,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from sync.testing.servers import GearmanServer, MariaDBServer, free_port
 from sync.capture.udf_install import INSTALL_SQL, LIBRARY_NAME, read_statements
+from sync.testing.servers import GearmanServer, MariaDBServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent.parent
 LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME
@@ -82,7 +83,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def set_mode(cur, mode: str, gearmand: GearmanServer, dead_address: str,  # type: ignore[no-untyped-def]
+def set_mode(cur: Any, mode: str, gearmand: GearmanServer, dead_address: str,
              queued: list[int], options: str = "") -> None:
     """Switch modes: the trigger is dropped/created, and "gearmand down" points the library at a port
     nothing listens on (connection refused, as for a stopped gearmand).
@@ -108,7 +109,7 @@ def set_mode(cur, mode: str, gearmand: GearmanServer, dead_address: str,  # type
     cur.execute("SELECT gman_servers_set(%s, %s)", (address, ",".join(filter(None, (options, mode_option)))))
 
 
-def prepare_bench_table(cur, rows: int, gearmand_address: str | None = None) -> None:  # type: ignore[no-untyped-def]
+def prepare_bench_table(cur: Any, rows: int, gearmand_address: str | None = None) -> None:
     """The benchmarks' common start: the UDFs created (sql/install-udf.sql), the job servers set when
     given, and `bench.data(id, volume, payload, updated_at)` filled with `rows` rows; `cur` is left
     in database `bench`."""
@@ -124,7 +125,7 @@ def prepare_bench_table(cur, rows: int, gearmand_address: str | None = None) -> 
                 f"FROM seq_1_to_{int(rows)}")
 
 
-def single_row(cur, ids: list[int]) -> float:  # type: ignore[no-untyped-def]
+def single_row(cur: Any, ids: list[int]) -> float:
     """UPDATE one row per autocommit statement; returns statements per second."""
     stmt = "UPDATE data SET volume = volume + 1, updated_at = NOW(6) WHERE id = %s"
     start = time.perf_counter()
@@ -133,7 +134,7 @@ def single_row(cur, ids: list[int]) -> float:  # type: ignore[no-untyped-def]
     return len(ids) / (time.perf_counter() - start)
 
 
-def multi_row(cur, first: int, n: int) -> float:  # type: ignore[no-untyped-def]
+def multi_row(cur: Any, first: int, n: int) -> float:
     """One UPDATE of n rows; returns seconds."""
     start = time.perf_counter()
     cur.execute("UPDATE data SET volume = volume + 1, updated_at = NOW(6) WHERE id BETWEEN %s AND %s",

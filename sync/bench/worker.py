@@ -21,10 +21,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from sync.events import ChangeEvent, Op, Source, encode_change
+from sync.events import ChangeEvent, JSONValue, Op, Source, encode_change
 from sync.gearman import GearmanClient
 from sync.testing.servers import GearmanServer, RedisServer
 
@@ -34,7 +35,7 @@ FUNCTION = "gearsync.data"
 def make_payloads(n: int, base_version: int) -> list[bytes]:
     out = []
     for i in range(n):
-        row = {"id": i, "volume": i % 1000, "name": f"row-{i:08d}", "updated_at": "2026-11-27 12:00:00", "score": 0.5}
+        row: dict[str, JSONValue] = {"id": i, "volume": i % 1000, "name": f"row-{i:08d}", "updated_at": "2026-11-27 12:00:00", "score": 0.5}
         out.append(encode_change(ChangeEvent("data", Op.UPDATE, (("id", i),), row, base_version + i, Source.TRIGGER)))
     return out
 
@@ -46,7 +47,7 @@ async def prequeue(g: GearmanServer, payloads: list[bytes]) -> float:
     return time.perf_counter() - t0
 
 
-def applied_total(client) -> int:  # type: ignore[no-untyped-def]
+def applied_total(client: Any) -> int:
     value = client.hget("gearsync:stats:data", "applied_total")
     return int(value) if value else 0
 
@@ -74,7 +75,7 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
                 return (n - first_n) / max(now - first_t, 1e-9)
             for w in workers:
                 if w.poll() is not None:
-                    raise RuntimeError(f"sync-worker exited with {w.returncode}: {w.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                    raise RuntimeError(f"sync-worker exited with {w.returncode}: {w.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]  # stderr=PIPE
             time.sleep(0.02)
         raise RuntimeError("drain did not finish in 600 s")
     finally:
@@ -86,8 +87,8 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
 
 
 def profile_in_process(g: GearmanServer, r: RedisServer, n: int, batch: int, top: int) -> str:
-    from sync.config import worker_settings
     from sync.apply.worker import SyncWorker
+    from sync.config import worker_settings
 
     client = r.client()
     client.flushall()
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or args.runs < 1:
         p.error("--jobs and --runs must be >= 1")
 
-    results: dict[str, object] = {"jobs": args.jobs, "runs": args.runs, "batch": args.batch, "configs": []}
+    measured: list[dict[str, object]] = []
+    results: dict[str, object] = {"jobs": args.jobs, "runs": args.runs, "batch": args.batch, "configs": measured}
     with tempfile.TemporaryDirectory(prefix="gearsync-bench-") as tmp:
         g = GearmanServer(Path(tmp) / "gearmand").start()
         r = RedisServer(Path(tmp) / "redis").start()
@@ -151,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 rates = [drain_with_processes(g, r, n, nprocs, batch, args.connections) for _ in range(args.runs)]
                 med = statistics.median(rates)
                 print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}  " + ", ".join(f"{x:,.0f}" for x in rates), flush=True)
-                results["configs"].append({"processes": nprocs, "batch": batch, "jobs": n,  # type: ignore[union-attr]
-                                           "median_jobs_per_s": med, "runs_jobs_per_s": rates})
+                measured.append({"processes": nprocs, "batch": batch, "jobs": n,
+                                 "median_jobs_per_s": med, "runs_jobs_per_s": rates})
             if args.profile:
                 text = profile_in_process(g, r, args.jobs, args.batch, 25)
                 print(text)
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int) -> None:
-    from sync.config import worker_settings
     from sync.apply.worker import SyncWorker
+    from sync.config import worker_settings
     from sync.gearman import admin
 
     settings = worker_settings(tables=["data"], servers=g.address, redis_url=f"redis://127.0.0.1:{r.port}/0",

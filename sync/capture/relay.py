@@ -27,19 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import structlog
 
+from sync.capture.spool import SPOOL_TABLE
 from sync.errors import ConfigError, SourceError, short_error
 from sync.gearman import GearmanClient, GearmanError
 from sync.mysql import MySQLSettings
 from sync.retry import Backoff
+from sync.rows.schema import quote_ident
 from sync.settings import check_float, check_int
 from sync.stats import Counters, report_loop
-from sync.rows.schema import quote_ident
-from sync.capture.spool import SPOOL_TABLE
 
 log = structlog.get_logger(__name__)
 

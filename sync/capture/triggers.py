@@ -45,15 +45,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import orjson
 
 from sync.capture.spool import SPOOL_TABLE, spool_ddl
-from sync.tables import check_function_name, default_function
 from sync.errors import ConfigError
 from sync.rows.schema import Column, TableSchema, quote_ident, quote_string, trigger_sql
+from sync.tables import check_function_name, default_function
 
 __all__ = [
     "EVENTS",
@@ -117,7 +117,7 @@ class TriggerOptions:
             )
 
     @classmethod
-    def for_table(cls, table: str, function: str | None = None, **kw: str) -> "TriggerOptions":
+    def for_table(cls, table: str, function: str | None = None, **kw: str) -> TriggerOptions:
         if function is None:
             function = default_function(table)
             try:

@@ -23,8 +23,9 @@ import argparse
 import hashlib
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 from sync.errors import ConfigError, SourceError
 from sync.mysql import MySQLSettings
@@ -57,7 +58,7 @@ def target_from_env(env: Mapping[str, str] | None = None) -> MySQLSettings:
         raise InstallError(str(exc), EXIT_CONFIG) from None
 
 
-def connect(target: MySQLSettings):  # type: ignore[no-untyped-def]
+def connect(target: MySQLSettings) -> Any:
     try:
         return target.connect(autocommit=True)
     except SourceError as exc:
@@ -70,7 +71,7 @@ def read_statements(path: Path) -> list[str]:
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
 
 
-def run_sql(conn, statements: list[str]) -> None:  # type: ignore[no-untyped-def]
+def run_sql(conn: Any, statements: list[str]) -> None:
     import pymysql
 
     with conn.cursor() as cur:

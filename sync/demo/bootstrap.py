@@ -10,11 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from sync.demo.common import EXIT_USAGE, REPO, VENV, DemoError, step
+
 
 @dataclass(frozen=True)
 class Requirement:

@@ -54,13 +54,33 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from sync.demo.bootstrap import bootstrap, in_venv, missing_packages, venv_is_ready
-from sync.demo.common import (BINLOG_TEMPLATE, CLASSIC_FUNCTION, DATABASE, DEFAULT_STATE_DIR, EXIT_DIFF, EXIT_FAILED,
-                              EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HEARTBEAT_ID, REPO, T0_ENV, TABLE,
-                              TRIGGER_TEMPLATE, VENV, DemoError, rel, say, start_clock, step)
+from sync.demo.common import (
+    BINLOG_TEMPLATE,
+    CLASSIC_FUNCTION,
+    DATABASE,
+    DEFAULT_STATE_DIR,
+    EXIT_DIFF,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    HEARTBEAT_ID,
+    REPO,
+    T0_ENV,
+    TABLE,
+    TRIGGER_TEMPLATE,
+    VENV,
+    DemoError,
+    rel,
+    say,
+    start_clock,
+    step,
+)
 from sync.demo.display import PATH_TITLES, Monitor, plain_line, print_summary, render_live, table_row_state
 from sync.demo.load import Load, create_table, run_load_only
 from sync.demo.processes import PidFile, Stack, alive, choose_ports, reset_state_dir, stop_left_running, tail
@@ -320,7 +340,8 @@ def check_classic(stack: Stack, load: Load) -> dict[str, Any]:
         with conn.cursor() as cur:
             cur.execute(f"SELECT id, volume FROM {TABLE}")
             rows = dict(cur.fetchall())
-        different, examples = 0, []
+        different = 0
+        examples: list[str] = []
         for i in range(0, len(ids), 1000):
             chunk = ids[i : i + 1000]
             for pk, raw in zip(chunk, r.mget([str(pk) for pk in chunk])):

@@ -11,7 +11,8 @@ import argparse
 import random
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from sync.demo.common import DATABASE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, HEARTBEAT_ID, TABLE, DemoError, say, step
 

@@ -14,9 +14,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from sync.demo.common import DATABASE, EXIT_USAGE, MARKER, REPO, DemoError, rel, say, step
 
@@ -49,14 +50,14 @@ class PidFile:
     path: Path
 
     @classmethod
-    def write(cls, pid_dir: Path, name: str, pid: int) -> "PidFile":
+    def write(cls, pid_dir: Path, name: str, pid: int) -> PidFile:
         pid_dir.mkdir(parents=True, exist_ok=True)
         pf = cls(name, pid, _proc_start_time(pid), pid_dir / f"{name}.pid")
         pf.path.write_text(json.dumps({"name": name, "pid": pid, "start": pf.start}) + "\n")
         return pf
 
     @classmethod
-    def read_all(cls, pid_dir: Path) -> list["PidFile"]:
+    def read_all(cls, pid_dir: Path) -> list[PidFile]:
         out = []
         for path in sorted(pid_dir.glob("*.pid")):
             try:

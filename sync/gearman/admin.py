@@ -10,8 +10,8 @@ that does not parse raises GearmanProtocolError: every failure is a GearmanError
 from __future__ import annotations
 
 import asyncio
-
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from sync.errors import ProtocolError
 from sync.gearman.errors import GearmanConnectionError, GearmanProtocolError, GearmanServerError, GearmanTimeoutError

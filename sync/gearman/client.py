@@ -28,8 +28,8 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Literal, TypeVar
 
 import structlog
 
@@ -43,10 +43,10 @@ from sync.gearman.errors import (
 )
 from sync.gearman.protocol import (
     DEFAULT_MAX_PACKET_BYTES,
-    encode_function,
-    encode_unique,
     Packet,
     PacketType,
+    encode_function,
+    encode_unique,
     pack_request,
     pack_submit,
 )
@@ -55,6 +55,8 @@ from sync.retry import Backoff
 __all__ = ["GearmanClient", "Priority", "encode_function", "encode_unique"]
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
 
 Priority = Literal["normal", "high", "low"]
 
@@ -369,7 +371,7 @@ class GearmanClient:
         host, port = self.servers[index]
         log.warning("gearman_client_server_down", host=host, port=port, error=str(error), retry_in_s=round(delay, 3))
 
-    async def _run(self, op):  # type: ignore[no-untyped-def]
+    async def _run(self, op: Callable[[_ClientSession], Awaitable[_T]]) -> _T:
         """Run ``op(session)`` on the current server, failing over to the next ones on connection errors."""
         if self._closed:
             raise GearmanConnectionError("client is closed")
@@ -378,9 +380,8 @@ class GearmanClient:
         for step in range(n):
             index = (self._current + step) % n
             now = time.monotonic()
-            if self._retry_at[index] > now and not (
-                self._sessions[index] is not None and self._sessions[index].alive  # type: ignore[union-attr]
-            ):
+            held = self._sessions[index]
+            if self._retry_at[index] > now and not (held is not None and held.alive):
                 errors.append(f"{self.servers[index][0]}:{self.servers[index][1]} in back-off")
                 continue
             try:

@@ -43,9 +43,9 @@ import structlog
 from sync.gearman.connection import GearmanConnection
 from sync.gearman.errors import GearmanConnectionError, GearmanProtocolError
 from sync.gearman.protocol import (
-    encode_function,
     DEFAULT_MAX_PACKET_BYTES,
     PacketType,
+    encode_function,
     pack_request,
     pack_work_complete,
 )
@@ -465,11 +465,11 @@ class GearmanWorker:
         if len(live) == 1:
             slot = live[0]
             try:
-                await slot.conn.wait_for_work(timeout_s)  # type: ignore[union-attr]
+                await slot.conn.wait_for_work(timeout_s)  # type: ignore[union-attr]  # `live` slots have a conn (s.live)
             except GearmanConnectionError as exc:
                 self._mark_down(slot, exc)
             return
-        tasks = {asyncio.ensure_future(s.conn.wait_for_work(timeout_s)): s for s in live}  # type: ignore[union-attr]
+        tasks = {asyncio.ensure_future(s.conn.wait_for_work(timeout_s)): s for s in live}  # type: ignore[union-attr]  # as above
         try:
             done, pending = await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:

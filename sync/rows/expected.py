@@ -12,12 +12,13 @@ keys/rowcodec), so they cannot disagree about what "Redis equals MySQL" means.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from sync.tables import TableSpec
 from sync.keys import row_key
 from sync.rows.rowcodec import encode_hash, encode_json
 from sync.rows.schema import TableSchema, read_columns_sql
+from sync.tables import TableSpec
 
 
 def select_sql(schema: TableSchema) -> str:

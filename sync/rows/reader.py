@@ -10,9 +10,10 @@ the consistent snapshot of binlog mode and its BinlogPoint) is explained in sync
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import orjson
 import structlog
@@ -84,7 +85,7 @@ def sql_value(v: JSONValue) -> Any:
     if type(v) is dict:
         import base64
 
-        return base64.b64decode(v["$b64"])  # type: ignore[index]
+        return base64.b64decode(v["$b64"])
     return v
 
 
@@ -116,7 +117,7 @@ class BinlogPoint:
     seq: int                        # P's sequence number in that domain (0: none yet)
 
     @classmethod
-    def at(cls, gtid: str, file: str, pos: int, domain: int) -> "BinlogPoint":
+    def at(cls, gtid: str, file: str, pos: int, domain: int) -> BinlogPoint:
         from sync.position import parse_mariadb_gtids
 
         state = parse_mariadb_gtids(gtid, "BINLOG_GTID_POS")
@@ -139,7 +140,7 @@ class BinlogPoint:
                              "seq": self.seq})
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> "BinlogPoint":
+    def from_json(cls, raw: bytes | str) -> BinlogPoint:
         d = orjson.loads(raw)
         return cls(str(d["gtid"]), str(d["file"]), int(d["pos"]), int(d["domain"]), int(d["seq"]))
 
@@ -219,7 +220,7 @@ class TableReader:
         return sql, params
 
     # -- binlog mode: one consistent snapshot for the whole read (sync.tools.snapshot) ---------
-    def begin_consistent(self) -> "BinlogPoint":
+    def begin_consistent(self) -> BinlogPoint:
         """Open the consistent-snapshot transaction and return its binlog point P (MariaDB)."""
         with self._mysql_errors("consistent snapshot"), self.conn.cursor() as cur:
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
@@ -312,7 +313,7 @@ def row_events(schema: TableSchema, rows: Sequence[Mapping[str, Any]], op: Op = 
 # Column kind → the Python type whose values canonical_value returns unchanged. Temporal
 # columns arrive as MySQL's text when read through `fast_conversions()` (connections made by
 # open_table): exactly the canonical text (fsp digits, UTC for TIMESTAMP in the read session).
-_IDENTITY: dict[str, type] = {"int": int, "uint64": int, "text": str,
+_IDENTITY: dict[str, Any] = {"int": int, "uint64": int, "text": str,
                               "datetime": str, "timestamp": str, "date": str, "time": str}
 
 

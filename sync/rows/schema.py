@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from sync.errors import ConfigError, SourceError
 from sync.events import JSONValue
@@ -135,7 +136,7 @@ class TableSchema:
         raise ConfigError(f"column {name!r} is not in table {self.name!r}; expected one of "
                           + ", ".join(c.name for c in self.columns))
 
-    def select(self, names: Sequence[str] | None) -> "TableSchema":
+    def select(self, names: Sequence[str] | None) -> TableSchema:
         """The same table restricted to `names` (the key columns are always kept, first)."""
         if not names:
             return self
@@ -226,7 +227,7 @@ def read_sql(col: Column) -> str:
     return x
 
 
-def read_columns_sql(schema: "TableSchema") -> str:
+def read_columns_sql(schema: TableSchema) -> str:
     """The column list of a snapshot/verify SELECT: read_sql(c) AS `c` for every column."""
     return ", ".join(f"{read_sql(c)} AS {quote_ident(c.name)}" for c in schema.columns)
 
@@ -297,7 +298,7 @@ def load_table(conn: Any, database: str, table: str) -> TableSchema:
         )
     schema = TableSchema(database, table, columns, key, key_name)
     for c in schema.columns:
-        c.kind  # raises ConfigError for unsupported types
+        _ = c.kind  # raises ConfigError for unsupported types
     return schema
 
 

@@ -20,8 +20,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Self
 
 __all__ = [
     "ServerStartError",
@@ -109,7 +110,7 @@ class _Server:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> "_Server":
+    def start(self) -> Self:
         if self.running:
             return self
         self.prepare()
@@ -176,7 +177,7 @@ class _Server:
         """SIGKILL: no chance to flush or shut down cleanly."""
         self._terminate(force=True)
 
-    def restart(self) -> "_Server":
+    def restart(self) -> Self:
         self.stop()
         return self.start()
 
@@ -201,7 +202,7 @@ class _Server:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGCONT)
 
-    def __enter__(self) -> "_Server":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -430,7 +431,7 @@ class RedisClusterNodes:
         node = self.nodes[0]
         return f"redis://{node.host}:{node.port}/0"
 
-    def start(self) -> "RedisClusterNodes":
+    def start(self) -> RedisClusterNodes:
         for node in self.nodes:
             node.start()
         addrs = [f"{h}:{p}" for h, p in self.startup_nodes]
@@ -460,7 +461,7 @@ class RedisClusterNodes:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> "RedisClusterNodes":
+    def __enter__(self) -> RedisClusterNodes:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

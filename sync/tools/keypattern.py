@@ -5,7 +5,7 @@ typed_pk)."""
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from sync.events import JSONValue
 from sync.keys import escape
@@ -34,7 +34,7 @@ class KeyPattern:
         self.template = template
         glob: list[str] = []
         regex: list[str] = []
-        slots: list[str | None] = []   # per regex group: column name, or None for "all pk columns"
+        slots: list[str] = []   # per regex group: its column name
         pos = 0
         self.has_anchor = False
         for m in _TOKEN.finditer(template):

@@ -4,8 +4,9 @@ key applied, the row count, the settings and, in binlog mode, the start point P1
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import orjson
 import redis.exceptions
@@ -68,11 +69,11 @@ class ProgressStore:
     async def clear(self) -> None:
         await _redis_call("DEL", self.redis.delete(self.key))
 
-    async def save_binlog_start(self, point: "BinlogPoint") -> None:
+    async def save_binlog_start(self, point: BinlogPoint) -> None:
         """Binlog mode: the first run's point P1, where sync-binlog must start (sync.tools.snapshot)."""
         await _redis_call("HSET", self.redis.hset(self.key, "binlog_start", point.to_json()))
 
-    async def load_binlog_start(self) -> "BinlogPoint | None":
+    async def load_binlog_start(self) -> BinlogPoint | None:
         raw = await _redis_call("HGET", self.redis.hget(self.key, "binlog_start"))
         if not raw:
             return None

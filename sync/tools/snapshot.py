@@ -102,18 +102,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 
 from sync.apply.applier import Outcome, RedisApplier
-from sync.tables import TableSpec
 from sync.errors import ConfigError, short_error
 from sync.events import ChangeEvent, JSONValue
 from sync.rows.reader import BinlogPoint, TableReader, fast_conversions, format_pk, row_events
 from sync.rows.schema import TableSchema
+from sync.tables import TableSpec
 from sync.tools.progress import ProgressStore
 
 log = structlog.get_logger(__name__)
@@ -312,6 +313,7 @@ class Snapshot:
                      resume_after=format_pk(self.schema, after) if after else None)
             pending = asyncio.ensure_future(asyncio.to_thread(self._read, after))
             while True:
+                assert pending is not None  # set before the loop and before every further round
                 events, last, n = await pending
                 pending = None
                 if not n:
@@ -401,10 +403,10 @@ def open_table(
 ) -> TableTarget:
     """Settings from options / env / config file (as sync-worker reads them), then connect."""
     from sync.config import worker_settings
-    from sync.tables import check_table_name
-    from sync.settings import mysql_settings
-    from sync.rows.schema import current_database, load_table
     from sync.redis_client import connect_redis
+    from sync.rows.schema import current_database, load_table
+    from sync.settings import mysql_settings
+    from sync.tables import check_table_name
 
     if "." in table and database is None and not table.startswith("."):
         database, table = table.split(".", 1)

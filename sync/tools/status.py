@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import structlog
 
 from sync import keys
-from sync.tables import default_function
 from sync.errors import short_error
 from sync.gearman import admin
+from sync.tables import default_function
 
 log = structlog.get_logger(__name__)
 
@@ -160,7 +161,7 @@ async def collect(
                                    *([mtask] if mtask is not None else []))
     gearman = list(results[: len(gtasks)])
     rds = results[len(gtasks)]
-    my = results[len(gtasks) + 1] if mtask is not None else {"up": None, "error": "not configured"}
+    my: dict[str, Any] = results[len(gtasks) + 1] if mtask is not None else {"up": None, "error": "not configured"}
     names = list(tables) or sorted(rds.get("tables", {}))
     fn_of = dict(functions or {})
     # Tables seen only as gearsync.<table> functions in gearmand count too.

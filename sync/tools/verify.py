@@ -38,21 +38,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, cast
 
 import orjson
 import redis.exceptions
 import structlog
 
 from sync.apply.applier import Outcome, RedisApplier
-from sync.tables import TableSpec
 from sync.errors import ApplyError, ConfigError
 from sync.events import ChangeEvent, JSONValue, Op, Source
-from sync.rows.expected import expected_entry
 from sync.keys import DEFAULT_PREFIX, row_key
-from sync.rows.schema import canonical_value, quote_ident
+from sync.rows.expected import expected_entry
 from sync.rows.reader import TableReader, row_events
+from sync.rows.schema import canonical_value, quote_ident
+from sync.tables import TableSpec
 from sync.tools.keypattern import KeyPattern, typed_pk
 from sync.tools.snapshot import apply_events
 
@@ -109,8 +110,13 @@ class VerifyReport:
 class _Suspect:
     kind: str                                   # missing | different | extra
     key: str
-    pk: tuple[JSONValue, ...] | None            # canonical pk values (rows), parsed texts (extras)
+    pk: tuple[Any, ...] | None                  # canonical pk values (rows: JSONValue), parsed texts (extras: str | bytes)
     detail: str
+
+
+def _row_pks(found: Sequence[_Suspect]) -> list[tuple[JSONValue, ...]]:
+    """The pks of missing/different suspects: always set for those (only extras may lack one)."""
+    return cast("list[tuple[JSONValue, ...]]", [s.pk for s in found])
 
 
 ProgressFn = Callable[[str, int], None]
@@ -210,7 +216,7 @@ class Verifier:
         return found
 
     # -- the passes ------------------------------------------------------------------------------
-    async def _row_chunks(self):  # type: ignore[no-untyped-def]
+    async def _row_chunks(self) -> AsyncIterator[list[dict[str, Any]]]:
         if self.sample is None:
             after = None
             while True:
@@ -333,7 +339,7 @@ class Verifier:
     # -- repair ----------------------------------------------------------------------------------
     async def _repair_rows(self, found: Sequence[_Suspect], report: VerifyReport) -> None:
         assert self.applier is not None
-        rows = await asyncio.to_thread(self.reader.rows_by_key, [s.pk for s in found], versioned=True)
+        rows = await asyncio.to_thread(self.reader.rows_by_key, _row_pks(found), versioned=True)
         events = row_events(self.schema, rows, Op.UPDATE)
         applied, stale = await apply_events(self.applier, events)
         report.repaired += applied
@@ -387,7 +393,7 @@ class Verifier:
         extras = [s for s in suspects if s.kind == "extra"]
         for i in range(0, len(rows), self.chunk):
             part = rows[i : i + self.chunk]
-            current = await asyncio.to_thread(self.reader.rows_by_key, [s.pk for s in part], versioned=False)
+            current = await asyncio.to_thread(self.reader.rows_by_key, _row_pks(part), versioned=False)
             still = await self._compare_rows(current, report)
             by_key = {s.key: s for s in still}
             now_keys = {expected_entry(self.schema, self.spec, r)[0] for r in current}
@@ -405,9 +411,9 @@ class Verifier:
         for i in range(0, len(extras), SCAN_BATCH):
             part = extras[i : i + SCAN_BATCH]
             exists = await self._exists([s.key for s in part])
-            still = {s.key for s in await asyncio.to_thread(self._extras_of, [s.key for s, e in zip(part, exists) if e])}
+            still_extra = {s.key for s in await asyncio.to_thread(self._extras_of, [s.key for s, e in zip(part, exists) if e])}
             for s, e in zip(part, exists):
-                if e and s.key in still:
+                if e and s.key in still_extra:
                     self._count(report, s)
                 else:
                     report.settled += 1

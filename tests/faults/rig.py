@@ -28,15 +28,16 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pymysql
 
-from sync.gearman import admin
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.triggers import TriggerOptions, install_statements
+from sync.gearman import admin
 from sync.rows.schema import load_table
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
@@ -136,11 +137,11 @@ class Writer:
                 except Exception:
                     pass
 
-    def start(self) -> "Writer":
+    def start(self) -> Writer:
         self._thread.start()
         return self
 
-    def stop(self) -> "Writer":
+    def stop(self) -> Writer:
         self._stop.set()
         self._thread.join(60)
         assert not self._thread.is_alive(), "writer did not stop"
@@ -148,7 +149,7 @@ class Writer:
             raise self.error
         return self
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -166,7 +167,7 @@ class Proc:
         self.log_path = log_dir / f"{name}-{int(time.monotonic() * 1000)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Proc":
+    def start(self) -> Proc:
         self._fh = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(BIN / self.args[0]), *self.args[1:]], env={**os.environ, **self.env},
                                      stdout=self._fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -182,12 +183,12 @@ class Proc:
 
     def kill(self) -> None:
         if self.alive():
-            self.proc.kill()  # type: ignore[union-attr]
+            self.proc.kill()
         self._wait(10)
 
     def stop(self, timeout_s: float = 20) -> int | None:
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            self.proc.send_signal(signal.SIGTERM)
         return self._wait(timeout_s)
 
     def _wait(self, timeout_s: float) -> int | None:

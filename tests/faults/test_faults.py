@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -77,7 +78,7 @@ def stop_all(rig: Rig) -> None:
 
 @pytest.mark.parametrize("queue", ["libsqlite3", "mysql"])
 def test_gearmand_sigkill_with_thousands_queued(queue: str, gearmand_factory, redis_factory, rig_factory,
-                                                udf_installed: MariaDBServer) -> None:  # type: ignore[no-untyped-def]
+                                                udf_installed: MariaDBServer) -> None:
     """Workers stopped, thousands of jobs pile up in a persistent queue, gearmand SIGKILLed and
     restarted: every job comes back; changes written meanwhile go to the spool."""
     kw: dict[str, Any] = {"queue": queue}
@@ -109,7 +110,7 @@ def test_gearmand_sigkill_with_thousands_queued(queue: str, gearmand_factory, re
     assert after_restart >= before, (before, after_restart)
 
 
-def test_gearmand_down_for_a_while(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_gearmand_down_for_a_while(gearmand_factory, redis_factory, rig_factory) -> None:
     g = gearmand_factory(queue="libsqlite3")
     rig = rig_factory(g, redis_factory())
     rig.make_table()
@@ -134,7 +135,7 @@ def test_gearmand_down_for_a_while(gearmand_factory, redis_factory, rig_factory)
     assert spooled > 0
 
 
-def test_gearmand_sigstop(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_gearmand_sigstop(gearmand_factory, redis_factory, rig_factory) -> None:
     """A hung gearmand: statements slow by at most about the UDF timeout (100 ms), then the server
     is skipped for retry_ms and changes go to the spool; after SIGCONT everything drains."""
     g = gearmand_factory()
@@ -167,7 +168,7 @@ def test_gearmand_sigstop(gearmand_factory, redis_factory, rig_factory) -> None:
 
 # -- Redis ---------------------------------------------------------------------------------------
 
-def test_redis_sigkill_with_appendonly_loses_nothing(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_redis_sigkill_with_appendonly_loses_nothing(gearmand_factory, redis_factory, rig_factory) -> None:
     """Redis with appendonly yes + appendfsync always, SIGKILLed for 3 s: the workers hold their
     batch and retry; no repair is run, so the 0 differences are the pipeline's own."""
     g = gearmand_factory()
@@ -192,7 +193,7 @@ def test_redis_sigkill_with_appendonly_loses_nothing(gearmand_factory, redis_fac
     assert queued_while_down > 0
 
 
-def test_redis_sigkill_without_persistence_then_repair(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_redis_sigkill_without_persistence_then_repair(gearmand_factory, redis_factory, rig_factory) -> None:
     """Redis without persistence loses its whole dataset on a kill: that is Redis' loss, not the
     pipeline's. sync-verify finds it, sync-verify --repair restores it, the next verify is 0."""
     g = gearmand_factory()
@@ -221,7 +222,7 @@ def test_redis_sigkill_without_persistence_then_repair(gearmand_factory, redis_f
 
 # -- workers -------------------------------------------------------------------------------------
 
-def test_worker_sigkill_mid_batch(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_worker_sigkill_mid_batch(gearmand_factory, redis_factory, rig_factory) -> None:
     g = gearmand_factory()
     redis = redis_factory()
     rig = rig_factory(g, redis)
@@ -234,7 +235,7 @@ def test_worker_sigkill_mid_batch(gearmand_factory, redis_factory, rig_factory) 
             rig.wait(lambda: rig.queued() >= 600, 30, "a backlog")
             w = rig.start_worker("--batch", "64")
             start_q = rig.queued()
-            rig.wait(lambda: rig.queued() < start_q - 50, 20, "the worker applying")
+            rig.wait(lambda start_q=start_q: rig.queued() < start_q - 50, 20, "the worker applying")
             w.kill()                                  # SIGKILL with a batch in hand
             rig.workers.remove(w)
             kills += 1
@@ -249,7 +250,7 @@ def test_worker_sigkill_mid_batch(gearmand_factory, redis_factory, rig_factory) 
     assert left > 0
 
 
-def test_all_workers_stopped_then_restarted(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_all_workers_stopped_then_restarted(gearmand_factory, redis_factory, rig_factory) -> None:
     g = gearmand_factory()
     rig = rig_factory(g, redis_factory())
     rig.make_table()
@@ -272,7 +273,7 @@ def test_all_workers_stopped_then_restarted(gearmand_factory, redis_factory, rig
 
 # -- MariaDB -------------------------------------------------------------------------------------
 
-def test_mariadb_restart_during_binlog_streaming(tmp_path: Path, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_mariadb_restart_during_binlog_streaming(tmp_path: Path, redis_factory, rig_factory) -> None:
     server = MariaDBServer(tmp_path / "binlog-db")
     server.start()
     try:
@@ -307,7 +308,7 @@ def _verify_until_equal(rig: Rig, timeout_s: float) -> dict[str, Any]:
 
 
 def test_mariadb_restart_during_trigger_capture(own_mariadb: MariaDBServer, gearmand_factory, redis_factory,  # noqa: F811
-                                                rig_factory) -> None:  # type: ignore[no-untyped-def]
+                                                rig_factory) -> None:
     """Two restarts of mysqld under the writer. The UDF's server list (gman_servers_set) lives in
     mysqld's memory; after each restart it must come back on its own: first from mysqld's
     environment (GEARSYNC_GEARMAN_SERVERS), then from gearsync_udf.conf beside the library. No
@@ -360,7 +361,7 @@ KILL_AFTER_SUBMIT = (
 )
 
 
-def test_relay_killed_between_submit_and_delete(gearmand_factory, redis_factory, rig_factory) -> None:  # type: ignore[no-untyped-def]
+def test_relay_killed_between_submit_and_delete(gearmand_factory, redis_factory, rig_factory) -> None:
     """Outbox triggers: every change goes through the spool. A relay whose DELETE is replaced by
     SIGKILL dies exactly after gearmand accepted a batch and before the rows left the spool; three
     such relays, then a real one. The re-sent batches arrive twice; versions make that harmless."""

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from sync.apply.applier import APPLY_SCRIPT, Outcome, RedisApplier
-from sync.tables import TableSpec
 from sync.errors import ApplyError, ConfigError, PayloadError
 from sync.events import ChangeEvent, ClassicSet, Op, Source, parse_classic
 from sync.keys import row_key, stats_key, version_key
 from sync.rows.rowcodec import encode_hash, encode_json
+from sync.tables import TableSpec
 from sync.testing.servers import RedisClusterNodes, RedisServer
 
 A, S = Outcome.APPLIED, Outcome.STALE
@@ -104,7 +105,7 @@ async def test_json_insert_update_delete(r: Any) -> None:
     ap = RedisApplier(r, TABLES)
     e1 = ins("data", 1, 10, volume=3, name="a")
     assert await ap.apply([e1]) == [A]
-    assert await r.get("data:1") == encode_json(e1.row)  # type: ignore[arg-type]
+    assert await r.get("data:1") == encode_json(e1.row)
     assert await r.get("gearsync:v:{data:1}") == b"%020d" % 10
     e2 = up("data", 1, 11, volume=4, name=None)
     assert await ap.apply([e2]) == [A]
@@ -147,8 +148,8 @@ async def test_composite_keys_and_hash_tag_template(r: Any) -> None:
     a = ins("comp", {"a": "x:y", "b": 1}, 1, v="first")
     b = ins("comp", {"a": "x", "b": "y:1"}, 1, v="second")
     assert await ap.apply([a, b]) == [A, A]
-    assert await r.get("{comp}:x\\:y:1") == encode_json(a.row)  # type: ignore[arg-type]
-    assert await r.get("{comp}:x:y\\:1") == encode_json(b.row)  # type: ignore[arg-type]
+    assert await r.get("{comp}:x\\:y:1") == encode_json(a.row)
+    assert await r.get("{comp}:x:y\\:1") == encode_json(b.row)
     assert await r.get("gearsync:v:{comp}:x\\:y:1") == b"%020d" % 1
 
 
@@ -158,7 +159,7 @@ async def test_equal_and_older_versions_are_stale(r: Any) -> None:
     assert await ap.apply([new]) == [A]
     assert await ap.apply([new]) == [S]  # redelivery
     assert await ap.apply([up("data", 1, 99, v="old"), dele("data", 1, 50)]) == [S, S]
-    assert await r.get("data:1") == encode_json(new.row)  # type: ignore[arg-type]
+    assert await r.get("data:1") == encode_json(new.row)
 
 
 async def test_tombstone_blocks_older_upsert_newer_applies(r: Any) -> None:
@@ -168,7 +169,7 @@ async def test_tombstone_blocks_older_upsert_newer_applies(r: Any) -> None:
     assert await r.exists("data:1") == 0
     newer = ins("data", 1, 8, v="reborn")
     assert await ap.apply([newer]) == [A]
-    assert await r.get("data:1") == encode_json(newer.row)  # type: ignore[arg-type]
+    assert await r.get("data:1") == encode_json(newer.row)
     # the version key is a plain fence again: no expiry
     assert await r.pttl("gearsync:v:{data:1}") == -1
 

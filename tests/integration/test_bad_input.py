@@ -87,7 +87,7 @@ def _queued(g: GearmanServer) -> int:
 
 
 def test_worker_dead_letters_every_bad_payload_and_keeps_running(gearmand: GearmanServer, redis_server: RedisServer,
-                                                                 redis_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+                                                                 redis_client, tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
     env = {**os.environ, "GEARMAN_SERVERS": gearmand.address, "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"}
     with open(log, "wb") as fh:
@@ -138,7 +138,7 @@ def test_worker_dead_letters_every_bad_payload_and_keeps_running(gearmand: Gearm
 # -- console scripts ----------------------------------------------------------------------------
 
 @pytest.fixture
-def nokey_db(db):  # type: ignore[no-untyped-def]
+def nokey_db(db):
     with db.cursor() as cur:
         cur.execute("CREATE TABLE nokey (a INT, b VARCHAR(10))")
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
@@ -179,7 +179,7 @@ def _cases(mysql_url: str, redis_url: str, database: str) -> list[tuple[str, lis
 
 
 def test_every_console_script_rejects_bad_input_in_one_line(mariadb: MariaDBServer, redis_server: RedisServer,
-                                                           nokey_db) -> None:  # type: ignore[no-untyped-def]
+                                                           nokey_db) -> None:
     mysql_url = f"mysql://root@127.0.0.1:{mariadb.port}/"
     redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
     failures = []

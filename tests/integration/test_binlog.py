@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import WorkerSettings
-from sync.tables import TableSpec
-from sync.keys import binlog_position_key, stats_key
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.capture.binlog.service import stream_name
+from sync.config import WorkerSettings
+from sync.keys import binlog_position_key, stats_key
 from sync.mysql import from_url
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .test_binlog_helpers import Running, diff, mysql_state, redis_state, settings, wait_caught_up
 
@@ -55,12 +55,12 @@ ROWS = [
 ]
 
 
-def _insert(cur, rows) -> None:  # type: ignore[no-untyped-def]
+def _insert(cur, rows) -> None:
     cur.executemany(f"INSERT INTO typed ({', '.join(COLS)}) VALUES ({', '.join(['%s'] * len(COLS))})", rows)
 
 
 @pytest.mark.parametrize("sink", ["redis"])
-def test_types_insert_update_delete_composite_key(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client, sink: str) -> None:  # type: ignore[no-untyped-def]
+def test_types_insert_update_delete_composite_key(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client, sink: str) -> None:
     name = db.db_name
     with db.cursor() as cur:
         cur.execute(TYPED)
@@ -89,7 +89,7 @@ def test_types_insert_update_delete_composite_key(mariadb: MariaDBServer, db, re
     assert len(expected) == 5 and "typed:moved:7" in expected and "typed:b\\:c:7" not in expected
 
 
-def test_columns_subset_and_untouched_updates(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_columns_subset_and_untouched_updates(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:
     name = db.db_name
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT, other VARCHAR(10))")
@@ -106,7 +106,7 @@ def test_columns_subset_and_untouched_updates(mariadb: MariaDBServer, db, redis_
     assert stats["events"] == 2
 
 
-def test_alter_table_mid_stream(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_alter_table_mid_stream(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:
     name = db.db_name
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT, name VARCHAR(20))")
@@ -157,7 +157,8 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([str(BIN / "sync-binlog"), *args, "--log-format", "json"], stdout=fh, stderr=fh)
 
 
-def test_sigkill_mid_stream_no_loss_no_double_apply(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_mid_stream_no_loss_no_double_apply(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client,
+                                                    tmp_path: Path) -> None:
     name = db.db_name
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT, n INT)")
@@ -199,7 +200,8 @@ def test_sigkill_mid_stream_no_loss_no_double_apply(mariadb: MariaDBServer, db, 
     assert int(redis_client.hget(stats_key("data"), "applied_total")) == done[0]
 
 
-def test_gearman_sink_through_sync_worker(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client, gearmand: GearmanServer) -> None:  # type: ignore[no-untyped-def]
+def test_gearman_sink_through_sync_worker(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client,
+                                          gearmand: GearmanServer) -> None:
     from sync.apply.worker import SyncWorker
 
     name = db.db_name
@@ -248,7 +250,7 @@ def test_cli_bad_options(tmp_path: Path) -> None:
     assert code == 3 and "cannot connect" in err and err.count("\n") == 1
 
 
-def test_redis_hung_mid_stream_holds_then_catches_up(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_redis_hung_mid_stream_holds_then_catches_up(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:
     name = db.db_name
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pymysql
 
 from sync.capture.binlog.service import BinlogService, BinlogSettings
-from sync.redis_client import RedisSettings
+from sync.keys import row_key
 from sync.mysql import from_url
+from sync.redis_client import RedisSettings
 from sync.rows.rowcodec import encode_json
 from sync.rows.schema import READ_SESSION_SQL, load_table, quote_ident, read_sql
-from sync.keys import row_key
 from sync.testing.servers import MariaDBServer, RedisServer
 
 
@@ -44,7 +45,7 @@ class Running:
         except BaseException as exc:  # reported by stop()/wait_started()
             self.error = exc
 
-    def wait_started(self, timeout_s: float = 30.0) -> "Running":
+    def wait_started(self, timeout_s: float = 30.0) -> Running:
         deadline = time.monotonic() + timeout_s
         while self.service.position is None:
             if self.error is not None:
@@ -62,7 +63,7 @@ class Running:
             raise self.error
         return self.result
 
-    def __enter__(self) -> "Running":
+    def __enter__(self) -> Running:
         return self.wait_started()
 
     def __exit__(self, *exc: object) -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -47,7 +47,7 @@ def _cli(server: MariaDBServer, redis_server: RedisServer, *args: str, user: str
     return p.returncode, errors[0] if errors else p.stderr[-1500:]
 
 
-def test_mariadb_restart_mid_stream(own_db: MariaDBServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_mariadb_restart_mid_stream(own_db: MariaDBServer, redis_server: RedisServer, redis_client) -> None:
     _restart_with(own_db)
     own_db.execute(f"TRUNCATE TABLE {DB}.data")
     st = settings(own_db, DB, ["data"], redis_server, start="current")
@@ -73,7 +73,7 @@ def test_mariadb_restart_mid_stream(own_db: MariaDBServer, redis_server: RedisSe
     assert int(redis_client.hget(stats_key("data"), "applied_total")) == 800
 
 
-def test_purged_position_says_how_to_resnapshot(own_db: MariaDBServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_purged_position_says_how_to_resnapshot(own_db: MariaDBServer, redis_server: RedisServer, redis_client) -> None:
     _restart_with(own_db)
     st = settings(own_db, DB, ["data"], redis_server, start="current", name="purge-test")
     with Running(st) as run:
@@ -132,7 +132,7 @@ def test_privilege_checks(own_db: MariaDBServer, redis_server: RedisServer, gran
     assert "pw" not in err.replace("pwd", "")
 
 
-def test_privileges_enough(own_db: MariaDBServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_privileges_enough(own_db: MariaDBServer, redis_server: RedisServer, redis_client) -> None:
     """REPLICATION SLAVE + BINLOG MONITOR + SELECT is all sync-binlog needs on MariaDB 10.11."""
     if own_db.extra_args:
         _restart_with(own_db)

@@ -14,7 +14,7 @@ from sync.testing.servers import MariaDBServer, RedisServer
 from .test_binlog_helpers import Running, binlog_pos, diff, mysql_state, redis_state, settings, wait_caught_up
 
 
-def test_quiet_server_flushes_a_small_batch_at_once(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_quiet_server_flushes_a_small_batch_at_once(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:
     # --batch and --flush-ms far beyond this test: only the "server went quiet" flush can send
     # these three changes (a heartbeat alone does not: it just hands over the pending events).
     name = db.db_name
@@ -30,7 +30,7 @@ def test_quiet_server_flushes_a_small_batch_at_once(mariadb: MariaDBServer, db, 
     assert int(redis_client.hget(stats_key("data"), "applied_total")) == 3
 
 
-def test_redis_restart_mid_stream_resends_the_held_batch(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_redis_restart_mid_stream_resends_the_held_batch(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:
     name = db.db_name
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
@@ -57,7 +57,8 @@ def test_redis_restart_mid_stream_resends_the_held_batch(mariadb: MariaDBServer,
         assert run.service.stats.retries >= 2
 
 
-def test_stop_while_redis_hangs_gives_up_the_batch_within_the_timeout(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_stop_while_redis_hangs_gives_up_the_batch_within_the_timeout(mariadb: MariaDBServer, db, redis_server: RedisServer,
+                                                                      redis_client) -> None:
     name = db.db_name
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")

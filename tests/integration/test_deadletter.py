@@ -31,8 +31,8 @@ async def test_put_peek_size(aredis: Any) -> None:
     assert first.raw == b'{"v":1' and first.reason.startswith("payload:")
     assert first.function == "sync_data" and first.unique == "u1"
     assert second.raw == b"\xff\xfe binary" and second.function is None
-    when = dt.datetime.strptime(first.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
-    assert abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) < 60
+    when = dt.datetime.strptime(first.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 60
     # the stored record is plain JSON, readable by ops tooling
     stored = [orjson.loads(x) for x in await aredis.lrange(dead_letter_key("data"), 0, -1)]
     assert stored[0]["raw"] == '{"v":1' and stored[0]["raw_b64"] is False
@@ -91,7 +91,7 @@ async def test_concurrent_replayers_never_duplicate_or_lose(aredis: Any) -> None
 
 async def test_identical_records_ack_one_at_a_time(aredis: Any) -> None:
     store = DeadLetterStore(aredis)
-    fixed = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    fixed = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     rec = DeadLetterStore.encode_record(b"x", "r", function=None, unique=None, now=fixed)
     await aredis.rpush(store.key("d"), rec, rec)
     one = await store.pop_batch("d", 1)

@@ -21,9 +21,9 @@ import pymysql
 import pytest
 import redis
 
-from sync.tables import TableSpec
 from sync.rows.expected import expected_entry, select_sql
 from sync.rows.schema import READ_SESSION_SQL, load_table
+from sync.tables import TableSpec
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DEMO = [sys.executable, "-m", "sync.demo", "--ci", "--no-install"]

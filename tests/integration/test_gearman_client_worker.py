@@ -146,7 +146,7 @@ async def test_many_with_explicit_uniques_and_server_error(gearmand: GearmanServ
         too_long = pack_request(PacketType.SUBMIT_JOB_BG, FN, "u" * 65, b"x")
         fine = pack_request(PacketType.SUBMIT_JOB_BG, FN, "c", b"x")
 
-        async def op(session):  # type: ignore[no-untyped-def]
+        async def op(session):
             return await session.request([fine, too_long, fine], PacketType.JOB_CREATED)
 
         with pytest.raises(GearmanServerError) as info:
@@ -297,8 +297,8 @@ async def test_client_fails_over_from_dead_first_server(gearmand: GearmanServer)
 
 async def test_client_and_worker_survive_gearmand_restart(gearmand: GearmanServer) -> None:
     fast = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "connect_timeout_s": 1.0, "io_timeout_s": 2.0}
-    async with GearmanClient([addr(gearmand)], **fast) as client, GearmanWorker(  # type: ignore[arg-type]
-        [addr(gearmand)], [FN], client_id="restart-test", **fast  # type: ignore[arg-type]
+    async with GearmanClient([addr(gearmand)], **fast) as client, GearmanWorker(
+        [addr(gearmand)], [FN], client_id="restart-test", **fast
     ) as worker:
         await client.submit_background_many(FN, [b"before", b"unacked"])
         jobs = await worker.fetch_batch(10, 0.2)

@@ -17,13 +17,13 @@ def test_mariadb_has_row_binlog_with_full_metadata(mariadb: MariaDBServer) -> No
     assert plugin_dir.rstrip("/") == str(mariadb.plugin_dir)
 
 
-def test_db_fixture_is_a_fresh_database(db) -> None:  # type: ignore[no-untyped-def]
+def test_db_fixture_is_a_fresh_database(db) -> None:
     with db.cursor() as cur:
         cur.execute("SHOW TABLES")
         assert cur.fetchall() == ()
 
 
-def test_redis_answers_and_is_flushed(redis_client, redis_server: RedisServer) -> None:  # type: ignore[no-untyped-def]
+def test_redis_answers_and_is_flushed(redis_client, redis_server: RedisServer) -> None:
     assert redis_client.dbsize() == 0
     redis_client.set("k", "v")
     assert redis_client.get("k") == b"v"
@@ -40,12 +40,12 @@ def test_gearmand_restarts_on_the_same_port(gearmand: GearmanServer) -> None:
         assert s.recv(64).startswith(b"OK 1.1")
 
 
-def test_gearmand_with_mysql_queue(gearmand_factory, mariadb: MariaDBServer) -> None:  # type: ignore[no-untyped-def]
+def test_gearmand_with_mysql_queue(gearmand_factory, mariadb: MariaDBServer) -> None:
     server = gearmand_factory(queue="mysql", mysql=mariadb)
     assert server.running
 
 
-def test_gearmand_with_sqlite_queue(gearmand_factory) -> None:  # type: ignore[no-untyped-def]
+def test_gearmand_with_sqlite_queue(gearmand_factory) -> None:
     server = gearmand_factory(queue="libsqlite3")
     assert (server.base_dir / "queue.sqlite3").exists()
 

@@ -82,7 +82,7 @@ def test_busy_metrics_port_is_a_one_line_error(gearmand: GearmanServer, redis_se
     assert proc.returncode == 2 and b"--metrics-port" in err and b"Traceback" not in err
 
 
-def test_binlog_exposes_counters(mariadb, db, redis_server: RedisServer, redis_client: Any, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_binlog_exposes_counters(mariadb, db, redis_server: RedisServer, redis_client: Any, tmp_path) -> None:
     import subprocess
     from pathlib import Path
 

@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 from sync.capture.relay import SpoolRelay
-from sync.testing.servers import GearmanServer, MariaDBServer
 from sync.capture.spool import spool_ddl
+from sync.testing.servers import GearmanServer, MariaDBServer
 
 from .test_triggers_helpers import relay_settings, spool_count
 from .udf_fixtures import grab_all
@@ -20,7 +20,7 @@ from .udf_fixtures import grab_all
 REPO = Path(__file__).resolve().parents[2]
 
 
-def fill_spool(db, n: int, functions: tuple[str, ...] = ("gearsync.a",)) -> list[bytes]:  # type: ignore[no-untyped-def]
+def fill_spool(db, n: int, functions: tuple[str, ...] = ("gearsync.a",)) -> list[bytes]:
     payloads = [f'{{"n":{i}}}'.encode() for i in range(n)]
     with db.cursor() as cur:
         cur.execute(spool_ddl(db.db_name))
@@ -29,7 +29,7 @@ def fill_spool(db, n: int, functions: tuple[str, ...] = ("gearsync.a",)) -> list
     return payloads
 
 
-def test_relay_sends_in_id_order_and_deletes(mariadb: MariaDBServer, gearmand: GearmanServer, db) -> None:  # type: ignore[no-untyped-def]
+def test_relay_sends_in_id_order_and_deletes(mariadb: MariaDBServer, gearmand: GearmanServer, db) -> None:
     payloads = fill_spool(db, 1200, ("gearsync.a", "gearsync.b"))
 
     async def go() -> int:
@@ -46,7 +46,7 @@ def test_relay_sends_in_id_order_and_deletes(mariadb: MariaDBServer, gearmand: G
     assert got_a == payloads[0::2] and got_b == payloads[1::2]  # id order per function
 
 
-def test_several_relays_share_the_spool(mariadb: MariaDBServer, gearmand: GearmanServer, db) -> None:  # type: ignore[no-untyped-def]
+def test_several_relays_share_the_spool(mariadb: MariaDBServer, gearmand: GearmanServer, db) -> None:
     payloads = fill_spool(db, 3000)
 
     async def go() -> list[int]:
@@ -68,7 +68,7 @@ def test_several_relays_share_the_spool(mariadb: MariaDBServer, gearmand: Gearma
 
 
 def test_relay_keeps_rows_while_gearmand_is_down_and_exits_on_sigterm(
-    mariadb: MariaDBServer, gearmand_factory, db  # type: ignore[no-untyped-def]
+    mariadb: MariaDBServer, gearmand_factory, db
 ) -> None:
     g: GearmanServer = gearmand_factory()
     g.stop()
@@ -107,7 +107,7 @@ def test_relay_bad_options(mariadb: MariaDBServer) -> None:
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
-def test_relay_stops_with_a_message_when_retrying_cannot_help(mariadb: MariaDBServer, db) -> None:  # type: ignore[no-untyped-def]
+def test_relay_stops_with_a_message_when_retrying_cannot_help(mariadb: MariaDBServer, db) -> None:
     """A wrong password, an unknown database or a database without gearsync_spool: one line that
     says what to change, exit 2 — not a relay retrying forever. The password never shows."""
     exe = str(REPO / ".venv" / "bin" / "sync-relay")

@@ -20,9 +20,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sync.redis_client import check_redis_url
 from sync.events import ChangeEvent, Op, Source, encode_change
 from sync.gearman import GearmanClient
+from sync.redis_client import check_redis_url
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ SECRETS = (REDIS_PW, ACL_PW, MYSQL_PW)
 
 
 @pytest.fixture(scope="module")
-def auth_redis(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def auth_redis(tmp_path_factory: pytest.TempPathFactory):
     r = RedisServer(tmp_path_factory.mktemp("redis-auth"), password=REDIS_PW)
     r.start()
     c = r.client()
@@ -112,7 +112,7 @@ def test_wrong_password_fails_without_showing_it(auth_redis: RedisServer, gearma
     _no_secret(cmdline, "/proc/<pid>/cmdline")
 
 
-def test_tools_authenticate_with_redis(auth_redis: RedisServer, mariadb: MariaDBServer, db) -> None:  # type: ignore[no-untyped-def]
+def test_tools_authenticate_with_redis(auth_redis: RedisServer, mariadb: MariaDBServer, db) -> None:
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
         cur.execute("INSERT INTO data SELECT seq, seq FROM seq_1_to_20")
@@ -136,7 +136,7 @@ def test_tools_authenticate_with_redis(auth_redis: RedisServer, mariadb: MariaDB
         _no_secret(r.stdout + r.stderr, "sync-verify with a wrong password")
 
 
-def test_mysql_password_never_shows(mariadb: MariaDBServer, redis_server: RedisServer, db) -> None:  # type: ignore[no-untyped-def]
+def test_mysql_password_never_shows(mariadb: MariaDBServer, redis_server: RedisServer, db) -> None:
     """A MySQL user with a password: the wrong one in every tool's error, the right one in the
     binlog reader's output and process title."""
     user = "sec_" + uuid.uuid4().hex[:6]
@@ -183,7 +183,7 @@ def test_mysql_password_never_shows(mariadb: MariaDBServer, redis_server: RedisS
 
 
 def test_least_privilege_snapshot_verify_and_relay(mariadb: MariaDBServer, redis_server: RedisServer,
-                                                   gearmand: GearmanServer, db) -> None:  # type: ignore[no-untyped-def]
+                                                   gearmand: GearmanServer, db) -> None:
     """The GRANTs of docs/security.md and nothing more: SELECT for snapshot/verify (--repair too);
     SELECT, DELETE on gearsync_spool for the relay."""
     from sync.capture.spool import spool_ddl

@@ -16,16 +16,16 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from sync.tables import TableSpec
+from sync.apply.worker import SyncWorker
+from sync.capture.triggers import TriggerOptions, install_statements
 from sync.config import worker_settings
 from sync.rows.expected import expected_entry, select_sql
-from sync.rows.schema import READ_SESSION_SQL, load_table
 from sync.rows.reader import TableReader, fast_conversions
+from sync.rows.schema import READ_SESSION_SQL, load_table
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.tools.progress import ProgressStore
 from sync.tools.snapshot import Snapshot, open_table
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.capture.triggers import TriggerOptions, install_statements
-from sync.apply.worker import SyncWorker
 from tests.integration.udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -64,7 +64,7 @@ def redis_state(client: Any, pattern: str, fmt: str) -> dict[str, Any]:
 
 
 async def run_snapshot(mariadb: MariaDBServer, db: Any, r: RedisServer, table: str, *, chunk: int = 1000,
-                       fmt: str = "json", template: str = "{table}:{pk}", restart: bool = False):  # type: ignore[no-untyped-def]
+                       fmt: str = "json", template: str = "{table}:{pk}", restart: bool = False):
     target = open_table(table=table, database=db.db_name, mysql_url=f"mysql://root@127.0.0.1:{mariadb.port}/",
                         redis_url=f"redis://127.0.0.1:{r.port}/0", fmt=fmt, key_template=template, env={})
     try:

@@ -15,12 +15,11 @@ import pytest
 
 from sync.capture.binlog.service import stream_name
 from sync.keys import binlog_position_key, version_key
-from sync.position import PositionStore
+from sync.position import ROW_MASK, PositionStore, gtid_version
 from sync.rows.reader import TableReader
+from sync.testing.servers import MariaDBServer, RedisServer
 from sync.tools.progress import ProgressStore
 from sync.tools.snapshot import Snapshot, Versions, open_table
-from sync.position import ROW_MASK, gtid_version
-from sync.testing.servers import MariaDBServer, RedisServer
 
 from .test_binlog_helpers import Running, binlog_pos, diff, mysql_state, redis_state, settings, wait_caught_up
 
@@ -60,7 +59,7 @@ class Writer:
                     cur.execute("DELETE FROM data WHERE id = %s", (i,))
                 self.n += 1
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         self.thread.start()
         return self
 
@@ -74,7 +73,7 @@ class Writer:
             self.stop()
 
 
-def _target(mariadb: MariaDBServer, db: Any, r: RedisServer, template: str):  # type: ignore[no-untyped-def]
+def _target(mariadb: MariaDBServer, db: Any, r: RedisServer, template: str):
     return open_table(table="data", database=db.db_name, mysql_url=f"mysql://root@127.0.0.1:{mariadb.port}/",
                       redis_url=f"redis://127.0.0.1:{r.port}/0", key_template=template, env={})
 

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer, free_port
 from sync.capture.spool import spool_ddl
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer, free_port
 from tests.integration.test_sync_worker import change, start_worker_process, submit_sync
 
 pytestmark = pytest.mark.timeout(120)
@@ -100,7 +100,7 @@ def test_status_watch_refreshes(gearmand: GearmanServer, redis_server: RedisServ
     proc = subprocess.Popen([STATUS_BIN, "--json", "--no-mysql", "--watch", "0.2", "--table", "data"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        lines = [proc.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+        lines = [proc.stdout.readline() for _ in range(3)]
     finally:
         proc.terminate()
         proc.wait(10)

@@ -8,18 +8,19 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 import pytest
 
+from sync.apply.worker import SyncWorker
 from sync.config import worker_settings
 from sync.events import ChangeEvent, Op, Source, encode_change
 from sync.gearman import GearmanClient, admin
 from sync.rows.rowcodec import encode_json
 from sync.testing.servers import GearmanServer, RedisServer
-from sync.apply.worker import SyncWorker
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_BIN = str(REPO / ".venv" / "bin" / "sync-worker")
@@ -76,7 +77,7 @@ def make_worker(g: GearmanServer, r: RedisServer, tables: list[str], **kw: Any) 
     return SyncWorker(settings)
 
 
-async def test_insert_update_delete_json(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+async def test_insert_update_delete_json(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:
     payloads = [
         change("data", "insert", {"id": 1}, {"id": 1, "volume": 10, "name": "ä😀"}, 1),
         change("data", "insert", {"id": 2}, {"id": 2, "volume": 20, "name": None}, 2),
@@ -91,7 +92,7 @@ async def test_insert_update_delete_json(gearmand: GearmanServer, redis_server: 
     assert orjson.loads(redis_client.get("data:3")) == {"id": 3, "volume": 30, "name": "c"}
 
 
-async def test_hash_format_composite_key_and_ttl(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+async def test_hash_format_composite_key_and_ttl(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:
     pk = {"tenant": "a:b", "id": 7}
     await submit(
         gearmand,
@@ -112,7 +113,7 @@ async def test_hash_format_composite_key_and_ttl(gearmand: GearmanServer, redis_
     assert 0 < redis_client.ttl(key) <= 100
 
 
-async def test_shuffled_versions_from_four_workers_end_newest(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+async def test_shuffled_versions_from_four_workers_end_newest(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:
     rng = random.Random(7)
     rows, versions = 200, 15
     payloads = []
@@ -148,10 +149,11 @@ async def test_shuffled_versions_from_four_workers_end_newest(gearmand: GearmanS
             assert orjson.loads(value) == {"id": rid, "volume": versions}, rid
 
 
-async def test_dead_letters_then_replay_after_fix(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+async def test_dead_letters_then_replay_after_fix(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:
     good = change("data", "insert", {"id": 1}, {"id": 1, "volume": 1}, 1)
     wrong_table = change("users", "insert", {"id": 1}, {"id": 1}, 1)
-    bad = [b"{not json", b'{"v":1,"table":"data"}', b'{"v":1,"table":"data","op":"update","pk":{"id":1},"row":{"id":1},"version":1.5,"source":"trigger"}', wrong_table]
+    bad = [b"{not json", b'{"v":1,"table":"data"}',
+           b'{"v":1,"table":"data","op":"update","pk":{"id":1},"row":{"id":1},"version":1.5,"source":"trigger"}', wrong_table]
     await submit(gearmand, "gearsync.data", [good, *bad])
     worker = make_worker(gearmand, redis_server, ["data"])
     await run_worker_until_drained(worker, gearmand, "gearsync.data")
@@ -177,7 +179,7 @@ async def test_dead_letters_then_replay_after_fix(gearmand: GearmanServer, redis
     assert redis_client.llen("gearsync:dead:{data}") == 3
 
 
-async def test_classic_bare_payload(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+async def test_classic_bare_payload(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:
     payloads = [b'{"id": 5, "volume": 3}', b'{"id":"abc","volume":4}', b'{"id": 5, "volume": 9}']
     await submit(gearmand, "syncToRedis", payloads)
     settings = worker_settings(tables=[], classic=True, servers=gearmand.address,
@@ -219,17 +221,17 @@ def assert_all_rows(redis_client: Any, n: int, version_base: int) -> None:
     assert not missing, f"{len(missing)} rows missing or wrong, e.g. {missing[:5]}"
 
 
-def test_sigterm_stops_cleanly_with_exit_0(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_stops_cleanly_with_exit_0(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:
     proc = start_worker_process(gearmand, redis_server)
     time.sleep(1.0)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     assert time.monotonic() - t0 < 12
-    assert b"worker_stopped" in proc.stderr.read()  # type: ignore[union-attr]
+    assert b"worker_stopped" in proc.stderr.read()
 
 
-def test_sigkill_mid_load_loses_nothing(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_mid_load_loses_nothing(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:
     n = 20000
     submit_sync(gearmand, "gearsync.data", expected_rows(n, 1_000_000))
     proc = start_worker_process(gearmand, redis_server, "--batch", "64")
@@ -269,7 +271,7 @@ def test_redis_restart_mid_load_converges(gearmand: GearmanServer, tmp_path: Pat
         wait_drained(gearmand, "gearsync.data")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-        err = proc.stderr.read()  # type: ignore[union-attr]
+        err = proc.stderr.read()
         assert b"redis_unavailable" in err
         # What was applied before the kill is lost with Redis' memory; every job still queued
         # or held by the worker at the kill is in Redis now.
@@ -306,7 +308,7 @@ def test_help_explains() -> None:
         assert word in out
 
 
-def test_servers_down_at_start_then_up(tmp_path: Path, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_servers_down_at_start_then_up(tmp_path: Path, redis_server: RedisServer, redis_client) -> None:
     g = GearmanServer(tmp_path / "g")
     proc = start_worker_process(g, redis_server)  # nothing listens on g.port yet
     try:
@@ -322,7 +324,7 @@ def test_servers_down_at_start_then_up(tmp_path: Path, redis_server: RedisServer
         g.stop()
 
 
-async def test_worker_on_redis_cluster(gearmand: GearmanServer, redis_cluster) -> None:  # type: ignore[no-untyped-def]
+async def test_worker_on_redis_cluster(gearmand: GearmanServer, redis_cluster) -> None:
     from redis.cluster import ClusterNode, RedisCluster
 
     n = 300
@@ -345,7 +347,7 @@ async def test_worker_on_redis_cluster(gearmand: GearmanServer, redis_cluster) -
         client.close()
 
 
-async def test_large_rows_are_split_across_script_calls(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+async def test_large_rows_are_split_across_script_calls(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:
     big = "x" * (5 * 1024 * 1024)
     payloads = [change("data", "insert", {"id": i}, {"id": i, "blob": big + str(i)}, 1 + i) for i in range(8)]
     await submit(gearmand, "gearsync.data", payloads)

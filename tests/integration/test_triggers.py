@@ -15,8 +15,8 @@ import orjson
 import pymysql
 import pytest
 
-from sync.tables import TableSpec
 from sync.rows.schema import load_table, quote_ident
+from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .test_triggers_helpers import (
@@ -60,7 +60,7 @@ def gm(udf_installed: MariaDBServer, gearmand: GearmanServer, db) -> GearmanServ
     return gearmand
 
 
-def data_table(db, rows: int = 0, name: str = "data") -> None:  # type: ignore[no-untyped-def]
+def data_table(db, rows: int = 0, name: str = "data") -> None:
     with db.cursor() as cur:
         cur.execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, volume INT, name VARCHAR(50) CHARACTER SET utf8mb4) "
                     "ENGINE=InnoDB")
@@ -68,7 +68,7 @@ def data_table(db, rows: int = 0, name: str = "data") -> None:  # type: ignore[n
             cur.execute(f"INSERT INTO {name} SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_{rows}")
 
 
-def test_data_insert_update_delete(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_data_insert_update_delete(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:
     data_table(db)
     result = subprocess.run(
         [str(BIN / "sync-triggers"), "install", "--table", "data",
@@ -89,7 +89,7 @@ def test_data_insert_update_delete(mariadb: MariaDBServer, gm: GearmanServer, db
     assert spool_count(db) == 0
 
 
-def test_update_that_changes_nothing_synced_sends_nothing(gm: GearmanServer, db) -> None:  # type: ignore[no-untyped-def]
+def test_update_that_changes_nothing_synced_sends_nothing(gm: GearmanServer, db) -> None:
     with db.cursor() as cur:
         cur.execute("CREATE TABLE t (id INT PRIMARY KEY, a VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci, "
                     "b BLOB, c FLOAT, unsynced INT)")
@@ -109,7 +109,8 @@ def test_update_that_changes_nothing_synced_sends_nothing(gm: GearmanServer, db)
     assert all("unsynced" not in r for r in rows)
 
 
-def test_update_changing_the_key_moves_the_row(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_update_changing_the_key_moves_the_row(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer,
+                                               redis_client) -> None:
     data_table(db, rows=5, name="mv")
     schema = install(db, "mv")
     with db.cursor() as cur:
@@ -129,7 +130,7 @@ def test_update_changing_the_key_moves_the_row(mariadb: MariaDBServer, gm: Gearm
 
 
 @pytest.mark.parametrize("fmt", ["json", "hash"])
-def test_all_types_composite_key(mariadb: MariaDBServer, fmt: str, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_all_types_composite_key(mariadb: MariaDBServer, fmt: str, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:
     with db.cursor() as cur:
         cur.execute(ALL_TYPES.format(name="typed"))
     schema = install(db, "typed")
@@ -146,7 +147,7 @@ def test_all_types_composite_key(mariadb: MariaDBServer, fmt: str, gm: GearmanSe
     assert len(state) == 3 and "typed:moved:7" in state and "typed:b\\:c:7" not in state
 
 
-def test_integral_floats(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_integral_floats(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:
     with db.cursor() as cur:
         cur.execute("CREATE TABLE fl (id INT PRIMARY KEY, f FLOAT, g DOUBLE)")
     schema = install(db, "fl")
@@ -160,7 +161,7 @@ HOSTILE_COLS = ["i`d", "it's", 'dq"x', "sp ace", "semi;colon", "Größe名前", 
                 "x' OR 1=1 --"]
 
 
-def test_hostile_names_end_to_end(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_names_end_to_end(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:
     cols = ", ".join(f"{quote_ident(c)} VARCHAR(40) CHARACTER SET utf8mb4" for c in HOSTILE_COLS[1:])
     with db.cursor() as cur:
         cur.execute("CREATE TABLE canary (id INT PRIMARY KEY)")
@@ -190,7 +191,8 @@ def test_hostile_names_end_to_end(mariadb: MariaDBServer, gm: GearmanServer, db,
     assert row["json_x"] == "[1,2]" and row["select"] == "sel"
 
 
-def test_table_without_usable_key_and_unique_key_table(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_table_without_usable_key_and_unique_key_table(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer,
+                                                       redis_client) -> None:
     with db.cursor() as cur:
         cur.execute("CREATE TABLE nokey (a INT, b INT, UNIQUE KEY (a))")  # unique but nullable
         cur.execute("CREATE TABLE ukey (code VARCHAR(10) CHARACTER SET utf8mb4 NOT NULL, v INT, UNIQUE KEY u (code))")
@@ -210,7 +212,7 @@ def test_table_without_usable_key_and_unique_key_table(mariadb: MariaDBServer, g
     assert sorted(redis_state(redis_client, TableSpec("ukey"))) == ["ukey:b", "ukey:c"]
 
 
-def test_reinstall_coexists_with_user_triggers_and_follows_them(mariadb: MariaDBServer, gm: GearmanServer, db) -> None:  # type: ignore[no-untyped-def]
+def test_reinstall_coexists_with_user_triggers_and_follows_them(mariadb: MariaDBServer, gm: GearmanServer, db) -> None:
     data_table(db, rows=3, name="ri")
     with db.cursor() as cur:
         cur.execute("CREATE TABLE audit (n INT)")
@@ -236,7 +238,7 @@ def test_reinstall_coexists_with_user_triggers_and_follows_them(mariadb: MariaDB
         assert [r[0] for r in cur.fetchall()] == ["user_au", "user_au2"]
 
 
-def test_show_writes_files_a_dba_can_apply(mariadb: MariaDBServer, gm: GearmanServer, db, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_show_writes_files_a_dba_can_apply(mariadb: MariaDBServer, gm: GearmanServer, db, tmp_path: Path) -> None:
     data_table(db, rows=2)
     url = f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}"
     result = subprocess.run([str(BIN / "sync-triggers"), "show", "--table", "data", "--mode", "outbox",
@@ -256,7 +258,7 @@ def test_show_writes_files_a_dba_can_apply(mariadb: MariaDBServer, gm: GearmanSe
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "'nope'" in bad.stderr
 
 
-def test_fail_mode_refuses_the_write_when_gearmand_is_down(gm: GearmanServer, db) -> None:  # type: ignore[no-untyped-def]
+def test_fail_mode_refuses_the_write_when_gearmand_is_down(gm: GearmanServer, db) -> None:
     data_table(db, rows=3)
     install(db, "data", on_enqueue_failure="fail")
     # pipeline=0: gman_do_background returns only after gearmand's JOB_CREATED. With the default
@@ -274,7 +276,8 @@ def test_fail_mode_refuses_the_write_when_gearmand_is_down(gm: GearmanServer, db
     assert spool_count(db) == 0
 
 
-def test_classic_recipe(mariadb: MariaDBServer, udf_installed: MariaDBServer, gearmand: GearmanServer, db, redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_classic_recipe(mariadb: MariaDBServer, udf_installed: MariaDBServer, gearmand: GearmanServer, db,  # noqa: F811
+                        redis_server: RedisServer, redis_client) -> None:
     point_at(db, gearmand)
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")

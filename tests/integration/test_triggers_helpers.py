@@ -9,19 +9,20 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pymysql
 
-from sync.tables import TableSpec
-from sync.config import worker_settings
-from sync.rows.expected import expected_entry, select_sql
-from sync.mysql import MySQLSettings
-from sync.capture.relay import RelaySettings, SpoolRelay
-from sync.rows.schema import READ_SESSION_SQL, TableSchema, load_table
-from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from sync.capture.triggers import TriggerOptions, install_statements
 from sync.apply.worker import SyncWorker
+from sync.capture.relay import RelaySettings, SpoolRelay
+from sync.capture.triggers import TriggerOptions, install_statements
+from sync.config import worker_settings
+from sync.mysql import MySQLSettings
+from sync.rows.expected import expected_entry, select_sql
+from sync.rows.schema import READ_SESSION_SQL, TableSchema, load_table
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from workers.sync_triggers import last_other_triggers
 
 
@@ -50,7 +51,7 @@ class LoopThread:
             self.error = exc
             self._ready.set()
 
-    def start(self) -> "LoopThread":
+    def start(self) -> LoopThread:
         self._thread.start()
         self._ready.wait(10)
         return self
@@ -64,7 +65,7 @@ class LoopThread:
             raise self.error
         return self.rc
 
-    def __enter__(self) -> "LoopThread":
+    def __enter__(self) -> LoopThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

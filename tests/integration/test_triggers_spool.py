@@ -6,10 +6,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pymysql
 
+from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .test_triggers_helpers import (
@@ -23,12 +25,11 @@ from .test_triggers_helpers import (
     worker_thread,
 )
 from .udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
-from sync.tables import TableSpec
 
 ROWS = 100
 
 
-def make_data(db, rows: int = ROWS) -> None:  # type: ignore[no-untyped-def]
+def make_data(db, rows: int = ROWS) -> None:
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT NOT NULL, name VARCHAR(40) CHARACTER SET utf8mb4) "
                     "ENGINE=InnoDB")
@@ -76,13 +77,13 @@ def run_writers(server: MariaDBServer, database: str, n: int, body: Callable[[An
 
 
 def test_eight_connections_four_workers_converge(udf_installed: MariaDBServer, gearmand: GearmanServer, db,  # noqa: F811
-                                                 redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+                                                 redis_server: RedisServer, redis_client) -> None:
     point_at(db, gearmand)
     make_data(db)
     schema = install(db, "data")
     workers = [worker_thread(gearmand, redis_server, "data", batch=8).start() for _ in range(4)]
     try:
-        def update(cur, rng: random.Random, i: int) -> None:  # type: ignore[no-untyped-def]
+        def update(cur, rng: random.Random, i: int) -> None:
             ids = rng.sample(range(1, ROWS + 1), 3)
             cur.execute("UPDATE data SET volume = %s, name = %s WHERE id IN (%s, %s, %s)",
                         (rng.randrange(10**6), f"w{i}", *ids))
@@ -99,7 +100,7 @@ def test_eight_connections_four_workers_converge(udf_installed: MariaDBServer, g
 
 
 def test_gearmand_down_spools_then_relay_converges(udf_installed: MariaDBServer, gearmand_factory, db,  # noqa: F811
-                                                   redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+                                                   redis_server: RedisServer, redis_client) -> None:
     # A persistent queue, so the jobs gearmand had already taken survive its restart.
     g: GearmanServer = gearmand_factory(queue="libsqlite3")
     point_at(db, g)
@@ -107,7 +108,7 @@ def test_gearmand_down_spools_then_relay_converges(udf_installed: MariaDBServer,
     schema = install(db, "data")
     phase = {"name": "up"}
 
-    def update(cur, rng: random.Random, i: int) -> None:  # type: ignore[no-untyped-def]
+    def update(cur, rng: random.Random, i: int) -> None:
         cur.execute("UPDATE data SET volume = volume + 1, name = %s WHERE id = %s",
                     (f"{phase['name']}{i}", rng.randrange(1, ROWS + 1)))
         time.sleep(0.002)
@@ -131,7 +132,7 @@ def test_gearmand_down_spools_then_relay_converges(udf_installed: MariaDBServer,
         ctl = threading.Thread(target=controller)
         ctl.start()
 
-        def body(cur, rng, i):  # type: ignore[no-untyped-def]
+        def body(cur, rng, i):
             t0 = time.perf_counter()
             update(cur, rng, i)
             if phase["name"] == "down":
@@ -159,7 +160,7 @@ def rollback_workload(server: MariaDBServer, database: str, seconds: float = 2.5
     lock = threading.Lock()
     end = time.monotonic() + seconds
 
-    def txn(cur, rng: random.Random, i: int) -> None:  # type: ignore[no-untyped-def]
+    def txn(cur, rng: random.Random, i: int) -> None:
         cur.connection.begin()
         for _ in range(2):
             cur.execute("UPDATE data SET volume = %s WHERE id = %s", (rng.randrange(10**6), rng.randrange(1, ROWS + 1)))
@@ -182,7 +183,7 @@ def rollback_workload(server: MariaDBServer, database: str, seconds: float = 2.5
 
 
 def test_outbox_mode_with_rollbacks_is_exact(udf_installed: MariaDBServer, gearmand: GearmanServer, db,  # noqa: F811
-                                             redis_server: RedisServer, redis_client) -> None:  # type: ignore[no-untyped-def]
+                                             redis_server: RedisServer, redis_client) -> None:
     point_at(db, gearmand)
     make_data(db)
     schema = install(db, "data", mode="outbox")
@@ -194,7 +195,7 @@ def test_outbox_mode_with_rollbacks_is_exact(udf_installed: MariaDBServer, gearm
 
 
 def test_udf_mode_with_rollbacks_diverges(udf_installed: MariaDBServer, gearmand: GearmanServer, db,  # noqa: F811
-                                          redis_server: RedisServer, redis_client, record_property) -> None:  # type: ignore[no-untyped-def]
+                                          redis_server: RedisServer, redis_client, record_property) -> None:
     """Pre-commit triggers: the job of a rolled-back change is already queued. A measurement,
     not a pass/fail property: the count is printed and recorded."""
     point_at(db, gearmand)

@@ -6,8 +6,8 @@ Jobs are checked byte for byte on the worker side (GRAB_JOB_UNIQ through gearman
 from __future__ import annotations
 
 import re
-import threading
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,10 +23,10 @@ from tests.integration.udf_fixtures import (
     WORK_WARNING,
     Worker,
     grab_all,
+    own_mariadb,  # noqa: F401  (fixture)
     point_at,
     scalar,
     status,
-    own_mariadb,  # noqa: F401  (fixture)
     udf_installed,  # noqa: F401  (fixture)
     wait_until,
 )
@@ -177,7 +177,7 @@ def test_foreground_jobs_return_the_worker_result(db, gearmand: GearmanServer) -
         "binary": lambda w: bytes(reversed(w)),
         "empty": lambda w: b"",
     }
-    with Worker(gearmand, handlers):  # type: ignore[arg-type]
+    with Worker(gearmand, handlers):
         assert scalar(db, "SELECT gman_do('upper', 'hello')") == b"HELLO"
         assert scalar(db, "SELECT gman_do_high('upper', 'high')") == b"HIGH"
         assert scalar(db, "SELECT gman_do_low('upper', 'low', 'uq-low')") == b"LOW"
@@ -270,7 +270,7 @@ def test_silent_server_is_bounded_by_timeout_ms(db) -> None:
             assert time.monotonic() - start < 1.0
 
 
-def make_trigger_table(db, rows: int, function: str) -> None:  # type: ignore[no-untyped-def]
+def make_trigger_table(db, rows: int, function: str) -> None:
     """`data` with an AFTER UPDATE trigger queueing each change (function names differ per test: a
     mysqld thread may carry unacknowledged jobs of an earlier test to the next test's servers)."""
     with db.cursor() as cur:
@@ -356,7 +356,7 @@ def test_restarted_gearmand_gets_the_jobs(db, gearmand: GearmanServer) -> None:
     assert [j.workload for j in grab_all(gearmand, "f_rs", expect=1)] == [b"after"]
 
 
-def _hold_jobs_in_a_hung_gearmand(conn, gearmand: GearmanServer, function: str, n: int) -> list[bytes]:  # type: ignore[no-untyped-def]
+def _hold_jobs_in_a_hung_gearmand(conn, gearmand: GearmanServer, function: str, n: int) -> list[bytes]:
     """Pipelined submits on `conn` while gearmand is SIGSTOPped: each returns its unique id (the
     packet is written), none is acknowledged."""
     point_at(conn, gearmand, options="timeout_ms=100,retry_ms=200,pipeline=1")
@@ -389,7 +389,7 @@ def test_an_ended_connection_s_unacknowledged_jobs_reach_a_restarted_gearmand(ud
     """The client disconnects and (thread_cache_size=0) its mysqld thread ends while its jobs are
     unacknowledged: they are handed to the keeper, not dropped."""
     admin = udf_installed.connect()
-    cache = int(scalar(admin, "SELECT @@GLOBAL.thread_cache_size"))  # type: ignore[arg-type]
+    cache = int(scalar(admin, "SELECT @@GLOBAL.thread_cache_size"))
     udf_installed.execute("SET GLOBAL thread_cache_size = 0")
     try:
         conn = udf_installed.connect()

@@ -64,7 +64,7 @@ def strict_loads(raw: bytes) -> Any:
 
 
 @pytest.fixture
-def table(db):  # type: ignore[no-untyped-def]
+def table(db):
     with db.cursor() as cur:
         cols = ", ".join(f"{name} {ddl} NULL" for name, ddl in COLUMNS.items())
         cur.execute(f"CREATE TABLE vals (id INT PRIMARY KEY, {cols})")
@@ -115,7 +115,7 @@ def check_value(col: str, got: Any, want: Any) -> None:
         raise AssertionError(col)
 
 
-def roundtrip(conn, row_id: int, values: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+def roundtrip(conn, row_id: int, values: dict[str, Any]) -> None:
     cols = ["id", *values]
     with conn.cursor() as cur:
         cur.execute(f"REPLACE INTO vals ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
@@ -208,20 +208,20 @@ def test_extreme_values(table, values: dict[str, Any]) -> None:
     roundtrip(table, 2, values)
 
 
-def test_every_single_byte_value(table) -> None:  # type: ignore[no-untyped-def]
+def test_every_single_byte_value(table) -> None:
     for byte in range(256):
         roundtrip(table, 3, {"b": bytes([byte]), "vb": bytes([byte]) * 3,
                              "s": chr(byte) if byte < 0x80 else chr(byte) + "x"})
 
 
-def test_null_and_empty(db) -> None:  # type: ignore[no-untyped-def]
+def test_null_and_empty(db) -> None:
     assert scalar(db, "SELECT gman_json_object(NULL AS a, '' AS b, 0 AS c)") == b'{"a":null,"b":"","c":0}'
     assert scalar(db, "SELECT gman_json_object()") == b"{}"
     assert scalar(db, "SELECT gman_json_array()") == b"[]"
     assert scalar(db, "SELECT gman_json_array(NULL, 1, 'x', 2.50, 1e0)") == b'[null,1,"x",2.50,1.0]'
 
 
-def test_doubles_use_the_shortest_round_trip_form(db) -> None:  # type: ignore[no-untyped-def]
+def test_doubles_use_the_shortest_round_trip_form(db) -> None:
     raw = scalar(db, "SELECT gman_json_array(0.1e0, 0.1e0 + 0.2e0, 1e300 * 10, 5e-324, -0e0, 100e0, 1/3e0)")
     # integral doubles keep a ".0" so that JSON readers keep them floats (3.0 never becomes 3)
     assert raw == b"[0.1,0.30000000000000004,1e+301,5e-324,-0.0,100.0,0.3333333333333333]"
@@ -229,7 +229,7 @@ def test_doubles_use_the_shortest_round_trip_form(db) -> None:  # type: ignore[n
     assert values[1] == 0.1 + 0.2 and values[4] == 0 and all(type(v) is float for v in values)
 
 
-def test_keys_come_from_aliases_and_are_escaped(db) -> None:  # type: ignore[no-untyped-def]
+def test_keys_come_from_aliases_and_are_escaped(db) -> None:
     raw = scalar(db, "SELECT gman_json_object(1 AS `we\"ird\\key\ttab`, 2 AS `\u00e9t\u00e9`, 1+1, 'lit')")
     assert strict_loads(raw) == {'we"ird\\key\ttab': 1, "\u00e9t\u00e9": 2, "1+1": 2, "'lit'": "lit"}
     with db.cursor() as cur:
@@ -239,7 +239,7 @@ def test_keys_come_from_aliases_and_are_escaped(db) -> None:  # type: ignore[no-
         assert cur.fetchone()[0] == b'{"id":7,"select":8}'
 
 
-def test_trigger_keys_are_the_expression_unless_aliased(db) -> None:  # type: ignore[no-untyped-def]
+def test_trigger_keys_are_the_expression_unless_aliased(db) -> None:
     with db.cursor() as cur:
         cur.execute("CREATE TABLE tr (id INT PRIMARY KEY, v INT)")
         cur.execute("INSERT INTO tr VALUES (1, 1)")
@@ -249,7 +249,7 @@ def test_trigger_keys_are_the_expression_unless_aliased(db) -> None:  # type: ig
     assert scalar(db, "SELECT @doc") == b'{"NEW.id":1,"v":2,"old_v":1}'
 
 
-def test_json_prefixed_alias_nests_only_valid_json(db) -> None:  # type: ignore[no-untyped-def]
+def test_json_prefixed_alias_nests_only_valid_json(db) -> None:
     raw = scalar(db, "SELECT gman_json_object(gman_json_array(1, 'a') AS json_list, "
                      "' {\"k\": [true, null]} ' AS json_obj, '1,\"admin\":true' AS json_bad, "
                      "'[1,2' AS json_open, NULL AS json_null, '[1]' AS plain, '\"x\"' AS json_)")
@@ -263,7 +263,7 @@ def test_json_prefixed_alias_nests_only_valid_json(db) -> None:  # type: ignore[
         assert got == [bad], bad
 
 
-def test_unsigned_bigint_above_2_63_needs_a_cast(db) -> None:  # type: ignore[no-untyped-def]
+def test_unsigned_bigint_above_2_63_needs_a_cast(db) -> None:
     """UDF_ARGS has no unsigned flag: BIGINT UNSIGNED >= 2^63 arrives as a negative integer (README)."""
     with db.cursor() as cur:
         cur.execute("CREATE TABLE big (u BIGINT UNSIGNED)")
@@ -272,7 +272,7 @@ def test_unsigned_bigint_above_2_63_needs_a_cast(db) -> None:  # type: ignore[no
         assert cur.fetchone()[0] == b'{"raw":-1,"exact":18446744073709551615}'
 
 
-def test_large_values_and_the_output_cap(db) -> None:  # type: ignore[no-untyped-def]
+def test_large_values_and_the_output_cap(db) -> None:
     mib = 1024 * 1024
     with db.cursor() as cur:
         cur.execute(f"SELECT LENGTH(gman_json_object(REPEAT('a', {30 * mib}) AS x)), "
@@ -284,6 +284,6 @@ def test_large_values_and_the_output_cap(db) -> None:  # type: ignore[no-untyped
         assert strict_loads(cur.fetchone()[0]) == {"x": "\t" * mib}
 
 
-def test_many_arguments(db) -> None:  # type: ignore[no-untyped-def]
+def test_many_arguments(db) -> None:
     args = ", ".join(f"{i} AS k{i}" for i in range(500))
     assert strict_loads(scalar(db, f"SELECT gman_json_object({args})")) == {f"k{i}": i for i in range(500)}

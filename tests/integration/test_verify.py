@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.tables import TableSpec
 from sync.events import ChangeEvent, Op, Source
 from sync.keys import row_key, version_key
 from sync.rows.reader import TableReader
-from sync.tools.snapshot import open_table
+from sync.tables import TableSpec
 from sync.testing.servers import MariaDBServer, RedisServer
 from sync.tools.keypattern import KeyPattern
+from sync.tools.snapshot import open_table
 from sync.tools.verify import Verifier
 from tests.integration.test_snapshot import expected_state, make_data, redis_state, run_snapshot
 
@@ -27,7 +27,7 @@ VERIFY_BIN = str(REPO / ".venv" / "bin" / "sync-verify")
 
 
 async def verify(mariadb: MariaDBServer, db: Any, r: RedisServer, table: str, *, repair: bool = False,
-                 fmt: str = "json", template: str = "{table}:{pk}", **kw: Any):  # type: ignore[no-untyped-def]
+                 fmt: str = "json", template: str = "{table}:{pk}", **kw: Any):
     target = open_table(table=table, database=db.db_name, mysql_url=f"mysql://root@127.0.0.1:{mariadb.port}/",
                         redis_url=f"redis://127.0.0.1:{r.port}/0", fmt=fmt, key_template=template, env={})
     try:
@@ -113,8 +113,9 @@ async def test_repair_does_not_overwrite_a_newer_change(db: Any, mariadb: MariaD
     """A stored version newer than any UUID_SHORT the repair can take wins; the row stays reported."""
     make_data(db, 10)
     await run_snapshot(mariadb, db, redis_server, "data")
-    from sync.apply.applier import RedisApplier
     import redis.asyncio as aioredis
+
+    from sync.apply.applier import RedisApplier
 
     client = aioredis.Redis(port=redis_server.port)
     try:
@@ -139,7 +140,7 @@ async def test_sample_checks_only_n_rows(db: Any, mariadb: MariaDBServer, redis_
     assert rep.missing == 50
 
 
-def run_cli(mariadb: MariaDBServer, db: Any, r: RedisServer, *args: str, redis_port: int | None = None):  # type: ignore[no-untyped-def]
+def run_cli(mariadb: MariaDBServer, db: Any, r: RedisServer, *args: str, redis_port: int | None = None):
     env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}",
            "REDIS_URL": f"redis://127.0.0.1:{redis_port or r.port}/0"}
     return subprocess.run([VERIFY_BIN, "--table", "data", "--recheck-delay", "0", *args], env=env,

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from sync.testing.servers import GearmanServer, MariaDBServer
 from sync.capture.udf_install import INSTALL_SQL, read_statements
+from sync.testing.servers import GearmanServer, MariaDBServer
 
 REPO = Path(__file__).resolve().parents[2]
 UDF_DIR = REPO / "udf"
@@ -123,21 +123,21 @@ def own_mariadb(tmp_path: Path) -> Iterator[MariaDBServer]:
     assert not reports, reports
 
 
-def scalar(conn, sql: str, *args: object) -> object:  # type: ignore[no-untyped-def]
+def scalar(conn, sql: str, *args: object) -> object:
     with conn.cursor() as cur:
         cur.execute(sql, args or None)
         row = cur.fetchone()
     return row[0] if row else None
 
 
-def point_at(conn, *servers: GearmanServer | str, options: str | None = None) -> bytes:  # type: ignore[no-untyped-def]
+def point_at(conn, *servers: GearmanServer | str, options: str | None = None) -> bytes:
     """gman_servers_set for the whole mysqld; returns the canonical list."""
     spec = ",".join(s if isinstance(s, str) else s.address for s in servers)
     # Options apply on top of the current ones: start every call from the defaults, so nothing a
     # previous test set carries over; `options` override them (later keys win).
     defaults = "timeout_ms=100,do_timeout_ms=5000,retry_ms=1000,pipeline=1,coalesce_us=1000"
     options = defaults if options is None else f"{defaults},{options}"
-    return scalar(conn, "SELECT gman_servers_set(%s, %s)", spec, options)  # type: ignore[return-value]
+    return scalar(conn, "SELECT gman_servers_set(%s, %s)", spec, options)
 
 
 # --------------------------------------------------------------------------- raw protocol
@@ -249,7 +249,7 @@ class Worker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Worker":
+    def __enter__(self) -> Worker:
         self._thread.start()
         return self
 
@@ -266,7 +266,7 @@ class Worker:
                 conn.send(GRAB_JOB_UNIQ)
                 try:
                     ptype, data = conn.recv()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 if ptype != JOB_ASSIGN_UNIQ:
                     time.sleep(0.005)

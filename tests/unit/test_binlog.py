@@ -12,14 +12,13 @@ import sync.capture.binlog.reader as binlog
 import sync.position as position
 from sync.capture.binlog.preflight import ServerInfo
 from sync.capture.binlog.service import BinlogService, BinlogSettings, default_server_id, stream_name
-from sync.redis_client import RedisSettings
 from sync.errors import ConfigError, SourceError
 from sync.events import ChangeEvent, Op, Source
 from sync.keys import binlog_position_key
 from sync.mysql import MySQLSettings
 from sync.position import Position, format_mariadb_gtids, parse_mariadb_gtids
+from sync.redis_client import RedisSettings
 from sync.rows.schema import Column, TableSchema
-
 
 # -- positions -----------------------------------------------------------------------------------
 
@@ -299,7 +298,7 @@ def test_binlog_column_kinds() -> None:
 def test_cli_settings() -> None:
     from workers.sync_binlog import build_parser, settings_from_args
 
-    def parse(*argv: str, env: dict | None = None):  # type: ignore[no-untyped-def]
+    def parse(*argv: str, env: dict | None = None):
         return settings_from_args(build_parser().parse_args(list(argv)), env or {})
 
     s = parse("--table", "a,b", "--mysql-url", "mysql://u@h:1/app", "--columns", "a.x,b.y,a.z")

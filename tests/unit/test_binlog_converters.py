@@ -10,11 +10,11 @@ import random
 import pytest
 
 from sync.apply.applier import APPLY_SCRIPT, APPLY_SCRIPT_SHA, Outcome, RedisApplier, _pack_command
-from sync.tables import TableSpec
+from sync.capture.binlog.decoders import column_converter
 from sync.errors import ApplyError
 from sync.events import ChangeEvent, ClassicSet, Op, Source
 from sync.rows.schema import Column, canonical_value
-from sync.capture.binlog.decoders import column_converter
+from sync.tables import TableSpec
 
 
 @pytest.mark.parametrize("fsp", range(7))

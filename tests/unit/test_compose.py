@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import yaml  # PyYAML is in the dev extras; a missing one must fail, not skip the whole file
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -160,7 +159,7 @@ def test_gearmand_options_exist() -> None:
 
 def _dockerfiles() -> list[tuple[Path, Path]]:
     out = []
-    for name, svc in services().items():
+    for svc in services().values():
         build = svc.get("build")
         if build:
             context = (REPO / build["context"]).resolve()

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from sync.config import worker_settings
+from sync.errors import ConfigError
 from sync.settings import (
     ConfigFile,
     check_float,
@@ -21,7 +22,6 @@ from sync.settings import (
     resolve_redis,
 )
 from sync.tables import TableSpec, default_function
-from sync.errors import ConfigError
 from sync.urls import mask_url
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import tracemalloc
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings

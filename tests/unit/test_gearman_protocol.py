@@ -82,7 +82,7 @@ def test_pack_rejects_nul_in_non_last_arg_and_unknown_type() -> None:
     with pytest.raises(ProtocolError, match="unknown packet type 5"):
         pack_request(5)
     with pytest.raises(TypeError):
-        pack_request(PacketType.CAN_DO, 1.5)  # type: ignore[arg-type]
+        pack_request(PacketType.CAN_DO, 1.5)
 
 
 def sample_packets() -> list[Packet]:
@@ -353,4 +353,4 @@ def test_backoff_jitter_bounds() -> None:
     assert len(set(delays)) > 100
     for bad in ({"initial_s": 0}, {"max_s": 0.01}, {"jitter": 2}, {"multiplier": 0.5}):
         with pytest.raises(ValueError):
-            Backoff(**bad)  # type: ignore[arg-type]
+            Backoff(**bad)

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from sync.errors import ConfigError
-from sync.settings import mysql_settings
 from sync.rows.schema import Column, canonical_value, quote_ident, quote_string, trigger_sql
+from sync.settings import mysql_settings
 
 
 def col(name: str, data_type: str, column_type: str | None = None, fsp: int | None = None,
@@ -47,7 +47,7 @@ def test_quote_string_handles_quotes_and_backslashes() -> None:
         (col("a", "time", fsp=1), dt.timedelta(hours=-838, minutes=-59, seconds=-59), "-838:59:59.0"),
         (col("a", "date"), dt.date(2024, 2, 29), "2024-02-29"),
         (col("a", "blob"), b"\xff\x00", {"$b64": "/wA="}),
-        (col("a", "blob"), "ok".encode(), "ok"),
+        (col("a", "blob"), b"ok", "ok"),
         (col("a", "varchar", charset="latin1"), "café", "café"),
         (col("a", "set", charset="utf8mb4"), {"b", "a"}, "a,b"),
         (col("a", "int"), None, None),
@@ -68,7 +68,7 @@ def test_trigger_expressions_by_kind() -> None:
 
 def test_unsupported_type_names_the_column() -> None:
     with pytest.raises(ConfigError, match="column 'v': type 'vector' is not supported"):
-        col("v", "vector").kind
+        _ = col("v", "vector").kind
 
 
 def test_mysql_settings_from_env_and_url() -> None:

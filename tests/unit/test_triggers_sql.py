@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-
 import orjson
 import pytest
 
-from sync.errors import ConfigError
-from sync.rows.schema import Column, TableSchema
 from sync.capture.triggers import (
     EVENTS,
     TriggerOptions,
@@ -21,6 +18,8 @@ from sync.capture.triggers import (
     trigger_names,
     uninstall_statements,
 )
+from sync.errors import ConfigError
+from sync.rows.schema import Column, TableSchema
 
 HOSTILE = ["a`b", "it's", 'dq"x', "sp ace", "semi;colon", "Größe名前", "select", "*/", "--", "/*", "a\\b",
            "x' OR 1=1 -- ", "``", "$$", "json_data"]

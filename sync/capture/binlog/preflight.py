@@ -5,8 +5,9 @@ check_position_available), and the errors retrying cannot fix (fatal_error)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sync.errors import ConfigError, SourceError
 from sync.mysql import MySQLSettings

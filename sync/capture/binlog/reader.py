@@ -42,15 +42,16 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 
 from sync.capture.binlog.decoders import RowPlan, install_decoders
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
 from sync.errors import ConfigError, SourceError, short_error
-from sync.events import ChangeEvent, Op, Source
+from sync.events import ChangeEvent, JSONValue, Op, Source
 from sync.mysql import MySQLSettings
 from sync.position import (
     FILE_ROW_BITS,
@@ -165,7 +166,12 @@ class BinlogSource:
     def open_stream(self, position: Position, *, blocking: bool = True) -> Any:
         from pymysqlreplication import BinLogStreamReader
         from pymysqlreplication.event import (
-            GtidEvent, HeartbeatLogEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent,
+            GtidEvent,
+            HeartbeatLogEvent,
+            MariadbGtidEvent,
+            QueryEvent,
+            RotateEvent,
+            XidEvent,
         )
         from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
@@ -235,8 +241,8 @@ class BinlogSource:
             finally:
                 self._close_stream()
         if self._idle_error is not None:
-            exc, self._idle_error = self._idle_error, None
-            raise exc
+            idle_error, self._idle_error = self._idle_error, None
+            raise idle_error
         self._flush(final=True)
 
     def _hook_quiet(self, conn: Any, idle: Callable[[], None]) -> Any:
@@ -455,7 +461,7 @@ class BinlogSource:
                 version = self._next_version()
                 row = plan.row(after, r.get("after_none_sources"))
                 if k0 is not None:  # a one-column key (the usual case): no generators per row
-                    pk = ((k0, row[k0]),)
+                    pk: tuple[tuple[str, JSONValue], ...] = ((k0, row[k0]),)
                     moved = before[k0] != after[k0]
                 else:
                     pk = tuple((k, row[k]) for k in key)

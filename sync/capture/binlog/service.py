@@ -53,24 +53,15 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import redis.exceptions
 import structlog
 
-from sync.apply.applier import Outcome, RedisApplier
-from sync.tables import TableSpec
-from sync.tables import default_function
-from sync.redis_client import RedisSettings
-from sync.errors import ApplyError, ConfigError, SourceError, SyncError, short_error
-from sync.events import ChangeEvent, Op, encode_change
-from sync.mysql import MySQLSettings
-from sync.position import Position, PositionStore
 from sync import metrics
-from sync.retry import Backoff, DeadlinePassed, retry_until
-from sync.rows.schema import TableSchema, load_table
-from sync.stats import Counters, report_loop
+from sync.apply.applier import Outcome, RedisApplier
 from sync.capture.binlog.preflight import (
     ServerInfo,
     check_position_available,
@@ -80,7 +71,15 @@ from sync.capture.binlog.preflight import (
 )
 from sync.capture.binlog.reader import BinlogSource, Chunk
 from sync.capture.binlog.writer import RedisWriter
-from sync.redis_client import connect_redis
+from sync.errors import ApplyError, ConfigError, SourceError, SyncError, short_error
+from sync.events import ChangeEvent, Op, encode_change
+from sync.mysql import MySQLSettings
+from sync.position import Position, PositionStore
+from sync.redis_client import RedisSettings, connect_redis
+from sync.retry import Backoff, DeadlinePassed, retry_until
+from sync.rows.schema import TableSchema, load_table
+from sync.stats import Counters, report_loop
+from sync.tables import TableSpec, default_function
 
 log = structlog.get_logger(__name__)
 
@@ -343,6 +342,10 @@ class BinlogService:
         failure: list[BaseException] = []
         writer = RedisWriter(self)
 
+        def end() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
         def reader() -> None:
             try:
                 assert self.source is not None
@@ -357,7 +360,7 @@ class BinlogService:
                 failure.append(exc)
             finally:
                 try:
-                    loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(None))
+                    loop.call_soon_threadsafe(end)
                 except RuntimeError:  # the loop is gone (it stopped waiting after 30 s)
                     log.debug("binlog_reader_outlived_loop")
 
@@ -379,7 +382,7 @@ class BinlogService:
                  **self.stats.totals())
         return 0
 
-    async def _sink_loop(self, chunks: "deque[Chunk | None]") -> None:
+    async def _sink_loop(self, chunks: deque[Chunk | None]) -> None:
         limit = self.settings.batch
         wait_s = self.settings.flush_ms / 1000.0
         quiet_s = min(QUIET_S, wait_s)

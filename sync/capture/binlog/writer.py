@@ -48,12 +48,13 @@ class RedisWriter:
     meanwhile, or, once a stop is requested, until the shutdown deadline: then it is dropped
     (`gave_up`) with the position not advanced."""
 
-    def __init__(self, service: "BinlogService") -> None:
+    def __init__(self, service: BinlogService) -> None:
         import redis as redis_sync
 
         s = service.settings
         self.service = service
-        self.applier = service.applier
+        assert service.applier is not None  # --sink redis (the only user of RedisWriter): the service made one
+        self.applier: RedisApplier = service.applier
         self.limit = s.batch
         self.flush_s = s.flush_ms / 1000.0
         self.client = redis_sync.Redis.from_url(s.redis.url, password=s.redis.password, socket_timeout=5.0,
@@ -116,7 +117,7 @@ class RedisWriter:
         batch: list[Any] = events
         if position is not None:
             batch = [*events, self.service.positions.set_command(position)]
-        packed = self.applier.pack_apply(batch)  # type: ignore[union-attr]
+        packed = self.applier.pack_apply(batch)
         sent = True
         try:
             self.conn.send_packed_command((packed,), check_health=False)
@@ -142,7 +143,7 @@ class RedisWriter:
                     self.conn.send_packed_command((packed,), check_health=False)  # connects first
                     sent = True
                 reply = self._reply(packed)
-                return self.applier.parse_reply(reply, n)  # type: ignore[union-attr]
+                return self.applier.parse_reply(reply, n)
             except SEND_ERRORS:
                 self.conn.disconnect()
                 sent = False   # the next attempt sends it again
