@@ -15,7 +15,7 @@ import pytest
 from sync.keys import stats_key
 from sync.testing.servers import MariaDBServer, RedisServer
 
-from .test_binlog_helpers import Running, diff, mysql_state, redis_state, settings, wait_caught_up
+from .binlog_rig import Running, diff, mysql_state, redis_state, settings, wait_caught_up
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"

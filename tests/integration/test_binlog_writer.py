@@ -11,7 +11,7 @@ import orjson
 from sync.keys import stats_key
 from sync.testing.servers import MariaDBServer, RedisServer
 
-from .test_binlog_helpers import Running, binlog_pos, diff, mysql_state, redis_state, settings, wait_caught_up
+from .binlog_rig import Running, binlog_pos, diff, mysql_state, redis_state, settings, wait_caught_up
 
 
 def test_quiet_server_flushes_a_small_batch_at_once(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:

@@ -14,7 +14,7 @@ from sync.capture.relay import SpoolRelay
 from sync.capture.spool import spool_ddl
 from sync.testing.servers import GearmanServer, MariaDBServer
 
-from .test_triggers_helpers import relay_settings, spool_count
+from .triggers_rig import relay_settings, spool_count
 from .udf_fixtures import grab_all
 
 REPO = Path(__file__).resolve().parents[2]

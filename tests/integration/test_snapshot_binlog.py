@@ -21,7 +21,7 @@ from sync.testing.servers import MariaDBServer, RedisServer
 from sync.tools.progress import ProgressStore
 from sync.tools.snapshot import Snapshot, Versions, open_table
 
-from .test_binlog_helpers import Running, binlog_pos, diff, mysql_state, redis_state, settings, wait_caught_up
+from .binlog_rig import Running, binlog_pos, diff, mysql_state, redis_state, settings, wait_caught_up
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,7 +19,7 @@ from sync.rows.schema import load_table, quote_ident
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
-from .test_triggers_helpers import (
+from .triggers_rig import (
     classic_worker_thread,
     install,
     redis_state,

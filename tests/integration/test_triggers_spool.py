@@ -14,7 +14,7 @@ import pymysql
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
-from .test_triggers_helpers import (
+from .triggers_rig import (
     diff,
     expected_state,
     install,
