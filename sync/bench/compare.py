@@ -48,14 +48,12 @@ Figures per path:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,10 +63,10 @@ from typing import Any
 import orjson
 import pymysql
 
-from sync.bench.triggers import BIN, LIBRARY, REPO, set_mode, stop_processes
+from sync.bench.common import BIN, add_json_option, run_dir_with_udf, write_json
+from sync.bench.triggers import set_mode, stop_processes
 from sync.bench.udf import prepare_bench_table
 from sync.capture.triggers import TriggerOptions, install_statements
-from sync.capture.udf_install import LIBRARY_NAME
 from sync.rows.expected import expected_entry, select_sql
 from sync.rows.schema import READ_SESSION_SQL, load_table
 from sync.tables import TableSpec
@@ -441,12 +439,7 @@ def plot(results: list[PathResult], path: Path) -> None:
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[PathResult]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if not args.no_build:
-        subprocess.run(["make", "-s", "-C", str(REPO / "udf")], check=True)
-    base = Path(tempfile.mkdtemp(prefix="gearsync-bench-compare-"))
-    plugin_dir = base / "plugin"
-    plugin_dir.mkdir()
-    shutil.copy(LIBRARY, plugin_dir / LIBRARY_NAME)
+    base, plugin_dir = run_dir_with_udf("compare", build=not args.no_build)
     logdir = base / "logs"
     logdir.mkdir()
     db = MariaDBServer(base / "mariadb", plugin_dir=plugin_dir)
@@ -497,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-pause-ms", type=float, default=1.0,
                    help="pause of the lag poller between MGET rounds (default 1 ms; 0 = tight, costs a core)")
     p.add_argument("--timeout", type=float, default=600.0, help="longest wait for a path to drain (s)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    add_json_option(p)
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="lag over time per path (needs matplotlib)")
     p.add_argument("--keep", action="store_true", help="keep the servers' directory and the process logs")
     p.add_argument("--no-build", action="store_true", help="do not run make -C udf first")
@@ -512,8 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rows, --updates and --writers must be positive")
     out, results = run(args)
     print_table(out)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     if args.plot:
         plot(results, args.plot)
     return 0

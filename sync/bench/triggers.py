@@ -22,32 +22,25 @@ lag of 0.047 s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pymysql
 
+from sync.bench.common import BIN, add_json_option, run_dir_with_udf, write_json
 from sync.bench.udf import multi_row, prepare_bench_table, single_row
 from sync.capture.triggers import TriggerOptions, install_statements, uninstall_statements
-from sync.capture.udf_install import LIBRARY_NAME
 from sync.rows.expected import expected_entry, select_sql
 from sync.rows.schema import READ_SESSION_SQL, TableSchema, load_table
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-
-REPO = Path(__file__).resolve().parent.parent.parent
-LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME
-BIN = Path(sys.executable).parent
 
 MODES = ("no trigger", "udf", "outbox")
 
@@ -168,12 +161,7 @@ def end_to_end(db: MariaDBServer, g: GearmanServer, redis: RedisServer, schema: 
 
 
 def run(args: argparse.Namespace) -> dict:
-    if not args.no_build:
-        subprocess.run(["make", "-s", "-C", str(REPO / "udf")], check=True)
-    base = Path(tempfile.mkdtemp(prefix="gearsync-bench-triggers-"))
-    plugin_dir = base / "plugin"
-    plugin_dir.mkdir()
-    shutil.copy(LIBRARY, plugin_dir / LIBRARY_NAME)
+    base, plugin_dir = run_dir_with_udf("triggers", build=not args.no_build)
     db = MariaDBServer(base / "mariadb", plugin_dir=plugin_dir)
     g = GearmanServer(base / "gearmand")
     redis = RedisServer(base / "redis")
@@ -261,13 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--single", type=int, default=20_000)
     parser.add_argument("--multi", type=int, default=10_000)
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    add_json_option(parser)
     parser.add_argument("--no-build", action="store_true", help="do not run make -C udf first")
     args = parser.parse_args(argv)
     if args.multi > args.rows:
         parser.error("--multi must not exceed --rows")
     out = run(args)
     print_table(out)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     return 0

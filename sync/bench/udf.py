@@ -20,24 +20,19 @@ mode per run (median of the runs).  "gearmand down" points the library at a port
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from sync.capture.udf_install import INSTALL_SQL, LIBRARY_NAME, read_statements
+from sync.bench.common import LIBRARY, add_json_option, run_dir_with_udf, write_json
+from sync.capture.udf_install import INSTALL_SQL, read_statements
 from sync.testing.servers import GearmanServer, MariaDBServer, free_port
-
-REPO = Path(__file__).resolve().parent.parent.parent
-LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME
 
 UP = "trigger, gearmand up"
 UP_CONFIRMED = "trigger, up, pipeline=0"
@@ -146,12 +141,7 @@ def multi_row(cur: Any, first: int, n: int) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if not args.no_build:
-        subprocess.run(["make", "-s", "-C", str(REPO / "udf")], check=True)
-    base = Path(tempfile.mkdtemp(prefix="gearsync-bench-udf-"))
-    plugin_dir = base / "plugin"
-    plugin_dir.mkdir()
-    shutil.copy(args.library, plugin_dir / LIBRARY_NAME)
+    base, plugin_dir = run_dir_with_udf("udf", build=not args.no_build, library=args.library)
     db = MariaDBServer(base / "mariadb", plugin_dir=plugin_dir)
     gearmand = GearmanServer(base / "gearmand", threads=args.gearmand_threads)
     dead_address = f"127.0.0.1:{free_port()}"
@@ -269,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--single", type=int, default=20_000, help="single-row UPDATEs per run and mode")
     parser.add_argument("--multi", type=int, default=10_000, help="rows in the one multi-row UPDATE")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    add_json_option(parser)
     parser.add_argument("--slices-per-run", type=int, default=10,
                         help="single-row UPDATEs are measured in this many interleaved slices per run")
     parser.add_argument("--gearmand-threads", type=int, default=2, help="gearmand --threads")
@@ -282,6 +272,5 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--multi must not exceed --rows")
     out = run(args)
     print_table(out)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     return 0
