@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 from sync.errors import ConfigError, SourceError
-from sync.urls import mask_url
+from sync.urls import mask_url, split_url
 
 DEFAULT_MYSQL_PORT = 3306
 
@@ -85,13 +85,7 @@ class MySQLSettings:
 
 
 def from_url(url: str, where: str = "--mysql-url") -> MySQLSettings:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {mask_url(url)!r} is not a valid URL ({exc}); expected mysql://user@host:port/db") from None
-    if parts.scheme not in ("mysql", "mariadb"):
-        raise ConfigError(f"{where}: {mask_url(url)!r} has scheme {parts.scheme!r}; expected mysql://user@host:port/db")
+    parts, port = split_url(url, where, ("mysql", "mariadb"), "mysql://user@host:port/db")
     query = parse_qs(parts.query)
     sock = query.get("unix_socket", [None])[0]
     if not parts.hostname and not sock:

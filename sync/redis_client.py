@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
 from sync.errors import ConfigError
-from sync.urls import mask_url
+from sync.urls import mask_url, split_url
 
 __all__ = ["DEFAULT_REDIS_URL", "RedisSettings", "check_redis_url", "connect_redis"]
 
@@ -22,13 +21,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def check_redis_url(url: str, where: str = "--redis-url") -> str:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {mask_url(url)!r} is not a valid URL ({exc}); expected redis://host:port/db") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"{where}: {mask_url(url)!r} has scheme {parts.scheme!r}; expected redis://, rediss:// or unix://")
+    parts, port = split_url(url, where, ("redis", "rediss", "unix"), "redis://host:port/db",
+                            "redis://, rediss:// or unix://")
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError(f"{where}: {mask_url(url)!r} has no host; expected redis://host:port/db")
     if port is not None and not 1 <= port <= 65535:
