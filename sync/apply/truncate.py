@@ -48,7 +48,6 @@ class TableWipe:
         self.own = (prefix + ":").encode()
         self.tomb_ms = tombstone_ttl_s * 1000
         self.cluster = cluster
-        self._scripts: dict[int, Any] = {}   # id(client) → its registered script
 
     def match(self, ev: TableTruncate) -> TableKeyMatch | None:
         """The table's key pattern; None (with a warning) when its keys cannot be told apart."""
@@ -79,24 +78,13 @@ class TableWipe:
     def args(self, ev: TableTruncate) -> list[str]:
         return [f"{ev.version:020d}", str(self.tomb_ms)]
 
-    def _script(self, client: Any) -> Any:
-        script = self._scripts.get(id(client))
-        if script is None:
-            script = self._scripts[id(client)] = client.register_script(TRUNCATE_SCRIPT)
-        return script
-
-    def done(self, ev: TableTruncate, removed: int, scanned: int) -> int:
-        log.info("table_truncated", table=ev.table, version=ev.version, removed=removed, scanned=scanned)
-        return removed
-
-    # -- drivers: an asyncio client (sync-worker, sync-binlog's sink loop) or a blocking one --------
     async def apply(self, client: Any, ev: TableTruncate) -> int:
         """Remove the table's rows older than `ev` (asyncio redis client); the number removed.
         ApplyError when Redis fails (then run it again: it is idempotent)."""
         m = self.match(ev)
         if m is None:
             return 0
-        script, argv = self._script(client), self.args(ev)
+        script, argv = client.register_script(TRUNCATE_SCRIPT), self.args(ev)   # EVALSHA, loaded on NOSCRIPT
         removed = scanned = 0
         batch: list[bytes] = []
         try:
@@ -112,25 +100,5 @@ class TableWipe:
                 removed += await script(keys=keys, args=argv)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis truncate of table {ev.table} failed: {short_error(exc)}") from exc
-        return self.done(ev, removed, scanned)
-
-    def apply_sync(self, client: Any, ev: TableTruncate) -> int:
-        """apply() on a blocking redis client (sync-binlog's writer in the reader thread)."""
-        m = self.match(ev)
-        if m is None:
-            return 0
-        script, argv = self._script(client), self.args(ev)
-        removed = scanned = 0
-        batch: list[bytes] = []
-        try:
-            for raw in client.scan_iter(match=m.glob, count=SCAN_COUNT):
-                batch.append(raw)
-                if len(batch) >= SCAN_COUNT:
-                    scanned += len(batch)
-                    removed += sum(script(keys=keys, args=argv) for keys in self.calls(m, batch))
-                    batch = []
-            scanned += len(batch)
-            removed += sum(script(keys=keys, args=argv) for keys in self.calls(m, batch))
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise ApplyError(f"redis truncate of table {ev.table} failed: {short_error(exc)}") from exc
-        return self.done(ev, removed, scanned)
+        log.info("table_truncated", table=ev.table, version=ev.version, removed=removed, scanned=scanned)
+        return removed

@@ -61,6 +61,20 @@ def settings_redis(redis_server: RedisServer) -> Any:
     return RedisSettings(url=f"redis://{redis_server.host}:{redis_server.port}/0")
 
 
+@contextlib.contextmanager
+def streaming(sink_name: str, request: pytest.FixtureRequest, mariadb: MariaDBServer, db: Any,
+              redis_server: RedisServer) -> Iterator[Running]:
+    """Table data (id, volume) created, and sync-binlog streaming it through the sink."""
+    create_data(db)
+    with sink(sink_name, request) as kw, Running(settings(mariadb, db.db_name, ["data"], redis_server, **kw)) as run:
+        yield run
+
+
+def create_data(db: Any) -> None:
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
+
+
 def equal_soon(server: MariaDBServer, database: str, client: Any, timeout_s: float = 30.0) -> dict[str, Any]:
     """The differences between MySQL and Redis once they are equal or `timeout_s` passed (the
     gearman sink applies after the position is saved)."""
@@ -102,9 +116,7 @@ def wait_for(done: list[int], n: int) -> None:
 def test_truncate_with_writers_before_and_after(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client,
                                                request: pytest.FixtureRequest, sink_name: str) -> None:
     name = db.db_name
-    with db.cursor() as cur:
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
-    with sink(sink_name, request) as kw, Running(settings(mariadb, name, ["data"], redis_server, **kw)) as run:
+    with streaming(sink_name, request, mariadb, db, redis_server) as run:
         stop, done = threading.Event(), [0]
         busy = threading.Thread(target=writer, args=(mariadb, name, 0, 100_000, stop, done))
         busy.start()
@@ -138,9 +150,8 @@ def test_drop_create_insert(mariadb: MariaDBServer, db, redis_server: RedisServe
                             request: pytest.FixtureRequest, sink_name: str) -> None:
     name = db.db_name
     with db.cursor() as cur:
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
         cur.execute("CREATE TABLE other (id INT PRIMARY KEY)")
-    with sink(sink_name, request) as kw, Running(settings(mariadb, name, ["data"], redis_server, **kw)) as run:
+    with streaming(sink_name, request, mariadb, db, redis_server) as run:
         with db.cursor() as cur:
             cur.executemany("INSERT INTO data VALUES (%s, %s)", [(i, i) for i in range(50)])
             cur.execute(f"DROP TABLE IF EXISTS other, `{name}`.`data`")
@@ -158,9 +169,7 @@ def test_drop_create_insert(mariadb: MariaDBServer, db, redis_server: RedisServe
 def test_gh_ost_rename_swap_is_followed(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client,
                                         request: pytest.FixtureRequest, sink_name: str) -> None:
     name = db.db_name
-    with db.cursor() as cur:
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
-    with sink(sink_name, request) as kw, Running(settings(mariadb, name, ["data"], redis_server, **kw)) as run:
+    with streaming(sink_name, request, mariadb, db, redis_server) as run:
         with db.cursor() as cur:
             cur.executemany("INSERT INTO data VALUES (%s, %s)", [(i, i) for i in range(40)])
             cur.execute("CREATE TABLE _data_gho LIKE data")
@@ -179,8 +188,7 @@ def test_gh_ost_rename_swap_is_followed(mariadb: MariaDBServer, db, redis_server
 
 def test_rename_away_stops_with_exit_3(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:
     name = db.db_name
-    with db.cursor() as cur:
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
+    create_data(db)
     url = mariadb.url + name
     key = binlog_position_key(stream_name(from_url(url), name, ["data"]))
     proc = subprocess.Popen([str(BIN / "sync-binlog"), "--table", "data", "--mysql-url", url, "--redis-url",
@@ -208,8 +216,7 @@ def test_rename_away_stops_with_exit_3(mariadb: MariaDBServer, db, redis_server:
 def test_restart_repeats_the_truncate_harmlessly(mariadb: MariaDBServer, db, redis_server: RedisServer,
                                                  redis_client) -> None:
     name = db.db_name
-    with db.cursor() as cur:
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
+    create_data(db)
     st = settings(mariadb, name, ["data"], redis_server)
     with Running(st) as run, db.cursor() as cur:
         cur.executemany("INSERT INTO data VALUES (%s, %s)", [(i, i) for i in range(100)])

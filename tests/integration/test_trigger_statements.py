@@ -4,13 +4,16 @@ installed again and sync-snapshot + sync-verify --repair bring Redis back to equ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sync.rows.schema import TableSchema
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .test_triggers_helpers import install, relay_thread, wait_converged, worker_thread
@@ -27,16 +30,24 @@ def tool(name: str, server: MariaDBServer, db: Any, r: RedisServer, *args: str) 
     return subprocess.run([str(BIN / name), "--table", "data", *args], env=env, capture_output=True, timeout=120)
 
 
-def test_truncate_leaves_stale_keys_that_verify_repair_removes(udf_installed: MariaDBServer, gearmand: GearmanServer,  # noqa: F811
-                                                               db, redis_server: RedisServer, redis_client) -> None:
+@contextlib.contextmanager
+def captured(server: MariaDBServer, gearmand: GearmanServer, db: Any, redis_server: RedisServer,
+             redis_client: Any) -> Iterator[TableSchema]:
+    """Table data with 20 rows captured by outbox triggers (relay + worker running), in Redis."""
     point_at(db, gearmand)
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
     schema = install(db, "data", mode="outbox")
-    with worker_thread(gearmand, redis_server, "data"), relay_thread(udf_installed, db.db_name, gearmand):
+    with worker_thread(gearmand, redis_server, "data"), relay_thread(server, db.db_name, gearmand):
         with db.cursor() as cur:
             cur.executemany("INSERT INTO data VALUES (%s, %s)", [(i, i) for i in range(20)])
-        assert wait_converged(udf_installed, schema, redis_client) == {}
+        assert wait_converged(server, schema, redis_client) == {}
+        yield schema
+
+
+def test_truncate_leaves_stale_keys_that_verify_repair_removes(udf_installed: MariaDBServer, gearmand: GearmanServer,  # noqa: F811
+                                                               db, redis_server: RedisServer, redis_client) -> None:
+    with captured(udf_installed, gearmand, db, redis_server, redis_client) as schema:
         with db.cursor() as cur:
             cur.execute("TRUNCATE TABLE data")
             cur.execute("INSERT INTO data VALUES (100, 100)")
@@ -50,14 +61,7 @@ def test_truncate_leaves_stale_keys_that_verify_repair_removes(udf_installed: Ma
 
 def test_drop_create_reinstall_snapshot_verify(udf_installed: MariaDBServer, gearmand: GearmanServer,  # noqa: F811
                                                db, redis_server: RedisServer, redis_client) -> None:
-    point_at(db, gearmand)
-    with db.cursor() as cur:
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
-    schema = install(db, "data", mode="outbox")
-    with worker_thread(gearmand, redis_server, "data"), relay_thread(udf_installed, db.db_name, gearmand):
-        with db.cursor() as cur:
-            cur.executemany("INSERT INTO data VALUES (%s, %s)", [(i, i) for i in range(20)])
-        assert wait_converged(udf_installed, schema, redis_client) == {}
+    with captured(udf_installed, gearmand, db, redis_server, redis_client) as schema:
         with db.cursor() as cur:
             cur.execute("DROP TABLE data")   # its triggers go with it
             cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT, name VARCHAR(10))")

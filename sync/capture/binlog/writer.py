@@ -20,6 +20,7 @@ thread, which therefore stops reading (the binlog waits in the server, nothing i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +34,7 @@ from sync.capture.binlog.reader import Chunk
 from sync.errors import ApplyError
 from sync.events import ChangeEvent, TableTruncate
 from sync.position import Position
+from sync.redis_client import connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until_sync
 
 if TYPE_CHECKING:  # the service creates the writer; no import at run time
@@ -121,11 +123,9 @@ class RedisWriter:
             self.send()
         if self.inflight is not None:
             self.finish()
-        wipe = self.service.wipe
-        assert wipe is not None  # --sink redis: the service made one
         for st in chunk.statements:
             def attempt(st: TableTruncate = st) -> int:
-                return wipe.apply_sync(self.client, st)
+                return asyncio.run(self._wipe(st))
 
             if self.gave_up or self._retry(attempt, "truncate", 1) is None:
                 return
@@ -188,6 +188,17 @@ class RedisWriter:
         metrics.record_batch(len(events), applied, len(events) - applied, 0, spent + time.perf_counter() - t1)
         if position is not None:
             svc.position = position
+
+    async def _wipe(self, st: TableTruncate) -> int:
+        """One table statement, on a client of its own (statements are rare: this thread has no
+        event loop and the service's client belongs to the main one)."""
+        wipe = self.service.wipe
+        assert wipe is not None  # --sink redis: the service made one
+        client = connect_redis(self.service.settings.redis)
+        try:
+            return await wipe.apply(client, st)
+        finally:
+            await client.aclose()
 
     def _retry(self, attempt: Callable[[], T], what: str, n_events: int) -> T | None:
         """attempt() until it succeeds, with back-off; None (and `gave_up`) when a stop was requested
