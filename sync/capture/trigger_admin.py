@@ -226,9 +226,13 @@ def check_tables(conn: Any, database: str, tables: Sequence[str] | None) -> list
     return [check_table(conn, database, t, installed) for t in names]
 
 
-def install_table(conn: Any, schema: TableSchema, options: TriggerOptions, display: str) -> list[str]:
-    """Install the triggers for `schema`; returns the names of the triggers created."""
+def install_table(conn: Any, schema: TableSchema, options: TriggerOptions, display: str,
+                  triggers_only: bool = False) -> list[str]:
+    """Install the triggers for `schema` (with `triggers_only`, not the spool table: under LOCK
+    TABLES); returns the names of the triggers created."""
     statements, expected = _expected(conn, schema, options)
+    if triggers_only:
+        statements = [s for s in statements if _CREATE.match(s)]
     wanted = {t.name: t.table for t in expected}
     misplaced = [t.name for t in installed_triggers(conn, schema.database)
                  if t.name in wanted and t.table != wanted[t.name]]
@@ -366,13 +370,13 @@ def alter_table(conn: Any, database: str, table: str, spec: str, display: str) -
         cur.execute(f"LOCK TABLES {ref} WRITE")
         try:
             if survivors is not None and survivors.columns != before.columns:
-                install_table(conn, survivors, options, display)
+                install_table(conn, survivors, options, display, triggers_only=True)
             try:
                 cur.execute(f"ALTER TABLE {ref} {spec}")
             except pymysql.MySQLError as exc:
                 code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
                 try:
-                    install_table(conn, before, options, display)  # as they were
+                    install_table(conn, before, options, display, triggers_only=True)  # as they were
                 except SourceError:
                     pass  # the connection is gone: the survivors' triggers stay, valid either way
                 message = f"ALTER TABLE {table} {spec[:200]}: MySQL error {code}: {exc.args[-1] if exc.args else exc}"
@@ -380,7 +384,7 @@ def alter_table(conn: Any, database: str, table: str, spec: str, display: str) -
                     raise ConfigError(message + "; the triggers are as they were") from None
                 raise SourceError(message) from None
             after = resolve_schema(conn, database, table, options)
-            names = install_table(conn, after, options, display)
+            names = install_table(conn, after, options, display, triggers_only=True)
         finally:
             try:
                 cur.execute("UNLOCK TABLES")
