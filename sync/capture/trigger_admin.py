@@ -42,6 +42,7 @@ __all__ = [
     "last_other_triggers",
     "marked_tables",
     "resolve_schema",
+    "trigger_states",
 ]
 
 _IDENT = r"`(?:[^`]|``)*`"
@@ -224,6 +225,27 @@ def check_tables(conn: Any, database: str, tables: Sequence[str] | None) -> list
     installed = installed_triggers(conn, database)
     names = list(tables) if tables is not None else marked_tables(installed)
     return [check_table(conn, database, t, installed) for t in names]
+
+
+def trigger_states(settings: Any, databases: Sequence[str] | None = None) -> dict[str, str]:
+    """"db.table" -> "ok" | "stale: …" for every table with gearsync triggers in `databases`
+    (default: every database holding gearsync_spool); {"error": …} when MySQL fails."""
+    from sync.errors import short_error
+
+    try:
+        conn = settings.connect(connect_timeout=3, read_timeout=10)
+    except Exception as exc:
+        return {"error": short_error(exc, 200)}
+    try:
+        if databases is None:
+            with conn.cursor() as cur:
+                cur.execute("SELECT TABLE_SCHEMA FROM information_schema.TABLES WHERE TABLE_NAME=%s", (SPOOL_TABLE,))
+                databases = sorted(_text(r[0]) for r in cur.fetchall())
+        return {f"{db}.{r.table}": r.summary() for db in databases for r in check_tables(conn, db, None)}
+    except Exception as exc:
+        return {"error": short_error(exc, 200)}
+    finally:
+        conn.close()
 
 
 def install_table(conn: Any, schema: TableSchema, options: TriggerOptions, display: str,

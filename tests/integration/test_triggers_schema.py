@@ -289,3 +289,19 @@ def test_relay_watcher_reinstalls_stale_triggers(mariadb: MariaDBServer, gm: Gea
         assert cli(mariadb, db, "check", "--table", "keep").returncode == 1
         assert relay.obj.stats.reinstalled == reinstalled
     assert load_table(db, db.db_name, "t").column("z")
+
+
+def test_status_shows_the_triggers_per_table(mariadb: MariaDBServer, gm: GearmanServer, db, redis_server: RedisServer) -> None:
+    make_table(db, rows=1)
+    make_table(db, "o", rows=1)
+    assert cli(mariadb, db, "install", "--table", "t,o").returncode == 0
+    with db.cursor() as cur:
+        cur.execute("ALTER TABLE o ADD COLUMN z INT")
+    args = ("--table", "t", "--servers", gm.address, "--redis-url", f"redis://{redis_server.host}:{redis_server.port}/0")
+    state = orjson.loads(cli(mariadb, db, *args, "--json", prog="sync-status").stdout)
+    assert state["tables"]["t"]["triggers"] == "ok"
+    assert state["triggers"][f"{db.db_name}.o"].startswith("stale: gearsync_o_ai: column z added")
+    text = cli(mariadb, db, *args, prog="sync-status")
+    assert text.returncode == 0, text.stderr
+    assert f"triggers {db.db_name}.t: ok" in text.stdout
+    assert f"triggers {db.db_name}.o: stale: gearsync_o_ai: column z added" in text.stdout
