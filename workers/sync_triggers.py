@@ -250,6 +250,8 @@ def _alter(conn: Any, args: Any, database: str, table: str, display: str) -> int
     change = ", ".join([f"+{c}" for c in sorted(after - before)] + [f"-{c}" for c in sorted(before - after)])
     print(f"altered {database}.{table}; triggers {', '.join(result.triggers)} now capture "
           f"{len(result.after.columns)} columns" + (f" ({change})" if change else ""))
+    if change:
+        print(f"rows last written before the ALTER keep the old columns in Redis: run sync-verify --table {table} --repair")
     return int(ExitCode.OK)
 
 

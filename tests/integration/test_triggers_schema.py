@@ -109,8 +109,9 @@ def common_columns_match(mariadb: MariaDBServer, db: Any, redis_client: Any, tab
             conn.close()
         have = {}
         for raw in redis_client.scan_iter(match=f"{table}:*", count=1000):
-            row = orjson.loads(redis_client.get(raw))
-            have[raw.decode()] = {c: row.get(c) for c in columns}
+            value = redis_client.get(raw)
+            if value is not None:   # deleted since the SCAN saw it
+                have[raw.decode()] = {c: orjson.loads(value).get(c) for c in columns}
         diff = {k: (want.get(k), have.get(k)) for k in set(want) | set(have) if want.get(k) != have.get(k)}
         if not diff or time.monotonic() > deadline:
             return diff
