@@ -27,6 +27,15 @@ always (--mode outbox). This relay sends those rows to gearmand in id order, in 
 after gearmand acknowledged its job, and several relays can run side by side. With an empty
 spool it polls every --poll-interval seconds; when MySQL or gearmand is down it backs off and
 retries. SIGTERM/SIGINT: finish the batch in hand and exit 0.
+
+Trigger watcher (on by default; --no-watch-triggers turns it off): every --watch-interval
+seconds it runs `sync-triggers check` over every table of the served databases that has gearsync
+triggers and re-installs stale ones with the options they were installed with (a column added,
+a trigger dropped, the table swapped by RENAME as pt-online-schema-change and gh-ost do), logging
+triggers_reinstalled. It needs the TRIGGER privilege (and SELECT on the tables' columns); without
+it, it logs triggers_not_reinstalled and the relay goes on. A DROP COLUMN of a synced column
+must go through `sync-triggers alter`: writes fail before any watcher can act
+(docs/schema-changes.md).
 """
 
 EPILOG = f"""\
@@ -38,6 +47,7 @@ examples:
   {PROG} --database shop
   {PROG} --database shop,crm --servers g1:4730,g2:4730 --batch 1000
   {PROG} --database shop --once           # empty the spool once, then exit
+  {PROG} --database shop --watch-interval 2   # re-install stale triggers within ~2 s
 
 exit codes: 0 stopped cleanly or --once done, 2 bad option, or a MySQL error retrying cannot fix
 (access denied, no gearsync_spool, missing grants), 3 MySQL or gearmand unreachable
@@ -55,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", default="0.02", metavar="S", help="seconds between polls of an empty spool (default 0.02)")
     p.add_argument("--stats-interval", default="10", metavar="S", help="seconds between stats log lines (default 10; 0 = off)")
     p.add_argument("--once", action="store_true", help="relay until the spool is empty, then exit")
+    p.add_argument("--watch-triggers", action=argparse.BooleanOptionalAction, default=True,
+                   help="check the capture triggers and re-install stale ones (default on)")
+    p.add_argument("--watch-interval", default="5", metavar="S", help="seconds between trigger checks (default 5)")
     add_logging_options(p)
     return p
 
@@ -72,7 +85,8 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
     if any(not d for d in databases):
         raise ConfigError(f"--database: {dbs_text!r} has an empty name; expected DB[,DB…]")
     return RelaySettings(mysql=mysql, databases=databases, servers=resolve_gearman_servers(args, env),
-                         batch=args.batch, poll_interval_s=args.poll_interval, stats_interval_s=args.stats_interval)
+                         batch=args.batch, poll_interval_s=args.poll_interval, stats_interval_s=args.stats_interval,
+                         watch_triggers=args.watch_triggers, watch_interval_s=args.watch_interval)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,6 +22,8 @@ Show whether the gearsync pipeline keeps up.
              while jobs are queued; 0 when the queue is empty), applied total, dead letters,
              snapshot progress
   mysql      gearsync_spool size, binlog position (SHOW MASTER STATUS, @@gtid_binlog_pos)
+  triggers   per table with gearsync capture triggers: ok, or stale: why (what
+             `sync-triggers check` says: column added or dropped, trigger missing, table swapped)
   binlog     the binlog reader's saved position, when sync-binlog stored one (else n/a)
 
 A part that does not answer is shown as down; the others are still shown.
@@ -70,9 +72,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 async def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from sync.capture.trigger_admin import trigger_states
     from sync.config import worker_settings
     from sync.redis_client import connect_redis
-    from sync.tools.status import collect, reachable, render
+    from sync.tools.status import add_trigger_states, collect, reachable, render
 
     tables = [t.strip() for item in (args.table or []) for t in item.split(",") if t.strip()]
     # worker_settings validates servers/Redis/table names the way sync-worker does; the table
@@ -87,6 +90,9 @@ async def _status(args: argparse.Namespace) -> int:
         while True:
             state = await collect(servers=ws.servers, redis=redis, mysql=mysql, tables=list(functions) or tables,
                                   functions=functions)
+            if mysql is not None and state["mysql"].get("up"):
+                dbs = [mysql.database] if mysql.database else None
+                add_trigger_states(state, await asyncio.to_thread(trigger_states, mysql, dbs))
             if args.json:
                 sys.stdout.write(orjson.dumps(state).decode() + "\n")
                 sys.stdout.flush()

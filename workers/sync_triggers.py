@@ -1,4 +1,4 @@
-"""`sync-triggers`: install, show or drop the gearsync capture triggers of a table."""
+"""`sync-triggers`: install, check, alter around, show or drop the gearsync capture triggers of tables."""
 
 from __future__ import annotations
 
@@ -10,15 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from sync.capture.spool import SPOOL_TABLE
+from sync.capture.trigger_admin import (
+    alter_table,
+    check_tables,
+    eligible_tables,
+    execute_all,
+    install_table,
+    installed_triggers,
+    last_other_triggers,
+    marked_tables,
+)
 from sync.capture.triggers import (
-    EVENTS,
     FAILURE_POLICIES,
     MODES,
     TriggerOptions,
     file_stem,
     install_script,
-    install_statements,
-    trigger_names,
     uninstall_script,
     uninstall_statements,
 )
@@ -31,7 +38,7 @@ from sync.tables import check_table_name
 PROG = "sync-triggers"
 
 DESCRIPTION = """\
-Capture the changes of a MySQL/MariaDB table with triggers that queue them in gearmand.
+Capture the changes of MySQL/MariaDB tables with triggers that queue them in gearmand.
 
 install    creates the spool table gearsync_spool (if missing) and three AFTER triggers
            gearsync_<table>_ai/_au/_ad (CREATE OR REPLACE: re-run it after ALTER TABLE or to
@@ -40,7 +47,20 @@ install    creates the spool table gearsync_spool (if missing) and three AFTER t
            {"v":1,"table":…,"op":"insert|update|delete","pk":{…},"row":{…},"version":…}.
            An UPDATE that changes no synced column sends nothing; one that changes the key
            deletes the old key and writes the new one. Versions are UUID_SHORT() values.
+           With several tables (--table a,b or --all-tables: every table with a primary key or
+           NOT NULL unique key; the others are listed with the reason) one line per table and a
+           summary. Each trigger records the options it was installed with in a comment.
 uninstall  drops the three triggers (the spool table stays: it may hold unsent changes).
+check      exit 0 when the installed triggers are exactly what install would create now (same
+           options, the table's current columns); 1 naming each stale or missing trigger (column
+           added or dropped, trigger dropped, table swapped by RENAME). --all-tables: every
+           table that has gearsync triggers.
+alter      alter --table T "SPEC" runs ALTER TABLE T SPEC without a failed write or a missed change:
+           under LOCK TABLES T WRITE (the table's readers and writers wait, none fails) it
+           installs triggers for the columns that survive, runs the ALTER, installs triggers
+           for the new shape. Use it for every DROP / CHANGE / RENAME COLUMN of a synced column:
+           a plain ALTER makes every write to T fail until the triggers are re-installed.
+           MySQL rejects SPEC: the triggers are as they were, one line, exit 2.
 show       prints the install SQL; with --output DIR writes DIR/<table>.triggers.sql and
            DIR/<table>.uninstall.sql for a DBA to review and apply with the mysql client.
 
@@ -70,19 +90,29 @@ examples:
   {PROG} install --table orders --columns id,status,total --mode outbox
   {PROG} show --table data --output sql/         # files for review, applied by hand
   {PROG} uninstall --table data
+  {PROG} install --all-tables
+  {PROG} check --all-tables                     # 1 when a trigger is stale or missing
+  {PROG} alter --table data "DROP COLUMN w"     # see docs/schema-changes.md
 
-exit codes: 0 done, 2 bad option / table (unknown table or column, no usable key), 3 MySQL
-unreachable or the SQL failed.
+exit codes: 0 done (check: all up to date), 1 check: stale or missing triggers, 2 bad option /
+table (unknown table or column, no usable key; alter: MySQL rejected the specification),
+3 MySQL unreachable or the SQL failed.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("command", choices=("install", "uninstall", "show"), help="what to do")
-    p.add_argument("--table", required=True, metavar="NAME", help="the table (NAME or DB.NAME is not split: use --database)")
+    p.add_argument("command", choices=("install", "uninstall", "show", "check", "alter"), help="what to do")
+    p.add_argument("spec", nargs="?", metavar="ALTER_SPEC",
+                   help='alter: the ALTER TABLE specification, e.g. "DROP COLUMN w" or "ADD COLUMN z INT"')
+    p.add_argument("--table", action="append", metavar="NAME[,NAME…]",
+                   help="the table(s): repeat or separate with commas (NAME or DB.NAME is not split: use --database)")
+    p.add_argument("--all-tables", action="store_true",
+                   help="install/uninstall: every table with a primary key or NOT NULL unique key; "
+                        "check: every table that has gearsync triggers")
     p.add_argument("--database", metavar="DB", help="its database (default: from --mysql-url / MYSQL_DATABASE)")
-    p.add_argument("--columns", metavar="A,B,…", help="sync only these columns (the key columns are always included)")
-    p.add_argument("--function", metavar="NAME", help="Gearman function of the jobs (default gearsync.<table>)")
+    p.add_argument("--columns", metavar="A,B,…", help="sync only these columns (the key columns are always included; one table only)")
+    p.add_argument("--function", metavar="NAME", help="Gearman function of the jobs (default gearsync.<table>; one table only)")
     p.add_argument("--on-enqueue-failure", choices=FAILURE_POLICIES, default=None,
                    help="udf mode: what to do when gearmand did not take the change (default spool)")
     p.add_argument("--mode", choices=MODES, default="udf", help="udf: send from the trigger; outbox: spool only (default udf)")
@@ -106,26 +136,30 @@ def options_from_args(args: Any, table: str) -> TriggerOptions:
             f"--on-enqueue-failure {args.on_enqueue_failure}: outbox mode never calls gearmand from the "
             "trigger; expected it only with --mode udf"
         )
+    columns = _columns(args.columns)
     return TriggerOptions.for_table(table, args.function, mode=args.mode,
-                                    on_enqueue_failure=args.on_enqueue_failure or "spool")
+                                    on_enqueue_failure=args.on_enqueue_failure or "spool",
+                                    columns=tuple(columns) if columns is not None else None)
 
 
-def last_other_triggers(conn: Any, schema: TableSchema) -> dict[str, str | None]:
-    """event → the table's last AFTER trigger of that event that is not gearsync's (ours must
-    follow it), or None."""
-    ours = set(trigger_names(schema.name).values())
-    out: dict[str, str | None] = {e: None for e in EVENTS}
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT EVENT_MANIPULATION, TRIGGER_NAME FROM information_schema.TRIGGERS "
-            "WHERE EVENT_OBJECT_SCHEMA=%s AND EVENT_OBJECT_TABLE=%s AND ACTION_TIMING='AFTER' "
-            "ORDER BY EVENT_MANIPULATION, ACTION_ORDER",
-            (schema.database, schema.name),
-        )
-        for event, name in cur.fetchall():
-            if name not in ours and event in out:
-                out[event] = name
-    return out
+def _tables(args: Any) -> list[str] | None:
+    """The --table names (checked), or None for --all-tables."""
+    names = [t.strip() for item in (args.table or []) for t in item.split(",")]
+    if args.all_tables:
+        if names:
+            raise ConfigError("--all-tables: given together with --table; expected one of them")
+        if args.command in ("show", "alter"):
+            raise ConfigError(f"--all-tables: not for {args.command}; expected --table NAME")
+        return None
+    if not names:
+        raise ConfigError("--table: none given; expected --table NAME[,NAME…] or --all-tables")
+    if any(not n for n in names):
+        raise ConfigError(f"--table: {','.join(args.table)!r} has an empty name; expected NAME[,NAME…]")
+    names = [check_table_name(n) for n in dict.fromkeys(names)]
+    if len(names) > 1 and (args.columns or args.function or args.command in ("show", "alter")):
+        what = "--columns" if args.columns else "--function" if args.function else args.command
+        raise ConfigError(f"{what}: for one table only; expected a single --table with it")
+    return names
 
 
 def _check_udfs(conn: Any) -> None:
@@ -140,60 +174,111 @@ def _check_udfs(conn: Any) -> None:
         )
 
 
-def _execute(conn: Any, statements: Sequence[str], display: str) -> None:
-    import pymysql
+def _schema(conn: Any, database: str, table: str, options: TriggerOptions) -> TableSchema:
+    schema = load_table(conn, database, table).select(list(options.columns) if options.columns else None)
+    if schema.name == SPOOL_TABLE:
+        raise ConfigError(f"--table: {SPOOL_TABLE!r} is gearsync's own spool; expected a table of yours")
+    return schema
 
-    with conn.cursor() as cur:
-        for stmt in statements:
-            try:
-                cur.execute(stmt)
-            except pymysql.MySQLError as exc:
-                first = stmt.splitlines()[0]
-                raise SourceError(f"MySQL {display}: {first[:120]!r} failed: {exc.args[-1] if exc.args else exc}") from None
+
+def _show(conn: Any, args: Any, database: str, table: str) -> int:
+    options = options_from_args(args, table)
+    schema = _schema(conn, database, table, options)
+    script = install_script(schema, options, last_other_triggers(conn, schema))
+    if args.output:
+        out = Path(args.output)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            stem = file_stem(table)
+            (out / f"{stem}.triggers.sql").write_text(script, encoding="utf-8")
+            (out / f"{stem}.uninstall.sql").write_text(uninstall_script(schema), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"--output: cannot write into {str(out)!r}: {exc.strerror}") from None
+        print(f"wrote {out / (stem + '.triggers.sql')} and {out / (stem + '.uninstall.sql')}")
+    else:
+        sys.stdout.write(script)
+    return int(ExitCode.OK)
+
+
+def _install(conn: Any, args: Any, database: str, tables: list[str] | None, display: str) -> int:
+    skipped: list[tuple[str, str]] = []
+    if tables is None:
+        tables, skipped = eligible_tables(conn, database)
+    _check_udfs(conn)  # both modes build the payload with gman_json_object
+    for table in tables:
+        options = options_from_args(args, table)
+        schema = _schema(conn, database, table, options)
+        names = install_table(conn, schema, options, display)
+        mode = "outbox" if options.mode == "outbox" else f"udf, on enqueue failure: {options.on_enqueue_failure}"
+        print(f"installed {', '.join(names)} on {database}.{table} "
+              f"({len(schema.columns)} columns, key {', '.join(schema.key)}; function {options.function}; {mode})")
+    for table, why in skipped:
+        print(f"skipped {database}.{table}: {why}")
+    if args.all_tables or len(tables) > 1:
+        print(f"installed {len(tables)}, skipped {len(skipped)}")
+    return int(ExitCode.OK)
+
+
+def _uninstall(conn: Any, args: Any, database: str, tables: list[str] | None, display: str) -> int:
+    if tables is None:
+        tables = sorted(set(eligible_tables(conn, database)[0]) | set(marked_tables(installed_triggers(conn, database))))
+    for table in tables:
+        # Works also when the table is gone or was altered beyond what we support.
+        execute_all(conn, uninstall_statements((database, table)), display)
+        print(f"dropped the gearsync triggers of {database}.{table}")
+    print(f"({SPOOL_TABLE} kept: run sync-relay until it is empty before dropping it)")
+    if args.all_tables or len(tables) > 1:
+        print(f"uninstalled {len(tables)}")
+    return int(ExitCode.OK)
+
+
+def _check(conn: Any, database: str, tables: list[str] | None) -> int:
+    results = check_tables(conn, database, tables)
+    for r in results:
+        print(f"{database}.{r.table}: {r.summary()}")
+    stale = sum(not r.ok for r in results)
+    print(f"checked {len(results)}, ok {len(results) - stale}, stale {stale}")
+    return int(ExitCode.OK if stale == 0 else ExitCode.DIFFERENCES)
+
+
+def _alter(conn: Any, args: Any, database: str, table: str, display: str) -> int:
+    if args.spec is None:
+        raise ConfigError('alter: no ALTER specification given; expected e.g. alter --table T "DROP COLUMN w"')
+    result = alter_table(conn, database, table, args.spec, display)
+    before = {c.name for c in result.before.columns}
+    after = {c.name for c in result.after.columns}
+    change = ", ".join([f"+{c}" for c in sorted(after - before)] + [f"-{c}" for c in sorted(before - after)])
+    print(f"altered {database}.{table}; triggers {', '.join(result.triggers)} now capture "
+          f"{len(result.after.columns)} columns" + (f" ({change})" if change else ""))
+    if change:
+        print(f"rows last written before the ALTER keep the old columns in Redis: run sync-verify --table {table} --repair")
+    return int(ExitCode.OK)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
 
     def go() -> int:
-        table = check_table_name(args.table)
-        columns = _columns(args.columns)
-        options = options_from_args(args, table)
+        tables = _tables(args)
+        if args.spec is not None and args.command != "alter":
+            raise ConfigError(f"{args.spec!r}: an ALTER specification is only for alter; expected no extra argument")
+        if tables is not None and args.command in ("install", "show"):
+            for t in tables:
+                options_from_args(args, t)  # bad options before connecting
         settings = resolve_mysql(args)
         conn = settings.connect(database=args.database) if args.database else settings.connect()
         try:
             database = args.database or current_database(conn)
             if args.command == "uninstall":
-                # Works also when the table is gone or was altered beyond what we support.
-                _execute(conn, uninstall_statements((database, table)), settings.display)
-                print(f"dropped the gearsync triggers of {database}.{table} "
-                      f"({SPOOL_TABLE} kept: run sync-relay until it is empty before dropping it)")
-                return int(ExitCode.OK)
-            schema = load_table(conn, database, table).select(columns)
-            if schema.name == SPOOL_TABLE:
-                raise ConfigError(f"--table: {SPOOL_TABLE!r} is gearsync's own spool; expected a table of yours")
-            follows = last_other_triggers(conn, schema)
-            if args.command == "show":
-                script = install_script(schema, options, follows)
-                if args.output:
-                    out = Path(args.output)
-                    try:
-                        out.mkdir(parents=True, exist_ok=True)
-                        stem = file_stem(table)
-                        (out / f"{stem}.triggers.sql").write_text(script, encoding="utf-8")
-                        (out / f"{stem}.uninstall.sql").write_text(uninstall_script(schema), encoding="utf-8")
-                    except OSError as exc:
-                        raise ConfigError(f"--output: cannot write into {str(out)!r}: {exc.strerror}") from None
-                    print(f"wrote {out / (stem + '.triggers.sql')} and {out / (stem + '.uninstall.sql')}")
-                else:
-                    sys.stdout.write(script)
-                return int(ExitCode.OK)
-            _check_udfs(conn)  # both modes build the payload with gman_json_object
-            _execute(conn, install_statements(schema, options, follows), settings.display)
-            mode = "outbox" if options.mode == "outbox" else f"udf, on enqueue failure: {options.on_enqueue_failure}"
-            print(f"installed {', '.join(trigger_names(table).values())} on {database}.{table} "
-                  f"({len(schema.columns)} columns, key {', '.join(schema.key)}; function {options.function}; {mode})")
-            return int(ExitCode.OK)
+                return _uninstall(conn, args, database, tables, settings.display)
+            if args.command == "check":
+                return _check(conn, database, tables)
+            if args.command == "install":
+                return _install(conn, args, database, tables, settings.display)
+            assert tables is not None
+            if args.command == "alter":
+                return _alter(conn, args, database, tables[0], settings.display)
+            return _show(conn, args, database, tables[0])
         finally:
             conn.close()
 

@@ -18,6 +18,15 @@ each its own rows. Order: rows are sent in id order within a batch and batches f
 rows committed late (a long transaction) are sent when they become visible, which is harmless
 because every change carries its own version.
 
+Trigger watcher (`watch_triggers`, on by default): every `watch_interval_s` (default 5 s) a
+second connection runs `sync-triggers check` over every table that has gearsync triggers in the
+served databases and re-installs the stale ones with the options recorded in their marker
+(a column added, a trigger dropped, the table swapped by RENAME — pt-online-schema-change,
+gh-ost — while the old table still holds our triggers), logging `triggers_reinstalled` for each.
+A table whose triggers all vanished is re-installed only when the watcher had seen it installed
+and the table was since replaced (its InnoDB table id or CREATE_TIME changed: a swap whose old table was dropped
+before the next check); otherwise it was uninstalled on purpose and is left alone.
+
 Empty spool: poll every `poll_interval_s` (default 20 ms: the outbox latency). MySQL or gearmand
 down: roll back, capped exponential back-off, reconnect. `request_stop()` (SIGTERM): finish the
 batch in hand, then exit.
@@ -34,6 +43,8 @@ from typing import Any
 import structlog
 
 from sync.capture.spool import SPOOL_TABLE
+from sync.capture.trigger_admin import check_table, install_table, installed_triggers, marked_tables, resolve_schema
+from sync.capture.triggers import TriggerOptions
 from sync.errors import ConfigError, SourceError, short_error
 from sync.gearman import GearmanClient, GearmanError
 from sync.mysql import MySQLSettings
@@ -70,7 +81,7 @@ def fatal_mysql_error(exc: BaseException) -> str | None:
         seen = seen.__cause__ or seen.__context__
     return None
 
-__all__ = ["RelaySettings", "RelayStats", "SpoolRelay"]
+__all__ = ["RelaySettings", "RelayStats", "SpoolRelay", "TriggerWatcher"]
 
 
 @dataclass(frozen=True)
@@ -82,12 +93,15 @@ class RelaySettings:
     poll_interval_s: float = 0.02
     stats_interval_s: float = 10.0
     spool_table: str = SPOOL_TABLE
+    watch_triggers: bool = True
+    watch_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         """Checks the values (numbers may be given as option text: they are converted)."""
         if not self.databases:
             raise ConfigError("--database: none given; expected the database holding gearsync_spool")
         for name, value in (("batch", check_int(self.batch, "--batch", 1, 100_000)),
+                            ("watch_interval_s", check_float(self.watch_interval_s, "--watch-interval", 0.1, 3600)),
                             ("poll_interval_s", check_float(self.poll_interval_s, "--poll-interval", 0.001, 60)),
                             ("stats_interval_s", check_float(self.stats_interval_s, "--stats-interval", 0, 86400))):
             object.__setattr__(self, name, value)
@@ -100,6 +114,82 @@ class RelayStats(Counters):
     errors: int = 0
     contended: int = 0      # claims lost to a deadlock with another relay (nothing sent)
     resent: int = 0         # rows sent whose DELETE failed: they go out again
+    reinstalled: int = 0    # tables whose stale triggers the watcher re-installed
+
+
+class TriggerWatcher:
+    """Checks the capture triggers of `databases` and re-installs the stale ones (see the module
+    docstring). `check_once()` is blocking (run it in a thread); returns the tables re-installed."""
+
+    def __init__(self, mysql: MySQLSettings, databases: Sequence[str]) -> None:
+        self.mysql = mysql
+        self.databases = tuple(databases)
+        self._conn: Any = None
+        # (database, table) -> (options, identity) of tables seen with up-to-date triggers
+        self._known: dict[tuple[str, str], tuple[TriggerOptions, Any]] = {}
+        self._warned: set[tuple[str, str, str]] = set()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken
+                pass
+
+    def _identities(self, conn: Any, database: str) -> dict[str, Any]:
+        """table -> what changes when the table is replaced: (CREATE_TIME, InnoDB table id)."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT TABLE_NAME, CREATE_TIME FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s",
+                        (database,))
+            times = {(n.decode() if isinstance(n, bytes) else n): t for n, t in cur.fetchall()}
+            ids: dict[str, int] = {}
+            try:  # needs the PROCESS privilege; CREATE_TIME (seconds) alone otherwise
+                cur.execute("SELECT NAME, TABLE_ID FROM information_schema.INNODB_SYS_TABLES WHERE NAME LIKE %s",
+                            (database.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%",))
+                ids = {(n.decode() if isinstance(n, bytes) else n).split("/", 1)[1]: int(i) for n, i in cur.fetchall()}
+            except Exception:  # noqa: BLE001 - optional information
+                pass
+        return {name: (t, ids.get(name)) for name, t in times.items()}
+
+    def check_once(self) -> list[str]:
+        if self._conn is None:
+            self._conn = self.mysql.connect(autocommit=True, read_timeout=30, write_timeout=30)
+        conn = self._conn
+        done = []
+        for db in self.databases:
+            installed = installed_triggers(conn, db)
+            created = self._identities(conn, db)
+            tables = set(marked_tables(installed)) | {t for d, t in self._known if d == db}
+            for table in sorted(tables):
+                if table not in created:
+                    continue  # dropped (or mid-swap): nothing to capture
+                known = self._known.get((db, table))
+                result = check_table(conn, db, table, installed, known[0] if known else None)
+                if result.ok:
+                    self._known[(db, table)] = (result.options, created[table])  # type: ignore[assignment]
+                    continue
+                replaced = known is not None and known[1] != created[table]
+                marked = table in marked_tables(installed)
+                if result.options is None or not (marked or replaced):
+                    self._known.pop((db, table), None)   # uninstalled on purpose
+                    self._warn(db, table, result.summary())
+                    continue
+                try:
+                    schema = resolve_schema(conn, db, table, result.options)
+                    install_table(conn, schema, result.options, self.mysql.display)
+                except (ConfigError, SourceError) as exc:
+                    self._warn(db, table, short_error(exc))
+                    continue
+                log.info("triggers_reinstalled", database=db, table=table, reason="; ".join(result.problems))
+                self._known[(db, table)] = (result.options, created[table])
+                done.append(f"{db}.{table}")
+        return done
+
+    def _warn(self, db: str, table: str, what: str) -> None:
+        if (db, table, what) not in self._warned:
+            self._warned.add((db, table, what))
+            log.warning("triggers_not_reinstalled", database=db, table=table, reason=what)
 
 
 class SpoolRelay:
@@ -117,6 +207,7 @@ class SpoolRelay:
         self._select = {db: f"SELECT id, function, payload FROM {t} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
                         for db, t in tables.items()}
         self._delete = {db: f"DELETE FROM {t} WHERE id IN " for db, t in tables.items()}
+        self.watcher = TriggerWatcher(settings.mysql, settings.databases) if settings.watch_triggers else None
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -256,6 +347,7 @@ class SpoolRelay:
                  mysql=s.mysql.display, batch=s.batch, poll_interval_s=s.poll_interval_s)
         backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
         reporter = asyncio.ensure_future(self._report())
+        watcher = asyncio.ensure_future(self._watch())
         try:
             while not self.stopping:
                 busy = False
@@ -279,7 +371,8 @@ class SpoolRelay:
                     await self._sleep(s.poll_interval_s)
         finally:
             reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+            watcher.cancel()
+            await asyncio.gather(reporter, watcher, return_exceptions=True)
             await self.close()
         log.info("relay_stopped", **self.stats.totals())
         return 0
@@ -289,6 +382,21 @@ class SpoolRelay:
             await asyncio.wait_for(self._stop.wait(), seconds)
         except TimeoutError:
             pass
+
+    async def _watch(self) -> None:
+        """The trigger watcher's loop (see TriggerWatcher); errors are logged and retried."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        log.info("trigger_watch_started", interval_s=self.settings.watch_interval_s)
+        while not self.stopping:
+            try:
+                done = await asyncio.to_thread(watcher.check_once)
+                self.stats.reinstalled += len(done)
+            except Exception as exc:
+                await asyncio.to_thread(watcher.close)
+                log.warning("trigger_watch_failed", error=short_error(exc))
+            await self._sleep(self.settings.watch_interval_s)
 
     async def _report(self) -> None:
         def report(d: dict[str, float], cur: dict[str, float], seconds: float) -> None:
@@ -303,3 +411,5 @@ class SpoolRelay:
         if self._own_client:
             await self.client.close()
         await asyncio.to_thread(self._close_mysql)
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.close)

@@ -47,6 +47,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -69,6 +70,9 @@ __all__ = [
     "install_script",
     "uninstall_script",
     "not_queued_message",
+    "MARKER_PREFIX",
+    "install_marker",
+    "read_marker",
 ]
 
 EVENTS = ("INSERT", "UPDATE", "DELETE")
@@ -106,9 +110,12 @@ class TriggerOptions:
     function: str
     on_enqueue_failure: str = "spool"   # spool | fail | ignore (udf mode)
     mode: str = "udf"                   # udf | outbox
+    columns: tuple[str, ...] | None = None  # --columns (None: every column of the table)
 
     def __post_init__(self) -> None:
         check_function_name(self.function, "--function")
+        if self.columns is not None:
+            object.__setattr__(self, "columns", tuple(self.columns))
         if self.mode not in MODES:
             raise ConfigError(f"--mode: {self.mode!r}; expected one of {', '.join(MODES)}")
         if self.on_enqueue_failure not in FAILURE_POLICIES:
@@ -117,7 +124,7 @@ class TriggerOptions:
             )
 
     @classmethod
-    def for_table(cls, table: str, function: str | None = None, **kw: str) -> TriggerOptions:
+    def for_table(cls, table: str, function: str | None = None, **kw: Any) -> TriggerOptions:
         if function is None:
             function = default_function(table)
             try:
@@ -276,9 +283,54 @@ def install_statements(
     triggers (CREATE OR REPLACE: re-runnable, and the table is never without a trigger)."""
     _check_table(schema)
     follows = follows or {}
-    return [spool_ddl(schema.database)] + [
+    return _stamped(schema, options, [spool_ddl(schema.database)] + [
         create_trigger_sql(schema, event, options, follows.get(event)) for event in EVENTS
-    ]
+    ])
+
+
+# -- install marker ------------------------------------------------------------------------------
+# Every trigger `install` creates carries one comment line right after BEGIN with the options it
+# was installed with (JSON, one line), so `sync-triggers check|alter` and the relay's watcher can
+# regenerate exactly what `install` would create now. MariaDB keeps `--` comments of a trigger
+# body (information_schema.TRIGGERS.ACTION_STATEMENT); the mariadb client drops them unless run
+# with --comments.
+
+MARKER_PREFIX = "-- gearsync-install "
+_MARKER_LINE = re.compile(r"^[ \t]*" + re.escape(MARKER_PREFIX) + r"(\{.*\})[ \t]*$", re.MULTILINE)
+_BEGIN = re.compile(r"\bFOR EACH ROW\b[^\n]*(?:\n(?:FOLLOWS|PRECEDES) [^\n]*)?\nBEGIN\n")
+
+
+def install_marker(table: str, options: TriggerOptions) -> str:
+    """The marker comment line for the triggers of `table` installed with `options`."""
+    data = {"table": table, "columns": list(options.columns) if options.columns is not None else None,
+            "function": options.function, "mode": options.mode, "on_enqueue_failure": options.on_enqueue_failure}
+    return MARKER_PREFIX + orjson.dumps(data).decode("utf-8")
+
+
+def read_marker(body: str) -> tuple[str, TriggerOptions] | None:
+    """(table, options) from a trigger body's marker line; None when it has none (or a bad one)."""
+    found = _MARKER_LINE.search(body)
+    if found is None:
+        return None
+    try:
+        data = orjson.loads(found.group(1))
+        columns = data.get("columns")
+        options = TriggerOptions(function=data["function"], mode=data["mode"],
+                                 on_enqueue_failure=data["on_enqueue_failure"],
+                                 columns=tuple(columns) if columns is not None else None)
+        return str(data["table"]), options
+    except (orjson.JSONDecodeError, KeyError, TypeError, ConfigError):
+        return None
+
+
+def _stamped(schema: TableSchema, options: TriggerOptions, statements: list[str]) -> list[str]:
+    """`statements` with the install marker after BEGIN of every CREATE TRIGGER among them."""
+    marker = install_marker(schema.name, options)
+    out = []
+    for stmt in statements:
+        m = _BEGIN.search(stmt) if stmt.startswith("CREATE OR REPLACE TRIGGER") else None
+        out.append(stmt if m is None else stmt[: m.end()] + "  " + marker + "\n" + stmt[m.end():])
+    return out
 
 
 def uninstall_statements(schema_or_db: TableSchema | tuple[str, str]) -> list[str]:
@@ -313,6 +365,8 @@ def install_script(schema: TableSchema, options: TriggerOptions, follows: dict[s
     delim = _delimiter("\n".join(stmts))
     mode = options.mode if options.mode == "outbox" else f"udf, on enqueue failure: {options.on_enqueue_failure}"
     out = [_header(schema, f"gearsync capture triggers ({mode}; function {orjson.dumps(options.function).decode()})")]
+    out.append("-- Apply with `mariadb --comments` (or `mysql --comments`): the marker comment in each trigger\n"
+               "-- is what `sync-triggers check` and sync-relay's watcher read.\n")
     out.append(stmts[0] + ";\n")
     out.append(f"DELIMITER {delim}\n")
     for stmt in stmts[1:]:

@@ -33,7 +33,7 @@ from sync.tables import default_function
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["collect", "reachable", "render"]
+__all__ = ["add_trigger_states", "collect", "reachable", "render"]
 
 TIMEOUT_S = 3.0
 
@@ -212,6 +212,16 @@ async def collect(
     }
 
 
+def add_trigger_states(state: dict[str, Any], states: dict[str, str]) -> None:
+    """Put the capture triggers' check results ("db.table" -> "ok" | "stale: …", or {"error": …})
+    into `state`: state["triggers"], and per table (matched by name) tables[t]["triggers"]."""
+    state["triggers"] = states
+    for qualified, summary in states.items():
+        table = qualified.split(".", 1)[1] if "." in qualified else None
+        if table in state["tables"]:
+            state["tables"][table]["triggers"] = summary
+
+
 def reachable(state: dict[str, Any]) -> bool:
     """Was anything at all reachable?"""
     return bool(any(g["up"] for g in state["gearman"]) or state["redis"]["up"] or state["mysql"].get("up"))
@@ -265,6 +275,14 @@ def render(state: dict[str, Any], console: Any) -> None:
         "mysql: " + ("up" if my.get("up") else ("not configured" if my.get("up") is None
                                                  else f"[red]DOWN[/red] {my.get('error', '')}")),
     ]
+    trig = state.get("triggers")
+    if trig is not None:
+        if "error" in trig:
+            lines.append(f"triggers: [red]check failed[/red] {trig['error']}")
+        elif not trig:
+            lines.append("triggers: n/a (no gearsync triggers)")
+        for name, summary in sorted(trig.items()) if "error" not in trig else ():
+            lines.append(f"triggers {name}: " + (summary if summary == "ok" else f"[red]{summary}[/red]"))
     if my.get("up"):
         spool = my.get("spool") or {}
         lines.append("spool: " + (", ".join(f"{db}: {n}" for db, n in spool.items()) if spool else "n/a (no gearsync_spool)"))
