@@ -25,7 +25,7 @@ from sync.mysql import from_url
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
-from .test_binlog_helpers import Running, diff, mysql_state, redis_state, settings, wait_caught_up
+from .binlog_rig import Running, diff, mysql_state, redis_state, settings, wait_caught_up
 
 pytestmark = pytest.mark.timeout(180)
 

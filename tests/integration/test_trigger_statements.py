@@ -16,7 +16,7 @@ import pytest
 from sync.rows.schema import TableSchema
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
-from .test_triggers_helpers import install, relay_thread, wait_converged, worker_thread
+from .triggers_rig import install, relay_thread, wait_converged, worker_thread
 from .udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(180)

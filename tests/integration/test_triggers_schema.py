@@ -18,7 +18,7 @@ import pytest
 from sync.rows.schema import load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
-from .test_triggers_helpers import install, relay_thread, worker_thread
+from .triggers_rig import install, relay_thread, worker_thread
 from .udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
