@@ -4,8 +4,12 @@ The capture triggers write a change into the spool table when gearmand did not t
 `--on-enqueue-failure spool`) or always (outbox mode). One batch:
 
     BEGIN                                              -- READ COMMITTED: no gap locks, so the
-    SELECT id, function, payload FROM gearsync_spool   -- triggers' INSERTs never wait for us
+    SELECT id, function, LENGTH(payload),              -- triggers' INSERTs never wait for us
+           IF(LENGTH(payload) <= 1 MiB, payload, NULL)
+      FROM gearsync_spool
       ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED       -- rows of other relays are skipped
+    -- keep the first rows up to BATCH_BYTES (64 MiB, at least one row), read their big payloads:
+    SELECT id, payload FROM gearsync_spool WHERE id IN (…)
     submit_background_many(function, payloads)        -- pipelined, fresh unique ids, each
                                                        -- JOB_CREATED awaited
     DELETE FROM gearsync_spool WHERE id IN (…)
