@@ -82,11 +82,11 @@ def add_metrics_options(parser: argparse.ArgumentParser) -> None:
 
 
 def table_target_options(args: Any) -> dict[str, Any]:
-    """The keyword arguments of sync.tools.snapshot.open_table from sync-snapshot's / sync-verify's
-    options (--table, --database, --columns, the MySQL and Redis options, --key-template, --format,
-    --ttl where the command has it, --config)."""
+    """The keyword arguments of sync.tools.snapshot.open_tables from sync-snapshot's / sync-verify's
+    options (--table (repeatable), --all-tables, --database, --columns, the MySQL and Redis options,
+    --key-template, --format, --ttl where the command has it, --config)."""
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
-    options = dict(table=args.table, database=args.database, columns=columns, mysql_url=args.mysql_url,
+    options = dict(tables=args.table, all_tables=args.all_tables, database=args.database, columns=columns, mysql_url=args.mysql_url,
                    redis_url=args.redis_url, redis_cluster=args.redis_cluster, key_template=args.key_template,
                    fmt=args.format, config_path=args.config)
     if hasattr(args, "ttl"):

@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 WIRE_VERSION = 1
-MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+MAX_PAYLOAD_BYTES = 1 << 30  # MariaDB's largest max_allowed_packet and the UDF's max_payload cap
 MAX_NAME_CHARS = 64  # MySQL/MariaDB identifier limit
 MAX_PK_COLUMNS = 32
 MAX_VERSION = 2**64 - 1
@@ -246,6 +246,8 @@ def _loads_object(raw: bytes, what: str) -> dict[str, Any]:
 def parse_change(raw: bytes) -> ChangeEvent:
     """Parse and validate one wire-format-v1 payload. Raises PayloadError with a one-line reason."""
     obj = _loads_object(raw, "payload")
+    if type(obj.get("error")) is str:  # a change the capture could not send (sync.capture.triggers)
+        raise PayloadError(f"capture: {_show(obj['error'], 300)}")
     keys = obj.keys()
     if not (_REQUIRED <= keys <= _ALLOWED):
         missing = sorted(_REQUIRED - keys)

@@ -36,8 +36,14 @@ typedef bool my_bool; /* Oracle MySQL 8 dropped the typedef */
 /* gearmand 1.1 limits: GEARMAN_FUNCTION_MAX_SIZE 512, GEARMAN_MAX_UNIQUE_SIZE 64. */
 #define GS_MAX_FUNCTION 512u
 #define GS_MAX_UNIQUE 64u
-/* Cap on a workload we send and on a result we accumulate / build. */
-#define GS_MAX_PAYLOAD (64ul << 20)
+/* Cap on a workload we send and on a result we accumulate / build: the
+ * option max_payload (bytes, GS_MIN_MAX_PAYLOAD..GS_MAX_PAYLOAD, default
+ * GS_DEFAULT_MAX_PAYLOAD).  GS_MAX_PAYLOAD is MariaDB's largest
+ * max_allowed_packet (1 GiB): no row can be larger.  Buffers grow to what a
+ * call needs, never past the cap. */
+#define GS_MAX_PAYLOAD (1ul << 30)
+#define GS_DEFAULT_MAX_PAYLOAD (256ul << 20)
+#define GS_MIN_MAX_PAYLOAD (64ul << 10)
 /* Largest response packet accepted while waiting for JOB_CREATED. */
 #define GS_MAX_SMALL_PACKET (64ul << 10)
 /* Pipelined background jobs: wait for acknowledgements beyond this many
@@ -48,7 +54,7 @@ typedef bool my_bool; /* Oracle MySQL 8 dropped the typedef */
 #define GS_REAP_BATCH 32u /* read acknowledgements once this many are due */
 #endif
 #define GS_WINDOW_BYTES (1ul << 20)
-#define GS_PEND_MAX (GS_MAX_PAYLOAD + (4ul << 20))
+#define GS_PEND_MAX (68ul << 20) /* a larger job is kept alone */
 /* The keeper thread (gman_keeper.c) visits threads that hold pipelined jobs
  * and have made no call for GS_KEEPER_IDLE_MS: it reads their
  * acknowledgements and, after a broken connection, resends them.  It looks
@@ -97,6 +103,7 @@ struct gs_config {
                                for JOB_CREATED (acks reaped on later calls
                                or by the keeper, unacknowledged jobs resent
                                on reconnect, spilled at unload); 0: wait */
+    size_t max_payload;     /* largest workload sent / result built, bytes */
 };
 
 /* Parse "host[:port][,host[:port]…]" into out->servers/out->n (other fields

@@ -267,10 +267,20 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
         out->coalesce_us = (unsigned)v;
         return 0;
     }
+    if (KEY_IS("max_payload")) {
+        if (parse_uint(val, vlen, GS_MIN_MAX_PAYLOAD, GS_MAX_PAYLOAD, &v) != 0) {
+            seterr(err, errlen,
+                   "max_payload is 65536..1073741824 bytes: '%.*s'", key,
+                   klen + 1 + vlen);
+            return -1;
+        }
+        out->max_payload = (size_t)v;
+        return 0;
+    }
 #undef KEY_IS
     seterr(err, errlen,
            "unknown option '%.*s' (timeout_ms, do_timeout_ms, retry_ms, "
-           "pipeline, coalesce_us)",
+           "pipeline, coalesce_us, max_payload)",
            key, klen);
     return 1;
 }
@@ -447,6 +457,7 @@ static void config_defaults(struct gs_config *c)
      * JOB_CREATED on every submit. */
     c->pipeline = 1;
     c->coalesce_us = GS_DEFAULT_COALESCE_US;
+    c->max_payload = GS_DEFAULT_MAX_PAYLOAD;
 }
 
 /* Path of gearsync_udf.conf in the directory this library was loaded from. */
@@ -554,8 +565,9 @@ void gs_config_load_defaults(int log)
         gs_format_servers(&c, list, sizeof list);
         fprintf(stderr,
                 "gearsync_udf: job servers %s (from %s); timeout_ms=%u "
-                "do_timeout_ms=%u retry_ms=%u pipeline=%u coalesce_us=%u\n",
+                "do_timeout_ms=%u retry_ms=%u pipeline=%u coalesce_us=%u "
+                "max_payload=%zu\n",
                 list, source, c.timeout_ms, c.do_timeout_ms, c.retry_ms,
-                c.pipeline, c.coalesce_us);
+                c.pipeline, c.coalesce_us, c.max_payload);
     }
 }

@@ -586,11 +586,11 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
 
     /* Foreground: wait for the worker until the (longer) result deadline. */
     for (;;) {
-        if (read_packet(t, j->result_deadline, GS_MAX_PAYLOAD + hlen + 1,
+        if (read_packet(t, j->result_deadline, t->cfg.max_payload + hlen + 1,
                         &type, &size, &e) != 0) {
             set_err(t, idx,
                     e == ETIMEDOUT ? "no result before do_timeout_ms"
-                    : e == EMSGSIZE ? "result larger than 64 MiB"
+                    : e == EMSGSIZE ? "result larger than max_payload"
                                     : "reading result",
                     (e == ETIMEDOUT || e == EMSGSIZE) ? 0 : e);
             close_fd(t); /* a late answer would desync the connection */
@@ -609,7 +609,7 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
             }
             if (dlen && gs_buf_reserve(j->out, dlen) != 0) {
                 snprintf(t->err, sizeof t->err,
-                         "result larger than 64 MiB or out of memory");
+                         "result larger than max_payload or out of memory");
                 close_fd(t);
                 return A_JOB_FAIL;
             }
@@ -1192,6 +1192,8 @@ static int check_args(struct gs_thread *t, const char *fn, size_t fnlen,
                       const char *uq, size_t uqlen, size_t wllen)
 {
     const char *why = NULL;
+    if (t)
+        refresh_config(t); /* max_payload below is the current one */
     if (!fn || fnlen == 0)
         why = "function name is empty";
     else if (fnlen > GS_MAX_FUNCTION)
@@ -1202,8 +1204,8 @@ static int check_args(struct gs_thread *t, const char *fn, size_t fnlen,
         why = "unique id longer than 64 bytes";
     else if (uqlen && memchr(uq, '\0', uqlen))
         why = "unique id contains a NUL byte";
-    else if (wllen > GS_MAX_PAYLOAD)
-        why = "workload larger than 64 MiB";
+    else if (wllen > (t ? t->cfg.max_payload : GS_MAX_PAYLOAD))
+        why = "workload larger than max_payload";
     if (why && t)
         snprintf(t->err, sizeof t->err, "%s", why);
     return why ? -1 : 0;

@@ -130,7 +130,9 @@ static my_bool job_init(UDF_INIT *initid, UDF_ARGS *args, char *message,
             snprintf(message, MYSQL_ERRMSG_SIZE, "%s: out of memory", name);
             return 1;
         }
-        b->max = GS_MAX_PAYLOAD;
+        struct gs_config c;
+        gs_config_current(&c);
+        b->max = c.max_payload;
         initid->ptr = (char *)b;
         initid->max_length = GS_MAX_PAYLOAD;
     } else {

@@ -17,7 +17,7 @@
  * Keys are the argument aliases (the expression text when there is none),
  * escaped like strings; bytes in a key that are not UTF-8 become U+FFFD.
  * The result is built in a per-statement buffer (initid->ptr) capped at
- * GS_MAX_PAYLOAD; a larger result is NULL.
+ * the option max_payload (default 256 MiB, at most 1 GiB); a larger result is NULL.
  */
 #include "gearsync_udf.h"
 
@@ -164,7 +164,7 @@ static int put_base64(struct gs_buf *b, const unsigned char *s, size_t len)
     static const char T[] =
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t out = (len / 3 + (len % 3 != 0)) * 4;
-    if (len > GS_MAX_PAYLOAD || gs_buf_reserve(b, out) != 0)
+    if (len > b->max || gs_buf_reserve(b, out) != 0)
         return -1;
     char *o = b->p + b->len;
     size_t i = 0;
@@ -557,7 +557,9 @@ static my_bool json_init(UDF_INIT *initid, UDF_ARGS *args, char *message,
         snprintf(message, MYSQL_ERRMSG_SIZE, "%s: out of memory", name);
         return 1;
     }
-    b->max = GS_MAX_PAYLOAD;
+    struct gs_config c;
+    gs_config_current(&c); /* max_payload: the cap of this statement's results */
+    b->max = c.max_payload;
     /* first guess from the declared argument sizes; it grows on demand */
     size_t guess = 64;
     for (unsigned i = 0; i < args->arg_count; i++) {

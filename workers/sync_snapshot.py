@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from sync.cli import (
     ExitCode,
@@ -18,6 +19,13 @@ from sync.cli import (
     table_target_options,
 )
 from sync.settings import resolve_logging
+
+if TYPE_CHECKING:  # for annotations only; the command imports these inside the functions that use them
+    from sync.rows.reader import BinlogPoint
+    from sync.tools.snapshot import SnapshotResult, TableTarget
+
+# a table of the run: its result (None: copied by the interrupted run) and its binlog start point
+Done = tuple[str, "SnapshotResult | None", "BinlogPoint | None"]
 
 PROG = "sync-snapshot"
 
@@ -53,8 +61,17 @@ examples:
   sync-snapshot --table data
   sync-snapshot --table shop.orders --format hash --key-template '{table}:{pk}' --chunk 2000
   sync-snapshot --table data --restart
+  sync-snapshot --table data,users                   # one after another, then a summary
+  sync-snapshot --all-tables --config gearsync.toml  # each table's [tables.NAME] settings
   sync-snapshot --table data --versions binlog --key-template 'bl:{table}:{pk}' && \
     sync-binlog --table data --key-template 'bl:{table}:{pk}'
+
+Several tables (--table a,b, repeated --table, --all-tables): copied one after another, each with
+its progress, then a summary. Options apply to every table; with --config, a table's
+[tables.NAME] gives what the options leave unset. Interrupted: run the same command again; the
+tables the interrupted run finished are skipped, the interrupted one resumes. --versions binlog:
+sync-binlog's saved position for these tables (one stream, --table a,b) is set to the earliest
+table's point.
 
 exit codes: 0 done, 2 bad option or table, 3 MySQL or Redis unreachable,
 130 interrupted (the progress is saved: run again to resume).
@@ -63,9 +80,14 @@ exit codes: 0 done, 2 bad option or table, 3 MySQL or Redis unreachable,
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("--table", required=True, metavar="NAME", help="table to copy (NAME or DB.NAME)")
+    p.add_argument("--table", action="append", metavar="NAME[,NAME…]",
+                   help="table(s) to copy (NAME or DB.NAME), one after another; repeatable")
+    p.add_argument("--all-tables", action="store_true",
+                   help="every table of the database with a primary key or a NOT NULL unique key (the others "
+                        "are listed with the reason)")
     p.add_argument("--database", metavar="DB", help="database of the table (default: from the MySQL URL/env)")
-    p.add_argument("--columns", metavar="A,B,…", help="only these columns (the key columns are always included)")
+    p.add_argument("--columns", metavar="A,B,…",
+                   help="only these columns (the key columns are always included); with one table only")
     p.add_argument("--chunk", type=int, default=5000, metavar="N", help="rows per query and per saved step (default 5000)")
     add_mysql_options(p)
     add_redis_options(p)
@@ -97,62 +119,106 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _snapshot(args: argparse.Namespace) -> int:
-    from sync.rows.reader import TableReader, estimate_rows, format_pk
-    from sync.tools.display import ProgressDisplay
+    from sync.rows.reader import format_pk
     from sync.tools.progress import ProgressStore
-    from sync.tools.snapshot import Snapshot, Versions, open_table
+    from sync.tools.snapshot import finished_in_interrupted_run, open_tables, store_binlog_start
 
-    target = open_table(**table_target_options(args))
-    display = None
+    many = open_tables(**table_target_options(args))
+    names = [t.schema.name for t in many.tables]
     try:
-        schema = target.schema
-        reader = TableReader(target.conn, schema)
+        for name, why in many.skipped:
+            sys.stderr.write(f"{PROG}: skipped {many.database}.{name}: {why}\n")
         positions = None
         if args.versions == "binlog" and args.binlog_name != "-":
             from sync.capture.binlog.service import stream_name
             from sync.position import PositionStore
 
-            positions = PositionStore(target.redis, args.binlog_name or stream_name(target.mysql, schema.database,
-                                                                                      [schema.name]))
-        snap = Snapshot(reader, target.applier(), ProgressStore(target.redis, schema.name), target.spec,
-                        chunk=args.chunk, versions=Versions(args.versions), binlog_positions=positions)
-        after, done, _, notes = await snap.start_point(args.restart)
-        for note in notes:
-            sys.stderr.write(f"{PROG}: {note}\n")
-        if after is not None:
-            sys.stderr.write(f"{PROG}: resuming after key {format_pk(schema, after)} ({done} rows done)\n")
-        total = estimate_rows(target.conn, schema)
-        tty = {"auto": None, "bar": True, "log": False}[args.progress]
-        display = bar = ProgressDisplay(f"snapshot {schema.name}", total, tty=tty, done=done)
-        stop_on_signals(snap.request_stop)
-        res = await snap.run(on_progress=lambda n, last: bar.update(n, format_pk(schema, last)))
-        display.close()
-        display = None
-        for note in res.notes[len(notes):]:
-            sys.stderr.write(f"{PROG}: {note}\n")
-        if res.binlog_start is not None:
-            sys.stderr.write(f"{PROG}: binlog point of this snapshot: GTID {res.binlog_start.gtid}"
-                             + (f" (this run read at {res.binlog_read_at.gtid})"
-                                if res.binlog_read_at and res.binlog_read_at != res.binlog_start else "") + "\n")
-        rate = res.rows / res.elapsed_s if res.elapsed_s > 0 else 0.0
-        if res.interrupted:
-            sys.stderr.write(
-                f"{PROG}: interrupted after key {format_pk(schema, res.last)} ({res.total_rows} rows done); "
-                "run the same command to resume\n"
-            )
-            return int(ExitCode.INTERRUPTED)
-        sys.stderr.write(
-            f"{PROG}: {schema.database}.{schema.name}: {res.rows} rows copied in {res.elapsed_s:.1f}s "
-            f"({rate:,.0f} rows/s; {res.stale} already newer in Redis); {res.total_rows} rows in total\n"
-        )
-        if res.binlog_start is not None:
-            sys.stderr.write(f"{PROG}: {res.position_note}; next: sync-binlog --table {schema.name} "
-                             f"--start {res.binlog_start.gtid} (same --key-template)\n")
+            positions = PositionStore(many.redis, args.binlog_name or stream_name(many.mysql, many.database, names))
+        skip = await finished_in_interrupted_run(many.redis, names, args.restart)
+        done: list[Done] = []
+        for target in many.tables:
+            name = target.schema.name
+            if name in skip:
+                sys.stderr.write(f"{PROG}: {many.database}.{name}: already copied by the interrupted run; skipped "
+                                 "(--restart copies it again)\n")
+                done.append((name, None, await ProgressStore(many.redis, name).load_binlog_start()))
+                continue
+            res = await _one_table(args, target, positions if len(many.tables) == 1 else None)
+            if res.interrupted:
+                left = names[names.index(name):]
+                sys.stderr.write(f"{PROG}: {name} interrupted after key {format_pk(target.schema, res.last)} "
+                                 f"({res.total_rows} rows done); run the same command to resume"
+                                 + (f" ({len(left)} of {len(names)} tables left: {','.join(left)})"
+                                    if len(names) > 1 else "") + "\n")
+                return int(ExitCode.INTERRUPTED)
+            done.append((name, res, res.binlog_start))
+        if len(many.tables) > 1:
+            _summary(many.database, done)
+            points = [p for _, _, p in done if p is not None]
+            if args.versions == "binlog" and len(points) == len(done):
+                note = (await store_binlog_start(positions, points) if positions is not None else
+                        f"start sync-binlog with --start {min(points, key=lambda p: p.seq).gtid}")
+                sys.stderr.write(f"{PROG}: {note}; next: sync-binlog --table {','.join(names)} "
+                                 "(same --key-template)\n")
         return int(ExitCode.OK)
     finally:
-        if display is not None:
-            display.close()
-        await target.close()
+        await many.close()
+
+
+async def _one_table(args: argparse.Namespace, target: TableTarget, positions: Any) -> SnapshotResult:
+    """Copy one table with a progress display; prints its notes and, when done, its line."""
+    from sync.rows.reader import TableReader, estimate_rows, format_pk
+    from sync.tools.display import ProgressDisplay
+    from sync.tools.progress import ProgressStore
+    from sync.tools.snapshot import Snapshot, Versions
+
+    schema = target.schema
+    reader = TableReader(target.conn, schema)
+    snap = Snapshot(reader, target.applier(), ProgressStore(target.redis, schema.name), target.spec,
+                    chunk=args.chunk, versions=Versions(args.versions), binlog_positions=positions)
+    after, done, _, notes = await snap.start_point(args.restart)
+    for note in notes:
+        sys.stderr.write(f"{PROG}: {note}\n")
+    if after is not None:
+        sys.stderr.write(f"{PROG}: {schema.name} resuming after key {format_pk(schema, after)} ({done} rows done)\n")
+    total = estimate_rows(target.conn, schema)
+    tty = {"auto": None, "bar": True, "log": False}[args.progress]
+    display = bar = ProgressDisplay(f"snapshot {schema.name}", total, tty=tty, done=done)
+    try:
+        stop_on_signals(snap.request_stop)
+        res = await snap.run(on_progress=lambda n, last: bar.update(n, format_pk(schema, last)))
+    finally:
+        display.close()
+    for note in res.notes[len(notes):]:
+        sys.stderr.write(f"{PROG}: {note}\n")
+    if res.binlog_start is not None:
+        sys.stderr.write(f"{PROG}: binlog point of this snapshot: GTID {res.binlog_start.gtid}"
+                         + (f" (this run read at {res.binlog_read_at.gtid})"
+                            if res.binlog_read_at and res.binlog_read_at != res.binlog_start else "") + "\n")
+    if res.interrupted:
+        return res
+    rate = res.rows / res.elapsed_s if res.elapsed_s > 0 else 0.0
+    sys.stderr.write(
+        f"{PROG}: {schema.database}.{schema.name}: {res.rows} rows copied in {res.elapsed_s:.1f}s "
+        f"({rate:,.0f} rows/s; {res.stale} already newer in Redis); {res.total_rows} rows in total\n"
+    )
+    if res.binlog_start is not None and res.position_note is not None:
+        sys.stderr.write(f"{PROG}: {res.position_note}; next: sync-binlog --table {schema.name} "
+                         f"--start {res.binlog_start.gtid} (same --key-template)\n")
+    return res
+
+
+def _summary(database: str, done: list[Done]) -> None:
+    """One line per table and the totals, after several tables."""
+    results = [r for _, r, _ in done if r is not None]
+    rows = sum(r.rows for r in results)
+    total = sum(r.total_rows for r in results)
+    secs = sum(r.elapsed_s for r in results)
+    sys.stderr.write(f"{PROG}: summary of {database}: {len(done)} tables, {rows} rows copied in {secs:.1f}s, "
+                     f"{total} rows in total\n")
+    for name, r, _ in done:
+        what = f"{r.rows} rows copied, {r.total_rows} in total" if r is not None else "copied by the interrupted run"
+        sys.stderr.write(f"  {name}: {what}\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -16,6 +16,7 @@ from sync.settings import resolve_logging
 
 if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
     from sync.rows.schema import TableSchema
+    from sync.tools.snapshot import TableTarget
     from sync.tools.verify import VerifyReport
 
 PROG = "sync-verify"
@@ -42,16 +43,27 @@ examples:
   sync-verify --table data
   sync-verify --table data --repair
   sync-verify --table data --sample 10000 --json     # 10k random rows, a JSON report on stdout
+  sync-verify --table data,users                     # one after another, then a summary
+  sync-verify --all-tables --config gearsync.toml    # each table's [tables.NAME] settings
 
-exit codes: 0 equal, 1 differences remain, 2 bad input or an error (MySQL/Redis unreachable).
+Several tables (--table a,b, repeated --table, --all-tables): each is checked and reported in turn,
+then a summary (per table rows, missing, different, extra; totals); --json prints one object
+{"equal", "tables": [...], "totals", "skipped"}. Options apply to every table; with --config, a
+table's [tables.NAME] gives what the options leave unset.
+
+exit codes: 0 equal, 1 differences remain (in any table), 2 bad input or an error (MySQL/Redis unreachable).
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("--table", required=True, metavar="NAME", help="table to check (NAME or DB.NAME)")
+    p.add_argument("--table", action="append", metavar="NAME[,NAME…]",
+                   help="table(s) to check (NAME or DB.NAME), one after another; repeatable")
+    p.add_argument("--all-tables", action="store_true",
+                   help="every table of the database with a primary key or a NOT NULL unique key (the others "
+                        "are listed with the reason)")
     p.add_argument("--database", metavar="DB", help="database of the table (default: from the MySQL URL/env)")
-    p.add_argument("--columns", metavar="A,B,…", help="only these columns, as given to sync-snapshot")
+    p.add_argument("--columns", metavar="A,B,…", help="only these columns, as given to sync-snapshot (one table only)")
     p.add_argument("--repair", action="store_true", help="fix missing, different and extra keys (fenced)")
     p.add_argument("--sample", type=int, metavar="N", help="check N random rows (and the first N keys for extras)")
     p.add_argument("--chunk", type=int, default=5000, metavar="N", help="rows per MySQL query / Redis pipeline (default 5000)")
@@ -87,44 +99,79 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _verify(args: argparse.Namespace) -> int:
+    from sync.tools.snapshot import open_tables
+
+    many = open_tables(**table_target_options(args))
+    reports: list[tuple[TableSchema, VerifyReport]] = []
+    try:
+        for name, why in many.skipped:
+            sys.stderr.write(f"{PROG}: skipped {many.database}.{name}: {why}\n")
+        for target in many.tables:
+            report = await _one_table(args, target)
+            reports.append((target.schema, report))
+            if not args.json:
+                _print(target.schema, report, args.repair)
+    finally:
+        await many.close()
+    equal = all(r.equal for _, r in reports)
+    if args.json:
+        tables = [{"table": f"{s.database}.{s.name}", **r.as_dict()} for s, r in reports]
+        doc: dict[str, Any] = tables[0] if len(tables) == 1 else {
+            "equal": equal, "tables": tables, "totals": _totals(reports),
+            "skipped": [{"table": f"{many.database}.{n}", "reason": why} for n, why in many.skipped]}
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+    elif len(reports) > 1:
+        _summary(many.database, reports, args.repair)
+    return int(ExitCode.OK if equal else ExitCode.DIFFERENCES)
+
+
+async def _one_table(args: argparse.Namespace, target: TableTarget) -> VerifyReport:
     from sync.rows.reader import TableReader, estimate_rows
     from sync.tools.display import ProgressDisplay
-    from sync.tools.snapshot import open_table
     from sync.tools.verify import Verifier
 
-    target = open_table(**table_target_options(args))
-    display = None
-    try:
-        schema = target.schema
-        verifier = Verifier(TableReader(target.conn, schema), target.redis, target.spec,
-                            target.applier() if args.repair else None, chunk=args.chunk, repair=args.repair,
-                            sample=args.sample, recheck_delay_s=args.recheck_delay, check_extra=not args.no_extra)
-        tty = {"auto": None, "bar": True, "log": False}[args.progress]
-        total = args.sample or estimate_rows(target.conn, schema)
-        display = ProgressDisplay(f"verify {schema.name}", total, tty=tty)
-        state = {"phase": "rows"}
+    schema = target.schema
+    verifier = Verifier(TableReader(target.conn, schema), target.redis, target.spec,
+                        target.applier() if args.repair else None, chunk=args.chunk, repair=args.repair,
+                        sample=args.sample, recheck_delay_s=args.recheck_delay, check_extra=not args.no_extra)
+    tty = {"auto": None, "bar": True, "log": False}[args.progress]
+    total = args.sample or estimate_rows(target.conn, schema)
+    display = ProgressDisplay(f"verify {schema.name}", total, tty=tty)
+    state = {"phase": "rows"}
 
-        def progress(phase: str, n: int) -> None:
-            nonlocal display
-            assert display is not None  # set above; cleared only once verifier.run has returned
-            if phase != state["phase"]:
-                state["phase"] = phase
-                display.close()
-                display = ProgressDisplay(f"extra keys {schema.name}", None, tty=tty)
-            display.update(n)
-
-        report = await verifier.run(progress)
-        display.close()
-        display = None
-    finally:
-        if display is not None:
+    def progress(phase: str, n: int) -> None:
+        nonlocal display
+        if phase != state["phase"]:
+            state["phase"] = phase
             display.close()
-        await target.close()
-    if args.json:
-        sys.stdout.write(orjson.dumps({"table": f"{schema.database}.{schema.name}", **report.as_dict()}).decode() + "\n")
-    else:
-        _print(schema, report, args.repair)
-    return int(ExitCode.OK if report.equal else ExitCode.DIFFERENCES)
+            display = ProgressDisplay(f"extra keys {schema.name}", None, tty=tty)
+        display.update(n)
+
+    try:
+        return await verifier.run(progress)
+    finally:
+        display.close()
+
+
+KINDS = ("rows", "missing", "different", "extra", "repaired", "deleted")
+
+
+def _totals(reports: list[tuple[TableSchema, VerifyReport]]) -> dict[str, int]:
+    return {k: sum(getattr(r, k) for _, r in reports) for k in KINDS}
+
+
+def _summary(database: str, reports: list[tuple[TableSchema, VerifyReport]], repair: bool) -> None:
+    """After several tables: one line per table, then the totals."""
+    out = sys.stdout
+    differing = [s.name for s, r in reports if not r.equal]
+    out.write(f"summary of {database}: {len(reports)} tables, "
+              + (f"{len(differing)} differ ({', '.join(differing)})" if differing else "all equal") + "\n")
+    for s, r in reports:
+        out.write(f"  {s.name}: {r.rows} rows, {r.missing} missing, {r.different} different, {r.extra} extra\n")
+    t = _totals(reports)
+    out.write(f"  total: {t['rows']} rows, {t['missing']} missing, {t['different']} different, {t['extra']} extra"
+              + (f"; repaired {t['repaired']} rows, deleted {t['deleted']} keys" if repair else "")
+              + "\n")
 
 
 def _print(schema: TableSchema, report: VerifyReport, repair: bool) -> None:

@@ -4,8 +4,12 @@ The capture triggers write a change into the spool table when gearmand did not t
 `--on-enqueue-failure spool`) or always (outbox mode). One batch:
 
     BEGIN                                              -- READ COMMITTED: no gap locks, so the
-    SELECT id, function, payload FROM gearsync_spool   -- triggers' INSERTs never wait for us
+    SELECT id, function, LENGTH(payload),              -- triggers' INSERTs never wait for us
+           IF(LENGTH(payload) <= 1 MiB, payload, NULL)
+      FROM gearsync_spool
       ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED       -- rows of other relays are skipped
+    -- keep the first rows up to BATCH_BYTES (64 MiB, at least one row), read their big payloads:
+    SELECT id, payload FROM gearsync_spool WHERE id IN (…)
     submit_background_many(function, payloads)        -- pipelined, fresh unique ids, each
                                                        -- JOB_CREATED awaited
     DELETE FROM gearsync_spool WHERE id IN (…)
@@ -82,6 +86,22 @@ def fatal_mysql_error(exc: BaseException) -> str | None:
     return None
 
 __all__ = ["RelaySettings", "RelayStats", "SpoolRelay", "TriggerWatcher"]
+
+BATCH_BYTES = 64 * 1024 * 1024   # payload bytes per batch (at least one row, whatever its size)
+INLINE_BYTES = 1024 * 1024
+
+
+def _first_bytes(rows: Sequence[Any], limit: int) -> list[Any]:
+    """The first rows (id, function, size, payload) whose sizes add up to at most `limit`; at least one."""
+    out: list[Any] = []
+    total = 0
+    for row in rows:
+        size = int(row[2])
+        if out and total + size > limit:
+            break
+        out.append(row)
+        total += size
+    return out
 
 
 @dataclass(frozen=True)
@@ -204,8 +224,11 @@ class SpoolRelay:
         self._conn: Any = None
         self._stop = asyncio.Event()
         tables = {db: f"{quote_ident(db)}.{quote_ident(settings.spool_table)}" for db in settings.databases}
-        self._select = {db: f"SELECT id, function, payload FROM {t} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
-                        for db, t in tables.items()}
+        # Payloads up to INLINE_BYTES come with the claim; larger ones are read once the batch is cut
+        # to BATCH_BYTES, so a batch of big rows never sits in memory at once.
+        self._select = {db: f"SELECT id, function, LENGTH(payload), IF(LENGTH(payload) <= {INLINE_BYTES}, payload, "
+                            f"NULL) FROM {t} ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED" for db, t in tables.items()}
+        self._big = {db: f"SELECT id, payload FROM {t} WHERE id IN " for db, t in tables.items()}
         self._delete = {db: f"DELETE FROM {t} WHERE id IN " for db, t in tables.items()}
         self.watcher = TriggerWatcher(settings.mysql, settings.databases) if settings.watch_triggers else None
 
@@ -246,7 +269,12 @@ class SpoolRelay:
         try:
             with conn.cursor() as cur:
                 cur.execute(self._select[database], (self.settings.batch,))
-                rows = cur.fetchall()
+                rows = _first_bytes(cur.fetchall(), BATCH_BYTES)
+                big = [int(r[0]) for r in rows if r[3] is None]
+                if big:
+                    cur.execute(self._big[database] + "(" + ",".join(map(str, big)) + ")")
+                    payloads = {int(i): p for i, p in cur.fetchall()}
+                    rows = [(i, f, n, payloads[int(i)] if p is None else p) for i, f, n, p in rows]
         except pymysql.err.OperationalError as exc:
             if exc.args and exc.args[0] in _RETRYABLE:
                 conn.rollback()
@@ -254,7 +282,7 @@ class SpoolRelay:
             raise
         if not rows:
             conn.rollback()
-        return [(int(i), f if isinstance(f, str) else f.decode("utf-8"), bytes(p)) for i, f, p in rows]
+        return [(int(i), f if isinstance(f, str) else f.decode("utf-8"), bytes(p)) for i, f, _, p in rows]
 
     def _finish(self, database: str, ids: Sequence[int]) -> None:
         """Delete the sent rows and commit. InnoDB may pick this DELETE as a deadlock victim when

@@ -188,7 +188,23 @@ def payload_sql(schema: TableSchema, op: str, ref: str) -> str:
     if op != "delete":
         parts += [quote_string(',"row":'), _object(schema.columns, ref)]
     parts += [quote_string(',"version":'), VERSION_SQL, quote_string(',"source":"trigger"}')]
-    return "CONCAT(" + ", ".join(parts) + ")"
+    change = "CONCAT(" + ", ".join(parts) + ")"
+    if op == "delete":
+        return change
+    return f"IFNULL({change}, {too_large_sql(schema, head, ref)})"
+
+
+def too_large_sql(schema: TableSchema, head: str, ref: str) -> str:
+    """The change sent instead when gman_json_object returned NULL (the row's JSON is over the UDF's
+    max_payload): its key and an "error" that makes the worker dead-letter it with the reason, so
+    the application's write never fails on a NULL payload."""
+    size = " + ".join(f"IFNULL(LENGTH({ref}.{quote_ident(c.name)}), 0)" for c in schema.columns)
+    error = ("the row's JSON is over the UDF's max_payload (option of gman_servers_set / gearsync_udf.conf, "
+             "default 268435456, at most 1073741824 bytes); row data: ")
+    return ("CONCAT(" + ", ".join([quote_string(head), _object(schema.key_columns, ref),
+                                   quote_string(',"version":'), VERSION_SQL,
+                                   quote_string(',"source":"trigger","error":"' + error), f"({size})",
+                                   quote_string(' bytes"}')]) + ")")
 
 
 def _same(col: Column) -> str:

@@ -54,7 +54,10 @@ __all__ = [
 REQ_MAGIC = b"\0REQ"
 RES_MAGIC = b"\0RES"
 HEADER_BYTES = 12
-DEFAULT_MAX_PACKET_BYTES = 64 * 1024 * 1024
+# The largest job a capture can hand over: a 1 GiB payload (MariaDB's largest max_allowed_packet, the
+# UDF's max_payload cap) plus function, unique and handle. The parser buffers only what a packet really
+# holds; the limit stops a garbage size field (up to 4 GiB) before anything is buffered.
+DEFAULT_MAX_PACKET_BYTES = (1 << 30) + (64 << 10)
 # gearmand limits (libgearman/constants: GEARMAN_MAX_UNIQUE_SIZE, GEARMAN_FUNCTION_MAX_SIZE); above these it
 # answers ERROR ARGUMENT_TOO_LARGE.
 MAX_UNIQUE_BYTES = 64

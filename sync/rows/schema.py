@@ -77,6 +77,18 @@ def quote_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+NO_KEY = "neither a primary key nor a unique key over NOT NULL columns"
+
+
+class UnusableTable(ConfigError):
+    """A table gearsync cannot sync (a view, no usable key, an unsupported column type);
+    `reason` says why in a few words, without the table's name."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -255,7 +267,8 @@ def load_table(conn: Any, database: str, table: str) -> TableSchema:
             hint = f"; tables there: {', '.join(names)}" if names else "; that database has no tables"
             raise ConfigError(f"table {database}.{table!r} does not exist{hint}")
         if found[0] != "BASE TABLE":
-            raise ConfigError(f"table {database}.{table!r} is a {found[0].lower()}; expected a base table")
+            raise UnusableTable(f"table {database}.{table!r} is a {found[0].lower()}; expected a base table",
+                                f"a {found[0].lower()}")
         cur.execute(
             "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE, DATETIME_PRECISION, "
             "CHARACTER_SET_NAME, EXTRA FROM information_schema.COLUMNS "
@@ -292,14 +305,40 @@ def load_table(conn: Any, database: str, table: str) -> TableSchema:
             key, key_name = tuple(c for c, _, _ in cols), name
             break
     if key is None:
-        raise ConfigError(
-            f"table {database}.{table!r} has neither a primary key nor a unique key over NOT NULL columns; "
-            "expected one, so each row maps to one Redis key"
-        )
+        raise UnusableTable(
+            f"table {database}.{table!r} has {NO_KEY}; expected one, so each row maps to one Redis key", NO_KEY)
     schema = TableSchema(database, table, columns, key, key_name)
     for c in schema.columns:
-        _ = c.kind  # raises ConfigError for unsupported types
+        try:
+            _ = c.kind  # raises ConfigError for unsupported types
+        except ConfigError as exc:
+            raise UnusableTable(str(exc), f"column {c.name!r} has the unsupported type {c.column_type!r}") from None
     return schema
+
+
+def list_tables(conn: Any, database: str,
+                exclude: Mapping[str, str] | None = None) -> tuple[list[TableSchema], list[tuple[str, str]]]:
+    """Every table of `database` in name order: (the usable ones' schemas, [(name, why skipped)]).
+
+    Usable = what `load_table` accepts (a base table with a primary key or a NOT NULL unique key,
+    supported column types); views are skipped too. `exclude` maps names to skip to the reason
+    (e.g. gearsync's own spool table)."""
+    exclude = exclude or {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s ORDER BY TABLE_NAME",
+                    (database,))
+        names = [str(r[0]) for r in cur.fetchall()]
+    usable: list[TableSchema] = []
+    skipped: list[tuple[str, str]] = []
+    for name in names:
+        if name in exclude:
+            skipped.append((name, exclude[name]))
+            continue
+        try:
+            usable.append(load_table(conn, database, name))
+        except UnusableTable as exc:
+            skipped.append((name, exc.reason))
+    return usable, skipped
 
 
 def current_database(conn: Any) -> str:

@@ -110,11 +110,12 @@ from typing import Any
 import structlog
 
 from sync.apply.applier import Outcome, RedisApplier
+from sync.capture.spool import SPOOL_TABLE
 from sync.errors import ConfigError, short_error
 from sync.events import ChangeEvent, JSONValue
 from sync.rows.reader import BinlogPoint, TableReader, fast_conversions, format_pk, row_events
 from sync.rows.schema import TableSchema
-from sync.tables import TableSpec
+from sync.tables import TableSpec, check_table_name
 from sync.tools.progress import ProgressStore
 
 log = structlog.get_logger(__name__)
@@ -125,6 +126,11 @@ __all__ = [
     "SnapshotResult",
     "TableTarget",
     "open_table",
+    "open_tables",
+    "TablesTarget",
+    "split_tables",
+    "store_binlog_start",
+    "finished_in_interrupted_run",
     "apply_events",
 ]
 
@@ -272,20 +278,9 @@ class Snapshot:
 
     async def _binlog_store_position(self, start: BinlogPoint) -> str:
         """Done: make sync-binlog's saved position P1 unless it is already at or after P1."""
-        from sync.position import parse_mariadb_gtids
-
-        store = self.binlog_positions
-        if store is None:
+        if self.binlog_positions is None:
             return f"start sync-binlog with --start {start.gtid}"
-        saved = await store.load()
-        if saved is not None and saved.flavor == "mariadb" and saved.gtid:
-            state = parse_mariadb_gtids(saved.gtid, "saved position")
-            mine = parse_mariadb_gtids(start.gtid, "snapshot position")
-            if all(state.get(d, (0, -1))[1] >= n for d, (_, n) in mine.items()):
-                return (f"sync-binlog's saved position {saved.gtid} ({store.key}) is already at or after "
-                        f"{start.gtid}: kept")
-        await store.save(start.position())
-        return f"sync-binlog's position {store.key} set to {start.gtid}"
+        return await store_binlog_start(self.binlog_positions, [start])
 
     def _read(self, after: list[JSONValue] | None) -> tuple[list[ChangeEvent], list[JSONValue] | None, int]:
         if self._point is not None:
@@ -357,6 +352,35 @@ class Snapshot:
         return res
 
 
+async def store_binlog_start(store: Any, starts: Sequence[BinlogPoint]) -> str:
+    """Set sync-binlog's saved position (a sync.position.PositionStore) to the earliest of the
+    snapshots' points `starts` (any point at or before a table's own P is correct for it), unless
+    the saved one is already at or after every one of them (a sync-binlog that went further)."""
+    from sync.position import parse_mariadb_gtids
+
+    first = min(starts, key=lambda p: p.seq)
+    saved = await store.load()
+    if saved is not None and saved.flavor == "mariadb" and saved.gtid:
+        state = parse_mariadb_gtids(saved.gtid, "saved position")
+        if all(state.get(d, (0, -1))[1] >= n for p in starts
+               for d, (_, n) in parse_mariadb_gtids(p.gtid, "snapshot position").items()):
+            return f"sync-binlog's saved position {saved.gtid} ({store.key}) is already at or after {first.gtid}: kept"
+    await store.save(first.position())
+    return f"sync-binlog's position {store.key} set to {first.gtid}"
+
+
+async def finished_in_interrupted_run(redis: Any, tables: Sequence[str], restart: bool) -> list[str]:
+    """Several tables: when one of them has an interrupted snapshot (state running), the run that
+    left it was this list's: the tables it had finished are skipped, so running the same command
+    again resumes the list. Otherwise (or with --restart) every table is copied."""
+    if restart or len(tables) < 2:
+        return []
+    saved = {t: await ProgressStore(redis, t).load() for t in tables}
+    if not any(p is not None and p.state == "running" for p in saved.values()):
+        return []
+    return [t for t, p in saved.items() if p is not None and p.state == "done"]
+
+
 # -- shared by the sync-snapshot / sync-verify commands ------------------------------------------
 
 @dataclass
@@ -377,19 +401,60 @@ class TableTarget:
                             stats=False)
 
     async def close(self) -> None:
-        try:
-            self.conn.close()
-        except Exception as exc:
-            log.debug("mysql_close_failed", error=short_error(exc))
-        try:
-            await self.redis.aclose()
-        except Exception as exc:
-            log.debug("redis_close_failed", error=short_error(exc))
+        await close_connections(self.conn, self.redis)
 
 
-def open_table(
+async def close_connections(conn: Any, redis: Any) -> None:
+    try:
+        conn.close()
+    except Exception as exc:
+        log.debug("mysql_close_failed", error=short_error(exc))
+    try:
+        await redis.aclose()
+    except Exception as exc:
+        log.debug("redis_close_failed", error=short_error(exc))
+
+
+@dataclass
+class TablesTarget:
+    """Several tables opened for snapshot/verify, one after another on one MySQL connection and
+    one Redis client; `skipped`: (table, why) of --all-tables' tables that cannot be synced."""
+
+    tables: list[TableTarget]
+    skipped: list[tuple[str, str]]
+    conn: Any
+    redis: Any
+    mysql: Any
+    database: str
+
+    async def close(self) -> None:
+        await close_connections(self.conn, self.redis)
+
+
+OWN_TABLES = {SPOOL_TABLE: "gearsync's own spool table"}
+
+
+def split_tables(values: Sequence[str] | None, database: str | None) -> tuple[list[str], str | None]:
+    """--table values ("a,b", repeated, NAME or DB.NAME) → (names in order without repeats, database)."""
+    names: list[str] = []
+    for value in values or ():
+        for item in value.split(","):
+            name = item.strip()
+            if "." in name and not name.startswith("."):
+                db, name = name.split(".", 1)
+                if database is not None and db != database:
+                    raise ConfigError(f"--table: {item.strip()!r} is in database {db!r}, another table in "
+                                      f"{database!r}; expected tables of one database")
+                database = db
+            check_table_name(name)
+            names.append(name)
+    return list(dict.fromkeys(names)), database
+
+
+def open_tables(
     *,
-    table: str,
+    tables: Sequence[str] | None,
+    all_tables: bool = False,
     database: str | None = None,
     columns: Sequence[str] | None = None,
     mysql_url: str | None = None,
@@ -400,27 +465,55 @@ def open_table(
     ttl_s: int | None = None,
     config_path: str | None = None,
     env: Mapping[str, str] | None = None,
-) -> TableTarget:
-    """Settings from options / env / config file (as sync-worker reads them), then connect."""
+) -> TablesTarget:
+    """Settings from options / env / config file (as sync-worker reads them: an option applies to
+    every table, else the table's [tables.<name>]), then connect and read the tables' schemas.
+    `all_tables`: every table of the database that has a usable key (the others in `skipped`)."""
     from sync.config import worker_settings
     from sync.redis_client import connect_redis
-    from sync.rows.schema import current_database, load_table
+    from sync.rows.schema import current_database, list_tables, load_table
     from sync.settings import mysql_settings
-    from sync.tables import check_table_name
 
-    if "." in table and database is None and not table.startswith("."):
-        database, table = table.split(".", 1)
-    check_table_name(table)
-    ws = worker_settings(tables=[table], config_path=config_path, redis_url=redis_url, key_template=key_template,
-                         fmt=fmt, ttl_s=ttl_s, redis_cluster=redis_cluster, env=env)
-    spec = ws.tables[table]
+    names, database = split_tables(tables, database)
+    if all_tables and names:
+        raise ConfigError(f"--all-tables with --table {','.join(names)}; expected one of them")
+    if not all_tables and not names:
+        raise ConfigError("--table: none given; expected --table NAME[,NAME…] or --all-tables")
+    if columns and (all_tables or len(names) > 1):
+        raise ConfigError("--columns with several tables; expected it with one --table only")
+
+    def settings(names: list[str]) -> Any:
+        ws = worker_settings(tables=names, config_path=config_path, redis_url=redis_url, key_template=key_template,
+                             fmt=fmt, ttl_s=ttl_s, redis_cluster=redis_cluster, env=env)
+        shared = [t for t in ws.tables.values() if "{table}" not in t.key_template]
+        if len(ws.tables) > 1 and shared:
+            raise ConfigError(f"key template {shared[0].key_template!r} of table {shared[0].name!r} has no "
+                              "{table}: the rows of several tables would share keys; expected {table} in it")
+        return ws
+
+    ws = settings(names) if names else None
     my = mysql_settings(mysql_url, env=env)
     conn = my.connect(database=database, conv=fast_conversions())
     try:
         db = database or my.database or current_database(conn)
-        schema = load_table(conn, db, table).select(list(columns) if columns else None)
+        if all_tables:
+            schemas, skipped = list_tables(conn, db, OWN_TABLES)
+            if not schemas:
+                raise ConfigError(f"--all-tables: database {db!r} has no table with a primary key or a NOT NULL "
+                                  "unique key" + "".join(f"; {t}: {why}" for t, why in skipped[:10]))
+            ws = settings([s.name for s in schemas])
+        else:
+            schemas = [load_table(conn, db, n).select(list(columns) if columns else None) for n in names]
+            skipped = []
     except BaseException:
         conn.close()
         raise
-    return TableTarget(conn, schema, spec, connect_redis(ws.redis, socket_timeout_s=30.0), ws.tombstone_ttl_s,
-                       mysql=my)
+    assert ws is not None
+    redis = connect_redis(ws.redis, socket_timeout_s=30.0)
+    targets = [TableTarget(conn, s, ws.tables[s.name], redis, ws.tombstone_ttl_s, mysql=my) for s in schemas]
+    return TablesTarget(targets, skipped, conn, redis, my, db)
+
+
+def open_table(*, table: str, **options: Any) -> TableTarget:
+    """One table (NAME or DB.NAME); `options` as for open_tables."""
+    return open_tables(tables=[table], **options).tables[0]

@@ -1,7 +1,7 @@
 """Bad input: a clear error each time, nothing lost, nothing crashed.
 
 1. A running sync-worker process fed hostile job payloads (invalid JSON, wrong types, missing keys,
-   20 MiB > the 16 MiB limit, NaN, 10k levels of nesting, bytes that are not UTF-8, duplicate keys,
+   a change the capture marked too large, NaN, 10k levels of nesting, bytes that are not UTF-8, duplicate keys,
    wrong table): each one becomes a dead letter with its reason, the good jobs around them are
    applied, and the process keeps running until SIGTERM (exit 0).
 2. Every console script with a bad URL, an unknown table or a table without a key: one line on
@@ -73,7 +73,9 @@ BAD: dict[str, bytes] = {
                       b'"source":"trigger"}',
     "wrong table": envelope(table="users"),
     "pk not in row": envelope(pk={"id": 1}, row={"volume": 3}),
-    "20 MiB (> 16 MiB limit)": envelope(row={"id": 1, "blob": "x" * (20 * 1024 * 1024)}),
+    # what the triggers send when the row's JSON is over the UDF's max_payload (sync.capture.triggers)
+    "row over max_payload": envelope(row=..., error="the row's JSON is over the UDF's max_payload; row data: 9 bytes"),
+    "20 MiB, not JSON": b'{"v":1,"row":' + b"x" * (20 * 1024 * 1024) + b"}",
 }
 
 
@@ -122,6 +124,7 @@ def test_worker_dead_letters_every_bad_payload_and_keeps_running(gearmand: Gearm
     reasons = [r["reason"] for r in records]
     assert len(records) == len(BAD), "\n".join(reasons)
     assert all(r and len(r) < 500 for r in reasons), reasons
+    assert any(r.startswith("capture: ") and "max_payload; row data: 9 bytes" in r for r in reasons), reasons
     text = log.read_text()
     assert "Traceback" not in text
     # a 20 MiB job is logged by size, not by content

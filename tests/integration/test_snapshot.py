@@ -193,7 +193,7 @@ def test_snapshot_process_interrupted_then_resumed(db: Any, mariadb: MariaDBServ
     proc = snapshot_process(mariadb, db, redis_server, "--chunk", "5000")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert f"resuming after key id={last} ({saved_rows} rows done)".encode() in err
+    assert f"data resuming after key id={last} ({saved_rows} rows done)".encode() in err
     assert b"30000 rows in total" in err
     assert redis_state(redis_client, "data:*", "json") == expected_state(db, "data", TableSpec("data"))
     # --restart ignores the saved point.

@@ -274,12 +274,19 @@ def test_unsigned_bigint_above_2_63_needs_a_cast(db) -> None:
 
 def test_large_values_and_the_output_cap(db) -> None:
     mib = 1024 * 1024
+    control = f"LENGTH(gman_json_object(REPEAT(CHAR(1), {12 * mib}) AS x))"
     with db.cursor() as cur:
+        # 12 MiB of control bytes escape to 72 MiB: under the default max_payload (256 MiB) -> built,
+        # even past the server's max_allowed_packet (64M: it does not limit a UDF's result)
         cur.execute(f"SELECT LENGTH(gman_json_object(REPEAT('a', {30 * mib}) AS x)), "
-                    f"LENGTH(gman_json_array(REPEAT(UNHEX('FF'), {12 * mib}))), "
-                    # 12 MiB of control bytes escape to 72 MiB: over the 64 MiB cap -> NULL
-                    f"gman_json_object(REPEAT(CHAR(1), {12 * mib}) AS x) IS NULL")
-        assert cur.fetchone() == (30 * mib + 8, 16 * mib + 13, 1)
+                    f"LENGTH(gman_json_array(REPEAT(UNHEX('FF'), {12 * mib}))), {control}")
+        assert cur.fetchone() == (30 * mib + 8, 16 * mib + 13, 72 * mib + 8)
+        cur.execute("SELECT gman_servers_set('127.0.0.1:1', 'max_payload=67108864')")
+        try:
+            cur.execute(f"SELECT {control} IS NULL")    # over a 64 MiB max_payload -> NULL
+            assert cur.fetchone() == (1,)
+        finally:
+            cur.execute("SELECT gman_servers_set('127.0.0.1:1', 'max_payload=268435456')")
         cur.execute(f"SELECT gman_json_object(REPEAT(CHAR(9), {mib}) AS x)")
         assert strict_loads(cur.fetchone()[0]) == {"x": "\t" * mib}
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sync.events as events_module
 from sync.errors import PayloadError, SyncError
 from sync.events import (
     MAX_PAYLOAD_BYTES,
@@ -163,9 +164,10 @@ def test_nesting_is_bounded() -> None:
     assert "row.x" in reason(nested)
 
 
-def test_oversize_payload_rejected_before_parsing() -> None:
-    raw = b" " * (MAX_PAYLOAD_BYTES + 1)
-    assert "exceeds the limit" in reason(raw)
+def test_oversize_payload_rejected_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert MAX_PAYLOAD_BYTES == 1 << 30
+    monkeypatch.setattr(events_module, "MAX_PAYLOAD_BYTES", 1000)   # the check, without allocating 1 GiB
+    assert "payload of 1001 bytes exceeds the limit of 1000 bytes" in reason(b" " * 1001)
 
 
 def test_not_bytes() -> None:

@@ -186,11 +186,11 @@ def test_oversized_size_rejected_from_header_alone() -> None:
     assert ok.feed(pack_response(PacketType.ECHO_RES, b"12345")) == [Packet(PacketType.ECHO_RES, (b"12345",))]
 
 
-def test_default_limit_is_64_mib() -> None:
+def test_default_limit_is_1_gib_plus_the_job_header() -> None:
     parser = PacketParser()
-    assert parser.max_packet_bytes == 64 * 1024 * 1024
+    assert parser.max_packet_bytes == (1 << 30) + (64 << 10)
     with pytest.raises(ProtocolError, match="exceeds"):
-        parser.feed(header(RES_MAGIC, PacketType.ECHO_RES, 64 * 1024 * 1024 + 1))
+        parser.feed(header(RES_MAGIC, PacketType.ECHO_RES, (1 << 30) + (64 << 10) + 1))
 
 
 @pytest.mark.parametrize(

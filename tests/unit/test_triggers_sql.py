@@ -110,11 +110,15 @@ def test_table_name_travels_as_json_inside_the_literal(hostile: str) -> None:
 def test_payload_shape_and_order() -> None:
     schema = table("data", [col("id"), col("volume")], ("id",))
     sql = payload_sql(schema, "update", "NEW")
-    assert sql == (
-        "CONCAT('{\"v\":1,\"table\":\"data\",\"op\":\"update\",\"pk\":', gman_json_object(NEW.`id` AS `id`), "
+    assert sql.startswith(
+        "IFNULL(CONCAT('{\"v\":1,\"table\":\"data\",\"op\":\"update\",\"pk\":', gman_json_object(NEW.`id` AS `id`), "
         "',\"row\":', gman_json_object(NEW.`id` AS `id`, NEW.`volume` AS `volume`), "
-        "',\"version\":', UUID_SHORT(), ',\"source\":\"trigger\"}')"
-    )
+        "',\"version\":', UUID_SHORT(), ',\"source\":\"trigger\"}'), "
+        # the row's JSON over the UDF's max_payload (NULL): its key and an error, never a NULL payload
+        "CONCAT('{\"v\":1,\"table\":\"data\",\"op\":\"update\",\"pk\":', gman_json_object(NEW.`id` AS `id`), "
+        "',\"version\":', UUID_SHORT(), ',\"source\":\"trigger\",\"error\":\"the row''s JSON is over the UDF''s "
+        "max_payload")
+    assert sql.endswith("row data: ', (IFNULL(LENGTH(NEW.`id`), 0) + IFNULL(LENGTH(NEW.`volume`), 0)), ' bytes\"}'))")
     delete = payload_sql(schema, "delete", "OLD")
     assert '"row"' not in delete and "OLD.`id` AS `id`" in delete and "NEW." not in delete
 
@@ -150,7 +154,7 @@ def test_composite_key_and_update_checks() -> None:
     key_check = "IF NOT (CAST(NEW.`tenant` AS BINARY) <=> CAST(OLD.`tenant` AS BINARY) AND NEW.`id` <=> OLD.`id`) THEN"
     assert key_check in sql
     assert sql.index(key_check) < sql.index('"op":"delete"') < sql.index('"op":"update"')
-    assert sql.count("UUID_SHORT()") == 2
+    assert sql.count("UUID_SHORT()") == 3     # delete, update, the update's too-large fallback
 
 
 def test_column_subset_keeps_the_key() -> None:
@@ -185,7 +189,8 @@ def test_modes() -> None:
     assert "@gearsync_not_queued" in ignore and "gearsync_spool" not in ignore
     outbox = create_trigger_sql(schema, "UPDATE", TriggerOptions.for_table("data", "fn.x", mode="outbox"))
     assert "gman_do_background" not in outbox and "DECLARE" not in outbox
-    assert outbox.count("INSERT INTO `db`.`gearsync_spool` (`function`, `payload`) VALUES ('fn.x', CONCAT(") == 2
+    assert outbox.count("INSERT INTO `db`.`gearsync_spool` (`function`, `payload`) VALUES ('fn.x', IFNULL(CONCAT(") == 1
+    assert outbox.count("INSERT INTO `db`.`gearsync_spool` (`function`, `payload`) VALUES ('fn.x', CONCAT(") == 1
 
 
 def test_bad_options() -> None:

@@ -255,6 +255,9 @@ static int json_ok(const char *s, size_t len)
 
 /* ------------------------------------------------------------ JSON */
 
+static char *servers_set(const char *spec, const char *opts, int *init_failed,
+                         char *msg);
+
 static void test_json(void)
 {
     struct call c;
@@ -354,7 +357,12 @@ static void test_json(void)
     free(r);
     free(d);
 
-    /* over the 64 MiB output cap: NULL, no crash; just under: fine */
+    /* over the output cap (max_payload=64 MiB here): NULL, no crash; just
+     * under: fine; with the default cap (256 MiB) the same output is built */
+    int failed = 0;
+    char msg[MYSQL_ERRMSG_SIZE] = "";
+    free(servers_set("127.0.0.1:1", "max_payload=67108864", &failed, msg));
+    CHECK(!failed, "max_payload=64 MiB accepted: %s", msg);
     size_t big = 12u << 20;
     char *ctl = malloc(big);
     memset(ctl, 1, big);
@@ -367,7 +375,19 @@ static void test_json(void)
     r = run1("gman_json_object", &c, &len);
     CHECK(r && len == big + 8, "12 MiB plain string");
     free(r);
+    free(servers_set("127.0.0.1:1", "max_payload=268435456", &failed, msg));
+    CHECK(!failed, "max_payload=256 MiB accepted: %s", msg);
+    memset(ctl, 1, big);
+    r = run1("gman_json_object", &c, &len);
+    CHECK(r && len == 6 * big + 8, "72 MiB escaped output under a 256 MiB cap");
+    free(r);
     free(ctl);
+    const char *bad[] = {"max_payload=65535", "max_payload=1073741825", "max_payload=x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        failed = 0;
+        free(servers_set("127.0.0.1:1", bad[i], &failed, msg));
+        CHECK(failed && strstr(msg, "max_payload is 65536..1073741824 bytes"), "%s refused: %s", bad[i], msg);
+    }
 }
 
 /* ------------------------------------------------------------ servers */
