@@ -31,7 +31,7 @@ from sync.apply.applier import Outcome, RedisApplier
 from sync.apply.deadletter import DeadLetter, DeadLetterStore
 from sync.config import CLASSIC_FUNCTION, WorkerSettings
 from sync.errors import ApplyError, PayloadError, short_error
-from sync.events import ChangeEvent, ClassicSet, parse_change, parse_classic
+from sync.events import ChangeEvent, ClassicSet, Op, parse_change, parse_classic
 from sync.gearman import GearmanWorker, Job
 from sync.redis_client import connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until
@@ -98,10 +98,11 @@ class SyncWorker:
         if table is None:
             return parse_classic(workload)
         event = parse_change(workload)
-        if event.table != table:
+        if event.table != table and event.op is not Op.CASCADE:
+            # op cascade (a parent that is not synced) arrives on a child's function.
             raise PayloadError(f"table: {event.table!r} arrived on function {function!r}; expected {table!r}")
-        if self._check_key[table]:
-            self.applier.check(event)  # {pk.<col>} templates can fail per event
+        if self._check_key[table] or event.refs is not None or event.cascade is not None:
+            self.applier.check(event)  # {pk.<col>} templates and cascades can fail per event
         return event
 
     def dead_letter_name(self, function: str) -> str:
