@@ -15,6 +15,8 @@ from sync.capture.triggers import (
     FAILURE_POLICIES,
     MODES,
     TriggerOptions,
+    cascade_trigger_names,
+    cascade_trigger_statements,
     file_stem,
     install_script,
     install_statements,
@@ -24,7 +26,8 @@ from sync.capture.triggers import (
 )
 from sync.cli import ExitCode, add_mysql_options, make_parser, run
 from sync.errors import ConfigError, SourceError
-from sync.rows.schema import TableSchema, current_database, load_table
+from sync.rows.fkgraph import FKGraph, load_foreign_keys
+from sync.rows.schema import TableSchema, current_database, load_table, quote_ident
 from sync.settings import resolve_mysql
 from sync.tables import check_table_name
 
@@ -128,6 +131,20 @@ def last_other_triggers(conn: Any, schema: TableSchema) -> dict[str, str | None]
     return out
 
 
+def _unsynced_parents(conn: Any, database: str, table: str, graph: FKGraph) -> list[str]:
+    """The parents of `table`'s cascading FKs that have no gearsync capture triggers: a cascade
+    must start there (cascade-only triggers)."""
+    parents = sorted({f.parent for f in graph.child_fks(table) if f.parent != table})
+    out = []
+    with conn.cursor() as cur:
+        for parent in parents:
+            cur.execute("SELECT 1 FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND TRIGGER_NAME=%s",
+                        (database, trigger_names(parent)["UPDATE"]))
+            if cur.fetchone() is None:
+                out.append(parent)
+    return out
+
+
 def _check_udfs(conn: Any) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT name FROM mysql.func WHERE name IN ('gman_do_background', 'gman_json_object', 'gman_json_array')")
@@ -166,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.command == "uninstall":
                 # Works also when the table is gone or was altered beyond what we support.
                 _execute(conn, uninstall_statements((database, table)), settings.display)
+                graph = load_foreign_keys(conn, database)
+                for parent in {f.parent for f in graph.child_fks(table) if f.parent != table}:
+                    _execute(conn, [f"DROP TRIGGER IF EXISTS {quote_ident(database)}.{quote_ident(n)}"
+                                    for n in cascade_trigger_names(parent).values()], settings.display)
                 print(f"dropped the gearsync triggers of {database}.{table} "
                       f"({SPOOL_TABLE} kept: run sync-relay until it is empty before dropping it)")
                 return int(ExitCode.OK)
@@ -189,10 +210,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                     sys.stdout.write(script)
                 return int(ExitCode.OK)
             _check_udfs(conn)  # both modes build the payload with gman_json_object
-            _execute(conn, install_statements(schema, options, follows), settings.display)
+            graph = load_foreign_keys(conn, database)
+            _execute(conn, install_statements(schema, options, follows, graph), settings.display)
             mode = "outbox" if options.mode == "outbox" else f"udf, on enqueue failure: {options.on_enqueue_failure}"
             print(f"installed {', '.join(trigger_names(table).values())} on {database}.{table} "
                   f"({len(schema.columns)} columns, key {', '.join(schema.key)}; function {options.function}; {mode})")
+            for parent in _unsynced_parents(conn, database, table, graph):
+                parent_schema = load_table(conn, database, parent)
+                _execute(conn, cascade_trigger_statements(parent_schema, graph, options), settings.display)
+                print(f"also installed on parent {database}.{parent}: cascades start there "
+                      f"({', '.join(cascade_trigger_names(parent).values())}, function {options.function}; "
+                      "serve FK-related tables from one sync-worker)")
             return int(ExitCode.OK)
         finally:
             conn.close()

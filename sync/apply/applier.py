@@ -277,7 +277,7 @@ class RedisApplier:
                     si = stats.get(t.stats_key, 0)
                     if not si:
                         si = stats[t.stats_key] = len(stats) + 1
-                ttl = 0 if ev.op == "D" else t.ttl_ms
+                ttl = 0 if ev.op in "Dd" else t.ttl_ms
                 meta.append(f"{ev.op}{ev.version:020d}{ttl:012d}{si:03d}{len(ev.values):05d}{len(ev.sets) + 1:03d}")
                 values.extend(ev.values)
                 values.append(ev.fkr)
@@ -434,7 +434,11 @@ class RedisApplier:
                 guards[self._vk(t, rk)] = ver.decode() if isinstance(ver, bytes) else (ver or "")
                 if not value or not fkr:
                     continue  # gone meanwhile (or indexed before a delete): nothing to cascade
-                steps += self._derive(t, rk, value, fkr, mods, ev.version, children_of, derived)
+                # The child references the old values (checked in _derive), which no change after
+                # the parent's can do unless the parent key is reused: the cascade applies even to a
+                # child at a newer version (another cascade may have got there first), guarded.
+                version = max(ev.version, int(ver)) if ver else ev.version
+                steps += self._derive(t, rk, value, fkr, mods, version, children_of, derived)
             if not steps:
                 break
         return derived, guards
@@ -475,7 +479,7 @@ class RedisApplier:
                     row.update(encode_hash({col: v}))
         table = t.spec.name
         if deleted:
-            out.append(_Raw(table, rk, "D", version, [], "", []))
+            out.append(_Raw(table, rk, "d", version, [], "", []))
             return [_Step(children_of.get(table, ()), _text_row(before, hashed), None)]
         if row == before:
             return []
@@ -488,8 +492,10 @@ class RedisApplier:
         else:
             values = [encode_json(row)]
         if new_rk != rk:
-            out.append(_Raw(table, rk, "D", version, [], "", []))
-        out.append(_Raw(table, new_rk, t.op_upsert, version, values, fkr_value, sets))
+            out.append(_Raw(table, rk, "d", version, [], "", []))
+            out.append(_Raw(table, new_rk, t.op_upsert, version, values, fkr_value, sets))  # fenced
+        else:
+            out.append(_Raw(table, new_rk, t.op_upsert.lower(), version, values, fkr_value, sets))
         return [_Step(children_of.get(table, ()), _text_row(before, hashed), _text_row(row, hashed))]
 
     async def _evalsha(self, keys: list[Any], argv: list[Any]) -> Any:

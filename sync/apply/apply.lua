@@ -1,6 +1,6 @@
 -- gearsync apply script: loaded by sync/apply/applier.py (SCRIPT LOAD once, then called by its SHA1).
 -- Per event, ARGV[2] holds a 44-character record:
---   op (1: J json upsert, H hash upsert, D delete, C classic SET) | version (20 digits)
+--   op (1: J json upsert, H hash upsert, D delete, C classic SET; j/h/d: the same, not fenced) | version
 --   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)
 --   | n index keys (3 digits: 0 = the table keeps no fk index, else 1 + number of fk index sets)
 -- KEYS: the guard keys (ARGV[4] of them), then per event: row key, version key (classic: row key
@@ -33,6 +33,9 @@ local counts = {}
 for i = 0, nev - 1 do
   local m = i * 44
   local op = sub(meta, m + 1, m + 1)
+  -- j/h/d: a cascade's derived change, guarded instead of fenced (version = max(parent's, child's))
+  local force = op == 'j' or op == 'h' or op == 'd'
+  if force then op = string.upper(op) end
   local nv = tonumber(sub(meta, m + 37, m + 41))
   local nidx = tonumber(sub(meta, m + 42, m + 44))
   local rk = KEYS[kp + 1]
@@ -44,7 +47,7 @@ for i = 0, nev - 1 do
     local vk = KEYS[kp + 2]
     local cur = call('GET', vk)
     local newer = true
-    if cur then
+    if cur and not force then
       if cur == ver then
         newer = false
       else

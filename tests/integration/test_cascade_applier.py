@@ -84,7 +84,9 @@ async def test_cascade_update_then_delete_follows_a_chain(applier: RedisApplier,
     await applier.apply([
         child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5, qty=1),
         child("line", {"id": 2}, 10, "fk_line", ("order_id",), order_id=5, qty=2),
-        child("line", {"id": 3}, 99, "fk_line", ("order_id",), order_id=5, qty=3),  # newer than the cascade
+        # Newer than the cascade (e.g. another cascade got there first) and still on order 5: cascaded,
+        # keeping its version.
+        child("line", {"id": 3}, 99, "fk_line", ("order_id",), order_id=5, qty=3),
         child("line", {"id": 4}, 10, "fk_line", ("order_id",), order_id=8, qty=4),
         child("note", {"id": 1}, 10, "fk_note", ("line_id",), line_id=1),
     ])
@@ -94,19 +96,22 @@ async def test_cascade_update_then_delete_follows_a_chain(applier: RedisApplier,
     assert await applier.apply(batch) == [A, A]
     assert get(redis_client, "line", id=1) == {"id": 1, "order_id": 6, "qty": 1}
     assert get(redis_client, "line", id=5)["order_id"] == 6
-    assert get(redis_client, "line", id=3)["order_id"] == 5  # fenced: version 99 > 50
+    assert get(redis_client, "line", id=3)["order_id"] == 6
+    assert redis_client.get(version_key("line:3")) == b"%020d" % 99
     assert redis_client.get(version_key("line:1")) == b"%020d" % 50
-    assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == {b"line:1", b"line:2", b"line:5"}
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == {b"line:1", b"line:2", b"line:3", b"line:5"}
     # Derived changes count as applied under their own table.
-    assert int(redis_client.hget("gearsync:stats:line", "applied_total")) == 5 + 3  # 5 inserts, 3 derived (line 3 fenced)
+    assert int(redis_client.hget("gearsync:stats:line", "applied_total")) == 5 + 4  # 5 inserts, 4 derived
     # Delete order 6: its lines go, and line 1's note with them (line id did not change on update).
     assert await applier.apply([parent(Op.DELETE, 6, None, 60, (LINE,))]) == [A]
     assert get(redis_client, "line", id=1) is None and get(redis_client, "line", id=2) is None
     assert get(redis_client, "note", id=1) is None
-    assert get(redis_client, "line", id=4) is not None and get(redis_client, "line", id=3) is not None
+    assert get(redis_client, "line", id=4) is not None and get(redis_client, "line", id=3) is None
     assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == set()
-    # Redelivered: everything stale or already gone, nothing changes.
+    # Redelivered: the parent is stale, its children are gone, nothing changes.
     assert await applier.apply([parent(Op.DELETE, 6, None, 60, (LINE,))]) == [S]
+    # A child's older change arriving late stays fenced out by the cascade's version.
+    assert await applier.apply([child("line", {"id": 1}, 40, "fk_line", ("order_id",), order_id=5)]) == [S]
 
 
 async def test_key_change_and_op_cascade(applier: RedisApplier, redis_client: Any, aredis: Any) -> None:
