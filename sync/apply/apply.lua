@@ -24,6 +24,14 @@ for g = 1, nguard do
 end
 local a = 5 + nguard
 local kp = nguard
+-- SET a row's companion key (version, fkr): with a TTL'd row it expires after max(ttl, tombstone).
+local function setx(key, val, ttl)
+  if ttl > 0 then
+    call('SET', key, val, 'PX', math.max(ttl, tomb))
+  else
+    call('SET', key, val)
+  end
+end
 local function unindex(rk, old)
   local sets = cjson.decode(old)
   for j = 2, #sets do call('SREM', sets[j], rk) end
@@ -88,11 +96,7 @@ for i = 0, nev - 1 do
           end
           if ttl > 0 then call('PEXPIRE', rk, ttl) end
         end
-        if ttl > 0 then
-          call('SET', vk, ver, 'PX', math.max(ttl, tomb))
-        else
-          call('SET', vk, ver)
-        end
+        setx(vk, ver, ttl)
       end
       if nidx > 0 then
         local fkr = KEYS[kp + 3]
@@ -108,10 +112,8 @@ for i = 0, nev - 1 do
           for j = kp + 4, kp + 2 + nidx do call('SADD', KEYS[j], rk) end
           if new == '' then
             call('DEL', fkr)
-          elseif ttl > 0 then
-            call('SET', fkr, new, 'PX', math.max(ttl, tomb))
           else
-            call('SET', fkr, new)
+            setx(fkr, new, ttl)
           end
         end
       end
