@@ -42,6 +42,13 @@ Infinity are not JSON and are rejected.
 A {"$b64": ...} whose bytes are valid UTF-8 is read as the equivalent string, so that every source
 produces one canonical form (`sync.rows.rowcodec.normalize_value` does the same for Python bytes).
 
+Table-wide statement (op "truncate"): a TRUNCATE or DROP TABLE read from the binlog, applied as "remove
+every row key of the table whose version is older than this one" (sync.apply.truncate):
+
+    {"v":1,"table":"data","op":"truncate","version":123456789012345678,"source":"binlog"}
+
+- "v", "table", "version", "source" as above; no "pk" and no "row". Unknown members are rejected.
+
 Classic payload (the classic recipe, plain function name `syncToRedis`): a JSON object with an
 "id" (integer or non-empty string) such as {"id": 5, "volume": 3}. It is applied exactly as the
 classic worker did: `SET <id> <payload bytes unchanged>`, with no versioning.
@@ -76,6 +83,10 @@ __all__ = [
     "check_value",
     "FKRule",
     "Cascade",
+    "TRUNCATE_OP",
+    "TableTruncate",
+    "encode_truncate",
+    "parse_truncate",
 ]
 
 WIRE_VERSION = 1
@@ -479,3 +490,52 @@ def encode_change(ev: ChangeEvent) -> bytes:
     if ev.cascade is not None:
         obj["cascade"] = ev.cascade.to_json()
     return orjson.dumps(obj)
+
+
+# -- table-wide statements ---------------------------------------------------------------------
+
+TRUNCATE_OP = "truncate"
+_TRUNCATE_KEYS = frozenset({"v", "table", "op", "version", "source"})
+
+
+@dataclass(frozen=True, slots=True)
+class TableTruncate:
+    """TRUNCATE/DROP of a table at `version`: every row of it with an older version is gone.
+    Construction checks the invariants (raises PayloadError)."""
+
+    table: str
+    version: int
+    source: Source = Source.BINLOG
+
+    def __post_init__(self) -> None:
+        _check_name(self.table, "table")
+        v = self.version
+        if type(v) is not int or v < 0 or v > MAX_VERSION:
+            raise PayloadError(f"version: expected an integer 0 <= version < 2**64, got {_show(v)}")
+        if type(self.source) is not Source:
+            raise PayloadError(f"source: expected a Source, got {_show(self.source)}")
+
+
+def encode_truncate(ev: TableTruncate) -> bytes:
+    """The wire payload of a table-wide statement (the inverse of parse_truncate)."""
+    return orjson.dumps({"v": WIRE_VERSION, "table": ev.table, "op": TRUNCATE_OP, "version": ev.version,
+                         "source": ev.source.value})
+
+
+def parse_truncate(raw: bytes) -> TableTruncate | None:
+    """The table-wide statement a payload carries; None when its op is not "truncate" (a row
+    change: parse it with parse_change). Raises PayloadError for a bad truncate payload."""
+    if b'"truncate"' not in raw:
+        return None
+    obj = _loads_object(raw, "payload")
+    if obj.get("op") != TRUNCATE_OP:
+        return None
+    if obj.keys() != _TRUNCATE_KEYS:
+        raise PayloadError(f"payload: truncate with keys {', '.join(sorted(map(str, obj)))}; expected "
+                           "v, table, op, version, source")
+    if type(obj["v"]) is not int or obj["v"] != WIRE_VERSION:
+        raise PayloadError(f"v: expected {WIRE_VERSION}, got {_show(obj['v'])}")
+    source = _SOURCES.get(obj["source"]) if type(obj["source"]) is str else None
+    if source is None:
+        raise PayloadError(f"source: expected one of trigger, binlog, snapshot, seed, got {_show(obj['source'])}")
+    return TableTruncate(obj["table"], obj["version"], source)

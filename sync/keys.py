@@ -58,6 +58,8 @@ __all__ = [
     "fk_index_key",
     "fk_index_prefix",
     "fk_rows_key",
+    "TableKeyMatch",
+    "table_key_match",
 ]
 
 DEFAULT_PREFIX = "gearsync"
@@ -276,3 +278,67 @@ def fk_index_key(child: str, fk: str, values: Sequence[Any], prefix: str = DEFAU
 def fk_rows_key(row_key: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The fk index sets a row is in; same Cluster slot as the row (tagged like version_key)."""
     return f"{prefix}:fkr:" + version_key(row_key, prefix)[len(prefix) + 3 :]
+# -- a table's row keys, found by SCAN -----------------------------------------------------------
+
+# One escaped value (escape()): plain characters and \\ \: \( \) escapes, or \e, or \x<hex>.
+_VALUE_ALT = r"\\e|\\x[0-9a-f]*|(?:[^\\:{}]|\\[\\:()])+"
+KEY_VALUE_RE = f"({_VALUE_ALT})"
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+class TableKeyMatch:
+    """The row keys of one table under a key template: `glob` for SCAN MATCH, `regex` to tell its
+    keys from other keys the glob also matches, with one group per key value (`slots`: the
+    column of each group, None for the values of {pk} when the key columns are not given).
+    `anchored` is False when the template has no literal text (then the glob is "*": every key)."""
+
+    __slots__ = ("template", "glob", "regex", "slots", "anchored")
+
+    def __init__(self, template: str, table: str, key_columns: Sequence[str] | None = None) -> None:
+        glob: list[str] = []
+        regex: list[str] = []
+        slots: list[str | None] = []
+        self.anchored = False
+
+        def literal(text: str) -> None:
+            if text:
+                self.anchored = True
+                glob.append(_GLOB_SPECIAL.sub(r"\\\1", text))
+                regex.append(re.escape(text))
+
+        pos = 0
+        for m in _TEMPLATE_TOKEN.finditer(template):
+            literal(template[pos : m.start()])
+            pos = m.end()
+            tok, name = m.group(0), m.group(1)
+            if tok in ("{{", "}}"):
+                literal(tok[0])
+            elif name == "table":
+                literal(escape(table))
+            elif name == "pk":
+                glob.append("*")
+                if key_columns is None:  # any number of values: one group for all of them
+                    regex.append(f"((?:{_VALUE_ALT})(?::(?:{_VALUE_ALT}))*)")
+                    slots.append(None)
+                else:
+                    regex.append(":".join([KEY_VALUE_RE] * len(key_columns)))
+                    slots.extend(key_columns)
+            else:  # pk.<col>
+                glob.append("*")
+                regex.append(KEY_VALUE_RE)
+                slots.append(name[3:])
+        literal(template[pos:])
+        self.template = template
+        self.glob = "".join(glob)
+        self.regex = re.compile("".join(regex), re.DOTALL)
+        self.slots = tuple(slots)
+
+    def matches(self, key: str) -> bool:
+        return self.regex.fullmatch(key) is not None
+
+
+def table_key_match(template: str, table: str, key_columns: Sequence[str] | None = None) -> TableKeyMatch:
+    """The SCAN glob and the exact pattern of `table`'s row keys under `template` (checked)."""
+    compile_template(template)
+    return TableKeyMatch(template, table, key_columns)

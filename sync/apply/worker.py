@@ -11,6 +11,10 @@ worker dies meanwhile, gearmand hands the jobs to another worker. A job that can
 payload and the reason, and is then completed. `--connections N` runs N such loops, each with
 its own Gearman connections, so Gearman and Redis round trips of different batches overlap.
 
+A "truncate" job (TRUNCATE/DROP TABLE read by sync-binlog --sink gearman, sync.events) is applied in
+its place in the batch: the changes before it first, then sync.apply.truncate removes the table's
+rows older than it, then the rest.
+
 Stop (SIGTERM/SIGINT → `request_stop()`): stop grabbing, finish the batches in hand within
 `shutdown_timeout_s` (or give them back to gearmand by closing the connection), exit 0.
 """
@@ -29,9 +33,10 @@ import structlog
 from sync import metrics
 from sync.apply.applier import Outcome, RedisApplier
 from sync.apply.deadletter import DeadLetter, DeadLetterStore
+from sync.apply.truncate import TableWipe
 from sync.config import CLASSIC_FUNCTION, WorkerSettings
 from sync.errors import ApplyError, PayloadError, short_error
-from sync.events import ChangeEvent, ClassicSet, Op, parse_change, parse_classic
+from sync.events import ChangeEvent, ClassicSet, Op, TableTruncate, parse_change, parse_classic, parse_truncate
 from sync.gearman import GearmanWorker, Job
 from sync.redis_client import connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until
@@ -65,6 +70,8 @@ class SyncWorker:
         self.redis = redis if redis is not None else connect_redis(settings.redis)
         self.applier = RedisApplier(self.redis, settings.tables, tombstone_ttl_s=settings.tombstone_ttl_s)
         self.deadletters = DeadLetterStore(self.redis)
+        self.wipe = TableWipe(settings.tables, tombstone_ttl_s=settings.tombstone_ttl_s,
+                              cluster=bool(settings.redis.cluster))
         # function → table name, or None for the classic bare-payload function.
         self.routes: dict[str, str | None] = dict(settings.functions)
         if settings.classic:
@@ -90,18 +97,20 @@ class SyncWorker:
         return self._stop.is_set()
 
     # -- decode --------------------------------------------------------------------------------
-    def decode(self, function: str, workload: bytes) -> ChangeEvent | ClassicSet:
+    def decode(self, function: str, workload: bytes) -> ChangeEvent | ClassicSet | TableTruncate:
         """The change a job carries; PayloadError (with the reason) when it can never be applied."""
         if function not in self.routes:
             raise PayloadError(f"function {function!r} is not served here; expected one of {', '.join(self.routes)}")
         table = self.routes[function]
         if table is None:
             return parse_classic(workload)
-        event = parse_change(workload)
-        if event.table != table and event.op is not Op.CASCADE:
+        event: ChangeEvent | TableTruncate | None = parse_truncate(workload)
+        if event is None:
+            event = parse_change(workload)
+        if event.table != table and not (type(event) is ChangeEvent and event.op is Op.CASCADE):
             # op cascade (a parent that is not synced) arrives on a child's function.
             raise PayloadError(f"table: {event.table!r} arrived on function {function!r}; expected {table!r}")
-        if self._check_key[table] or event.refs is not None or event.cascade is not None:
+        if type(event) is ChangeEvent and (self._check_key[table] or event.refs is not None or event.cascade is not None):
             self.applier.check(event)  # {pk.<col>} templates and cascades can fail per event
         return event
 
@@ -113,7 +122,7 @@ class SyncWorker:
     async def process(self, gearman: GearmanWorker, jobs: Sequence[Job]) -> bool:
         """Apply a batch and complete its jobs. False when the jobs were given back instead."""
         t0 = time.perf_counter()
-        events: list[ChangeEvent | ClassicSet] = []
+        events: list[ChangeEvent | ClassicSet | TableTruncate] = []
         sizes: list[int] = []
         dead: dict[str, list[tuple[bytes, str, str | None, str | None]]] = {}
         for job in jobs:
@@ -147,7 +156,7 @@ class SyncWorker:
 
     async def _write(
         self,
-        events: list[ChangeEvent | ClassicSet],
+        events: list[ChangeEvent | ClassicSet | TableTruncate],
         sizes: list[int],
         dead: dict[str, list[tuple[bytes, str, str | None, str | None]]],
         jobs: Sequence[Job],
@@ -160,7 +169,7 @@ class SyncWorker:
             t0 = time.perf_counter()
             outcomes: list[Outcome] = []
             for chunk in chunks:
-                outcomes += await self.applier.apply(chunk)
+                outcomes += await self.apply(chunk)
             for name, items in dead.items():
                 await self.deadletters.put_many(name, items)
             self.stats.redis_s += time.perf_counter() - t0
@@ -186,6 +195,22 @@ class SyncWorker:
         if backoff.attempts:
             log.info("redis_recovered", jobs=len(jobs), attempts=backoff.attempts)
         return outcomes
+
+    async def apply(self, events: Sequence[ChangeEvent | ClassicSet | TableTruncate]) -> list[Outcome]:
+        """The applier's apply(), with each TableTruncate applied in its place (one Outcome each)."""
+        if not any(type(ev) is TableTruncate for ev in events):
+            return await self.applier.apply(events)  # type: ignore[arg-type]  # no TableTruncate in it
+        outcomes: list[Outcome] = []
+        run: list[ChangeEvent | ClassicSet] = []
+        for ev in events:
+            if type(ev) is TableTruncate:
+                outcomes += await self.applier.apply(run)
+                run = []
+                await self.wipe.apply(self.redis, ev)
+                outcomes.append(Outcome.APPLIED)
+            else:
+                run.append(ev)  # type: ignore[arg-type]  # not a TableTruncate
+        return outcomes + await self.applier.apply(run)
 
     # -- loops ---------------------------------------------------------------------------------
     async def _loop(self, gearman: GearmanWorker) -> None:
@@ -274,7 +299,7 @@ class SyncWorker:
                 if not letters:
                     break
                 remaining -= len(letters)
-                events: list[ChangeEvent | ClassicSet] = []
+                events: list[ChangeEvent | ClassicSet | TableTruncate] = []
                 again: list[tuple[bytes, str, str | None, str | None]] = []
                 for letter in letters:
                     try:
@@ -282,7 +307,7 @@ class SyncWorker:
                     except PayloadError as exc:
                         again.append((letter.raw, str(exc), letter.function, letter.unique))
                 if events:
-                    await self.applier.apply(events)
+                    await self.apply(events)
                 if again:
                     await self.deadletters.put_many(name, again)
                 await self.deadletters.ack(name, letters)

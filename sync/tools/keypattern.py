@@ -8,67 +8,30 @@ import re
 from collections.abc import Sequence
 
 from sync.events import JSONValue
-from sync.keys import escape
+from sync.keys import TableKeyMatch
 from sync.rows.rowcodec import normalize_value
 from sync.rows.schema import TableSchema
 
 __all__ = ["KeyPattern", "typed_pk"]
 
 
-_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-# One escaped value (keys.escape): plain characters and \\ \: \( \) escapes, or \e, or \x<hex>.
-_VALUE = r"(\\e|\\x[0-9a-f]*|(?:[^\\:{}]|\\[\\:()])+)"
 _UNESCAPE = re.compile(r"\\(.)")
 _UNESCAPES = {"\\": "\\", ":": ":", "(": "{", ")": "}"}
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
-
-
-def _glob_escape(text: str) -> str:
-    return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 
 class KeyPattern:
     """A table's row-key template as a SCAN glob and as a parser back to key values (texts)."""
 
     def __init__(self, template: str, table: str, key_columns: Sequence[str]) -> None:
+        match = TableKeyMatch(template, table, key_columns)
         self.template = template
-        glob: list[str] = []
-        regex: list[str] = []
-        slots: list[str] = []   # per regex group: its column name
-        pos = 0
-        self.has_anchor = False
-        for m in _TOKEN.finditer(template):
-            lit = template[pos : m.start()]
-            pos = m.end()
-            self._literal(lit, glob, regex)
-            tok = m.group(0)
-            if tok in ("{{", "}}"):
-                self._literal(tok[0], glob, regex)
-                continue
-            name = m.group(1)
-            if name == "table":
-                self._literal(escape(table), glob, regex)
-            elif name == "pk":
-                glob.append("*")
-                regex.append(":".join([_VALUE] * len(key_columns)))
-                slots.extend(key_columns)
-            else:  # pk.<col>
-                glob.append("*")
-                regex.append(_VALUE)
-                slots.append(name[3:])
-        self._literal(template[pos:], glob, regex)
-        self.glob = "".join(glob)
-        self._re = re.compile("".join(regex), re.DOTALL)
-        self._slots = slots
+        self.glob = match.glob
+        self.has_anchor = match.anchored
+        self._re = match.regex
+        self._slots = [s for s in match.slots if s is not None]
         self.key_columns = tuple(key_columns)
         # Every key column must appear, or a key cannot be looked up in MySQL.
-        self.complete = set(key_columns) <= set(slots)
-
-    def _literal(self, text: str, glob: list[str], regex: list[str]) -> None:
-        if text:
-            self.has_anchor = True
-            glob.append(_glob_escape(text))
-            regex.append(re.escape(text))
+        self.complete = set(key_columns) <= set(self._slots)
 
     def parse(self, key: str) -> tuple[str | bytes, ...] | None:
         """The key values (text, or bytes for \\x…) in key-column order; None if `key` is not of

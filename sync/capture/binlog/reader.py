@@ -31,8 +31,22 @@ distinct key beyond the first million changes of one transaction.
 
 Limits: versions of different MariaDB GTID domains (or MySQL server UUIDs) are not comparable; a
 stream is expected to carry one domain (a warning is logged otherwise). seq_no must stay below
-2**44. TRUNCATE/DROP of a synced table is a statement, not rows: it is logged as a warning
-(re-snapshot the table).
+2**44.
+
+Table statements (QUERY events, sync.capture.binlog.statements), for a synced table:
+
+    TRUNCATE [TABLE] t, DROP TABLE [IF EXISTS] ..., t, ...
+        a TableTruncate(t, version) in the chunk's `statements`, alone in a chunk that ends at the
+        statement's commit: version = gtid_version(seq, 0) of its GTID event group (MySQL without
+        GTIDs: file number and end position of the event, index 0). The sink removes every row of
+        t older than that (sync.apply.truncate) before it saves the position. DROP also forgets the
+        table's row plans; a later CREATE TABLE t reloads its schema.
+    RENAME TABLE x TO t / ALTER TABLE x RENAME TO t (something takes t's name; the gh-ost and
+        pt-online-schema-change swap "RENAME TABLE t TO _t_old, _t_new TO t" too)
+        follow t: its schema is reloaded and its later rows apply as usual (the new table is taken
+        to hold the same rows).
+    RENAME TABLE t TO y with nothing taking t's name: SourceError naming t, y and the statement's
+        position; the saved position stays before the statement.
 """
 
 from __future__ import annotations
@@ -50,8 +64,9 @@ import structlog
 
 from sync.capture.binlog.decoders import RowPlan, install_decoders
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
+from sync.capture.binlog.statements import Name, parse_table_statement
 from sync.errors import ConfigError, SourceError, short_error
-from sync.events import ChangeEvent, JSONValue, Op, Source
+from sync.events import ChangeEvent, JSONValue, Op, Source, TableTruncate
 from sync.mysql import MySQLSettings
 from sync.position import (
     FILE_ROW_BITS,
@@ -80,6 +95,8 @@ class Chunk:
     position: Position | None
     rows: int = 0            # binlog row changes read for the chosen tables (before filtering)
     t: float = 0.0           # time.monotonic() when handed over
+    # TRUNCATE/DROP of chosen tables: applied after `events`, before `position` is saved
+    statements: list[TableTruncate] = field(default_factory=list)
 
 
 @dataclass
@@ -142,6 +159,7 @@ class BinlogSource:
         self._awaiting_begin = False
         # output state
         self._pending: list[ChangeEvent] = []
+        self._statements: list[TableTruncate] = []
         self._pending_rows = 0
         self._last_emit = time.monotonic()
         self._emitted_position: Position | None = None
@@ -210,6 +228,7 @@ class BinlogSource:
         while not stop.is_set():
             self._reset_trx()
             self._pending.clear()   # emitted-or-not, these are re-read from self.committed
+            self._statements.clear()
             self._pending_rows = 0
             try:
                 self.stream = self.open_stream(self.committed)
@@ -363,17 +382,60 @@ class BinlogSource:
 
     def _ddl(self, query: str, verb: str, ev: Any) -> None:
         schema = ev.schema.decode() if isinstance(ev.schema, bytes) else str(ev.schema or "")
+        statement = parse_table_statement(query)
+        if statement is not None:
+            self._table_statement(statement.kind, statement.names, statement.renames, schema, ev)
+            return
         for table, st in self.tables.items():
             if not re.search(r"(?<![\w$])`?" + re.escape(table) + r"`?(?![\w$])", query):
                 continue
             if schema and schema != self.database and f"{self.database}" not in query:
                 continue
             st.plans.clear()
-            if verb in ("TRUNCATE", "DROP"):
-                log.warning("binlog_table_statement", table=table, statement=verb,
-                            note="rows removed by a statement are not in the row log; re-run sync-snapshot for this table")
-            else:
-                self._reload_key(table, st, why=f"{verb} statement")
+            self._reload_key(table, st, why=f"{verb} statement")
+
+    def _table_statement(self, kind: str, names: Sequence[Name], renames: Sequence[tuple[Name, Name]],
+                         schema: str, ev: Any) -> None:
+        """TRUNCATE / DROP / RENAME naming tables; see the module docstring."""
+        def ours(name: Name) -> str | None:
+            db, table = name
+            return table if (db or schema) == self.database and table in self.tables else None
+
+        if kind != "rename":
+            hit = [t for t in dict.fromkeys(map(ours, names)) if t is not None]
+            if not hit:
+                return
+            version = self._statement_version(ev)
+            for table in hit:
+                self.tables[table].plans.clear()
+                self._statements.append(TableTruncate(table, version))
+                log.info("binlog_table_statement", table=table, statement=kind, version=version)
+            return
+        taken = {t for _, new in renames if (t := ours(new)) is not None}
+        for old, new in renames:
+            moved = ours(old)
+            if moved is not None and moved not in taken:
+                where = f"{self._file}:{int(ev.packet.log_pos)}"
+                if self._trx_gtid is not None:
+                    where += " (GTID {}-{}-{})".format(*self._trx_gtid)
+                elif self._trx_mysql_gtid is not None:
+                    where += f" (GTID {self._trx_mysql_gtid})"
+                raise SourceError(
+                    f"table {self.database}.{moved} was renamed to {new[0] or schema}.{new[1]} at binlog position "
+                    f"{where} and no table took its name; its rows are no longer in the binlog as {moved}. "
+                    f"Rename it back and restart sync-binlog (it resumes before the RENAME), or sync the new "
+                    f"name: sync-binlog --table {new[1]} --start current, then sync-snapshot --table {new[1]}"
+                )
+        for table in taken:
+            self._reload_key(table, self.tables[table], why="RENAME statement")
+
+    def _statement_version(self, ev: Any) -> int:
+        """The version of a table statement: index 0 of its GTID event group (gtid_version(seq, 0)),
+        or, without GTIDs, of its event's file/position."""
+        if self._trx_gtid is not None or self._trx_mysql_gtid is not None:
+            return self._base
+        fileno = int(self._file.rsplit(".", 1)[-1]) if self._file else 0
+        return (fileno << 44) | (int(ev.packet.log_pos) << FILE_ROW_BITS)
 
     def _reload_key(self, table: str, st: _TableState, why: str) -> None:
         try:
@@ -522,7 +584,7 @@ class BinlogSource:
         pending = self._pending
         now = time.monotonic()
         at_commit = commit or heartbeat or final
-        if pending:
+        if pending or self._statements:
             full = len(pending) >= self.chunk_rows
             if not (full or final or heartbeat or commit):
                 return
@@ -533,6 +595,8 @@ class BinlogSource:
                 return
         position = self.committed if (at_commit and not self._in_trx) else None
         chunk = Chunk(list(pending), position, self._pending_rows, now)
+        if self._statements:
+            chunk.statements, self._statements = self._statements, []
         pending.clear()
         self._pending_rows = 0
         self._last_emit = now

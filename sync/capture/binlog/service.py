@@ -40,6 +40,14 @@ gearmand sent JOB_CREATED for every job), then the position is SET in Redis. A c
 resubmits those jobs; their unique ids are derived from (stream, version, op), so gearmand merges
 a resubmission into a still-queued copy, and one that already ran is applied again as STALE.
 
+TRUNCATE / DROP TABLE of a synced table (the reader's Chunk.statements, a TableTruncate per table)
+is a barrier on every sink: the changes before it are delivered first, then the statement, then its
+position is saved. --sink redis: the table's keys older than the statement are removed
+(sync.apply.truncate). --sink gearman: the loop waits until gearmand holds no job of the table's
+function (queued or running: every earlier change of the table is in Redis or dead-lettered), then
+submits the statement as a "truncate" job (sync.events), which sync-worker applies the same way;
+later changes of the table are newer than the statement and survive it in any order.
+
 Stop (SIGTERM/SIGINT → request_stop()): the reader stops within a heartbeat, what is held is
 delivered within shutdown_timeout_s (a batch that cannot land by then is dropped, its position not
 saved) and the final position saved, exit 0.
@@ -62,6 +70,7 @@ import structlog
 
 from sync import metrics
 from sync.apply.applier import Outcome, RedisApplier
+from sync.apply.truncate import TableWipe
 from sync.capture.binlog.preflight import (
     ServerInfo,
     check_position_available,
@@ -72,7 +81,7 @@ from sync.capture.binlog.preflight import (
 from sync.capture.binlog.reader import BinlogSource, Chunk
 from sync.capture.binlog.writer import RedisWriter
 from sync.errors import ApplyError, ConfigError, SourceError, SyncError, short_error
-from sync.events import ChangeEvent, Op, encode_change
+from sync.events import ChangeEvent, Op, TableTruncate, encode_change, encode_truncate
 from sync.mysql import MySQLSettings
 from sync.position import Position, PositionStore
 from sync.redis_client import RedisSettings, connect_redis
@@ -174,10 +183,12 @@ class BinlogService:
         self.name = s.name or stream_name(s.mysql, s.database, s.tables)
         self.positions = PositionStore(self.redis, self.name)
         self.applier: RedisApplier | None = None
+        self.wipe: TableWipe | None = None
+        self._cluster = bool(s.redis.cluster)
         if s.sink == "redis":
             specs = {t: TableSpec(t, s.key_template, s.format, s.ttl_s) for t in s.tables}
             self.applier = RedisApplier(self.redis, specs, tombstone_ttl_s=s.tombstone_ttl_s)
-        self._cluster = bool(s.redis.cluster)
+            self.wipe = TableWipe(specs, tombstone_ttl_s=s.tombstone_ttl_s, cluster=self._cluster)
         self.gearman: Any = None
         self._tag = hashlib.blake2b(self.name.encode(), digest_size=4).hexdigest()
         self._stop = threading.Event()
@@ -406,13 +417,23 @@ class BinlogService:
             taken: list[Chunk] = []
             n = 0
             while chunks and n < limit:
-                c = chunks.popleft()
+                c = chunks[0]
+                if c is not None and c.statements and taken:
+                    break   # a barrier: what came before it goes first
+                chunks.popleft()
                 if c is None:
                     done = True
                     break
                 taken.append(c)
                 n += len(c.events)
+                if c.statements:
+                    break
             if not taken:
+                continue
+            if taken[0].statements:
+                self.stats.rows += taken[0].rows
+                if not await self._statements(taken[0]):
+                    break
                 continue
             events = [e for c in taken for e in c.events] if len(taken) > 1 else taken[0].events
             position = None
@@ -436,6 +457,44 @@ class BinlogService:
         if ok and position is not None:
             self.position = position
         return ok
+
+    async def _statements(self, chunk: Chunk) -> bool:
+        """A chunk with TRUNCATE/DROP statements: its changes, then the statements, then its position
+        (False: the shutdown deadline passed while the sink was down)."""
+        if chunk.events and not await self._deliver(chunk.events, None):
+            return False
+        for st in chunk.statements:
+            if not await self._retry(lambda st=st: self._statement(st), "truncate", table=st.table):
+                return False
+        return await self._deliver([], chunk.position)
+
+    async def _statement(self, st: TableTruncate) -> None:
+        """--sink redis: remove the table's older rows. --sink gearman: once gearmand holds no job of
+        the table's function, submit the statement."""
+        if self.wipe is not None:
+            await self.wipe.apply(self.redis, st)
+            return
+        from sync.gearman import admin
+
+        fn = self.settings.functions.get(st.table) or default_function(st.table)
+        waited = False
+        while True:
+            busy = 0
+            for host, port in self.settings.servers:
+                busy += sum(f.queued for f in await admin.status(host, port) if f.name == fn)
+            if not busy:
+                break
+            if not waited:
+                log.info("binlog_truncate_waiting", table=st.table, function=fn, jobs=busy,
+                         note="the table's earlier jobs are applied first")
+                waited = True
+            if self._stop.is_set() and self._stop_deadline and time.monotonic() > self._stop_deadline:
+                raise ApplyError(f"stopping: the jobs of {fn} were not done before the truncate of {st.table}")
+            await asyncio.sleep(0.05)
+        await self.gearman.submit_background_many(fn, [encode_truncate(st)],
+                                                  uniques=[f"bl:{self._tag}:{st.version:x}:t:{st.table}"])
+        self.stats.jobs += 1
+        log.info("binlog_truncate_submitted", table=st.table, function=fn, version=st.version)
 
     async def _retry(self, fn: Any, what: str, **info: Any) -> bool:
         """Await fn() until it succeeds (True) or, once a stop is requested, the shutdown deadline

@@ -10,14 +10,20 @@ costing this thread one packed write and one (by then ready) reply. Why one thre
 writes on an asyncio loop thread, every socket operation there waited for the GIL held by the
 CPU-bound reader (~5 ms switch interval each); the decoding alone was the limit anyway.
 
+A chunk with table statements (TRUNCATE/DROP, sync.capture.binlog.reader) is a barrier: the batch
+gathered so far is sent and its reply read, then each table is wiped (sync.apply.truncate, retried
+like a batch), and only then does the statement's position join the next batch.
+
 While Redis is down, the failed batch is sent again with back-off (50 ms … 5 s) from the reader
 thread, which therefore stops reading (the binlog waits in the server, nothing is lost).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.exceptions
 import structlog
@@ -26,14 +32,17 @@ from sync import metrics
 from sync.apply.applier import Outcome, RedisApplier
 from sync.capture.binlog.reader import Chunk
 from sync.errors import ApplyError
-from sync.events import ChangeEvent
+from sync.events import ChangeEvent, TableTruncate
 from sync.position import Position
+from sync.redis_client import connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until_sync
 
 if TYPE_CHECKING:  # the service creates the writer; no import at run time
     from sync.capture.binlog.service import BinlogService
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 __all__ = ["RedisWriter"]
 
@@ -72,6 +81,9 @@ class RedisWriter:
     def add(self, chunk: Chunk) -> None:
         if self.gave_up:
             return
+        if chunk.statements:
+            self.statements(chunk)
+            return
         events = chunk.events
         if events:
             if not self.events:
@@ -100,6 +112,24 @@ class RedisWriter:
         finally:
             self.conn.disconnect()
             self.client.close()
+
+    def statements(self, chunk: Chunk) -> None:
+        """TRUNCATE/DROP of tables: what came before lands first, then the tables are wiped; the
+        statement's position is saved with the next batch (a restart before that repeats the wipe,
+        which the versions make harmless)."""
+        self.events.extend(chunk.events)
+        self.rows += chunk.rows
+        if self.events or self.position is not None:
+            self.send()
+        if self.inflight is not None:
+            self.finish()
+        for st in chunk.statements:
+            def attempt(st: TableTruncate = st) -> int:
+                return asyncio.run(self._wipe(st))
+
+            if self.gave_up or self._retry(attempt, "truncate", 1) is None:
+                return
+        self.position = chunk.position
 
     # -- batches -------------------------------------------------------------------------------
     def send(self) -> None:
@@ -134,7 +164,6 @@ class RedisWriter:
         t1 = time.perf_counter()
         n = len(events) + (position is not None)
         svc = self.service
-        backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
 
         def attempt() -> list[Outcome]:
             nonlocal sent
@@ -149,24 +178,43 @@ class RedisWriter:
                 sent = False   # the next attempt sends it again
                 raise
 
-        try:
-            outcomes = retry_until_sync(attempt, retry_on=SEND_ERRORS, backoff=backoff,
-                                        deadline=svc.shutdown_deadline,
-                                        on_retry=svc.sink_retry("deliver", backoff, events=len(events)))
-        except DeadlinePassed as gave_up:
-            svc.sink_given_up("deliver", gave_up, events=len(events))
-            self.inflight = None
-            self.gave_up = True
-            return
-        if backoff.attempts:
-            log.info("sink_recovered", what="deliver", attempts=backoff.attempts)
+        outcomes = self._retry(attempt, "deliver", len(events))
         self.inflight = None
+        if outcomes is None:
+            return
         applied = svc.count_outcomes(len(events), outcomes)
         # Batch latency: this thread's time on the batch (build and send, then the wait for the
         # reply), not the decoding of the next batch that overlapped the round trip.
         metrics.record_batch(len(events), applied, len(events) - applied, 0, spent + time.perf_counter() - t1)
         if position is not None:
             svc.position = position
+
+    async def _wipe(self, st: TableTruncate) -> int:
+        """One table statement, on a client of its own (statements are rare: this thread has no
+        event loop and the service's client belongs to the main one)."""
+        wipe = self.service.wipe
+        assert wipe is not None  # --sink redis: the service made one
+        client = connect_redis(self.service.settings.redis)
+        try:
+            return await wipe.apply(client, st)
+        finally:
+            await client.aclose()
+
+    def _retry(self, attempt: Callable[[], T], what: str, n_events: int) -> T | None:
+        """attempt() until it succeeds, with back-off; None (and `gave_up`) when a stop was requested
+        and its deadline passed first."""
+        svc = self.service
+        backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
+        try:
+            result = retry_until_sync(attempt, retry_on=SEND_ERRORS, backoff=backoff, deadline=svc.shutdown_deadline,
+                                      on_retry=svc.sink_retry(what, backoff, events=n_events))
+        except DeadlinePassed as gave_up:
+            svc.sink_given_up(what, gave_up, events=n_events)
+            self.gave_up = True
+            return None
+        if backoff.attempts:
+            log.info("sink_recovered", what=what, attempts=backoff.attempts)
+        return result
 
     def _reply(self, packed: bytes) -> Any:
         """The reply to `packed` (already sent); NOSCRIPT: load the script and send it again."""

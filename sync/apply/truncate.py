@@ -1,0 +1,104 @@
+"""TableWipe: a TRUNCATE or DROP TABLE of a synced table (sync.events.TableTruncate) applied to Redis.
+
+Every row key of the table is found by SCAN with the table's key pattern (sync.keys.table_key_match:
+the glob, then the exact form, so another key the glob happens to match is left alone). Each batch
+of found keys is one call of truncate.lua: a row whose stored version is older than the statement's
+is deleted and its version key set to the statement's version with the tombstone TTL, like a row
+delete; a row with a newer version (a change committed after the statement) stays. Running it
+again is harmless (a restart that repeats the statement removes nothing more). One log line per
+statement: table_truncated with the number of keys removed.
+
+Redis Cluster: SCAN visits every primary (redis-py's cluster scan_iter) and the keys of a batch are
+grouped by hash slot (a row key and its version key share one), one script call per slot.
+
+A template without literal text (e.g. "{pk}") cannot tell the table's keys from any other key:
+nothing is removed, and a warning says so (sync-verify --repair removes the stale keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import redis.exceptions
+import structlog
+from redis.crc import key_slot
+
+from sync.errors import ApplyError, PayloadError, short_error
+from sync.events import TableTruncate
+from sync.keys import DEFAULT_PREFIX, TableKeyMatch, check_prefix, table_key_match, version_key
+from sync.tables import TableSpec
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["TableWipe", "TRUNCATE_SCRIPT"]
+
+TRUNCATE_SCRIPT = Path(__file__).with_name("truncate.lua").read_text(encoding="utf-8")
+SCAN_COUNT = 1000   # keys per SCAN step, and at most this many row keys per script call
+
+
+class TableWipe:
+    """Applies TableTruncate statements for the tables of `tables`; see the module docstring."""
+
+    def __init__(self, tables: Mapping[str, TableSpec], *, prefix: str = DEFAULT_PREFIX,
+                 tombstone_ttl_s: int = 86400, cluster: bool = False) -> None:
+        self.tables = dict(tables)
+        self.prefix = check_prefix(prefix)
+        self.own = (prefix + ":").encode()
+        self.tomb_ms = tombstone_ttl_s * 1000
+        self.cluster = cluster
+
+    def match(self, ev: TableTruncate) -> TableKeyMatch | None:
+        """The table's key pattern; None (with a warning) when its keys cannot be told apart."""
+        spec = self.tables.get(ev.table)
+        if spec is None:
+            raise PayloadError(f"table: {ev.table!r} is not configured; expected one of {', '.join(sorted(self.tables))}")
+        m = table_key_match(spec.key_template, ev.table)
+        if not m.anchored:
+            log.warning("table_truncate_skipped", table=ev.table, key_template=spec.key_template,
+                        note="the template has no literal text to find the table's keys by; "
+                             "run sync-verify --repair to remove the stale keys")
+            return None
+        return m
+
+    def calls(self, m: TableKeyMatch, found: list[bytes]) -> list[list[bytes]]:
+        """The KEYS of the script calls for a batch of SCAN results (one call per slot on a cluster)."""
+        groups: dict[int, list[bytes]] = {}
+        for raw in found:
+            if raw.startswith(self.own):
+                continue
+            key = raw.decode("utf-8", "surrogateescape")
+            if not m.matches(key):
+                continue
+            vk = version_key(key, self.prefix).encode("utf-8", "surrogateescape")
+            groups.setdefault(key_slot(raw) if self.cluster else 0, []).extend((raw, vk))
+        return list(groups.values())
+
+    def args(self, ev: TableTruncate) -> list[str]:
+        return [f"{ev.version:020d}", str(self.tomb_ms)]
+
+    async def apply(self, client: Any, ev: TableTruncate) -> int:
+        """Remove the table's rows older than `ev` (asyncio redis client); the number removed.
+        ApplyError when Redis fails (then run it again: it is idempotent)."""
+        m = self.match(ev)
+        if m is None:
+            return 0
+        script, argv = client.register_script(TRUNCATE_SCRIPT), self.args(ev)   # EVALSHA, loaded on NOSCRIPT
+        removed = scanned = 0
+        batch: list[bytes] = []
+        try:
+            async for raw in client.scan_iter(match=m.glob, count=SCAN_COUNT):
+                batch.append(raw)
+                if len(batch) >= SCAN_COUNT:
+                    scanned += len(batch)
+                    for keys in self.calls(m, batch):
+                        removed += await script(keys=keys, args=argv)
+                    batch = []
+            scanned += len(batch)
+            for keys in self.calls(m, batch):
+                removed += await script(keys=keys, args=argv)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis truncate of table {ev.table} failed: {short_error(exc)}") from exc
+        log.info("table_truncated", table=ev.table, version=ev.version, removed=removed, scanned=scanned)
+        return removed
