@@ -35,6 +35,7 @@ OOM) keeps the writes made before the failure; the retry sees them as STALE.
 
 from __future__ import annotations
 
+import copy
 import enum
 import hashlib
 import time
@@ -156,6 +157,14 @@ class RedisApplier:
                 raise ConfigError(f"tables: key {name!r} holds the spec of {spec.name!r}")
             self._tables[name] = _Table(spec, prefix)
         self._sha: str | None = None
+
+    def with_redis(self, redis: Any) -> RedisApplier:
+        """The same applier (tables, prefix, options) on another client, e.g. one of another event loop."""
+        other = copy.copy(self)
+        other._redis = redis
+        other._cluster = isinstance(redis, RedisCluster)
+        other._sha = None
+        return other
 
     @property
     def tables(self) -> Mapping[str, TableSpec]:
