@@ -135,14 +135,21 @@ def _unsynced_parents(conn: Any, database: str, table: str, graph: FKGraph) -> l
     """The parents of `table`'s cascading FKs that have no gearsync capture triggers: a cascade
     must start there (cascade-only triggers)."""
     parents = sorted({f.parent for f in graph.child_fks(table) if f.parent != table})
-    out = []
+    return [p for p in parents if not _captured(conn, database, p)]
+
+
+def _captured_children(conn: Any, database: str, parent: str, graph: FKGraph, but: str) -> list[str]:
+    """The children of `parent`'s cascading FKs, other than `but`, that have capture triggers."""
+    children = sorted({f.child for f in graph.parent_fks(parent)} - {but, parent})
+    return [c for c in children if _captured(conn, database, c)]
+
+
+def _captured(conn: Any, database: str, table: str) -> bool:
+    """Whether `table` has gearsync capture triggers."""
     with conn.cursor() as cur:
-        for parent in parents:
-            cur.execute("SELECT 1 FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND TRIGGER_NAME=%s",
-                        (database, trigger_names(parent)["UPDATE"]))
-            if cur.fetchone() is None:
-                out.append(parent)
-    return out
+        cur.execute("SELECT 1 FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND TRIGGER_NAME=%s",
+                    (database, trigger_names(table)["UPDATE"]))
+        return cur.fetchone() is not None
 
 
 def _check_udfs(conn: Any) -> None:
@@ -185,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 _execute(conn, uninstall_statements((database, table)), settings.display)
                 graph = load_foreign_keys(conn, database)
                 for parent in {f.parent for f in graph.child_fks(table) if f.parent != table}:
+                    if _captured_children(conn, database, parent, graph, table):
+                        continue  # another captured child still needs the parent's cascade triggers
                     _execute(conn, [f"DROP TRIGGER IF EXISTS {quote_ident(database)}.{quote_ident(n)}"
                                     for n in cascade_trigger_names(parent).values()], settings.display)
                 print(f"dropped the gearsync triggers of {database}.{table} "

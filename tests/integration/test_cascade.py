@@ -194,3 +194,27 @@ def test_snapshot_gives_children_their_refs(mariadb: MariaDBServer, gm: GearmanS
             cur.execute("DELETE FROM tree WHERE id = 1")
         d = wait_equal(mariadb, db, redis_client)
         assert d == {}, sorted(d.items())[:20]
+
+
+def test_uninstall_keeps_parent_triggers_other_children_need(mariadb: MariaDBServer, gm: GearmanServer,
+                                                             db: Any) -> None:
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE p (id INT PRIMARY KEY)")
+        for child in ("c1", "c2"):
+            cur.execute(f"CREATE TABLE {child} (id INT PRIMARY KEY, p_id INT, "
+                        f"FOREIGN KEY (p_id) REFERENCES p (id) ON UPDATE CASCADE ON DELETE CASCADE)")
+
+    def parent_triggers() -> int:
+        with db.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s "
+                        "AND EVENT_OBJECT_TABLE='p'", (db.db_name,))
+            return int(cur.fetchone()[0])
+
+    sync_triggers(mariadb, db, "install", "--table", "c1")
+    sync_triggers(mariadb, db, "install", "--table", "c2")
+    installed = parent_triggers()
+    assert installed > 0
+    sync_triggers(mariadb, db, "uninstall", "--table", "c1")
+    assert parent_triggers() == installed   # c2 still needs p's cascades
+    sync_triggers(mariadb, db, "uninstall", "--table", "c2")
+    assert parent_triggers() == 0
