@@ -17,6 +17,20 @@ Wire format v1 (one gearman job payload, UTF-8 JSON, at most MAX_PAYLOAD_BYTES):
   change has a larger version). The triggers use UUID_SHORT(), which exceeds 2**53, so the version
   must never pass through a float: it is compared as a 20-digit decimal string in Redis.
 - "source": "trigger", "binlog", "snapshot" or "seed".
+- "refs" (optional; events of a CHILD table of a cascading foreign key): {"<fk name>": [v1, ...]},
+  the row's FK column values (in FK column order) per cascading FK; an FK whose columns are all or
+  partly NULL is left out (no parent). The applier keeps its FK index from it (sync.apply.applier).
+  An empty object marks a child table row without any parent.
+- "cascade" (optional; update or delete of a PARENT table, or op "cascade"):
+      {"old": {col: val, ...}, "new": {col: val, ...} (absent for a delete),
+       "fks": [{"table": child, "fk": name, "columns": [child cols], "ref": [parent cols],
+                "on_update": "cascade"|"set_null"|"none", "on_delete": "cascade"|"set_null"|"none",
+                "children": [descriptors of the child's own cascading FKs]}, ...]}
+  "old"/"new" hold the parent's referenced columns before/after the change. The applier performs
+  the cascade InnoDB did without a trigger or a row event (sync.apply.applier). A descriptor that
+  was already given earlier in the payload has "children": [] (the applier follows the first).
+- op "cascade": a change of a parent table that is not synced itself: no "pk" (or {}), no "row",
+  only "cascade" (and version, source); nothing is written for the parent.
 - Unknown members are rejected.
 
 Row values: string, integer (64-bit), float, null, or {"$b64": "<standard base64>"} for bytes that
@@ -67,6 +81,8 @@ __all__ = [
     "parse_classic",
     "encode_change",
     "check_value",
+    "FKRule",
+    "Cascade",
     "TRUNCATE_OP",
     "TableTruncate",
     "encode_truncate",
@@ -78,6 +94,9 @@ MAX_PAYLOAD_BYTES = 1 << 30  # MariaDB's largest max_allowed_packet and the UDF'
 MAX_NAME_CHARS = 64  # MySQL/MariaDB identifier limit
 MAX_PK_COLUMNS = 32
 MAX_VERSION = 2**64 - 1
+MAX_FK_DESCRIPTORS = 1000  # per cascade, over the whole nested tree
+MAX_REFS = 64              # cascading FKs of one child table
+MAX_CASCADE_DEPTH = 15     # MySQL stops cascading at depth 15
 
 # What a row or pk value may be: a scalar, or {"$b64": "<base64>"} for non-UTF-8 bytes.
 JSONValue: TypeAlias = str | int | float | None | dict[str, str]
@@ -87,6 +106,7 @@ class Op(StrEnum):
     INSERT = "insert"
     UPDATE = "update"
     DELETE = "delete"
+    CASCADE = "cascade"
 
 
 class Source(StrEnum):
@@ -100,7 +120,8 @@ _OPS = {op.value: op for op in Op}
 _SOURCES = {s.value: s for s in Source}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REQUIRED = frozenset({"v", "table", "op", "pk", "version", "source"})
-_ALLOWED = _REQUIRED | {"row"}
+_ALLOWED = _REQUIRED | {"row", "refs", "cascade"}
+_RULES = ("cascade", "set_null", "none")
 
 # Names already checked (table and column names repeat in every event); bounded.
 _good_names: set[str] = set()
@@ -173,6 +194,43 @@ def check_value(value: Any, where: str, *, nullable: bool = True) -> JSONValue:
 
 
 @dataclass(frozen=True, slots=True)
+class FKRule:
+    """One cascading foreign key as the applier follows it: `table` (the child) . `columns` reference
+    the parent's `ref` columns (same order); rules "cascade", "set_null" or "none"; `children`: the
+    child's own cascading FKs (for chains A -> B -> C)."""
+
+    table: str
+    fk: str
+    columns: tuple[str, ...]
+    ref: tuple[str, ...]
+    on_update: str
+    on_delete: str
+    children: tuple[FKRule, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"table": self.table, "fk": self.fk, "columns": list(self.columns), "ref": list(self.ref),
+                "on_update": self.on_update, "on_delete": self.on_delete,
+                "children": [c.to_json() for c in self.children]}
+
+
+@dataclass(frozen=True, slots=True)
+class Cascade:
+    """The "cascade" member: the parent's referenced columns before (`old`) and after (`new`, None
+    for a delete) the change, and the cascading FKs that reference them."""
+
+    old: dict[str, JSONValue] = field(hash=False)
+    new: dict[str, JSONValue] | None = field(hash=False)
+    fks: tuple[FKRule, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"old": self.old}
+        if self.new is not None:
+            obj["new"] = self.new
+        obj["fks"] = [f.to_json() for f in self.fks]
+        return obj
+
+
+@dataclass(frozen=True, slots=True)
 class ChangeEvent:
     """One row change. Construction checks the invariants (raises PayloadError)."""
 
@@ -182,6 +240,9 @@ class ChangeEvent:
     row: dict[str, JSONValue] | None = field(hash=False)
     version: int
     source: Source
+    # FK name -> the row's FK column values (child tables of cascading FKs; see the module doc).
+    refs: dict[str, tuple[JSONValue, ...]] | None = field(default=None, hash=False)
+    cascade: Cascade | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         _check_name(self.table, "table")
@@ -192,6 +253,12 @@ class ChangeEvent:
         v = self.version
         if type(v) is not int or v < 0 or v > MAX_VERSION:
             raise PayloadError(f"version: expected an integer 0 <= version < 2**64, got {_show(v)}")
+        if self.cascade is not None and type(self.cascade) is not Cascade:
+            raise PayloadError(f"cascade: expected a Cascade, got {_show(self.cascade)}")
+        if self.op is Op.CASCADE:
+            if self.pk or self.row is not None or self.cascade is None or self.refs is not None:
+                raise PayloadError("op cascade: expected only a cascade (no pk, row or refs)")
+            return
         pk = self.pk
         if type(pk) is not tuple or not pk:
             raise PayloadError(f"pk: expected a non-empty tuple of (column, value) pairs, got {_show(pk)}")
@@ -248,7 +315,9 @@ def parse_change(raw: bytes) -> ChangeEvent:
     obj = _loads_object(raw, "payload")
     if type(obj.get("error")) is str:  # a change the capture could not send (sync.capture.triggers)
         raise PayloadError(f"capture: {_show(obj['error'], 300)}")
-    keys = obj.keys()
+    keys: Any = obj.keys()
+    if "pk" not in keys and obj.get("op") == "cascade":
+        keys = keys | {"pk"}  # op cascade has no pk
     if not (_REQUIRED <= keys <= _ALLOWED):
         missing = sorted(_REQUIRED - keys)
         unknown = sorted(keys - _ALLOWED)
@@ -265,7 +334,7 @@ def parse_change(raw: bytes) -> ChangeEvent:
     table = _check_name(obj["table"], "table")
     op = _OPS.get(obj["op"]) if type(obj["op"]) is str else None
     if op is None:
-        raise PayloadError(f"op: expected one of insert, update, delete, got {_show(obj['op'])}")
+        raise PayloadError(f"op: expected one of insert, update, delete, cascade, got {_show(obj['op'])}")
     source = _SOURCES.get(obj["source"]) if type(obj["source"]) is str else None
     if source is None:
         raise PayloadError(f"source: expected one of trigger, binlog, snapshot, seed, got {_show(obj['source'])}")
@@ -274,6 +343,14 @@ def parse_change(raw: bytes) -> ChangeEvent:
         extra = " (too large for 64 bits?)" if type(version) is float and version >= 2**63 else ""
         raise PayloadError(f"version: expected a non-negative integer < 2**64, got {_show(version)}{extra}")
 
+    refs = _parse_refs(obj["refs"]) if "refs" in obj else None
+    cascade = _parse_cascade(obj["cascade"]) if "cascade" in obj else None
+    if op is Op.CASCADE:
+        if obj.get("pk") or obj.get("row") is not None or cascade is None or refs is not None:
+            raise PayloadError("op cascade: expected a cascade member and no pk, row or refs")
+        return ChangeEvent(table, op, (), None, version, source, None, cascade)
+    if cascade is not None and (op is Op.INSERT or (op is Op.UPDATE and cascade.new is None)):
+        raise PayloadError(f"cascade: expected on an update (with new) or a delete, got op {op.value}")
     pk_obj = obj["pk"]
     if type(pk_obj) is not dict or not pk_obj:
         raise PayloadError(f"pk: expected a non-empty object of column -> value, got {_show(pk_obj)}")
@@ -304,7 +381,81 @@ def parse_change(raw: bytes) -> ChangeEvent:
             fixed = check_value(val, f"row.{col}")
             if fixed is not val:
                 row[col] = fixed
-    return ChangeEvent(table, op, tuple(pk), row, version, source)
+    return ChangeEvent(table, op, tuple(pk), row, version, source, refs, cascade)
+
+
+def _parse_refs(obj: Any) -> dict[str, tuple[JSONValue, ...]]:
+    if type(obj) is not dict:
+        raise PayloadError(f"refs: expected an object of fk name -> [values], got {_show(obj)}")
+    if len(obj) > MAX_REFS:
+        raise PayloadError(f"refs: expected at most {MAX_REFS} foreign keys, got {len(obj)}")
+    out: dict[str, tuple[JSONValue, ...]] = {}
+    for name, values in obj.items():
+        _check_name(name, "refs fk name")
+        if type(values) is not list or not values or len(values) > MAX_PK_COLUMNS:
+            raise PayloadError(f"refs.{name}: expected a list of 1..{MAX_PK_COLUMNS} values, got {_show(values)}")
+        out[name] = tuple(check_value(v, f"refs.{name}", nullable=False) for v in values)
+    return out
+
+
+def _parse_columns(obj: Any, what: str) -> dict[str, JSONValue]:
+    if type(obj) is not dict or not obj or len(obj) > MAX_PK_COLUMNS:
+        raise PayloadError(f"{what}: expected an object of 1..{MAX_PK_COLUMNS} column -> value, got {_show(obj)}")
+    for col, val in obj.items():
+        _check_name(col, f"{what} column")
+        fixed = check_value(val, f"{what}.{col}")
+        if fixed is not val:
+            obj[col] = fixed
+    return obj
+
+
+def _parse_cascade(obj: Any) -> Cascade:
+    if type(obj) is not dict or not {"old", "fks"} <= obj.keys() <= {"old", "new", "fks"}:
+        raise PayloadError(f"cascade: expected an object with old, fks and optional new, got {_show(obj)}")
+    old = _parse_columns(obj["old"], "cascade.old")
+    new = _parse_columns(obj["new"], "cascade.new") if "new" in obj else None
+    if new is not None and new.keys() != old.keys():
+        raise PayloadError(f"cascade.new: expected the columns of cascade.old ({', '.join(old)}), got {_show(list(new))}")
+    count = [0]
+    fks = _parse_fks(obj["fks"], "cascade.fks", count, 0)
+    for fk in fks:
+        missing = [c for c in fk.ref if c not in old]
+        if missing:
+            raise PayloadError(f"cascade.fks: {fk.fk!r} references {', '.join(missing)}, not in cascade.old")
+    return Cascade(old, new, fks)
+
+
+_FK_KEYS = frozenset({"table", "fk", "columns", "ref", "on_update", "on_delete", "children"})
+
+
+def _parse_fks(obj: Any, where: str, count: list[int], depth: int) -> tuple[FKRule, ...]:
+    if type(obj) is not list:
+        raise PayloadError(f"{where}: expected a list of fk descriptors, got {_show(obj)}")
+    if depth > MAX_CASCADE_DEPTH:
+        raise PayloadError(f"{where}: expected descriptors nested at most {MAX_CASCADE_DEPTH} deep")
+    out = []
+    for d in obj:
+        count[0] += 1
+        if count[0] > MAX_FK_DESCRIPTORS:
+            raise PayloadError(f"{where}: expected at most {MAX_FK_DESCRIPTORS} fk descriptors in all")
+        if type(d) is not dict or d.keys() != _FK_KEYS:
+            raise PayloadError(f"{where}: expected a descriptor with keys {', '.join(sorted(_FK_KEYS))}, got {_show(d)}")
+        table = _check_name(d["table"], f"{where}.table")
+        name = _check_name(d["fk"], f"{where}.fk")
+        cols, ref = d["columns"], d["ref"]
+        for what, names in (("columns", cols), ("ref", ref)):
+            if type(names) is not list or not names or len(names) > MAX_PK_COLUMNS:
+                raise PayloadError(f"{where}.{what}: expected a list of 1..{MAX_PK_COLUMNS} column names, got {_show(names)}")
+            for n in names:
+                _check_name(n, f"{where}.{what}")
+        if len(cols) != len(ref):
+            raise PayloadError(f"{where}: fk {name!r} has {len(cols)} columns but {len(ref)} ref columns; expected the same")
+        for what in ("on_update", "on_delete"):
+            if d[what] not in _RULES:
+                raise PayloadError(f"{where}.{what}: expected one of {', '.join(_RULES)}, got {_show(d[what])}")
+        children = _parse_fks(d["children"], f"{where}.children", count, depth + 1)
+        out.append(FKRule(table, name, tuple(cols), tuple(ref), d["on_update"], d["on_delete"], children))
+    return tuple(out)
 
 
 def parse_classic(raw: bytes) -> ClassicSet:
@@ -329,12 +480,17 @@ def encode_change(ev: ChangeEvent) -> bytes:
         "v": WIRE_VERSION,
         "table": ev.table,
         "op": ev.op.value,
-        "pk": dict(ev.pk),
     }
+    if ev.op is not Op.CASCADE:
+        obj["pk"] = dict(ev.pk)
     if ev.row is not None:
         obj["row"] = ev.row
     obj["version"] = ev.version
     obj["source"] = ev.source.value
+    if ev.refs is not None:
+        obj["refs"] = {name: list(values) for name, values in ev.refs.items()}
+    if ev.cascade is not None:
+        obj["cascade"] = ev.cascade.to_json()
     return orjson.dumps(obj)
 
 

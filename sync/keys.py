@@ -26,6 +26,9 @@ Other keys, all under a prefix (default "gearsync", no braces allowed in it):
     <prefix>:stats:<table>                            hash: last_applied_ms, applied_total
     <prefix>:binlog:pos:{<name>}                      a binlog reader's saved position (JSON)
     <prefix>:snapshot:<table>                         hash: sync-snapshot progress (resume point)
+    <prefix>:fk:<child>:<fk>:<v1>:<v2>...             set of the child row keys whose FK <fk> holds
+                                                      these (escaped) values (cascade index)
+    <prefix>:fkr:<rowkey>  or  <prefix>:fkr:{<rowkey>}  the fk index sets a row is in (same slot)
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ __all__ = [
     "stats_key",
     "snapshot_progress_key",
     "check_prefix",
+    "fk_index_key",
+    "fk_index_prefix",
+    "fk_rows_key",
     "TableKeyMatch",
     "table_key_match",
 ]
@@ -259,6 +265,19 @@ def binlog_position_key(name: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:binlog:pos:{{{escape(name)}}}"
 
 
+def fk_index_prefix(child: str, fk: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The common start of every fk_index_key of one foreign key (ends with ":")."""
+    return f"{prefix}:fk:{escape(child)}:{escape(fk)}:"
+
+
+def fk_index_key(child: str, fk: str, values: Sequence[Any], prefix: str = DEFAULT_PREFIX) -> str:
+    """Set of the row keys of `child` whose FK `fk` columns hold `values` (the cascade index)."""
+    return fk_index_prefix(child, fk, prefix) + ":".join([escape(v) for v in values])
+
+
+def fk_rows_key(row_key: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The fk index sets a row is in; same Cluster slot as the row (tagged like version_key)."""
+    return f"{prefix}:fkr:" + version_key(row_key, prefix)[len(prefix) + 3 :]
 # -- a table's row keys, found by SCAN -----------------------------------------------------------
 
 # One escaped value (escape()): plain characters and \\ \: \( \) escapes, or \e, or \x<hex>.

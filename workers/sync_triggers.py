@@ -24,14 +24,18 @@ from sync.capture.triggers import (
     FAILURE_POLICIES,
     MODES,
     TriggerOptions,
+    cascade_trigger_names,
+    cascade_trigger_statements,
     file_stem,
     install_script,
+    trigger_names,
     uninstall_script,
     uninstall_statements,
 )
 from sync.cli import ExitCode, add_mysql_options, make_parser, run
 from sync.errors import ConfigError, SourceError
-from sync.rows.schema import TableSchema, current_database, load_table
+from sync.rows.fkgraph import FKGraph, load_foreign_keys
+from sync.rows.schema import TableSchema, current_database, load_table, quote_ident
 from sync.settings import resolve_mysql
 from sync.tables import check_table_name
 
@@ -162,6 +166,27 @@ def _tables(args: Any) -> list[str] | None:
     return names
 
 
+def _unsynced_parents(conn: Any, database: str, table: str, graph: FKGraph) -> list[str]:
+    """The parents of `table`'s cascading FKs that have no gearsync capture triggers: a cascade
+    must start there (cascade-only triggers)."""
+    parents = sorted({f.parent for f in graph.child_fks(table) if f.parent != table})
+    return [p for p in parents if not _captured(conn, database, p)]
+
+
+def _captured_children(conn: Any, database: str, parent: str, graph: FKGraph, but: str) -> list[str]:
+    """The children of `parent`'s cascading FKs, other than `but`, that have capture triggers."""
+    children = sorted({f.child for f in graph.parent_fks(parent)} - {but, parent})
+    return [c for c in children if _captured(conn, database, c)]
+
+
+def _captured(conn: Any, database: str, table: str) -> bool:
+    """Whether `table` has gearsync capture triggers."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=%s AND TRIGGER_NAME=%s",
+                    (database, trigger_names(table)["UPDATE"]))
+        return cur.fetchone() is not None
+
+
 def _check_udfs(conn: Any) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT name FROM mysql.func WHERE name IN ('gman_do_background', 'gman_json_object', 'gman_json_array')")
@@ -212,6 +237,13 @@ def _install(conn: Any, args: Any, database: str, tables: list[str] | None, disp
         mode = "outbox" if options.mode == "outbox" else f"udf, on enqueue failure: {options.on_enqueue_failure}"
         print(f"installed {', '.join(names)} on {database}.{table} "
               f"({len(schema.columns)} columns, key {', '.join(schema.key)}; function {options.function}; {mode})")
+        graph = load_foreign_keys(conn, database)
+        for parent in _unsynced_parents(conn, database, table, graph):
+            parent_schema = load_table(conn, database, parent)
+            execute_all(conn, cascade_trigger_statements(parent_schema, graph, options), display)
+            print(f"also installed on parent {database}.{parent}: cascades start there "
+                  f"({', '.join(cascade_trigger_names(parent).values())}, function {options.function}; "
+                  "serve FK-related tables from one sync-worker)")
     for table, why in skipped:
         print(f"skipped {database}.{table}: {why}")
     if args.all_tables or len(tables) > 1:
@@ -225,6 +257,12 @@ def _uninstall(conn: Any, args: Any, database: str, tables: list[str] | None, di
     for table in tables:
         # Works also when the table is gone or was altered beyond what we support.
         execute_all(conn, uninstall_statements((database, table)), display)
+        graph = load_foreign_keys(conn, database)
+        for parent in sorted({f.parent for f in graph.child_fks(table) if f.parent != table}):
+            if _captured_children(conn, database, parent, graph, table):
+                continue  # another captured child still needs the parent's cascade triggers
+            execute_all(conn, [f"DROP TRIGGER IF EXISTS {quote_ident(database)}.{quote_ident(n)}"
+                               for n in cascade_trigger_names(parent).values()], display)
         print(f"dropped the gearsync triggers of {database}.{table}")
     print(f"({SPOOL_TABLE} kept: run sync-relay until it is empty before dropping it)")
     if args.all_tables or len(tables) > 1:

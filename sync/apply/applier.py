@@ -35,21 +35,24 @@ OOM) keeps the writes made before the failure; the retry sees them as STALE.
 
 from __future__ import annotations
 
+import copy
 import enum
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from sync.errors import ApplyError, ConfigError, PayloadError, short_error
-from sync.events import ChangeEvent, ClassicSet, Op
-from sync.keys import DEFAULT_PREFIX, check_prefix, stats_key
-from sync.rows.rowcodec import encode_hash, encode_json
+from sync.events import MAX_CASCADE_DEPTH, ChangeEvent, ClassicSet, FKRule, JSONValue, Op
+from sync.keys import DEFAULT_PREFIX, check_prefix, escape, fk_index_key, fk_index_prefix, fk_rows_key, stats_key
+from sync.rows.rowcodec import decode_json, encode_hash, encode_json, normalize_value
 from sync.tables import TableSpec
 
 __all__ = ["Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT_SHA"]
@@ -61,7 +64,9 @@ class Outcome(enum.StrEnum):
 
 
 # The record layout of KEYS/ARGV is described at the top of apply.lua.
-_REC = 41
+_REC = 44
+_RETRY = b"!"           # the script's reply when a guard did not hold (cascades)
+MAX_CASCADE_TRIES = 20
 APPLY_SCRIPT = (Path(__file__).with_name("apply.lua")).read_text(encoding="utf-8")
 
 _ZERO_VERSION = "0" * 20
@@ -102,6 +107,30 @@ class _Table:
         self.stats_key = stats_key(spec.name, prefix)
 
 
+@dataclass(slots=True)
+class _Raw:
+    """A change derived by a cascade, already in script form: op J/H/D, the values (json: the
+    row; hash: field, bytes, ...), the row's new fkr value and index sets."""
+
+    table: str
+    rk: str
+    op: str
+    version: int
+    values: list[bytes]
+    fkr: str
+    sets: list[str]
+
+
+@dataclass(slots=True)
+class _Step:
+    """One level of a cascade: the rules to follow from a row of a parent table, its referenced
+    values before and after (`new` None: the row was deleted)."""
+
+    rules: Sequence[FKRule]
+    old: Mapping[str, Any]
+    new: Mapping[str, Any] | None
+
+
 class RedisApplier:
     """Applies batches of ChangeEvent / ClassicSet to Redis; see the module docstring."""
 
@@ -129,6 +158,14 @@ class RedisApplier:
             self._tables[name] = _Table(spec, prefix)
         self._sha: str | None = None
 
+    def with_redis(self, redis: Any) -> RedisApplier:
+        """The same applier (tables, prefix, options) on another client, e.g. one of another event loop."""
+        other = copy.copy(self)
+        other._redis = redis
+        other._cluster = isinstance(redis, RedisCluster)
+        other._sha = None
+        return other
+
     @property
     def tables(self) -> Mapping[str, TableSpec]:
         return {name: t.spec for name, t in self._tables.items()}
@@ -145,9 +182,25 @@ class RedisApplier:
         """Raise PayloadError if `ev` cannot be applied (unknown table, pk column missing for the
         key template). The worker calls it per job, to dead-letter a bad job alone."""
         if type(ev) is ChangeEvent:
-            self.row_key(ev)
+            if ev.op is not Op.CASCADE:
+                self.row_key(ev)
+            if ev.refs is not None or ev.cascade is not None:
+                self._check_cascade(ev)
         elif type(ev) is not ClassicSet:
             raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
+
+    def _check_cascade(self, ev: ChangeEvent) -> None:
+        if self._cluster:
+            raise PayloadError(f"table {ev.table!r}: refs/cascade: cascades need a standalone Redis, not a Cluster")
+        todo = list(ev.cascade.fks) if ev.cascade is not None else []
+        while todo:
+            rule = todo.pop()
+            if rule.table not in self._tables:
+                raise PayloadError(
+                    f"cascade into table {rule.table!r}, which this worker does not serve; serve FK-related "
+                    "tables from one sync-worker"
+                )
+            todo.extend(rule.children)
 
     # -- script ----------------------------------------------------------------------------
     async def load_script(self) -> str:
@@ -158,10 +211,21 @@ class RedisApplier:
         self._sha = sha.decode() if isinstance(sha, bytes) else sha
         return self._sha
 
-    def _build_args(self, events: Sequence[ChangeEvent | ClassicSet]) -> tuple[list[Any], list[Any]]:
-        """KEYS and ARGV for one script call over `events`."""
-        keys: list[Any] = []
-        values: list[Any] = []
+    def _index(self, ev: ChangeEvent, rk: str) -> tuple[str, list[str]]:
+        """The new fkr value and index sets of a child row event (see apply.lua)."""
+        refs = ev.refs
+        if ev.op is Op.DELETE or not refs:
+            return "", []
+        prefix = self._prefix
+        sets = sorted(fk_index_key(ev.table, name, values, prefix) for name, values in refs.items())
+        return orjson.dumps([[c for c, _ in ev.pk], *sets]).decode(), sets
+
+    def _build_args(
+        self, events: Sequence[ChangeEvent | ClassicSet | _Raw], guards: Mapping[str, str] | None = None
+    ) -> tuple[list[Any], list[Any]]:
+        """KEYS and ARGV for one script call over `events` (op cascade events have no record)."""
+        keys: list[Any] = list(guards or ())
+        values: list[Any] = list((guards or {}).values())
         meta: list[str] = []
         stats: dict[str, int] = {}
         tables = self._tables
@@ -169,6 +233,8 @@ class RedisApplier:
         want_stats = self._stats and not self._cluster
         for ev in events:
             if type(ev) is ChangeEvent:
+                if ev.op is Op.CASCADE:
+                    continue  # no record: only its derived changes are written
                 t = tables.get(ev.table)
                 if t is None:
                     raise PayloadError(
@@ -182,11 +248,17 @@ class RedisApplier:
                     si = stats.get(t.stats_key, 0)
                     if not si:
                         si = stats[t.stats_key] = len(stats) + 1
+                idx = "000"
+                if ev.refs is not None:
+                    fkr, sets = self._index(ev, rk)
+                    keys.append(fk_rows_key(rk, self._prefix))
+                    keys.extend(sets)
+                    idx = f"{len(sets) + 1:03d}"
                 if ev.op is Op.DELETE:
-                    meta.append(f"D{ev.version:020d}000000000000{si:03d}00000")
+                    meta.append(f"D{ev.version:020d}000000000000{si:03d}00000{idx}")
                 elif t.op_upsert == "J":
                     values.append(encode_json(ev.row))  # type: ignore[arg-type]  # not a DELETE: ChangeEvent checked row is a dict
-                    meta.append(f"J{ev.version:020d}{t.ttl_ms:012d}{si:03d}00001")
+                    meta.append(f"J{ev.version:020d}{t.ttl_ms:012d}{si:03d}00001{idx}")
                 else:
                     n = 0
                     for f, v in encode_hash(ev.row).items():  # type: ignore[arg-type]  # as above (hot loop: no assert)
@@ -195,18 +267,35 @@ class RedisApplier:
                         n += 2
                     if n > 99998:
                         raise PayloadError(f"row: {n // 2} non-null columns; expected at most 49999 for a hash")
-                    meta.append(f"H{ev.version:020d}{t.ttl_ms:012d}{si:03d}{n:05d}")
+                    meta.append(f"H{ev.version:020d}{t.ttl_ms:012d}{si:03d}{n:05d}{idx}")
+                if ev.refs is not None:
+                    values.append(fkr)
             elif type(ev) is ClassicSet:
                 keys.append(ev.key)
                 keys.append(ev.key)
                 values.append(ev.payload)
-                meta.append("C" + _ZERO_VERSION + "000000000000000" + "00001")
+                meta.append("C" + _ZERO_VERSION + "000000000000000" + "00001000")
+            elif type(ev) is _Raw:
+                t = tables[ev.table]
+                keys.append(ev.rk)
+                keys.append(vprefix + ev.rk if t.vk_tagged else vprefix + "{" + ev.rk + "}")
+                keys.append(fk_rows_key(ev.rk, self._prefix))
+                keys.extend(ev.sets)
+                si = 0
+                if want_stats:
+                    si = stats.get(t.stats_key, 0)
+                    if not si:
+                        si = stats[t.stats_key] = len(stats) + 1
+                ttl = 0 if ev.op in "Dd" else t.ttl_ms
+                meta.append(f"{ev.op}{ev.version:020d}{ttl:012d}{si:03d}{len(ev.values):05d}{len(ev.sets) + 1:03d}")
+                values.extend(ev.values)
+                values.append(ev.fkr)
             else:
                 raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
         if len(stats) > 999:
             raise PayloadError(f"batch: {len(stats)} tables in one batch; expected at most 999")
         keys.extend(stats)
-        return keys, [self._tomb_ms, "".join(meta), len(stats), *values]
+        return keys, [self._tomb_ms, "".join(meta), len(stats), len(guards or ()), *values]
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------
     def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:
@@ -239,18 +328,184 @@ class RedisApplier:
             return []
         if self._cluster:
             return await self._apply_cluster(events)
-        keys, argv = self._build_args(events)
+        if not any(type(ev) is ChangeEvent and ev.cascade is not None for ev in events):
+            keys, argv = self._build_args(events)
+            return self._outcomes(await self._call(keys, argv, len(events)), len(events))
+        # A cascade reads the children's state first, so what comes before it must be in Redis:
+        # one call per cascading event, with the events up to the next one.
+        out: list[Outcome] = []
+        start, n = 0, len(events)
+        while start < n:
+            end = start + 1
+            while end < n and not _cascades(events[end]):
+                end += 1
+            out += await self._apply_segment(events[start:end])
+            start = end
+        return out
+
+    async def _call(self, keys: list[Any], argv: list[Any], n: int) -> Any:
         if self._sha is None:
             await self.load_script()
         try:
             try:
-                reply = await self._evalsha(keys, argv)
+                return await self._evalsha(keys, argv)
             except redis.exceptions.NoScriptError:
                 await self.load_script()
-                reply = await self._evalsha(keys, argv)
+                return await self._evalsha(keys, argv)
         except (redis.exceptions.RedisError, OSError) as exc:
-            raise ApplyError(f"redis apply of {len(events)} events failed: {type(exc).__name__}: {exc}") from exc
-        return self._outcomes(reply, len(events))
+            raise ApplyError(f"redis apply of {n} events failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _apply_segment(self, seg: Sequence[ChangeEvent | ClassicSet]) -> list[Outcome]:
+        first = seg[0]
+        if type(first) is not ChangeEvent or first.cascade is None:
+            keys, argv = self._build_args(seg)
+            return self._outcomes(await self._call(keys, argv, len(seg)), len(seg))
+        self._check_cascade(first)
+        rest = list(seg[1:])
+        for _ in range(MAX_CASCADE_TRIES):
+            derived, guards = await self._expand(first)
+            keys, argv = self._build_args([first, *derived, *rest], guards)
+            reply = await self._call(keys, argv, len(seg))
+            if reply == _RETRY or reply == "!":
+                continue  # a child changed between our read and the script: read again
+            records = len(derived) + len(rest) + (first.op is not Op.CASCADE)
+            statuses = self._outcomes(reply, records)
+            head = statuses[:1] if first.op is not Op.CASCADE else [Outcome.APPLIED]
+            return head + statuses[records - len(rest):]
+        raise ApplyError(f"cascade of {first.table!r} version {first.version}: the children kept changing "
+                         f"during {MAX_CASCADE_TRIES} tries; retry the batch later")
+
+    async def _read(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for cmd in commands:
+                pipe.execute_command(*cmd)
+            return await pipe.execute()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis cascade read failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _expand(self, ev: ChangeEvent) -> tuple[list[_Raw], dict[str, str]]:
+        """The changes a cascading event derives for the children in Redis (following the FK
+        index), and the guards: each child's version key and the version read ("" = absent)."""
+        c = ev.cascade
+        assert c is not None
+        children_of: dict[str, Sequence[FKRule]] = {ev.table: c.fks}
+        walk = list(c.fks)
+        while walk:
+            rule = walk.pop(0)
+            children_of.setdefault(rule.table, rule.children)
+            walk[:0] = rule.children
+        derived: list[_Raw] = []
+        guards: dict[str, str] = {}
+        visited: set[str] = set()
+        steps = [_Step(c.fks, c.old, c.new)]
+        prefix = self._prefix
+        for _depth in range(MAX_CASCADE_DEPTH):
+            lookups: list[tuple[FKRule, _Step, str]] = []
+            sets: list[str] = []
+            for st in steps:
+                for rule in st.rules:
+                    old = [st.old.get(col) for col in rule.ref]
+                    if None in old:
+                        continue
+                    if st.new is None:
+                        action = rule.on_delete
+                    elif all(_same(st.old.get(col), st.new.get(col)) for col in rule.ref):
+                        continue
+                    else:
+                        action = rule.on_update
+                    if action != "none":
+                        lookups.append((rule, st, action))
+                        sets.append(fk_index_key(rule.table, rule.fk, old, prefix))
+            if not lookups:
+                break
+            members = await self._read([("SMEMBERS", k) for k in sets])
+            todo: dict[str, list[tuple[FKRule, _Step, str]]] = {}
+            for lookup, found in zip(lookups, members):
+                for m in sorted(found):
+                    rk = m.decode("utf-8", "surrogateescape") if isinstance(m, bytes) else str(m)
+                    if rk not in visited:
+                        todo.setdefault(rk, []).append(lookup)
+            visited.update(todo)
+            if not todo:
+                break
+            reads: list[tuple[Any, ...]] = []
+            for rk, mods in todo.items():
+                t = self._tables[mods[0][0].table]
+                reads.append(("HGETALL" if t.op_upsert == "H" else "GET", rk))
+                reads.append(("GET", self._vk(t, rk)))
+                reads.append(("GET", fk_rows_key(rk, prefix)))
+            got = await self._read(reads)
+            steps = []
+            for i, (rk, mods) in enumerate(todo.items()):
+                value, ver, fkr = got[3 * i : 3 * i + 3]
+                t = self._tables[mods[0][0].table]
+                guards[self._vk(t, rk)] = ver.decode() if isinstance(ver, bytes) else (ver or "")
+                if not value or not fkr:
+                    continue  # gone meanwhile (or indexed before a delete): nothing to cascade
+                # The child references the old values (checked in _derive), which no change after
+                # the parent's can do unless the parent key is reused: the cascade applies even to a
+                # child at a newer version (another cascade may have got there first), guarded.
+                version = max(ev.version, int(ver)) if ver else ev.version
+                steps += self._derive(t, rk, value, fkr, mods, version, children_of, derived)
+            if not steps:
+                break
+        return derived, guards
+
+    def _vk(self, t: _Table, rk: str) -> str:
+        return self._vprefix + rk if t.vk_tagged else self._vprefix + "{" + rk + "}"
+
+    def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes, mods: Sequence[tuple[FKRule, _Step, str]],
+                version: int, children_of: Mapping[str, Sequence[FKRule]], out: list[_Raw]) -> list[_Step]:
+        """The derived change(s) of one child row (appended to `out`); the next cascade steps."""
+        hashed = t.op_upsert == "H"
+        row: dict[Any, Any] = value if hashed else decode_json(value)
+        name = (lambda col: col.encode()) if hashed else (lambda col: col)
+        stored = orjson.loads(fkr)
+        pkcols: list[str] = stored[0]
+        sets: list[str] = stored[1:]
+        before = dict(row)
+        deleted = False
+        for rule, st, action in mods:
+            if not all(_same(row.get(name(col)), st.old[ref]) for col, ref in zip(rule.columns, rule.ref)):
+                continue  # the index is behind the row: this row no longer references the old values
+            if st.new is None and action == "cascade":
+                deleted = True
+                continue
+            new = [st.new[ref] if st.new is not None and action == "cascade" else None for ref in rule.ref]
+            head = fk_index_prefix(rule.table, rule.fk, self._prefix)
+            sets = [s for s in sets if not s.startswith(head)]
+            if None not in new:
+                sets.append(fk_index_key(rule.table, rule.fk, new, self._prefix))
+            for col, v in zip(rule.columns, new):
+                if not hashed:
+                    row[col] = _from_field(v) if type(v) is bytes else v
+                elif v is None:
+                    row.pop(name(col), None)
+                elif type(v) is bytes:
+                    row[name(col)] = v
+                else:
+                    row.update(encode_hash({col: v}))
+        table = t.spec.name
+        if deleted:
+            out.append(_Raw(table, rk, "d", version, [], "", []))
+            return [_Step(children_of.get(table, ()), _text_row(before, hashed), None)]
+        if row == before:
+            return []
+        sets.sort()
+        pk = [(col, row.get(name(col))) for col in pkcols]
+        new_rk = t.build(table, pk)
+        fkr_value = orjson.dumps([pkcols, *sets]).decode() if sets else ""
+        if hashed:
+            values = [b for f, v in row.items() for b in (f, v)]
+        else:
+            values = [encode_json(row)]
+        if new_rk != rk:
+            out.append(_Raw(table, rk, "d", version, [], "", []))
+            out.append(_Raw(table, new_rk, t.op_upsert, version, values, fkr_value, sets))  # fenced
+        else:
+            out.append(_Raw(table, new_rk, t.op_upsert.lower(), version, values, fkr_value, sets))
+        return [_Step(children_of.get(table, ()), _text_row(before, hashed), _text_row(row, hashed))]
 
     async def _evalsha(self, keys: list[Any], argv: list[Any]) -> Any:
         """EVALSHA on a pooled connection, packed here: redis-py's generic pack_command costs
@@ -283,6 +538,8 @@ class RedisApplier:
 
     @staticmethod
     def _outcomes(reply: Any, n: int) -> list[Outcome]:
+        if n == 0 and reply in (b"", ""):
+            return []
         if isinstance(reply, str):
             reply = reply.encode()
         if not isinstance(reply, bytes) or len(reply) != n:
@@ -294,6 +551,8 @@ class RedisApplier:
         groups: dict[int, list[int]] = {}
         for i, ev in enumerate(events):
             if type(ev) is ChangeEvent:
+                if ev.refs is not None or ev.cascade is not None:
+                    self._check_cascade(ev)
                 rk = self.row_key(ev).encode()
             elif type(ev) is ClassicSet:
                 rk = ev.key
@@ -351,3 +610,31 @@ class RedisApplier:
             await pipe.execute()
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis cluster stats update failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _cascades(ev: ChangeEvent | ClassicSet) -> bool:
+    return type(ev) is ChangeEvent and ev.cascade is not None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two values (JSON values, or a hash's field bytes) are the same key text; NULL is never the
+    same as a value."""
+    if a is None or b is None:
+        return a is None and b is None
+    return escape(a) == escape(b)
+
+
+def _text_row(row: Mapping[Any, Any], hashed: bool) -> dict[str, JSONValue]:
+    """A child row as the next cascade step reads it: column -> value (hash: field bytes as they are)."""
+    if not hashed:
+        return dict(row)
+    return {f.decode("utf-8", "surrogateescape"): v for f, v in row.items()}
+
+
+def _from_field(v: bytes) -> JSONValue:
+    """A hash field's bytes as a json row value (a hash parent cascading into a json child):
+    decimal integer text -> int, other UTF-8 -> str, else {"$b64": ...}."""
+    text = normalize_value(v)
+    if type(text) is str and text.lstrip("-").isdigit() and str(int(text)) == text:
+        return int(text)
+    return text

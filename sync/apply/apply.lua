@@ -1,33 +1,61 @@
 -- gearsync apply script: loaded by sync/apply/applier.py (SCRIPT LOAD once, then called by its SHA1).
--- Per event, ARGV[2] holds a 41-character record:
---   op (1: J json upsert, H hash upsert, D delete, C classic SET) | version (20 digits)
+-- Per event, ARGV[2] holds a 44-character record:
+--   op (1: J json upsert, H hash upsert, D delete, C classic SET; j/h/d: the same, not fenced) | version
 --   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)
--- KEYS: row key, version key (classic: row key twice) per event, then the stats keys.
--- ARGV[1] tombstone ms, ARGV[2] the records, ARGV[3] number of stats keys, ARGV[4..] the values.
+--   | n index keys (3 digits: 0 = the table keeps no fk index, else 1 + number of fk index sets)
+-- KEYS: the guard keys (ARGV[4] of them), then per event: row key, version key (classic: row key
+-- twice), and with index keys: the row's fkr key and the fk index sets it belongs in now; then the
+-- stats keys.
+-- ARGV[1] tombstone ms, ARGV[2] the records, ARGV[3] number of stats keys, ARGV[4] number of
+-- guards, then one expected value per guard ('' = absent), then per event its values and, with
+-- index keys, its new fkr value (JSON [[pk columns], set, ...]; '' = none).
+-- Guards: if any guard key does not hold its expected value, nothing is written and the reply
+-- is '!' (the applier re-reads and retries: sync.apply.applier, cascades).
 local sub = string.sub
 local tonumber = tonumber
 local call = redis.call
 local tomb = tonumber(ARGV[1])
 local meta = ARGV[2]
-local nev = #meta / 41
+local nev = #meta / 44
 local nstats = tonumber(ARGV[3])
-local a = 4
+local nguard = tonumber(ARGV[4])
+for g = 1, nguard do
+  if (call('GET', KEYS[g]) or '') ~= ARGV[4 + g] then return '!' end
+end
+local a = 5 + nguard
+local kp = nguard
+-- SET a row's companion key (version, fkr): with a TTL'd row it expires after max(ttl, tombstone).
+local function setx(key, val, ttl)
+  if ttl > 0 then
+    call('SET', key, val, 'PX', math.max(ttl, tomb))
+  else
+    call('SET', key, val)
+  end
+end
+local function unindex(rk, old)
+  local sets = cjson.decode(old)
+  for j = 2, #sets do call('SREM', sets[j], rk) end
+end
 local out = {}
 local counts = {}
 for i = 0, nev - 1 do
-  local m = i * 41
+  local m = i * 44
   local op = sub(meta, m + 1, m + 1)
+  -- j/h/d: a cascade's derived change, guarded instead of fenced (version = max(parent's, child's))
+  local force = op == 'j' or op == 'h' or op == 'd'
+  if force then op = string.upper(op) end
   local nv = tonumber(sub(meta, m + 37, m + 41))
-  local rk = KEYS[2 * i + 1]
+  local nidx = tonumber(sub(meta, m + 42, m + 44))
+  local rk = KEYS[kp + 1]
   if op == 'C' then
     call('SET', rk, ARGV[a])
     out[i + 1] = 'A'
   else
     local ver = sub(meta, m + 2, m + 21)
-    local vk = KEYS[2 * i + 2]
+    local vk = KEYS[kp + 2]
     local cur = call('GET', vk)
     local newer = true
-    if cur then
+    if cur and not force then
       if cur == ver then
         newer = false
       else
@@ -68,10 +96,25 @@ for i = 0, nev - 1 do
           end
           if ttl > 0 then call('PEXPIRE', rk, ttl) end
         end
-        if ttl > 0 then
-          call('SET', vk, ver, 'PX', math.max(ttl, tomb))
-        else
-          call('SET', vk, ver)
+        setx(vk, ver, ttl)
+      end
+      if nidx > 0 then
+        local fkr = KEYS[kp + 3]
+        local old = call('GET', fkr)
+        local new = ARGV[a + nv]
+        if op == 'D' then
+          if old then
+            unindex(rk, old)
+            call('DEL', fkr)
+          end
+        elseif old ~= new then
+          if old then unindex(rk, old) end
+          for j = kp + 4, kp + 2 + nidx do call('SADD', KEYS[j], rk) end
+          if new == '' then
+            call('DEL', fkr)
+          else
+            setx(fkr, new, ttl)
+          end
         end
       end
       out[i + 1] = 'A'
@@ -80,13 +123,18 @@ for i = 0, nev - 1 do
     end
   end
   a = a + nv
+  kp = kp + 2
+  if nidx > 0 then
+    a = a + 1
+    kp = kp + nidx
+  end
 end
 if nstats > 0 then
   local t = call('TIME')
   local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
   for s = 1, nstats do
     if counts[s] then
-      local sk = KEYS[2 * nev + s]
+      local sk = KEYS[kp + s]
       call('HSET', sk, 'last_applied_ms', ms)
       call('HINCRBY', sk, 'applied_total', counts[s])
     end

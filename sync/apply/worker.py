@@ -36,7 +36,7 @@ from sync.apply.deadletter import DeadLetter, DeadLetterStore
 from sync.apply.truncate import TableWipe
 from sync.config import CLASSIC_FUNCTION, WorkerSettings
 from sync.errors import ApplyError, PayloadError, short_error
-from sync.events import ChangeEvent, ClassicSet, TableTruncate, parse_change, parse_classic, parse_truncate
+from sync.events import ChangeEvent, ClassicSet, Op, TableTruncate, parse_change, parse_classic, parse_truncate
 from sync.gearman import GearmanWorker, Job
 from sync.redis_client import connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until
@@ -107,10 +107,11 @@ class SyncWorker:
         event: ChangeEvent | TableTruncate | None = parse_truncate(workload)
         if event is None:
             event = parse_change(workload)
-        if event.table != table:
+        if event.table != table and not (type(event) is ChangeEvent and event.op is Op.CASCADE):
+            # op cascade (a parent that is not synced) arrives on a child's function.
             raise PayloadError(f"table: {event.table!r} arrived on function {function!r}; expected {table!r}")
-        if self._check_key[table] and type(event) is ChangeEvent:
-            self.applier.check(event)  # {pk.<col>} templates can fail per event
+        if type(event) is ChangeEvent and (self._check_key[table] or event.refs is not None or event.cascade is not None):
+            self.applier.check(event)  # {pk.<col>} templates and cascades can fail per event
         return event
 
     def dead_letter_name(self, function: str) -> str:

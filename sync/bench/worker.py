@@ -5,6 +5,9 @@ one version each, json format, fencing on), then drains them with N `sync-worker
 reports jobs/s, measured from the first applied change to the last (process start-up excluded),
 as the median of --runs runs. `--batch 1` is the one-job-per-round-trip baseline (the classic
 worker's shape). `--profile` drains once in-process under cProfile and prints where the time goes.
+`--fk` measures each configuration twice, the runs interleaved: the plain jobs, and the same jobs
+as rows of a child table with one cascading FK (each job carrying "refs", so the applier keeps
+the FK index with each row), and prints both rates and the cost.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ from sync.testing.servers import GearmanServer, RedisServer
 FUNCTION = "gearsync.data"
 
 
-def make_payloads(n: int, base_version: int) -> list[bytes]:
+def make_payloads(n: int, base_version: int, fk: bool = False) -> list[bytes]:
+    """`fk`: the rows of a child whose `volume` references a parent through one cascading FK."""
     out = []
     for i in range(n):
         row: dict[str, JSONValue] = {"id": i, "volume": i % 1000, "name": f"row-{i:08d}", "updated_at": "2026-11-27 12:00:00", "score": 0.5}
-        out.append(encode_change(ChangeEvent("data", Op.UPDATE, (("id", i),), row, base_version + i, Source.TRIGGER)))
+        refs: dict[str, tuple[JSONValue, ...]] | None = {"fk_data_volume": (i % 1000,)} if fk else None
+        out.append(encode_change(ChangeEvent("data", Op.UPDATE, (("id", i),), row, base_version + i, Source.TRIGGER,
+                                             refs)))
     return out
 
 
@@ -52,10 +58,11 @@ def applied_total(client: Any) -> int:
     return int(value) if value else 0
 
 
-def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, batch: int, connections: int) -> float:
+def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, batch: int, connections: int,
+                         fk: bool = False) -> float:
     client = r.client()
     client.flushall()
-    asyncio.run(prequeue(g, make_payloads(n, 10**12)))
+    asyncio.run(prequeue(g, make_payloads(n, 10**12, fk)))
     env = {**os.environ, "GEARMAN_SERVERS": g.address, "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
     exe = str(Path(sys.executable).with_name("sync-worker"))
     cmd = [exe, "--table", "data", "--batch", str(batch), "--connections", str(connections),
@@ -123,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=128, help="sync-worker --batch (default 128)")
     p.add_argument("--connections", type=int, default=1, help="sync-worker --connections (default 1)")
     p.add_argument("--baseline", action="store_true", help="also measure --batch 1 (one job per round trip)")
+    p.add_argument("--fk", action="store_true",
+                   help="also measure the jobs as child rows with one cascading FK (carrying refs), side by side")
     p.add_argument("--profile", action="store_true", help="drain once in-process under cProfile and print the top functions")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
@@ -147,14 +156,30 @@ def main(argv: list[str] | None = None) -> int:
             configs = [(n, args.batch) for n in procs]
             if args.baseline:
                 configs.append((1, 1))
-            print(f"{'processes':>9} {'batch':>6} {'median jobs/s':>14}  runs", flush=True)
+            fk_head = f" {'fk jobs/s':>10} {'fk cost':>8}" if args.fk else ""
+            print(f"{'processes':>9} {'batch':>6} {'median jobs/s':>14}{fk_head}  runs", flush=True)
             for nprocs, batch in configs:
                 n = args.jobs if batch > 1 else min(args.jobs, 20_000)
-                rates = [drain_with_processes(g, r, n, nprocs, batch, args.connections) for _ in range(args.runs)]
+                rates: list[float] = []
+                fk_rates: list[float] = []
+                for _ in range(args.runs):  # interleaved: drift of the machine hits both alike
+                    rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections))
+                    if args.fk:
+                        fk_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=True))
                 med = statistics.median(rates)
-                print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}  " + ", ".join(f"{x:,.0f}" for x in rates), flush=True)
-                measured.append({"processes": nprocs, "batch": batch, "jobs": n,
-                                 "median_jobs_per_s": med, "runs_jobs_per_s": rates})
+                entry: dict[str, object] = {"processes": nprocs, "batch": batch, "jobs": n,
+                                            "median_jobs_per_s": med, "runs_jobs_per_s": rates}
+                fk_text = ""
+                if args.fk:
+                    fk_med = statistics.median(fk_rates)
+                    cost = 1 - fk_med / med
+                    fk_text = f" {fk_med:>10,.0f} {cost:>8.1%}"
+                    entry.update(fk_median_jobs_per_s=fk_med, fk_runs_jobs_per_s=fk_rates, fk_cost=cost)
+                runs = ", ".join(f"{x:,.0f}" for x in rates)
+                if args.fk:
+                    runs += " | fk " + ", ".join(f"{x:,.0f}" for x in fk_rates)
+                print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}{fk_text}  {runs}", flush=True)
+                measured.append(entry)
             if args.profile:
                 text = profile_in_process(g, r, args.jobs, args.batch, 25)
                 print(text)

@@ -26,6 +26,7 @@ from typing import Any
 from sync.capture.spool import SPOOL_TABLE
 from sync.capture.triggers import EVENTS, TriggerOptions, install_statements, read_marker, trigger_names
 from sync.errors import ConfigError, SourceError
+from sync.rows.fkgraph import load_foreign_keys
 from sync.rows.schema import TableSchema, load_table, quote_ident
 
 __all__ = [
@@ -154,7 +155,8 @@ def resolve_schema(conn: Any, database: str, table: str, options: TriggerOptions
 
 def _expected(conn: Any, schema: TableSchema, options: TriggerOptions) -> tuple[list[str], list[InstalledTrigger]]:
     """The statements install would run now, and the triggers they create (body as generated)."""
-    statements = install_statements(schema, options, last_other_triggers(conn, schema))
+    graph = load_foreign_keys(conn, schema.database)
+    statements = install_statements(schema, options, last_other_triggers(conn, schema), graph)
     triggers = []
     for stmt in statements:
         m = _CREATE.match(stmt)

@@ -53,6 +53,7 @@ import orjson
 
 from sync.capture.spool import SPOOL_TABLE, spool_ddl
 from sync.errors import ConfigError
+from sync.rows.fkgraph import FKGraph
 from sync.rows.schema import Column, TableSchema, quote_ident, quote_string, trigger_sql
 from sync.tables import check_function_name, default_function
 
@@ -63,6 +64,8 @@ __all__ = [
     "VERSION_SQL",
     "TriggerOptions",
     "trigger_names",
+    "cascade_trigger_names",
+    "cascade_trigger_statements",
     "payload_sql",
     "create_trigger_sql",
     "install_statements",
@@ -145,14 +148,15 @@ def _short_hash(text: str) -> str:
 def trigger_names(table: str) -> dict[str, str]:
     """event → trigger name: gearsync_<table>_ai/_au/_ad; for a table name too long for the 64
     character limit, the name is cut and an 8-hex hash of the full table name added (stable)."""
-    out = {}
-    for event, suffix in _SUFFIX.items():
-        name = f"gearsync_{table}_{suffix}"
-        if len(name) > MAX_IDENT_CHARS:
-            room = MAX_IDENT_CHARS - len("gearsync_") - len("_") - 8 - len("_") - len(suffix)
-            name = f"gearsync_{table[:room]}_{_short_hash(table)}_{suffix}"
-        out[event] = name
-    return out
+    return {event: _trigger_name(table, suffix) for event, suffix in _SUFFIX.items()}
+
+
+def _trigger_name(table: str, suffix: str) -> str:
+    name = f"gearsync_{table}_{suffix}"
+    if len(name) > MAX_IDENT_CHARS:
+        room = MAX_IDENT_CHARS - len("gearsync_") - len("_") - 8 - len("_") - len(suffix)
+        name = f"gearsync_{table[:room]}_{_short_hash(table)}_{suffix}"
+    return name
 
 
 def _q(database: str, name: str) -> str:
@@ -176,22 +180,43 @@ def _object(columns: Sequence[Column], ref: str) -> str:
     return "gman_json_object(" + ", ".join(_member(c, ref) for c in columns) + ")"
 
 
-def payload_sql(schema: TableSchema, op: str, ref: str) -> str:
-    """The CONCAT expression building one v1 change of `op` from the `ref` (NEW/OLD) row."""
-    if op not in ("insert", "update", "delete"):
-        raise ValueError(f"op: {op!r}; expected insert, update or delete")
+def payload_sql(schema: TableSchema, op: str, ref: str, graph: FKGraph | None = None, *, cascade: bool = True) -> str:
+    """The CONCAT expression building one v1 change of `op` from the `ref` (NEW/OLD) row.
+
+    With the database's FK `graph`: a child table's rows carry "refs" (a delete: an empty
+    marker, so the applier drops the row from its fk index), and with `cascade` a parent's
+    update / delete carries "cascade" when a referenced column changed / a delete rule cascades
+    (sync.events). The delete of the OLD key before a key-changing update passes cascade=False."""
+    if op not in ("insert", "update", "delete", "cascade"):
+        raise ValueError(f"op: {op!r}; expected insert, update, delete or cascade")
+    if op == "cascade" and graph is None:
+        raise ValueError("op cascade: expected the FK graph")
     if ref not in ("NEW", "OLD"):
         raise ValueError(f"ref: {ref!r}; expected NEW or OLD")
     table_json = orjson.dumps(schema.name).decode("utf-8")
-    head = '{"v":1,"table":' + table_json + ',"op":"' + op + '","pk":'
-    parts = [quote_string(head), _object(schema.key_columns, ref)]
-    if op != "delete":
+    head = '{"v":1,"table":' + table_json + ',"op":"' + op + '"'
+    if op == "cascade":
+        parts = [quote_string(head)]
+    else:
+        parts = [quote_string(head + ',"pk":'), _object(schema.key_columns, ref)]
+    if op in ("insert", "update"):
         parts += [quote_string(',"row":'), _object(schema.columns, ref)]
-    parts += [quote_string(',"version":'), VERSION_SQL, quote_string(',"source":"trigger"}')]
+    extra: list[str] = []
+    if graph is not None:
+        extra += _refs_sql(schema, graph, op, ref)
+        if cascade and op != "insert":
+            # op cascade: the cascade-only triggers of a parent that is not synced (NEW: update)
+            extra += _cascade_sql(schema, graph, deleting=op == "delete" or (op == "cascade" and ref == "OLD"))
+    if extra:
+        parts += [quote_string(',"version":'), VERSION_SQL, quote_string(',"source":"trigger"'), *extra,
+                  quote_string("}")]
+    else:
+        parts += [quote_string(',"version":'), VERSION_SQL, quote_string(',"source":"trigger"}')]
     change = "CONCAT(" + ", ".join(parts) + ")"
-    if op == "delete":
+    if op in ("delete", "cascade"):
         return change
-    return f"IFNULL({change}, {too_large_sql(schema, head, ref)})"
+    fallback = too_large_sql(schema, head + ',"pk":', ref)
+    return f"IFNULL({change}, {fallback})"
 
 
 def too_large_sql(schema: TableSchema, head: str, ref: str) -> str:
@@ -205,6 +230,40 @@ def too_large_sql(schema: TableSchema, head: str, ref: str) -> str:
                                    quote_string(',"version":'), VERSION_SQL,
                                    quote_string(',"source":"trigger","error":"' + error), f"({size})",
                                    quote_string(' bytes"}')]) + ")")
+
+
+def _refs_sql(schema: TableSchema, graph: FKGraph, op: str, ref: str) -> list[str]:
+    """The "refs" member of a child table's payload: one "fk":[values] per cascading FK whose
+    columns are all non-NULL (CONCAT_WS skips the NULL ones)."""
+    fks = graph.child_fks(schema.name)
+    if not fks or op == "cascade":
+        return []
+    if op == "delete":
+        return [quote_string(',"refs":{}')]
+    items = []
+    for fk in fks:
+        values = [f"{ref}.{quote_ident(c)}" for c in fk.columns]
+        array = "gman_json_array(" + ", ".join(trigger_sql(schema.column(c), ref) for c in fk.columns) + ")"
+        name = quote_string(orjson.dumps(fk.name).decode("utf-8") + ":")
+        items.append(f"IF({' OR '.join(v + ' IS NULL' for v in values)}, NULL, CONCAT({name}, {array}))")
+    return [quote_string(',"refs":{'), "CONCAT_WS(',', " + ", ".join(items) + ")", quote_string("}")]
+
+
+def _cascade_sql(schema: TableSchema, graph: FKGraph, *, deleting: bool) -> list[str]:
+    """The "cascade" member of a parent table's update (only when a referenced column changed)
+    or delete payload."""
+    fks = graph.parent_fks(schema.name)
+    if not fks or (deleting and all(f.on_delete == "none" for f in fks)):
+        return []
+    if not deleting and all(f.on_update == "none" for f in fks):
+        return []
+    cols = [schema.column(c) for c in graph.referenced_columns(schema.name)]
+    tail = ',"fks":' + orjson.dumps([r.to_json() for r in graph.rules(schema.name)]).decode("utf-8") + "}"
+    old = [quote_string(',"cascade":{"old":'), _object(cols, "OLD")]
+    if deleting:
+        return old + [quote_string(tail)]
+    member = "CONCAT(" + ", ".join(old + [quote_string(',"new":'), _object(cols, "NEW"), quote_string(tail)]) + ")"
+    return [f"IF({_all_same(cols)}, '', {member})"]
 
 
 def _same(col: Column) -> str:
@@ -255,7 +314,8 @@ def _enqueue(schema: TableSchema, options: TriggerOptions, payload: str, indent:
 
 
 def create_trigger_sql(
-    schema: TableSchema, event: str, options: TriggerOptions, follows: str | None = None
+    schema: TableSchema, event: str, options: TriggerOptions, follows: str | None = None,
+    graph: FKGraph | None = None,
 ) -> str:
     """CREATE OR REPLACE TRIGGER for one event (INSERT/UPDATE/DELETE) of the table; `follows`
     names the trigger it must run after (the table's last other AFTER trigger of that event)."""
@@ -267,15 +327,15 @@ def create_trigger_sql(
     if udf:
         body.append(f"  DECLARE {_PAYLOAD_VAR} LONGBLOB;")
     if event == "INSERT":
-        body += _enqueue(schema, options, payload_sql(schema, "insert", "NEW"), "  ")
+        body += _enqueue(schema, options, payload_sql(schema, "insert", "NEW", graph), "  ")
     elif event == "DELETE":
-        body += _enqueue(schema, options, payload_sql(schema, "delete", "OLD"), "  ")
+        body += _enqueue(schema, options, payload_sql(schema, "delete", "OLD", graph), "  ")
     else:
         body.append(f"  IF NOT ({_all_same(schema.columns)}) THEN")
         body.append(f"    IF NOT ({_all_same(schema.key_columns)}) THEN")
-        body += _enqueue(schema, options, payload_sql(schema, "delete", "OLD"), "      ")
+        body += _enqueue(schema, options, payload_sql(schema, "delete", "OLD", graph, cascade=False), "      ")
         body.append("    END IF;")
-        body += _enqueue(schema, options, payload_sql(schema, "update", "NEW"), "    ")
+        body += _enqueue(schema, options, payload_sql(schema, "update", "NEW", graph), "    ")
         body.append("  END IF;")
     order = f"\nFOLLOWS {quote_ident(follows)}" if follows else ""
     return (
@@ -293,15 +353,18 @@ def _check_table(schema: TableSchema) -> None:
 
 
 def install_statements(
-    schema: TableSchema, options: TriggerOptions, follows: dict[str, str | None] | None = None
+    schema: TableSchema, options: TriggerOptions, follows: dict[str, str | None] | None = None,
+    graph: FKGraph | None = None,
 ) -> list[str]:
     """Everything `sync-triggers install` runs, in order: the spool table, then the three
-    triggers (CREATE OR REPLACE: re-runnable, and the table is never without a trigger)."""
+    triggers (CREATE OR REPLACE: re-runnable, and the table is never without a trigger). With
+    the FK `graph`, the table's own cascade-only triggers go (its triggers now carry cascades)."""
     _check_table(schema)
     follows = follows or {}
+    drop = [f"DROP TRIGGER IF EXISTS {_q(schema.database, n)}" for n in cascade_trigger_names(schema.name).values()]
     return _stamped(schema, options, [spool_ddl(schema.database)] + [
-        create_trigger_sql(schema, event, options, follows.get(event)) for event in EVENTS
-    ])
+        create_trigger_sql(schema, event, options, follows.get(event), graph) for event in EVENTS
+    ]) + (drop if graph else [])
 
 
 # -- install marker ------------------------------------------------------------------------------
@@ -346,6 +409,39 @@ def _stamped(schema: TableSchema, options: TriggerOptions, statements: list[str]
     for stmt in statements:
         m = _BEGIN.search(stmt) if stmt.startswith("CREATE OR REPLACE TRIGGER") else None
         out.append(stmt if m is None else stmt[: m.end()] + "  " + marker + "\n" + stmt[m.end():])
+    return out
+
+
+def cascade_trigger_names(parent: str) -> dict[str, str]:
+    """event -> name of the cascade-only triggers of a parent table that is not synced:
+    gearsync_<table>_cau / _cad (cut and hashed like trigger_names)."""
+    return {event: _trigger_name(parent, suffix) for event, suffix in (("UPDATE", "cau"), ("DELETE", "cad"))}
+
+
+def cascade_trigger_statements(parent: TableSchema, graph: FKGraph, options: TriggerOptions) -> list[str]:
+    """CREATE OR REPLACE the cascade-only triggers of `parent` (not synced itself): its UPDATE of a
+    referenced column and its DELETE send op "cascade" changes to `options.function` (a child's)."""
+    fks = graph.parent_fks(parent.name)
+    cols = [parent.column(c) for c in graph.referenced_columns(parent.name)]
+    names = cascade_trigger_names(parent.name)
+    out = []
+    for event, ref, wanted in (("UPDATE", "NEW", any(f.on_update != "none" for f in fks)),
+                               ("DELETE", "OLD", any(f.on_delete != "none" for f in fks))):
+        if not wanted:
+            out.append(f"DROP TRIGGER IF EXISTS {_q(parent.database, names[event])}")
+            continue
+        indent = "    " if event == "UPDATE" else "  "
+        body = [f"  DECLARE {_PAYLOAD_VAR} LONGBLOB;"] if options.mode == "udf" else []
+        if event == "UPDATE":
+            body.append(f"  IF NOT ({_all_same(cols)}) THEN")
+        body += _enqueue(parent, options, payload_sql(parent, "cascade", ref, graph), indent)
+        if event == "UPDATE":
+            body.append("  END IF;")
+        out.append(
+            f"CREATE OR REPLACE TRIGGER {_q(parent.database, names[event])}\n"
+            f"AFTER {event} ON {_q(parent.database, parent.name)} FOR EACH ROW\n"
+            "BEGIN\n" + "\n".join(body) + "\nEND"
+        )
     return out
 
 

@@ -20,6 +20,7 @@ import structlog
 
 from sync.errors import ConfigError, SourceError, short_error
 from sync.events import ChangeEvent, JSONValue, Op, Source
+from sync.rows.fkgraph import FKGraph
 from sync.rows.schema import READ_SESSION_SQL, TableSchema, canonical_value, quote_ident, read_columns_sql
 
 log = structlog.get_logger(__name__)
@@ -290,8 +291,10 @@ class TableReader:
         return found, version
 
 
-def row_events(schema: TableSchema, rows: Sequence[Mapping[str, Any]], op: Op = Op.INSERT) -> list[ChangeEvent]:
-    """Versioned rows (from TableReader with versioned=True) → snapshot change events.
+def row_events(schema: TableSchema, rows: Sequence[Mapping[str, Any]], op: Op = Op.INSERT,
+               graph: FKGraph | None = None) -> list[ChangeEvent]:
+    """Versioned rows (from TableReader with versioned=True) → snapshot change events; with the
+    database's FK `graph`, a child table's rows carry their "refs" (the applier's FK index).
 
     Values go through `schema.canonical_value`, except those already in canonical form: None,
     an int in an integer column, a str in a text column (canonical_value returns exactly these
@@ -300,13 +303,15 @@ def row_events(schema: TableSchema, rows: Sequence[Mapping[str, Any]], op: Op = 
     name = schema.name
     key = schema.key
     plan = [(c.name, c, _IDENTITY.get(c.kind)) for c in schema.columns]
+    fks = graph if graph is not None and graph.child_fks(name) else None
     for row in rows:
         canonical: dict[str, JSONValue] = {}
         for cname, col, same in plan:
             v = row[cname]
             canonical[cname] = v if v is None or type(v) is same else canonical_value(col, v)
         pk = tuple((k, canonical[k]) for k in key)
-        out.append(ChangeEvent(name, op, pk, canonical, int(row[VERSION_ALIAS]), Source.SNAPSHOT))
+        refs = fks.refs(name, canonical) if fks is not None else None
+        out.append(ChangeEvent(name, op, pk, canonical, int(row[VERSION_ALIAS]), Source.SNAPSHOT, refs))
     return out
 
 

@@ -113,6 +113,7 @@ from sync.apply.applier import Outcome, RedisApplier
 from sync.capture.spool import SPOOL_TABLE
 from sync.errors import ConfigError, short_error
 from sync.events import ChangeEvent, JSONValue
+from sync.rows.fkgraph import load_foreign_keys
 from sync.rows.reader import BinlogPoint, TableReader, fast_conversions, format_pk, row_events
 from sync.rows.schema import TableSchema
 from sync.tables import TableSpec, check_table_name
@@ -200,6 +201,7 @@ class Snapshot:
         self._point: BinlogPoint | None = None
         self.reader = reader
         self.schema = reader.schema
+        self.graph = load_foreign_keys(reader.conn, self.schema.database)  # child rows get their refs
         self.applier = applier
         self.progress = progress
         self.spec = spec
@@ -289,7 +291,7 @@ class Snapshot:
             rows = self.reader.chunk(after, self.chunk, versioned=True)
         if not rows:
             return [], None, 0
-        events = row_events(self.schema, rows)
+        events = row_events(self.schema, rows, graph=self.graph)
         return events, [v for _, v in events[-1].pk], len(rows)
 
     async def run(self, *, restart: bool = False, on_progress: ProgressFn | None = None) -> SnapshotResult:

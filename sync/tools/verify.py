@@ -51,6 +51,7 @@ from sync.errors import ApplyError, ConfigError
 from sync.events import ChangeEvent, JSONValue, Op, Source
 from sync.keys import DEFAULT_PREFIX, row_key
 from sync.rows.expected import expected_entry
+from sync.rows.fkgraph import load_foreign_keys
 from sync.rows.reader import TableReader, row_events
 from sync.rows.schema import canonical_value, quote_ident
 from sync.tables import TableSpec
@@ -148,6 +149,7 @@ class Verifier:
             raise ConfigError("repair needs an applier")
         self.reader = reader
         self.schema = reader.schema
+        self.graph = load_foreign_keys(reader.conn, self.schema.database) if repair else None  # refs on repairs
         self.redis = redis
         self.spec = spec
         self.applier = applier
@@ -340,7 +342,7 @@ class Verifier:
     async def _repair_rows(self, found: Sequence[_Suspect], report: VerifyReport) -> None:
         assert self.applier is not None
         rows = await asyncio.to_thread(self.reader.rows_by_key, _row_pks(found), versioned=True)
-        events = row_events(self.schema, rows, Op.UPDATE)
+        events = row_events(self.schema, rows, Op.UPDATE, self.graph)
         applied, stale = await apply_events(self.applier, events)
         report.repaired += applied
         report.repair_stale += stale

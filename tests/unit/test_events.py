@@ -112,7 +112,7 @@ def test_delete_without_row() -> None:
         (payload(version=KeyError), "missing version"),
         (payload(v=2), "v: expected 1"),
         (payload(v=True), "v: expected 1"),
-        (payload(op="upsert"), "op: expected one of insert, update, delete, got 'upsert'"),
+        (payload(op="upsert"), "op: expected one of insert, update, delete, cascade, got 'upsert'"),
         (payload(op=1), "op: expected one of"),
         (payload(source="cron"), "source: expected one of trigger, binlog, snapshot, seed"),
         (payload(table=""), "table: expected a non-empty name"),
@@ -229,7 +229,7 @@ def _is_utf8(b: bytes) -> bool:
 
 @st.composite
 def events(draw: st.DrawFn) -> ChangeEvent:
-    op = draw(st.sampled_from(list(Op)))
+    op = draw(st.sampled_from([Op.INSERT, Op.UPDATE, Op.DELETE]))
     pk_cols = draw(st.lists(names, min_size=1, max_size=3, unique=True))
     pk = tuple((c, draw(scalar)) for c in pk_cols)
     row = None
@@ -279,3 +279,61 @@ def test_classic_rejections(raw: bytes, expect: str) -> None:
     with pytest.raises(PayloadError) as info:
         parse_classic(raw)
     assert expect in str(info.value)
+
+
+# -- "refs", "cascade" and op "cascade" ------------------------------------------------------
+
+CASCADE = {
+    "old": {"id": 5},
+    "new": {"id": 6},
+    "fks": [{"table": "line", "fk": "fk_line", "columns": ["order_id"], "ref": ["id"], "on_update": "cascade",
+             "on_delete": "set_null", "children": [
+                 {"table": "note", "fk": "fk_note", "columns": ["line_id"], "ref": ["id"], "on_update": "none",
+                  "on_delete": "cascade", "children": []}]}],
+}
+
+
+def test_refs_and_cascade_roundtrip() -> None:
+    ev = parse_change(payload(refs={"fk_a": [1, "x"], "fk_b": [{"$b64": "/w=="}]}, cascade=CASCADE))
+    assert ev.refs == {"fk_a": (1, "x"), "fk_b": ({"$b64": "/w=="},)}
+    assert ev.cascade is not None and ev.cascade.old == {"id": 5} and ev.cascade.new == {"id": 6}
+    (line,) = ev.cascade.fks
+    assert line.table == "line" and line.on_delete == "set_null" and line.children[0].table == "note"
+    assert parse_change(encode_change(ev)) == ev
+
+
+def test_op_cascade_has_no_pk_or_row() -> None:
+    raw = orjson.dumps({"v": 1, "table": "orders", "op": "cascade", "version": 7, "source": "trigger",
+                        "cascade": {"old": {"id": 5}, "fks": CASCADE["fks"]}})
+    ev = parse_change(raw)
+    assert ev.op is Op.CASCADE and ev.pk == () and ev.row is None and ev.cascade is not None
+    assert parse_change(encode_change(ev)) == ev
+    assert "op cascade" in reason(payload(op="cascade", cascade=CASCADE))  # with a pk and row
+    assert "op cascade" in reason(orjson.dumps({"v": 1, "table": "t", "op": "cascade", "version": 1,
+                                                "source": "trigger"}))
+
+
+def _fk(**changes: object) -> dict[str, object]:
+    d = dict(CASCADE["fks"][0])  # type: ignore[index]
+    d.update(changes)
+    return {"old": {"id": 5}, "new": {"id": 6}, "fks": [d]}
+
+
+def test_bad_refs_and_cascade_name_the_value() -> None:
+    assert "refs.fk_a: expected a non-null scalar" in reason(payload(refs={"fk_a": [None]}))
+    assert "refs.fk_a: expected a list" in reason(payload(refs={"fk_a": 3}))
+    assert "refs: expected an object" in reason(payload(refs=[1]))
+    assert "'sometimes'" in reason(payload(cascade=_fk(on_update="sometimes")))
+    assert "1 columns but 2 ref columns" in reason(payload(cascade=_fk(ref=["id", "x"])))
+    assert "cascade.fks.table" in reason(payload(cascade=_fk(table="")))
+    assert "references x, not in cascade.old" in reason(payload(cascade=_fk(ref=["x"])))
+    assert "cascade.old.id: expected a scalar, got an array" in reason(
+        payload(cascade={"old": {"id": [1]}, "fks": []}))
+    assert "cascade.new: expected the columns" in reason(
+        payload(cascade={"old": {"id": 1}, "new": {"x": 1}, "fks": []}))
+    assert "expected on an update (with new) or a delete" in reason(payload(op="insert", cascade=CASCADE))
+    deep: dict[str, object] = {"table": "t", "fk": "f", "columns": ["a"], "ref": ["id"], "on_update": "cascade",
+                               "on_delete": "cascade", "children": []}
+    for _ in range(20):
+        deep = dict(deep, children=[deep])
+    assert "nested at most 15 deep" in reason(payload(cascade={"old": {"id": 1}, "new": {"id": 2}, "fks": [deep]}))

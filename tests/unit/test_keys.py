@@ -160,3 +160,13 @@ def test_prefix_check() -> None:
     for bad in ("", "a{b", "a b", "x}"):
         with pytest.raises(ConfigError):
             check_prefix(bad)
+
+
+def test_fk_index_keys() -> None:
+    from sync.keys import fk_index_key, fk_index_prefix, fk_rows_key
+
+    assert fk_index_key("line", "fk_o", [5]) == "gearsync:fk:line:fk_o:5"
+    assert fk_index_key("line", "fk_o", ["a:b", 2], "p") == "p:fk:line:fk_o:a\\:b:2"
+    assert fk_index_key("line", "fk_o", [5]).startswith(fk_index_prefix("line", "fk_o"))
+    assert fk_rows_key("line:5") == "gearsync:fkr:{line:5}"
+    assert fk_rows_key("{line}:5") == "gearsync:fkr:{line}:5"

@@ -47,6 +47,16 @@ Table statements (QUERY events, sync.capture.binlog.statements), for a synced ta
         to hold the same rows).
     RENAME TABLE t TO y with nothing taking t's name: SourceError naming t, y and the statement's
         position; the saved position stays before the statement.
+
+Foreign-key cascades (sync.rows.fkgraph; InnoDB writes no row event for the cascaded child rows):
+the FK graph is loaded at start and again after every DDL statement in the database, restricted
+to the FKs whose child is a chosen table (sync-binlog serves every table it reads). Rows of a child
+carry "refs" (a delete: {} so the applier drops the row from its FK index); an update of a parent
+that changes a referenced column, and a parent's delete, carry "cascade" (old/new from the before
+and after images; when the key changes, the cascade rides on the upsert of the new key, never on
+the delete of the old one). FK and referenced columns outside a --columns selection are read for
+that and left out of the row. A parent that is not a chosen table is read too, in cascade-only
+mode: its updates of referenced columns and its deletes become op "cascade" events, nothing else.
 """
 
 from __future__ import annotations
@@ -78,6 +88,7 @@ from sync.position import (
     parse_mariadb_gtids,
 )
 from sync.retry import Backoff
+from sync.rows.fkgraph import EMPTY_GRAPH, FKGraph, load_foreign_keys
 from sync.rows.schema import TableSchema, load_table
 
 log = structlog.get_logger(__name__)
@@ -104,6 +115,14 @@ class _TableState:
     schema: TableSchema
     wanted: frozenset[str] | None
     plans: dict[int, RowPlan] = field(default_factory=dict)   # table id → plan
+    cascade_only: bool = False      # a parent of a chosen child, not chosen itself: op "cascade" only
+    child: bool = False             # has cascading FKs to a parent: rows carry "refs"
+    parent: bool = False            # referenced by cascading FKs: updates/deletes may carry "cascade"
+    extra: tuple[str, ...] = ()     # FK/referenced columns read beyond the selection, left out of rows
+
+    def read(self) -> frozenset[str] | None:
+        """The columns a row plan reads (None: all)."""
+        return self.wanted if self.wanted is None or not self.extra else self.wanted | set(self.extra)
 
 
 _DDL = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(ALTER|RENAME|DROP|TRUNCATE|CREATE)\b", re.IGNORECASE | re.DOTALL)
@@ -125,6 +144,7 @@ class BinlogSource:
         chunk_rows: int = 512,
         heartbeat_s: float = 1.0,
         position_every_s: float = 1.0,
+        graph: FKGraph = EMPTY_GRAPH,
     ) -> None:
         install_decoders()
         self.mysql = mysql
@@ -138,6 +158,12 @@ class BinlogSource:
         self.tables = {
             name: _TableState(schema, frozenset(columns.get(name) or ()) or None) for name, schema in schemas.items()
         }
+        # The tables whose row events are parsed: a list the stream keeps (and filters with) by
+        # reference, so the cascade-only parents of a reloaded FK graph join without a reconnect.
+        self._only_tables: list[str] = list(self.tables)
+        self.graph = EMPTY_GRAPH
+        if graph:
+            self._use_graph(graph)
         # Where the reader stands: the position after the last commit it has read.
         self.committed = start
         self._gtid_state = parse_mariadb_gtids(start.gtid or "", "start GTID") if self.flavor == "mariadb" else {}
@@ -200,7 +226,7 @@ class BinlogSource:
                          MariadbGtidEvent, GtidEvent, HeartbeatLogEvent],
             # Row events of other tables are skipped unparsed; every transaction's GTID/XID still
             # arrives, so the position follows the whole binlog.
-            only_tables=list(self.tables),
+            only_tables=self._only_tables,
             only_schemas=[self.database],
             slave_heartbeat=self.heartbeat_s,
             is_mariadb=self.flavor == "mariadb",
@@ -375,6 +401,7 @@ class BinlogSource:
         m = _DDL.match(q)
         if m:
             self._ddl(q, m.group(1).upper(), ev)
+            self._reload_graph(ev)
         if self._awaiting_begin or not self._in_trx:
             # A statement right after the GTID event (no BEGIN), or outside any transaction: DDL
             # and other standalone statements commit by themselves.
@@ -399,7 +426,8 @@ class BinlogSource:
         """TRUNCATE / DROP / RENAME naming tables; see the module docstring."""
         def ours(name: Name) -> str | None:
             db, table = name
-            return table if (db or schema) == self.database and table in self.tables else None
+            st = self.tables.get(table)
+            return table if (db or schema) == self.database and st is not None and not st.cascade_only else None
 
         if kind != "rename":
             hit = [t for t in dict.fromkeys(map(ours, names)) if t is not None]
@@ -428,6 +456,58 @@ class BinlogSource:
                 )
         for table in taken:
             self._reload_key(table, self.tables[table], why="RENAME statement")
+
+    def _reload_graph(self, ev: Any) -> None:
+        """After a DDL statement in the database: the FK graph again (FKs may have come or gone)."""
+        schema = ev.schema.decode() if isinstance(ev.schema, bytes) else str(ev.schema or "")
+        if schema and schema != self.database:
+            return
+        try:
+            conn = self.mysql.connect(database=self.database)
+            try:
+                graph = load_foreign_keys(conn, self.database)
+            finally:
+                conn.close()
+        except Exception as exc:  # pymysql errors too: keep the graph we have, say so
+            log.warning("binlog_fk_graph_reload_failed", reason=short_error(exc))
+            return
+        self._use_graph(graph)
+
+    def _use_graph(self, graph: FKGraph) -> None:
+        """Take the FKs of `graph` whose child is a chosen table; read their parents that are not
+        chosen in cascade-only mode (see the module docstring)."""
+        chosen = {t for t, st in self.tables.items() if not st.cascade_only}
+        graph = FKGraph([f for f in graph.fks if f.child in chosen])
+        if graph == self.graph:
+            return
+        parents = {f.parent for f in graph.fks} - chosen
+        for gone in [t for t, st in self.tables.items() if st.cascade_only and t not in parents]:
+            del self.tables[gone]
+        new = parents - self.tables.keys()
+        if new:
+            conn = self.mysql.connect(database=self.database)
+            try:
+                for parent in sorted(new):
+                    try:
+                        schema = load_table(conn, self.database, parent)
+                    except ConfigError as exc:
+                        log.warning("binlog_cascade_parent_skipped", table=parent, reason=str(exc)[:300])
+                        continue
+                    self.tables[parent] = _TableState(schema, frozenset(graph.referenced_columns(parent)),
+                                                      cascade_only=True)
+            finally:
+                conn.close()
+        for table, st in self.tables.items():
+            st.child = bool(graph.child_fks(table)) and not st.cascade_only
+            st.parent = bool(graph.parent_fks(table))
+            need = {c for f in graph.child_fks(table) for c in f.columns} if st.child else set()
+            need.update(graph.referenced_columns(table))
+            st.extra = () if st.wanted is None else tuple(sorted(need - st.wanted - set(st.schema.key)))
+            st.plans.clear()
+        self.graph = graph
+        self._only_tables[:] = list(self.tables)
+        log.info("binlog_fk_graph", fks=len(graph.fks),
+                 cascade_only=sorted(t for t, st in self.tables.items() if st.cascade_only))
 
     def _statement_version(self, ev: Any) -> int:
         """The version of a table statement: index 0 of its GTID event group (gtid_version(seq, 0)),
@@ -474,7 +554,7 @@ class BinlogSource:
                     f"table {self.database}.{ev.table}: the binlog has no column names; set "
                     "binlog_row_metadata=FULL on the server (SET GLOBAL binlog_row_metadata=FULL)"
                 )
-            plan = st.plans[ev.table_id] = RowPlan(cols, st.wanted, st.schema.key, self.flavor)
+            plan = st.plans[ev.table_id] = RowPlan(cols, st.read(), st.schema.key, self.flavor)
         return plan
 
     def _next_version(self) -> int:
@@ -503,7 +583,9 @@ class BinlogSource:
         self.rows_read += len(rows)
         self._pending_rows += len(rows)
         src = Source.BINLOG
-        if kind == "WriteRowsEvent":
+        if st.cascade_only or st.child or st.parent:
+            self._fk_rows(st, table, plan, rows, kind)
+        elif kind == "WriteRowsEvent":
             for r in rows:
                 version = self._next_version()
                 row = plan.row(r["values"], r.get("none_sources"))
@@ -537,10 +619,57 @@ class BinlogSource:
         if len(out) >= self.chunk_rows:
             self._flush()
 
+    def _fk_rows(self, st: _TableState, table: str, plan: RowPlan, rows: Sequence[Any], kind: str) -> None:
+        """_rows for a table with cascading FKs (child, parent, or cascade-only parent): the same
+        events with "refs" and "cascade" (see the module docstring)."""
+        graph, key, src = self.graph, st.schema.key, Source.BINLOG
+        gone: dict[str, tuple[JSONValue, ...]] | None = {} if st.child else None  # a child's delete
+
+        def emit(new: dict[str, JSONValue] | None, old: dict[str, JSONValue] | None) -> None:
+            # old: the row before (None: an insert); new: the row after (None: a delete)
+            cascade = graph.cascade(table, old, new) if st.parent and old is not None else None
+            if st.cascade_only:
+                if cascade is not None:
+                    version = self._next_version()
+                    self._out(ChangeEvent(table, Op.CASCADE, (), None, version, src, None, cascade), version)
+                return
+            version = self._next_version()
+            if new is None:
+                assert old is not None
+                self._out(ChangeEvent(table, Op.DELETE, tuple((k, old[k]) for k in key), None, version, src,
+                                      gone, cascade), version)
+                return
+            pk = tuple((k, new[k]) for k in key)
+            if old is not None:
+                old_pk = tuple((k, old[k]) for k in key)
+                if old_pk != pk:  # the key changed: the old key goes, without cascading
+                    self._out(ChangeEvent(table, Op.DELETE, old_pk, None, version, src, gone), version)
+            refs = graph.refs(table, new) if st.child else None
+            for c in st.extra:
+                del new[c]
+            self._out(ChangeEvent(table, Op.INSERT if old is None else Op.UPDATE, pk, new, version, src,
+                                  refs, cascade), version)
+
+        if kind == "WriteRowsEvent":
+            if not st.cascade_only:
+                for r in rows:
+                    emit(plan.row(r["values"], r.get("none_sources")), None)
+        elif kind == "DeleteRowsEvent":
+            for r in rows:
+                emit(None, plan.row(r["values"], r.get("none_sources")))
+        else:
+            names = plan.names if st.wanted is not None else None
+            for r in rows:
+                before, after = r["before_values"], r["after_values"]
+                if names is not None and all(before[n] == after[n] for n in names):
+                    continue  # none of the chosen (or FK) columns changed
+                emit(plan.row(after, r.get("after_none_sources")),
+                     plan.row(before, r.get("before_none_sources")))
+
     def _out(self, ev: ChangeEvent, version: int) -> None:
         if version & self._mask == self._mask:
             # Past the index range of this transaction (rows event): collapse per key, emit at commit.
-            self._overflow[(ev.table, repr(ev.pk))] = ev
+            self._overflow[(ev.table, repr(ev.pk) if ev.pk else repr(ev.cascade))] = ev
             return
         self._pending.append(ev)
 

@@ -86,6 +86,7 @@ from sync.mysql import MySQLSettings
 from sync.position import Position, PositionStore
 from sync.redis_client import RedisSettings, connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until
+from sync.rows.fkgraph import EMPTY_GRAPH, load_foreign_keys
 from sync.rows.schema import TableSchema, load_table
 from sync.stats import Counters, report_loop
 from sync.tables import TableSpec, default_function
@@ -196,6 +197,7 @@ class BinlogService:
         self.source: BinlogSource | None = None
         self.position: Position | None = None          # the last saved position
         self.stats = BinlogStats()
+        self.graph = EMPTY_GRAPH                        # the database's FKs (prepare)
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -226,8 +228,8 @@ class BinlogService:
 
     # -- start-up ------------------------------------------------------------------------------
     def prepare(self) -> tuple[ServerInfo, Any, dict[str, TableSchema]]:
-        """Server checks and table schemas; returns the open control connection too (the caller
-        closes it). Blocking (pymysql); SourceError/ConfigError."""
+        """Server checks and table schemas (and the FK graph, in self.graph); returns the open
+        control connection too (the caller closes it). Blocking (pymysql); SourceError/ConfigError."""
         s = self.settings
         # No default database: a user without rights on it gets the SELECT message below, not 1044.
         conn = s.mysql.connect(database="")
@@ -240,6 +242,7 @@ class BinlogService:
                 if cols:
                     schema.select(cols)  # ConfigError naming an unknown column
                 schemas[t] = schema
+            self.graph = load_foreign_keys(conn, s.database)
             return server, conn, schemas
         except BaseException:
             conn.close()
@@ -279,7 +282,7 @@ class BinlogService:
             raise ConfigError(f"--server-id: {server_id} is the server's own server_id; expected another number")
         self.source = BinlogSource(
             s.mysql, s.database, schemas, s.columns, server=server, start=start, server_id=server_id,
-            chunk_rows=s.chunk_rows, heartbeat_s=s.heartbeat_s,
+            chunk_rows=s.chunk_rows, heartbeat_s=s.heartbeat_s, graph=self.graph,
         )
         await loop.run_in_executor(None, check_replication, self.source)
         self.position = start
@@ -474,27 +477,36 @@ class BinlogService:
         if self.wipe is not None:
             await self.wipe.apply(self.redis, st)
             return
-        from sync.gearman import admin
-
-        fn = self.settings.functions.get(st.table) or default_function(st.table)
-        waited = False
-        while True:
-            busy = 0
-            for host, port in self.settings.servers:
-                busy += sum(f.queued for f in await admin.status(host, port) if f.name == fn)
-            if not busy:
-                break
-            if not waited:
-                log.info("binlog_truncate_waiting", table=st.table, function=fn, jobs=busy,
-                         note="the table's earlier jobs are applied first")
-                waited = True
-            if self._stop.is_set() and self._stop_deadline and time.monotonic() > self._stop_deadline:
-                raise ApplyError(f"stopping: the jobs of {fn} were not done before the truncate of {st.table}")
-            await asyncio.sleep(0.05)
+        fn = self.function(st.table)
+        await self._drained({fn}, f"the truncate of {st.table}")
         await self.gearman.submit_background_many(fn, [encode_truncate(st)],
                                                   uniques=[f"bl:{self._tag}:{st.version:x}:t:{st.table}"])
         self.stats.jobs += 1
         log.info("binlog_truncate_submitted", table=st.table, function=fn, version=st.version)
+
+    async def _drained(self, functions: set[str], before: str) -> None:
+        """Wait until gearmand holds no job (queued or running) of `functions`: every earlier job of
+        theirs is in Redis or dead-lettered. ApplyError when the shutdown deadline passes first."""
+        from sync.gearman import admin
+
+        waited = False
+        while True:
+            busy = 0
+            for host, port in self.settings.servers:
+                busy += sum(f.queued for f in await admin.status(host, port) if f.name in functions)
+            if not busy:
+                return
+            if not waited:
+                log.info("binlog_sink_draining", functions=sorted(functions), jobs=busy, before=before,
+                         note="the earlier jobs are applied first")
+                waited = True
+            if self._stop.is_set() and self._stop_deadline and time.monotonic() > self._stop_deadline:
+                raise ApplyError(f"stopping: the jobs of {', '.join(sorted(functions))} were not done before {before}")
+            await asyncio.sleep(0.02)
+
+    def function(self, table: str) -> str:
+        """The gearman function of a table's jobs (--sink gearman)."""
+        return self.settings.functions.get(table) or default_function(table)
 
     async def _retry(self, fn: Any, what: str, **info: Any) -> bool:
         """Await fn() until it succeeds (True) or, once a stop is requested, the shutdown deadline
@@ -543,18 +555,46 @@ class BinlogService:
         return u
 
     async def _submit(self, events: list[ChangeEvent], position: Position | None) -> None:
-        functions = self.settings.functions
-        groups: dict[str, list[ChangeEvent]] = {}
-        for ev in events:
-            groups.setdefault(functions.get(ev.table) or default_function(ev.table), []).append(ev)
-        for fn, evs in groups.items():
-            await self.gearman.submit_background_many(fn, [encode_change(e) for e in evs],
-                                                      uniques=[self.unique(e) for e in evs])
+        # A cascade reads the children in Redis: every earlier job of the tables it touches must
+        # be applied before it (jobs of different functions run in any order). So the events up to
+        # a run of cascading events go first, then the run waits for those functions to drain.
+        start, n = 0, len(events)
+        while start < n:
+            end = start
+            while end < n and events[end].cascade is not None:
+                end += 1
+            while end < n and events[end].cascade is None:
+                end += 1
+            run = events[start:end]
+            if run[0].cascade is not None:
+                await self._drained(self._cascade_functions(run), f"a cascade of {run[0].table}")
+            await self._submit_run(run)
+            start = end
         if position is not None:
             await self.positions.save(position)
         self.stats.events += len(events)
         self.stats.jobs += len(events)
         self.stats.batches += 1
+
+    async def _submit_run(self, events: Sequence[ChangeEvent]) -> None:
+        groups: dict[str, list[ChangeEvent]] = {}
+        for ev in events:
+            # op cascade of a parent that is not synced: to the function of a child it cascades into
+            table = ev.cascade.fks[0].table if ev.op is Op.CASCADE and ev.cascade is not None else ev.table
+            groups.setdefault(self.function(table), []).append(ev)
+        for fn, evs in groups.items():
+            await self.gearman.submit_background_many(fn, [encode_change(e) for e in evs],
+                                                      uniques=[self.unique(e) for e in evs])
+
+    def _cascade_functions(self, events: Sequence[ChangeEvent]) -> set[str]:
+        """The functions of the tables a run of cascading events touches (itself and its children)."""
+        tables = {ev.table for ev in events if ev.op is not Op.CASCADE}
+        todo = [rule for ev in events if ev.cascade is not None for rule in ev.cascade.fks]
+        while todo:
+            rule = todo.pop()
+            tables.add(rule.table)
+            todo.extend(rule.children)
+        return {self.function(t) for t in tables}
 
     # -- reporting / closing ------------------------------------------------------------------------
     async def _report(self) -> None:

@@ -14,6 +14,11 @@ A chunk with table statements (TRUNCATE/DROP, sync.capture.binlog.reader) is a b
 gathered so far is sent and its reply read, then each table is wiped (sync.apply.truncate, retried
 like a batch), and only then does the statement's position join the next batch.
 
+A batch with FK cascades (events carrying "cascade", sync.capture.binlog.reader) cannot be one
+packed write: a cascade reads the children's state in Redis first. It goes, after the batch in
+flight has landed, through the applier's apply() (reads, then the guarded script call, retried
+when a child changed in between), on the same private event loop and client as the table wipes.
+
 While Redis is down, the failed batch is sent again with back-off (50 ms … 5 s) from the reader
 thread, which therefore stops reading (the binlog waits in the server, nothing is lost).
 """
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.exceptions
@@ -76,6 +81,11 @@ class RedisWriter:
         # The batch sent and not yet acknowledged: (events, position, packed request, sent, client s)
         self.inflight: tuple[list[ChangeEvent], Position | None, bytes, bool, float] | None = None
         self.gave_up = False
+        # Statements and cascades run on a private event loop with a client of its own (they are
+        # rare; this thread has no loop and the service's client belongs to the main one).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._aclient: Any = None
+        self._async_applier: RedisApplier | None = None
 
     # -- called by BinlogSource.run ------------------------------------------------------------
     def add(self, chunk: Chunk) -> None:
@@ -112,6 +122,10 @@ class RedisWriter:
         finally:
             self.conn.disconnect()
             self.client.close()
+            if self._loop is not None:
+                if self._aclient is not None:
+                    self._loop.run_until_complete(self._aclient.aclose())
+                self._loop.close()
 
     def statements(self, chunk: Chunk) -> None:
         """TRUNCATE/DROP of tables: what came before lands first, then the tables are wiped; the
@@ -123,9 +137,11 @@ class RedisWriter:
             self.send()
         if self.inflight is not None:
             self.finish()
+        wipe = self.service.wipe
+        assert wipe is not None  # --sink redis: the service made one
         for st in chunk.statements:
             def attempt(st: TableTruncate = st) -> int:
-                return asyncio.run(self._wipe(st))
+                return self._run_async(lambda client: wipe.apply(client, st))
 
             if self.gave_up or self._retry(attempt, "truncate", 1) is None:
                 return
@@ -147,6 +163,9 @@ class RedisWriter:
         batch: list[Any] = events
         if position is not None:
             batch = [*events, self.service.positions.set_command(position)]
+        if any(ev.cascade is not None for ev in events):
+            self._apply_cascades(events, position, batch, t0)
+            return
         packed = self.applier.pack_apply(batch)
         sent = True
         try:
@@ -163,7 +182,6 @@ class RedisWriter:
         events, position, packed, sent, spent = self.inflight
         t1 = time.perf_counter()
         n = len(events) + (position is not None)
-        svc = self.service
 
         def attempt() -> list[Outcome]:
             nonlocal sent
@@ -180,25 +198,42 @@ class RedisWriter:
 
         outcomes = self._retry(attempt, "deliver", len(events))
         self.inflight = None
-        if outcomes is None:
-            return
-        applied = svc.count_outcomes(len(events), outcomes)
         # Batch latency: this thread's time on the batch (build and send, then the wait for the
         # reply), not the decoding of the next batch that overlapped the round trip.
-        metrics.record_batch(len(events), applied, len(events) - applied, 0, spent + time.perf_counter() - t1)
+        self._landed(events, position, outcomes, spent + time.perf_counter() - t1)
+
+    def _apply_cascades(self, events: list[ChangeEvent], position: Position | None, batch: list[Any],
+                        t0: float) -> None:
+        """A batch with cascades, through apply() (see the module docstring); nothing in flight."""
+        def attempt() -> list[Outcome]:
+            return self._run_async(lambda client: self._applier_on(client).apply(batch))
+
+        outcomes = self._retry(attempt, "deliver", len(events))
+        self._landed(events, position, outcomes, time.perf_counter() - t0)
+
+    def _landed(self, events: list[ChangeEvent], position: Position | None, outcomes: list[Outcome] | None,
+                spent: float) -> None:
+        """A batch's outcomes (None: given up at shutdown) into the stats; its position saved."""
+        if outcomes is None:
+            return
+        svc = self.service
+        applied = svc.count_outcomes(len(events), outcomes)
+        metrics.record_batch(len(events), applied, len(events) - applied, 0, spent)
         if position is not None:
             svc.position = position
 
-    async def _wipe(self, st: TableTruncate) -> int:
-        """One table statement, on a client of its own (statements are rare: this thread has no
-        event loop and the service's client belongs to the main one)."""
-        wipe = self.service.wipe
-        assert wipe is not None  # --sink redis: the service made one
-        client = connect_redis(self.service.settings.redis)
-        try:
-            return await wipe.apply(client, st)
-        finally:
-            await client.aclose()
+    def _applier_on(self, client: Any) -> RedisApplier:
+        if self._async_applier is None:
+            self._async_applier = self.applier.with_redis(client)
+        return self._async_applier
+
+    def _run_async(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """work(client) on the private event loop and client (both made at the first use)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        if self._aclient is None:
+            self._aclient = connect_redis(self.service.settings.redis)
+        return self._loop.run_until_complete(work(self._aclient))
 
     def _retry(self, attempt: Callable[[], T], what: str, n_events: int) -> T | None:
         """attempt() until it succeeds, with back-off; None (and `gave_up`) when a stop was requested

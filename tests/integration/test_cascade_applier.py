@@ -1,0 +1,158 @@
+"""The applier performs foreign-key cascades in Redis (real redis-server): the fk index kept with
+each child row, cascade update / delete / set null, chains, key changes, hash rows, fencing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from sync.apply.applier import Outcome, RedisApplier
+from sync.errors import PayloadError
+from sync.events import Cascade, ChangeEvent, FKRule, Op, Source
+from sync.keys import fk_index_key, fk_rows_key, row_key, version_key
+from sync.rows.rowcodec import encode_json
+from sync.tables import TableSpec
+
+A, S = Outcome.APPLIED, Outcome.STALE
+TABLES = {name: TableSpec(name) for name in ("orders", "line", "note", "tree", "link")}
+TABLES["hline"] = TableSpec("hline", format="hash")
+
+NOTE = FKRule("note", "fk_note", ("line_id",), ("id",), "cascade", "cascade")
+LINE = FKRule("line", "fk_line", ("order_id",), ("id",), "cascade", "cascade", (NOTE,))
+HLINE = FKRule("hline", "fk_hline", ("order_id",), ("id",), "set_null", "set_null")
+LINK = FKRule("link", "fk_link", ("order_id",), ("id",), "cascade", "cascade")
+TREE = FKRule("tree", "fk_tree", ("parent_id",), ("id",), "none", "cascade")
+TREE_RULES = (FKRule("tree", "fk_tree", ("parent_id",), ("id",), "none", "cascade", (TREE,)),)
+
+
+def child(table: str, pk: dict[str, Any], version: int, fk: str, cols: tuple[str, ...], **row: Any) -> ChangeEvent:
+    full = {**pk, **row}
+    values = tuple(full[c] for c in cols)
+    refs = {} if None in values else {fk: values}
+    return ChangeEvent(table, Op.INSERT, tuple(pk.items()), full, version, Source.TRIGGER, refs)
+
+
+def parent(op: Op, old: int, new: int | None, version: int, fks: tuple[FKRule, ...],
+           table: str = "orders") -> ChangeEvent:
+    c = Cascade({"id": old}, None if new is None else {"id": new}, fks)
+    if op is Op.CASCADE:
+        return ChangeEvent(table, op, (), None, version, Source.TRIGGER, None, c)
+    if op is Op.DELETE:
+        return ChangeEvent(table, op, (("id", old),), None, version, Source.TRIGGER, None, c)
+    assert new is not None
+    return ChangeEvent(table, op, (("id", new),), {"id": new, "x": "p"}, version, Source.TRIGGER, None, c)
+
+
+def key(table: str, **pk: Any) -> str:
+    return row_key(TABLES[table].key_template, table, tuple(pk.items()))
+
+
+def get(r: Any, table: str, **pk: Any) -> Any:
+    raw = r.get(key(table, **pk))
+    return None if raw is None else orjson.loads(raw)
+
+
+@pytest.fixture
+async def applier(aredis: Any) -> RedisApplier:
+    return RedisApplier(aredis, TABLES)
+
+
+async def test_index_follows_the_child_rows(applier: RedisApplier, redis_client: Any) -> None:
+    await applier.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == {b"line:1"}
+    assert orjson.loads(redis_client.get(fk_rows_key("line:1")))[0] == ["id"]
+    await applier.apply([child("line", {"id": 1}, 11, "fk_line", ("order_id",), order_id=7)])
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == set()
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [7])) == {b"line:1"}
+    # A stale change leaves the index alone.
+    assert await applier.apply([child("line", {"id": 1}, 9, "fk_line", ("order_id",), order_id=5)]) == [S]
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [7])) == {b"line:1"}
+    # NULL FK: out of every set, no fkr.
+    await applier.apply([child("line", {"id": 1}, 12, "fk_line", ("order_id",), order_id=None)])
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [7])) == set()
+    assert redis_client.get(fk_rows_key("line:1")) is None
+    await applier.apply([child("line", {"id": 1}, 13, "fk_line", ("order_id",), order_id=7)])
+    dele = ChangeEvent("line", Op.DELETE, (("id", 1),), None, 14, Source.TRIGGER, {})
+    await applier.apply([dele])
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [7])) == set()
+    assert redis_client.get(fk_rows_key("line:1")) is None
+
+
+async def test_cascade_update_then_delete_follows_a_chain(applier: RedisApplier, redis_client: Any) -> None:
+    await applier.apply([
+        child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5, qty=1),
+        child("line", {"id": 2}, 10, "fk_line", ("order_id",), order_id=5, qty=2),
+        # Newer than the cascade (e.g. another cascade got there first) and still on order 5: cascaded,
+        # keeping its version.
+        child("line", {"id": 3}, 99, "fk_line", ("order_id",), order_id=5, qty=3),
+        child("line", {"id": 4}, 10, "fk_line", ("order_id",), order_id=8, qty=4),
+        child("note", {"id": 1}, 10, "fk_note", ("line_id",), line_id=1),
+    ])
+    # A child inserted in the same batch, before the parent change, is cascaded too.
+    batch = [child("line", {"id": 5}, 11, "fk_line", ("order_id",), order_id=5, qty=5),
+             parent(Op.UPDATE, 5, 6, 50, (LINE,))]
+    assert await applier.apply(batch) == [A, A]
+    assert get(redis_client, "line", id=1) == {"id": 1, "order_id": 6, "qty": 1}
+    assert get(redis_client, "line", id=5)["order_id"] == 6
+    assert get(redis_client, "line", id=3)["order_id"] == 6
+    assert redis_client.get(version_key("line:3")) == b"%020d" % 99
+    assert redis_client.get(version_key("line:1")) == b"%020d" % 50
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == {b"line:1", b"line:2", b"line:3", b"line:5"}
+    # Derived changes count as applied under their own table.
+    assert int(redis_client.hget("gearsync:stats:line", "applied_total")) == 5 + 4  # 5 inserts, 4 derived
+    # Delete order 6: its lines go, and line 1's note with them (line id did not change on update).
+    assert await applier.apply([parent(Op.DELETE, 6, None, 60, (LINE,))]) == [A]
+    assert get(redis_client, "line", id=1) is None and get(redis_client, "line", id=2) is None
+    assert get(redis_client, "note", id=1) is None
+    assert get(redis_client, "line", id=4) is not None and get(redis_client, "line", id=3) is None
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == set()
+    # Redelivered: the parent is stale, its children are gone, nothing changes.
+    assert await applier.apply([parent(Op.DELETE, 6, None, 60, (LINE,))]) == [S]
+    # A child's older change arriving late stays fenced out by the cascade's version.
+    assert await applier.apply([child("line", {"id": 1}, 40, "fk_line", ("order_id",), order_id=5)]) == [S]
+
+
+async def test_key_change_and_op_cascade(applier: RedisApplier, redis_client: Any, aredis: Any) -> None:
+    await applier.apply([child("link", {"order_id": 5, "tag": "a"}, 10, "fk_link", ("order_id",), n=1)])
+    assert await applier.apply([parent(Op.CASCADE, 5, 9, 20, (LINK,))]) == [A]
+    assert get(redis_client, "link", order_id=5, tag="a") is None
+    assert get(redis_client, "link", order_id=9, tag="a") == {"order_id": 9, "tag": "a", "n": 1}
+    assert redis_client.smembers(fk_index_key("link", "fk_link", [9])) == {b"link:9:a"}
+    assert redis_client.get(fk_rows_key("link:5:a")) is None
+    # The parent is not synced: nothing written for it.
+    assert redis_client.keys("orders*") == []
+    # An applier that does not serve the parent table takes its op cascade.
+    only = RedisApplier(aredis, {"link": TABLES["link"]})
+    assert await only.apply([parent(Op.CASCADE, 9, 3, 30, (LINK,))]) == [A]
+    assert get(redis_client, "link", order_id=3, tag="a") is not None
+
+
+async def test_set_null_on_a_hash_row(applier: RedisApplier, redis_client: Any) -> None:
+    ev = child("hline", {"id": 1}, 10, "fk_hline", ("order_id",), order_id=5, price="1.50")
+    await applier.apply([ev])
+    assert await applier.apply([parent(Op.UPDATE, 5, 6, 20, (HLINE,))]) == [A]
+    assert redis_client.hgetall("hline:1") == {b"id": b"1", b"price": b"1.50"}
+    assert redis_client.smembers(fk_index_key("hline", "fk_hline", [5])) == set()
+    assert redis_client.get(fk_rows_key("hline:1")) is None
+
+
+async def test_self_reference_deletes_the_subtree(applier: RedisApplier, redis_client: Any) -> None:
+    rows = [(1, None), (2, 1), (3, 2), (4, 3), (5, 1), (6, None)]
+    await applier.apply([child("tree", {"id": i}, 10, "fk_tree", ("parent_id",), parent_id=p) for i, p in rows])
+    assert await applier.apply([parent(Op.DELETE, 1, None, 20, TREE_RULES, table="tree")]) == [A]
+    assert [i for i, _ in rows if get(redis_client, "tree", id=i) is not None] == [6]
+
+
+async def test_cascade_into_an_unserved_table_is_a_payload_error(aredis: Any) -> None:
+    applier = RedisApplier(aredis, {"orders": TableSpec("orders")})
+    with pytest.raises(PayloadError, match="cascade into table 'line', which this worker does not serve"):
+        applier.check(parent(Op.UPDATE, 5, 6, 20, (LINE,)))
+
+
+async def test_without_the_cascade_the_child_diverges(applier: RedisApplier, redis_client: Any) -> None:
+    await applier.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
+    plain = ChangeEvent("orders", Op.UPDATE, (("id", 6),), {"id": 6}, 20, Source.TRIGGER)
+    await applier.apply([plain])
+    assert redis_client.get("line:1") == encode_json({"id": 1, "order_id": 5})
