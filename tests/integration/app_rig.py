@@ -5,11 +5,16 @@
     print(result.render())                                      # table x path -> missing / different / extra
 
 What it does, with the commands a user runs (the .venv's bin/):
- 1. a fresh database with tests/fixtures/shop_schema.sql (the mysql client), the UDFs pointed at gearmand;
+ 1. a fresh database with tests/fixtures/shop_schema.sql (the mysql client), the UDFs pointed at gearmand,
+    and a first phase of the workload (tests/fixtures/shop_workload.py): the application has data before
+    capture is installed;
  2. `sync-triggers install --table T` for every table (udf mode, spool fallback);
- 3. `sync-worker --table <all>` and `sync-relay` (the trigger path, keys '{table}:{pk}'), and in parallel
-    `sync-binlog --table <all> --sink redis --key-template 'binlog:{table}:{pk}' --start current`;
- 4. the workload (tests/fixtures/shop_workload.py: several connections, a few thousand transactions);
+ 3. the trigger path (keys '{table}:{pk}'): `sync-worker --table <all>` and `sync-relay`, then
+    `sync-snapshot --table T` for every table;
+    the binlog path (keys 'binlog:{table}:{pk}'): `sync-snapshot --table T --versions binlog
+    --binlog-name -` for every table, then `sync-binlog --table <all> --sink redis --start <the earliest
+    snapshot point>` (binlog changes at or before a table's own point lose to its snapshot rows);
+ 4. the main phase of the workload (several connections, a few thousand transactions);
  5. waits until both paths caught up: sync-binlog's saved position is the server's gtid_binlog_pos, the
     spool is empty and gearmand holds no job of a shop function;
  6. `sync-verify --table T --key-template … --json` per table and path.
@@ -38,8 +43,9 @@ from typing import Any
 
 from sync.gearman import admin
 from sync.keys import binlog_position_key
+from sync.position import format_mariadb_gtids, parse_mariadb_gtids
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
-from tests.fixtures.shop_workload import TABLES, WorkloadStats, apply_schema, run_workload
+from tests.fixtures.shop_workload import TABLES, Workload, WorkloadStats, apply_schema
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
@@ -76,7 +82,7 @@ class RigResult:
     cells: dict[tuple[str, str], Cell]          # (table, path) -> counts
     workload: WorkloadStats
     processes: dict[str, int | None]            # sync-worker / sync-relay / sync-binlog exit codes after SIGTERM
-    catch_up_s: float
+    phases: dict[str, float]                    # seconds per step of the run
     database: str
 
     def differing(self) -> dict[str, dict[str, str]]:
@@ -105,8 +111,8 @@ class RigResult:
             f"workload: {w.transactions} transactions committed ({w.statements} statements) in {w.seconds:.1f} s, "
             f"{w.retried} retried after a deadlock/lock wait timeout, {len(w.failed)} failed statements",
             "ops: " + ", ".join(f"{op} {n}" for op, n in sorted(w.ops.items())),
-            f"caught up {self.catch_up_s:.1f} s after the workload; exit codes after SIGTERM: "
-            + ", ".join(f"{k} {v}" for k, v in self.processes.items()),
+            "seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items()),
+            "exit codes after SIGTERM: " + ", ".join(f"{k} {v}" for k, v in self.processes.items()),
         ]
         lines += [f"  failed: {f}" for f in w.failed[:20]]
         return "\n".join(lines)
@@ -181,16 +187,47 @@ class AppRig:
             if done.returncode != 0:
                 raise AssertionError(f"sync-triggers install --table {table}: exit {done.returncode}: {done.stderr}")
 
-    def start_paths(self) -> None:
-        tables = ",".join(TABLES)
+    def start_trigger_path(self) -> None:
         common = ["--stats-interval", "0"]
-        self.spawn("sync-worker", "--table", tables, "--servers", self.gearmand.address, "--redis-url",
+        self.spawn("sync-worker", "--table", ",".join(TABLES), "--servers", self.gearmand.address, "--redis-url",
                    self.redis_url, "--connections", "2", *common)
         self.spawn("sync-relay", "--database", self.database, "--mysql-url", self.mysql_url, "--servers",
                    self.gearmand.address, *common)
-        self.spawn("sync-binlog", "--table", tables, "--sink", "redis", "--key-template", PATHS["binlog"],
-                   "--start", "current", "--name", self.binlog_name, "--mysql-url", self.mysql_url,
-                   "--redis-url", self.redis_url, *common)
+
+    def snapshot(self, table: str, path: str) -> str | None:
+        """sync-snapshot of one table into one path's keys; for the binlog path its GTID point."""
+        extra = ["--versions", "binlog", "--binlog-name", "-"] if path == "binlog" else []
+        done = self.command("sync-snapshot", "--table", table, "--key-template", PATHS[path], "--mysql-url",
+                            self.mysql_url, "--redis-url", self.redis_url, "--progress", "log", *extra)
+        if done.returncode != 0:
+            raise AssertionError(f"sync-snapshot --table {table} ({path}): exit {done.returncode}: {done.stderr}")
+        marker = "binlog point of this snapshot: GTID "
+        for line in done.stderr.splitlines():
+            if marker in line:
+                return line.split(marker, 1)[1].split()[0]
+        if path == "binlog":
+            raise AssertionError(f"sync-snapshot --table {table} --versions binlog printed no point: {done.stderr}")
+        return None
+
+    def snapshot_all(self) -> str:
+        """Both paths' snapshots of every table; returns the earliest binlog point (per GTID domain)."""
+        points: list[str] = []
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            # One path after the other: a table's snapshot progress record (gearsync:snapshot:<table>) is
+            # shared by every key template, so two snapshots of one table at once refuse each other.
+            for path in PATHS:
+                points += [pt for pt in pool.map(lambda t, p=path: self.snapshot(t, p), TABLES) if pt is not None]
+        earliest: dict[int, tuple[int, int]] = {}
+        for point in points:
+            for domain, (server, seq) in parse_mariadb_gtids(point).items():
+                if domain not in earliest or seq < earliest[domain][1]:
+                    earliest[domain] = (server, seq)
+        return format_mariadb_gtids(earliest)
+
+    def start_binlog_path(self, start: str) -> None:
+        self.spawn("sync-binlog", "--table", ",".join(TABLES), "--sink", "redis", "--key-template", PATHS["binlog"],
+                   "--start", start, "--name", self.binlog_name, "--mysql-url", self.mysql_url,
+                   "--redis-url", self.redis_url, "--stats-interval", "0")
 
     def gearman_status(self) -> dict[str, tuple[int, int]]:
         """shop function -> (queued, workers)."""
@@ -230,7 +267,7 @@ class AppRig:
         finally:
             conn.close()
 
-    def wait_caught_up(self, client: Any) -> float:
+    def wait_caught_up(self, client: Any) -> None:
         calm = [0]
 
         def caught_up() -> bool:
@@ -240,7 +277,7 @@ class AppRig:
             calm[0] = calm[0] + 1 if done else 0
             return calm[0] >= 3  # three polls in a row: nothing left in the spool's relay or a worker's hands
 
-        return self.wait("both paths caught up", caught_up, CATCH_UP_TIMEOUT_S)
+        self.wait("both paths caught up", caught_up, CATCH_UP_TIMEOUT_S)
 
     def verify_one(self, table: str, path: str) -> Cell:
         done = self.command("sync-verify", "--table", table, "--key-template", PATHS[path], "--mysql-url",
@@ -278,21 +315,40 @@ class AppRig:
         self.mariadb.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
 
     # -- the whole run -----------------------------------------------------------------------------
-    def run(self, *, transactions: int = 2000, clerks: int = 4, seconds: float = 60.0, seed: int = 1) -> RigResult:
+    def run(self, *, before: int = 500, transactions: int = 2000, clerks: int = 4, seconds: float = 60.0,
+            seed: int = 1, fk_actions: bool = True) -> RigResult:
+        """`before` transactions before capture is installed, then `transactions` with both paths live
+        (fk_actions=False: without the changes that make InnoDB cascade or set NULL)."""
         client = self.redis.client()
+        load = Workload(lambda: self.mariadb.connect(self.database, local_infile=True), clerks=clerks, seed=seed)
+        phases: dict[str, float] = {}
+        clock = [time.monotonic()]
+
+        def lap(name: str) -> None:
+            now = time.monotonic()
+            phases[name], clock[0] = now - clock[0], now
+
         try:
             self.create_schema()
+            workload = load.run(transactions=before, seconds=seconds)
+            lap("schema + data before capture")
             self.install_triggers()
-            self.start_paths()
+            lap("sync-triggers install")
+            self.start_trigger_path()
+            self.start_binlog_path(self.snapshot_all())
             self.wait_ready(client)
-            workload = run_workload(lambda: self.mariadb.connect(self.database, local_infile=True), clerks=clerks,
-                                    transactions=transactions, seconds=seconds, seed=seed)
-            catch_up_s = self.wait_caught_up(client)
+            lap("snapshots + start")
+            workload.merge(load.run(transactions=transactions, seconds=seconds, fk_actions=fk_actions))
+            lap("workload")
+            self.wait_caught_up(client)
+            lap("catch-up")
             cells = self.verify_all()
+            lap("sync-verify")
         finally:
+            load.close()
             codes = self.stop_children()
             client.close()
-        return RigResult(cells, workload, codes, catch_up_s, self.database)
+        return RigResult(cells, workload, codes, phases, self.database)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -304,8 +360,9 @@ def _report(args: argparse.Namespace) -> int:
         with (MariaDBServer(base / "mariadb", plugin_dir=library.parent) as db, RedisServer(base / "redis") as r,
               GearmanServer(base / "gearmand") as g):
             install_udfs(db)
-            result = AppRig(db, r, g, base / "rig").run(transactions=args.transactions, clerks=args.clerks,
-                                                        seconds=args.seconds, seed=args.seed)
+            result = AppRig(db, r, g, base / "rig").run(before=args.before, transactions=args.transactions, clerks=args.clerks,
+                                                        seconds=args.seconds, seed=args.seed,
+                                                        fk_actions=not args.no_fk_actions)
         print(result.render())
         differing = result.differing()
         if differing:
@@ -321,10 +378,13 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Run the shop application under both capture paths and print, per "
                                             "table and path, what sync-verify finds.")
     p.add_argument("--report", action="store_true", required=True, help="run on throwaway servers, print the table")
-    p.add_argument("--transactions", type=int, default=2000)
+    p.add_argument("--before", type=int, default=500, help="transactions before capture is installed")
+    p.add_argument("--transactions", type=int, default=2000, help="transactions with both paths live")
     p.add_argument("--clerks", type=int, default=4)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-fk-actions", action="store_true",
+                   help="while capture is live, leave out every change that makes InnoDB cascade or set NULL")
     return _report(p.parse_args(argv))
 
 

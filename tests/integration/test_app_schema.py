@@ -37,7 +37,7 @@ def test_shop_application_both_paths_with_writers(udf_installed: MariaDBServer, 
                                                   tmp_path: Path) -> None:
     rig = AppRig(udf_installed, redis_server, gearmand, tmp_path / "rig")
     try:
-        result = rig.run(transactions=3000, clerks=4, seconds=60)
+        result = rig.run(before=1000, transactions=5000, clerks=4, seconds=60)
     finally:
         rig.drop_database()
     table = "\n" + result.render()
