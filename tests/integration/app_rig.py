@@ -21,7 +21,7 @@ What it does, with the commands a user runs (the .venv's bin/):
 
 Standalone, on throwaway servers of its own (the closing-note table):
 
-    python -m tests.integration.app_rig --report [--transactions N] [--clerks N]
+    python -m tests.integration.app_rig --report [--before N] [--transactions N] [--clerks N] [--no-fk-actions]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,15 +47,18 @@ from sync.keys import binlog_position_key
 from sync.position import format_mariadb_gtids, parse_mariadb_gtids
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from tests.fixtures.shop_workload import TABLES, Workload, WorkloadStats, apply_schema
+from tests.integration.udf_fixtures import build_library, install_udfs, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 PATHS = {"trigger": "{table}:{pk}", "binlog": "binlog:{table}:{pk}"}
 CATCH_UP_TIMEOUT_S = 120.0
+CALM_S = 0.5
 
-# Tables whose rows the workload changes through FK actions (ON DELETE/UPDATE CASCADE or SET NULL) only:
-# neither the triggers (MySQL fires none for FK actions) nor the binlog (InnoDB logs no row events for
-# them) see those changes until FK cascades are captured.
+# Tables whose rows the workload also changes through FK actions (ON DELETE/UPDATE CASCADE, SET NULL): such
+# a change reaches neither path today (MySQL fires no trigger for an FK action, and InnoDB's cascaded rows
+# are not in the binlog), so these tables differ until FK cascades are captured. A run with
+# --no-fk-actions (no FK action while capture is live) shows them equal on both paths.
 CASCADE_CHILDREN = frozenset({
     "categories", "addresses", "orders", "order_items", "shipments", "product_categories", "inventory",
     "reviews", "wishlists", "price_history",
@@ -238,14 +242,13 @@ class AppRig:
         raw = client.get(binlog_position_key(self.binlog_name))
         return json.loads(raw)["gtid"] if raw else None
 
-    def wait(self, what: str, ready: Any, timeout_s: float) -> float:
-        started = time.monotonic()
-        while not ready():
+    def wait(self, what: str, ready: Callable[[], bool], timeout_s: float) -> None:
+        def check() -> bool:
             self.check_children()
-            if time.monotonic() - started > timeout_s:
-                raise AssertionError(f"{what}: not within {timeout_s:g} s; logs in {self.work_dir}")
-            time.sleep(0.1)
-        return time.monotonic() - started
+            return ready()
+
+        if not wait_until(check, timeout_s):
+            raise AssertionError(f"{what}: not within {timeout_s:g} s; logs in {self.work_dir}")
 
     def wait_ready(self, client: Any) -> None:
         def ready() -> bool:
@@ -268,14 +271,17 @@ class AppRig:
             conn.close()
 
     def wait_caught_up(self, client: Any) -> None:
-        calm = [0]
+        calm_since: list[float | None] = [None]
 
         def caught_up() -> bool:
             gtid, spool = self.server_state()
             queued = sum(q for q, _ in self.gearman_status().values())
-            done = spool == 0 and queued == 0 and self.saved_binlog_gtid(client) == gtid
-            calm[0] = calm[0] + 1 if done else 0
-            return calm[0] >= 3  # three polls in a row: nothing left in the spool's relay or a worker's hands
+            if not (spool == 0 and queued == 0 and self.saved_binlog_gtid(client) == gtid):
+                calm_since[0] = None
+                return False
+            since = calm_since[0] = calm_since[0] or time.monotonic()
+            # Nothing queued for CALM_S on end: nothing left in the relay's or a worker's hands either.
+            return time.monotonic() - since >= CALM_S
 
         self.wait("both paths caught up", caught_up, CATCH_UP_TIMEOUT_S)
 
@@ -352,8 +358,6 @@ class AppRig:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from tests.integration.udf_fixtures import build_library, install_udfs
-
     library = build_library()
     with tempfile.TemporaryDirectory(prefix="app-rig-") as tmp:
         base = Path(tmp)
