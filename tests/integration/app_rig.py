@@ -382,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Run the shop application under both capture paths and print, per "
                                             "table and path, what sync-verify finds.")
     p.add_argument("--report", action="store_true", required=True, help="run on throwaway servers, print the table")
-    p.add_argument("--before", type=int, default=500, help="transactions before capture is installed")
-    p.add_argument("--transactions", type=int, default=2000, help="transactions with both paths live")
+    p.add_argument("--before", type=int, default=1000, help="transactions before capture is installed")
+    p.add_argument("--transactions", type=int, default=5000, help="transactions with both paths live")
     p.add_argument("--clerks", type=int, default=4)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=1)
