@@ -247,6 +247,13 @@ def column_converter(col: Column, bcol: Any, flavor: str) -> Callable[[Any], Any
         if col.data_type in ("enum", "json", "varchar", "char", "text", "set") and bcol.character_set_name not in (None, "binary"):
             return _text
         return lambda v: v if type(v) is str else canonical_value(col, v)
+    width = getattr(bcol, "max_length", None)
+    if col.data_type == "binary" and width:
+        # BINARY(n) travels in the row image without its trailing 0x00 pad bytes; MySQL returns all n.
+        def binary_padded(v: Any) -> Any:
+            raw = v.encode("utf-8", errors="surrogateescape") if isinstance(v, str) else bytes(v)
+            return canonical_value(col, raw.ljust(width, b"\x00"))
+        return binary_padded
     return lambda v: canonical_value(col, v)
 
 
