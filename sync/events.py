@@ -394,7 +394,10 @@ def _parse_refs(obj: Any) -> dict[str, tuple[JSONValue, ...]]:
         _check_name(name, "refs fk name")
         if type(values) is not list or not values or len(values) > MAX_PK_COLUMNS:
             raise PayloadError(f"refs.{name}: expected a list of 1..{MAX_PK_COLUMNS} values, got {_show(values)}")
-        out[name] = tuple(check_value(v, f"refs.{name}", nullable=False) for v in values)
+        if all(type(v) is int or type(v) is str for v in values):
+            out[name] = tuple(values)  # the common case: nothing to check or convert
+        else:
+            out[name] = tuple(check_value(v, f"refs.{name}", nullable=False) for v in values)
     return out
 
 

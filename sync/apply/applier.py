@@ -149,6 +149,9 @@ class RedisApplier:
         self._cluster = isinstance(redis, RedisCluster)
         self._prefix = check_prefix(prefix)
         self._vprefix = prefix + ":v:"
+        # fk_rows_key's spelling, inlined on the hot path (tagged like the version key)
+        self._fkr_prefix = prefix + ":fkr:"
+        self._fk_prefixes: dict[tuple[str, str], str] = {}
         self._tomb_ms = str(tombstone_ttl_s * 1000)
         self._stats = stats
         self._tables: dict[str, _Table] = {}
@@ -185,11 +188,13 @@ class RedisApplier:
             if ev.op is not Op.CASCADE:
                 self.row_key(ev)
             if ev.refs is not None or ev.cascade is not None:
-                self._check_cascade(ev)
+                self.check_cascade(ev)
         elif type(ev) is not ClassicSet:
             raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
 
-    def _check_cascade(self, ev: ChangeEvent) -> None:
+    def check_cascade(self, ev: ChangeEvent) -> None:
+        """Raise PayloadError if the event's refs/cascade cannot be applied here (Redis Cluster, or a
+        cascade into a table this applier does not serve)."""
         if self._cluster:
             raise PayloadError(f"table {ev.table!r}: refs/cascade: cascades need a standalone Redis, not a Cluster")
         todo = list(ev.cascade.fks) if ev.cascade is not None else []
@@ -216,8 +221,15 @@ class RedisApplier:
         refs = ev.refs
         if ev.op is Op.DELETE or not refs:
             return "", []
-        prefix = self._prefix
-        sets = sorted(fk_index_key(ev.table, name, values, prefix) for name, values in refs.items())
+        prefixes = self._fk_prefixes
+        sets = []
+        for name, values in refs.items():
+            start = prefixes.get((ev.table, name))
+            if start is None:
+                start = prefixes[(ev.table, name)] = fk_index_prefix(ev.table, name, self._prefix)
+            sets.append(start + ":".join([escape(v) for v in values]))
+        if len(sets) > 1:
+            sets.sort()
         return orjson.dumps([[c for c, _ in ev.pk], *sets]).decode(), sets
 
     def _build_args(
@@ -230,6 +242,7 @@ class RedisApplier:
         stats: dict[str, int] = {}
         tables = self._tables
         vprefix = self._vprefix
+        fkr_prefix = self._fkr_prefix
         want_stats = self._stats and not self._cluster
         for ev in events:
             if type(ev) is ChangeEvent:
@@ -251,7 +264,7 @@ class RedisApplier:
                 idx = "000"
                 if ev.refs is not None:
                     fkr, sets = self._index(ev, rk)
-                    keys.append(fk_rows_key(rk, self._prefix))
+                    keys.append(fkr_prefix + rk if t.vk_tagged else fkr_prefix + "{" + rk + "}")
                     keys.extend(sets)
                     idx = f"{len(sets) + 1:03d}"
                 if ev.op is Op.DELETE:
@@ -360,7 +373,7 @@ class RedisApplier:
         if type(first) is not ChangeEvent or first.cascade is None:
             keys, argv = self._build_args(seg)
             return self._outcomes(await self._call(keys, argv, len(seg)), len(seg))
-        self._check_cascade(first)
+        self.check_cascade(first)
         rest = list(seg[1:])
         for _ in range(MAX_CASCADE_TRIES):
             derived, guards = await self._expand(first)
@@ -552,7 +565,7 @@ class RedisApplier:
         for i, ev in enumerate(events):
             if type(ev) is ChangeEvent:
                 if ev.refs is not None or ev.cascade is not None:
-                    self._check_cascade(ev)
+                    self.check_cascade(ev)
                 rk = self.row_key(ev).encode()
             elif type(ev) is ClassicSet:
                 rk = ev.key

@@ -110,8 +110,11 @@ class SyncWorker:
         if event.table != table and not (type(event) is ChangeEvent and event.op is Op.CASCADE):
             # op cascade (a parent that is not synced) arrives on a child's function.
             raise PayloadError(f"table: {event.table!r} arrived on function {function!r}; expected {table!r}")
-        if type(event) is ChangeEvent and (self._check_key[table] or event.refs is not None or event.cascade is not None):
-            self.applier.check(event)  # {pk.<col>} templates and cascades can fail per event
+        if type(event) is ChangeEvent:
+            if self._check_key[table]:
+                self.applier.check(event)  # {pk.<col>} templates (and cascades) can fail per event
+            elif event.refs is not None or event.cascade is not None:
+                self.applier.check_cascade(event)
         return event
 
     def dead_letter_name(self, function: str) -> str:

@@ -7,7 +7,9 @@ as the median of --runs runs. `--batch 1` is the one-job-per-round-trip baseline
 worker's shape). `--profile` drains once in-process under cProfile and prints where the time goes.
 `--fk` measures each configuration twice, the runs interleaved: the plain jobs, and the same jobs
 as rows of a child table with one cascading FK (each job carrying "refs", so the applier keeps
-the FK index with each row), and prints both rates and the cost.
+the FK index with each row), and prints both rates and the cost: once into an empty Redis (every
+row and index entry new: the worst case) and once as a rewrite of the same rows with newer
+versions (the steady state of updates: the index entry exists and is unchanged).
 """
 
 from __future__ import annotations
@@ -59,10 +61,15 @@ def applied_total(client: Any) -> int:
 
 
 def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, batch: int, connections: int,
-                         fk: bool = False) -> float:
+                         fk: bool = False, rewrite: bool = False) -> float:
+    """jobs/s of `procs` sync-worker processes draining n pre-queued jobs. `rewrite`: the same rows
+    again with newer versions, on top of the previous run's Redis (rows and, with `fk`, their index
+    entries exist: the steady state of updates), instead of an empty Redis (every row is new)."""
     client = r.client()
-    client.flushall()
-    asyncio.run(prequeue(g, make_payloads(n, 10**12, fk)))
+    start = applied_total(client) if rewrite else 0
+    if not rewrite:
+        client.flushall()
+    asyncio.run(prequeue(g, make_payloads(n, 2 * 10**12 if rewrite else 10**12, fk)))
     env = {**os.environ, "GEARMAN_SERVERS": g.address, "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
     exe = str(Path(sys.executable).with_name("sync-worker"))
     cmd = [exe, "--table", "data", "--batch", str(batch), "--connections", str(connections),
@@ -73,7 +80,7 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
         first_n = 0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            done = applied_total(client)
+            done = applied_total(client) - start
             now = time.perf_counter()
             if first_t is None and done > 0:
                 first_t, first_n = now, done
@@ -162,10 +169,15 @@ def main(argv: list[str] | None = None) -> int:
                 n = args.jobs if batch > 1 else min(args.jobs, 20_000)
                 rates: list[float] = []
                 fk_rates: list[float] = []
+                re_rates: list[float] = []
+                fk_re_rates: list[float] = []
                 for _ in range(args.runs):  # interleaved: drift of the machine hits both alike
                     rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections))
                     if args.fk:
+                        re_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, rewrite=True))
                         fk_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=True))
+                        fk_re_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=True,
+                                                                rewrite=True))
                 med = statistics.median(rates)
                 entry: dict[str, object] = {"processes": nprocs, "batch": batch, "jobs": n,
                                             "median_jobs_per_s": med, "runs_jobs_per_s": rates}
@@ -179,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
                 if args.fk:
                     runs += " | fk " + ", ".join(f"{x:,.0f}" for x in fk_rates)
                 print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}{fk_text}  {runs}", flush=True)
+                if args.fk:
+                    re_med, fk_re_med = statistics.median(re_rates), statistics.median(fk_re_rates)
+                    re_cost = 1 - fk_re_med / re_med
+                    print(f"{'rewrite':>9} {batch:>6} {re_med:>14,.0f} {fk_re_med:>10,.0f} {re_cost:>8.1%}  "
+                          f"{', '.join(f'{x:,.0f}' for x in re_rates)} | fk {', '.join(f'{x:,.0f}' for x in fk_re_rates)}",
+                          flush=True)
+                    entry.update(rewrite_median_jobs_per_s=re_med, fk_rewrite_median_jobs_per_s=fk_re_med,
+                                 fk_rewrite_cost=re_cost)
                 measured.append(entry)
             if args.profile:
                 text = profile_in_process(g, r, args.jobs, args.batch, 25)
