@@ -118,3 +118,17 @@ def run(prog: str, fn: Callable[[], int], argv: Sequence[str] | None = None) -> 
         sys.stderr.write(f"{prog}: interrupted\n")
         raise SystemExit(int(ExitCode.INTERRUPTED)) from None
     raise SystemExit(int(code))
+
+
+ALL_TABLES_HELP = ("every table of the database with a primary key or a NOT NULL unique key (the others are "
+                   "listed with the reason)")
+
+
+def add_table_options(p: argparse.ArgumentParser, *, table_help: str, columns_help: str,
+                      all_help: str = ALL_TABLES_HELP) -> None:
+    """--table (repeatable, comma-separated), --all-tables, --database and --columns: how a command
+    that works on tables of one database is told which."""
+    p.add_argument("--table", action="append", metavar="NAME[,NAME…]", help=table_help)
+    p.add_argument("--all-tables", action="store_true", help=all_help)
+    p.add_argument("--database", metavar="DB", help="database of the table(s) (default: from --mysql-url / MYSQL_DATABASE)")
+    p.add_argument("--columns", metavar="A,B,…", help=columns_help)

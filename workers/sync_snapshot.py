@@ -13,6 +13,7 @@ from sync.cli import (
     add_logging_options,
     add_mysql_options,
     add_redis_options,
+    add_table_options,
     make_parser,
     run,
     stop_on_signals,
@@ -80,14 +81,8 @@ exit codes: 0 done, 2 bad option or table, 3 MySQL or Redis unreachable,
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("--table", action="append", metavar="NAME[,NAME…]",
-                   help="table(s) to copy (NAME or DB.NAME), one after another; repeatable")
-    p.add_argument("--all-tables", action="store_true",
-                   help="every table of the database with a primary key or a NOT NULL unique key (the others "
-                        "are listed with the reason)")
-    p.add_argument("--database", metavar="DB", help="database of the table (default: from the MySQL URL/env)")
-    p.add_argument("--columns", metavar="A,B,…",
-                   help="only these columns (the key columns are always included); with one table only")
+    add_table_options(p, table_help='table(s) to copy (NAME or DB.NAME), one after another; repeatable',
+                      columns_help='only these columns (the key columns are always included); with one table only')
     p.add_argument("--chunk", type=int, default=5000, metavar="N", help="rows per query and per saved step (default 5000)")
     add_mysql_options(p)
     add_redis_options(p)

@@ -32,7 +32,7 @@ from sync.capture.triggers import (
     uninstall_script,
     uninstall_statements,
 )
-from sync.cli import ExitCode, add_mysql_options, make_parser, run
+from sync.cli import ExitCode, add_mysql_options, add_table_options, make_parser, run
 from sync.errors import ConfigError, SourceError
 from sync.rows.fkgraph import FKGraph, load_foreign_keys
 from sync.rows.schema import TableSchema, current_database, load_table, quote_ident
@@ -109,13 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", choices=("install", "uninstall", "show", "check", "alter"), help="what to do")
     p.add_argument("spec", nargs="?", metavar="ALTER_SPEC",
                    help='alter: the ALTER TABLE specification, e.g. "DROP COLUMN w" or "ADD COLUMN z INT"')
-    p.add_argument("--table", action="append", metavar="NAME[,NAME…]",
-                   help="the table(s): repeat or separate with commas (NAME or DB.NAME is not split: use --database)")
-    p.add_argument("--all-tables", action="store_true",
-                   help="install/uninstall: every table with a primary key or NOT NULL unique key; "
-                        "check: every table that has gearsync triggers")
-    p.add_argument("--database", metavar="DB", help="its database (default: from --mysql-url / MYSQL_DATABASE)")
-    p.add_argument("--columns", metavar="A,B,…", help="sync only these columns (the key columns are always included; one table only)")
+    add_table_options(p, table_help='the table(s): repeat or separate with commas (NAME or DB.NAME is not split: use --database)',
+                      all_help='install/uninstall: every table with a primary key or NOT NULL unique key; '
+                               'check: every table that has gearsync triggers',
+                      columns_help='sync only these columns (the key columns are always included; one table only)')
     p.add_argument("--function", metavar="NAME", help="Gearman function of the jobs (default gearsync.<table>; one table only)")
     p.add_argument("--on-enqueue-failure", choices=FAILURE_POLICIES, default=None,
                    help="udf mode: what to do when gearmand did not take the change (default spool)")

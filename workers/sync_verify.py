@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sync.cli import ExitCode, add_logging_options, add_mysql_options, add_redis_options, fail, make_parser, run, table_target_options
+from sync.cli import (
+    ExitCode,
+    add_logging_options,
+    add_mysql_options,
+    add_redis_options,
+    add_table_options,
+    fail,
+    make_parser,
+    run,
+    table_target_options,
+)
 from sync.errors import SyncError
 from sync.settings import resolve_logging
 
@@ -57,13 +67,8 @@ exit codes: 0 equal, 1 differences remain (in any table), 2 bad input or an erro
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("--table", action="append", metavar="NAME[,NAME…]",
-                   help="table(s) to check (NAME or DB.NAME), one after another; repeatable")
-    p.add_argument("--all-tables", action="store_true",
-                   help="every table of the database with a primary key or a NOT NULL unique key (the others "
-                        "are listed with the reason)")
-    p.add_argument("--database", metavar="DB", help="database of the table (default: from the MySQL URL/env)")
-    p.add_argument("--columns", metavar="A,B,…", help="only these columns, as given to sync-snapshot (one table only)")
+    add_table_options(p, table_help='table(s) to check (NAME or DB.NAME), one after another; repeatable',
+                      columns_help='only these columns, as given to sync-snapshot (one table only)')
     p.add_argument("--repair", action="store_true", help="fix missing, different and extra keys (fenced)")
     p.add_argument("--sample", type=int, metavar="N", help="check N random rows (and the first N keys for extras)")
     p.add_argument("--chunk", type=int, default=5000, metavar="N", help="rows per MySQL query / Redis pipeline (default 5000)")

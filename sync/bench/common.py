@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 LIBRARY = REPO / "udf" / "build" / LIBRARY_NAME
 BIN = Path(sys.executable).parent  # sync-worker, sync-relay, … of this environment
 
-__all__ = ["BIN", "LIBRARY", "REPO", "add_json_option", "run_dir_with_udf", "write_json"]
+__all__ = ["BIN", "LIBRARY", "REPO", "add_json_option", "add_update_load_options", "run_dir_with_udf", "write_json"]
 
 
 def run_dir_with_udf(name: str, *, build: bool, library: Path = LIBRARY) -> tuple[Path, Path]:
@@ -41,3 +41,13 @@ def write_json(path: Path | None, out: Any) -> None:
 
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE")
+
+
+def add_update_load_options(parser: argparse.ArgumentParser) -> None:
+    """--runs, --rows, --single, --multi, --json, --no-build: the UPDATE load of bench udf and triggers."""
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--single", type=int, default=20_000, help="single-row UPDATEs per run and mode")
+    parser.add_argument("--multi", type=int, default=10_000, help="rows in the one multi-row UPDATE")
+    add_json_option(parser)
+    parser.add_argument("--no-build", action="store_true", help="do not run make -C udf first")

@@ -34,7 +34,7 @@ from typing import Any
 
 import pymysql
 
-from sync.bench.common import BIN, add_json_option, run_dir_with_udf, write_json
+from sync.bench.common import BIN, add_update_load_options, run_dir_with_udf, write_json
 from sync.bench.udf import multi_row, prepare_bench_table, single_row
 from sync.capture.triggers import TriggerOptions, install_statements, uninstall_statements
 from sync.rows.expected import expected_entry, select_sql
@@ -245,12 +245,7 @@ def print_table(out: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sync.bench triggers", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--single", type=int, default=20_000)
-    parser.add_argument("--multi", type=int, default=10_000)
-    add_json_option(parser)
-    parser.add_argument("--no-build", action="store_true", help="do not run make -C udf first")
+    add_update_load_options(parser)
     args = parser.parse_args(argv)
     if args.multi > args.rows:
         parser.error("--multi must not exceed --rows")

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sync.bench.common import LIBRARY, add_json_option, run_dir_with_udf, write_json
+from sync.bench.common import LIBRARY, add_update_load_options, run_dir_with_udf, write_json
 from sync.capture.udf_install import INSTALL_SQL, read_statements
 from sync.testing.servers import GearmanServer, MariaDBServer, free_port
 
@@ -255,18 +255,13 @@ def print_table(out: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sync.bench udf", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--single", type=int, default=20_000, help="single-row UPDATEs per run and mode")
-    parser.add_argument("--multi", type=int, default=10_000, help="rows in the one multi-row UPDATE")
-    add_json_option(parser)
+    add_update_load_options(parser)
     parser.add_argument("--slices-per-run", type=int, default=10,
                         help="single-row UPDATEs are measured in this many interleaved slices per run")
     parser.add_argument("--gearmand-threads", type=int, default=2, help="gearmand --threads")
     parser.add_argument("--udf-options", default="", metavar="K=V[,K=V]",
                         help="extra gman_servers_set options for every mode, e.g. coalesce_us=0 (udf/README.md)")
     parser.add_argument("--library", type=Path, default=LIBRARY, help="the UDF library to load")
-    parser.add_argument("--no-build", action="store_true", help="do not run make -C udf first")
     args = parser.parse_args(argv)
     if args.multi > args.rows:
         parser.error("--multi must not exceed --rows")
