@@ -59,7 +59,7 @@ def test_binary_n_keeps_its_trailing_zero_bytes_on_the_binlog_path(mariadb: Mari
                                                                     redis_server: RedisServer,
                                                                     redis_client: Any) -> None:
     """Found by the shop run: the row image carries BINARY(n) without its trailing 0x00 pad bytes."""
-    from .test_binlog_helpers import Running, diff, mysql_state, redis_state, settings, wait_caught_up
+    from .binlog_rig import Running, diff, mysql_state, redis_state, settings, wait_caught_up
 
     with db.cursor() as cur:
         cur.execute("CREATE TABLE bin (id BINARY(4) NOT NULL PRIMARY KEY, b BINARY(8), vb VARBINARY(8))")

@@ -18,8 +18,8 @@ from sync.rows.schema import load_table
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
-from .test_binlog_helpers import Running, settings, wait_caught_up
-from .test_triggers_helpers import (
+from .binlog_rig import Running, settings, wait_caught_up
+from .triggers_rig import (
     diff,
     expected_state,
     install,
@@ -141,7 +141,7 @@ def test_relay_batches_are_bounded_by_bytes(big_packets: MariaDBServer, gearmand
     from sync.capture.relay import SpoolRelay
     from sync.capture.spool import spool_ddl
 
-    from .test_triggers_helpers import relay_settings
+    from .triggers_rig import relay_settings
 
     conn = big_packets.connect(db.db_name)
     with conn.cursor() as cur:

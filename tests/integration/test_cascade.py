@@ -18,7 +18,7 @@ from sync.rows.schema import load_table
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
-from .test_triggers_helpers import LoopThread, diff, expected_state
+from .triggers_rig import LoopThread, diff, expected_state
 from .udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"

@@ -13,9 +13,9 @@ from sync.apply.worker import SyncWorker
 from sync.config import worker_settings
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
-from .test_binlog_helpers import Running, settings
+from .binlog_rig import Running, settings
 from .test_cascade import SYNCED, make_schema, populate, wait_equal, workload
-from .test_triggers_helpers import LoopThread
+from .triggers_rig import LoopThread
 
 pytestmark = pytest.mark.timeout(240)
 
