@@ -51,7 +51,16 @@ from redis.crc import key_slot
 
 from sync.errors import ApplyError, ConfigError, PayloadError, short_error
 from sync.events import MAX_CASCADE_DEPTH, ChangeEvent, ClassicSet, FKRule, JSONValue, Op
-from sync.keys import DEFAULT_PREFIX, check_prefix, escape, fk_index_key, fk_index_prefix, fk_rows_key, stats_key
+from sync.keys import (
+    DEFAULT_PREFIX,
+    TableKeyMatch,
+    check_prefix,
+    escape,
+    fk_index_key,
+    fk_index_prefix,
+    fk_rows_key,
+    stats_key,
+)
 from sync.rows.rowcodec import decode_json, encode_hash, encode_json, normalize_value
 from sync.tables import TableSpec
 
@@ -95,7 +104,7 @@ def _pack_command(args: Sequence[Any]) -> bytes:
 class _Table:
     """Per-table precomputed state used on the hot path."""
 
-    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key")
+    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key", "rows")
 
     def __init__(self, spec: TableSpec, prefix: str) -> None:
         self.spec = spec
@@ -105,6 +114,10 @@ class _Table:
         # Literal braces in a valid template always form the hash tag; values never add braces.
         self.vk_tagged = "{{" in spec.key_template
         self.stats_key = stats_key(spec.name, prefix)
+        # The fk index sets are named by child table and FK: they hold the row keys of every key
+        # template writing that table to this Redis (e.g. two capture paths side by side); a
+        # cascade follows only the members of this table's own template.
+        self.rows = TableKeyMatch(spec.key_template, spec.name)
 
 
 @dataclass(slots=True)
@@ -422,9 +435,10 @@ class RedisApplier:
             members = await self._read([("SMEMBERS", k) for k in sets])
             todo: dict[str, list[tuple[FKRule, _Step, str]]] = {}
             for lookup, found in zip(lookups, members):
+                ours = self._tables[lookup[0].table].rows
                 for m in sorted(found):
                     rk = m.decode("utf-8", "surrogateescape") if isinstance(m, bytes) else str(m)
-                    if rk not in visited:
+                    if rk not in visited and ours.matches(rk):
                         todo.setdefault(rk, []).append(lookup)
             visited.update(todo)
             if not todo:

@@ -156,3 +156,20 @@ async def test_without_the_cascade_the_child_diverges(applier: RedisApplier, red
     plain = ChangeEvent("orders", Op.UPDATE, (("id", 6),), {"id": 6}, 20, Source.TRIGGER)
     await applier.apply([plain])
     assert redis_client.get("line:1") == encode_json({"id": 1, "order_id": 5})
+
+
+async def test_two_key_templates_on_one_redis_keep_their_cascades_apart(aredis: Any, redis_client: Any) -> None:
+    """Found by the shop run (both capture paths on one Redis): the fk index sets are named by child
+    table and FK only, so they hold the row keys of every key template; a cascade must touch only
+    the rows of its own applier's template, the other path's rows follow that path's own cascade."""
+    trig = RedisApplier(aredis, TABLES)
+    binlog = RedisApplier(aredis, {name: TableSpec(name, key_template="binlog:{table}:{pk}") for name in TABLES})
+    await trig.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
+    await binlog.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == {b"line:1", b"binlog:line:1"}
+    assert await trig.apply([parent(Op.DELETE, 5, None, 50, (LINE,))]) == [A]
+    assert redis_client.get("line:1") is None
+    assert orjson.loads(redis_client.get("binlog:line:1")) == {"id": 1, "order_id": 5}
+    assert redis_client.get(version_key("binlog:line:1")) == b"%020d" % 10
+    assert await binlog.apply([parent(Op.UPDATE, 5, 6, 20, (LINE,))]) == [A]
+    assert orjson.loads(redis_client.get("binlog:line:1")) == {"id": 1, "order_id": 6}
