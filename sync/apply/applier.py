@@ -497,7 +497,7 @@ class RedisApplier:
         steps = [_Step(c.fks, c.old, c.new)]
         prefix = self._prefix
         for _depth in range(MAX_CASCADE_DEPTH):
-            lookups: list[tuple[FKRule, _Step, str]] = []
+            lookups: list[tuple[FKRule, _Step, str, list[Any] | None]] = []
             sets: list[str] = []
             for st in steps:
                 for rule in st.rules:
@@ -511,22 +511,25 @@ class RedisApplier:
                     else:
                         action = rule.on_update
                     if action != "none":
-                        lookups.append((rule, st, action))
-                        sets.append(fk_index_key(rule.table, rule.fk, old, prefix))
-                        # The cascade record: a change of a child with these refs that is older than
-                        # this cascade and not in Redis yet is moved by it when it comes (_moved).
                         to = None if st.new is None and action == "cascade" else [
                             st.new[ref] if st.new is not None and action == "cascade" else None for ref in rule.ref]
-                        template = self._tables[rule.table].spec.key_template
-                        records.append(_Raw(rule.table, fk_cascade_key(rule.table, rule.fk, old, template, prefix),
-                                            "M", ev.version, [_record(rule, to)], "", []))
+                        lookups.append((rule, st, action, to))
+                        sets.append(fk_index_key(rule.table, rule.fk, old, prefix))
             if not lookups:
                 break
+            await self._follow_records(ev.version, lookups, guards)
+            for rule, st, _action, to in lookups:
+                # The cascade record: a change of a child with these refs that is older than this
+                # cascade and not in Redis yet is moved by it when it comes (_moved).
+                old = [st.old.get(col) for col in rule.ref]
+                template = self._tables[rule.table].spec.key_template
+                records.append(_Raw(rule.table, fk_cascade_key(rule.table, rule.fk, old, template, prefix),
+                                    "M", ev.version, [_record(rule, to)], "", []))
             members = await self._read([("SMEMBERS", k) for k in sets])
             for k, found in zip(sets, members):
                 # A child written between this read and the script (not seen here) fails the guard.
                 guards[k] = b"S" + b"\n".join(sorted(m if isinstance(m, bytes) else str(m).encode() for m in found))
-            todo: dict[str, list[tuple[FKRule, _Step, str]]] = {}
+            todo: dict[str, list[tuple[FKRule, _Step, str, list[Any] | None]]] = {}
             for lookup, found in zip(lookups, members):
                 ours = self._tables[lookup[0].table].rows
                 for m in sorted(found):
@@ -559,10 +562,34 @@ class RedisApplier:
                 break
         return derived + records, guards
 
+    async def _follow_records(self, version: int, lookups: list[tuple[FKRule, _Step, str, list[Any] | None]],
+                              guards: dict[str, str | bytes]) -> None:
+        """Where each lookup's rows go (`to`), after the newer cascades that already ran for the
+        values they go to (cascade records newer than `version`: e.g. parent key changes applied out
+        of order); the records read are guarded."""
+        done: set[int] = set()
+        for _ in range(MAX_CASCADE_DEPTH):
+            asks = []
+            for j, (rule, _st, _action, to) in enumerate(lookups):
+                if j not in done and to is not None and None not in to:
+                    template = self._tables[rule.table].spec.key_template
+                    asks.append((j, fk_cascade_key(rule.table, rule.fk, to, template, self._prefix)))
+            if not asks:
+                return
+            got = await self._read([("GET", k) for _, k in asks])
+            for (j, k), raw in zip(asks, got):
+                guards[k] = raw or ""
+                if raw and int(raw[:20]) > version:
+                    rule, st, action, _to = lookups[j]
+                    lookups[j] = (rule, st, action, orjson.loads(raw[20:])["new"])
+                else:
+                    done.add(j)
+
     def _vk(self, t: _Table, rk: str) -> str:
         return self._vprefix + rk if t.vk_tagged else self._vprefix + "{" + rk + "}"
 
-    def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes, mods: Sequence[tuple[FKRule, _Step, str]],
+    def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes,
+                mods: Sequence[tuple[FKRule, _Step, str, list[Any] | None]],
                 version: int, children_of: Mapping[str, Sequence[FKRule]], out: list[_Raw]) -> list[_Step]:
         """The derived change(s) of one child row (appended to `out`); the next cascade steps."""
         hashed = t.op_upsert == "H"
@@ -573,13 +600,12 @@ class RedisApplier:
         sets: list[str] = stored[1:]
         before = dict(row)
         deleted = False
-        for rule, st, action in mods:
+        for rule, st, _action, new in mods:
             if not all(_same(row.get(name(col)), st.old[ref]) for col, ref in zip(rule.columns, rule.ref)):
                 continue  # the index is behind the row: this row no longer references the old values
-            if st.new is None and action == "cascade":
+            if new is None:
                 deleted = True
                 continue
-            new = [st.new[ref] if st.new is not None and action == "cascade" else None for ref in rule.ref]
             head = fk_index_prefix(rule.table, rule.fk, self._prefix)
             sets = [s for s in sets if not s.startswith(head)]
             if None not in new:

@@ -218,3 +218,19 @@ async def test_a_late_insert_into_a_key_that_moved(applier: RedisApplier, redis_
     assert get(redis_client, "link", order_id=5, tag="a") is None
     assert get(redis_client, "link", order_id=9, tag="a") == {"order_id": 9, "tag": "a", "n": 1}
     assert redis_client.smembers(fk_index_key("link", "fk_link", [9])) == {b"link:9:a"}
+
+
+async def test_parent_key_changes_applied_out_of_order(applier: RedisApplier, redis_client: Any) -> None:
+    """Two key changes of one parent (5 -> 6 at v50, 6 -> 7 at v60) reach the applier in the other
+    order (two worker connections): the rows the older cascade moves go on to 7."""
+    await applier.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
+    assert await applier.apply([parent(Op.UPDATE, 6, 7, 60, (LINE,))]) == [A]
+    assert await applier.apply([parent(Op.UPDATE, 5, 6, 50, (LINE,))]) == [A]
+    assert get(redis_client, "line", id=1) == {"id": 1, "order_id": 7}
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [7])) == {b"line:1"}
+    # The same into a key column: the link row ends under 7.
+    await applier.apply([child("link", {"order_id": 15, "tag": "a"}, 10, "fk_link", ("order_id",), n=1)])
+    assert await applier.apply([parent(Op.UPDATE, 16, 17, 60, (LINK,))]) == [A]
+    assert await applier.apply([parent(Op.UPDATE, 15, 16, 50, (LINK,))]) == [A]
+    assert get(redis_client, "link", order_id=17, tag="a") == {"order_id": 17, "tag": "a", "n": 1}
+    assert get(redis_client, "link", order_id=16, tag="a") is None
