@@ -557,7 +557,8 @@ class RedisApplier:
                 # the parent's can do unless the parent key is reused: the cascade applies even to a
                 # child at a newer version (another cascade may have got there first), guarded.
                 version = max(ev.version, int(ver)) if ver else ev.version
-                steps += self._derive(t, rk, value, fkr, mods, version, children_of, derived)
+                steps += self._derive(t, rk, value, fkr, mods, version, int(ver) if ver else ev.version, children_of,
+                                      derived)
             if not steps:
                 break
         return derived + records, guards
@@ -590,7 +591,7 @@ class RedisApplier:
 
     def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes,
                 mods: Sequence[tuple[FKRule, _Step, str, list[Any] | None]],
-                version: int, children_of: Mapping[str, Sequence[FKRule]], out: list[_Raw]) -> list[_Step]:
+                version: int, own: int, children_of: Mapping[str, Sequence[FKRule]], out: list[_Raw]) -> list[_Step]:
         """The derived change(s) of one child row (appended to `out`); the next cascade steps."""
         hashed = t.op_upsert == "H"
         row: dict[Any, Any] = value if hashed else decode_json(value)
@@ -637,7 +638,9 @@ class RedisApplier:
             out.append(_Raw(table, rk, "d", version, [], "", []))
             out.append(_Raw(table, new_rk, t.op_upsert, version, values, fkr_value, sets))  # fenced
         else:
-            out.append(_Raw(table, new_rk, t.op_upsert.lower(), version, values, fkr_value, sets))
+            # Same key: the row keeps its own version, so a delete of it older than this cascade that
+            # comes late still applies (its older upserts follow the cascade records: _moved).
+            out.append(_Raw(table, new_rk, t.op_upsert.lower(), own, values, fkr_value, sets))
         return [_Step(children_of.get(table, ()), _text_row(before, hashed), _text_row(row, hashed))]
 
     async def _evalsha(self, keys: list[Any], argv: list[Any]) -> Any:
