@@ -58,6 +58,7 @@ __all__ = [
     "fk_index_key",
     "fk_index_prefix",
     "fk_rows_key",
+    "fk_cascade_key",
     "TableKeyMatch",
     "table_key_match",
 ]
@@ -278,6 +279,17 @@ def fk_index_key(child: str, fk: str, values: Sequence[Any], prefix: str = DEFAU
 def fk_rows_key(row_key: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The fk index sets a row is in; same Cluster slot as the row (tagged like version_key)."""
     return f"{prefix}:fkr:" + version_key(row_key, prefix)[len(prefix) + 3 :]
+
+
+def fk_cascade_key(child: str, fk: str, values: Sequence[Any], template: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The cascade record of `child` rows whose FK `fk` holds `values`: the last cascade that ran
+    for them (version, new values) under one key template (its versions are that path's own)."""
+    return f"{prefix}:fkc:{_template_tag(template)}:{escape(child)}:{escape(fk)}:" + ":".join([escape(v) for v in values])
+
+
+@lru_cache(maxsize=256)
+def _template_tag(template: str) -> str:
+    return format(binascii.crc32(template.encode()), "08x")
 # -- a table's row keys, found by SCAN -----------------------------------------------------------
 
 # One escaped value (escape()): plain characters and \\ \: \( \) escapes, or \e, or \x<hex>.

@@ -50,8 +50,18 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from sync.errors import ApplyError, ConfigError, PayloadError, short_error
-from sync.events import MAX_CASCADE_DEPTH, ChangeEvent, ClassicSet, FKRule, JSONValue, Op
-from sync.keys import DEFAULT_PREFIX, check_prefix, escape, fk_index_key, fk_index_prefix, fk_rows_key, stats_key
+from sync.events import MAX_CASCADE_DEPTH, Cascade, ChangeEvent, ClassicSet, FKRule, JSONValue, Op
+from sync.keys import (
+    DEFAULT_PREFIX,
+    TableKeyMatch,
+    check_prefix,
+    escape,
+    fk_cascade_key,
+    fk_index_key,
+    fk_index_prefix,
+    fk_rows_key,
+    stats_key,
+)
 from sync.rows.rowcodec import decode_json, encode_hash, encode_json, normalize_value
 from sync.tables import TableSpec
 
@@ -66,6 +76,7 @@ class Outcome(enum.StrEnum):
 # The record layout of KEYS/ARGV is described at the top of apply.lua.
 _REC = 44
 _RETRY = b"!"           # the script's reply when a guard did not hold (cascades)
+_LATE = b"?"            # ... when a change is older than a cascade record of its refs
 MAX_CASCADE_TRIES = 20
 APPLY_SCRIPT = (Path(__file__).with_name("apply.lua")).read_text(encoding="utf-8")
 
@@ -95,7 +106,7 @@ def _pack_command(args: Sequence[Any]) -> bytes:
 class _Table:
     """Per-table precomputed state used on the hot path."""
 
-    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key")
+    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key", "rows")
 
     def __init__(self, spec: TableSpec, prefix: str) -> None:
         self.spec = spec
@@ -105,6 +116,10 @@ class _Table:
         # Literal braces in a valid template always form the hash tag; values never add braces.
         self.vk_tagged = "{{" in spec.key_template
         self.stats_key = stats_key(spec.name, prefix)
+        # The fk index sets are named by child table and FK: they hold the row keys of every key
+        # template writing that table to this Redis (e.g. two capture paths side by side); a
+        # cascade follows only the members of this table's own template.
+        self.rows = TableKeyMatch(spec.key_template, spec.name)
 
 
 @dataclass(slots=True)
@@ -119,6 +134,15 @@ class _Raw:
     values: list[bytes]
     fkr: str
     sets: list[str]
+
+
+@dataclass(slots=True)
+class _Moved:
+    """A child change older than a cascade that already ran for its refs (a cascade record), moved
+    as the cascade moved the rows it found: applied at the cascade's version, also over an equal one
+    (the row the cascade derived there lacked this change)."""
+
+    event: ChangeEvent
 
 
 @dataclass(slots=True)
@@ -233,11 +257,13 @@ class RedisApplier:
         return orjson.dumps([[c for c, _ in ev.pk], *sets]).decode(), sets
 
     def _build_args(
-        self, events: Sequence[ChangeEvent | ClassicSet | _Raw], guards: Mapping[str, str] | None = None
+        self, events: Sequence[ChangeEvent | ClassicSet | _Raw | _Moved], guards: Mapping[str, str | bytes] | None = None
     ) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV for one script call over `events` (op cascade events have no record)."""
         keys: list[Any] = list(guards or ())
         values: list[Any] = list((guards or {}).values())
+        check_keys: list[str] = []
+        check_versions: list[str] = []
         meta: list[str] = []
         stats: dict[str, int] = {}
         tables = self._tables
@@ -245,6 +271,9 @@ class RedisApplier:
         fkr_prefix = self._fkr_prefix
         want_stats = self._stats and not self._cluster
         for ev in events:
+            late = type(ev) is _Moved
+            if late:
+                ev = ev.event  # type: ignore[union-attr]  # _Moved holds a ChangeEvent
             if type(ev) is ChangeEvent:
                 if ev.op is Op.CASCADE:
                     continue  # no record: only its derived changes are written
@@ -267,11 +296,16 @@ class RedisApplier:
                     keys.append(fkr_prefix + rk if t.vk_tagged else fkr_prefix + "{" + rk + "}")
                     keys.extend(sets)
                     idx = f"{len(sets) + 1:03d}"
+                    if ev.op is not Op.DELETE:
+                        version = f"{ev.version:020d}"
+                        for name, refs in ev.refs.items():
+                            check_keys.append(fk_cascade_key(ev.table, name, refs, t.spec.key_template, self._prefix))
+                            check_versions.append(version)
                 if ev.op is Op.DELETE:
-                    meta.append(f"D{ev.version:020d}000000000000{si:03d}00000{idx}")
+                    meta.append(f"{'E' if late else 'D'}{ev.version:020d}000000000000{si:03d}00000{idx}")
                 elif t.op_upsert == "J":
                     values.append(encode_json(ev.row))  # type: ignore[arg-type]  # not a DELETE: ChangeEvent checked row is a dict
-                    meta.append(f"J{ev.version:020d}{t.ttl_ms:012d}{si:03d}00001{idx}")
+                    meta.append(f"{'K' if late else 'J'}{ev.version:020d}{t.ttl_ms:012d}{si:03d}00001{idx}")
                 else:
                     n = 0
                     for f, v in encode_hash(ev.row).items():  # type: ignore[arg-type]  # as above (hot loop: no assert)
@@ -280,7 +314,7 @@ class RedisApplier:
                         n += 2
                     if n > 99998:
                         raise PayloadError(f"row: {n // 2} non-null columns; expected at most 49999 for a hash")
-                    meta.append(f"H{ev.version:020d}{t.ttl_ms:012d}{si:03d}{n:05d}{idx}")
+                    meta.append(f"{'L' if late else 'H'}{ev.version:020d}{t.ttl_ms:012d}{si:03d}{n:05d}{idx}")
                 if ev.refs is not None:
                     values.append(fkr)
             elif type(ev) is ClassicSet:
@@ -288,6 +322,11 @@ class RedisApplier:
                 keys.append(ev.key)
                 values.append(ev.payload)
                 meta.append("C" + _ZERO_VERSION + "000000000000000" + "00001000")
+            elif type(ev) is _Raw and ev.op == "M":  # a cascade record (rk: its key)
+                keys.append(ev.rk)
+                keys.append(ev.rk)
+                values.extend(ev.values)
+                meta.append(f"M{ev.version:020d}000000000000000{len(ev.values):05d}000")
             elif type(ev) is _Raw:
                 t = tables[ev.table]
                 keys.append(ev.rk)
@@ -308,7 +347,11 @@ class RedisApplier:
         if len(stats) > 999:
             raise PayloadError(f"batch: {len(stats)} tables in one batch; expected at most 999")
         keys.extend(stats)
-        return keys, [self._tomb_ms, "".join(meta), len(stats), len(guards or ()), *values]
+        if check_keys:
+            n = len(guards or ())
+            keys[n:n] = check_keys
+            values[n:n] = check_versions
+        return keys, [self._tomb_ms, "".join(meta), len(stats), len(guards or ()), len(check_keys), *values]
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------
     def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:
@@ -323,6 +366,12 @@ class RedisApplier:
     def pack_script_load() -> bytes:
         """The packed SCRIPT LOAD of the apply script (its reply is APPLY_SCRIPT_SHA)."""
         return _pack_command(("SCRIPT", "LOAD", APPLY_SCRIPT))
+
+    @staticmethod
+    def late_reply(reply: Any) -> bool:
+        """The script wrote nothing: a change in the batch is older than a cascade that already ran
+        for its refs; apply() moves such changes (pack_apply's caller: send the batch there)."""
+        return reply == _LATE or reply == "?"
 
     @staticmethod
     def parse_reply(reply: Any, n: int) -> list[Outcome]:
@@ -343,16 +392,30 @@ class RedisApplier:
             return await self._apply_cluster(events)
         if not any(type(ev) is ChangeEvent and ev.cascade is not None for ev in events):
             keys, argv = self._build_args(events)
-            return self._outcomes(await self._call(keys, argv, len(events)), len(events))
+            reply = await self._call(keys, argv, len(events))
+            if not self.late_reply(reply):
+                return self._outcomes(reply, len(events))
         # A cascade reads the children's state first, so what comes before it must be in Redis:
-        # one call per cascading event, with the events up to the next one.
+        # one call per cascading event, with the events up to the next one. A change older than a
+        # cascade record ('?': nothing written) is moved as that cascade moved its rows, then the
+        # rest is applied again from there.
+        todo: list[ChangeEvent | ClassicSet | _Moved] = list(events)
         out: list[Outcome] = []
-        start, n = 0, len(events)
+        start, n = 0, len(todo)
+        moves = 0
         while start < n:
             end = start + 1
-            while end < n and not _cascades(events[end]):
+            while end < n and not _cascades(todo[end]):
                 end += 1
-            out += await self._apply_segment(events[start:end])
+            got = await self._apply_segment(todo[start:end])
+            if got is None:
+                moves += 1
+                if moves > MAX_CASCADE_TRIES:
+                    raise ApplyError(f"changes of {todo[start]!r:.80} kept meeting new cascade records during "
+                                     f"{MAX_CASCADE_TRIES} tries; retry the batch later")
+                todo[start:] = await self._move_late(todo[start:])
+                continue
+            out += got
             start = end
         return out
 
@@ -368,25 +431,56 @@ class RedisApplier:
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis apply of {n} events failed: {type(exc).__name__}: {exc}") from exc
 
-    async def _apply_segment(self, seg: Sequence[ChangeEvent | ClassicSet]) -> list[Outcome]:
+    async def _apply_segment(self, seg: Sequence[ChangeEvent | ClassicSet | _Moved]) -> list[Outcome] | None:
+        """Outcomes of one segment (a cascading event first, if any); None: a change is late ('?')."""
         first = seg[0]
-        if type(first) is not ChangeEvent or first.cascade is None:
+        ev = first.event if type(first) is _Moved else first
+        if type(ev) is not ChangeEvent or ev.cascade is None:
             keys, argv = self._build_args(seg)
-            return self._outcomes(await self._call(keys, argv, len(seg)), len(seg))
-        self.check_cascade(first)
+            reply = await self._call(keys, argv, len(seg))
+            return None if self.late_reply(reply) else self._outcomes(reply, len(seg))
+        self.check_cascade(ev)
         rest = list(seg[1:])
         for _ in range(MAX_CASCADE_TRIES):
-            derived, guards = await self._expand(first)
+            derived, guards = await self._expand(ev)
             keys, argv = self._build_args([first, *derived, *rest], guards)
             reply = await self._call(keys, argv, len(seg))
             if reply == _RETRY or reply == "!":
                 continue  # a child changed between our read and the script: read again
-            records = len(derived) + len(rest) + (first.op is not Op.CASCADE)
+            if self.late_reply(reply):
+                return None
+            records = len(derived) + len(rest) + (ev.op is not Op.CASCADE)
             statuses = self._outcomes(reply, records)
-            head = statuses[:1] if first.op is not Op.CASCADE else [Outcome.APPLIED]
+            head = statuses[:1] if ev.op is not Op.CASCADE else [Outcome.APPLIED]
             return head + statuses[records - len(rest):]
-        raise ApplyError(f"cascade of {first.table!r} version {first.version}: the children kept changing "
+        raise ApplyError(f"cascade of {ev.table!r} version {ev.version}: the children kept changing "
                          f"during {MAX_CASCADE_TRIES} tries; retry the batch later")
+
+    async def _move_late(self, events: Sequence[ChangeEvent | ClassicSet | _Moved]
+                         ) -> list[ChangeEvent | ClassicSet | _Moved]:
+        """The events with each child change that is older than a cascade record of its refs moved
+        as that cascade moved the rows it found (_Moved; see fk_cascade_key)."""
+        asks: list[tuple[int, str]] = []
+        for i, item in enumerate(events):
+            ev = item.event if type(item) is _Moved else item
+            if type(ev) is ChangeEvent and ev.refs and ev.op is not Op.DELETE and ev.op is not Op.CASCADE:
+                template = self._tables[ev.table].spec.key_template
+                asks += [(i, fk_cascade_key(ev.table, name, values, template, self._prefix))
+                         for name, values in ev.refs.items()]
+        got = await self._read([("GET", k) for _, k in asks])
+        records: dict[int, list[tuple[int, Any]]] = {}
+        for (i, _), raw in zip(asks, got):
+            if raw:
+                records.setdefault(i, []).append((int(raw[:20]), orjson.loads(raw[20:])))
+        out = list(events)
+        for i, recs in records.items():
+            item = events[i]
+            ev = item.event if type(item) is _Moved else item
+            assert type(ev) is ChangeEvent
+            newer = sorted((r for r in recs if r[0] > ev.version), key=lambda r: r[0])
+            if newer:
+                out[i] = _Moved(_moved(ev, newer))
+        return out
 
     async def _read(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         try:
@@ -397,9 +491,10 @@ class RedisApplier:
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis cascade read failed: {type(exc).__name__}: {exc}") from exc
 
-    async def _expand(self, ev: ChangeEvent) -> tuple[list[_Raw], dict[str, str]]:
+    async def _expand(self, ev: ChangeEvent) -> tuple[list[_Raw], dict[str, str | bytes]]:
         """The changes a cascading event derives for the children in Redis (following the FK
-        index), and the guards: each child's version key and the version read ("" = absent)."""
+        index), and the guards: each child's version key and the version read ("" = absent), each
+        index set read and its members."""
         c = ev.cascade
         assert c is not None
         children_of: dict[str, Sequence[FKRule]] = {ev.table: c.fks}
@@ -409,12 +504,13 @@ class RedisApplier:
             children_of.setdefault(rule.table, rule.children)
             walk[:0] = rule.children
         derived: list[_Raw] = []
-        guards: dict[str, str] = {}
+        records: list[_Raw] = []
+        guards: dict[str, str | bytes] = {}
         visited: set[str] = set()
         steps = [_Step(c.fks, c.old, c.new)]
         prefix = self._prefix
         for _depth in range(MAX_CASCADE_DEPTH):
-            lookups: list[tuple[FKRule, _Step, str]] = []
+            lookups: list[tuple[FKRule, _Step, str, list[Any] | None]] = []
             sets: list[str] = []
             for st in steps:
                 for rule in st.rules:
@@ -428,16 +524,30 @@ class RedisApplier:
                     else:
                         action = rule.on_update
                     if action != "none":
-                        lookups.append((rule, st, action))
+                        to = None if st.new is None and action == "cascade" else [
+                            st.new[ref] if st.new is not None and action == "cascade" else None for ref in rule.ref]
+                        lookups.append((rule, st, action, to))
                         sets.append(fk_index_key(rule.table, rule.fk, old, prefix))
             if not lookups:
                 break
+            await self._follow_records(ev.version, lookups, guards)
+            for rule, st, _action, to in lookups:
+                # The cascade record: a change of a child with these refs that is older than this
+                # cascade and not in Redis yet is moved by it when it comes (_moved).
+                old = [st.old.get(col) for col in rule.ref]
+                template = self._tables[rule.table].spec.key_template
+                records.append(_Raw(rule.table, fk_cascade_key(rule.table, rule.fk, old, template, prefix),
+                                    "M", ev.version, [_record(rule, to)], "", []))
             members = await self._read([("SMEMBERS", k) for k in sets])
-            todo: dict[str, list[tuple[FKRule, _Step, str]]] = {}
+            for k, found in zip(sets, members):
+                # A child written between this read and the script (not seen here) fails the guard.
+                guards[k] = b"S" + b"\n".join(sorted(m if isinstance(m, bytes) else str(m).encode() for m in found))
+            todo: dict[str, list[tuple[FKRule, _Step, str, list[Any] | None]]] = {}
             for lookup, found in zip(lookups, members):
+                ours = self._tables[lookup[0].table].rows
                 for m in sorted(found):
                     rk = m.decode("utf-8", "surrogateescape") if isinstance(m, bytes) else str(m)
-                    if rk not in visited:
+                    if rk not in visited and ours.matches(rk):
                         todo.setdefault(rk, []).append(lookup)
             visited.update(todo)
             if not todo:
@@ -460,16 +570,41 @@ class RedisApplier:
                 # the parent's can do unless the parent key is reused: the cascade applies even to a
                 # child at a newer version (another cascade may have got there first), guarded.
                 version = max(ev.version, int(ver)) if ver else ev.version
-                steps += self._derive(t, rk, value, fkr, mods, version, children_of, derived)
+                steps += self._derive(t, rk, value, fkr, mods, version, int(ver) if ver else ev.version, children_of,
+                                      derived)
             if not steps:
                 break
-        return derived, guards
+        return derived + records, guards
+
+    async def _follow_records(self, version: int, lookups: list[tuple[FKRule, _Step, str, list[Any] | None]],
+                              guards: dict[str, str | bytes]) -> None:
+        """Where each lookup's rows go (`to`), after the newer cascades that already ran for the
+        values they go to (cascade records newer than `version`: e.g. parent key changes applied out
+        of order); the records read are guarded."""
+        done: set[int] = set()
+        for _ in range(MAX_CASCADE_DEPTH):
+            asks = []
+            for j, (rule, _st, _action, to) in enumerate(lookups):
+                if j not in done and to is not None and None not in to:
+                    template = self._tables[rule.table].spec.key_template
+                    asks.append((j, fk_cascade_key(rule.table, rule.fk, to, template, self._prefix)))
+            if not asks:
+                return
+            got = await self._read([("GET", k) for _, k in asks])
+            for (j, k), raw in zip(asks, got):
+                guards[k] = raw or ""
+                if raw and int(raw[:20]) > version:
+                    rule, st, action, _to = lookups[j]
+                    lookups[j] = (rule, st, action, orjson.loads(raw[20:])["new"])
+                else:
+                    done.add(j)
 
     def _vk(self, t: _Table, rk: str) -> str:
         return self._vprefix + rk if t.vk_tagged else self._vprefix + "{" + rk + "}"
 
-    def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes, mods: Sequence[tuple[FKRule, _Step, str]],
-                version: int, children_of: Mapping[str, Sequence[FKRule]], out: list[_Raw]) -> list[_Step]:
+    def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes,
+                mods: Sequence[tuple[FKRule, _Step, str, list[Any] | None]],
+                version: int, own: int, children_of: Mapping[str, Sequence[FKRule]], out: list[_Raw]) -> list[_Step]:
         """The derived change(s) of one child row (appended to `out`); the next cascade steps."""
         hashed = t.op_upsert == "H"
         row: dict[Any, Any] = value if hashed else decode_json(value)
@@ -479,13 +614,12 @@ class RedisApplier:
         sets: list[str] = stored[1:]
         before = dict(row)
         deleted = False
-        for rule, st, action in mods:
+        for rule, st, _action, new in mods:
             if not all(_same(row.get(name(col)), st.old[ref]) for col, ref in zip(rule.columns, rule.ref)):
                 continue  # the index is behind the row: this row no longer references the old values
-            if st.new is None and action == "cascade":
+            if new is None:
                 deleted = True
                 continue
-            new = [st.new[ref] if st.new is not None and action == "cascade" else None for ref in rule.ref]
             head = fk_index_prefix(rule.table, rule.fk, self._prefix)
             sets = [s for s in sets if not s.startswith(head)]
             if None not in new:
@@ -517,7 +651,9 @@ class RedisApplier:
             out.append(_Raw(table, rk, "d", version, [], "", []))
             out.append(_Raw(table, new_rk, t.op_upsert, version, values, fkr_value, sets))  # fenced
         else:
-            out.append(_Raw(table, new_rk, t.op_upsert.lower(), version, values, fkr_value, sets))
+            # Same key: the row keeps its own version, so a delete of it older than this cascade that
+            # comes late still applies (its older upserts follow the cascade records: _moved).
+            out.append(_Raw(table, new_rk, t.op_upsert.lower(), own, values, fkr_value, sets))
         return [_Step(children_of.get(table, ()), _text_row(before, hashed), _text_row(row, hashed))]
 
     async def _evalsha(self, keys: list[Any], argv: list[Any]) -> Any:
@@ -625,8 +761,55 @@ class RedisApplier:
             raise ApplyError(f"redis cluster stats update failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _cascades(ev: ChangeEvent | ClassicSet) -> bool:
+def _cascades(ev: ChangeEvent | ClassicSet | _Moved) -> bool:
+    if type(ev) is _Moved:
+        ev = ev.event
     return type(ev) is ChangeEvent and ev.cascade is not None
+
+
+def _record(rule: FKRule, new: list[Any] | None) -> bytes:
+    """A cascade record's JSON (after its 20-digit version): the FK followed (with its own children)
+    and the values its rows now hold (null: the rows were deleted)."""
+    values = None if new is None else [_from_field(v) if type(v) is bytes else v for v in new]
+    return orjson.dumps({"new": values, "rule": rule.to_json()})
+
+
+def _rule(obj: Mapping[str, Any]) -> FKRule:
+    """An FKRule from FKRule.to_json() (a cascade record this module wrote)."""
+    return FKRule(obj["table"], obj["fk"], tuple(obj["columns"]), tuple(obj["ref"]), obj["on_update"],
+                  obj["on_delete"], tuple(_rule(c) for c in obj["children"]))
+
+
+def _moved(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> ChangeEvent:
+    """`ev` (a child upsert) after the cascades of `records` (version, record; oldest first, each
+    newer than ev): its FK columns set as they set them, or deleted; at the newest record's version.
+    When that changes columns the child's own children reference (or deletes it), it cascades on."""
+    assert ev.row is not None and ev.refs is not None
+    row, refs = dict(ev.row), dict(ev.refs)
+    version, deleted = ev.version, False
+    children: tuple[FKRule, ...] = ()
+    for v, rec in records:
+        rule = rec["rule"]
+        version = v
+        children = children or tuple(_rule(c) for c in rule["children"])
+        new = rec["new"]
+        if new is None:
+            deleted = True
+            continue
+        row.update(zip(rule["columns"], new))
+        if None in new:
+            refs.pop(rule["fk"], None)
+        else:
+            refs[rule["fk"]] = tuple(new)
+    cascade = ev.cascade
+    referenced = list(dict.fromkeys(c for r in children for c in r.ref))
+    if cascade is None and referenced and (deleted or any(not _same(ev.row.get(c), row.get(c)) for c in referenced)):
+        cascade = Cascade({c: ev.row.get(c) for c in referenced},
+                          None if deleted else {c: row.get(c) for c in referenced}, children)
+    if deleted:
+        return ChangeEvent(ev.table, Op.DELETE, ev.pk, None, version, ev.source, {}, cascade)
+    pk = tuple((c, row[c]) for c, _ in ev.pk)
+    return ChangeEvent(ev.table, ev.op, pk, row, version, ev.source, refs, cascade)
 
 
 def _same(a: Any, b: Any) -> bool:

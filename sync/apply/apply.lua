@@ -1,16 +1,23 @@
 -- gearsync apply script: loaded by sync/apply/applier.py (SCRIPT LOAD once, then called by its SHA1).
 -- Per event, ARGV[2] holds a 44-character record:
---   op (1: J json upsert, H hash upsert, D delete, C classic SET; j/h/d: the same, not fenced) | version
+--   op (1: J json upsert, H hash upsert, D delete, C classic SET; j/h/d: the same, not fenced;
+--   K/L/E: json upsert, hash upsert, delete applied also at an EQUAL version (a late change moved by a
+--   cascade record to the cascade's version); M: SET a cascade record unless one as new is there) | version
 --   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)
 --   | n index keys (3 digits: 0 = the table keeps no fk index, else 1 + number of fk index sets)
--- KEYS: the guard keys (ARGV[4] of them), then per event: row key, version key (classic: row key
+-- KEYS: the guard keys (ARGV[4] of them), the check keys (ARGV[5] of them), then per event: row key, version key (classic: row key
 -- twice), and with index keys: the row's fkr key and the fk index sets it belongs in now; then the
 -- stats keys.
 -- ARGV[1] tombstone ms, ARGV[2] the records, ARGV[3] number of stats keys, ARGV[4] number of
--- guards, then one expected value per guard ('' = absent), then per event its values and, with
+-- guards, ARGV[5] number of checks, then one expected value per guard ('' = absent), one version
+-- per check (20 digits), then per event its values and, with
 -- index keys, its new fkr value (JSON [[pk columns], set, ...]; '' = none).
--- Guards: if any guard key does not hold its expected value, nothing is written and the reply
+-- Guards: if any guard key does not hold its expected value (a version key: the version or '';
+-- an fk index set: 'S' and its sorted members joined by newlines), nothing is written and the reply
 -- is '!' (the applier re-reads and retries: sync.apply.applier, cascades).
+-- Checks: a child change with refs names the cascade records (fk_cascade_key) of its refs; if one
+-- holds a version newer than the change's, a cascade already ran past this older change: nothing
+-- is written and the reply is '?' (the applier moves the change as the cascade did, and retries).
 local sub = string.sub
 local tonumber = tonumber
 local call = redis.call
@@ -19,11 +26,24 @@ local meta = ARGV[2]
 local nev = #meta / 44
 local nstats = tonumber(ARGV[3])
 local nguard = tonumber(ARGV[4])
+local ncheck = tonumber(ARGV[5])
 for g = 1, nguard do
-  if (call('GET', KEYS[g]) or '') ~= ARGV[4 + g] then return '!' end
+  local want = ARGV[5 + g]
+  if sub(want, 1, 1) == 'S' then
+    -- an fk index set the cascade read: 'S' .. its members, sorted, joined by newlines
+    local members = call('SMEMBERS', KEYS[g])
+    table.sort(members)
+    if 'S' .. table.concat(members, '\n') ~= want then return '!' end
+  elseif (call('GET', KEYS[g]) or '') ~= want then
+    return '!'
+  end
 end
-local a = 5 + nguard
-local kp = nguard
+for c = 1, ncheck do
+  local rec = call('GET', KEYS[nguard + c])
+  if rec and sub(rec, 1, 20) > ARGV[5 + nguard + c] then return '?' end
+end
+local a = 6 + nguard + ncheck
+local kp = nguard + ncheck
 -- SET a row's companion key (version, fkr): with a TTL'd row it expires after max(ttl, tombstone).
 local function setx(key, val, ttl)
   if ttl > 0 then
@@ -44,11 +64,18 @@ for i = 0, nev - 1 do
   -- j/h/d: a cascade's derived change, guarded instead of fenced (version = max(parent's, child's))
   local force = op == 'j' or op == 'h' or op == 'd'
   if force then op = string.upper(op) end
+  local atleast = op == 'K' or op == 'L' or op == 'E'
+  if atleast then op = (op == 'K' and 'J') or (op == 'L' and 'H') or 'D' end
   local nv = tonumber(sub(meta, m + 37, m + 41))
   local nidx = tonumber(sub(meta, m + 42, m + 44))
   local rk = KEYS[kp + 1]
   if op == 'C' then
     call('SET', rk, ARGV[a])
+    out[i + 1] = 'A'
+  elseif op == 'M' then
+    local ver = sub(meta, m + 2, m + 21)
+    local cur = call('GET', rk)
+    if not cur or sub(cur, 1, 20) < ver then call('SET', rk, ver .. ARGV[a], 'PX', tomb) end
     out[i + 1] = 'A'
   else
     local ver = sub(meta, m + 2, m + 21)
@@ -57,7 +84,7 @@ for i = 0, nev - 1 do
     local newer = true
     if cur and not force then
       if cur == ver then
-        newer = false
+        newer = atleast
       else
         local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cur, 1, 10))
         if #cur ~= 20 or ch == nil then

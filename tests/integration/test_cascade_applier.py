@@ -98,7 +98,8 @@ async def test_cascade_update_then_delete_follows_a_chain(applier: RedisApplier,
     assert get(redis_client, "line", id=5)["order_id"] == 6
     assert get(redis_client, "line", id=3)["order_id"] == 6
     assert redis_client.get(version_key("line:3")) == b"%020d" % 99
-    assert redis_client.get(version_key("line:1")) == b"%020d" % 50
+    # A cascade that keeps the key leaves the row's own version (a late older delete still applies).
+    assert redis_client.get(version_key("line:1")) == b"%020d" % 10
     assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == {b"line:1", b"line:2", b"line:3", b"line:5"}
     # Derived changes count as applied under their own table.
     assert int(redis_client.hget("gearsync:stats:line", "applied_total")) == 5 + 4  # 5 inserts, 4 derived
@@ -110,8 +111,12 @@ async def test_cascade_update_then_delete_follows_a_chain(applier: RedisApplier,
     assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == set()
     # Redelivered: the parent is stale, its children are gone, nothing changes.
     assert await applier.apply([parent(Op.DELETE, 6, None, 60, (LINE,))]) == [S]
-    # A child's older change arriving late stays fenced out by the cascade's version.
-    assert await applier.apply([child("line", {"id": 1}, 40, "fk_line", ("order_id",), order_id=5)]) == [S]
+    # A child's older change arriving late follows the cascades that ran past it (5 -> 6, then 6
+    # deleted): the row stays deleted.
+    await applier.apply([child("line", {"id": 1}, 40, "fk_line", ("order_id",), order_id=5)])
+    assert get(redis_client, "line", id=1) is None
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == set()
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == set()
 
 
 async def test_key_change_and_op_cascade(applier: RedisApplier, redis_client: Any, aredis: Any) -> None:
@@ -156,3 +161,90 @@ async def test_without_the_cascade_the_child_diverges(applier: RedisApplier, red
     plain = ChangeEvent("orders", Op.UPDATE, (("id", 6),), {"id": 6}, 20, Source.TRIGGER)
     await applier.apply([plain])
     assert redis_client.get("line:1") == encode_json({"id": 1, "order_id": 5})
+
+
+async def test_two_key_templates_on_one_redis_keep_their_cascades_apart(aredis: Any, redis_client: Any) -> None:
+    """Found by the shop run (both capture paths on one Redis): the fk index sets are named by child
+    table and FK only, so they hold the row keys of every key template; a cascade must touch only
+    the rows of its own applier's template, the other path's rows follow that path's own cascade."""
+    trig = RedisApplier(aredis, TABLES)
+    binlog = RedisApplier(aredis, {name: TableSpec(name, key_template="binlog:{table}:{pk}") for name in TABLES})
+    await trig.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
+    await binlog.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == {b"line:1", b"binlog:line:1"}
+    assert await trig.apply([parent(Op.DELETE, 5, None, 50, (LINE,))]) == [A]
+    assert redis_client.get("line:1") is None
+    assert orjson.loads(redis_client.get("binlog:line:1")) == {"id": 1, "order_id": 5}
+    assert redis_client.get(version_key("binlog:line:1")) == b"%020d" % 10
+    assert await binlog.apply([parent(Op.UPDATE, 5, 6, 20, (LINE,))]) == [A]
+    assert orjson.loads(redis_client.get("binlog:line:1")) == {"id": 1, "order_id": 6}
+
+
+async def test_a_child_change_older_than_a_cascade_follows_it_when_it_comes_late(applier: RedisApplier,
+                                                                                   redis_client: Any) -> None:
+    """Found by the shop run (trigger path): the jobs of a parent and of its children travel in
+    different Gearman functions, so a child's insert or update can reach the applier after a newer
+    cascade of its parent, which could not see it. The cascade leaves a record per (child, FK, old
+    values); such a late change is moved as the cascade moved the rows it found, down the chain."""
+    await applier.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5, qty=1)])
+    assert await applier.apply([parent(Op.UPDATE, 5, 6, 50, (LINE,))]) == [A]   # line 1 moves to 6
+    # Late: line 2 inserted (v20) and line 1 updated (v30) on order 5, both before the key change.
+    late = [child("line", {"id": 2}, 20, "fk_line", ("order_id",), order_id=5, qty=2),
+            child("line", {"id": 1}, 30, "fk_line", ("order_id",), order_id=5, qty=9)]
+    assert await applier.apply(late) == [A, A]
+    assert get(redis_client, "line", id=2) == {"id": 2, "order_id": 6, "qty": 2}
+    assert get(redis_client, "line", id=1) == {"id": 1, "order_id": 6, "qty": 9}
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == {b"line:1", b"line:2"}
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == set()
+    # A newer change of the row is not overwritten by a late one.
+    assert await applier.apply([child("line", {"id": 2}, 70, "fk_line", ("order_id",), order_id=6, qty=7)]) == [A]
+    await applier.apply([child("line", {"id": 2}, 25, "fk_line", ("order_id",), order_id=5, qty=3)])
+    assert get(redis_client, "line", id=2)["qty"] == 7
+    # Parent deleted (v80); then late: a note of line 3 (v60) and line 3 itself (v40) on order 6.
+    assert await applier.apply([parent(Op.DELETE, 6, None, 80, (LINE,))]) == [A]
+    assert get(redis_client, "line", id=1) is None and get(redis_client, "line", id=2) is None
+    await applier.apply([child("line", {"id": 3}, 40, "fk_line", ("order_id",), order_id=6)])
+    await applier.apply([child("note", {"id": 9}, 60, "fk_note", ("line_id",), line_id=3)])
+    assert get(redis_client, "line", id=3) is None and get(redis_client, "note", id=9) is None
+    # The parent key used again later: a newer child of the new parent stays.
+    await applier.apply([child("line", {"id": 4}, 90, "fk_line", ("order_id",), order_id=6)])
+    assert get(redis_client, "line", id=4) == {"id": 4, "order_id": 6}
+
+
+async def test_a_late_insert_into_a_key_that_moved(applier: RedisApplier, redis_client: Any) -> None:
+    """A link row (FK column in the key) inserted before its parent's key change, arriving after it:
+    it lands under the new key."""
+    assert await applier.apply([parent(Op.UPDATE, 5, 9, 50, (LINK,))]) == [A]   # nothing in the index yet
+    await applier.apply([child("link", {"order_id": 5, "tag": "a"}, 10, "fk_link", ("order_id",), n=1)])
+    assert get(redis_client, "link", order_id=5, tag="a") is None
+    assert get(redis_client, "link", order_id=9, tag="a") == {"order_id": 9, "tag": "a", "n": 1}
+    assert redis_client.smembers(fk_index_key("link", "fk_link", [9])) == {b"link:9:a"}
+
+
+async def test_parent_key_changes_applied_out_of_order(applier: RedisApplier, redis_client: Any) -> None:
+    """Two key changes of one parent (5 -> 6 at v50, 6 -> 7 at v60) reach the applier in the other
+    order (two worker connections): the rows the older cascade moves go on to 7."""
+    await applier.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
+    assert await applier.apply([parent(Op.UPDATE, 6, 7, 60, (LINE,))]) == [A]
+    assert await applier.apply([parent(Op.UPDATE, 5, 6, 50, (LINE,))]) == [A]
+    assert get(redis_client, "line", id=1) == {"id": 1, "order_id": 7}
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [7])) == {b"line:1"}
+    # The same into a key column: the link row ends under 7.
+    await applier.apply([child("link", {"order_id": 15, "tag": "a"}, 10, "fk_link", ("order_id",), n=1)])
+    assert await applier.apply([parent(Op.UPDATE, 16, 17, 60, (LINK,))]) == [A]
+    assert await applier.apply([parent(Op.UPDATE, 15, 16, 50, (LINK,))]) == [A]
+    assert get(redis_client, "link", order_id=17, tag="a") == {"order_id": 17, "tag": "a", "n": 1}
+    assert get(redis_client, "link", order_id=16, tag="a") is None
+
+
+async def test_a_late_delete_of_a_child_the_cascade_changed_in_place(applier: RedisApplier, redis_client: Any) -> None:
+    """Found by the shop run (categories, ON DELETE SET NULL): the child's delete (v30) reaches the
+    applier after its parent's delete (v50) set its FK to NULL in Redis: the child is deleted."""
+    await applier.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
+    hl = child("hline", {"id": 1}, 10, "fk_hline", ("order_id",), order_id=5, price="1")
+    await applier.apply([hl])
+    assert await applier.apply([parent(Op.DELETE, 5, None, 50, (HLINE,))]) == [A]
+    assert redis_client.hgetall("hline:1") == {b"id": b"1", b"price": b"1"}
+    dele = ChangeEvent("hline", Op.DELETE, (("id", 1),), None, 30, Source.TRIGGER, {})
+    assert await applier.apply([dele]) == [A]
+    assert redis_client.exists("hline:1") == 0

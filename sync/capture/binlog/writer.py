@@ -190,6 +190,13 @@ class RedisWriter:
                     self.conn.send_packed_command((packed,), check_health=False)  # connects first
                     sent = True
                 reply = self._reply(packed)
+                if self.applier.late_reply(reply):
+                    # Nothing written: a change is older than a cascade record (e.g. replayed after
+                    # a restart); apply() moves it as that cascade did.
+                    batch: list[Any] = list(events)
+                    if position is not None:
+                        batch.append(self.service.positions.set_command(position))
+                    return self._run_async(lambda client: self._applier_on(client).apply(batch))
                 return self.applier.parse_reply(reply, n)
             except SEND_ERRORS:
                 self.conn.disconnect()
