@@ -40,7 +40,6 @@ import enum
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +48,20 @@ import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from sync.apply.cascade_rows import (
+    CascadeStep,
+    DerivedChange,
+    MovedChange,
+    cascade_record,
+    cascades,
+    from_field,
+    moved_change,
+    same_key_text,
+    text_row,
+)
+from sync.apply.resp import pack_command
 from sync.errors import ApplyError, ConfigError, PayloadError, short_error
-from sync.events import MAX_CASCADE_DEPTH, Cascade, ChangeEvent, ClassicSet, FKRule, JSONValue, Op
+from sync.events import MAX_CASCADE_DEPTH, ChangeEvent, ClassicSet, FKRule, Op
 from sync.keys import (
     DEFAULT_PREFIX,
     TableKeyMatch,
@@ -62,7 +73,7 @@ from sync.keys import (
     fk_rows_key,
     stats_key,
 )
-from sync.rows.rowcodec import decode_json, encode_hash, encode_json, normalize_value
+from sync.rows.rowcodec import decode_json, encode_hash, encode_json
 from sync.tables import TableSpec
 
 __all__ = ["Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT_SHA"]
@@ -85,24 +96,6 @@ _ZERO_VERSION = "0" * 20
 APPLY_SCRIPT_SHA = hashlib.sha1(APPLY_SCRIPT.encode()).hexdigest()
 
 
-def _pack_command(args: Sequence[Any]) -> bytes:
-    """RESP2/3 request for `args` (str, bytes or int)."""
-    out = [b"*%d\r\n" % len(args)]
-    add = out.append
-    for a in args:
-        t = type(a)
-        if t is bytes:
-            pass
-        elif t is str:
-            a = a.encode()
-        elif t is int:
-            a = b"%d" % a
-        else:
-            a = bytes(a)
-        add(b"$%d\r\n%b\r\n" % (len(a), a))
-    return b"".join(out)
-
-
 class _Table:
     """Per-table precomputed state used on the hot path."""
 
@@ -120,39 +113,6 @@ class _Table:
         # template writing that table to this Redis (e.g. two capture paths side by side); a
         # cascade follows only the members of this table's own template.
         self.rows = TableKeyMatch(spec.key_template, spec.name)
-
-
-@dataclass(slots=True)
-class _Raw:
-    """A change derived by a cascade, already in script form: op J/H/D, the values (json: the
-    row; hash: field, bytes, ...), the row's new fkr value and index sets."""
-
-    table: str
-    rk: str
-    op: str
-    version: int
-    values: list[bytes]
-    fkr: str
-    sets: list[str]
-
-
-@dataclass(slots=True)
-class _Moved:
-    """A child change older than a cascade that already ran for its refs (a cascade record), moved
-    as the cascade moved the rows it found: applied at the cascade's version, also over an equal one
-    (the row the cascade derived there lacked this change)."""
-
-    event: ChangeEvent
-
-
-@dataclass(slots=True)
-class _Step:
-    """One level of a cascade: the rules to follow from a row of a parent table, its referenced
-    values before and after (`new` None: the row was deleted)."""
-
-    rules: Sequence[FKRule]
-    old: Mapping[str, Any]
-    new: Mapping[str, Any] | None
 
 
 class RedisApplier:
@@ -257,7 +217,7 @@ class RedisApplier:
         return orjson.dumps([[c for c, _ in ev.pk], *sets]).decode(), sets
 
     def _build_args(
-        self, events: Sequence[ChangeEvent | ClassicSet | _Raw | _Moved], guards: Mapping[str, str | bytes] | None = None
+        self, events: Sequence[ChangeEvent | ClassicSet | DerivedChange | MovedChange], guards: Mapping[str, str | bytes] | None = None
     ) -> tuple[list[Any], list[Any]]:
         """KEYS and ARGV for one script call over `events` (op cascade events have no record)."""
         keys: list[Any] = list(guards or ())
@@ -271,9 +231,9 @@ class RedisApplier:
         fkr_prefix = self._fkr_prefix
         want_stats = self._stats and not self._cluster
         for ev in events:
-            late = type(ev) is _Moved
+            late = type(ev) is MovedChange
             if late:
-                ev = ev.event  # type: ignore[union-attr]  # _Moved holds a ChangeEvent
+                ev = ev.event  # type: ignore[union-attr]  # MovedChange holds a ChangeEvent
             if type(ev) is ChangeEvent:
                 if ev.op is Op.CASCADE:
                     continue  # no record: only its derived changes are written
@@ -322,12 +282,12 @@ class RedisApplier:
                 keys.append(ev.key)
                 values.append(ev.payload)
                 meta.append("C" + _ZERO_VERSION + "000000000000000" + "00001000")
-            elif type(ev) is _Raw and ev.op == "M":  # a cascade record (rk: its key)
+            elif type(ev) is DerivedChange and ev.op == "M":  # a cascade record (rk: its key)
                 keys.append(ev.rk)
                 keys.append(ev.rk)
                 values.extend(ev.values)
                 meta.append(f"M{ev.version:020d}000000000000000{len(ev.values):05d}000")
-            elif type(ev) is _Raw:
+            elif type(ev) is DerivedChange:
                 t = tables[ev.table]
                 keys.append(ev.rk)
                 keys.append(vprefix + ev.rk if t.vk_tagged else vprefix + "{" + ev.rk + "}")
@@ -360,12 +320,12 @@ class RedisApplier:
         sync-binlog's writer, which sends it and reads the reply later. Raises PayloadError like
         apply(). The reply goes to parse_reply(); NOSCRIPT means: send pack_script_load() first."""
         keys, argv = self._build_args(events)
-        return _pack_command(("EVALSHA", APPLY_SCRIPT_SHA, len(keys), *keys, *argv))
+        return pack_command(("EVALSHA", APPLY_SCRIPT_SHA, len(keys), *keys, *argv))
 
     @staticmethod
     def pack_script_load() -> bytes:
         """The packed SCRIPT LOAD of the apply script (its reply is APPLY_SCRIPT_SHA)."""
-        return _pack_command(("SCRIPT", "LOAD", APPLY_SCRIPT))
+        return pack_command(("SCRIPT", "LOAD", APPLY_SCRIPT))
 
     @staticmethod
     def late_reply(reply: Any) -> bool:
@@ -399,13 +359,13 @@ class RedisApplier:
         # one call per cascading event, with the events up to the next one. A change older than a
         # cascade record ('?': nothing written) is moved as that cascade moved its rows, then the
         # rest is applied again from there.
-        todo: list[ChangeEvent | ClassicSet | _Moved] = list(events)
+        todo: list[ChangeEvent | ClassicSet | MovedChange] = list(events)
         out: list[Outcome] = []
         start, n = 0, len(todo)
         moves = 0
         while start < n:
             end = start + 1
-            while end < n and not _cascades(todo[end]):
+            while end < n and not cascades(todo[end]):
                 end += 1
             got = await self._apply_segment(todo[start:end])
             if got is None:
@@ -431,10 +391,10 @@ class RedisApplier:
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis apply of {n} events failed: {type(exc).__name__}: {exc}") from exc
 
-    async def _apply_segment(self, seg: Sequence[ChangeEvent | ClassicSet | _Moved]) -> list[Outcome] | None:
+    async def _apply_segment(self, seg: Sequence[ChangeEvent | ClassicSet | MovedChange]) -> list[Outcome] | None:
         """Outcomes of one segment (a cascading event first, if any); None: a change is late ('?')."""
         first = seg[0]
-        ev = first.event if type(first) is _Moved else first
+        ev = first.event if type(first) is MovedChange else first
         if type(ev) is not ChangeEvent or ev.cascade is None:
             keys, argv = self._build_args(seg)
             reply = await self._call(keys, argv, len(seg))
@@ -456,13 +416,13 @@ class RedisApplier:
         raise ApplyError(f"cascade of {ev.table!r} version {ev.version}: the children kept changing "
                          f"during {MAX_CASCADE_TRIES} tries; retry the batch later")
 
-    async def _move_late(self, events: Sequence[ChangeEvent | ClassicSet | _Moved]
-                         ) -> list[ChangeEvent | ClassicSet | _Moved]:
+    async def _move_late(self, events: Sequence[ChangeEvent | ClassicSet | MovedChange]
+                         ) -> list[ChangeEvent | ClassicSet | MovedChange]:
         """The events with each child change that is older than a cascade record of its refs moved
-        as that cascade moved the rows it found (_Moved; see fk_cascade_key)."""
+        as that cascade moved the rows it found (MovedChange; see fk_cascade_key)."""
         asks: list[tuple[int, str]] = []
         for i, item in enumerate(events):
-            ev = item.event if type(item) is _Moved else item
+            ev = item.event if type(item) is MovedChange else item
             if type(ev) is ChangeEvent and ev.refs and ev.op is not Op.DELETE and ev.op is not Op.CASCADE:
                 template = self._tables[ev.table].spec.key_template
                 asks += [(i, fk_cascade_key(ev.table, name, values, template, self._prefix))
@@ -475,11 +435,11 @@ class RedisApplier:
         out = list(events)
         for i, recs in records.items():
             item = events[i]
-            ev = item.event if type(item) is _Moved else item
+            ev = item.event if type(item) is MovedChange else item
             assert type(ev) is ChangeEvent
             newer = sorted((r for r in recs if r[0] > ev.version), key=lambda r: r[0])
             if newer:
-                out[i] = _Moved(_moved(ev, newer))
+                out[i] = MovedChange(moved_change(ev, newer))
         return out
 
     async def _read(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -491,7 +451,7 @@ class RedisApplier:
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis cascade read failed: {type(exc).__name__}: {exc}") from exc
 
-    async def _expand(self, ev: ChangeEvent) -> tuple[list[_Raw], dict[str, str | bytes]]:
+    async def _expand(self, ev: ChangeEvent) -> tuple[list[DerivedChange], dict[str, str | bytes]]:
         """The changes a cascading event derives for the children in Redis (following the FK
         index), and the guards: each child's version key and the version read ("" = absent), each
         index set read and its members."""
@@ -503,14 +463,14 @@ class RedisApplier:
             rule = walk.pop(0)
             children_of.setdefault(rule.table, rule.children)
             walk[:0] = rule.children
-        derived: list[_Raw] = []
-        records: list[_Raw] = []
+        derived: list[DerivedChange] = []
+        records: list[DerivedChange] = []
         guards: dict[str, str | bytes] = {}
         visited: set[str] = set()
-        steps = [_Step(c.fks, c.old, c.new)]
+        steps = [CascadeStep(c.fks, c.old, c.new)]
         prefix = self._prefix
         for _depth in range(MAX_CASCADE_DEPTH):
-            lookups: list[tuple[FKRule, _Step, str, list[Any] | None]] = []
+            lookups: list[tuple[FKRule, CascadeStep, str, list[Any] | None]] = []
             sets: list[str] = []
             for st in steps:
                 for rule in st.rules:
@@ -519,7 +479,7 @@ class RedisApplier:
                         continue
                     if st.new is None:
                         action = rule.on_delete
-                    elif all(_same(st.old.get(col), st.new.get(col)) for col in rule.ref):
+                    elif all(same_key_text(st.old.get(col), st.new.get(col)) for col in rule.ref):
                         continue
                     else:
                         action = rule.on_update
@@ -533,16 +493,16 @@ class RedisApplier:
             await self._follow_records(ev.version, lookups, guards)
             for rule, st, _action, to in lookups:
                 # The cascade record: a change of a child with these refs that is older than this
-                # cascade and not in Redis yet is moved by it when it comes (_moved).
+                # cascade and not in Redis yet is moved by it when it comes (moved_change).
                 old = [st.old.get(col) for col in rule.ref]
                 template = self._tables[rule.table].spec.key_template
-                records.append(_Raw(rule.table, fk_cascade_key(rule.table, rule.fk, old, template, prefix),
-                                    "M", ev.version, [_record(rule, to)], "", []))
+                records.append(DerivedChange(rule.table, fk_cascade_key(rule.table, rule.fk, old, template, prefix),
+                                    "M", ev.version, [cascade_record(rule, to)], "", []))
             members = await self._read([("SMEMBERS", k) for k in sets])
             for k, found in zip(sets, members):
                 # A child written between this read and the script (not seen here) fails the guard.
                 guards[k] = b"S" + b"\n".join(sorted(m if isinstance(m, bytes) else str(m).encode() for m in found))
-            todo: dict[str, list[tuple[FKRule, _Step, str, list[Any] | None]]] = {}
+            todo: dict[str, list[tuple[FKRule, CascadeStep, str, list[Any] | None]]] = {}
             for lookup, found in zip(lookups, members):
                 ours = self._tables[lookup[0].table].rows
                 for m in sorted(found):
@@ -576,7 +536,7 @@ class RedisApplier:
                 break
         return derived + records, guards
 
-    async def _follow_records(self, version: int, lookups: list[tuple[FKRule, _Step, str, list[Any] | None]],
+    async def _follow_records(self, version: int, lookups: list[tuple[FKRule, CascadeStep, str, list[Any] | None]],
                               guards: dict[str, str | bytes]) -> None:
         """Where each lookup's rows go (`to`), after the newer cascades that already ran for the
         values they go to (cascade records newer than `version`: e.g. parent key changes applied out
@@ -603,8 +563,8 @@ class RedisApplier:
         return self._vprefix + rk if t.vk_tagged else self._vprefix + "{" + rk + "}"
 
     def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes,
-                mods: Sequence[tuple[FKRule, _Step, str, list[Any] | None]],
-                version: int, own: int, children_of: Mapping[str, Sequence[FKRule]], out: list[_Raw]) -> list[_Step]:
+                mods: Sequence[tuple[FKRule, CascadeStep, str, list[Any] | None]],
+                version: int, own: int, children_of: Mapping[str, Sequence[FKRule]], out: list[DerivedChange]) -> list[CascadeStep]:
         """The derived change(s) of one child row (appended to `out`); the next cascade steps."""
         hashed = t.op_upsert == "H"
         row: dict[Any, Any] = value if hashed else decode_json(value)
@@ -615,7 +575,7 @@ class RedisApplier:
         before = dict(row)
         deleted = False
         for rule, st, _action, new in mods:
-            if not all(_same(row.get(name(col)), st.old[ref]) for col, ref in zip(rule.columns, rule.ref)):
+            if not all(same_key_text(row.get(name(col)), st.old[ref]) for col, ref in zip(rule.columns, rule.ref)):
                 continue  # the index is behind the row: this row no longer references the old values
             if new is None:
                 deleted = True
@@ -626,7 +586,7 @@ class RedisApplier:
                 sets.append(fk_index_key(rule.table, rule.fk, new, self._prefix))
             for col, v in zip(rule.columns, new):
                 if not hashed:
-                    row[col] = _from_field(v) if type(v) is bytes else v
+                    row[col] = from_field(v) if type(v) is bytes else v
                 elif v is None:
                     row.pop(name(col), None)
                 elif type(v) is bytes:
@@ -635,8 +595,8 @@ class RedisApplier:
                     row.update(encode_hash({col: v}))
         table = t.spec.name
         if deleted:
-            out.append(_Raw(table, rk, "d", version, [], "", []))
-            return [_Step(children_of.get(table, ()), _text_row(before, hashed), None)]
+            out.append(DerivedChange(table, rk, "d", version, [], "", []))
+            return [CascadeStep(children_of.get(table, ()), text_row(before, hashed), None)]
         if row == before:
             return []
         sets.sort()
@@ -648,13 +608,13 @@ class RedisApplier:
         else:
             values = [encode_json(row)]
         if new_rk != rk:
-            out.append(_Raw(table, rk, "d", version, [], "", []))
-            out.append(_Raw(table, new_rk, t.op_upsert, version, values, fkr_value, sets))  # fenced
+            out.append(DerivedChange(table, rk, "d", version, [], "", []))
+            out.append(DerivedChange(table, new_rk, t.op_upsert, version, values, fkr_value, sets))  # fenced
         else:
             # Same key: the row keeps its own version, so a delete of it older than this cascade that
-            # comes late still applies (its older upserts follow the cascade records: _moved).
-            out.append(_Raw(table, new_rk, t.op_upsert.lower(), own, values, fkr_value, sets))
-        return [_Step(children_of.get(table, ()), _text_row(before, hashed), _text_row(row, hashed))]
+            # comes late still applies (its older upserts follow the cascade records: moved_change).
+            out.append(DerivedChange(table, new_rk, t.op_upsert.lower(), own, values, fkr_value, sets))
+        return [CascadeStep(children_of.get(table, ()), text_row(before, hashed), text_row(row, hashed))]
 
     async def _evalsha(self, keys: list[Any], argv: list[Any]) -> Any:
         """EVALSHA on a pooled connection, packed here: redis-py's generic pack_command costs
@@ -662,7 +622,7 @@ class RedisApplier:
         client = self._redis
         if client.single_connection_client:
             return await client.evalsha(self._sha, len(keys), *keys, *argv)
-        packed = _pack_command(("EVALSHA", self._sha, len(keys), *keys, *argv))
+        packed = pack_command(("EVALSHA", self._sha, len(keys), *keys, *argv))
         pool = client.connection_pool
         for attempt in (1, 2):
             conn = await pool.get_connection()
@@ -759,78 +719,3 @@ class RedisApplier:
             await pipe.execute()
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis cluster stats update failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _cascades(ev: ChangeEvent | ClassicSet | _Moved) -> bool:
-    if type(ev) is _Moved:
-        ev = ev.event
-    return type(ev) is ChangeEvent and ev.cascade is not None
-
-
-def _record(rule: FKRule, new: list[Any] | None) -> bytes:
-    """A cascade record's JSON (after its 20-digit version): the FK followed (with its own children)
-    and the values its rows now hold (null: the rows were deleted)."""
-    values = None if new is None else [_from_field(v) if type(v) is bytes else v for v in new]
-    return orjson.dumps({"new": values, "rule": rule.to_json()})
-
-
-def _rule(obj: Mapping[str, Any]) -> FKRule:
-    """An FKRule from FKRule.to_json() (a cascade record this module wrote)."""
-    return FKRule(obj["table"], obj["fk"], tuple(obj["columns"]), tuple(obj["ref"]), obj["on_update"],
-                  obj["on_delete"], tuple(_rule(c) for c in obj["children"]))
-
-
-def _moved(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> ChangeEvent:
-    """`ev` (a child upsert) after the cascades of `records` (version, record; oldest first, each
-    newer than ev): its FK columns set as they set them, or deleted; at the newest record's version.
-    When that changes columns the child's own children reference (or deletes it), it cascades on."""
-    assert ev.row is not None and ev.refs is not None
-    row, refs = dict(ev.row), dict(ev.refs)
-    version, deleted = ev.version, False
-    children: tuple[FKRule, ...] = ()
-    for v, rec in records:
-        rule = rec["rule"]
-        version = v
-        children = children or tuple(_rule(c) for c in rule["children"])
-        new = rec["new"]
-        if new is None:
-            deleted = True
-            continue
-        row.update(zip(rule["columns"], new))
-        if None in new:
-            refs.pop(rule["fk"], None)
-        else:
-            refs[rule["fk"]] = tuple(new)
-    cascade = ev.cascade
-    referenced = list(dict.fromkeys(c for r in children for c in r.ref))
-    if cascade is None and referenced and (deleted or any(not _same(ev.row.get(c), row.get(c)) for c in referenced)):
-        cascade = Cascade({c: ev.row.get(c) for c in referenced},
-                          None if deleted else {c: row.get(c) for c in referenced}, children)
-    if deleted:
-        return ChangeEvent(ev.table, Op.DELETE, ev.pk, None, version, ev.source, {}, cascade)
-    pk = tuple((c, row[c]) for c, _ in ev.pk)
-    return ChangeEvent(ev.table, ev.op, pk, row, version, ev.source, refs, cascade)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Two values (JSON values, or a hash's field bytes) are the same key text; NULL is never the
-    same as a value."""
-    if a is None or b is None:
-        return a is None and b is None
-    return escape(a) == escape(b)
-
-
-def _text_row(row: Mapping[Any, Any], hashed: bool) -> dict[str, JSONValue]:
-    """A child row as the next cascade step reads it: column -> value (hash: field bytes as they are)."""
-    if not hashed:
-        return dict(row)
-    return {f.decode("utf-8", "surrogateescape"): v for f, v in row.items()}
-
-
-def _from_field(v: bytes) -> JSONValue:
-    """A hash field's bytes as a json row value (a hash parent cascading into a json child):
-    decimal integer text -> int, other UTF-8 -> str, else {"$b64": ...}."""
-    text = normalize_value(v)
-    if type(text) is str and text.lstrip("-").isdigit() and str(int(text)) == text:
-        return int(text)
-    return text

@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from sync.apply.applier import APPLY_SCRIPT, APPLY_SCRIPT_SHA, Outcome, RedisApplier, _pack_command
+from sync.apply.applier import APPLY_SCRIPT, APPLY_SCRIPT_SHA, Outcome, RedisApplier
+from sync.apply.resp import pack_command
 from sync.capture.binlog.decoders import column_converter
 from sync.errors import ApplyError
 from sync.events import ChangeEvent, ClassicSet, Op, Source
@@ -40,9 +41,9 @@ def test_pack_apply_is_the_evalsha_apply_sends() -> None:
         ClassicSet(b"gearsync:binlog:pos:{s}", b'{"gtid":"0-1-6"}'),
     ]
     keys, argv = applier._build_args(batch)
-    assert applier.pack_apply(batch) == _pack_command(("EVALSHA", APPLY_SCRIPT_SHA, len(keys), *keys, *argv))
+    assert applier.pack_apply(batch) == pack_command(("EVALSHA", APPLY_SCRIPT_SHA, len(keys), *keys, *argv))
     assert APPLY_SCRIPT_SHA == hashlib.sha1(APPLY_SCRIPT.encode()).hexdigest()
-    assert RedisApplier.pack_script_load() == _pack_command(("SCRIPT", "LOAD", APPLY_SCRIPT))
+    assert RedisApplier.pack_script_load() == pack_command(("SCRIPT", "LOAD", APPLY_SCRIPT))
     assert RedisApplier.parse_reply(b"ASA", 3) == [Outcome.APPLIED, Outcome.STALE, Outcome.APPLIED]
     with pytest.raises(ApplyError):
         RedisApplier.parse_reply(b"AS", 3)

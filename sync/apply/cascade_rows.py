@@ -1,0 +1,127 @@
+"""What a cascade does to rows, apart from Redis I/O (sync.apply.applier runs it): the changes a
+cascade derives (`DerivedChange`), a late child change moved the way a cascade moved its rows
+(`MovedChange`, `moved_change`), one level of a cascade (`CascadeStep`), and the cascade records'
+JSON (`cascade_record`, `rule_from_json`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from sync.events import Cascade, ChangeEvent, ClassicSet, FKRule, JSONValue, Op
+from sync.keys import escape
+from sync.rows.rowcodec import normalize_value
+
+__all__ = ["CascadeStep", "DerivedChange", "MovedChange", "cascade_record", "cascades", "from_field",
+           "moved_change", "rule_from_json", "same_key_text", "text_row"]
+
+
+@dataclass(slots=True)
+class DerivedChange:
+    """A change derived by a cascade, already in script form: op J/H/D, the values (json: the
+    row; hash: field, bytes, ...), the row's new fkr value and index sets."""
+
+    table: str
+    rk: str
+    op: str
+    version: int
+    values: list[bytes]
+    fkr: str
+    sets: list[str]
+
+
+@dataclass(slots=True)
+class MovedChange:
+    """A child change older than a cascade that already ran for its refs (a cascade record), moved
+    as the cascade moved the rows it found: applied at the cascade's version, also over an equal one
+    (the row the cascade derived there lacked this change)."""
+
+    event: ChangeEvent
+
+
+@dataclass(slots=True)
+class CascadeStep:
+    """One level of a cascade: the rules to follow from a row of a parent table, its referenced
+    values before and after (`new` None: the row was deleted)."""
+
+    rules: Sequence[FKRule]
+    old: Mapping[str, Any]
+    new: Mapping[str, Any] | None
+
+
+def cascades(ev: ChangeEvent | ClassicSet | MovedChange) -> bool:
+    if type(ev) is MovedChange:
+        ev = ev.event
+    return type(ev) is ChangeEvent and ev.cascade is not None
+
+
+def cascade_record(rule: FKRule, new: list[Any] | None) -> bytes:
+    """A cascade record's JSON (after its 20-digit version): the FK followed (with its own children)
+    and the values its rows now hold (null: the rows were deleted)."""
+    values = None if new is None else [from_field(v) if type(v) is bytes else v for v in new]
+    return orjson.dumps({"new": values, "rule": rule.to_json()})
+
+
+def rule_from_json(obj: Mapping[str, Any]) -> FKRule:
+    """An FKRule from FKRule.to_json() (a cascade record this module wrote)."""
+    return FKRule(obj["table"], obj["fk"], tuple(obj["columns"]), tuple(obj["ref"]), obj["on_update"],
+                  obj["on_delete"], tuple(rule_from_json(c) for c in obj["children"]))
+
+
+def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> ChangeEvent:
+    """`ev` (a child upsert) after the cascades of `records` (version, record; oldest first, each
+    newer than ev): its FK columns set as they set them, or deleted; at the newest record's version.
+    When that changes columns the child's own children reference (or deletes it), it cascades on."""
+    assert ev.row is not None and ev.refs is not None
+    row, refs = dict(ev.row), dict(ev.refs)
+    version, deleted = ev.version, False
+    children: tuple[FKRule, ...] = ()
+    for v, rec in records:
+        rule = rec["rule"]
+        version = v
+        children = children or tuple(rule_from_json(c) for c in rule["children"])
+        new = rec["new"]
+        if new is None:
+            deleted = True
+            continue
+        row.update(zip(rule["columns"], new))
+        if None in new:
+            refs.pop(rule["fk"], None)
+        else:
+            refs[rule["fk"]] = tuple(new)
+    cascade = ev.cascade
+    referenced = list(dict.fromkeys(c for r in children for c in r.ref))
+    if cascade is None and referenced and (deleted or any(not same_key_text(ev.row.get(c), row.get(c)) for c in referenced)):
+        cascade = Cascade({c: ev.row.get(c) for c in referenced},
+                          None if deleted else {c: row.get(c) for c in referenced}, children)
+    if deleted:
+        return ChangeEvent(ev.table, Op.DELETE, ev.pk, None, version, ev.source, {}, cascade)
+    pk = tuple((c, row[c]) for c, _ in ev.pk)
+    return ChangeEvent(ev.table, ev.op, pk, row, version, ev.source, refs, cascade)
+
+
+def same_key_text(a: Any, b: Any) -> bool:
+    """Two values (JSON values, or a hash's field bytes) are the same key text; NULL is never the
+    same as a value."""
+    if a is None or b is None:
+        return a is None and b is None
+    return escape(a) == escape(b)
+
+
+def text_row(row: Mapping[Any, Any], hashed: bool) -> dict[str, JSONValue]:
+    """A child row as the next cascade step reads it: column -> value (hash: field bytes as they are)."""
+    if not hashed:
+        return dict(row)
+    return {f.decode("utf-8", "surrogateescape"): v for f, v in row.items()}
+
+
+def from_field(v: bytes) -> JSONValue:
+    """A hash field's bytes as a json row value (a hash parent cascading into a json child):
+    decimal integer text -> int, other UTF-8 -> str, else {"$b64": ...}."""
+    text = normalize_value(v)
+    if type(text) is str and text.lstrip("-").isdigit() and str(int(text)) == text:
+        return int(text)
+    return text
