@@ -73,6 +73,7 @@ from typing import Any
 import structlog
 
 from sync.capture.binlog.decoders import RowPlan, install_decoders
+from sync.capture.binlog.fkrows import TableState, fk_row_events
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
 from sync.capture.binlog.statements import Name, parse_table_statement
 from sync.errors import ConfigError, SourceError, short_error
@@ -110,21 +111,6 @@ class Chunk:
     statements: list[TableTruncate] = field(default_factory=list)
 
 
-@dataclass
-class _TableState:
-    schema: TableSchema
-    wanted: frozenset[str] | None
-    plans: dict[int, RowPlan] = field(default_factory=dict)   # table id → plan
-    cascade_only: bool = False      # a parent of a chosen child, not chosen itself: op "cascade" only
-    child: bool = False             # has cascading FKs to a parent: rows carry "refs"
-    parent: bool = False            # referenced by cascading FKs: updates/deletes may carry "cascade"
-    extra: tuple[str, ...] = ()     # FK/referenced columns read beyond the selection, left out of rows
-
-    def read(self) -> frozenset[str] | None:
-        """The columns a row plan reads (None: all)."""
-        return self.wanted if self.wanted is None or not self.extra else self.wanted | set(self.extra)
-
-
 _DDL = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(ALTER|RENAME|DROP|TRUNCATE|CREATE)\b", re.IGNORECASE | re.DOTALL)
 
 
@@ -156,7 +142,7 @@ class BinlogSource:
         self.heartbeat_s = heartbeat_s
         self.position_every_s = position_every_s
         self.tables = {
-            name: _TableState(schema, frozenset(columns.get(name) or ()) or None) for name, schema in schemas.items()
+            name: TableState(schema, frozenset(columns.get(name) or ()) or None) for name, schema in schemas.items()
         }
         # The tables whose row events are parsed: a list the stream keeps (and filters with) by
         # reference, so the cascade-only parents of a reloaded FK graph join without a reconnect.
@@ -493,7 +479,7 @@ class BinlogSource:
                     except ConfigError as exc:
                         log.warning("binlog_cascade_parent_skipped", table=parent, reason=str(exc)[:300])
                         continue
-                    self.tables[parent] = _TableState(schema, frozenset(graph.referenced_columns(parent)),
+                    self.tables[parent] = TableState(schema, frozenset(graph.referenced_columns(parent)),
                                                       cascade_only=True)
             finally:
                 conn.close()
@@ -517,7 +503,7 @@ class BinlogSource:
         fileno = int(self._file.rsplit(".", 1)[-1]) if self._file else 0
         return (fileno << 44) | (int(ev.packet.log_pos) << FILE_ROW_BITS)
 
-    def _reload_key(self, table: str, st: _TableState, why: str) -> None:
+    def _reload_key(self, table: str, st: TableState, why: str) -> None:
         try:
             conn = self.mysql.connect(database=self.database)
             try:
@@ -533,7 +519,7 @@ class BinlogSource:
         st.plans.clear()
         log.info("binlog_schema_reloaded", table=table, why=why, key=list(schema.key))
 
-    def _plan(self, st: _TableState, ev: Any) -> RowPlan:
+    def _plan(self, st: TableState, ev: Any) -> RowPlan:
         # Cached per table id: the server gives a table a new id when its definition changes, a
         # DDL statement clears the cache anyway, and so does a binlog rotation (a server restart
         # rotates, and may reuse ids).
@@ -584,7 +570,7 @@ class BinlogSource:
         self._pending_rows += len(rows)
         src = Source.BINLOG
         if st.cascade_only or st.child or st.parent:
-            self._fk_rows(st, table, plan, rows, kind)
+            fk_row_events(self.graph, st, table, plan, rows, kind, self._next_version, self._out)
         elif kind == "WriteRowsEvent":
             for r in rows:
                 version = self._next_version()
@@ -618,53 +604,6 @@ class BinlogSource:
                 self._out(ChangeEvent(table, Op.UPDATE, pk, row, version, src), version)
         if len(out) >= self.chunk_rows:
             self._flush()
-
-    def _fk_rows(self, st: _TableState, table: str, plan: RowPlan, rows: Sequence[Any], kind: str) -> None:
-        """_rows for a table with cascading FKs (child, parent, or cascade-only parent): the same
-        events with "refs" and "cascade" (see the module docstring)."""
-        graph, key, src = self.graph, st.schema.key, Source.BINLOG
-        gone: dict[str, tuple[JSONValue, ...]] | None = {} if st.child else None  # a child's delete
-
-        def emit(new: dict[str, JSONValue] | None, old: dict[str, JSONValue] | None) -> None:
-            # old: the row before (None: an insert); new: the row after (None: a delete)
-            cascade = graph.cascade(table, old, new) if st.parent and old is not None else None
-            if st.cascade_only:
-                if cascade is not None:
-                    version = self._next_version()
-                    self._out(ChangeEvent(table, Op.CASCADE, (), None, version, src, None, cascade), version)
-                return
-            version = self._next_version()
-            if new is None:
-                assert old is not None
-                self._out(ChangeEvent(table, Op.DELETE, tuple((k, old[k]) for k in key), None, version, src,
-                                      gone, cascade), version)
-                return
-            pk = tuple((k, new[k]) for k in key)
-            if old is not None:
-                old_pk = tuple((k, old[k]) for k in key)
-                if old_pk != pk:  # the key changed: the old key goes, without cascading
-                    self._out(ChangeEvent(table, Op.DELETE, old_pk, None, version, src, gone), version)
-            refs = graph.refs(table, new) if st.child else None
-            for c in st.extra:
-                del new[c]
-            self._out(ChangeEvent(table, Op.INSERT if old is None else Op.UPDATE, pk, new, version, src,
-                                  refs, cascade), version)
-
-        if kind == "WriteRowsEvent":
-            if not st.cascade_only:
-                for r in rows:
-                    emit(plan.row(r["values"], r.get("none_sources")), None)
-        elif kind == "DeleteRowsEvent":
-            for r in rows:
-                emit(None, plan.row(r["values"], r.get("none_sources")))
-        else:
-            names = plan.names if st.wanted is not None else None
-            for r in rows:
-                before, after = r["before_values"], r["after_values"]
-                if names is not None and all(before[n] == after[n] for n in names):
-                    continue  # none of the chosen (or FK) columns changed
-                emit(plan.row(after, r.get("after_none_sources")),
-                     plan.row(before, r.get("before_none_sources")))
 
     def _out(self, ev: ChangeEvent, version: int) -> None:
         if version & self._mask == self._mask:
