@@ -231,9 +231,9 @@ class RedisApplier:
         fkr_prefix = self._fkr_prefix
         want_stats = self._stats and not self._cluster
         for ev in events:
-            late = type(ev) is MovedChange
-            if late:
-                ev = ev.event  # type: ignore[union-attr]  # MovedChange holds a ChangeEvent
+            late, after = False, 0
+            if type(ev) is MovedChange:
+                late, after, ev = ev.atleast, ev.after, ev.event
             if type(ev) is ChangeEvent:
                 if ev.op is Op.CASCADE:
                     continue  # no record: only its derived changes are written
@@ -256,11 +256,12 @@ class RedisApplier:
                     keys.append(fkr_prefix + rk if t.vk_tagged else fkr_prefix + "{" + rk + "}")
                     keys.extend(sets)
                     idx = f"{len(sets) + 1:03d}"
-                    if ev.op is not Op.DELETE:
-                        version = f"{ev.version:020d}"
-                        for name, refs in ev.refs.items():
-                            check_keys.append(fk_cascade_key(ev.table, name, refs, t.spec.key_template, self._prefix))
-                            check_versions.append(version)
+                    # A child change (a delete too: the row's old refs) older than a cascade record
+                    # of its refs is late: '?' (see apply.lua and _move_late).
+                    version = f"{max(ev.version, after):020d}"
+                    for name, refs in ev.refs.items():
+                        check_keys.append(fk_cascade_key(ev.table, name, refs, t.spec.key_template, self._prefix))
+                        check_versions.append(version)
                 if ev.op is Op.DELETE:
                     meta.append(f"{'E' if late else 'D'}{ev.version:020d}000000000000{si:03d}00000{idx}")
                 elif t.op_upsert == "J":
@@ -423,7 +424,7 @@ class RedisApplier:
         asks: list[tuple[int, str]] = []
         for i, item in enumerate(events):
             ev = item.event if type(item) is MovedChange else item
-            if type(ev) is ChangeEvent and ev.refs and ev.op is not Op.DELETE and ev.op is not Op.CASCADE:
+            if type(ev) is ChangeEvent and ev.refs and ev.op is not Op.CASCADE:
                 template = self._tables[ev.table].spec.key_template
                 asks += [(i, fk_cascade_key(ev.table, name, values, template, self._prefix))
                          for name, values in ev.refs.items()]
@@ -437,9 +438,13 @@ class RedisApplier:
             item = events[i]
             ev = item.event if type(item) is MovedChange else item
             assert type(ev) is ChangeEvent
-            newer = sorted((r for r in recs if r[0] > ev.version), key=lambda r: r[0])
+            since = max(ev.version, item.after) if type(item) is MovedChange else ev.version
+            newer = sorted((r for r in recs if r[0] > since), key=lambda r: r[0])
             if newer:
-                out[i] = MovedChange(moved_change(ev, newer))
+                moved = moved_change(ev, newer)
+                if type(item) is MovedChange and item.atleast and not moved.atleast:
+                    moved = MovedChange(moved.event, moved.after, True)  # moved earlier: keeps that version
+                out[i] = moved
         return out
 
     async def _read(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:

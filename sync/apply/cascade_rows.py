@@ -36,10 +36,15 @@ class DerivedChange:
 @dataclass(slots=True)
 class MovedChange:
     """A child change older than a cascade that already ran for its refs (a cascade record), moved
-    as the cascade moved the rows it found: applied at the cascade's version, also over an equal one
-    (the row the cascade derived there lacked this change)."""
+    as the cascade moved the rows it found. `after`: the newest record's version (its refs are
+    checked against records newer than that). A change whose key moved (`atleast`) is applied at
+    that version, also over an equal one (the row the cascade derived there lacked this change); one
+    that keeps its key keeps its own version, as the cascade's in-place change did (so the row's own
+    delete, older than the cascade, still applies when it comes late)."""
 
     event: ChangeEvent
+    after: int
+    atleast: bool
 
 
 @dataclass(slots=True)
@@ -71,12 +76,15 @@ def rule_from_json(obj: Mapping[str, Any]) -> FKRule:
                   obj["on_delete"], tuple(rule_from_json(c) for c in obj["children"]))
 
 
-def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> ChangeEvent:
-    """`ev` (a child upsert) after the cascades of `records` (version, record; oldest first, each
-    newer than ev): its FK columns set as they set them, or deleted; at the newest record's version.
-    When that changes columns the child's own children reference (or deletes it), it cascades on."""
-    assert ev.row is not None and ev.refs is not None
-    row, refs = dict(ev.row), dict(ev.refs)
+def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> MovedChange:
+    """`ev` (a child change) after the cascades of `records` (version, record; oldest first, each
+    newer than ev): its FK columns set as they set them, or deleted. When that changes columns the
+    child's own children reference (or deletes it), it cascades on; a cascade it carries follows
+    the moved values."""
+    assert ev.refs is not None
+    row = dict(ev.row) if ev.row is not None else dict(ev.pk)
+    refs = dict(ev.refs)
+    moves: dict[str, tuple[Any, Any]] = {}  # column -> (value before, value after the cascades)
     version, deleted = ev.version, False
     children: tuple[FKRule, ...] = ()
     for v, rec in records:
@@ -87,20 +95,40 @@ def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> ChangeE
         if new is None:
             deleted = True
             continue
+        for col, before, after in zip(rule["columns"], refs.get(rule["fk"], ()), new):
+            moves[col] = (moves.get(col, (before,))[0], after)
         row.update(zip(rule["columns"], new))
         if None in new:
             refs.pop(rule["fk"], None)
         else:
             refs[rule["fk"]] = tuple(new)
-    cascade = ev.cascade
+    cascade = _moved_cascade(ev.cascade, moves)
     referenced = list(dict.fromkeys(c for r in children for c in r.ref))
-    if cascade is None and referenced and (deleted or any(not same_key_text(ev.row.get(c), row.get(c)) for c in referenced)):
+    if cascade is None and ev.row is not None and referenced and (
+            deleted or any(not same_key_text(ev.row.get(c), row.get(c)) for c in referenced)):
         cascade = Cascade({c: ev.row.get(c) for c in referenced},
                           None if deleted else {c: row.get(c) for c in referenced}, children)
     if deleted:
-        return ChangeEvent(ev.table, Op.DELETE, ev.pk, None, version, ev.source, {}, cascade)
+        return MovedChange(ChangeEvent(ev.table, Op.DELETE, ev.pk, None, version, ev.source, {}, cascade),
+                           version, True)
     pk = tuple((c, row[c]) for c, _ in ev.pk)
-    return ChangeEvent(ev.table, ev.op, pk, row, version, ev.source, refs, cascade)
+    moved = pk != ev.pk
+    own = version if moved else ev.version
+    if ev.op is Op.DELETE:
+        return MovedChange(ChangeEvent(ev.table, Op.DELETE, pk, None, own, ev.source, refs, cascade), version, moved)
+    return MovedChange(ChangeEvent(ev.table, ev.op, pk, row, own, ev.source, refs, cascade), version, moved)
+
+
+def _moved_cascade(cascade: Cascade | None, moves: Mapping[str, tuple[Any, Any]]) -> Cascade | None:
+    """The cascade a moved change carries: its old/new values of the moved columns as moved (where
+    they held the values the cascade moved)."""
+    if cascade is None or not moves:
+        return cascade
+
+    def move(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {c: moves[c][1] if c in moves and same_key_text(v, moves[c][0]) else v for c, v in values.items()}
+
+    return Cascade(move(cascade.old), None if cascade.new is None else move(cascade.new), cascade.fks)
 
 
 def same_key_text(a: Any, b: Any) -> bool:

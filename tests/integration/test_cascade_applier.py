@@ -16,7 +16,7 @@ from sync.rows.rowcodec import encode_json
 from sync.tables import TableSpec
 
 A, S = Outcome.APPLIED, Outcome.STALE
-TABLES = {name: TableSpec(name) for name in ("orders", "line", "note", "tree", "link")}
+TABLES = {name: TableSpec(name) for name in ("orders", "line", "note", "tree", "link", "item", "ship")}
 TABLES["hline"] = TableSpec("hline", format="hash")
 
 NOTE = FKRule("note", "fk_note", ("line_id",), ("id",), "cascade", "cascade")
@@ -248,3 +248,45 @@ async def test_a_late_delete_of_a_child_the_cascade_changed_in_place(applier: Re
     dele = ChangeEvent("hline", Op.DELETE, (("id", 1),), None, 30, Source.TRIGGER, {})
     assert await applier.apply([dele]) == [A]
     assert redis_client.exists("hline:1") == 0
+
+
+async def test_a_late_delete_after_its_insert_was_moved_in_place(applier: RedisApplier, redis_client: Any) -> None:
+    """Found by the shop run (categories, ON DELETE SET NULL): the parent's delete (v50) comes first,
+    then the child's insert (v10, moved by the cascade record: FK set to NULL), then its own delete
+    (v30): the child is deleted (the move keeps the child's key, so it keeps its own version)."""
+    assert await applier.apply([parent(Op.DELETE, 5, None, 50, (HLINE,))]) == [A]
+    hl = child("hline", {"id": 1}, 10, "fk_hline", ("order_id",), order_id=5, price="1")
+    assert await applier.apply([hl]) == [A]
+    assert redis_client.hgetall("hline:1") == {b"id": b"1", b"price": b"1"}
+    dele = ChangeEvent("hline", Op.DELETE, (("id", 1),), None, 30, Source.TRIGGER, {"fk_hline": (5,)})
+    assert await applier.apply([dele]) == [A]
+    assert redis_client.exists("hline:1") == 0
+    # Moved in place to values a later cascade record knows (6 -> 7 at v40, before 5 -> 6 at v60):
+    # that older record does not move it on.
+    assert await applier.apply([parent(Op.UPDATE, 6, 7, 40, (LINE,))]) == [A]
+    assert await applier.apply([parent(Op.UPDATE, 5, 6, 60, (LINE,))]) == [A]
+    assert await applier.apply([child("line", {"id": 2}, 20, "fk_line", ("order_id",), order_id=5)]) == [A]
+    assert get(redis_client, "line", id=2) == {"id": 2, "order_id": 6}
+    assert redis_client.get(version_key("line:2")) == b"%020d" % 20
+
+
+async def test_a_late_delete_of_a_child_whose_key_a_cascade_moved(applier: RedisApplier, redis_client: Any) -> None:
+    """Found by the shop run (order_items after an order renumber, and their shipments): the child's
+    delete (v30, with its old FK values as refs) reaches the applier after the parent's key change
+    (v50) moved the child to a new key: the moved key is deleted, and the child's own cascade
+    follows it (the rows it had were moved with it)."""
+    # "item" is keyed by (order_id, n), its FK to orders in its key; "ship" references an item.
+    ship = FKRule("ship", "fk_ship", ("order_id", "n"), ("order_id", "n"), "cascade", "cascade")
+    item = FKRule("item", "fk_item", ("order_id",), ("id",), "cascade", "cascade", (ship,))
+    await applier.apply([child("item", {"order_id": 5, "n": 1}, 10, "fk_item", ("order_id",), q=1),
+                         child("ship", {"id": 7}, 11, "fk_ship", ("order_id", "n"), order_id=5, n=1)])
+    assert await applier.apply([parent(Op.UPDATE, 5, 6, 50, (item,))]) == [A]
+    assert redis_client.exists("item:5:1") == 0 and redis_client.exists("item:6:1") == 1
+    assert get(redis_client, "ship", id=7) == {"id": 7, "order_id": 6, "n": 1}
+    # The item's delete (and the delete of its shipment that InnoDB's cascade did) comes late.
+    gone = ChangeEvent("item", Op.DELETE, (("order_id", 5), ("n", 1)), None, 30, Source.TRIGGER,
+                       {"fk_item": (5,)}, Cascade({"order_id": 5, "n": 1}, None, (ship,)))
+    assert await applier.apply([gone]) == [A]
+    assert redis_client.keys("item:*") == [] and redis_client.keys("ship:*") == []
+    assert redis_client.smembers(fk_index_key("item", "fk_item", [6])) == set()
+    assert redis_client.smembers(fk_index_key("ship", "fk_ship", [6, 1])) == set()
