@@ -20,7 +20,8 @@ Wire format v1 (one gearman job payload, UTF-8 JSON, at most MAX_PAYLOAD_BYTES):
 - "refs" (optional; events of a CHILD table of a cascading foreign key): {"<fk name>": [v1, ...]},
   the row's FK column values (in FK column order) per cascading FK; an FK whose columns are all or
   partly NULL is left out (no parent). The applier keeps its FK index from it (sync.apply.applier).
-  An empty object marks a child table row without any parent.
+  An empty object marks a child table row without any parent. A delete carries the deleted row's
+  (the applier drops it from its index, and moves a late delete as a newer cascade moved the row).
 - "cascade" (optional; update or delete of a PARENT table, or op "cascade"):
       {"old": {col: val, ...}, "new": {col: val, ...} (absent for a delete),
        "fks": [{"table": child, "fk": name, "columns": [child cols], "ref": [parent cols],

@@ -183,10 +183,10 @@ def _object(columns: Sequence[Column], ref: str) -> str:
 def payload_sql(schema: TableSchema, op: str, ref: str, graph: FKGraph | None = None, *, cascade: bool = True) -> str:
     """The CONCAT expression building one v1 change of `op` from the `ref` (NEW/OLD) row.
 
-    With the database's FK `graph`: a child table's rows carry "refs" (a delete: an empty
-    marker, so the applier drops the row from its fk index), and with `cascade` a parent's
-    update / delete carries "cascade" when a referenced column changed / a delete rule cascades
-    (sync.events). The delete of the OLD key before a key-changing update passes cascade=False."""
+    With the database's FK `graph`: a child table's rows carry "refs" (a delete: the OLD row's; the
+    applier drops the row from its fk index, and follows a cascade that moved it), and with
+    `cascade` a parent's update / delete carries "cascade" when a referenced column changed / a
+    delete rule cascades (sync.events). The delete of the OLD key before a key-changing update passes cascade=False."""
     if op not in ("insert", "update", "delete", "cascade"):
         raise ValueError(f"op: {op!r}; expected insert, update, delete or cascade")
     if op == "cascade" and graph is None:
@@ -238,8 +238,6 @@ def _refs_sql(schema: TableSchema, graph: FKGraph, op: str, ref: str) -> list[st
     fks = graph.child_fks(schema.name)
     if not fks or op == "cascade":
         return []
-    if op == "delete":
-        return [quote_string(',"refs":{}')]
     items = []
     for fk in fks:
         values = [f"{ref}.{quote_ident(c)}" for c in fk.columns]

@@ -99,8 +99,12 @@ def workload(server: MariaDBServer, db: Any) -> None:
 
 
 def differences(server: MariaDBServer, db: Any, client: Any) -> dict[str, Any]:
+    return differences_of(server, db, client, SYNCED)
+
+
+def differences_of(server: MariaDBServer, db: Any, client: Any, tables: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for table in SYNCED:
+    for table in tables:
         schema = load_table(db, db.db_name, table)
         spec = TableSpec(table)
         expected = expected_state(server, schema, spec)
@@ -218,3 +222,64 @@ def test_uninstall_keeps_parent_triggers_other_children_need(mariadb: MariaDBSer
     assert parent_triggers() == installed   # c2 still needs p's cascades
     sync_triggers(mariadb, db, "uninstall", "--table", "c2")
     assert parent_triggers() == 0
+
+
+LATE_SCHEMA = [
+    "CREATE TABLE orders (id INT PRIMARY KEY)",
+    "CREATE TABLE item (order_id INT NOT NULL, n INT NOT NULL, q INT, PRIMARY KEY (order_id, n), "
+    " FOREIGN KEY fk_item (order_id) REFERENCES orders (id) ON UPDATE CASCADE ON DELETE CASCADE)",
+    "CREATE TABLE ship (id INT PRIMARY KEY, order_id INT NOT NULL, n INT NOT NULL, "
+    " FOREIGN KEY fk_ship (order_id, n) REFERENCES item (order_id, n) ON UPDATE CASCADE ON DELETE CASCADE)",
+    "CREATE TABLE cat (id INT PRIMARY KEY, parent_id INT, "
+    " FOREIGN KEY fk_cat (parent_id) REFERENCES cat (id) ON DELETE SET NULL)",
+]
+
+
+async def test_late_child_deletes_on_the_trigger_path(udf_installed: MariaDBServer, db: Any,  # noqa: F811
+                                                      redis_server: RedisServer, aredis: Any,
+                                                      redis_client: Any) -> None:
+    """Found by the shop run: the jobs of a parent and of its children travel in different Gearman
+    functions (and several worker connections), so a child's own delete can reach the applier after
+    a newer cascade of its parent. Here the worker gets the parents' jobs first: every change that
+    carries a cascade, newest first, then the others. An item deleted (with its shipment, by InnoDB)
+    before its order was renumbered stays deleted; a category inserted and deleted before its parent
+    was deleted (ON DELETE SET NULL) stays deleted. The triggers (outbox mode: the payloads read back
+    from the spool) send a child's delete with its old FK values."""
+    from sync.apply.applier import RedisApplier
+    from sync.capture.spool import SPOOL_TABLE
+    from sync.events import parse_change
+
+    with db.cursor() as cur:
+        for stmt in LATE_SCHEMA:
+            cur.execute(stmt)
+    tables = ["orders", "item", "ship", "cat"]
+    for table in tables:
+        sync_triggers(udf_installed, db, "install", "--table", table, "--mode", "outbox")
+    applier = RedisApplier(aredis, {t: TableSpec(t) for t in tables})
+
+    def spooled() -> list[Any]:
+        with db.cursor() as cur:
+            cur.execute(f"SELECT payload FROM {SPOOL_TABLE} ORDER BY id")
+            events = [parse_change(raw) for (raw,) in cur.fetchall()]
+            cur.execute(f"DELETE FROM {SPOOL_TABLE}")
+        return events
+
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO orders VALUES (5), (8)")
+        cur.execute("INSERT INTO item VALUES (5, 1, 10), (5, 2, 20), (8, 1, 30)")
+        cur.execute("INSERT INTO ship VALUES (7, 5, 1), (8, 5, 2)")
+        cur.execute("INSERT INTO cat VALUES (1, NULL)")
+    await applier.apply(spooled())
+    with db.cursor() as cur:
+        cur.execute("DELETE FROM item WHERE order_id = 5 AND n = 1")   # ship 7 goes with it (InnoDB)
+        cur.execute("UPDATE orders SET id = 6 WHERE id = 5")           # item (5, 2) and ship 8 follow
+        cur.execute("INSERT INTO cat VALUES (2, 1), (3, 1)")
+        cur.execute("DELETE FROM cat WHERE id = 2")
+        cur.execute("DELETE FROM cat WHERE id = 1")                    # cat 3: parent_id NULL
+    events = spooled()
+    gone = [ev for ev in events if ev.table == "item" and ev.op.value == "delete"]
+    assert [ev.refs for ev in gone] == [{"fk_item": (5,)}]
+    parents = sorted((ev for ev in events if ev.cascade is not None), key=lambda ev: -ev.version)
+    await applier.apply(parents + [ev for ev in events if ev.cascade is None])
+    assert differences_of(udf_installed, db, redis_client, tables) == {}
+    assert redis_client.get("item:6:2") is not None and redis_client.get("cat:3") is not None

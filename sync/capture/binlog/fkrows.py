@@ -38,7 +38,6 @@ def fk_row_events(graph: FKGraph, st: TableState, table: str, plan: RowPlan, row
     parent): the same events as for any table, with "refs" and "cascade" (sync.capture.binlog.reader's
     docstring), handed to `out` with versions from `next_version`."""
     key, src = st.schema.key, Source.BINLOG
-    gone: dict[str, tuple[JSONValue, ...]] | None = {} if st.child else None  # a child's delete
 
     def emit(new: dict[str, JSONValue] | None, old: dict[str, JSONValue] | None) -> None:
         # old: the row before (None: an insert); new: the row after (None: a delete)
@@ -49,6 +48,8 @@ def fk_row_events(graph: FKGraph, st: TableState, table: str, plan: RowPlan, row
                 out(ChangeEvent(table, Op.CASCADE, (), None, version, src, None, cascade), version)
             return
         version = next_version()
+        # a child's delete carries the old row's refs (the applier follows a cascade that moved it)
+        gone = graph.refs(table, old) if st.child and old is not None else None
         if new is None:
             assert old is not None
             out(ChangeEvent(table, Op.DELETE, tuple((k, old[k]) for k in key), None, version, src,
