@@ -54,8 +54,8 @@ from sync.apply.cascade_rows import (
     MovedChange,
     cascade_record,
     cascades,
+    follow_records,
     from_field,
-    moved_change,
     same_key_text,
     text_row,
 )
@@ -435,16 +435,7 @@ class RedisApplier:
                 records.setdefault(i, []).append((int(raw[:20]), orjson.loads(raw[20:])))
         out = list(events)
         for i, recs in records.items():
-            item = events[i]
-            ev = item.event if type(item) is MovedChange else item
-            assert type(ev) is ChangeEvent
-            since = max(ev.version, item.after) if type(item) is MovedChange else ev.version
-            newer = sorted((r for r in recs if r[0] > since), key=lambda r: r[0])
-            if newer:
-                moved = moved_change(ev, newer)
-                if type(item) is MovedChange and item.atleast and not moved.atleast:
-                    moved = MovedChange(moved.event, moved.after, True)  # moved earlier: keeps that version
-                out[i] = moved
+            out[i] = follow_records(events[i], recs)  # type: ignore[arg-type]  # asked above: a (moved) ChangeEvent
         return out
 
     async def _read(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:

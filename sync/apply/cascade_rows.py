@@ -15,8 +15,8 @@ from sync.events import Cascade, ChangeEvent, ClassicSet, FKRule, JSONValue, Op
 from sync.keys import escape
 from sync.rows.rowcodec import normalize_value
 
-__all__ = ["CascadeStep", "DerivedChange", "MovedChange", "cascade_record", "cascades", "from_field",
-           "moved_change", "rule_from_json", "same_key_text", "text_row"]
+__all__ = ["CascadeStep", "DerivedChange", "MovedChange", "cascade_record", "cascades", "follow_records",
+           "from_field", "moved_change", "rule_from_json", "same_key_text", "text_row"]
 
 
 @dataclass(slots=True)
@@ -74,6 +74,21 @@ def rule_from_json(obj: Mapping[str, Any]) -> FKRule:
     """An FKRule from FKRule.to_json() (a cascade record this module wrote)."""
     return FKRule(obj["table"], obj["fk"], tuple(obj["columns"]), tuple(obj["ref"]), obj["on_update"],
                   obj["on_delete"], tuple(rule_from_json(c) for c in obj["children"]))
+
+
+def follow_records(item: ChangeEvent | MovedChange, records: Sequence[tuple[int, Any]]) -> ChangeEvent | MovedChange:
+    """`item` moved by those of the cascade `records` (version, record) of its refs that are newer
+    than it (for a change moved before: than the records it followed), or itself."""
+    ev = item.event if type(item) is MovedChange else item
+    assert type(ev) is ChangeEvent
+    since = max(ev.version, item.after) if type(item) is MovedChange else ev.version
+    newer = sorted((r for r in records if r[0] > since), key=lambda r: r[0])
+    if not newer:
+        return item
+    moved = moved_change(ev, newer)
+    if type(item) is MovedChange and item.atleast and not moved.atleast:
+        moved.atleast = True  # its key moved before: it stays at that version, applied over an equal one
+    return moved
 
 
 def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> MovedChange:
