@@ -374,6 +374,8 @@ def _report(args: argparse.Namespace) -> int:
             for table, paths in differing.items():
                 for path, text in paths.items():
                     print(f"  {table}: {path}: {text}")
+                    for kind, keys in result.cells[(table, path)].examples.items():
+                        print(f"    {kind}: {', '.join(keys[:5])}")
     return 0 if not differing and not result.workload.failed else 1
 
 
