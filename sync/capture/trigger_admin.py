@@ -27,7 +27,7 @@ from sync.capture.spool import SPOOL_TABLE
 from sync.capture.triggers import EVENTS, TriggerOptions, install_statements, read_marker, trigger_names
 from sync.errors import ConfigError, SourceError
 from sync.rows.fkgraph import load_foreign_keys
-from sync.rows.schema import TableSchema, load_table, quote_ident
+from sync.rows.schema import TableSchema, list_tables, load_table, quote_ident
 
 __all__ = [
     "InstalledTrigger",
@@ -268,26 +268,10 @@ def install_table(conn: Any, schema: TableSchema, options: TriggerOptions, displ
 # -- many tables ---------------------------------------------------------------------------------
 
 def eligible_tables(conn: Any, database: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """(tables that can have capture triggers, [(table, why not)]) among the base tables of
-    `database`: a primary key or a unique key over NOT NULL columns is needed; gearsync_spool is
-    gearsync's own."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s "
-                    "AND TABLE_TYPE='BASE TABLE' ORDER BY TABLE_NAME", (database,))
-        names = [_text(r[0]) for r in cur.fetchall()]
-    ok: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for name in names:
-        if name == SPOOL_TABLE:
-            skipped.append((name, "gearsync's own spool"))
-            continue
-        try:
-            load_table(conn, database, name)
-        except ConfigError:
-            skipped.append((name, "no primary key or NOT NULL unique key"))
-            continue
-        ok.append(name)
-    return ok, skipped
+    """(tables that can have capture triggers, [(table, why not)]) in `database`: what load_table
+    accepts (rows.schema.list_tables); gearsync_spool is gearsync's own."""
+    usable, skipped = list_tables(conn, database, exclude={SPOOL_TABLE: "gearsync's own spool table"})
+    return [t.name for t in usable], skipped
 
 
 # -- alter ---------------------------------------------------------------------------------------

@@ -238,7 +238,7 @@ def test_all_tables_installs_what_has_a_key_and_says_why_not(mariadb: MariaDBSer
         cur.execute("CREATE TABLE uk (x INT NOT NULL, UNIQUE KEY (x))")
     result = cli(mariadb, db, "install", "--all-tables")
     assert result.returncode == 0, result.stderr
-    assert f"skipped {db.db_name}.nokey: no primary key" in result.stdout
+    assert f"skipped {db.db_name}.nokey: neither a primary key nor a unique key over NOT NULL columns" in result.stdout
     assert f"skipped {db.db_name}.gearsync_spool: gearsync's own spool" not in result.stdout  # created by this run
     assert result.stdout.strip().splitlines()[-1] == "installed 3, skipped 1"
     assert cli(mariadb, db, "check", "--all-tables").stdout.strip().splitlines()[-1] == "checked 3, ok 3, stale 0"
