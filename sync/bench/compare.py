@@ -61,14 +61,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pymysql
 
 from sync.bench.common import BIN, add_json_option, run_dir_with_udf, write_json
 from sync.bench.triggers import set_mode, stop_processes
 from sync.bench.udf import prepare_bench_table
 from sync.capture.triggers import TriggerOptions, install_statements
-from sync.rows.expected import expected_entry, select_sql
-from sync.rows.schema import READ_SESSION_SQL, load_table
+from sync.rows.expected import expected_state as rows_expected_state
+from sync.rows.schema import load_table
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
@@ -276,12 +275,9 @@ def writers(db: MariaDBServer, n_writers: int, updates: int, rows: int, rollback
 
 
 def expected_state(db: MariaDBServer, schema: Any, spec: TableSpec) -> dict[str, Any]:
-    conn = db.connect("bench", cursorclass=pymysql.cursors.DictCursor)
+    conn = db.connect("bench")
     try:
-        with conn.cursor() as cur:
-            cur.execute(READ_SESSION_SQL)
-            cur.execute(select_sql(schema))
-            return dict(expected_entry(schema, spec, row) for row in cur.fetchall())
+        return rows_expected_state(conn, schema, spec)
     finally:
         conn.close()
 

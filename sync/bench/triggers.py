@@ -37,7 +37,7 @@ import pymysql
 from sync.bench.common import BIN, add_update_load_options, run_dir_with_udf, write_json
 from sync.bench.udf import multi_row, prepare_bench_table, single_row
 from sync.capture.triggers import TriggerOptions, install_statements, uninstall_statements
-from sync.rows.expected import expected_entry, select_sql
+from sync.rows.expected import expected_entry, expected_state, select_sql
 from sync.rows.schema import READ_SESSION_SQL, TableSchema, load_table
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
@@ -67,12 +67,9 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def redis_matches(db: MariaDBServer, schema: TableSchema, spec: TableSpec, r: Any) -> bool:
-    conn = db.connect("bench", cursorclass=pymysql.cursors.DictCursor)
+    conn = db.connect("bench")
     try:
-        with conn.cursor() as cur:
-            cur.execute(READ_SESSION_SQL)
-            cur.execute(select_sql(schema))
-            expected = dict(expected_entry(schema, spec, row) for row in cur.fetchall())
+        expected = expected_state(conn, schema, spec)
     finally:
         conn.close()
     keys = list(expected)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sync.keys import row_key
 from sync.rows.rowcodec import encode_hash, encode_json
-from sync.rows.schema import TableSchema, read_columns_sql
+from sync.rows.schema import READ_SESSION_SQL, TableSchema, read_columns_sql
 from sync.tables import TableSpec
 
 
@@ -38,3 +38,14 @@ def expected_entry(schema: TableSchema, spec: TableSpec, row: Mapping[str, Any])
     canonical = schema.canonical_row(row)
     pk = tuple((name, canonical[name]) for name in schema.key)
     return row_key(spec.key_template, schema.name, pk), expected_value(spec, canonical)
+
+
+def expected_state(conn: Any, schema: TableSchema, spec: TableSpec) -> dict[str, bytes | dict[bytes, bytes]]:
+    """Redis key -> value for every row MySQL holds now, read on `conn` (pymysql; its session time
+    zone is set for reading, as snapshot and verify do)."""
+    import pymysql.cursors
+
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute(READ_SESSION_SQL)
+        cur.execute(select_sql(schema))
+        return dict(expected_entry(schema, spec, row) for row in cur.fetchall())

@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 from sync.apply.worker import SyncWorker
 from sync.capture.triggers import TriggerOptions, install_statements
 from sync.config import worker_settings
-from sync.rows.expected import expected_entry, select_sql
+from sync.rows.expected import expected_state as rows_expected_state
 from sync.rows.reader import TableReader, fast_conversions
-from sync.rows.schema import READ_SESSION_SQL, load_table
+from sync.rows.schema import load_table
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from sync.tools.progress import ProgressStore
@@ -44,13 +44,7 @@ def make_data(db: Any, rows: int) -> None:
 
 def expected_state(db: Any, table: str, spec: TableSpec) -> dict[str, Any]:
     """key → value for every row, through the default pymysql conversions (not the snapshot's)."""
-    import pymysql.cursors
-
-    schema = load_table(db, db.db_name, table)
-    with db.cursor(pymysql.cursors.DictCursor) as cur:
-        cur.execute(READ_SESSION_SQL)
-        cur.execute(select_sql(schema))
-        return dict(expected_entry(schema, spec, row) for row in cur.fetchall())
+    return rows_expected_state(db, load_table(db, db.db_name, table), spec)
 
 
 def redis_state(client: Any, pattern: str, fmt: str) -> dict[str, Any]:

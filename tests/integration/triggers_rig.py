@@ -12,15 +12,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pymysql
-
 from sync.apply.worker import SyncWorker
 from sync.capture.relay import RelaySettings, SpoolRelay
 from sync.capture.triggers import TriggerOptions, install_statements
 from sync.config import worker_settings
 from sync.mysql import MySQLSettings
-from sync.rows.expected import expected_entry, select_sql
-from sync.rows.schema import READ_SESSION_SQL, TableSchema, load_table
+from sync.rows.expected import expected_state as rows_expected_state
+from sync.rows.schema import TableSchema, load_table
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from workers.sync_triggers import last_other_triggers
@@ -111,12 +109,9 @@ def install(conn: Any, table: str, columns: list[str] | None = None, **options: 
 
 def expected_state(server: MariaDBServer, schema: TableSchema, spec: TableSpec) -> dict[str, Any]:
     """Redis key → value that MySQL's committed rows call for."""
-    conn = server.connect(schema.database, cursorclass=pymysql.cursors.DictCursor)
+    conn = server.connect(schema.database)
     try:
-        with conn.cursor() as cur:
-            cur.execute(READ_SESSION_SQL)
-            cur.execute(select_sql(schema))
-            return dict(expected_entry(schema, spec, row) for row in cur.fetchall())
+        return rows_expected_state(conn, schema, spec)
     finally:
         conn.close()
 
