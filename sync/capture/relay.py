@@ -29,7 +29,9 @@ served databases and re-installs the stale ones with the options recorded in the
 gh-ost — while the old table still holds our triggers), logging `triggers_reinstalled` for each.
 A table whose triggers all vanished is re-installed only when the watcher had seen it installed
 and the table was since replaced (its InnoDB table id or CREATE_TIME changed: a swap whose old table was dropped
-before the next check); otherwise it was uninstalled on purpose and is left alone.
+before the next check); otherwise it was uninstalled on purpose and is left alone. A table that
+was not replaced is re-installed when it is stale in two rounds in a row (an uninstall drops the
+triggers one by one; the watcher must not re-install a table caught mid-way).
 
 Empty spool: poll every `poll_interval_s` (default 20 ms: the outbox latency). MySQL or gearmand
 down: roll back, capped exponential back-off, reconnect. `request_stop()` (SIGTERM): finish the
@@ -148,6 +150,7 @@ class TriggerWatcher:
         # (database, table) -> (options, identity) of tables seen with up-to-date triggers
         self._known: dict[tuple[str, str], tuple[TriggerOptions, Any]] = {}
         self._warned: set[tuple[str, str, str]] = set()
+        self._stale_once: set[tuple[str, str]] = set()  # stale in the last round, not yet acted on
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -188,13 +191,21 @@ class TriggerWatcher:
                 result = check_table(conn, db, table, installed, known[0] if known else None)
                 if result.ok:
                     self._known[(db, table)] = (result.options, created[table])  # type: ignore[assignment]
+                    self._stale_once.discard((db, table))
                     continue
                 replaced = known is not None and known[1] != created[table]
                 marked = table in marked_tables(installed)
                 if result.options is None or not (marked or replaced):
                     self._known.pop((db, table), None)   # uninstalled on purpose
+                    self._stale_once.discard((db, table))
                     self._warn(db, table, result.summary())
                     continue
+                if not replaced and (db, table) not in self._stale_once:
+                    # Stale for the first time, the table not replaced: act on the next round if it
+                    # still is (an uninstall drops the triggers one by one: mid-way, some are missing).
+                    self._stale_once.add((db, table))
+                    continue
+                self._stale_once.discard((db, table))
                 try:
                     schema = resolve_schema(conn, db, table, result.options)
                     install_table(conn, schema, result.options, self.mysql.display)
