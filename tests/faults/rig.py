@@ -305,6 +305,16 @@ class Rig:
             return -1
         return sum(s.queued for s in statuses if s.name == FUNCTION)
 
+    def running(self) -> int:
+        """Jobs of gearsync.data a worker holds (grabbed, not completed); 0 when gearmand is down."""
+        if self.gearmand is None or not self.gearmand.running:
+            return 0
+        try:
+            statuses = asyncio.run(admin.status(self.gearmand.host, self.gearmand.port, timeout_s=5))
+        except Exception:
+            return -1
+        return sum(s.running for s in statuses if s.name == FUNCTION)
+
     def spool(self) -> int:
         conn = self.connect()
         try:
