@@ -64,25 +64,22 @@ MAX_UNIQUE_BYTES = 64
 MAX_FUNCTION_BYTES = 512
 
 
-
 def encode_function(function: str | bytes) -> bytes:
     """Function name as bytes; must be 1..512 bytes, without NUL."""
-    name = function.encode("utf-8") if isinstance(function, str) else bytes(function)
-    if not name or len(name) > MAX_FUNCTION_BYTES or b"\0" in name:
-        raise ValueError(
-            f"function name must be 1..{MAX_FUNCTION_BYTES} bytes without NUL, got {name[:80]!r} ({len(name)} bytes)"
-        )
-    return name
+    return _encode_argument(function, MAX_FUNCTION_BYTES, "function name")
 
 
 def encode_unique(unique: str | bytes) -> bytes:
     """Unique id as bytes; must be 1..64 bytes (gearmand's limit), without NUL."""
-    raw = unique.encode("utf-8") if isinstance(unique, str) else bytes(unique)
-    if not raw or len(raw) > MAX_UNIQUE_BYTES or b"\0" in raw:
-        raise ValueError(
-            f"unique id must be 1..{MAX_UNIQUE_BYTES} bytes without NUL, got {raw[:80]!r} ({len(raw)} bytes)"
-        )
+    return _encode_argument(unique, MAX_UNIQUE_BYTES, "unique id")
+
+
+def _encode_argument(value: str | bytes, limit: int, what: str) -> bytes:
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if not raw or len(raw) > limit or b"\0" in raw:
+        raise ValueError(f"{what} must be 1..{limit} bytes without NUL, got {raw[:80]!r} ({len(raw)} bytes)")
     return raw
+
 
 class PacketType(IntEnum):
     CAN_DO = 1

@@ -297,23 +297,21 @@ class Rig:
     # -- observing --------------------------------------------------------------------------------
     def queued(self) -> int:
         """Jobs of gearsync.data gearmand holds (queued + running); 0 when gearmand is down."""
-        if self.gearmand is None or not self.gearmand.running:
-            return 0
-        try:
-            statuses = asyncio.run(admin.status(self.gearmand.host, self.gearmand.port, timeout_s=5))
-        except Exception:
-            return -1
-        return sum(s.queued for s in statuses if s.name == FUNCTION)
+        return self._function_count("queued")
 
     def running(self) -> int:
         """Jobs of gearsync.data a worker holds (grabbed, not completed); 0 when gearmand is down."""
+        return self._function_count("running")
+
+    def _function_count(self, field: str) -> int:
+        """One column of gearmand's `status` row for gearsync.data; -1 when the admin call fails."""
         if self.gearmand is None or not self.gearmand.running:
             return 0
         try:
             statuses = asyncio.run(admin.status(self.gearmand.host, self.gearmand.port, timeout_s=5))
         except Exception:
             return -1
-        return sum(s.running for s in statuses if s.name == FUNCTION)
+        return sum(getattr(s, field) for s in statuses if s.name == FUNCTION)
 
     def spool(self) -> int:
         conn = self.connect()
