@@ -116,6 +116,7 @@ def test_config_file(tmp_path: Path) -> None:
         '[gearman]\nservers = ["a:1", "b:2"]\n[redis]\nurl = "redis://r:3/0"\npassword = "pw"\n'
         '[worker]\nbatch = 64\n[tables.data]\nformat = "hash"\nttl_s = 60\n[tables.users]\nfunction = "u"\n'
     )
+    cfg.chmod(0o600)
     s = worker_settings(tables=None, config_path=str(cfg), env={})
     assert s.servers == [("a", 1), ("b", 2)]
     assert s.redis.password == "pw" and s.batch == 64
@@ -150,6 +151,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_resolvers_precedence_option_env_file_default(tmp_path: Path) -> None:
     cfg_path = tmp_path / "g.toml"
     cfg_path.write_text('[gearman]\nservers = "f:3"\n[redis]\nurl = "redis://f:3/0"\npassword = "filepw"\ncluster = true\n')
+    cfg_path.chmod(0o640)
     cfg = load_config(cfg_path)
     env = {"GEARMAN_SERVERS": "e:2", "REDIS_URL": "redis://e:2/0"}
     opts = SimpleNamespace(servers="o:1", redis_url="redis://o:1/0", redis_cluster=None)
@@ -168,7 +170,7 @@ def test_resolvers_precedence_option_env_file_default(tmp_path: Path) -> None:
 
 def test_redis_password_hint_names_the_config_file_only_when_the_command_reads_one() -> None:
     opts = SimpleNamespace(redis_url="redis://:pw@h:1/0")
-    with pytest.raises(ConfigError, match=r"expected it in REDIS_PASSWORD$"):
+    with pytest.raises(ConfigError, match=r"expected it in GEARSYNC_REDIS_PASSWORD$"):
         resolve_redis(opts, {}, None)
     with pytest.raises(ConfigError, match="REDIS_PASSWORD or the config file"):
         resolve_redis(opts, {}, ConfigFile(""))
