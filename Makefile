@@ -19,10 +19,10 @@ venv:  ## create .venv with gearsync and the dev tools
 build-udf:  ## build udf/build/gearsync_udf.so against the server UDF headers
 	$(MAKE) -C $(UDF_DIR)
 
-install-udf: build-udf  ## copy the UDF library into @@plugin_dir and CREATE FUNCTION (MYSQL_* / MYSQL_URL env)
+install-udf: build-udf  ## copy the UDF library into @@plugin_dir and CREATE FUNCTION (GEARSYNC_MYSQL_* env or --config)
 	$(PYTHON) -m sync.capture.udf_install install --library $(UDF_DIR)/build/gearsync_udf.so
 
-uninstall-udf:  ## DROP the UDF functions (MYSQL_* / MYSQL_URL env)
+uninstall-udf:  ## DROP the UDF functions (GEARSYNC_MYSQL_* env or --config)
 	$(PYTHON) -m sync.capture.udf_install uninstall
 
 lint:  ## ruff (lint rules and import order) and mypy (types of sync/ and workers/), as configured in pyproject.toml

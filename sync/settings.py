@@ -503,11 +503,11 @@ def resolve_mysql(args: Any = None, env: Mapping[str, str] | None = None, cfg: C
     if url is not None:
         refuse_password_in(url, "--mysql-url", "GEARSYNC_MYSQL_PASSWORD or the config file")
         sources.append({"url": (url, "--mysql-url")})
-    for values in sources:
-        def get(key: str) -> Any:
-            value, where = values[key]
-            return SCHEMA["mysql"][key].check(value, where, text=True) if where else value
+    def get(values: dict[str, tuple[Any, str]], key: str) -> Any:
+        value, where = values[key]
+        return SCHEMA["mysql"][key].check(value, where, text=True) if where else value
 
+    for values in sources:
         if "url" in values:
             where = values["url"][1] or _file_where(cfg, "[mysql].url")
             s = from_url(values["url"][0], where)
@@ -518,10 +518,10 @@ def resolve_mysql(args: Any = None, env: Mapping[str, str] | None = None, cfg: C
             for key, name in (("host", "host"), ("port", "port"), ("user", "user"), ("database", "database"),
                               ("socket", "unix_socket")):
                 if key in values:
-                    fields[name] = get(key)
+                    fields[name] = get(values, key)
         for key in ("password", "ssl_ca", "ssl_cert", "ssl_key"):
             if key in values:
-                fields[key] = get(key)
+                fields[key] = get(values, key)
     return MySQLSettings(**fields)
 
 
@@ -563,6 +563,11 @@ class LoggingSettings:
     level: str = "info"
     format: str = "auto"   # auto: console on a terminal, JSON otherwise
     deprecated: tuple[tuple[str, str], ...] = ()   # (old, new) environment names in use
+
+    @property
+    def json(self) -> bool:
+        """--log-format json: stderr carries nothing but JSON lines."""
+        return self.format == "json"
 
     def apply(self) -> None:
         """Set up structlog; then, once per process, one line naming the old environment

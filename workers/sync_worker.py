@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from sync.cli import (
     ExitCode,
+    add_config_option,
     add_gearman_options,
     add_logging_options,
     add_metrics_options,
@@ -16,9 +17,10 @@ from sync.cli import (
     make_parser,
     run,
     stop_on_signals,
+    table_names,
 )
 from sync.config import CLASSIC_FUNCTION, WorkerSettings, worker_settings
-from sync.settings import resolve_logging, resolve_metrics
+from sync.settings import config_for, resolve_logging, resolve_metrics
 
 PROG = "sync-worker"
 
@@ -33,10 +35,11 @@ gearsync:dead:{<table>} with the reason; fix the cause, then run --replay-dead.
 """
 
 EPILOG = f"""\
-environment:
-  GEARMAN_SERVERS   job servers, host:port[,host:port…] (default 127.0.0.1:4730)
-  REDIS_URL         redis://host:port/db (default redis://127.0.0.1:6379/0)
-  REDIS_PASSWORD    Redis password (never put it on the command line)
+environment (each also a key of --config; docs/configuration.md):
+  GEARSYNC_GEARMAN_SERVERS  job servers, host:port[,host:port…] (default 127.0.0.1:4730)
+  GEARSYNC_REDIS_URL        redis://host:port/db (default redis://127.0.0.1:6379/0)
+  GEARSYNC_REDIS_PASSWORD   Redis password (never put it on the command line)
+  GEARSYNC_CONFIG           the config file when --config is not given
   Options override the environment, which overrides --config.
 
 examples:
@@ -47,14 +50,14 @@ examples:
   {PROG} --table data --replay-dead      # re-apply dead letters after a fix
 
 exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or replay done, 1 replay left dead letters,
-2 bad option or config, 3 a server needed at once (replay) was unreachable.
+2 bad option, config file or environment, 3 a server needed at once (replay) was unreachable.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("--table", action="append", metavar="NAME",
-                   help="table to sync (repeat, or comma-separate, for several)")
+    p.add_argument("--table", action="append", metavar="NAME[,NAME…]",
+                   help="table(s) to sync: repeat or comma-separate (default: every [tables.NAME] of --config)")
     p.add_argument("--function", metavar="NAME", help="Gearman function for the one --table (default gearsync.<table>)")
     p.add_argument("--classic", action="store_true",
                    help=f"also serve the classic recipe's function {CLASSIC_FUNCTION!r}: bare {{\"id\":…}} payloads "
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, metavar="S", help="expire row keys after S seconds (default: never)")
     p.add_argument("--batch", type=int, metavar="N", help="jobs grabbed per round trip and applied per Redis call (default 128)")
     p.add_argument("--connections", type=int, metavar="N", help="parallel grab/apply loops, each with its own connections (default 1)")
-    p.add_argument("--config", metavar="FILE", help="TOML config file ([gearman], [redis], [worker], [tables.<name>])")
+    add_config_option(p)
     p.add_argument("--replay-dead", action="store_true", help="re-apply the dead letters of the tables, then exit")
     add_metrics_options(p)
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats log lines (default 10; 0 = off)")
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> WorkerSettings:
     """WorkerSettings from the parsed options, the environment and --config."""
-    tables = [t.strip() for item in (args.table or []) for t in item.split(",")] if args.table else None
+    tables = table_names(args.table) if args.table else None
     return worker_settings(
         tables=tables, config_path=args.config, servers=args.servers, redis_url=args.redis_url,
         redis_cluster=args.redis_cluster, function=args.function, key_template=args.key_template, fmt=args.format,
@@ -91,10 +94,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
+        cfg = config_for(args)
         settings = settings_from_args(args)
-        resolve_logging(args).apply()
+        resolve_logging(args, None, cfg).apply()
         if not args.replay_dead:
-            resolve_metrics(args).start()
+            resolve_metrics(args, None, cfg).start()
         return asyncio.run(_serve(settings, replay=args.replay_dead))
 
     run(PROG, go, argv)

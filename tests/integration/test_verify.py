@@ -141,8 +141,8 @@ async def test_sample_checks_only_n_rows(db: Any, mariadb: MariaDBServer, redis_
 
 
 def run_cli(mariadb: MariaDBServer, db: Any, r: RedisServer, *args: str, redis_port: int | None = None):
-    env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}",
-           "REDIS_URL": f"redis://127.0.0.1:{redis_port or r.port}/0"}
+    env = {**os.environ, "GEARSYNC_MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}",
+           "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{redis_port or r.port}/0"}
     return subprocess.run([VERIFY_BIN, "--table", "data", "--recheck-delay", "0", *args], env=env,
                           capture_output=True, timeout=60)
 

@@ -57,7 +57,7 @@ def test_defaults() -> None:
 
 
 def test_env_then_option_precedence() -> None:
-    env = {"GEARMAN_SERVERS": "g1:1", "REDIS_URL": "redis://r:7/1", "REDIS_PASSWORD": "s3cret"}
+    env = {"GEARSYNC_GEARMAN_SERVERS": "g1:1", "GEARSYNC_REDIS_URL": "redis://r:7/1", "GEARSYNC_REDIS_PASSWORD": "s3cret"}
     s = worker_settings(tables=["data"], env=env)
     assert s.servers == [("g1", 1)] and s.redis.url == "redis://r:7/1" and s.redis.password == "s3cret"
     s = worker_settings(tables=["data"], env=env, servers="g2:2", redis_url="redis://r2:8/0")
@@ -65,7 +65,7 @@ def test_env_then_option_precedence() -> None:
 
 
 def test_password_never_in_repr() -> None:
-    s = worker_settings(tables=["data"], env={"REDIS_URL": "redis://u:hunter2@h:1/0", "REDIS_PASSWORD": "hunter3"})
+    s = worker_settings(tables=["data"], env={"GEARSYNC_REDIS_URL": "redis://u:hunter2@h:1/0", "GEARSYNC_REDIS_PASSWORD": "hunter3"})
     text = repr(s) + str(s.redis) + s.redis.display_url
     assert "hunter2" not in text and "hunter3" not in text
     assert mask_url("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
@@ -74,7 +74,7 @@ def test_password_never_in_repr() -> None:
 def test_password_on_command_line_is_refused() -> None:
     with pytest.raises(ConfigError) as err:
         worker_settings(tables=["data"], env={}, redis_url="redis://:hunter2@h:1/0")
-    assert "hunter2" not in str(err.value) and "REDIS_PASSWORD" in str(err.value)
+    assert "hunter2" not in str(err.value) and "GEARSYNC_REDIS_PASSWORD" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_resolvers_precedence_option_env_file_default(tmp_path: Path) -> None:
     cfg_path.write_text('[gearman]\nservers = "f:3"\n[redis]\nurl = "redis://f:3/0"\npassword = "filepw"\ncluster = true\n')
     cfg_path.chmod(0o640)
     cfg = load_config(cfg_path)
-    env = {"GEARMAN_SERVERS": "e:2", "REDIS_URL": "redis://e:2/0"}
+    env = {"GEARSYNC_GEARMAN_SERVERS": "e:2", "GEARSYNC_REDIS_URL": "redis://e:2/0"}
     opts = SimpleNamespace(servers="o:1", redis_url="redis://o:1/0", redis_cluster=None)
     assert resolve_gearman_servers(opts, env, cfg) == [("o", 1)]
     assert resolve_gearman_servers(None, env, cfg) == [("e", 2)]
@@ -163,7 +163,7 @@ def test_resolvers_precedence_option_env_file_default(tmp_path: Path) -> None:
     assert resolve_redis(None, env, cfg).url == "redis://e:2/0"
     r = resolve_redis(None, {}, cfg)
     assert (r.url, r.password, r.cluster) == ("redis://f:3/0", "filepw", True)
-    assert resolve_redis(None, {"REDIS_PASSWORD": "envpw"}, cfg).password == "envpw"
+    assert resolve_redis(None, {"GEARSYNC_REDIS_PASSWORD": "envpw"}, cfg).password == "envpw"
     r = resolve_redis(None, {}, None)
     assert (r.url, r.password, r.cluster) == ("redis://127.0.0.1:6379/0", None, False)
 
@@ -172,12 +172,12 @@ def test_redis_password_hint_names_the_config_file_only_when_the_command_reads_o
     opts = SimpleNamespace(redis_url="redis://:pw@h:1/0")
     with pytest.raises(ConfigError, match=r"expected it in GEARSYNC_REDIS_PASSWORD$"):
         resolve_redis(opts, {}, None)
-    with pytest.raises(ConfigError, match="REDIS_PASSWORD or the config file"):
+    with pytest.raises(ConfigError, match="GEARSYNC_REDIS_PASSWORD or the config file"):
         resolve_redis(opts, {}, ConfigFile(""))
 
 
 def test_resolve_mysql_option_over_env() -> None:
-    env = {"MYSQL_URL": "mysql://e@e:2/edb", "MYSQL_PASSWORD": "pw"}
+    env = {"GEARSYNC_MYSQL_URL": "mysql://e@e:2/edb", "GEARSYNC_MYSQL_PASSWORD": "pw"}
     assert resolve_mysql(SimpleNamespace(mysql_url="mysql://o@o:1/odb"), env).host == "o"
     s = resolve_mysql(None, env)
     assert (s.host, s.port, s.password) == ("e", 2, "pw")
