@@ -153,7 +153,8 @@ def options_from_args(args: Any, table: str, cfg: ConfigFile | None = None) -> T
             "trigger; expected it only with --mode udf"
         )
     columns = _columns(args.columns) or section.get("columns")
-    return TriggerOptions.for_table(table, args.function or section.get("function"), mode=mode,
+    function = args.function if args.function is not None else section.get("function")
+    return TriggerOptions.for_table(table, function, mode=mode,
                                     on_enqueue_failure=policy or "spool",
                                     columns=tuple(columns) if columns is not None else None)
 

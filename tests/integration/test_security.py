@@ -132,7 +132,7 @@ def test_tools_authenticate_with_redis(auth_redis: RedisServer, mariadb: MariaDB
         bad = {**env, "GEARSYNC_REDIS_PASSWORD": MYSQL_PW}
         r = subprocess.run([str(BIN / "sync-verify"), "--table", "data"], capture_output=True, text=True, timeout=60,
                            env=bad)
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr  # refused: as unreachable
         _no_secret(r.stdout + r.stderr, "sync-verify with a wrong password")
 
 

@@ -103,10 +103,10 @@ def test_bad_configuration_is_one_line_exit_2(env: dict[str, str], shown: str) -
     assert_one_clean_line(result)
 
 
-def test_refused_connection_is_one_line_exit_2() -> None:
+def test_refused_connection_is_one_line_exit_3() -> None:
     port = free_port()
     result = run_installer("uninstall", env={"GEARSYNC_MYSQL_URL": f"mysql://gs:{SECRET}@127.0.0.1:{port}/db"})
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert f"mysql://gs:***@127.0.0.1:{port}/db" in result.stderr
     assert_one_clean_line(result)
 
