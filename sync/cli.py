@@ -17,6 +17,7 @@ from enum import IntEnum
 from typing import Any, NoReturn
 
 from sync.errors import ConfigError, SyncError
+from sync.settings import LOG_FORMATS, LOG_LEVELS  # declared with the [logging] keys
 
 
 class ExitCode(IntEnum):
@@ -45,10 +46,6 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> OneLi
 
 
 # -- shared option groups (resolved by sync.settings.resolve_*) ---------------------------------
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("auto", "json", "console")
-
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """--config FILE (else GEARSYNC_CONFIG): the TOML file every command reads."""
