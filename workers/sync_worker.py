@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Mapping, Sequence
 
 from sync.cli import (
     ExitCode,
+    Output,
     add_config_option,
     add_gearman_options,
     add_logging_options,
@@ -96,15 +96,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         cfg = config_for(args)
         settings = settings_from_args(args)
-        resolve_logging(args, None, cfg).apply()
+        logging = resolve_logging(args, None, cfg)
+        logging.apply()
         if not args.replay_dead:
             resolve_metrics(args, None, cfg).start()
-        return asyncio.run(_serve(settings, replay=args.replay_dead))
+        return asyncio.run(_serve(settings, replay=args.replay_dead, out=Output(PROG, logging.json)))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: WorkerSettings, *, replay: bool) -> int:
+async def _serve(settings: WorkerSettings, *, replay: bool, out: Output) -> int:
     from sync.apply.worker import SyncWorker
 
     worker = SyncWorker(settings)
@@ -113,7 +114,7 @@ async def _serve(settings: WorkerSettings, *, replay: bool) -> int:
             ok, failed = await worker.replay_dead()
         finally:
             await worker.aclose()
-        sys.stderr.write(f"{PROG}: replayed {ok} dead letters, {failed} still dead\n")
+        out.say("dead_letters_replayed", f"replayed {ok} dead letters, {failed} still dead", replayed=ok, still_dead=failed)
         return int(ExitCode.DIFFERENCES if failed else ExitCode.OK)
     stop_on_signals(worker.request_stop)
     return await worker.run()
