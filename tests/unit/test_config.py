@@ -211,3 +211,53 @@ def test_table_spec_checks_once_and_names_the_source() -> None:
         TableSpec("t", function="")
     s = worker_settings(tables=["data"], env={}, ttl_s=0)
     assert isinstance(s.tables["data"], TableSpec) and s.tables["data"].ttl_s is None
+
+
+# -- every command's settings from the one file ----------------------------------------------------
+
+def _file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "all.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_binlog_reads_its_section_and_the_tables(tmp_path: Path) -> None:
+    from workers.sync_binlog import build_parser, settings_from_args
+
+    cfg = _file(tmp_path, '[mysql]\nurl = "mysql://sync@db1:3306/app"\npassword = "pw"\n'
+                          '[binlog]\nsink = "gearman"\nbatch = 500\nname = "main"\n'
+                          '[tables.data]\ncolumns = ["id", "volume"]\nformat = "hash"\nfunction = "jobs.data"\n'
+                          '[tables.users]\nformat = "hash"\n')
+    s = settings_from_args(build_parser().parse_args(["--config", cfg]), {})
+    assert (s.tables, s.database, s.mysql.password, s.sink, s.batch, s.name) == (("data", "users"), "app", "pw", "gearman",
+                                                                                  500, "main")
+    assert s.format == "hash" and s.columns == {"data": ("id", "volume")} and s.functions == {"data": "jobs.data"}
+    s = settings_from_args(build_parser().parse_args(["--config", cfg, "--table", "users", "--batch", "7"]),
+                           {"GEARSYNC_BINLOG_SINK": "redis"})
+    assert (s.tables, s.batch, s.sink, s.columns, s.functions) == (("users",), 7, "redis", {}, {})
+    mixed = _file(tmp_path, '[mysql]\nurl = "mysql://u@h/app"\n[tables.a]\nformat = "hash"\n[tables.b]\n')
+    with pytest.raises(ConfigError, match="differ in key_template, format or ttl_s"):
+        settings_from_args(build_parser().parse_args(["--config", mixed]), {})
+
+
+def test_relay_reads_its_section(tmp_path: Path) -> None:
+    from workers.sync_relay import build_parser, settings_from_args
+
+    cfg = _file(tmp_path, '[mysql]\nurl = "mysql://u@h/app"\n[gearman]\nservers = "g1:1"\n'
+                          '[relay]\ndatabase = ["shop", "crm"]\nbatch = 50\nwatch_triggers = false\n')
+    s = settings_from_args(build_parser().parse_args(["--config", cfg]), {})
+    assert (s.databases, s.batch, s.watch_triggers, s.servers) == (("shop", "crm"), 50, False, [("g1", 1)])
+    s = settings_from_args(build_parser().parse_args(["--config", cfg, "--database", "x", "--watch-triggers"]),
+                           {"GEARSYNC_RELAY_BATCH": "60"})
+    assert (s.databases, s.batch, s.watch_triggers) == (("x",), 60, True)
+    with pytest.raises(ConfigError, match="^GEARSYNC_RELAY_POLL_INTERVAL_S: 'soon'"):
+        settings_from_args(build_parser().parse_args(["--config", cfg]), {"GEARSYNC_RELAY_POLL_INTERVAL_S": "soon"})
+
+
+def test_worker_section_and_environment(tmp_path: Path) -> None:
+    cfg = _file(tmp_path, "[worker]\nbatch = 64\nconnections = 3\nclient_id = 'w'\n[tables.data]\n")
+    s = worker_settings(tables=None, config_path=cfg, env={"GEARSYNC_WORKER_CONNECTIONS": "2"})
+    assert (list(s.tables), s.batch, s.connections, s.client_id) == (["data"], 64, 2, "w")
+    s = worker_settings(tables=None, config_path=None, env={"GEARSYNC_CONFIG": cfg})
+    assert s.batch == 64
