@@ -6,18 +6,15 @@ restarted. systemd itself does not run here (no systemd as PID 1)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
 
 import pytest
 
-from sync.events import ChangeEvent, Op, Source, encode_change
-from sync.gearman import GearmanClient
 from sync.testing.servers import GearmanServer, RedisServer
 
-from .unit_rig import UNITS, Supervisor
+from .unit_rig import UNITS, Supervisor, submit_insert
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 UNIT = UNITS / "gearsync-worker@.service"
@@ -30,13 +27,6 @@ def _until(what: str, check, sup: Supervisor, timeout_s: float = 120.0) -> None:
         assert time.monotonic() < deadline, f"no {what} within {timeout_s} s ({sup.exits}):\n{sup.log.read_text()[-3000:]}"
         time.sleep(0.1)
 
-
-def _submit(g: GearmanServer, function: str, payload: bytes) -> None:
-    async def go() -> None:
-        async with GearmanClient([(g.host, g.port)]) as client:
-            await client.submit_background_many(function, [payload])
-
-    asyncio.run(go())
 
 
 @pytest.mark.slow
@@ -54,7 +44,7 @@ def test_worker_unit_restarts_until_its_servers_are_up(tmp_path: Path) -> None:
         redis.start()
         gearmand.start()
         row = {"id": 1, "volume": 10}
-        _submit(gearmand, "gearsync.data", encode_change(ChangeEvent("data", Op("insert"), (("id", 1),), row, 1, Source.TRIGGER)))
+        submit_insert(gearmand, "data", row)
         client = redis.client()
         _until("data:1 in Redis", lambda: client.get("data:1") is not None, sup)
         assert json.loads(client.get("data:1")) == row

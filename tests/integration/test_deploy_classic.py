@@ -17,6 +17,7 @@ import pytest
 from sync.keys import version_key
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
+from .triggers_rig import classic_setup
 from .udf_fixtures import point_at, udf_installed  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,12 +37,7 @@ def test_move_from_the_classic_recipe(mariadb: MariaDBServer, udf_installed: Mar
                                       gearmand: GearmanServer, db, redis_server: RedisServer, redis_client,
                                       tmp_path: Path) -> None:
     point_at(db, gearmand)
-    with db.cursor() as cur:
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
-        cur.execute("INSERT INTO data VALUES (1, 10), (2, 20), (3, 30)")
-    # The classic set-up: the trigger datatoredis (AFTER UPDATE → syncToRedis).
-    subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(mariadb.port), "-u", "root", db.db_name],
-                   stdin=(REPO / "sql" / "classic-trigger.sql").open("rb"), check=True, capture_output=True)
+    classic_setup(mariadb, db, rows=3)   # the trigger datatoredis (AFTER UPDATE → syncToRedis)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "GEARMAN_", "GEARSYNC_"))}
     env.update(MYSQL_URL=f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}", REDIS_URL=redis_server.url,
                GEARMAN_SERVERS=gearmand.address)

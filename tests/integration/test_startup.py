@@ -4,7 +4,6 @@ still unreachable when the wait is over ends the command with one line and exit 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -14,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sync.events import ChangeEvent, Op, Source, encode_change
-from sync.gearman import GearmanClient
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer, free_port
+
+from .unit_rig import submit_insert
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
@@ -59,13 +58,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait(10)
 
 
-def _submit(g: GearmanServer, function: str, payload: bytes) -> None:
-    async def go() -> None:
-        async with GearmanClient([(g.host, g.port)]) as client:
-            await client.submit_background_many(function, [payload])
-
-    asyncio.run(go())
-
 
 @pytest.mark.slow
 def test_worker_started_before_redis_and_gearmand_waits_then_applies(tmp_path: Path) -> None:
@@ -80,7 +72,7 @@ def test_worker_started_before_redis_and_gearmand_waits_then_applies(tmp_path: P
         _wait_for("a wait for gearmand", lambda: any(e["server"] == "gearmand" for e in _waited(log)), proc, log)
         gearmand.start()
         row = {"id": 1, "volume": 10}
-        _submit(gearmand, "gearsync.data", encode_change(ChangeEvent("data", Op("insert"), (("id", 1),), row, 1, Source.TRIGGER)))
+        submit_insert(gearmand, "data", row)
         client = redis.client()
         _wait_for("data:1 in Redis", lambda: client.get("data:1") is not None, proc, log)
         assert json.loads(client.get("data:1")) == row

@@ -11,6 +11,7 @@ No systemd as PID 1 on the test machines: this is the stand-in. It implements, f
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
@@ -19,6 +20,11 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from sync.events import ChangeEvent, Op, Source, encode_change
+from sync.gearman import GearmanClient
+from sync.testing.servers import GearmanServer
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "deploy" / "systemd"
@@ -156,3 +162,15 @@ class Supervisor:
                 proc.wait(10)
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+
+def submit_insert(g: GearmanServer, table: str, row: dict[str, Any], version: int = 1) -> None:
+    """One insert change of `row` (primary key `id`) for gearsync.<table>, as the triggers send it:
+    the job a worker brought up by a test must apply."""
+    payload = encode_change(ChangeEvent(table, Op("insert"), (("id", row["id"]),), row, version, Source.TRIGGER))
+
+    async def go() -> None:
+        async with GearmanClient([(g.host, g.port)]) as client:
+            await client.submit_background_many(f"gearsync.{table}", [payload])
+
+    asyncio.run(go())
