@@ -101,6 +101,23 @@ def table_names(values: Sequence[str] | None, where: str = "--table") -> list[st
     return [check_table_name(n, where) for n in dict.fromkeys(names)]
 
 
+def _startup_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected seconds from 0 to 86400")
+    return value
+
+
+def add_startup_options(parser: argparse.ArgumentParser) -> None:
+    """--startup-wait (sync.startup.wait_for_servers) for the long-running commands."""
+    parser.add_argument("--startup-wait", type=_startup_seconds, default=60.0, metavar="S",
+                        help="at start, retry unreachable servers with back-off for up to S seconds, logging each "
+                             "wait, then exit 3 (default 60; 0 = exit 3 at once)")
+
+
 def table_target_options(args: Any) -> dict[str, Any]:
     """The keyword arguments of sync.tools.snapshot.open_tables from sync-snapshot's / sync-verify's
     options (--table (repeatable), --all-tables, --database, --columns, the MySQL and Redis options,

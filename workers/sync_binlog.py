@@ -15,6 +15,7 @@ from sync.cli import (
     add_metrics_options,
     add_mysql_options,
     add_redis_options,
+    add_startup_options,
     make_parser,
     run,
     stop_on_signals,
@@ -31,6 +32,7 @@ from sync.settings import (
     resolve_mysql,
     resolve_redis,
 )
+from sync.startup import wait_for_servers
 
 if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
     from sync.capture.binlog.service import BinlogSettings
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="under load, longest a decoded change waits to join a batch (default 20; an idle "
                         "stream applies within ~10 ms)")
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats lines (default 10; 0 = off)")
+    add_startup_options(p)
     add_metrics_options(p)
     add_logging_options(p)
     return p
@@ -177,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = settings_from_args(args)
         resolve_logging(args, None, cfg).apply()
         resolve_metrics(args, None, cfg).start()
+        wait_for_servers(args.startup_wait, mysql=settings.mysql, redis=settings.redis,
+                         gearman=settings.servers if settings.sink == "gearman" else ())
         return asyncio.run(_serve(settings))
 
     run(PROG, go, argv)

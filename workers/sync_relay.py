@@ -13,6 +13,7 @@ from sync.cli import (
     add_gearman_options,
     add_logging_options,
     add_mysql_options,
+    add_startup_options,
     make_parser,
     run,
     stop_on_signals,
@@ -26,6 +27,7 @@ from sync.settings import (
     resolve_logging,
     resolve_mysql,
 )
+from sync.startup import wait_for_servers
 
 if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
     from sync.capture.relay import RelaySettings
@@ -65,9 +67,8 @@ examples:
   {PROG} --database shop --watch-interval 2   # re-install stale triggers within ~2 s
 
 exit codes: 0 stopped cleanly or --once done, 2 bad option, config file or environment, or a MySQL
-error retrying cannot fix
-(access denied, no gearsync_spool, missing grants), 3 MySQL or gearmand unreachable
-(--once only; the long-running relay keeps retrying).
+error retrying cannot fix (access denied, no gearsync_spool, missing grants), 3 MySQL unreachable
+after --startup-wait, or gearmand unreachable with --once (once running, the relay retries both).
 """
 
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-triggers", action=argparse.BooleanOptionalAction,
                    help="check the capture triggers and re-install stale ones (default on)")
     p.add_argument("--watch-interval", metavar="S", help="seconds between trigger checks (default 5)")
+    add_startup_options(p)
     add_logging_options(p)
     return p
 
@@ -112,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         resolve_logging(args, None, config_for(args)).apply()
+        wait_for_servers(args.startup_wait, mysql=settings.mysql)  # gearmand: the relay loop waits for it
         return asyncio.run(_serve(settings, once=args.once))
 
     run(PROG, go, argv)

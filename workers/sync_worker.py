@@ -14,6 +14,7 @@ from sync.cli import (
     add_logging_options,
     add_metrics_options,
     add_redis_options,
+    add_startup_options,
     make_parser,
     run,
     stop_on_signals,
@@ -21,6 +22,7 @@ from sync.cli import (
 )
 from sync.config import CLASSIC_FUNCTION, WorkerSettings, worker_settings
 from sync.settings import config_for, resolve_logging, resolve_metrics
+from sync.startup import wait_for_servers
 
 PROG = "sync-worker"
 
@@ -50,7 +52,7 @@ examples:
   {PROG} --table data --replay-dead      # re-apply dead letters after a fix
 
 exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or replay done, 1 replay left dead letters,
-2 bad option, config file or environment, 3 a server needed at once (replay) was unreachable.
+2 bad option, config file or environment, 3 gearmand or Redis still unreachable after --startup-wait.
 """
 
 
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, metavar="N", help="parallel grab/apply loops, each with its own connections (default 1)")
     add_config_option(p)
     p.add_argument("--replay-dead", action="store_true", help="re-apply the dead letters of the tables, then exit")
+    add_startup_options(p)
     add_metrics_options(p)
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats log lines (default 10; 0 = off)")
     add_logging_options(p)
@@ -100,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.apply()
         if not args.replay_dead:
             resolve_metrics(args, None, cfg).start()
+        wait_for_servers(args.startup_wait, redis=settings.redis, gearman=settings.servers)
         return asyncio.run(_serve(settings, replay=args.replay_dead, out=Output(PROG, logging.json)))
 
     run(PROG, go, argv)

@@ -9,8 +9,9 @@ optional ?unix_socket=/path) or GEARSYNC_MYSQL_HOST, _PORT, _USER, _PASSWORD, _D
 
 `install` asks the server for @@plugin_dir, copies the library there atomically
 (temporary name in the same directory, then rename: a copy mysqld already has
-dlopen()ed keeps its old inode) and runs sql/install-udf.sql statement by
-statement.  When the server is on another host, or its plugin dir is not
+dlopen()ed keeps its old inode) and runs install-udf.sql statement by
+statement. The SQL files are package data (sync/capture/sql/, also reachable as sql/ in a
+checkout), found with importlib.resources: a wheel install has them too.  When the server is on another host, or its plugin dir is not
 writable from here, it prints the file to copy and the SQL to run and exits 3.
 
 Exit codes: 0 ok, 2 bad option or configuration (or no library file), 3 the server
@@ -23,6 +24,8 @@ import hashlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ EXIT_SQL_FAILED = EXIT_UNREACHABLE   # the server refused a statement: 3, as syn
 EXIT_MANUAL = EXIT_UNREACHABLE       # steps to do by hand on the database host
 
 LIBRARY_NAME = "gearsync_udf.so"
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR: Traversable = resources.files("sync.capture") / "sql"
 INSTALL_SQL = SQL_DIR / "install-udf.sql"
 UNINSTALL_SQL = SQL_DIR / "uninstall-udf.sql"
 
@@ -67,7 +70,7 @@ def connect(target: MySQLSettings) -> Any:
         raise InstallError(str(exc), EXIT_UNREACHABLE) from None
 
 
-def read_statements(path: Path) -> list[str]:
+def read_statements(path: Traversable) -> list[str]:
     """The statements of an install script: `--` comment lines dropped, split on `;`."""
     text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("--"))
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]

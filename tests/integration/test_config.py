@@ -92,6 +92,8 @@ def test_an_unreachable_server_is_exit_3(command: str) -> None:
     env = clean_env(GEARSYNC_MYSQL_URL=f"mysql://root@127.0.0.1:{port}/app",
                     GEARSYNC_REDIS_URL=f"redis://127.0.0.1:{port}/0", GEARSYNC_GEARMAN_SERVERS=f"127.0.0.1:{port}")
     args = [] if command in ("sync-status", "udf_install", "sync-relay") else ["--table", "data"]
+    if command in ("sync-worker", "sync-binlog", "sync-relay"):
+        args += ["--startup-wait", "0"]  # no wait for the servers to come up (sync.startup)
     r = run([*COMMANDS[command], *args], env)
     assert r.returncode == 3, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
