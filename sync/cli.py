@@ -113,9 +113,10 @@ def _startup_seconds(text: str) -> float:
 
 def add_startup_options(parser: argparse.ArgumentParser) -> None:
     """--startup-wait (sync.startup.wait_for_servers) for the long-running commands."""
-    parser.add_argument("--startup-wait", type=_startup_seconds, default=60.0, metavar="S",
+    parser.add_argument("--startup-wait", type=_startup_seconds, metavar="S",
                         help="at start, retry unreachable servers with back-off for up to S seconds, logging each "
-                             "wait, then exit 3 (default 60; 0 = exit 3 at once)")
+                             "wait, then exit 3 (default 60; 0 = exit 3 at once; startup_wait_s of the command's "
+                             "config section)")
 
 
 def table_target_options(args: Any) -> dict[str, Any]:

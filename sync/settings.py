@@ -213,6 +213,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 PROGRESS = ("auto", "bar", "log")
 
+# --startup-wait of the long-running commands (sync.startup)
+STARTUP_WAIT = Key("float", 60.0, 0, 86400, option="--startup-wait",
+                   help="at start, seconds to wait for unreachable servers before exit 3")
+
 # section → key → Key. The shared sections first, then one per command with its own keys.
 SCHEMA: dict[str, dict[str, Key]] = {
     "mysql": {
@@ -255,6 +259,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "shutdown_timeout_s": Key("float", 10.0, 0.1, 3600, help="seconds to finish the jobs in hand at SIGTERM"),
         "tombstone_ttl_s": Key("int", 86400, 1, 365 * 86400, help="seconds a delete's version fence is kept"),
         "client_id": Key("str", "gearsync-worker", help="gearmand client id prefix"),
+        "startup_wait_s": STARTUP_WAIT,
     },
     "binlog": {
         "sink": Key("str", "redis", choices=SINKS, option="--sink", help="apply to Redis, or submit to gearmand"),
@@ -263,6 +268,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch": Key("int", 2000, 1, 100000, option="--batch", help="most events per Redis call / gearman batch"),
         "flush_ms": Key("float", 20.0, 0.1, 1000, option="--flush-ms", help="longest a change waits to join a batch under load"),
         "stats_interval_s": Key("float", 10.0, 0, 86400, option="--stats-interval", help="seconds between stats lines (0 = off)"),
+        "startup_wait_s": STARTUP_WAIT,
     },
     "relay": {
         "database": Key("list", None, option="--database", help="databases holding gearsync_spool (default [mysql].database)"),
@@ -271,6 +277,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "stats_interval_s": Key("float", 10.0, 0, 86400, option="--stats-interval", help="seconds between stats lines (0 = off)"),
         "watch_triggers": Key("bool", True, option="--watch-triggers", help="re-install stale capture triggers"),
         "watch_interval_s": Key("float", 5.0, 0.1, 3600, option="--watch-interval", help="seconds between trigger checks"),
+        "startup_wait_s": STARTUP_WAIT,
     },
     "snapshot": {
         "chunk": Key("int", 5000, 1, 1_000_000, option="--chunk", help="rows per query and per saved step"),

@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = settings_from_args(args)
         resolve_logging(args, None, cfg).apply()
         resolve_metrics(args, None, cfg).start()
-        wait_for_servers(args.startup_wait, mysql=settings.mysql, redis=settings.redis,
+        wait_for_servers(Resolver(args, None, cfg).get("binlog", "startup_wait_s"), mysql=settings.mysql, redis=settings.redis,
                          gearman=settings.servers if settings.sink == "gearman" else ())
         return asyncio.run(_serve(settings))
 

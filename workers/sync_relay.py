@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         resolve_logging(args, None, config_for(args)).apply()
-        wait_for_servers(args.startup_wait, mysql=settings.mysql)  # gearmand: the relay loop waits for it
+        # gearmand: the relay loop waits for it
+        wait_for_servers(Resolver(args, None, config_for(args)).get("relay", "startup_wait_s"), mysql=settings.mysql)
         return asyncio.run(_serve(settings, once=args.once))
 
     run(PROG, go, argv)

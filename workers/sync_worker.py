@@ -21,7 +21,7 @@ from sync.cli import (
     table_names,
 )
 from sync.config import CLASSIC_FUNCTION, WorkerSettings, worker_settings
-from sync.settings import config_for, resolve_logging, resolve_metrics
+from sync.settings import Resolver, config_for, resolve_logging, resolve_metrics
 from sync.startup import wait_for_servers
 
 PROG = "sync-worker"
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.apply()
         if not args.replay_dead:
             resolve_metrics(args, None, cfg).start()
-        wait_for_servers(args.startup_wait, redis=settings.redis, gearman=settings.servers)
+        wait_for_servers(Resolver(args, None, cfg).get("worker", "startup_wait_s"), redis=settings.redis, gearman=settings.servers)
         return asyncio.run(_serve(settings, replay=args.replay_dead, out=Output(PROG, logging.json)))
 
     run(PROG, go, argv)

@@ -261,3 +261,15 @@ def test_worker_section_and_environment(tmp_path: Path) -> None:
     assert (list(s.tables), s.batch, s.connections, s.client_id) == (["data"], 64, 2, "w")
     s = worker_settings(tables=None, config_path=None, env={"GEARSYNC_CONFIG": cfg})
     assert s.batch == 64
+
+
+def test_startup_wait_from_the_option_the_environment_or_the_section(tmp_path: Path) -> None:
+    from sync.settings import Resolver
+    from workers.sync_worker import build_parser
+
+    cfg = load_config(_file(tmp_path, "[worker]\nstartup_wait_s = 5\n"))
+    assert Resolver(build_parser().parse_args([]), {}, None).get("worker", "startup_wait_s") == 60.0
+    assert Resolver(build_parser().parse_args([]), {}, cfg).get("worker", "startup_wait_s") == 5
+    env = {"GEARSYNC_WORKER_STARTUP_WAIT_S": "7"}
+    assert Resolver(build_parser().parse_args([]), env, cfg).get("worker", "startup_wait_s") == 7
+    assert Resolver(build_parser().parse_args(["--startup-wait", "0"]), env, cfg).get("worker", "startup_wait_s") == 0
