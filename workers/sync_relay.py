@@ -8,9 +8,17 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from sync.cli import add_gearman_options, add_logging_options, add_mysql_options, make_parser, run, stop_on_signals
+from sync.cli import (
+    add_gearman_options,
+    add_logging_options,
+    add_metrics_options,
+    add_mysql_options,
+    make_parser,
+    run,
+    stop_on_signals,
+)
 from sync.errors import ConfigError
-from sync.settings import DEFAULT_GEARMAN_PORT, resolve_gearman_servers, resolve_logging, resolve_mysql
+from sync.settings import DEFAULT_GEARMAN_PORT, resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql
 
 if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
     from sync.capture.relay import RelaySettings
@@ -68,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-triggers", action=argparse.BooleanOptionalAction, default=True,
                    help="check the capture triggers and re-install stale ones (default on)")
     p.add_argument("--watch-interval", default="5", metavar="S", help="seconds between trigger checks (default 5)")
+    add_metrics_options(p)
     add_logging_options(p)
     return p
 
@@ -95,12 +104,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         resolve_logging(args).apply()
-        return asyncio.run(_serve(settings, once=args.once))
+        metrics = resolve_metrics(args)
+        if not args.once:
+            metrics.start()
+        return asyncio.run(_serve(settings, once=args.once, monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: RelaySettings, *, once: bool) -> int:
+async def _serve(settings: RelaySettings, *, once: bool, monitor: bool = False) -> int:
     from sync.capture.relay import SpoolRelay
 
     relay = SpoolRelay(settings)
@@ -111,6 +123,8 @@ async def _serve(settings: RelaySettings, *, once: bool) -> int:
             await relay.close()
         print(f"{PROG}: relayed {n} changes")
         return 0
+    if monitor:
+        relay.enable_monitor()
     stop_on_signals(relay.request_stop)
     return await relay.run()
 

@@ -93,14 +93,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         resolve_logging(args).apply()
+        metrics = resolve_metrics(args)
         if not args.replay_dead:
-            resolve_metrics(args).start()
-        return asyncio.run(_serve(settings, replay=args.replay_dead))
+            metrics.start()
+        return asyncio.run(_serve(settings, replay=args.replay_dead, monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: WorkerSettings, *, replay: bool) -> int:
+async def _serve(settings: WorkerSettings, *, replay: bool, monitor: bool = False) -> int:
     from sync.apply.worker import SyncWorker
 
     worker = SyncWorker(settings)
@@ -112,7 +113,7 @@ async def _serve(settings: WorkerSettings, *, replay: bool) -> int:
         sys.stderr.write(f"{PROG}: replayed {ok} dead letters, {failed} still dead\n")
         return int(ExitCode.DIFFERENCES if failed else ExitCode.OK)
     stop_on_signals(worker.request_stop)
-    return await worker.run()
+    return await worker.run(monitor=monitor)
 
 
 if __name__ == "__main__":
