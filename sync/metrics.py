@@ -18,6 +18,9 @@ counters end in _total, units (seconds) in the name, per-table series carry tabl
                   gearsync_relay_resent_rows_total, polled: gearsync_spool_rows{database}
     all three     gearsync_healthy (1 while /healthz answers 200)
 
+Each command registers its own set (SERIES, `register`) when it serves /metrics: a worker shows no
+binlog series. Counting works without a registry (the commands count whether served or not).
+
 Cheap on the hot path: a command counts a batch per table in plain ints, then adds each table's
 figures once (`Labelled` keeps each table's child series, so no .labels() lookup per batch, let
 alone per job).
@@ -34,50 +37,85 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 
 __all__ = [
     "JOBS", "APPLIED", "STALE", "DEAD", "RETRIES", "BATCH_SECONDS", "LAG", "LAST_APPLIED", "DEAD_LETTERS",
     "GEARMAN_QUEUED", "GEARMAN_RUNNING", "BINLOG_READ", "BINLOG_SUBMITTED", "BINLOG_BEHIND", "RELAY_ROWS",
     "RELAY_ERRORS", "RELAY_RESENT", "SPOOL_ROWS", "HEALTHY", "Labelled", "TableCounts", "record_retry",
-    "LagTracker", "table_of_function", "metric_names",
+    "LagTracker", "table_of_function", "metric_names", "SERIES", "register",
 ]
 
 TABLE = ("table",)
 
+# No gearsync_*_created series next to every counter: noise on a dashboard, and per table.
+disable_created_metrics()
+
 # -- applying changes (sync-worker; sync-binlog --sink redis for applied/stale) ------------------
-JOBS = Counter("gearsync_jobs", "Change jobs taken by sync-worker (applied + stale skipped + dead)", TABLE)
-APPLIED = Counter("gearsync_applied", "Changes written to Redis", TABLE)
-STALE = Counter("gearsync_stale_skipped", "Changes skipped because Redis already held a newer or equal version", TABLE)
-DEAD = Counter("gearsync_dead", "Jobs that could not be applied and went to the table's dead-letter list", TABLE)
-RETRIES = Counter("gearsync_retries", "Deliveries to Redis (or gearmand) that failed and were retried")
+JOBS = Counter("gearsync_jobs", "Change jobs taken by sync-worker (applied + stale skipped + dead)", TABLE,
+               registry=None)
+APPLIED = Counter("gearsync_applied", "Changes written to Redis", TABLE, registry=None)
+STALE = Counter("gearsync_stale_skipped", "Changes skipped because Redis already held a newer or equal version",
+                TABLE, registry=None)
+DEAD = Counter("gearsync_dead", "Jobs that could not be applied and went to the table's dead-letter list", TABLE,
+               registry=None)
+RETRIES = Counter("gearsync_retries", "Deliveries to Redis (or gearmand) that failed and were retried",
+                  registry=None)
 BATCH_SECONDS = Histogram(
     "gearsync_batch_seconds", "Time to apply one batch: decode and Redis round trip (before the acknowledgements)",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=None,
 )
-LAG = Gauge("gearsync_lag_seconds", "sync-worker: upper bound of the age of the changes being applied (0 when caught up)")
+LAG = Gauge("gearsync_lag_seconds", "sync-worker: upper bound of the age of the changes being applied (0 when "
+            "caught up)", registry=None)
 LAST_APPLIED = Gauge("gearsync_last_applied_timestamp_seconds",
-                     "Unix time of the last batch that wrote a change of the table to Redis", TABLE)
-DEAD_LETTERS = Gauge("gearsync_dead_letters", "Dead letters stored for the table now (LLEN, polled)", TABLE)
+                     "Unix time of the last batch that wrote a change of the table to Redis", TABLE, registry=None)
+DEAD_LETTERS = Gauge("gearsync_dead_letters", "Dead letters stored for the table now (LLEN, polled)", TABLE,
+                     registry=None)
 GEARMAN_QUEUED = Gauge("gearsync_gearman_queued_jobs",
                        "Jobs gearmand holds for the function, running ones included (admin status, polled)",
-                       ("function", "table"))
-GEARMAN_RUNNING = Gauge("gearsync_gearman_running_jobs",
-                        "Jobs of the function a worker is running now (admin status, polled)", ("function", "table"))
+                       ("function", "table"), registry=None)
+GEARMAN_RUNNING = Gauge("gearsync_gearman_running_jobs", "Jobs of the function a worker is running now (admin "
+                        "status, polled)", ("function", "table"), registry=None)
 
 # -- sync-binlog -----------------------------------------------------------------------------
-BINLOG_READ = Counter("gearsync_binlog_changes_read", "Row changes read from the binlog and handed to the sink", TABLE)
-BINLOG_SUBMITTED = Counter("gearsync_binlog_jobs_submitted", "--sink gearman: change jobs submitted to gearmand", TABLE)
-BINLOG_BEHIND = Gauge("gearsync_binlog_behind_seconds",
-                      "Now minus the commit time of the last transaction read (0 when caught up with the server)")
+BINLOG_READ = Counter("gearsync_binlog_changes_read", "Row changes read from the binlog and handed to the sink",
+                      TABLE, registry=None)
+BINLOG_SUBMITTED = Counter("gearsync_binlog_jobs_submitted", "--sink gearman: change jobs submitted to gearmand",
+                           TABLE, registry=None)
+BINLOG_BEHIND = Gauge("gearsync_binlog_behind_seconds", "Now minus the commit time of the last transaction read "
+                      "(0 when caught up with the server)", registry=None)
 
 # -- sync-relay ------------------------------------------------------------------------------
-RELAY_ROWS = Counter("gearsync_relay_rows", "Spool rows relayed to gearmand", ("database", "table"))
-RELAY_ERRORS = Counter("gearsync_relay_errors", "Relay rounds that failed (MySQL or gearmand) and were retried")
-RELAY_RESENT = Counter("gearsync_relay_resent_rows", "Spool rows sent whose DELETE failed: they are sent again")
-SPOOL_ROWS = Gauge("gearsync_spool_rows", "Rows waiting in the database's gearsync_spool (polled)", ("database",))
+RELAY_ROWS = Counter("gearsync_relay_rows", "Spool rows relayed to gearmand", ("database", "table"), registry=None)
+RELAY_ERRORS = Counter("gearsync_relay_errors", "Relay rounds that failed (MySQL or gearmand) and were retried",
+                       registry=None)
+RELAY_RESENT = Counter("gearsync_relay_resent_rows", "Spool rows sent whose DELETE failed: they are sent again",
+                       registry=None)
+SPOOL_ROWS = Gauge("gearsync_spool_rows", "Rows waiting in the database's gearsync_spool (polled)", ("database",),
+                   registry=None)
 
-HEALTHY = Gauge("gearsync_healthy", "1 while /healthz answers 200, 0 while it answers 503")
+HEALTHY = Gauge("gearsync_healthy", "1 while /healthz answers 200, 0 while it answers 503", registry=None)
+
+# What each command serves: the series are defined here unregistered (registry=None) and a command
+# registers its own set when it serves /metrics, so a worker shows no binlog or relay series.
+SERIES: dict[str, tuple[Any, ...]] = {
+    "sync-worker": (JOBS, APPLIED, STALE, DEAD, RETRIES, BATCH_SECONDS, LAG, LAST_APPLIED, DEAD_LETTERS,
+                    GEARMAN_QUEUED, GEARMAN_RUNNING, HEALTHY),
+    "sync-binlog": (BINLOG_READ, APPLIED, STALE, BINLOG_SUBMITTED, RETRIES, BATCH_SECONDS, LAST_APPLIED,
+                    BINLOG_BEHIND, HEALTHY),
+    "sync-relay": (RELAY_ROWS, RELAY_ERRORS, RELAY_RESENT, SPOOL_ROWS, HEALTHY),
+}
+_registered: set[int] = set()
+
+
+def register(command: str) -> None:
+    """Put `command`'s series (SERIES) in prometheus_client's default registry, which /metrics
+    serves; idempotent."""
+    for metric in SERIES[command]:
+        if id(metric) not in _registered:
+            REGISTRY.register(metric)
+            _registered.add(id(metric))
+
 
 M = TypeVar("M", Counter, Gauge)
 
@@ -223,13 +261,11 @@ class LagTracker:
             LAG.set(now - self.drained_at)
 
 
-def metric_names() -> set[str]:
-    """Every gearsync_* sample name these modules register (as a scrape shows them: counters with
-    _total, histograms with _bucket/_sum/_count)."""
-    from prometheus_client import REGISTRY
-
+def metric_names(registry: Any = REGISTRY) -> set[str]:
+    """Every gearsync_* sample name in `registry` (as a scrape shows them: counters with _total,
+    histograms with _bucket/_sum/_count)."""
     names: set[str] = set()
-    for family in REGISTRY.collect():
+    for family in registry.collect():
         if family.name.startswith("gearsync_"):
             names.add(family.name + "_total" if family.type == "counter" else family.name)
             if family.type == "histogram":

@@ -353,6 +353,7 @@ class SyncWorker:
         if monitor:
             from sync.health import set_check
 
+            metrics.register("sync-worker")
             set_check(self.health)
             tasks.append(asyncio.ensure_future(self._monitor()))
         try:

@@ -446,6 +446,7 @@ class SpoolRelay:
         from sync.health import set_check
 
         self._monitor_on = True
+        metrics.register("sync-relay")
         set_check(self.health)
 
     def _count_spools(self, timeout_s: float) -> dict[str, int]:

@@ -92,7 +92,9 @@ def test_worker_series_per_table_and_health(gearmand: GearmanServer, redis_serve
         assert (value(m, "gearsync_batch_seconds_count") or 0) >= 4
         for table in ("data", "users"):
             assert t0 - 1 <= (value(m, "gearsync_last_applied_timestamp_seconds", table=table) or 0) <= time.time()
-        assert not [k for k in m if k[0] == "gearsync_binlog_changes_read_total"]   # not a binlog's series
+        # only the worker's own series: none of sync-binlog's or sync-relay's, no *_created
+        assert not [k for k in m if k[0].startswith(("gearsync_binlog_", "gearsync_relay_", "gearsync_spool_"))
+                    or k[0].endswith("_created")], sorted(m)
         # polled gauges: the dead letters stored, the drained queues
         m = wait_for("polled gauges", lambda: scrape(port),
                      lambda m: value(m, "gearsync_dead_letters", table="users") == 2
@@ -169,7 +171,7 @@ def test_binlog_series_per_table_and_health(mariadb, db, redis_server: RedisServ
         assert value(m, "gearsync_binlog_changes_read_total", table="data") == 40
         assert value(m, "gearsync_binlog_changes_read_total", table="users") == 5
         assert value(m, "gearsync_stale_skipped_total", table="data") == 0
-        assert not [k for k in m if k[0] == "gearsync_jobs_total"]   # a worker's series, not the binlog's
+        assert not [k for k in m if k[0] in ("gearsync_jobs_total", "gearsync_lag_seconds", "gearsync_dead_total")]
         assert (value(m, "gearsync_last_applied_timestamp_seconds", table="users") or 0) > 0
         wait_for("caught up", lambda: scrape(port), lambda m: value(m, "gearsync_binlog_behind_seconds") == 0)
         code, doc = healthz(port)

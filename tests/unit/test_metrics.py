@@ -20,6 +20,9 @@ from sync.errors import ConfigError
 from sync.settings import resolve_metrics
 from sync.testing.servers import free_port
 
+for _command in metrics.SERIES:   # what the three commands serve, in this process's registry
+    metrics.register(_command)
+
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "gearsync-dashboard.json"
 

@@ -295,6 +295,7 @@ class BinlogService:
         from sync.health import set_check
 
         self._monitor_on = True
+        metrics.register("sync-binlog")
         set_check(self.health)
 
     async def _monitor(self) -> None:
