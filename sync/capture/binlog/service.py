@@ -335,9 +335,10 @@ class BinlogService:
             return "the binlog reader stopped", details
         if src.stream_error is not None:
             return f"binlog stream disconnected: {src.stream_error}", details
-        error = self.sink_error or (self.poll_error and f"redis: {self.poll_error}")
-        if error:
-            return f"{self.settings.sink} sink failing: {error}", details
+        if self.sink_error:
+            return f"{self.settings.sink} sink failing: {self.sink_error}", details
+        if self.poll_error:
+            return f"redis: {self.poll_error}", details
         if idle_s > PROGRESS_S:
             return (f"no progress: the position has not advanced and the reader not caught up for {idle_s:.0f} s "
                     f"(limit {PROGRESS_S:.0f} s)"), details
