@@ -90,6 +90,15 @@ def fatal_mysql_error(exc: BaseException) -> str | None:
 
 __all__ = ["RelaySettings", "RelayStats", "SpoolRelay", "TriggerWatcher"]
 
+def _close_quietly(conn: Any) -> None:
+    """Close a MySQL connection (None: nothing to do) that may already be broken."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # already broken; nothing more to do with it
+            pass
+
+
 BATCH_BYTES = 64 * 1024 * 1024   # payload bytes per batch (at least one row, whatever its size)
 INLINE_BYTES = 1024 * 1024
 
@@ -155,11 +164,7 @@ class TriggerWatcher:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # already broken
-                pass
+        _close_quietly(conn)
 
     def _identities(self, conn: Any, database: str) -> dict[str, Any]:
         """table -> what changes when the table is replaced: (CREATE_TIME, InnoDB table id)."""
@@ -273,11 +278,7 @@ class SpoolRelay:
 
     def _close_mysql(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # already broken; nothing more to do with it
-                pass
+        _close_quietly(conn)
 
     def _claim(self, database: str) -> list[tuple[int, str, bytes]] | None:
         """The rows claimed (locked) for sending; None when InnoDB chose us as a deadlock victim
@@ -463,11 +464,7 @@ class SpoolRelay:
 
     def _close_poll(self) -> None:
         conn, self._poll_conn = self._poll_conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # already broken
-                pass
+        _close_quietly(conn)
 
     async def _monitor(self) -> None:
         """Every POLL_S: the spool rows of each database (COUNT(*), bounded by POLL_TIMEOUT_S) and

@@ -636,7 +636,7 @@ class BinlogSource:
 
     def _commit(self, ev: Any) -> None:
         self.commits += 1
-        self.commit_ts = ev.timestamp
+        self.commit_ts = getattr(ev, "timestamp", 0)   # the header of every binlog event has one
         if self._overflow:
             self._pending.extend(self._overflow.values())
             log.info("binlog_large_transaction", collapsed=len(self._overflow), rows=self._index)
