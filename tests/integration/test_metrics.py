@@ -180,13 +180,20 @@ def test_binlog_series_per_table_and_health(mariadb, db, redis_server: RedisServ
         try:
             code, doc = wait_for("503 while Redis is down", lambda: healthz(port), lambda r: r[0] == 503)
             assert doc["status"] == "unhealthy" and "redis" in doc["reason"], doc
+            with db.cursor() as cur:
+                cur.execute("DELETE FROM users WHERE id = 0")
+            # the change cannot be delivered: the reader holds it and falls behind the server
+            wait_for("behind while the change waits", lambda: scrape(port),
+                     lambda m: (value(m, "gearsync_binlog_behind_seconds") or 0) >= 1)
+            assert healthz(port)[0] == 503
         finally:
             redis_server.start()
         wait_for("200 after Redis came back", lambda: healthz(port), lambda r: r[0] == 200)
-        with db.cursor() as cur:
-            cur.execute("DELETE FROM users WHERE id = 0")
-        wait_for("a change after the outage", lambda: scrape(port),
-                 lambda m: value(m, "gearsync_binlog_changes_read_total", table="users") == 6)
+        m = wait_for("the held change delivered, caught up again", lambda: scrape(port),
+                     lambda m: value(m, "gearsync_binlog_changes_read_total", table="users") == 6
+                     and value(m, "gearsync_binlog_behind_seconds") == 0)
+        assert per_table(m, "gearsync_applied_total") == {"data": 40, "users": 6}
+        assert redis_client.exists("users:0") == 0
     finally:
         proc.terminate()
         assert proc.wait(20) == 0, (tmp_path / "binlog.log").read_text()[-2000:]

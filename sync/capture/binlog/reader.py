@@ -310,11 +310,11 @@ class BinlogSource:
                 # way (a transaction is in the binlog whole before it is sent): wait for its commit,
                 # so the batch carries that position, rather than send its first rows alone.
                 if not self._in_trx:
-                    self._quiet()
                     try:
                         if self._pending:
                             self._flush(heartbeat=True)
                         idle()
+                        self._quiet()   # all read so far is delivered
                     except BaseException as exc:  # raised by run() after this read, not into pymysql
                         self._idle_error = exc
             return blocking_read(buf)
@@ -323,7 +323,8 @@ class BinlogSource:
         return conn
 
     def _quiet(self) -> None:
-        """The server has nothing more to send right now: the reader is caught up."""
+        """The server had nothing more to send and what was read is handed on (with --sink redis on a
+        standalone Redis: delivered): the reader is caught up."""
         self.quiet_at = time.monotonic()
         self.quiet_commits = self.commits
 
@@ -393,8 +394,8 @@ class BinlogSource:
             if self.committed.gtid is None and not self._in_trx and self.flavor == "mysql":
                 self.committed = Position(self.flavor, None, ev.next_binlog, ev.position)
         elif name == "HeartbeatLogEvent":
-            self._quiet()
             self._flush(heartbeat=True)
+            self._quiet()
 
     def _query(self, ev: Any) -> None:
         q = ev.query if isinstance(ev.query, str) else bytes(ev.query).decode("utf-8", "replace")
