@@ -56,6 +56,7 @@ examples:
   {PROG} --database shop,crm --servers g1:4730,g2:4730 --batch 1000
   {PROG} --database shop --once           # empty the spool once, then exit
   {PROG} --database shop --watch-interval 2   # re-install stale triggers within ~2 s
+  {PROG} --database shop --metrics-port 9312  # /metrics and /healthz on 127.0.0.1:9312 (docs/metrics.md)
 
 exit codes: 0 stopped cleanly or --once done, 2 bad option, or a MySQL error retrying cannot fix
 (access denied, no gearsync_spool, missing grants), 3 MySQL or gearmand unreachable

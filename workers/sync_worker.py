@@ -45,6 +45,7 @@ examples:
   {PROG} --classic                       # the classic recipe: {CLASSIC_FUNCTION} → SET <id> <payload>
   {PROG} --config /etc/gearsync.toml     # every [tables.<name>] section
   {PROG} --table data --replay-dead      # re-apply dead letters after a fix
+  {PROG} --table data --metrics-port 9310 --metrics-addr 0.0.0.0   # /metrics, /healthz (docs/metrics.md)
 
 exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or replay done, 1 replay left dead letters,
 2 bad option or config, 3 a server needed at once (replay) was unreachable.
