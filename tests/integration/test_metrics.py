@@ -121,8 +121,16 @@ def test_worker_series_per_table_and_health(gearmand: GearmanServer, redis_serve
             redis_server.resume()
         wait_for("200 after Redis came back", lambda: healthz(port), lambda r: r[0] == 200)
         m = wait_for("the held jobs applied", lambda: scrape(port),
-                     lambda m: value(m, "gearsync_applied_total", table="data") == 50)
-        assert value(m, "gearsync_applied_total", table="users") == 7
+                     lambda m: per_table(m, "gearsync_applied_total") == {"data": 50, "users": 7})
+
+        # gearmand gone: 503 naming it, and back to 200 once the worker reconnected
+        gearmand.stop()
+        try:
+            code, doc = wait_for("503 while gearmand is down", lambda: healthz(port), lambda r: r[0] == 503)
+            assert doc["reason"] == f"not connected to any gearmand ({gearmand.address})", doc
+        finally:
+            gearmand.start()
+        wait_for("200 after gearmand came back", lambda: healthz(port), lambda r: r[0] == 200)
     finally:
         stop(proc)
 
