@@ -39,6 +39,8 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics
 
+from sync.tables import default_function
+
 __all__ = [
     "JOBS", "APPLIED", "STALE", "DEAD", "RETRIES", "BATCH_SECONDS", "LAG", "LAST_APPLIED", "DEAD_LETTERS",
     "GEARMAN_QUEUED", "GEARMAN_RUNNING", "BINLOG_READ", "BINLOG_SUBMITTED", "BINLOG_BEHIND", "RELAY_ROWS",
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 TABLE = ("table",)
+_FUNCTION_PREFIX = default_function("")   # "gearsync."
 
 # No gearsync_*_created series next to every counter: noise on a dashboard, and per table.
 disable_created_metrics()
@@ -225,9 +228,7 @@ def record_retry() -> None:
 
 def table_of_function(function: str) -> str:
     """The table label of a gearman function: gearsync.<table> → <table>; any other name as is."""
-    from sync.tables import default_function
-
-    prefix = default_function("")
+    prefix = _FUNCTION_PREFIX
     return function[len(prefix):] if function.startswith(prefix) and len(function) > len(prefix) else function
 
 
