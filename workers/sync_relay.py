@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from sync.cli import (
     add_gearman_options,
     add_logging_options,
+    add_metrics_options,
     add_mysql_options,
     add_startup_options,
     make_parser,
@@ -18,7 +19,7 @@ from sync.cli import (
     stop_on_signals,
 )
 from sync.errors import ConfigError
-from sync.settings import DEFAULT_GEARMAN_PORT, resolve_gearman_servers, resolve_logging, resolve_mysql
+from sync.settings import DEFAULT_GEARMAN_PORT, resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql
 from sync.startup import wait_for_servers
 
 if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
@@ -57,6 +58,7 @@ examples:
   {PROG} --database shop,crm --servers g1:4730,g2:4730 --batch 1000
   {PROG} --database shop --once           # empty the spool once, then exit
   {PROG} --database shop --watch-interval 2   # re-install stale triggers within ~2 s
+  {PROG} --database shop --metrics-port 9312  # /metrics and /healthz on 127.0.0.1:9312 (docs/metrics.md)
 
 exit codes: 0 stopped cleanly or --once done, 2 bad option, or a MySQL error retrying cannot fix
 (access denied, no gearsync_spool, missing grants), 3 MySQL unreachable
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the capture triggers and re-install stale ones (default on)")
     p.add_argument("--watch-interval", default="5", metavar="S", help="seconds between trigger checks (default 5)")
     add_startup_options(p)
+    add_metrics_options(p)
     add_logging_options(p)
     return p
 
@@ -105,13 +108,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         resolve_logging(args).apply()
+        metrics = resolve_metrics(args)
+        if not args.once:
+            metrics.start()
         wait_for_servers(args.startup_wait, mysql=settings.mysql)  # gearmand: the relay loop waits for it
-        return asyncio.run(_serve(settings, once=args.once))
+        return asyncio.run(_serve(settings, once=args.once, monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: RelaySettings, *, once: bool) -> int:
+async def _serve(settings: RelaySettings, *, once: bool, monitor: bool = False) -> int:
     from sync.capture.relay import SpoolRelay
 
     relay = SpoolRelay(settings)
@@ -122,6 +128,8 @@ async def _serve(settings: RelaySettings, *, once: bool) -> int:
             await relay.close()
         print(f"{PROG}: relayed {n} changes")
         return 0
+    if monitor:
+        relay.enable_monitor()
     stop_on_signals(relay.request_stop)
     return await relay.run()
 

@@ -47,6 +47,7 @@ examples:
   {PROG} --classic                       # the classic recipe: {CLASSIC_FUNCTION} → SET <id> <payload>
   {PROG} --config /etc/gearsync.toml     # every [tables.<name>] section
   {PROG} --table data --replay-dead      # re-apply dead letters after a fix
+  {PROG} --table data --metrics-port 9310 --metrics-addr 0.0.0.0   # /metrics, /healthz (docs/metrics.md)
 
 exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or replay done, 1 replay left dead letters,
 2 bad option or config, 3 gearmand or Redis still unreachable after --startup-wait.
@@ -96,15 +97,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         resolve_logging(args).apply()
+        metrics = resolve_metrics(args)
         if not args.replay_dead:
-            resolve_metrics(args).start()
+            metrics.start()
         wait_for_servers(args.startup_wait, redis=settings.redis, gearman=settings.servers)
-        return asyncio.run(_serve(settings, replay=args.replay_dead))
+        return asyncio.run(_serve(settings, replay=args.replay_dead, monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: WorkerSettings, *, replay: bool) -> int:
+async def _serve(settings: WorkerSettings, *, replay: bool, monitor: bool = False) -> int:
     from sync.apply.worker import SyncWorker
 
     worker = SyncWorker(settings)
@@ -116,7 +118,7 @@ async def _serve(settings: WorkerSettings, *, replay: bool) -> int:
         sys.stderr.write(f"{PROG}: replayed {ok} dead letters, {failed} still dead\n")
         return int(ExitCode.DIFFERENCES if failed else ExitCode.OK)
     stop_on_signals(worker.request_stop)
-    return await worker.run()
+    return await worker.run(monitor=monitor)
 
 
 if __name__ == "__main__":
