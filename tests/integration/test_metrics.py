@@ -223,7 +223,9 @@ def test_relay_series_and_health(mariadb, gearmand_factory, db) -> None:
          "--metrics-port", str(port), "--log-format", "json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "MYSQL_PASSWORD": ""})
     try:
-        code, doc = wait_for("503 while gearmand is down", lambda: healthz(port), lambda r: r[0] == 503)
+        # 503 "starting" until the relay's first round; then 503 naming the unreachable gearmand
+        code, doc = wait_for("503 while gearmand is down", lambda: healthz(port),
+                             lambda r: r[0] == 503 and r[1]["reason"] != "starting")
         assert doc["status"] == "unhealthy" and doc["reason"].startswith("unreachable: "), doc
         m = wait_for("spool rows", lambda: scrape(port),
                      lambda m: value(m, "gearsync_spool_rows", database=db.db_name) == 30)
