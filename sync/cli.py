@@ -85,10 +85,13 @@ def add_logging_options(parser: argparse.ArgumentParser, *, level: str = "info")
 
 
 def add_metrics_options(parser: argparse.ArgumentParser) -> None:
-    """--metrics-port."""
+    """--metrics-port, --metrics-addr."""
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (env GEARSYNC_METRICS_PORT; "
-                             "[metrics] port; default: off)")
+                        help="serve Prometheus metrics on http://ADDR:PORT/metrics and health on /healthz "
+                             "(env GEARSYNC_METRICS_PORT; [metrics] port; default: off)")
+    parser.add_argument("--metrics-addr", metavar="ADDR",
+                        help="address of the metrics server (env GEARSYNC_METRICS_ADDR; [metrics] addr; default "
+                             "127.0.0.1: this host only; 0.0.0.0 lets a remote Prometheus scrape)")
 
 
 def table_names(values: Sequence[str] | None, where: str = "--table") -> list[str]:

@@ -243,8 +243,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "metrics": {
         "port": Key("int", None, 1, 65535, option="--metrics-port",
-                    help="serve Prometheus metrics on http://ADDR:PORT/metrics (default: off)"),
-        "addr": Key("str", "0.0.0.0", option="--metrics-addr", help="address the metrics server binds"),
+                    help="serve Prometheus metrics on http://ADDR:PORT/metrics and health on /healthz (default: off)"),
+        "addr": Key("str", "127.0.0.1", option="--metrics-addr",
+                    help="address the metrics server binds (0.0.0.0: every interface, for a remote Prometheus)"),
     },
     "logging": {
         "level": Key("str", "info", choices=LOG_LEVELS, option="--log-level", env="GEARSYNC_LOG_LEVEL",
@@ -607,18 +608,19 @@ def resolve_logging(args: Any = None, env: Mapping[str, str] | None = None,
 @dataclass(frozen=True)
 class MetricsSettings:
     port: int | None = None   # None: no metrics endpoint
-    addr: str = "0.0.0.0"
+    addr: str = "127.0.0.1"
 
     def start(self) -> None:
-        """Serve Prometheus metrics on http://<addr>:<port>/metrics when a port is set."""
+        """Serve /metrics and /healthz on http://<addr>:<port>/ when a port is set (sync.health)."""
         if self.port is not None:
-            from sync.metrics import start_metrics_server
+            from sync.health import start_metrics_server
 
             start_metrics_server(self.port, self.addr)
 
 
 def resolve_metrics(args: Any = None, env: Mapping[str, str] | None = None,
                     cfg: ConfigFile | None = None) -> MetricsSettings:
-    """--metrics-port / GEARSYNC_METRICS_PORT / [metrics].port (off when none); addr likewise."""
+    """--metrics-port / GEARSYNC_METRICS_PORT / [metrics].port (off when none); --metrics-addr likewise
+    (default 127.0.0.1: this host only)."""
     r = Resolver(args, env, cfg)
     return MetricsSettings(port=r.get("metrics", "port"), addr=r.get("metrics", "addr"))

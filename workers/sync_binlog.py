@@ -179,19 +179,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg = config_for(args)
         settings = settings_from_args(args)
         resolve_logging(args, None, cfg).apply()
-        resolve_metrics(args, None, cfg).start()
+        metrics = resolve_metrics(args, None, cfg)
+        metrics.start()
         wait_for_servers(Resolver(args, None, cfg).get("binlog", "startup_wait_s"), mysql=settings.mysql, redis=settings.redis,
                          gearman=settings.servers if settings.sink == "gearman" else ())
-        return asyncio.run(_serve(settings))
+        return asyncio.run(_serve(settings, monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: BinlogSettings) -> int:
+async def _serve(settings: BinlogSettings, *, monitor: bool = False) -> int:
     from sync.capture.binlog.service import BinlogService, tune_gc
 
     tune_gc()  # a long-running decoder: fewer, bigger garbage-collector passes
     service = BinlogService(settings)
+    if monitor:
+        service.enable_monitor()
     stop_on_signals(service.request_stop)
     return await service.run()
 

@@ -12,6 +12,7 @@ from sync.cli import (
     add_config_option,
     add_gearman_options,
     add_logging_options,
+    add_metrics_options,
     add_mysql_options,
     add_startup_options,
     make_parser,
@@ -25,6 +26,7 @@ from sync.settings import (
     config_for,
     resolve_gearman_servers,
     resolve_logging,
+    resolve_metrics,
     resolve_mysql,
 )
 from sync.startup import wait_for_servers
@@ -65,6 +67,7 @@ examples:
   {PROG} --database shop,crm --servers g1:4730,g2:4730 --batch 1000
   {PROG} --database shop --once           # empty the spool once, then exit
   {PROG} --database shop --watch-interval 2   # re-install stale triggers within ~2 s
+  {PROG} --database shop --metrics-port 9312  # /metrics and /healthz on 127.0.0.1:9312 (docs/metrics.md)
 
 exit codes: 0 stopped cleanly or --once done, 2 bad option, config file or environment, or a MySQL
 error retrying cannot fix (access denied, no gearsync_spool, missing grants), 3 MySQL unreachable
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the capture triggers and re-install stale ones (default on)")
     p.add_argument("--watch-interval", metavar="S", help="seconds between trigger checks (default 5)")
     add_startup_options(p)
+    add_metrics_options(p)
     add_logging_options(p)
     return p
 
@@ -113,15 +117,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def go() -> int:
         settings = settings_from_args(args)
-        resolve_logging(args, None, config_for(args)).apply()
+        cfg = config_for(args)
+        resolve_logging(args, None, cfg).apply()
+        metrics = resolve_metrics(args, None, cfg)
+        if not args.once:
+            metrics.start()
         # gearmand: the relay loop waits for it
-        wait_for_servers(Resolver(args, None, config_for(args)).get("relay", "startup_wait_s"), mysql=settings.mysql)
-        return asyncio.run(_serve(settings, once=args.once))
+        wait_for_servers(Resolver(args, None, cfg).get("relay", "startup_wait_s"), mysql=settings.mysql)
+        return asyncio.run(_serve(settings, once=args.once, monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: RelaySettings, *, once: bool) -> int:
+async def _serve(settings: RelaySettings, *, once: bool, monitor: bool = False) -> int:
     from sync.capture.relay import SpoolRelay
 
     relay = SpoolRelay(settings)
@@ -132,6 +140,8 @@ async def _serve(settings: RelaySettings, *, once: bool) -> int:
             await relay.close()
         print(f"{PROG}: relayed {n} changes")
         return 0
+    if monitor:
+        relay.enable_monitor()
     stop_on_signals(relay.request_stop)
     return await relay.run()
 

@@ -50,6 +50,7 @@ examples:
   {PROG} --classic                       # the classic recipe: {CLASSIC_FUNCTION} → SET <id> <payload>
   {PROG} --config /etc/gearsync.toml     # every [tables.<name>] section
   {PROG} --table data --replay-dead      # re-apply dead letters after a fix
+  {PROG} --table data --metrics-port 9310 --metrics-addr 0.0.0.0   # /metrics, /healthz (docs/metrics.md)
 
 exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or replay done, 1 replay left dead letters,
 2 bad option, config file or environment, 3 gearmand or Redis still unreachable after --startup-wait.
@@ -101,15 +102,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = settings_from_args(args)
         logging = resolve_logging(args, None, cfg)
         logging.apply()
+        metrics = resolve_metrics(args, None, cfg)
         if not args.replay_dead:
-            resolve_metrics(args, None, cfg).start()
+            metrics.start()
         wait_for_servers(Resolver(args, None, cfg).get("worker", "startup_wait_s"), redis=settings.redis, gearman=settings.servers)
-        return asyncio.run(_serve(settings, replay=args.replay_dead, out=Output(PROG, logging.json)))
+        return asyncio.run(_serve(settings, replay=args.replay_dead, out=Output(PROG, logging.json),
+                                  monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: WorkerSettings, *, replay: bool, out: Output) -> int:
+async def _serve(settings: WorkerSettings, *, replay: bool, out: Output, monitor: bool = False) -> int:
     from sync.apply.worker import SyncWorker
 
     worker = SyncWorker(settings)
@@ -121,7 +124,7 @@ async def _serve(settings: WorkerSettings, *, replay: bool, out: Output) -> int:
         out.say("dead_letters_replayed", f"replayed {ok} dead letters, {failed} still dead", replayed=ok, still_dead=failed)
         return int(ExitCode.DIFFERENCES if failed else ExitCode.OK)
     stop_on_signals(worker.request_stop)
-    return await worker.run()
+    return await worker.run(monitor=monitor)
 
 
 if __name__ == "__main__":
