@@ -90,8 +90,8 @@ def add_metrics_options(parser: argparse.ArgumentParser) -> None:
                         help="serve Prometheus metrics on http://ADDR:PORT/metrics and health on /healthz "
                              "(env GEARSYNC_METRICS_PORT; [metrics] port; default: off)")
     parser.add_argument("--metrics-addr", metavar="ADDR",
-                        help="address of the metrics server (env GEARSYNC_METRICS_ADDR; [metrics] addr; default "
-                             "127.0.0.1: this host only; 0.0.0.0 lets a remote Prometheus scrape)")
+                        help="address of the metrics server (default 127.0.0.1: this host only; 0.0.0.0 lets a "
+                             "remote Prometheus scrape; env GEARSYNC_METRICS_ADDR; [metrics] addr)")
 
 
 def table_names(values: Sequence[str] | None, where: str = "--table") -> list[str]:

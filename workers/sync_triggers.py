@@ -243,10 +243,11 @@ def _install(conn: Any, args: Any, database: str, tables: list[str] | None, disp
     skipped: list[tuple[str, str]] = []
     if tables is None:
         tables, skipped = eligible_tables(conn, database)
+    # every table checked (it exists, has a usable key, the columns) before anything is installed
+    checked = [(table, options, _schema(conn, database, table, options))
+               for table, options in ((t, options_from_args(args, t, cfg)) for t in tables)]
     _check_udfs(conn)  # both modes build the payload with gman_json_object
-    for table in tables:
-        options = options_from_args(args, table, cfg)
-        schema = _schema(conn, database, table, options)
+    for table, options, schema in checked:
         names = install_table(conn, schema, options, display)
         mode = "outbox" if options.mode == "outbox" else f"udf, on enqueue failure: {options.on_enqueue_failure}"
         print(f"installed {', '.join(names)} on {database}.{table} "
