@@ -1,0 +1,169 @@
+"""The trigger path's cascade race of the shop run (issue 13): the jobs of each table travel in their
+own Gearman function and reach the applier in any order relative to the other tables' jobs. Here the
+changes are captured by the real triggers (outbox mode: the payloads read back from the spool) and
+handed to the applier in chosen orders; Redis must equal MySQL after every order.
+
+The CI failure: shipments (order_id, line) -> order_items (order_id, line) -> orders -> customers, all
+ON UPDATE / DELETE CASCADE; after the writers stopped, one shipment key too many on the trigger path."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from sync.apply.applier import RedisApplier
+from sync.capture.spool import SPOOL_TABLE
+from sync.events import ChangeEvent, parse_change
+from sync.tables import TableSpec
+from sync.testing.servers import MariaDBServer
+
+from .test_cascade import differences_of, sync_triggers
+from .udf_fixtures import udf_installed  # noqa: F401  (fixture)
+
+# The shop's chain (tests/fixtures/shop_schema.sql), cut to the columns that matter.
+SHOP = [
+    "CREATE TABLE customers (id BIGINT UNSIGNED PRIMARY KEY, name VARCHAR(20))",
+    "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT UNSIGNED NOT NULL, status VARCHAR(10), "
+    " FOREIGN KEY fk_order_customer (customer_id) REFERENCES customers (id) ON UPDATE CASCADE ON DELETE CASCADE)",
+    "CREATE TABLE order_items (order_id BIGINT NOT NULL, line SMALLINT NOT NULL, qty INT, PRIMARY KEY (order_id, line),"
+    " FOREIGN KEY fk_item_order (order_id) REFERENCES orders (id) ON UPDATE CASCADE ON DELETE CASCADE)",
+    "CREATE TABLE shipments (id BIGINT PRIMARY KEY, order_id BIGINT NOT NULL, line SMALLINT NOT NULL, c VARCHAR(5),"
+    " FOREIGN KEY fk_shipment_item (order_id, line) REFERENCES order_items (order_id, line)"
+    " ON UPDATE CASCADE ON DELETE CASCADE)",
+]
+TABLES = ["customers", "orders", "order_items", "shipments"]
+Order = Callable[[list[ChangeEvent]], list[ChangeEvent]]
+
+
+class Rig:
+    def __init__(self, server: MariaDBServer, db: Any, aredis: Any, redis_client: Any) -> None:
+        self.server, self.db, self.redis = server, db, redis_client
+        with db.cursor() as cur:
+            for stmt in SHOP:
+                cur.execute(stmt)
+        for table in TABLES:
+            sync_triggers(server, db, "install", "--table", table, "--mode", "outbox")
+        self.applier = RedisApplier(aredis, {t: TableSpec(t) for t in TABLES})
+
+    def run(self, *statements: str) -> list[ChangeEvent]:
+        """The changes the triggers captured for `statements`, in commit order."""
+        with self.db.cursor() as cur:
+            for stmt in statements:
+                cur.execute(stmt)
+            cur.execute(f"SELECT payload FROM {SPOOL_TABLE} ORDER BY id")
+            events = [parse_change(raw) for (raw,) in cur.fetchall()]
+            cur.execute(f"DELETE FROM {SPOOL_TABLE}")
+        return events
+
+    async def apply_each(self, events: Sequence[ChangeEvent]) -> dict[str, Any]:
+        """Apply the changes one job at a time in this order; what differs from MySQL then."""
+        for ev in events:
+            await self.applier.apply([ev])
+        return differences_of(self.server, self.db, self.redis, TABLES)
+
+
+def tables_first(*first: str) -> Order:
+    """The jobs of the `first` tables' functions, then the others' (each table's in commit order)."""
+    rank = {t: i for i, t in enumerate([*first, *(t for t in TABLES if t not in first)])}
+    return lambda events: sorted(events, key=lambda ev: rank[ev.table])
+
+
+@pytest.fixture
+def rig(udf_installed: MariaDBServer, db: Any, aredis: Any, redis_client: Any) -> Rig:  # noqa: F811
+    return Rig(udf_installed, db, aredis, redis_client)
+
+
+SETUP = ["INSERT INTO customers VALUES (1, 'a')",
+         "INSERT INTO orders VALUES (11, 1, 'n')",
+         "INSERT INTO order_items VALUES (11, 1, 1)"]
+
+
+async def test_an_item_moved_then_deleted_takes_its_shipments(rig: Rig) -> None:
+    """The CI failure: an order (with an item and the item's shipment) renumbered, then its customer
+    deleted; the orders' and customers' jobs are applied first. The item's insert comes late: the
+    cascade records move it to the new order number, then delete it; its shipment must go too (it
+    stayed, moved to the new number: the moved item's cascade was still the key change's)."""
+    assert await rig.apply_each(rig.run(*SETUP)) == {}
+    late = rig.run("INSERT INTO orders VALUES (12, 1, 'n')",
+                   "INSERT INTO order_items VALUES (12, 1, 1)",
+                   "INSERT INTO shipments VALUES (100, 12, 1, 'x')",
+                   "UPDATE orders SET id = 14 WHERE id = 12",
+                   "DELETE FROM customers WHERE id = 1")
+    assert await rig.apply_each(tables_first("orders", "customers")(late)) == {}
+    assert rig.redis.keys("shipments:*") == [] and rig.redis.keys("order_items:*") == []
+
+
+async def test_a_late_item_follows_every_number_its_order_had(rig: Rig) -> None:
+    """An order renumbered twice, a shipment inserted between the two (on the middle number), the
+    item's insert late: the item ends on the last number with both shipments; then, with the
+    customer deleted, the same with everything gone."""
+    setup = rig.run(*SETUP)
+    statements = ["INSERT INTO orders VALUES (12, 1, 'n')",
+                  "INSERT INTO order_items VALUES (12, 1, 1)",
+                  "INSERT INTO shipments VALUES (100, 12, 1, 'x')",
+                  "UPDATE orders SET id = 14 WHERE id = 12",
+                  "INSERT INTO shipments VALUES (101, 14, 1, 'y')",
+                  "UPDATE orders SET id = 16 WHERE id = 14"]
+    changes = rig.run(*statements)
+    for order in (tables_first("orders", "shipments"), tables_first("orders", "customers")):
+        rig.redis.flushdb()
+        await rig.apply_each(setup)
+        assert await rig.apply_each(order(changes)) == {}
+    assert rig.redis.get("shipments:101") is not None
+    gone = rig.run("DELETE FROM customers WHERE id = 1")
+    for order in (tables_first("orders", "customers", "shipments"), tables_first("orders", "customers")):
+        rig.redis.flushdb()
+        await rig.apply_each(setup)
+        assert await rig.apply_each(order(changes + gone)) == {}
+
+
+HISTORY = ["INSERT INTO customers VALUES (2, 'b'), (3, 'c')",
+           "INSERT INTO orders VALUES (10, 1, 'n'), (20, 2, 'n'), (30, 3, 'n')",
+           "INSERT INTO order_items VALUES (10, 1, 1), (10, 2, 1), (20, 1, 1), (30, 1, 1)",
+           "INSERT INTO orders VALUES (12, 1, 'n')",
+           "INSERT INTO order_items VALUES (12, 1, 1)",
+           "INSERT INTO shipments VALUES (100, 12, 1, 'x')",
+           "UPDATE orders SET status = 's' WHERE id = 10",
+           "INSERT INTO shipments VALUES (101, 10, 1, 'x')",
+           "INSERT INTO shipments VALUES (102, 11, 1, 'x')",
+           "UPDATE orders SET id = 13 WHERE id = 10",
+           "INSERT INTO shipments VALUES (103, 20, 1, 'x')",
+           "UPDATE customers SET id = 4 WHERE id = 2",
+           "DELETE FROM orders WHERE id = 13",
+           "INSERT INTO shipments VALUES (104, 30, 1, 'x')",
+           "UPDATE orders SET id = 14 WHERE id = 12",
+           "INSERT INTO shipments VALUES (105, 14, 1, 'x')",
+           "UPDATE orders SET id = 15 WHERE id = 14",
+           "DELETE FROM customers WHERE id = 1",
+           "UPDATE orders SET id = 31 WHERE id = 30",
+           "DELETE FROM customers WHERE id = 4"]
+
+
+async def test_every_order_of_the_tables_and_shuffles(rig: Rig) -> None:
+    """A shop-shaped history (inserts, shipments, order and customer renumbers and deletes) applied
+    with each table's jobs held back in turn (all 24 orders of the four functions), then interleaved
+    at random (each table's jobs in order, as one worker connection per function takes them), then
+    shuffled outright (several connections per function)."""
+    setup = rig.run(*SETUP)
+    history = rig.run(*HISTORY)
+    orders: list[list[ChangeEvent]] = [tables_first(*perm)(history) for perm in itertools.permutations(TABLES)]
+    rng = random.Random(13)
+    for _ in range(16):
+        queues = {t: [ev for ev in history if ev.table == t] for t in TABLES}
+        merged: list[ChangeEvent] = []
+        while any(queues.values()):
+            merged.append(queues[rng.choice([t for t in TABLES if queues[t]])].pop(0))
+        orders.append(merged)
+        orders.append(rng.sample(history, len(history)))
+    failed = []
+    for i, order in enumerate(orders):
+        rig.redis.flushdb()
+        await rig.apply_each(setup)
+        d = await rig.apply_each(order)
+        if d:
+            failed.append((i, sorted(d)))
+    assert failed == []
