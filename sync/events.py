@@ -254,7 +254,7 @@ class ChangeEvent:
         v = self.version
         if type(v) is not int or v < 0 or v > MAX_VERSION:
             raise PayloadError(f"version: expected an integer 0 <= version < 2**64, got {_show(v)}")
-        if self.cascade is not None and type(self.cascade) is not Cascade:
+        if self.cascade is not None and not isinstance(self.cascade, Cascade):  # the applier's MovedCascade too
             raise PayloadError(f"cascade: expected a Cascade, got {_show(self.cascade)}")
         if self.op is Op.CASCADE:
             if self.pk or self.row is not None or self.cascade is None or self.refs is not None:

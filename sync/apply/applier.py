@@ -53,6 +53,7 @@ from sync.apply.cascade_rows import (
     DerivedChange,
     MovedChange,
     cascade_record,
+    cascade_starts,
     cascades,
     follow_records,
     from_field,
@@ -463,7 +464,7 @@ class RedisApplier:
         records: list[DerivedChange] = []
         guards: dict[str, str | bytes] = {}
         visited: set[str] = set()
-        steps = [CascadeStep(c.fks, c.old, c.new)]
+        steps = [CascadeStep(c.fks, old, c.new) for old in cascade_starts(c)]  # a moved change's: several
         prefix = self._prefix
         for _depth in range(MAX_CASCADE_DEPTH):
             lookups: list[tuple[FKRule, CascadeStep, str, list[Any] | None]] = []

@@ -15,8 +15,8 @@ from sync.events import Cascade, ChangeEvent, ClassicSet, FKRule, JSONValue, Op
 from sync.keys import escape
 from sync.rows.rowcodec import normalize_value
 
-__all__ = ["CascadeStep", "DerivedChange", "MovedChange", "cascade_record", "cascades", "follow_records",
-           "from_field", "moved_change", "rule_from_json", "same_key_text", "text_row"]
+__all__ = ["CascadeStep", "DerivedChange", "MovedCascade", "MovedChange", "cascade_record", "cascade_starts",
+           "cascades", "follow_records", "from_field", "moved_change", "rule_from_json", "same_key_text", "text_row"]
 
 
 @dataclass(slots=True)
@@ -93,15 +93,16 @@ def follow_records(item: ChangeEvent | MovedChange, records: Sequence[tuple[int,
 
 def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> MovedChange:
     """`ev` (a child change) after the cascades of `records` (version, record; oldest first, each
-    newer than ev): its FK columns set as they set them, or deleted. When that changes columns the
-    child's own children reference (or deletes it), it cascades on; a cascade it carries follows
-    the moved values."""
+    newer than ev): its FK columns set as they set them, or deleted. When the row's own children
+    reference columns it held other values of since `ev` (or its cascade's old values), it cascades
+    from each of them to the values it ends with, or deletes their children (`MovedCascade`)."""
     assert ev.refs is not None
     row = dict(ev.row) if ev.row is not None else dict(ev.pk)
     refs = dict(ev.refs)
     moves: dict[str, tuple[Any, Any]] = {}  # column -> (value before, value after the cascades)
     version, deleted = ev.version, False
-    children: tuple[FKRule, ...] = ()
+    children: tuple[FKRule, ...] = ev.cascade.fks if ev.cascade is not None else ()
+    held = [dict(row)]  # the row as it was after ev and after each cascade that moved it
     for v, rec in records:
         rule = rec["rule"]
         version = v
@@ -113,16 +114,12 @@ def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> MovedCh
         for col, before, after in zip(rule["columns"], refs.get(rule["fk"], ()), new):
             moves[col] = (moves.get(col, (before,))[0], after)
         row.update(zip(rule["columns"], new))
+        held.append(dict(row))
         if None in new:
             refs.pop(rule["fk"], None)
         else:
             refs[rule["fk"]] = tuple(new)
-    cascade = _moved_cascade(ev.cascade, moves)
-    referenced = list(dict.fromkeys(c for r in children for c in r.ref))
-    if cascade is None and ev.row is not None and referenced and (
-            deleted or any(not same_key_text(ev.row.get(c), row.get(c)) for c in referenced)):
-        cascade = Cascade({c: ev.row.get(c) for c in referenced},
-                          None if deleted else {c: row.get(c) for c in referenced}, children)
+    cascade = _moved_cascade(ev, children, held, None if deleted or ev.op is Op.DELETE else row)
     if deleted:
         return MovedChange(ChangeEvent(ev.table, Op.DELETE, ev.pk, None, version, ev.source, {}, cascade),
                            version, True)
@@ -134,16 +131,49 @@ def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> MovedCh
     return MovedChange(ChangeEvent(ev.table, ev.op, pk, row, own, ev.source, refs, cascade), version, moved)
 
 
-def _moved_cascade(cascade: Cascade | None, moves: Mapping[str, tuple[Any, Any]]) -> Cascade | None:
-    """The cascade a moved change carries: its old/new values of the moved columns as moved (where
-    they held the values the cascade moved)."""
-    if cascade is None or not moves:
-        return cascade
+@dataclass(frozen=True, slots=True)
+class MovedCascade(Cascade):
+    """The cascade of a moved change: from `old` and from each of `also` (other values the row held
+    since the change) to `new` (None: the row was deleted). The children in Redis may reference any
+    of them: those of an older change not moved yet, those written after the change or after one of
+    the cascades that moved it (which did not find the row in Redis, so went no further)."""
 
-    def move(values: Mapping[str, Any]) -> dict[str, Any]:
-        return {c: moves[c][1] if c in moves and same_key_text(v, moves[c][0]) else v for c, v in values.items()}
+    also: tuple[dict[str, JSONValue], ...] = ()
 
-    return Cascade(move(cascade.old), None if cascade.new is None else move(cascade.new), cascade.fks)
+
+def cascade_starts(cascade: Cascade) -> tuple[dict[str, JSONValue], ...]:
+    """The referenced values a cascade moves children from (a moved change's: several)."""
+    return (cascade.old, *cascade.also) if type(cascade) is MovedCascade else (cascade.old,)
+
+
+def _moved_cascade(ev: ChangeEvent, children: tuple[FKRule, ...], held: Sequence[Mapping[str, Any]],
+                   final: Mapping[str, Any] | None) -> Cascade | None:
+    """The cascade a moved change carries: from every value of the referenced columns the row held
+    (its cascade's old values, as they were and as the cascades moved them; the row's after the
+    change and after each cascade) to the row's last (`final`; None: deleted)."""
+    referenced = list(dict.fromkeys(c for r in children for c in r.ref))
+    if not referenced:
+        return None
+    starts: list[Mapping[str, Any]] = list(held)
+    if ev.cascade is not None:
+        moves = {c: (held[0].get(c), held[-1].get(c)) for c in referenced}
+        for old in cascade_starts(ev.cascade):
+            starts += [old, {c: moves[c][1] if c in moves and same_key_text(v, moves[c][0]) else v
+                             for c, v in old.items()}]
+    new = None if final is None else {c: final.get(c) for c in referenced}
+    seen = {_text(new, referenced)} if new is not None else set()
+    olds: list[dict[str, JSONValue]] = []
+    for values in starts:
+        if all(c in values for c in referenced) and _text(values, referenced) not in seen:
+            seen.add(_text(values, referenced))
+            olds.append({c: values[c] for c in referenced})
+    if not olds:
+        return None
+    return MovedCascade(olds[0], new, children, tuple(olds[1:]))
+
+
+def _text(values: Mapping[str, Any], columns: Sequence[str]) -> tuple[str | None, ...]:
+    return tuple(None if values.get(c) is None else escape(values[c]) for c in columns)
 
 
 def same_key_text(a: Any, b: Any) -> bool:
