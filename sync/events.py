@@ -392,7 +392,8 @@ def _parse_refs(obj: Any) -> dict[str, tuple[JSONValue, ...]]:
         if name in _good_names and type(values) is list and len(values) == 1:
             value = values[0]
             if type(value) is int or type(value) is str:
-                return {name: (value,)}
+                obj[name] = (value,)  # the parsed payload's own dict, reused
+                return obj
     if type(obj) is not dict:
         raise PayloadError(f"refs: expected an object of fk name -> [values], got {_show(obj)}")
     if len(obj) > MAX_REFS:
