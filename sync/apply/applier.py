@@ -223,7 +223,9 @@ class RedisApplier:
         cascade into a table this applier does not serve)."""
         if self._cluster:
             raise PayloadError(f"table {ev.table!r}: refs/cascade: cascades need a standalone Redis, not a Cluster")
-        todo = list(ev.cascade.fks) if ev.cascade is not None else []
+        if ev.cascade is None:
+            return  # a child row's refs (every job of a child table): nothing more to check
+        todo = list(ev.cascade.fks)
         while todo:
             rule = todo.pop()
             if rule.table not in self._tables:

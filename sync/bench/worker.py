@@ -9,7 +9,9 @@ worker's shape). `--profile` drains once in-process under cProfile and prints wh
 as rows of a child table with one cascading FK (each job carrying "refs", so the applier keeps
 the FK index with each row), and prints both rates and the cost: once into an empty Redis (every
 row and index entry new: the worst case) and once as a rewrite of the same rows with newer
-versions (the steady state of updates: the index entry exists and is unchanged).
+versions (the steady state of updates: the index entry exists and is unchanged). The runs are
+interleaved (plain first, then fk first, round after round); each fk line shows the cost of the
+median rates and the spread of the cost of the rounds.
 """
 
 from __future__ import annotations
@@ -171,34 +173,37 @@ def main(argv: list[str] | None = None) -> int:
                 fk_rates: list[float] = []
                 re_rates: list[float] = []
                 fk_re_rates: list[float] = []
-                for _ in range(args.runs):  # interleaved: drift of the machine hits both alike
-                    rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections))
-                    if args.fk:
-                        re_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, rewrite=True))
-                        fk_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=True))
-                        fk_re_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=True,
-                                                                rewrite=True))
+                for i in range(args.runs):
+                    # Interleaved, and in the other order every second round (plain first, then fk
+                    # first): drift of the shared machine hits both alike. A rewrite follows its
+                    # own first write (it rewrites those rows).
+                    for fk in ((False, True) if i % 2 == 0 else (True, False)) if args.fk else (False,):
+                        (fk_rates if fk else rates).append(
+                            drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=fk))
+                        if args.fk:
+                            (fk_re_rates if fk else re_rates).append(
+                                drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=fk, rewrite=True))
                 med = statistics.median(rates)
                 entry: dict[str, object] = {"processes": nprocs, "batch": batch, "jobs": n,
                                             "median_jobs_per_s": med, "runs_jobs_per_s": rates}
-                fk_text = ""
-                if args.fk:
-                    fk_med = statistics.median(fk_rates)
-                    cost = 1 - fk_med / med
-                    fk_text = f" {fk_med:>10,.0f} {cost:>8.1%}"
-                    entry.update(fk_median_jobs_per_s=fk_med, fk_runs_jobs_per_s=fk_rates, fk_cost=cost)
-                runs = ", ".join(f"{x:,.0f}" for x in rates)
-                if args.fk:
-                    runs += " | fk " + ", ".join(f"{x:,.0f}" for x in fk_rates)
-                print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}{fk_text}  {runs}", flush=True)
-                if args.fk:
-                    re_med, fk_re_med = statistics.median(re_rates), statistics.median(fk_re_rates)
-                    re_cost = 1 - fk_re_med / re_med
-                    print(f"{'rewrite':>9} {batch:>6} {re_med:>14,.0f} {fk_re_med:>10,.0f} {re_cost:>8.1%}  "
-                          f"{', '.join(f'{x:,.0f}' for x in re_rates)} | fk {', '.join(f'{x:,.0f}' for x in fk_re_rates)}",
+                if not args.fk:
+                    runs = ", ".join(f"{x:,.0f}" for x in rates)
+                    print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}  {runs}", flush=True)
+                for label, key, plain, fk_runs in ((str(nprocs), "fk", rates, fk_rates),
+                                                   ("rewrite", "fk_rewrite", re_rates, fk_re_rates)):
+                    if not args.fk:
+                        break
+                    # the cost of the median rates, and the spread of the cost over the rounds
+                    base, with_fk = statistics.median(plain), statistics.median(fk_runs)
+                    cost = 1 - with_fk / base
+                    paired = sorted(1 - f / p for p, f in zip(plain, fk_runs))
+                    print(f"{label:>9} {batch:>6} {base:>14,.0f} {with_fk:>10,.0f} {cost:>8.1%}  "
+                          f"cost per round {paired[0]:.1%}..{paired[-1]:.1%}; "
+                          f"{', '.join(f'{x:,.0f}' for x in plain)} | fk {', '.join(f'{x:,.0f}' for x in fk_runs)}",
                           flush=True)
-                    entry.update(rewrite_median_jobs_per_s=re_med, fk_rewrite_median_jobs_per_s=fk_re_med,
-                                 fk_rewrite_cost=re_cost)
+                    entry.update({f"{key}_base_median_jobs_per_s": base, f"{key}_median_jobs_per_s": with_fk,
+                                  f"{key}_cost": cost, f"{key}_cost_per_round": paired,
+                                  f"{key}_base_runs_jobs_per_s": plain, f"{key}_runs_jobs_per_s": fk_runs})
                 measured.append(entry)
             if args.profile:
                 text = profile_in_process(g, r, args.jobs, args.batch, 25)
