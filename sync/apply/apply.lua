@@ -112,7 +112,15 @@ for i = 0, nev - 1 do
   else
     local ver = sub(meta, m + 2, m + 21)
     local vk = KEYS[kp + 2]
-    local cur = call('GET', vk)
+    local cur, fkr, old
+    if nidx > 0 then
+      -- the row's version and its fkr value (the fk index sets it is in) in one read
+      fkr = fkrp .. sub(vk, vpl)
+      local got = call('MGET', vk, fkr)
+      cur, old = got[1], got[2]
+    else
+      cur = call('GET', vk)
+    end
     local newer = true
     if cur and not force then
       if cur == ver then
@@ -133,6 +141,29 @@ for i = 0, nev - 1 do
       out[i + 1] = 'S'
     else
       local ttl = tonumber(sub(meta, m + 22, m + 33))
+      -- the fk index first (the version key last: a script cut short re-applies the change)
+      local setfkr = false
+      if nidx > 0 then
+        local new = ARGV[a + nv]
+        if op == 'D' then
+          if old then
+            unindex(rk, old)
+            call('DEL', fkr)
+          end
+        elseif old ~= new then
+          if old then unindex(rk, old) end
+          if nidx > 1 then
+            for j = kp + 3, kp + 1 + nidx do call('SADD', KEYS[j], rk) end
+          elseif new ~= '' then
+            call('SADD', sub(new, string.find(new, '],"', 1, true) + 3, -3), rk)
+          end
+          if new ~= '' then
+            setfkr = new
+          elseif old then
+            call('DEL', fkr)
+          end
+        end
+      end
       if op == 'D' then
         call('DEL', rk)
         call('SET', vk, ver, 'PX', tomb)
@@ -155,32 +186,13 @@ for i = 0, nev - 1 do
           end
           if ttl > 0 then call('PEXPIRE', rk, ttl) end
         end
-        setx(vk, ver, ttl)
-      end
-      if nidx > 0 then
-        local fkr = fkrp .. sub(vk, vpl)
-        -- The fkr key is written only with the version key, and never outlives it (same TTL, or
-        -- none; deleted with the row): a row without a version key has none to read.
-        local old = false
-        if cur then old = call('GET', fkr) or false end
-        local new = ARGV[a + nv]
-        if op == 'D' then
-          if old then
-            unindex(rk, old)
-            call('DEL', fkr)
-          end
-        elseif old ~= new then
-          if old then unindex(rk, old) end
-          if nidx > 1 then
-            for j = kp + 3, kp + 1 + nidx do call('SADD', KEYS[j], rk) end
-          elseif new ~= '' then
-            call('SADD', sub(new, string.find(new, '],"', 1, true) + 3, -3), rk)
-          end
-          if new ~= '' then
-            setx(fkr, new, ttl)
-          elseif old then
-            call('DEL', fkr)
-          end
+        if not setfkr then
+          setx(vk, ver, ttl)
+        elseif ttl > 0 then
+          setx(fkr, setfkr, ttl)
+          setx(vk, ver, ttl)
+        else
+          call('MSET', fkr, setfkr, vk, ver)
         end
       end
       out[i + 1] = 'A'
