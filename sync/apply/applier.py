@@ -133,7 +133,7 @@ class _FK:
     """Per (child table, fk): the start of its index set keys (and of their JSON spelling, without
     the closing quote), of its cascade record keys, and its marker key (see apply.lua)."""
 
-    __slots__ = ("index", "index_json", "check", "marker", "pk_col", "fkr_head")
+    __slots__ = ("index", "index_json", "check", "marker", "pk_col", "fkr_head", "by_int")
 
     def __init__(self, table: str, fk: str, template: str, prefix: str) -> None:
         self.index = fk_index_prefix(table, fk, prefix)
@@ -143,6 +143,7 @@ class _FK:
         # the start of the fkr value of a row of one pk column `pk_col` in one index set of this fk
         self.pk_col = ""
         self.fkr_head = ""
+        self.by_int: dict[int, str] = {}  # FK value -> fkr value, rows of one pk column `pk_col`
 
     def fkr(self, pk_col: str, text: str) -> str:
         """The fkr value (JSON [[pk_col], index set]) of a row in the set of the values `text`
@@ -150,7 +151,19 @@ class _FK:
         if pk_col is not self.pk_col and pk_col != self.pk_col:
             self.pk_col = pk_col
             self.fkr_head = orjson.dumps([[pk_col]]).decode()[:-1] + "," + self.index_json
+            self.by_int.clear()
         return self.fkr_head + text + '"]'
+
+    def fkr_of_int(self, pk_col: str, value: int) -> str:
+        """fkr() of one integer FK value (cached: many children share a parent)."""
+        if pk_col is self.pk_col or pk_col == self.pk_col:
+            got = self.by_int.get(value)
+            if got is not None:
+                return got
+        if len(self.by_int) >= 65536:
+            self.by_int.clear()
+        got = self.by_int[value] = self.fkr(pk_col, str(value))
+        return got
 
 
 class RedisApplier:
@@ -345,7 +358,7 @@ class RedisApplier:
                         fk = t.fks.get(name)
                         if fk is not None and len(vs) == 1 and type(vs[0]) is int and fk.marker not in live:
                             marks[fk.marker] = "0"
-                            fkr = fk.fkr(ev.pk[0][0], str(vs[0]))
+                            fkr = fk.fkr_of_int(ev.pk[0][0], vs[0])
                             idx = "001"
                     if not fkr:
                         fkr, nsets = self._refs(ev, t, keys, marks, checks, after)
