@@ -113,13 +113,11 @@ for i = 0, nev - 1 do
     local ver = sub(meta, m + 2, m + 21)
     local vk = KEYS[kp + 2]
     local cur, fkr, old
+    cur = call('GET', vk)
     if nidx > 0 then
-      -- the row's version and its fkr value (the fk index sets it is in) in one read
-      fkr = fkrp .. sub(vk, vpl)
-      local got = call('MGET', vk, fkr)
-      cur, old = got[1], got[2]
-    else
-      cur = call('GET', vk)
+      -- the row's fkr value: the fk index sets it is in (keys.fk_rows_key: tagged like vk)
+      if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
+      old = call('GET', fkr)
     end
     local newer = true
     if cur and not force then
