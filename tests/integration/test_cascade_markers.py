@@ -96,3 +96,21 @@ async def test_fkr_values_match_the_general_spelling(aredis: Any, redis_client: 
     assert redis_client.smembers(fk_index_key("line", "fk_line", ['quo"te'])) == set()
     assert redis_client.smembers(fk_index_key("line", "fk_line", [99])) == {b"line:3"}
     assert redis_client.get(fk_rows_key("line:3")) == orjson.dumps([["id"], fk_index_key("line", "fk_line", [99])])
+
+
+async def test_a_hash_tagged_template_keeps_its_fkr_key_in_the_rows_slot(aredis: Any, redis_client: Any) -> None:
+    """A key template with its own hash tag: the row's version and fkr keys carry the row key as it
+    is (keys.version_key / fk_rows_key), and the script finds the fkr value there."""
+    tables = {"line": TableSpec("line", key_template="{{{table}}}:{pk}")}
+    applier = RedisApplier(aredis, tables)
+    rk = row_key(tables["line"].key_template, "line", (("id", 1),))
+    assert rk == "{line}:1" and fk_rows_key(rk) == "gearsync:fkr:{line}:1"
+    assert await applier.apply([line(1, 10, 5)]) == [A]
+    assert redis_client.get(fk_rows_key(rk)) == orjson.dumps([["id"], fk_index_key("line", "fk_line", [5])])
+    assert await applier.apply([line(1, 11, 6)]) == [A]
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == set()
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == {rk.encode()}
+    gone = ChangeEvent("line", Op.DELETE, (("id", 1),), None, 12, Source.TRIGGER, {"fk_line": (6,)})
+    assert await applier.apply([gone]) == [A]
+    assert redis_client.get(fk_rows_key(rk)) is None
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == set()
