@@ -143,7 +143,7 @@ class _FK:
         # the start of the fkr value of a row of one pk column `pk_col` in one index set of this fk
         self.pk_col = ""
         self.fkr_head = ""
-        self.by_int: dict[int, str] = {}  # FK value -> fkr value, rows of one pk column `pk_col`
+        self.by_int: dict[int, bytes] = {}  # FK value -> fkr value (UTF-8), rows of one pk column `pk_col`
 
     def fkr(self, pk_col: str, text: str) -> str:
         """The fkr value (JSON [[pk_col], index set]) of a row in the set of the values `text`
@@ -154,15 +154,15 @@ class _FK:
             self.by_int.clear()
         return self.fkr_head + text + '"]'
 
-    def fkr_of_int(self, pk_col: str, value: int) -> str:
-        """fkr() of one integer FK value (cached: many children share a parent)."""
+    def fkr_of_int(self, pk_col: str, value: int) -> bytes:
+        """fkr() of one integer FK value, encoded (cached: many children share a parent)."""
         if pk_col is self.pk_col or pk_col == self.pk_col:
             got = self.by_int.get(value)
             if got is not None:
                 return got
         if len(self.by_int) >= 65536:
             self.by_int.clear()
-        got = self.by_int[value] = self.fkr(pk_col, str(value))
+        got = self.by_int[value] = self.fkr(pk_col, str(value)).encode()
         return got
 
 
@@ -351,7 +351,7 @@ class RedisApplier:
                 if refs is not None:
                     # A child change (a delete too: the row's old refs) older than a cascade record
                     # of its refs is late: '?' (see apply.lua and _move_late).
-                    fkr = ""
+                    fkr: str | bytes = ""
                     if len(refs) == 1 and len(ev.pk) == 1 and ev.op is not _DELETE:
                         # the common case: one FK of one integer column, no live cascade marker met
                         ((name, vs),) = refs.items()
