@@ -112,13 +112,7 @@ for i = 0, nev - 1 do
   else
     local ver = sub(meta, m + 2, m + 21)
     local vk = KEYS[kp + 2]
-    local cur, fkr, old
-    cur = call('GET', vk)
-    if nidx > 0 then
-      -- the row's fkr value: the fk index sets it is in (keys.fk_rows_key: tagged like vk)
-      if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
-      old = call('GET', fkr)
-    end
+    local cur = call('GET', vk)
     local newer = true
     if cur and not force then
       if cur == ver then
@@ -140,8 +134,11 @@ for i = 0, nev - 1 do
     else
       local ttl = tonumber(sub(meta, m + 22, m + 33))
       -- the fk index first (the version key last: a script cut short re-applies the change)
-      local setfkr = false
+      local setfkr, fkr = false, nil
       if nidx > 0 then
+        -- the row's fkr value: the fk index sets it is in (keys.fk_rows_key: tagged like vk)
+        if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
+        local old = call('GET', fkr)
         local new = ARGV[a + nv]
         if op == 'D' then
           if old then
