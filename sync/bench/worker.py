@@ -85,7 +85,7 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
     if not rewrite:
         client.flushall()
     asyncio.run(prequeue(g, make_payloads(n, 2 * 10**12 if rewrite else 10**12, fk)))
-    env = {**os.environ, "GEARMAN_SERVERS": g.address, "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
+    env = {**os.environ, "GEARSYNC_GEARMAN_SERVERS": g.address, "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
     exe = str(Path(sys.executable).with_name("sync-worker"))
     cmd = [exe, "--table", "data", "--batch", str(batch), "--connections", str(connections),
            "--stats-interval", "0", "--log-level", "warning"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sync.demo.common import DATABASE, EXIT_USAGE, MARKER, REPO, DemoError, rel, say, step
+from sync.settings import DEPRECATED_ENV
 
 # Stop order: what feeds others first, the servers last (gearmand before the MariaDB holding its queue).
 STOP_ORDER = ("snapshot", "verify", "binlog", "relay", "worker", "gearmand", "redis", "mariadb")
@@ -185,10 +186,9 @@ class Stack:
         return self.gearmand.address
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("MYSQL_URL", "MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER", "MYSQL_DATABASE", "MYSQL_SOCKET",
-                            "REDIS_URL", "REDIS_PASSWORD", "GEARMAN_SERVERS")}
-        env.update(MYSQL_PASSWORD="", PYTHONUNBUFFERED="1")
+        # none of the user's own settings (old names or GEARSYNC_*, a config file) reaches the demo
+        env = {k: v for k, v in os.environ.items() if k not in DEPRECATED_ENV and not k.startswith("GEARSYNC_")}
+        env.update(GEARSYNC_MYSQL_PASSWORD="", PYTHONUNBUFFERED="1")
         return env
 
     # -- servers -----------------------------------------------------------------------------

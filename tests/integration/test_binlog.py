@@ -235,7 +235,7 @@ def test_gearman_sink_through_sync_worker(mariadb: MariaDBServer, db, redis_serv
 def test_cli_bad_options(tmp_path: Path) -> None:
     def run(*args: str) -> tuple[int, str]:
         p = subprocess.run([str(BIN / "sync-binlog"), *args], capture_output=True, text=True, timeout=30,
-                           env={**os.environ, "MYSQL_DATABASE": ""})
+                           env={**os.environ, "GEARSYNC_MYSQL_DATABASE": ""})
         return p.returncode, p.stderr
 
     code, err = run("--table", "data", "--mysql-url", "mysql://u@127.0.0.1:1/db", "--sink", "kafka")
@@ -246,7 +246,8 @@ def test_cli_bad_options(tmp_path: Path) -> None:
     assert code == 2 and "table.column" in err
     code, err = run("--table", "data", "--mysql-url", "mysql://u:secret@127.0.0.1:1/db")
     assert code == 2 and "secret" not in err
-    code, err = run("--table", "data", "--mysql-url", "mysql://u@127.0.0.1:1/db", "--redis-url", "redis://127.0.0.1:1/0")
+    code, err = run("--table", "data", "--mysql-url", "mysql://u@127.0.0.1:1/db", "--redis-url", "redis://127.0.0.1:1/0",
+                    "--startup-wait", "0")
     assert code == 3 and "cannot connect" in err and err.count("\n") == 1
 
 

@@ -20,6 +20,7 @@ from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .triggers_rig import (
+    classic_setup,
     classic_worker_thread,
     install,
     redis_state,
@@ -73,7 +74,7 @@ def test_data_insert_update_delete(mariadb: MariaDBServer, gm: GearmanServer, db
     result = subprocess.run(
         [str(BIN / "sync-triggers"), "install", "--table", "data",
          "--mysql-url", f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}"],
-        capture_output=True, text=True, env={**os.environ, "MYSQL_PASSWORD": ""},
+        capture_output=True, text=True, env={**os.environ, "GEARSYNC_MYSQL_PASSWORD": ""},
     )
     assert result.returncode == 0, result.stderr
     assert "gearsync_data_ai, gearsync_data_au, gearsync_data_ad" in result.stdout
@@ -196,7 +197,7 @@ def test_table_without_usable_key_and_unique_key_table(mariadb: MariaDBServer, g
     with db.cursor() as cur:
         cur.execute("CREATE TABLE nokey (a INT, b INT, UNIQUE KEY (a))")  # unique but nullable
         cur.execute("CREATE TABLE ukey (code VARCHAR(10) CHARACTER SET utf8mb4 NOT NULL, v INT, UNIQUE KEY u (code))")
-    env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}"}
+    env = {**os.environ, "GEARSYNC_MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}"}
     result = subprocess.run([str(BIN / "sync-triggers"), "install", "--table", "nokey"], capture_output=True,
                             text=True, env=env)
     assert result.returncode == 2
@@ -279,11 +280,7 @@ def test_fail_mode_refuses_the_write_when_gearmand_is_down(gm: GearmanServer, db
 def test_classic_recipe(mariadb: MariaDBServer, udf_installed: MariaDBServer, gearmand: GearmanServer, db,  # noqa: F811
                         redis_server: RedisServer, redis_client) -> None:
     point_at(db, gearmand)
-    with db.cursor() as cur:
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
-        cur.execute("INSERT INTO data VALUES (1, 10), (2, 20)")
-    subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(mariadb.port), "-u", "root", db.db_name],
-                   stdin=(REPO / "sql" / "classic-trigger.sql").open("rb"), check=True, capture_output=True)
+    classic_setup(mariadb, db, rows=2)
     with classic_worker_thread(gearmand, redis_server), db.cursor() as cur:
         cur.execute("UPDATE data SET volume = volume + 5")
         import time
