@@ -358,7 +358,8 @@ class RedisApplier:
                         fk = t.fks.get(name)
                         if fk is not None and len(vs) == 1 and type(vs[0]) is int and fk.marker not in live:
                             marks[fk.marker] = "0"
-                            fkr = fk.fkr_of_int(ev.pk[0][0], vs[0])
+                            col = ev.pk[0][0]
+                            fkr = (fk.by_int.get(vs[0]) if col is fk.pk_col else None) or fk.fkr_of_int(col, vs[0])
                             idx = "001"
                     if not fkr:
                         fkr, nsets = self._refs(ev, t, keys, marks, checks, after)
