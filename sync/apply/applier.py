@@ -57,6 +57,7 @@ from sync.apply.cascade_rows import (
     cascades,
     follow_records,
     from_field,
+    rule_from_json,
     same_key_text,
     text_row,
 )
@@ -386,11 +387,11 @@ class RedisApplier:
                 keys.append(ev.key)
                 values.append(ev.payload)
                 meta.append("C" + _ZERO_VERSION + "000000000000000" + "00001000")
-            elif type(ev) is DerivedChange and ev.op == "M":  # a cascade record (rk: its key; sets: its marker)
+            elif type(ev) is DerivedChange and ev.op in ("M", "N"):  # a cascade record (rk: its key; sets: its marker)
                 keys.append(ev.rk)
                 keys.append(ev.sets[0])
                 values.extend(ev.values)
-                meta.append(f"M{ev.version:020d}000000000000000{len(ev.values):05d}000")
+                meta.append(f"{ev.op}{ev.version:020d}000000000000000{len(ev.values):05d}000")
             elif type(ev) is DerivedChange:
                 t = tables[ev.table]
                 keys.append(ev.rk)
@@ -532,6 +533,8 @@ class RedisApplier:
         rest = list(seg[1:])
         for _ in range(MAX_CASCADE_TRIES):
             derived, guards = await self._expand(ev)
+            if type(first) is MovedChange and first.via:
+                derived += await self._passed_records(first, guards)
             reply = await self._run([first, *derived, *rest], guards)
             if reply == _RETRY or reply == "!":
                 continue  # a child changed between our read and the script: read again
@@ -557,12 +560,23 @@ class RedisApplier:
                          for name, values in ev.refs.items()]
         got = await self._read([("GET", k) for _, k in asks])
         records: dict[int, list[tuple[int, Any]]] = {}
-        for (i, _), raw in zip(asks, got):
+        raws: dict[int, list[tuple[str, bytes]]] = {}
+        for (i, k), raw in zip(asks, got):
             if raw:
                 records.setdefault(i, []).append((int(raw[:20]), orjson.loads(raw[20:])))
+                raws.setdefault(i, []).append((k, raw))
         out = list(events)
         for i, recs in records.items():
-            out[i] = follow_records(events[i], recs)  # type: ignore[arg-type]  # asked above: a (moved) ChangeEvent
+            item = events[i]
+            out[i] = moved = follow_records(item, recs)  # type: ignore[arg-type]  # asked above: a (moved) ChangeEvent
+            if moved is not item and type(moved) is MovedChange:
+                since = max(item.event.version, item.after) if type(item) is MovedChange else item.version  # type: ignore[union-attr]
+                moved.via = [*moved.via, *((k, raw) for k, raw in raws[i] if int(raw[:20]) > since)]
+        for item in out:
+            if type(item) is MovedChange and item.hop is not None:
+                # the row's own key change first, as it was (its children keep each step)
+                await self._apply_segment([item.hop])
+                item.hop = None
         return out
 
     async def _read(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -590,7 +604,7 @@ class RedisApplier:
         records: list[DerivedChange] = []
         guards: dict[str, str | bytes] = {}
         visited: set[str] = set()
-        steps = [CascadeStep(c.fks, old, c.new) for old in cascade_starts(c)]  # a moved change's: several
+        steps = [CascadeStep(c.fks, old, c.new, ev.version) for old in cascade_starts(c)]  # a moved change's: several
         prefix = self._prefix
         for _depth in range(MAX_CASCADE_DEPTH):
             lookups: list[tuple[FKRule, CascadeStep, str, list[Any] | None]] = []
@@ -613,15 +627,27 @@ class RedisApplier:
                         sets.append(fk_index_key(rule.table, rule.fk, old, prefix))
             if not lookups:
                 break
-            await self._follow_records(ev.version, lookups, guards)
-            for rule, st, _action, to in lookups:
-                # The cascade record: a change of a child with these refs that is older than this
-                # cascade and not in Redis yet is moved by it when it comes (moved_change).
-                old = [st.old.get(col) for col in rule.ref]
-                template = self._tables[rule.table].spec.key_template
-                records.append(DerivedChange(rule.table, fk_cascade_key(rule.table, rule.fk, old, template, prefix),
-                                    "M", ev.version, [cascade_record(rule, to)], "",
-                                    [fk_cascade_marker_key(rule.table, rule.fk, template, prefix)]))
+            targets = [to for _rule, _st, _action, to in lookups]
+            passed = await self._follow_records(lookups, guards)
+            # The cascade records: a change of a child with these refs that is older than this cascade
+            # and not in Redis yet is moved by it when it comes (moved_change).
+            sources = [self._record_key(rule, [st.old.get(col) for col in rule.ref]) for rule, st, _a, _t in lookups]
+            found_rows: list[list[dict[str, Any]]] = [[] for _ in lookups]
+            steps = []
+            ops = []
+            for j, raw in enumerate(await self._read([("GET", k) for k in sources])):
+                guards[sources[j]] = raw or ""
+                older = self._older_cascade(lookups[j], [targets[j], *(v for v, _ in passed.get(j, ()))], raw,
+                                            children_of, records)
+                if older is not None:
+                    ops.append("N")  # over the newer record (guarded)
+                    steps += older
+                elif raw and int(raw[:20]) < lookups[j][1].version and orjson.loads(raw[20:])["new"] is not None:
+                    # Its rows were moved away before (a newer cascade from these values starts from a
+                    # parent row Redis still held under them): the record of that move stays.
+                    ops.append("")
+                else:
+                    ops.append("M")
             members = await self._read([("SMEMBERS", k) for k in sets])
             for k, found in zip(sets, members):
                 # A child written between this read and the script (not seen here) fails the guard.
@@ -634,16 +660,14 @@ class RedisApplier:
                     if rk not in visited and ours.matches(rk):
                         todo.setdefault(rk, []).append(lookup)
             visited.update(todo)
-            if not todo:
-                break
+            position = {id(lookup): j for j, lookup in enumerate(lookups)}
             reads: list[tuple[Any, ...]] = []
             for rk, mods in todo.items():
                 t = self._tables[mods[0][0].table]
                 reads.append(("HGETALL" if t.op_upsert == "H" else "GET", rk))
                 reads.append(("GET", self._vk(t, rk)))
                 reads.append(("GET", fk_rows_key(rk, prefix)))
-            got = await self._read(reads)
-            steps = []
+            got = await self._read(reads) if reads else []
             for i, (rk, mods) in enumerate(todo.items()):
                 value, ver, fkr = got[3 * i : 3 * i + 3]
                 t = self._tables[mods[0][0].table]
@@ -653,19 +677,112 @@ class RedisApplier:
                 # The child references the old values (checked in _derive), which no change after
                 # the parent's can do unless the parent key is reused: the cascade applies even to a
                 # child at a newer version (another cascade may have got there first), guarded.
-                version = max(ev.version, int(ver)) if ver else ev.version
-                steps += self._derive(t, rk, value, fkr, mods, version, int(ver) if ver else ev.version, children_of,
-                                      derived)
+                base = max(st.version for _r, st, _a, _t in mods)
+                version = max(base, int(ver)) if ver else base
+                more = self._derive(t, rk, value, fkr, mods, version, int(ver) if ver else base, children_of, derived)
+                steps += more
+                referenced = {col for r in children_of.get(t.spec.name, ()) for col in r.ref}
+                for st in more:
+                    st.version = base
+                    if referenced:  # what the row's own children reference, for the cascade record
+                        row = {col: v for col, v in st.old.items() if col in referenced}
+                        for lookup in mods:
+                            found_rows[position[id(lookup)]].append(row)
+                            # The values the row held on its way (newer cascades of them ran first,
+                            # without it): its children written meanwhile go where it went.
+                            for values, w in passed.get(position[id(lookup)], ()):
+                                via = {**st.old, **dict(zip(lookup[0].columns, values))}
+                                steps.append(CascadeStep(st.rules, via, st.new, w))
+            for j, (rule, st, _action, _to) in enumerate(lookups):
+                if not ops[j]:
+                    continue
+                template = self._tables[rule.table].spec.key_template
+                # where the rows went first: a late child follows each cascade after that in turn
+                records.append(DerivedChange(rule.table, sources[j], ops[j], st.version,
+                                             [cascade_record(rule, targets[j], found_rows[j])], "",
+                                             [fk_cascade_marker_key(rule.table, rule.fk, template, prefix)]))
             if not steps:
                 break
         return derived + records, guards
 
-    async def _follow_records(self, version: int, lookups: list[tuple[FKRule, CascadeStep, str, list[Any] | None]],
-                              guards: dict[str, str | bytes]) -> None:
+    async def _passed_records(self, item: MovedChange, guards: dict[str, str | bytes]) -> list[DerivedChange]:
+        """The cascade records that moved a late change, with the row added to their rows (as it
+        was under each record's values), re-read and guarded: an older cascade of those values that
+        comes later moves it first (_older_cascade)."""
+        ev = item.event
+        assert ev.cascade is not None
+        keys = [k for k, _ in item.via]
+        out = []
+        for k, raw in zip(keys, await self._read([("GET", k) for k in keys])):
+            guards[k] = raw or ""
+            if not raw:
+                continue
+            rec = orjson.loads(raw[20:])
+            rule = rule_from_json(rec["rule"])
+            referenced = {col for r in rule.children for col in r.ref}
+            rows = list(rec.get("rows", ()))
+            for start in cascade_starts(ev.cascade):
+                values = [start.get(col) for col in rule.columns]
+                if None not in values and self._record_key(rule, values) == k:
+                    row = {col: v for col, v in start.items() if col in referenced}
+                    if row not in rows:
+                        rows.append(row)
+            if rows != rec.get("rows", []):
+                template = self._tables[rule.table].spec.key_template
+                out.append(DerivedChange(rule.table, k, "N", int(raw[:20]), [cascade_record(rule, rec["new"], rows)],
+                                         "", [fk_cascade_marker_key(rule.table, rule.fk, template, self._prefix)]))
+        return out
+
+    def _record_key(self, rule: FKRule, values: Sequence[Any]) -> str:
+        template = self._tables[rule.table].spec.key_template
+        return fk_cascade_key(rule.table, rule.fk, values, template, self._prefix)
+
+    def _older_cascade(self, lookup: tuple[FKRule, CascadeStep, str, list[Any] | None], path: list[list[Any] | None],
+                       raw: bytes | None, children_of: Mapping[str, Sequence[FKRule]],
+                       records: list[DerivedChange]) -> list[CascadeStep] | None:
+        """A cascade moving rows from values that a newer cascade already ran from (its record `raw`,
+        newer than this step): in MySQL the rows that cascade found there were moved by this one
+        first (to the values of `path`, where newer cascades moved them on, to the lookup's `to`),
+        and met the newer cascade's fate under their new values. That fate goes to the record of
+        where they ended, this one takes the newer one's place; the steps from each of the rows' new
+        values to that fate, at its version (their children written meanwhile follow). None: no such
+        record."""
+        rule, st, _action, to = lookup
+        first = path[0]
+        if not raw or int(raw[:20]) <= st.version or first is None or None in first:
+            return None
+        w = int(raw[:20])
+        rec = orjson.loads(raw[20:])
+        fate = rec["new"]
+
+        def at(row: Mapping[str, Any], values: Sequence[Any]) -> dict[str, Any]:
+            return {**row, **{col: v for col, v in zip(rule.columns, values) if col in row}}
+
+        rows = rec.get("rows", ())
+        template = self._tables[rule.table].spec.key_template
+        marker = [fk_cascade_marker_key(rule.table, rule.fk, template, self._prefix)]
+        if to is None:  # where they went, they were deleted
+            fate = None
+        elif None not in to:
+            path = [*path, to]
+            records.append(DerivedChange(rule.table, self._record_key(rule, to), "M", w,
+                                         [cascade_record(rule, fate, [at(row, to) for row in rows])], "", marker))
+        steps = []
+        for values in path:
+            if values is not None and None not in values:
+                for row in rows:
+                    after = None if fate is None else at(row, fate)
+                    steps.append(CascadeStep(children_of.get(rule.table, ()), at(row, values), after, w))
+        return steps
+
+    async def _follow_records(self, lookups: list[tuple[FKRule, CascadeStep, str, list[Any] | None]],
+                              guards: dict[str, str | bytes]) -> dict[int, list[tuple[list[Any], int]]]:
         """Where each lookup's rows go (`to`), after the newer cascades that already ran for the
-        values they go to (cascade records newer than `version`: e.g. parent key changes applied out
-        of order); the records read are guarded."""
+        values they go to (cascade records newer than the step: e.g. parent key changes applied out
+        of order); the records read are guarded. Returns, per lookup that followed records, the
+        values its rows held on the way and the version of the cascade that moved them on."""
         done: set[int] = set()
+        passed: dict[int, list[tuple[list[Any], int]]] = {}
         for _ in range(MAX_CASCADE_DEPTH):
             asks = []
             for j, (rule, _st, _action, to) in enumerate(lookups):
@@ -673,15 +790,17 @@ class RedisApplier:
                     template = self._tables[rule.table].spec.key_template
                     asks.append((j, fk_cascade_key(rule.table, rule.fk, to, template, self._prefix)))
             if not asks:
-                return
+                return passed
             got = await self._read([("GET", k) for _, k in asks])
             for (j, k), raw in zip(asks, got):
                 guards[k] = raw or ""
-                if raw and int(raw[:20]) > version:
-                    rule, st, action, _to = lookups[j]
+                rule, st, action, to = lookups[j]
+                if raw and int(raw[:20]) > st.version:
+                    passed.setdefault(j, []).append((to, int(raw[:20])))  # type: ignore[arg-type]  # asked: not None
                     lookups[j] = (rule, st, action, orjson.loads(raw[20:])["new"])
                 else:
                     done.add(j)
+        return passed
 
     def _vk(self, t: _Table, rk: str) -> str:
         return self._vprefix + rk if t.vk_tagged else self._vprefix + "{" + rk + "}"

@@ -2,7 +2,8 @@
 -- Per event, ARGV[2] holds a 44-character record:
 --   op (1: J json upsert, H hash upsert, D delete, C classic SET; j/h/d: the same, not fenced;
 --   K/L/E: json upsert, hash upsert, delete applied also at an EQUAL version (a late change moved by a
---   cascade record to the cascade's version); M: SET a cascade record unless one as new is there) | version
+--   cascade record to the cascade's version); M: SET a cascade record unless one as new is there;
+--   N: SET it over a newer one (an older cascade that takes its place, guarded)) | version
 --   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)
 --   | fk index (3 digits: 0 = the event keeps no fk index; else 1 + the number of fk index set keys
 --   it names; 1 with an fkr value: its one set is named in that value, '[[pk columns],"<set>"]')
@@ -101,9 +102,9 @@ for i = 0, nev - 1 do
   if op == 'C' then
     call('SET', rk, ARGV[a])
     out[i + 1] = 'A'
-  elseif op == 'M' then
+  elseif op == 'M' or op == 'N' then
     local ver = sub(meta, m + 2, m + 21)
-    local cur = call('GET', rk)
+    local cur = op == 'M' and call('GET', rk)
     if not cur or sub(cur, 1, 20) < ver then
       call('SET', rk, ver .. ARGV[a], 'PX', tomb)
       call('SET', KEYS[kp + 2], '1', 'PX', tomb)  -- its marker outlives it

@@ -6,7 +6,7 @@ JSON (`cascade_record`, `rule_from_json`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,16 +45,23 @@ class MovedChange:
     event: ChangeEvent
     after: int
     atleast: bool
+    # A key change of the row's own (its cascade old -> new) to run first, at its own version: an op
+    # cascade change (None: none, or already run). The moved change cascades on from the new values.
+    hop: ChangeEvent | None = None
+    # The cascade records (key, value as read) that moved it: the row is added to their rows.
+    via: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class CascadeStep:
     """One level of a cascade: the rules to follow from a row of a parent table, its referenced
-    values before and after (`new` None: the row was deleted)."""
+    values before and after (`new` None: the row was deleted), and the version its changes and
+    cascade records take (0: the cascading change's)."""
 
     rules: Sequence[FKRule]
     old: Mapping[str, Any]
     new: Mapping[str, Any] | None
+    version: int = 0
 
 
 def cascades(ev: ChangeEvent | ClassicSet | MovedChange) -> bool:
@@ -63,11 +70,20 @@ def cascades(ev: ChangeEvent | ClassicSet | MovedChange) -> bool:
     return type(ev) is ChangeEvent and ev.cascade is not None
 
 
-def cascade_record(rule: FKRule, new: list[Any] | None) -> bytes:
-    """A cascade record's JSON (after its 20-digit version): the FK followed (with its own children)
-    and the values its rows now hold (null: the rows were deleted)."""
-    values = None if new is None else [from_field(v) if type(v) is bytes else v for v in new]
-    return orjson.dumps({"new": values, "rule": rule.to_json()})
+def cascade_record(rule: FKRule, new: list[Any] | None, rows: Sequence[Mapping[str, Any]] = ()) -> bytes:
+    """A cascade record's JSON (after its 20-digit version): the FK followed (with its own children),
+    the values its rows now hold (null: the rows were deleted) and, when the rows have children of
+    their own, the values those reference of each row it found (`rows`, as they were): an older
+    cascade of the same values that comes later moves them first (sync.apply.applier)."""
+    values = None if new is None else [_json_value(v) for v in new]
+    if not rows:
+        return orjson.dumps({"new": values, "rule": rule.to_json()})
+    return orjson.dumps({"new": values, "rule": rule.to_json(),
+                         "rows": [{c: _json_value(v) for c, v in row.items()} for row in rows]})
+
+
+def _json_value(v: Any) -> Any:
+    return from_field(v) if type(v) is bytes else v
 
 
 def rule_from_json(obj: Mapping[str, Any]) -> FKRule:
@@ -86,8 +102,11 @@ def follow_records(item: ChangeEvent | MovedChange, records: Sequence[tuple[int,
     if not newer:
         return item
     moved = moved_change(ev, newer)
-    if type(item) is MovedChange and item.atleast and not moved.atleast:
-        moved.atleast = True  # its key moved before: it stays at that version, applied over an equal one
+    if type(item) is MovedChange:
+        moved.hop = item.hop
+        moved.via = item.via
+        if item.atleast and not moved.atleast:
+            moved.atleast = True  # its key moved before: it stays at that version, applied over an equal one
     return moved
 
 
@@ -119,16 +138,22 @@ def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> MovedCh
             refs.pop(rule["fk"], None)
         else:
             refs[rule["fk"]] = tuple(new)
-    cascade = _moved_cascade(ev, children, held, None if deleted or ev.op is Op.DELETE else row)
+    # A key change of the row's own runs first as it was (its children move to the new values at its
+    # version, so their cascade records keep each step); the moved change cascades on from there.
+    hop = None
+    if ev.cascade is not None and type(ev.cascade) is not MovedCascade and ev.cascade.new is not None:
+        hop = ChangeEvent(ev.table, Op.CASCADE, (), None, ev.version, ev.source, None, ev.cascade)
+    cascade = _moved_cascade(ev, children, held, None if deleted or ev.op is Op.DELETE else row, hop is None)
     if deleted:
         return MovedChange(ChangeEvent(ev.table, Op.DELETE, ev.pk, None, version, ev.source, {}, cascade),
-                           version, True)
+                           version, True, hop)
     pk = tuple((c, row[c]) for c, _ in ev.pk)
     moved = pk != ev.pk
     own = version if moved else ev.version
     if ev.op is Op.DELETE:
-        return MovedChange(ChangeEvent(ev.table, Op.DELETE, pk, None, own, ev.source, refs, cascade), version, moved)
-    return MovedChange(ChangeEvent(ev.table, ev.op, pk, row, own, ev.source, refs, cascade), version, moved)
+        return MovedChange(ChangeEvent(ev.table, Op.DELETE, pk, None, own, ev.source, refs, cascade), version, moved,
+                           hop)
+    return MovedChange(ChangeEvent(ev.table, ev.op, pk, row, own, ev.source, refs, cascade), version, moved, hop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,15 +172,15 @@ def cascade_starts(cascade: Cascade) -> tuple[dict[str, JSONValue], ...]:
 
 
 def _moved_cascade(ev: ChangeEvent, children: tuple[FKRule, ...], held: Sequence[Mapping[str, Any]],
-                   final: Mapping[str, Any] | None) -> Cascade | None:
+                   final: Mapping[str, Any] | None, own: bool) -> Cascade | None:
     """The cascade a moved change carries: from every value of the referenced columns the row held
-    (its cascade's old values, as they were and as the cascades moved them; the row's after the
-    change and after each cascade) to the row's last (`final`; None: deleted)."""
+    (the row's after the change and after each cascade; with `own`, its cascade's old values, as they
+    were and as the cascades moved them) to the row's last (`final`; None: deleted)."""
     referenced = list(dict.fromkeys(c for r in children for c in r.ref))
     if not referenced:
         return None
     starts: list[Mapping[str, Any]] = list(held)
-    if ev.cascade is not None:
+    if ev.cascade is not None and own:
         moves = {c: (held[0].get(c), held[-1].get(c)) for c in referenced}
         for old in cascade_starts(ev.cascade):
             starts += [old, {c: moves[c][1] if c in moves and same_key_text(v, moves[c][0]) else v
