@@ -179,7 +179,9 @@ def _moved_cascade(ev: ChangeEvent, children: tuple[FKRule, ...], held: Sequence
     referenced = list(dict.fromkeys(c for r in children for c in r.ref))
     if not referenced:
         return None
-    starts: list[Mapping[str, Any]] = list(held)
+    # A delete moves no children by itself (a key change's delete of the old key carries no
+    # cascade: its upsert does); one that cascades does so from its cascade's old values.
+    starts: list[Mapping[str, Any]] = list(held) if ev.op is not Op.DELETE else []
     if ev.cascade is not None and own:
         moves = {c: (held[0].get(c), held[-1].get(c)) for c in referenced}
         for old in cascade_starts(ev.cascade):

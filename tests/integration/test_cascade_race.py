@@ -143,13 +143,41 @@ HISTORY = ["INSERT INTO customers VALUES (2, 'b'), (3, 'c')",
            "DELETE FROM customers WHERE id = 4"]
 
 
-async def test_every_order_of_the_tables_and_shuffles(rig: Rig) -> None:
+# Another: customers renumbered twice with their orders, items updated, a shipment moved by its own
+# update, an order moved to another customer before that customer goes.
+HISTORY_B = ["INSERT INTO customers VALUES (2, 'b'), (7, 'g')",
+             "INSERT INTO orders VALUES (10, 1, 'n'), (21, 2, 'n')",
+             "INSERT INTO order_items VALUES (10, 1, 1), (10, 2, 1), (21, 1, 1)",
+             "INSERT INTO shipments VALUES (200, 10, 1, 'a'), (201, 10, 2, 'b')",
+             "UPDATE customers SET id = 5 WHERE id = 1",
+             "UPDATE orders SET id = 20 WHERE id = 10",
+             "INSERT INTO shipments VALUES (202, 20, 1, 'c')",
+             "UPDATE order_items SET qty = 5 WHERE order_id = 20",
+             "DELETE FROM orders WHERE id = 20",
+             "INSERT INTO orders VALUES (30, 5, 'n')",
+             "INSERT INTO order_items VALUES (30, 1, 1), (30, 2, 2)",
+             "INSERT INTO shipments VALUES (203, 30, 1, 'd')",
+             "UPDATE orders SET id = 31 WHERE id = 30",
+             "INSERT INTO shipments VALUES (204, 31, 2, 'e')",
+             "UPDATE customers SET id = 6 WHERE id = 5",
+             "UPDATE orders SET id = 32 WHERE id = 31",
+             "UPDATE shipments SET c = 'z' WHERE id = 204",
+             "DELETE FROM customers WHERE id = 6",
+             "UPDATE orders SET id = 22 WHERE id = 21",
+             "INSERT INTO shipments VALUES (205, 22, 1, 'f')",
+             "UPDATE orders SET customer_id = 7 WHERE id = 22",
+             "DELETE FROM customers WHERE id = 7"]
+
+
+@pytest.mark.parametrize("statements", [HISTORY, HISTORY_B], ids=["renumber_then_delete", "customers_renumbered"])
+async def test_every_order_of_the_tables_and_shuffles(rig: Rig, statements: list[str]) -> None:
     """A shop-shaped history (inserts, shipments, order and customer renumbers and deletes) applied
     with each table's jobs held back in turn (all 24 orders of the four functions), then interleaved
     at random (each table's jobs in order, as one worker connection per function takes them), then
-    shuffled outright (several connections per function)."""
+    shuffled outright (several connections per function); the jobs of one table that come one after
+    the other are applied as one batch or several, at random, as a worker does."""
     setup = rig.run(*SETUP)
-    history = rig.run(*HISTORY)
+    history = rig.run(*statements)
     orders: list[list[ChangeEvent]] = [tables_first(*perm)(history) for perm in itertools.permutations(TABLES)]
     rng = random.Random(13)
     for _ in range(16):
@@ -163,7 +191,14 @@ async def test_every_order_of_the_tables_and_shuffles(rig: Rig) -> None:
     for i, order in enumerate(orders):
         rig.redis.flushdb()
         await rig.apply_each(setup)
-        d = await rig.apply_each(order)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and order[end].table == order[start].table and rng.random() < 0.6:
+                end += 1
+            await rig.applier.apply(order[start:end])
+            start = end
+        d = differences_of(rig.server, rig.db, rig.redis, TABLES)
         if d:
             failed.append((i, sorted(d)))
     assert failed == []
