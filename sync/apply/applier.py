@@ -604,7 +604,8 @@ class RedisApplier:
         records: list[DerivedChange] = []
         guards: dict[str, str | bytes] = {}
         visited: set[str] = set()
-        steps = [CascadeStep(c.fks, old, c.new, ev.version) for old in cascade_starts(c)]  # a moved change's: several
+        # a moved change's: several, each at the version of the cascade that moved its row on from it
+        steps = [CascadeStep(c.fks, old, c.new, left or ev.version) for old, left in cascade_starts(c)]
         prefix = self._prefix
         for _depth in range(MAX_CASCADE_DEPTH):
             lookups: list[tuple[FKRule, CascadeStep, str, list[Any] | None]] = []
@@ -693,13 +694,13 @@ class RedisApplier:
                             for values, w in passed.get(position[id(lookup)], ()):
                                 via = {**st.old, **dict(zip(lookup[0].columns, values))}
                                 steps.append(CascadeStep(st.rules, via, st.new, w))
-            for j, (rule, st, _action, _to) in enumerate(lookups):
+            for j, (rule, st, _action, to) in enumerate(lookups):
                 if not ops[j]:
                     continue
                 template = self._tables[rule.table].spec.key_template
-                # where the rows went first: a late child follows each cascade after that in turn
+                path = passed.get(j, [])
                 records.append(DerivedChange(rule.table, sources[j], ops[j], st.version,
-                                             [cascade_record(rule, targets[j], found_rows[j])], "",
+                                             [cascade_record(rule, to, found_rows[j], path)], "",
                                              [fk_cascade_marker_key(rule.table, rule.fk, template, prefix)]))
             if not steps:
                 break
@@ -721,7 +722,7 @@ class RedisApplier:
             rule = rule_from_json(rec["rule"])
             referenced = {col for r in rule.children for col in r.ref}
             rows = list(rec.get("rows", ()))
-            for start in cascade_starts(ev.cascade):
+            for start, _left in cascade_starts(ev.cascade):
                 values = [start.get(col) for col in rule.columns]
                 if None not in values and self._record_key(rule, values) == k:
                     row = {col: v for col, v in start.items() if col in referenced}

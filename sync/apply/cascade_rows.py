@@ -70,16 +70,20 @@ def cascades(ev: ChangeEvent | ClassicSet | MovedChange) -> bool:
     return type(ev) is ChangeEvent and ev.cascade is not None
 
 
-def cascade_record(rule: FKRule, new: list[Any] | None, rows: Sequence[Mapping[str, Any]] = ()) -> bytes:
+def cascade_record(rule: FKRule, new: list[Any] | None, rows: Sequence[Mapping[str, Any]] = (),
+                   path: Sequence[tuple[Sequence[Any], int]] = ()) -> bytes:
     """A cascade record's JSON (after its 20-digit version): the FK followed (with its own children),
-    the values its rows now hold (null: the rows were deleted) and, when the rows have children of
-    their own, the values those reference of each row it found (`rows`, as they were): an older
-    cascade of the same values that comes later moves them first (sync.apply.applier)."""
-    values = None if new is None else [_json_value(v) for v in new]
-    if not rows:
-        return orjson.dumps({"new": values, "rule": rule.to_json()})
-    return orjson.dumps({"new": values, "rule": rule.to_json(),
-                         "rows": [{c: _json_value(v) for c, v in row.items()} for row in rows]})
+    the values its rows now hold (null: the rows were deleted), the values they held on the way
+    there and the version of the cascade that moved them on from each (`path`: newer cascades of
+    those ran first) and, when the rows have children of their own,
+    the values those reference of each row it found (`rows`, as they were): an older cascade of the
+    same values that comes later moves them first (sync.apply.applier)."""
+    obj: dict[str, Any] = {"new": None if new is None else [_json_value(v) for v in new], "rule": rule.to_json()}
+    if rows:
+        obj["rows"] = [{c: _json_value(v) for c, v in row.items()} for row in rows]
+    if path:
+        obj["path"] = [[[_json_value(v) for v in values], left] for values, left in path]
+    return orjson.dumps(obj)
 
 
 def _json_value(v: Any) -> Any:
@@ -121,11 +125,16 @@ def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> MovedCh
     moves: dict[str, tuple[Any, Any]] = {}  # column -> (value before, value after the cascades)
     version, deleted = ev.version, False
     children: tuple[FKRule, ...] = ev.cascade.fks if ev.cascade is not None else ()
-    held = [dict(row)]  # the row as it was after ev and after each cascade that moved it
+    # the row as it was after ev, on the way of each cascade that moved it and after it; each with
+    # the version of the cascade that moved it on (0: none did)
+    held: list[tuple[dict[str, Any], int]] = [(dict(row), 0)]
     for v, rec in records:
         rule = rec["rule"]
         version = v
         children = children or tuple(rule_from_json(c) for c in rule["children"])
+        held[-1] = (held[-1][0], v)
+        for values, left in rec.get("path", ()):
+            held.append(({**row, **dict(zip(rule["columns"], values))}, left))
         new = rec["new"]
         if new is None:
             deleted = True
@@ -133,7 +142,7 @@ def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> MovedCh
         for col, before, after in zip(rule["columns"], refs.get(rule["fk"], ()), new):
             moves[col] = (moves.get(col, (before,))[0], after)
         row.update(zip(rule["columns"], new))
-        held.append(dict(row))
+        held.append((dict(row), 0))
         if None in new:
             refs.pop(rule["fk"], None)
         else:
@@ -164,14 +173,20 @@ class MovedCascade(Cascade):
     the cascades that moved it (which did not find the row in Redis, so went no further)."""
 
     also: tuple[dict[str, JSONValue], ...] = ()
+    # per start (old, *also): the version of the cascade that moved the row on from it (its
+    # children's changes and records take it; 0: the change's own version)
+    left: tuple[int, ...] = ()
 
 
-def cascade_starts(cascade: Cascade) -> tuple[dict[str, JSONValue], ...]:
-    """The referenced values a cascade moves children from (a moved change's: several)."""
-    return (cascade.old, *cascade.also) if type(cascade) is MovedCascade else (cascade.old,)
+def cascade_starts(cascade: Cascade) -> list[tuple[dict[str, JSONValue], int]]:
+    """The referenced values a cascade moves children from (a moved change's: several), each with
+    the version its changes take (0: the cascading change's)."""
+    if type(cascade) is MovedCascade:
+        return list(zip((cascade.old, *cascade.also), cascade.left))
+    return [(cascade.old, 0)]
 
 
-def _moved_cascade(ev: ChangeEvent, children: tuple[FKRule, ...], held: Sequence[Mapping[str, Any]],
+def _moved_cascade(ev: ChangeEvent, children: tuple[FKRule, ...], held: Sequence[tuple[Mapping[str, Any], int]],
                    final: Mapping[str, Any] | None, own: bool) -> Cascade | None:
     """The cascade a moved change carries: from every value of the referenced columns the row held
     (the row's after the change and after each cascade; with `own`, its cascade's old values, as they
@@ -181,22 +196,25 @@ def _moved_cascade(ev: ChangeEvent, children: tuple[FKRule, ...], held: Sequence
         return None
     # A delete moves no children by itself (a key change's delete of the old key carries no
     # cascade: its upsert does); one that cascades does so from its cascade's old values.
-    starts: list[Mapping[str, Any]] = list(held) if ev.op is not Op.DELETE else []
+    starts: list[tuple[Mapping[str, Any], int]] = list(held) if ev.op is not Op.DELETE else []
     if ev.cascade is not None and own:
-        moves = {c: (held[0].get(c), held[-1].get(c)) for c in referenced}
-        for old in cascade_starts(ev.cascade):
-            starts += [old, {c: moves[c][1] if c in moves and same_key_text(v, moves[c][0]) else v
-                             for c, v in old.items()}]
+        first, last = held[0][0], held[-1][0]
+        moves = {c: (first.get(c), last.get(c)) for c in referenced}
+        for old, left in cascade_starts(ev.cascade):
+            starts += [(old, left), ({c: moves[c][1] if c in moves and same_key_text(v, moves[c][0]) else v
+                                      for c, v in old.items()}, left)]
     new = None if final is None else {c: final.get(c) for c in referenced}
     seen = {_text(new, referenced)} if new is not None else set()
     olds: list[dict[str, JSONValue]] = []
-    for values in starts:
+    lefts: list[int] = []
+    for values, left in starts:
         if all(c in values for c in referenced) and _text(values, referenced) not in seen:
             seen.add(_text(values, referenced))
             olds.append({c: values[c] for c in referenced})
+            lefts.append(left)
     if not olds:
         return None
-    return MovedCascade(olds[0], new, children, tuple(olds[1:]))
+    return MovedCascade(olds[0], new, children, tuple(olds[1:]), tuple(lefts))
 
 
 def _text(values: Mapping[str, Any], columns: Sequence[str]) -> tuple[str | None, ...]:
