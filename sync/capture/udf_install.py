@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(uninstall(target, args.remove_library))
     except InstallError as exc:
-        print(f"udf_install: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.code
     return EXIT_OK
 
