@@ -49,6 +49,7 @@ environment:
   MYSQL_URL / MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_DATABASE, MYSQL_PASSWORD (never on the command line)
   REDIS_URL (default {DEFAULT_REDIS_URL}), REDIS_PASSWORD
   GEARMAN_SERVERS   host:port[,host:port…] for --sink gearman (default 127.0.0.1:4730)
+  GEARSYNC_JOB_KEY  --sink gearman: key the jobs are signed with (docs/security.md)
 
 --start (used instead of a saved position):
   current     the end of the binlog now (the default when nothing is saved)

@@ -42,6 +42,7 @@ EPILOG = f"""\
 environment:
   MYSQL_URL or MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_DATABASE, MYSQL_SOCKET; MYSQL_PASSWORD
   GEARMAN_SERVERS   job servers, host:port[,host:port…] (default 127.0.0.1:{DEFAULT_GEARMAN_PORT})
+  GEARSYNC_JOB_KEY  key the jobs sent are signed with (docs/security.md; unset: unsigned, one warning)
 
 examples:
   {PROG} --database shop

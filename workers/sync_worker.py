@@ -37,6 +37,8 @@ environment:
   GEARMAN_SERVERS   job servers, host:port[,host:port…] (default 127.0.0.1:4730)
   REDIS_URL         redis://host:port/db (default redis://127.0.0.1:6379/0)
   REDIS_PASSWORD    Redis password (never put it on the command line)
+  GEARSYNC_JOB_KEY  key of signed jobs: unsigned or badly signed jobs become dead letters
+                    (docs/security.md); GEARSYNC_JOB_KEY_OLD: keys still accepted (comma-separated)
   Options override the environment, which overrides --config.
 
 examples:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -187,9 +188,21 @@ class Stack:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if k not in ("MYSQL_URL", "MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER", "MYSQL_DATABASE", "MYSQL_SOCKET",
-                            "REDIS_URL", "REDIS_PASSWORD", "GEARMAN_SERVERS")}
-        env.update(MYSQL_PASSWORD="", PYTHONUNBUFFERED="1")
+                            "REDIS_URL", "REDIS_PASSWORD", "GEARMAN_SERVERS", "GEARSYNC_JOB_KEY_OLD")}
+        env.update(MYSQL_PASSWORD="", PYTHONUNBUFFERED="1", GEARSYNC_JOB_KEY=self.job_key())
         return env
+
+    def job_key(self) -> str:
+        """The demo's key of signed jobs (docs/security.md): generated once into <state dir>/job.key
+        (mode 0600), the same for every later run; make install-udf copies it beside the UDF."""
+        path = self.state_dir / "job.key"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+        return path.read_text().strip()
 
     # -- servers -----------------------------------------------------------------------------
     def start_server(self, server: Any, what: str) -> None:
