@@ -39,8 +39,8 @@ from sync.errors import ApplyError, PayloadError, short_error
 from sync.events import ChangeEvent, ClassicSet, Op, TableTruncate, parse_change, parse_classic, parse_truncate
 from sync.gearman import GearmanWorker, Job
 from sync.redis_client import connect_redis
-from sync.signing import JobKeys, load_keys
 from sync.retry import Backoff, DeadlinePassed, retry_until
+from sync.signing import JobKeys, load_keys
 from sync.stats import Counters, report_loop
 
 log = structlog.get_logger(__name__)

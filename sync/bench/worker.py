@@ -10,6 +10,10 @@ as rows of a child table with one cascading FK (each job carrying "refs", so the
 the FK index with each row), and prints both rates and the cost: once into an empty Redis (every
 row and index entry new: the worst case) and once as a rewrite of the same rows with newer
 versions (the steady state of updates: the index entry exists and is unchanged).
+`--signed` measures each configuration twice, the runs interleaved: unsigned jobs and workers
+without a key, and signed jobs (HMAC, sync.signing) drained by workers with GEARSYNC_JOB_KEY, and
+prints both rates and the cost of signing. Without it the jobs are signed when GEARSYNC_JOB_KEY is
+set (the workers inherit it and would refuse unsigned jobs).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import cProfile
 import io
 import os
 import pstats
+import secrets
 import statistics
 import subprocess
 import sys
@@ -30,8 +35,10 @@ from typing import Any
 
 import orjson
 
+from sync.bench.udf import cpu_seconds
 from sync.events import ChangeEvent, JSONValue, Op, Source, encode_change
 from sync.gearman import GearmanClient
+from sync.signing import ENV_KEY, ENV_KEY_OLD, JobKeys, load_keys
 from sync.testing.servers import GearmanServer, RedisServer
 
 FUNCTION = "gearsync.data"
@@ -48,9 +55,13 @@ def make_payloads(n: int, base_version: int, fk: bool = False) -> list[bytes]:
     return out
 
 
-async def prequeue(g: GearmanServer, payloads: list[bytes]) -> float:
+def bench_keys(key: str | None) -> JobKeys:
+    return load_keys({ENV_KEY: key} if key else {})
+
+
+async def prequeue(g: GearmanServer, payloads: list[bytes], key: str | None = None) -> float:
     t0 = time.perf_counter()
-    async with GearmanClient([(g.host, g.port)], chunk_size=512) as client:
+    async with GearmanClient([(g.host, g.port)], chunk_size=512, signer=bench_keys(key).signer) as client:
         await client.submit_background_many(FUNCTION, payloads)
     return time.perf_counter() - t0
 
@@ -61,22 +72,30 @@ def applied_total(client: Any) -> int:
 
 
 def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, batch: int, connections: int,
-                         fk: bool = False, rewrite: bool = False) -> float:
+                         fk: bool = False, rewrite: bool = False, key: str | None = None,
+                         cpu_out: list[float] | None = None) -> float:
     """jobs/s of `procs` sync-worker processes draining n pre-queued jobs. `rewrite`: the same rows
     again with newer versions, on top of the previous run's Redis (rows and, with `fk`, their index
-    entries exist: the steady state of updates), instead of an empty Redis (every row is new)."""
+    entries exist: the steady state of updates), instead of an empty Redis (every row is new).
+    `key`: the jobs are signed with it and the workers check them (None: neither). `cpu_out`: gets
+    the workers' CPU µs per job from the first applied change to the last (start-up excluded; unlike
+    jobs/s this barely depends on what else the shared machine does)."""
     client = r.client()
     start = applied_total(client) if rewrite else 0
     if not rewrite:
         client.flushall()
-    asyncio.run(prequeue(g, make_payloads(n, 2 * 10**12 if rewrite else 10**12, fk)))
-    env = {**os.environ, "GEARMAN_SERVERS": g.address, "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
+    asyncio.run(prequeue(g, make_payloads(n, 2 * 10**12 if rewrite else 10**12, fk), key))
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_KEY, ENV_KEY_OLD)}
+    env.update({"GEARMAN_SERVERS": g.address, "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"})
+    if key:
+        env[ENV_KEY] = key
     exe = str(Path(sys.executable).with_name("sync-worker"))
     cmd = [exe, "--table", "data", "--batch", str(batch), "--connections", str(connections),
            "--stats-interval", "0", "--log-level", "warning"]
     workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(procs)]
     try:
         first_t = None
+        first_cpu = 0.0
         first_n = 0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -84,8 +103,11 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
             now = time.perf_counter()
             if first_t is None and done > 0:
                 first_t, first_n = now, done
+                first_cpu = sum(cpu_seconds(w.pid) for w in workers)
             if done >= n:
                 assert first_t is not None
+                if cpu_out is not None:
+                    cpu_out.append((sum(cpu_seconds(w.pid) for w in workers) - first_cpu) / max(1, n - first_n) * 1e6)
                 return (n - first_n) / max(now - first_t, 1e-9)
             for w in workers:
                 if w.poll() is not None:
@@ -100,18 +122,18 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
         client.close()
 
 
-def profile_in_process(g: GearmanServer, r: RedisServer, n: int, batch: int, top: int) -> str:
+def profile_in_process(g: GearmanServer, r: RedisServer, n: int, batch: int, top: int, key: str | None) -> str:
     from sync.apply.worker import SyncWorker
     from sync.config import worker_settings
 
     client = r.client()
     client.flushall()
-    asyncio.run(prequeue(g, make_payloads(n, 10**12)))
+    asyncio.run(prequeue(g, make_payloads(n, 10**12), key))
     settings = worker_settings(tables=["data"], servers=g.address, redis_url=f"redis://127.0.0.1:{r.port}/0",
                                batch=batch, env={})
 
     async def drain() -> None:
-        worker = SyncWorker(settings)
+        worker = SyncWorker(settings, keys=bench_keys(key))
         task = asyncio.ensure_future(worker.run())
         while applied_total(client) < n:
             await asyncio.sleep(0.01)
@@ -139,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", action="store_true", help="also measure --batch 1 (one job per round trip)")
     p.add_argument("--fk", action="store_true",
                    help="also measure the jobs as child rows with one cascading FK (carrying refs), side by side")
+    p.add_argument("--signed", action="store_true",
+                   help="also measure signed jobs checked by the workers (GEARSYNC_JOB_KEY), side by side with unsigned")
     p.add_argument("--profile", action="store_true", help="drain once in-process under cProfile and print the top functions")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
@@ -149,21 +173,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or args.runs < 1:
         p.error("--jobs and --runs must be >= 1")
 
+    # GEARSYNC_JOB_KEY set: every run signs (workers inheriting it would refuse unsigned jobs).
+    # --signed: unsigned runs without a key, interleaved with signed runs.
+    key = os.environ.get(ENV_KEY) or None
+    signed_key = key or secrets.token_hex(32)
+    if args.signed:
+        key = None
     measured: list[dict[str, object]] = []
     results: dict[str, object] = {"jobs": args.jobs, "runs": args.runs, "batch": args.batch, "configs": measured}
     with tempfile.TemporaryDirectory(prefix="gearsync-bench-") as tmp:
         g = GearmanServer(Path(tmp) / "gearmand").start()
         r = RedisServer(Path(tmp) / "redis").start()
         try:
-            qt = asyncio.run(prequeue(g, make_payloads(20_000, 1)))
+            qt = asyncio.run(prequeue(g, make_payloads(20_000, 1), key))
             r.client().flushall()
             print(f"pre-queue rate (pipelined SUBMIT_JOB_BG): {20_000 / qt:,.0f} jobs/s", flush=True)
             # The warm-up jobs are still queued: drain them so each run starts from an empty queue.
-            _drain_leftovers(g, r, args.batch)
+            _drain_leftovers(g, r, args.batch, key)
             configs = [(n, args.batch) for n in procs]
             if args.baseline:
                 configs.append((1, 1))
             fk_head = f" {'fk jobs/s':>10} {'fk cost':>8}" if args.fk else ""
+            fk_head += f" {'signed jobs/s':>14} {'sign cost':>9}" if args.signed else ""
             print(f"{'processes':>9} {'batch':>6} {'median jobs/s':>14}{fk_head}  runs", flush=True)
             for nprocs, batch in configs:
                 n = args.jobs if batch > 1 else min(args.jobs, 20_000)
@@ -171,8 +202,17 @@ def main(argv: list[str] | None = None) -> int:
                 fk_rates: list[float] = []
                 re_rates: list[float] = []
                 fk_re_rates: list[float] = []
-                for _ in range(args.runs):  # interleaved: drift of the machine hits both alike
-                    rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections))
+                signed_rates: list[float] = []
+                cpu: list[float] = []
+                signed_cpu: list[float] = []
+                for i in range(args.runs):  # interleaved: drift of the machine hits both alike
+                    if args.signed and i % 2:  # alternate which goes first
+                        signed_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections,
+                                                                 key=signed_key, cpu_out=signed_cpu))
+                    rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, key=key, cpu_out=cpu))
+                    if args.signed and not i % 2:
+                        signed_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections,
+                                                                 key=signed_key, cpu_out=signed_cpu))
                     if args.fk:
                         re_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, rewrite=True))
                         fk_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=True))
@@ -180,16 +220,29 @@ def main(argv: list[str] | None = None) -> int:
                                                                 rewrite=True))
                 med = statistics.median(rates)
                 entry: dict[str, object] = {"processes": nprocs, "batch": batch, "jobs": n,
-                                            "median_jobs_per_s": med, "runs_jobs_per_s": rates}
+                                            "median_jobs_per_s": med, "runs_jobs_per_s": rates,
+                                            "median_worker_cpu_us_per_job": statistics.median(cpu)}
                 fk_text = ""
                 if args.fk:
                     fk_med = statistics.median(fk_rates)
                     cost = 1 - fk_med / med
                     fk_text = f" {fk_med:>10,.0f} {cost:>8.1%}"
                     entry.update(fk_median_jobs_per_s=fk_med, fk_runs_jobs_per_s=fk_rates, fk_cost=cost)
+                if args.signed:
+                    signed_med = statistics.median(signed_rates)
+                    sign_cost = 1 - signed_med / med
+                    fk_text += f" {signed_med:>14,.0f} {sign_cost:>9.1%}"
+                    cpu_med, signed_cpu_med = statistics.median(cpu), statistics.median(signed_cpu)
+                    entry.update(signed_median_jobs_per_s=signed_med, signed_runs_jobs_per_s=signed_rates,
+                                 sign_cost=sign_cost, signed_median_worker_cpu_us_per_job=signed_cpu_med,
+                                 sign_cpu_cost=signed_cpu_med / cpu_med - 1)
                 runs = ", ".join(f"{x:,.0f}" for x in rates)
                 if args.fk:
                     runs += " | fk " + ", ".join(f"{x:,.0f}" for x in fk_rates)
+                if args.signed:
+                    runs += " | signed " + ", ".join(f"{x:,.0f}" for x in signed_rates)
+                    runs += (f" | worker CPU µs/job {statistics.median(cpu):.1f} unsigned, "
+                             f"{statistics.median(signed_cpu):.1f} signed")
                 print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}{fk_text}  {runs}", flush=True)
                 if args.fk:
                     re_med, fk_re_med = statistics.median(re_rates), statistics.median(fk_re_rates)
@@ -201,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                                  fk_rewrite_cost=re_cost)
                 measured.append(entry)
             if args.profile:
-                text = profile_in_process(g, r, args.jobs, args.batch, 25)
+                text = profile_in_process(g, r, args.jobs, args.batch, 25, signed_key if args.signed else key)
                 print(text)
         finally:
             g.stop()
@@ -211,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int) -> None:
+def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int, key: str | None) -> None:
     from sync.apply.worker import SyncWorker
     from sync.config import worker_settings
     from sync.gearman import admin
@@ -220,7 +273,7 @@ def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int) -> None:
                                batch=batch, env={})
 
     async def go() -> None:
-        worker = SyncWorker(settings)
+        worker = SyncWorker(settings, keys=bench_keys(key))
         task = asyncio.ensure_future(worker.run())
         while True:
             st = {s.name: s.queued for s in await admin.status(g.host, g.port, timeout_s=5)}
