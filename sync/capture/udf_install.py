@@ -217,11 +217,15 @@ def uninstall(target: MySQLSettings, remove_library: bool) -> str:
                 cur.execute("SELECT @@plugin_dir")
                 (plugin_dir,) = cur.fetchone()
             path = Path(str(plugin_dir)) / LIBRARY_NAME
+            key_path = path.with_name(KEY_FILE_NAME)
             if target.is_local and path.exists():
                 path.unlink()
                 note = f"; removed {path}"
+                if key_path.exists():
+                    key_path.unlink()
+                    note += f" and {key_path}"
             elif path.exists() or not target.is_local:
-                note = f"; remove {path} on the database host by hand"
+                note = f"; remove {path} (and {KEY_FILE_NAME}) on the database host by hand"
         return f"dropped gearsync UDFs on {target.url_display}{note}"
     finally:
         conn.close()
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p_install = sub.add_parser("install", help="copy the library into @@plugin_dir and CREATE FUNCTION")
     p_install.add_argument("--library", type=Path, default=Path("udf/build") / LIBRARY_NAME)
     p_uninstall = sub.add_parser("uninstall", help="DROP FUNCTION for every gearsync UDF")
-    p_uninstall.add_argument("--remove-library", action="store_true", help="also delete it from @@plugin_dir")
+    p_uninstall.add_argument("--remove-library", action="store_true",
+                             help="also delete it (and its key file) from @@plugin_dir")
     args = parser.parse_args(argv)
     try:
         target = target_from_env()

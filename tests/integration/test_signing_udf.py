@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sync.capture.udf_install import install, write_key_file
+from sync.capture.udf_install import install, uninstall, write_key_file
 from sync.keys import dead_letter_key
 from sync.rows.schema import TableSchema
 from sync.signing import KEY_FILE_NAME, REASON_BAD_SIGNATURE, REASON_UNSIGNED, JobKey, load_keys
@@ -130,6 +130,8 @@ def test_install_writes_the_key_file(server: MariaDBServer) -> None:
     assert JobKey(KEY.encode()).kid.decode() in message and KEY not in message
     again = install(mysql_of(server), LIBRARY, {})
     assert "left as it is" in again and path.read_text() == KEY + "\n"
+    removed = uninstall(mysql_of(server), remove_library=True)
+    assert not path.exists() and KEY_FILE_NAME in removed
 
 
 def test_triggers_sign_and_forged_jobs_are_dead_letters(server: MariaDBServer, gearmand: GearmanServer,
