@@ -5,6 +5,9 @@ UDF_DIR := udf
 # continues inside .venv). Options: make demo DEMO_ARGS='--rows 100000 --rate 1000 --seconds 60'
 DEMO_ARGS ?=
 DEMO_STATE ?= .state/demo
+# The targets that run $(PYTHON) start with this: on a fresh checkout (no .venv yet) one line that
+# says what to run first, instead of make's "Error 127".
+NEED_PYTHON = @command -v "$(PYTHON)" >/dev/null 2>&1 || { echo "make $@: $(PYTHON) not found: run \`make venv\` first (or make $@ PYTHON=/path/to/python with gearsync installed)" >&2; exit 2; }
 
 .PHONY: help venv build-udf install-udf uninstall-udf lint test test-udf-asan test-udf-valgrind test-udf-tsan bench-udf bench-worker \
 	demo demo-classic demo-stop docs clean
@@ -12,26 +15,32 @@ DEMO_STATE ?= .state/demo
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-venv:  ## create .venv with gearsync and the dev tools
+venv:  ## create .venv with gearsync, the dev tools and matplotlib (sync-bench compare --plot)
+	@command -v python3 >/dev/null || { echo "make venv needs python3: apt-get install -y python3 python3-venv" >&2; exit 2; }
 	python3 -m venv .venv
-	.venv/bin/pip install -q -e '.[dev]'
+	.venv/bin/pip install -q -e '.[dev,plot]'
 
 build-udf:  ## build udf/build/gearsync_udf.so against the server UDF headers
+	@command -v $(CC) >/dev/null 2>&1 || { echo "make build-udf needs a C compiler ($(CC)): apt-get install -y gcc make libmariadbd-dev" >&2; exit 2; }
 	$(MAKE) -C $(UDF_DIR)
 
 install-udf: build-udf  ## copy the UDF library into @@plugin_dir and CREATE FUNCTION (MYSQL_* / MYSQL_URL env)
+	$(NEED_PYTHON)
 	@# GEARSYNC_JOB_KEY set: udf_install also writes @@plugin_dir/gearsync_udf.key (0600, mysqld's user; docs/security.md)
 	@test -n "$$GEARSYNC_JOB_KEY" || echo "install-udf: GEARSYNC_JOB_KEY is not set: background jobs will not be signed (docs/security.md)" >&2
 	$(PYTHON) -m sync.capture.udf_install install --library $(UDF_DIR)/build/gearsync_udf.so
 
 uninstall-udf:  ## DROP the UDF functions (MYSQL_* / MYSQL_URL env)
+	$(NEED_PYTHON)
 	$(PYTHON) -m sync.capture.udf_install uninstall
 
 lint:  ## ruff (lint rules and import order) and mypy (types of sync/ and workers/), as configured in pyproject.toml
+	$(NEED_PYTHON)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
 
 test: lint  ## make lint, then the whole test suite against throwaway real servers
+	$(NEED_PYTHON)
 	$(PYTHON) -m pytest -q
 
 test-udf-asan:  ## UDF tests with the library built under AddressSanitizer/UBSan
@@ -50,9 +59,11 @@ fuzz-udf:  ## libFuzzer (ASan/UBSan) on the UDF entry points and parsers, FUZZ_S
 	$(MAKE) -C $(UDF_DIR)/fuzz run FUZZ_SECONDS=$(or $(FUZZ_SECONDS),300)
 
 bench-udf:  ## trigger overhead: 20k single-row UPDATEs and one 10k-row UPDATE, with/without the UDF trigger
+	$(NEED_PYTHON)
 	$(PYTHON) -m sync.bench udf
 
 bench-worker:  ## drain 100k pre-queued change jobs with one and two sync-worker processes
+	$(NEED_PYTHON)
 	$(PYTHON) -m sync.bench worker
 
 demo:  ## the whole pipeline on throwaway servers, live display, verify (DEMO_ARGS=--ci: no display, small load)
@@ -67,6 +78,7 @@ demo-stop:  ## stop a demo left running (pid files in .state/demo)
 	python3 -m sync.demo --stop --state-dir $(DEMO_STATE)
 
 docs:  ## regenerate docs/cli.md from the commands' --help
+	$(NEED_PYTHON)
 	$(PYTHON) scripts/gen_cli_reference.py
 
 clean:  ## remove build output and the demo state (.state/demo; a demo still running there is stopped first)

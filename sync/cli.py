@@ -76,9 +76,30 @@ def add_logging_options(parser: argparse.ArgumentParser, *, level: str = "info",
 
 
 def add_metrics_options(parser: argparse.ArgumentParser) -> None:
-    """--metrics-port."""
+    """--metrics-port, --metrics-addr."""
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics (default: off)")
+                        help="serve Prometheus metrics on http://ADDR:PORT/metrics and health on /healthz "
+                             "(default: off)")
+    parser.add_argument("--metrics-addr", metavar="ADDR",
+                        help="address of the metrics server (default 127.0.0.1: this host only; 0.0.0.0 lets a "
+                             "remote Prometheus scrape)")
+
+
+def _startup_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected seconds from 0 to 86400")
+    return value
+
+
+def add_startup_options(parser: argparse.ArgumentParser) -> None:
+    """--startup-wait (sync.startup.wait_for_servers) for the long-running commands."""
+    parser.add_argument("--startup-wait", type=_startup_seconds, default=60.0, metavar="S",
+                        help="at start, retry unreachable servers with back-off for up to S seconds, logging each "
+                             "wait, then exit 3 (default 60; 0 = exit 3 at once)")
 
 
 def table_target_options(args: Any) -> dict[str, Any]:

@@ -12,6 +12,9 @@
 
     result = await retry_until(send, retry_on=(OSError,), backoff=backoff,
                                deadline=lambda: stop_deadline, on_retry=log_it)
+
+    # at start: wait up to 60 s for a server, then give up (DeadlinePassed)
+    await retry_for(60.0, ping, retry_on=(OSError,), on_retry=log_it)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-__all__ = ["Backoff", "DeadlinePassed", "retry_until", "retry_until_sync"]
+__all__ = ["Backoff", "DeadlinePassed", "retry_for", "retry_until", "retry_until_sync"]
 
 T = TypeVar("T")
 
@@ -112,6 +115,22 @@ async def retry_until(
         except retry_on as exc:
             delay = _wait_before_retry(exc, backoff, deadline, on_retry)
             await sleep(delay)
+
+
+async def retry_for(
+    wait_s: float,
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    backoff: Backoff | None = None,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """retry_until with a deadline ``wait_s`` seconds from now: a command waiting at start for a
+    server that is not up yet (0: one attempt, no wait). The default back-off starts at 0.5 s and
+    grows to 5 s. DeadlinePassed (from the last failure) when the next wait would end past it."""
+    deadline = time.monotonic() + wait_s
+    return await retry_until(attempt, retry_on=retry_on, backoff=backoff or Backoff(initial_s=0.5, max_s=5.0, jitter=0.3),
+                             deadline=lambda: deadline, on_retry=on_retry)
 
 
 def retry_until_sync(

@@ -23,6 +23,7 @@ file, never from the command line (it would show in the process list).
     --servers       GEARMAN_SERVERS                     [gearman].servers    127.0.0.1:4730
     --log-level, --log-format                                                info (per command), auto
     --metrics-port                                                           off
+    --metrics-addr                                                           127.0.0.1
 
 The [mysql] section is accepted in the file but not read yet (as before).
 """
@@ -280,16 +281,17 @@ def resolve_logging(args: Any = None, env: Mapping[str, str] | None = None,
 @dataclass(frozen=True)
 class MetricsSettings:
     port: int | None = None   # None: no metrics endpoint
+    addr: str = "127.0.0.1"
 
     def start(self) -> None:
-        """Serve Prometheus metrics on http://0.0.0.0:<port>/metrics when a port is set."""
+        """Serve /metrics and /healthz on http://<addr>:<port>/ when a port is set (sync.health)."""
         if self.port is not None:
-            from sync.metrics import start_metrics_server
+            from sync.health import start_metrics_server
 
-            start_metrics_server(self.port)
+            start_metrics_server(self.port, self.addr)
 
 
 def resolve_metrics(args: Any = None, env: Mapping[str, str] | None = None,
                     cfg: ConfigFile | None = None) -> MetricsSettings:
-    """--metrics-port (off when not given)."""
-    return MetricsSettings(port=_option(args, "metrics_port"))
+    """--metrics-port (off when not given), --metrics-addr (default 127.0.0.1)."""
+    return MetricsSettings(port=_option(args, "metrics_port"), addr=_option(args, "metrics_addr") or "127.0.0.1")

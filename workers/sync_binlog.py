@@ -14,6 +14,7 @@ from sync.cli import (
     add_metrics_options,
     add_mysql_options,
     add_redis_options,
+    add_startup_options,
     make_parser,
     run,
     stop_on_signals,
@@ -21,6 +22,7 @@ from sync.cli import (
 from sync.errors import ConfigError
 from sync.redis_client import DEFAULT_REDIS_URL
 from sync.settings import resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql, resolve_redis
+from sync.startup import wait_for_servers
 from sync.tables import check_function_name, check_key_template, check_table_name
 
 if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="under load, longest a decoded change waits to join a batch (default 20; an idle "
                         "stream applies within ~10 ms)")
     p.add_argument("--stats-interval", type=float, default=10.0, metavar="S", help="seconds between stats lines (0 = off)")
+    add_startup_options(p)
     add_metrics_options(p)
     add_logging_options(p)
     return p
@@ -154,17 +157,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         resolve_logging(args).apply()
-        resolve_metrics(args).start()
-        return asyncio.run(_serve(settings))
+        metrics = resolve_metrics(args)
+        metrics.start()
+        wait_for_servers(args.startup_wait, mysql=settings.mysql, redis=settings.redis,
+                         gearman=settings.servers if settings.sink == "gearman" else ())
+        return asyncio.run(_serve(settings, monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: BinlogSettings) -> int:
+async def _serve(settings: BinlogSettings, *, monitor: bool = False) -> int:
     from sync.capture.binlog.service import BinlogService, tune_gc
 
     tune_gc()  # a long-running decoder: fewer, bigger garbage-collector passes
     service = BinlogService(settings)
+    if monitor:
+        service.enable_monitor()
     stop_on_signals(service.request_stop)
     return await service.run()
 

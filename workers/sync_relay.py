@@ -8,9 +8,19 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from sync.cli import add_gearman_options, add_logging_options, add_mysql_options, make_parser, run, stop_on_signals
+from sync.cli import (
+    add_gearman_options,
+    add_logging_options,
+    add_metrics_options,
+    add_mysql_options,
+    add_startup_options,
+    make_parser,
+    run,
+    stop_on_signals,
+)
 from sync.errors import ConfigError
-from sync.settings import DEFAULT_GEARMAN_PORT, resolve_gearman_servers, resolve_logging, resolve_mysql
+from sync.settings import DEFAULT_GEARMAN_PORT, resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql
+from sync.startup import wait_for_servers
 
 if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
     from sync.capture.relay import RelaySettings
@@ -49,10 +59,11 @@ examples:
   {PROG} --database shop,crm --servers g1:4730,g2:4730 --batch 1000
   {PROG} --database shop --once           # empty the spool once, then exit
   {PROG} --database shop --watch-interval 2   # re-install stale triggers within ~2 s
+  {PROG} --database shop --metrics-port 9312  # /metrics and /healthz on 127.0.0.1:9312 (docs/metrics.md)
 
 exit codes: 0 stopped cleanly or --once done, 2 bad option, or a MySQL error retrying cannot fix
-(access denied, no gearsync_spool, missing grants), 3 MySQL or gearmand unreachable
-(--once only; the long-running relay keeps retrying).
+(access denied, no gearsync_spool, missing grants), 3 MySQL unreachable
+after --startup-wait, or gearmand unreachable with --once (once running, the relay retries both).
 """
 
 
@@ -69,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-triggers", action=argparse.BooleanOptionalAction, default=True,
                    help="check the capture triggers and re-install stale ones (default on)")
     p.add_argument("--watch-interval", default="5", metavar="S", help="seconds between trigger checks (default 5)")
+    add_startup_options(p)
+    add_metrics_options(p)
     add_logging_options(p)
     return p
 
@@ -96,12 +109,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         resolve_logging(args).apply()
-        return asyncio.run(_serve(settings, once=args.once))
+        metrics = resolve_metrics(args)
+        if not args.once:
+            metrics.start()
+        wait_for_servers(args.startup_wait, mysql=settings.mysql)  # gearmand: the relay loop waits for it
+        return asyncio.run(_serve(settings, once=args.once, monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: RelaySettings, *, once: bool) -> int:
+async def _serve(settings: RelaySettings, *, once: bool, monitor: bool = False) -> int:
     from sync.capture.relay import SpoolRelay
 
     relay = SpoolRelay(settings)
@@ -112,6 +129,8 @@ async def _serve(settings: RelaySettings, *, once: bool) -> int:
             await relay.close()
         print(f"{PROG}: relayed {n} changes")
         return 0
+    if monitor:
+        relay.enable_monitor()
     stop_on_signals(relay.request_stop)
     return await relay.run()
 

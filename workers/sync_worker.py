@@ -13,12 +13,14 @@ from sync.cli import (
     add_logging_options,
     add_metrics_options,
     add_redis_options,
+    add_startup_options,
     make_parser,
     run,
     stop_on_signals,
 )
 from sync.config import CLASSIC_FUNCTION, WorkerSettings, worker_settings
 from sync.settings import resolve_logging, resolve_metrics
+from sync.startup import wait_for_servers
 
 PROG = "sync-worker"
 
@@ -47,9 +49,10 @@ examples:
   {PROG} --classic                       # the classic recipe: {CLASSIC_FUNCTION} → SET <id> <payload>
   {PROG} --config /etc/gearsync.toml     # every [tables.<name>] section
   {PROG} --table data --replay-dead      # re-apply dead letters after a fix
+  {PROG} --table data --metrics-port 9310 --metrics-addr 0.0.0.0   # /metrics, /healthz (docs/metrics.md)
 
 exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or replay done, 1 replay left dead letters,
-2 bad option or config, 3 a server needed at once (replay) was unreachable.
+2 bad option or config, 3 gearmand or Redis still unreachable after --startup-wait.
 """
 
 
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, metavar="N", help="parallel grab/apply loops, each with its own connections (default 1)")
     p.add_argument("--config", metavar="FILE", help="TOML config file ([gearman], [redis], [worker], [tables.<name>])")
     p.add_argument("--replay-dead", action="store_true", help="re-apply the dead letters of the tables, then exit")
+    add_startup_options(p)
     add_metrics_options(p)
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats log lines (default 10; 0 = off)")
     add_logging_options(p)
@@ -95,14 +99,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         settings = settings_from_args(args)
         resolve_logging(args).apply()
+        metrics = resolve_metrics(args)
         if not args.replay_dead:
-            resolve_metrics(args).start()
-        return asyncio.run(_serve(settings, replay=args.replay_dead))
+            metrics.start()
+        wait_for_servers(args.startup_wait, redis=settings.redis, gearman=settings.servers)
+        return asyncio.run(_serve(settings, replay=args.replay_dead, monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: WorkerSettings, *, replay: bool) -> int:
+async def _serve(settings: WorkerSettings, *, replay: bool, monitor: bool = False) -> int:
     from sync.apply.worker import SyncWorker
 
     worker = SyncWorker(settings)
@@ -114,7 +120,7 @@ async def _serve(settings: WorkerSettings, *, replay: bool) -> int:
         sys.stderr.write(f"{PROG}: replayed {ok} dead letters, {failed} still dead\n")
         return int(ExitCode.DIFFERENCES if failed else ExitCode.OK)
     stop_on_signals(worker.request_stop)
-    return await worker.run()
+    return await worker.run(monitor=monitor)
 
 
 if __name__ == "__main__":

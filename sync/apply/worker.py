@@ -89,6 +89,14 @@ class SyncWorker:
         self._stop_deadline: float | None = None
         self._gearman: list[GearmanWorker] = []
         self._lag = metrics.LagTracker()
+        # Metrics and /healthz: the table label of each function, the last failure of a batch's
+        # Redis write and of the gauge poll (None: the last one worked), when a batch last landed.
+        self._labels = {fn: self.dead_letter_name(fn) for fn in self.routes}
+        self.redis_error: str | None = None
+        self.poll_error: str | None = None
+        self.applied_at = time.monotonic()
+        metrics.init_tables(self._labels.values(), metrics.jobs_by, metrics.applied_by, metrics.stale_by,
+                            metrics.dead_by)
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -133,11 +141,13 @@ class SyncWorker:
         t0 = time.perf_counter()
         events: list[ChangeEvent | ClassicSet | TableTruncate] = []
         sizes: list[int] = []
+        functions: list[str] = []   # of each event, for the per-table counters
         dead: dict[str, list[tuple[bytes, str, str | None, str | None]]] = {}
         for job in jobs:
             try:
                 events.append(self.decode(job.function, job.workload))
                 sizes.append(len(job.workload))
+                functions.append(job.function)
             except PayloadError as exc:
                 name = self.dead_letter_name(job.function)
                 dead.setdefault(name, []).append((job.workload, str(exc), job.function, job.unique))
@@ -147,15 +157,25 @@ class SyncWorker:
         if outcomes is None:
             return False
         st = self.stats
-        applied = sum(1 for o in outcomes if o is Outcome.APPLIED)
-        stale = len(outcomes) - applied
+        applied_flags = [o is Outcome.APPLIED for o in outcomes]
+        applied = sum(applied_flags)
         dead_count = sum(len(v) for v in dead.values())
         st.applied += applied
-        st.stale += stale
+        st.stale += len(outcomes) - applied
         st.dead += dead_count
         st.jobs += len(jobs)
         st.batches += 1
-        metrics.record_batch(len(jobs), applied, stale, dead_count, time.perf_counter() - t0)
+        metrics.record_batch(time.perf_counter() - t0)
+        self.applied_at = time.monotonic()
+        counts = metrics.TableCounts()
+        if len(set(functions)) == 1:
+            counts.add(self._labels[functions[0]], len(functions), applied)   # one table: the usual batch
+        else:
+            labels = self._labels
+            counts.outcomes([labels[fn] for fn in functions], applied_flags)
+        for name, items in dead.items():
+            counts.add(name, 0, dead=len(items))
+        counts.record_applied(jobs=True)
         lost = await gearman.complete_many(jobs)
         if lost:
             # Their connection died after Redis took the write: gearmand redelivers them and the
@@ -182,10 +202,12 @@ class SyncWorker:
             for name, items in dead.items():
                 await self.deadletters.put_many(name, items)
             self.stats.redis_s += time.perf_counter() - t0
+            self.redis_error = None
             return outcomes
 
         def on_retry(exc: BaseException, delay: float) -> None:
             self.stats.retries += 1
+            self.redis_error = short_error(exc)
             metrics.record_retry()
             log.warning("redis_unavailable", error=short_error(exc), jobs=len(jobs), retry_in_s=round(delay, 3),
                         attempt=backoff.attempts)
@@ -259,8 +281,67 @@ class SyncWorker:
 
         await report_loop(self.stats, self.settings.stats_interval_s, report, self._stop)
 
-    async def run(self) -> int:
-        """Serve until request_stop(); returns the exit code (0)."""
+    # -- gauges and /healthz ----------------------------------------------------------------------
+    async def _monitor(self) -> None:
+        """Every POLL_S: gearmand's queue depth of the functions served (admin status) and the dead
+        letters stored per table (LLEN), each bounded by POLL_TIMEOUT_S; a Redis poll that fails
+        marks Redis unreachable for /healthz even while no batch is in hand. Runs beside the loops:
+        a slow server delays the next poll, never a batch."""
+        from sync.gearman import GearmanError, admin
+        from sync.health import POLL_S, POLL_TIMEOUT_S
+        from sync.keys import dead_letter_key
+
+        labels = self._labels
+        names = sorted(set(labels.values()))
+        while not self.stopping:
+            rows = []
+            for host, port in self.settings.servers:
+                try:
+                    rows += await admin.status(host, port, timeout_s=POLL_TIMEOUT_S)
+                except GearmanError as exc:
+                    log.debug("queue_poll_failed", server=f"{host}:{port}", error=short_error(exc))
+            metrics.set_queue_depth(rows, labels)
+            try:
+                async with asyncio.timeout(POLL_TIMEOUT_S):
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for name in names:
+                            pipe.llen(dead_letter_key(name))
+                        sizes = await pipe.execute()
+                for name, size in zip(names, sizes):
+                    metrics.dead_letters_by[name].set(size)
+                self.poll_error = None
+            except (TimeoutError, *REDIS_ERRORS) as exc:
+                self.poll_error = short_error(exc) if not isinstance(exc, TimeoutError) else \
+                    f"no reply within {POLL_TIMEOUT_S:g} s"
+            try:
+                await asyncio.wait_for(self._stop.wait(), POLL_S)
+            except TimeoutError:
+                pass
+
+    def health(self) -> tuple[str | None, dict[str, Any]]:
+        """/healthz: connected to gearmand and Redis, and the queue drained or a batch applied
+        within PROGRESS_S (sync.health)."""
+        from sync.health import PROGRESS_S
+
+        now = time.monotonic()
+        gearman = sum(len(g.connected_servers) for g in self._gearman)
+        idle_s = now - max(self._lag.drained_at, self.applied_at)
+        details = {"command": "sync-worker", "gearman_connections": gearman,
+                   "seconds_since_progress": round(idle_s, 1), "jobs": self.stats.jobs}
+        error = self.redis_error or self.poll_error
+        if error is not None:
+            return f"redis: {error}", details
+        if not gearman:
+            servers = ",".join(f"{h}:{p}" for h, p in self.settings.servers)
+            return f"not connected to any gearmand ({servers})", details
+        if idle_s > PROGRESS_S:
+            return (f"no progress: no batch applied and the queue not drained for {idle_s:.0f} s "
+                    f"(limit {PROGRESS_S:.0f} s)"), details
+        return None, details
+
+    async def run(self, *, monitor: bool = False) -> int:
+        """Serve until request_stop(); returns the exit code (0). `monitor`: poll the gauges and
+        register the /healthz check (with --metrics-port)."""
         functions = list(self.routes)
         s = self.settings
         log.info(
@@ -274,13 +355,20 @@ class SyncWorker:
         self._gearman = [
             GearmanWorker(s.servers, functions, client_id=f"{s.client_id}-{i}") for i in range(s.connections)
         ]
-        reporter = asyncio.ensure_future(self._report())
+        tasks = [asyncio.ensure_future(self._report())]
+        if monitor:
+            from sync.health import set_check
+
+            metrics.register("sync-worker")
+            set_check(self.health)
+            tasks.append(asyncio.ensure_future(self._monitor()))
         try:
             await asyncio.gather(*(self._loop(g) for g in self._gearman))
         finally:
             self._stop.set()
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.aclose()
         log.info("worker_stopped", **{k: int(v) for k, v in self.stats.snapshot().items() if k != "redis_s"})
         return 0

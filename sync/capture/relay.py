@@ -48,6 +48,7 @@ from typing import Any
 
 import structlog
 
+from sync import metrics
 from sync.capture.spool import SPOOL_TABLE
 from sync.capture.trigger_admin import check_table, install_table, installed_triggers, marked_tables, resolve_schema
 from sync.capture.triggers import TriggerOptions
@@ -89,6 +90,15 @@ def fatal_mysql_error(exc: BaseException) -> str | None:
     return None
 
 __all__ = ["RelaySettings", "RelayStats", "SpoolRelay", "TriggerWatcher"]
+
+def _close_quietly(conn: Any) -> None:
+    """Close a MySQL connection (None: nothing to do) that may already be broken."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # already broken; nothing more to do with it
+            pass
+
 
 BATCH_BYTES = 64 * 1024 * 1024   # payload bytes per batch (at least one row, whatever its size)
 INLINE_BYTES = 1024 * 1024
@@ -155,11 +165,7 @@ class TriggerWatcher:
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # already broken
-                pass
+        _close_quietly(conn)
 
     def _identities(self, conn: Any, database: str) -> dict[str, Any]:
         """table -> what changes when the table is replaced: (CREATE_TIME, InnoDB table id)."""
@@ -249,6 +255,14 @@ class SpoolRelay:
         self._big = {db: f"SELECT id, payload FROM {t} WHERE id IN " for db, t in tables.items()}
         self._delete = {db: f"DELETE FROM {t} WHERE id IN " for db, t in tables.items()}
         self.watcher = TriggerWatcher(settings.mysql, settings.databases) if settings.watch_triggers else None
+        # /healthz: the last round's failure (None: it worked), when the spools were last found
+        # drained, the gauge poll's findings.
+        self.error: str | None = None
+        self.drained_at = time.monotonic()
+        self.poll_error: str | None = None
+        self._monitor_on = False
+        self._count_sql = {db: f"SELECT COUNT(*) FROM {t}" for db, t in tables.items()}
+        self._poll_conn: Any = None
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -271,11 +285,7 @@ class SpoolRelay:
 
     def _close_mysql(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # already broken; nothing more to do with it
-                pass
+        _close_quietly(conn)
 
     def _claim(self, database: str) -> list[tuple[int, str, bytes]] | None:
         """The rows claimed (locked) for sending; None when InnoDB chose us as a deadlock victim
@@ -366,11 +376,14 @@ class SpoolRelay:
         except Exception as exc:
             # gearmand has them; the rows stay and are sent again (harmless: versions fence).
             self.stats.resent += len(rows)
+            metrics.RELAY_RESENT.inc(len(rows))
             await asyncio.to_thread(self._close_mysql)
             raise SourceError(f"MySQL {self.settings.mysql.display}: spool delete failed after send "
                               f"({len(rows)} rows will be sent again): {short_error(exc)}") from exc
         self.stats.relayed += len(rows)
         self.stats.batches += 1
+        for function, payloads in groups.items():
+            metrics.relayed_by[(database, metrics.table_of_function(function))].inc(len(payloads))
         return len(rows)
 
     async def drain(self, timeout_s: float = 30.0) -> int:
@@ -392,8 +405,9 @@ class SpoolRelay:
         log.info("relay_started", databases=list(s.databases), servers=[f"{h}:{p}" for h, p in s.servers],
                  mysql=s.mysql.display, batch=s.batch, poll_interval_s=s.poll_interval_s)
         backoff = Backoff(initial_s=0.05, max_s=5.0, jitter=0.5)
-        reporter = asyncio.ensure_future(self._report())
-        watcher = asyncio.ensure_future(self._watch())
+        tasks = [asyncio.ensure_future(self._report()), asyncio.ensure_future(self._watch())]
+        if self._monitor_on:
+            tasks.append(asyncio.ensure_future(self._monitor()))
         try:
             while not self.stopping:
                 busy = False
@@ -406,8 +420,13 @@ class SpoolRelay:
                             backoff.reset()
                     if backoff.attempts:
                         backoff.reset()
+                    self.error = None
+                    if not busy:
+                        self.drained_at = time.monotonic()
                 except (SourceError, GearmanError, OSError) as exc:
                     self.stats.errors += 1
+                    self.error = short_error(exc)
+                    metrics.RELAY_ERRORS.inc()
                     delay = backoff.next_delay()
                     log.warning("relay_unavailable", error=short_error(exc), retry_in_s=round(delay, 3),
                                 attempt=backoff.attempts)
@@ -416,9 +435,9 @@ class SpoolRelay:
                 if not busy:
                     await self._sleep(s.poll_interval_s)
         finally:
-            reporter.cancel()
-            watcher.cancel()
-            await asyncio.gather(reporter, watcher, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.close()
         log.info("relay_stopped", **self.stats.totals())
         return 0
@@ -428,6 +447,78 @@ class SpoolRelay:
             await asyncio.wait_for(self._stop.wait(), seconds)
         except TimeoutError:
             pass
+
+    # -- gauges and /healthz ----------------------------------------------------------------------
+    def enable_monitor(self) -> None:
+        """Poll the gauges and register the /healthz check while running (with --metrics-port)."""
+        from sync.health import set_check
+
+        self._monitor_on = True
+        metrics.register("sync-relay")
+        set_check(self.health)
+
+    def _count_spools(self, timeout_s: float) -> dict[str, int]:
+        """Rows in each database's spool, on a connection of its own (blocking; run in a thread)."""
+        if self._poll_conn is None:
+            self._poll_conn = self.settings.mysql.connect(autocommit=True, read_timeout=timeout_s,
+                                                          write_timeout=timeout_s)
+        counts = {}
+        with self._poll_conn.cursor() as cur:
+            for db, sql in self._count_sql.items():
+                cur.execute(sql)
+                counts[db] = int(cur.fetchone()[0])
+        return counts
+
+    def _close_poll(self) -> None:
+        conn, self._poll_conn = self._poll_conn, None
+        _close_quietly(conn)
+
+    async def _monitor(self) -> None:
+        """Every POLL_S: the spool rows of each database (COUNT(*), bounded by POLL_TIMEOUT_S) and
+        whether a gearmand answers (an idle relay sends nothing that would tell)."""
+        from sync.gearman import admin
+        from sync.health import POLL_S, POLL_TIMEOUT_S
+
+        try:
+            while not self.stopping:
+                problems = []
+                try:
+                    counts = await asyncio.wait_for(asyncio.to_thread(self._count_spools, POLL_TIMEOUT_S),
+                                                    POLL_TIMEOUT_S + 1)
+                    for db, n in counts.items():
+                        metrics.spool_by[db].set(n)
+                except Exception as exc:
+                    await asyncio.to_thread(self._close_poll)
+                    problems.append(f"MySQL {self.settings.mysql.display}: {short_error(exc) or 'timed out'}")
+                answered = 0
+                for host, port in self.settings.servers:
+                    try:
+                        await admin.status(host, port, timeout_s=POLL_TIMEOUT_S)
+                        answered += 1
+                    except GearmanError:
+                        pass
+                if not answered:
+                    problems.append("no gearmand answers (" + ",".join(f"{h}:{p}" for h, p in self.settings.servers)
+                                    + ")")
+                self.poll_error = "; ".join(problems) or None
+                await self._sleep(POLL_S)
+        finally:
+            await asyncio.to_thread(self._close_poll)
+
+    def health(self) -> tuple[str | None, dict[str, Any]]:
+        """/healthz: MySQL and gearmand reachable (the last round worked, the last poll too), and the
+        spools found drained within PROGRESS_S."""
+        from sync.health import PROGRESS_S
+
+        idle_s = time.monotonic() - self.drained_at
+        details = {"command": "sync-relay", "databases": list(self.settings.databases),
+                   "seconds_since_drained": round(idle_s, 1), "relayed": self.stats.relayed}
+        error = self.error or self.poll_error
+        if error:
+            return f"unreachable: {error}", details
+        if idle_s > PROGRESS_S:
+            return f"no progress: the spool not drained for {idle_s:.0f} s (limit {PROGRESS_S:.0f} s)", details
+        return None, details
 
     async def _watch(self) -> None:
         """The trigger watcher's loop (see TriggerWatcher); errors are logged and retried."""

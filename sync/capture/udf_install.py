@@ -9,11 +9,12 @@ MYSQL_DATABASE (default 127.0.0.1:3306, root, no password).
 
 `install` asks the server for @@plugin_dir, copies the library there atomically
 (temporary name in the same directory, then rename: a copy mysqld already has
-dlopen()ed keeps its old inode) and runs sql/install-udf.sql statement by
-statement.  With GEARSYNC_JOB_KEY set it also writes the key the library signs
-background jobs with: @@plugin_dir/gearsync_udf.key, mode 0600, owned by the
-owner of @@datadir (mysqld's user) — a file, never SQL, which would put the key
-in the server's logs and binlog.  Without it an existing key file is left as is.
+dlopen()ed keeps its old inode) and runs install-udf.sql statement by
+statement. The SQL files are package data (sync/capture/sql/, also reachable as sql/ in a
+checkout), found with importlib.resources: a wheel install has them too.  With GEARSYNC_JOB_KEY
+set it also writes the key the library signs background jobs with: @@plugin_dir/gearsync_udf.key,
+mode 0600, owned by the owner of @@datadir (mysqld's user) — a file, never SQL, which would put
+the key in the server's logs and binlog.  Without it an existing key file is left as is.
 When the server is on another host, or its plugin dir is not
 writable from here, it prints the file to copy and the SQL to run and exits 3.
 
@@ -28,6 +29,8 @@ import hashlib
 import os
 import sys
 from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ EXIT_CONFIG = 2
 EXIT_MANUAL = 3
 
 LIBRARY_NAME = "gearsync_udf.so"
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR: Traversable = resources.files("sync.capture") / "sql"
 INSTALL_SQL = SQL_DIR / "install-udf.sql"
 UNINSTALL_SQL = SQL_DIR / "uninstall-udf.sql"
 
@@ -70,7 +73,7 @@ def connect(target: MySQLSettings) -> Any:
         raise InstallError(str(exc), EXIT_CONFIG) from None
 
 
-def read_statements(path: Path) -> list[str]:
+def read_statements(path: Traversable) -> list[str]:
     """The statements of an install script: `--` comment lines dropped, split on `;`."""
     text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("--"))
     return [stmt.strip() for stmt in text.split(";") if stmt.strip()]

@@ -246,7 +246,8 @@ def test_cli_bad_options(tmp_path: Path) -> None:
     assert code == 2 and "table.column" in err
     code, err = run("--table", "data", "--mysql-url", "mysql://u:secret@127.0.0.1:1/db")
     assert code == 2 and "secret" not in err
-    code, err = run("--table", "data", "--mysql-url", "mysql://u@127.0.0.1:1/db", "--redis-url", "redis://127.0.0.1:1/0")
+    code, err = run("--table", "data", "--mysql-url", "mysql://u@127.0.0.1:1/db", "--redis-url", "redis://127.0.0.1:1/0",
+                    "--startup-wait", "0")
     assert code == 3 and "cannot connect" in err and err.count("\n") == 1
 
 

@@ -20,6 +20,7 @@ from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .triggers_rig import (
+    classic_setup,
     classic_worker_thread,
     install,
     redis_state,
@@ -279,11 +280,7 @@ def test_fail_mode_refuses_the_write_when_gearmand_is_down(gm: GearmanServer, db
 def test_classic_recipe(mariadb: MariaDBServer, udf_installed: MariaDBServer, gearmand: GearmanServer, db,  # noqa: F811
                         redis_server: RedisServer, redis_client) -> None:
     point_at(db, gearmand)
-    with db.cursor() as cur:
-        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
-        cur.execute("INSERT INTO data VALUES (1, 10), (2, 20)")
-    subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(mariadb.port), "-u", "root", db.db_name],
-                   stdin=(REPO / "sql" / "classic-trigger.sql").open("rb"), check=True, capture_output=True)
+    classic_setup(mariadb, db, rows=2)
     with classic_worker_thread(gearmand, redis_server), db.cursor() as cur:
         cur.execute("UPDATE data SET volume = volume + 5")
         import time

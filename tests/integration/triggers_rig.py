@@ -7,9 +7,11 @@ can drive MySQL with plain blocking pymysql calls while changes flow to Redis.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sync.apply.worker import SyncWorker
@@ -22,6 +24,8 @@ from sync.rows.schema import TableSchema, load_table
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 from workers.sync_triggers import last_other_triggers
+
+CLASSIC_TRIGGER_SQL = Path(__file__).resolve().parents[2] / "sql" / "classic-trigger.sql"
 
 
 class LoopThread:
@@ -148,3 +152,14 @@ def spool_count(conn: Any) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM gearsync_spool")
         return int(cur.fetchone()[0])
+
+
+def classic_setup(server: MariaDBServer, conn: Any, rows: int) -> None:
+    """The classic recipe's table `data` (id, volume) with rows (i, 10 * i) for i = 1..rows and its
+    trigger datatoredis, created by the mariadb client from sql/classic-trigger.sql as a user would."""
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
+        cur.executemany("INSERT INTO data VALUES (%s, %s)", [(i, 10 * i) for i in range(1, rows + 1)])
+    with CLASSIC_TRIGGER_SQL.open("rb") as sql:
+        subprocess.run(["mariadb", "-h", "127.0.0.1", "-P", str(server.port), "-u", "root", conn.db_name],
+                       stdin=sql, check=True, capture_output=True)

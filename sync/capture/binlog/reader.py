@@ -178,6 +178,12 @@ class BinlogSource:
         self.stream: Any = None
         self.rows_read = 0
         self._idle_error: BaseException | None = None
+        # For sync-binlog's behind gauge and /healthz (read by another thread, written only here):
+        self.commits = 0                      # commits read
+        self.commit_ts = 0                    # the binlog timestamp (Unix s) of the last one
+        self.quiet_at = 0.0                   # time.monotonic() when the server last had nothing more to send
+        self.quiet_commits = -1               # ... and self.commits then
+        self.stream_error: str | None = None  # why the dump connection is down (None: connected)
 
     # -- connection -------------------------------------------------------------------------------
     def _connection_settings(self) -> dict[str, Any]:
@@ -253,6 +259,7 @@ class BinlogSource:
                     if not connected_logged:
                         log.info("binlog_connected", position=self.committed.describe())
                         connected_logged = True
+                        self.stream_error = None
                         backoff.reset()
                     if idle is not None:
                         if self._idle_error is not None:
@@ -307,6 +314,7 @@ class BinlogSource:
                         if self._pending:
                             self._flush(heartbeat=True)
                         idle()
+                        self._quiet()   # all read so far is delivered
                     except BaseException as exc:  # raised by run() after this read, not into pymysql
                         self._idle_error = exc
             return blocking_read(buf)
@@ -314,7 +322,21 @@ class BinlogSource:
         raw.readinto = readinto
         return conn
 
+    def _quiet(self) -> None:
+        """The server had nothing more to send and what was read is handed on (with --sink redis on a
+        standalone Redis: delivered): the reader is caught up."""
+        self.quiet_at = time.monotonic()
+        self.quiet_commits = self.commits
+
+    def behind_s(self) -> float:
+        """Now minus the commit time of the last transaction read; 0 while caught up (no commit
+        read since the server last went quiet)."""
+        if self.quiet_commits == self.commits or not self.commit_ts:
+            return 0.0
+        return max(0.0, time.time() - self.commit_ts)
+
     def _disconnected(self, exc: BaseException, backoff: Backoff, stop: threading.Event) -> None:
+        self.stream_error = short_error(exc)
         delay = backoff.next_delay()
         log.warning("binlog_disconnected", error=short_error(exc),
                     resume_from=self.committed.describe(), retry_in_s=round(delay, 3))
@@ -373,6 +395,7 @@ class BinlogSource:
                 self.committed = Position(self.flavor, None, ev.next_binlog, ev.position)
         elif name == "HeartbeatLogEvent":
             self._flush(heartbeat=True)
+            self._quiet()
 
     def _query(self, ev: Any) -> None:
         q = ev.query if isinstance(ev.query, str) else bytes(ev.query).decode("utf-8", "replace")
@@ -613,6 +636,8 @@ class BinlogSource:
         self._pending.append(ev)
 
     def _commit(self, ev: Any) -> None:
+        self.commits += 1
+        self.commit_ts = getattr(ev, "timestamp", 0)   # the header of every binlog event has one
         if self._overflow:
             self._pending.extend(self._overflow.values())
             log.info("binlog_large_transaction", collapsed=len(self._overflow), rows=self._index)

@@ -63,6 +63,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import redis.exceptions
@@ -198,6 +199,15 @@ class BinlogService:
         self.position: Position | None = None          # the last saved position
         self.stats = BinlogStats()
         self.graph = EMPTY_GRAPH                        # the database's FKs (prepare)
+        # /healthz: when the position last advanced, the last delivery and poll failures (None: the
+        # last one worked), the reader thread.
+        self.position_at = time.monotonic()
+        self.sink_error: str | None = None
+        self.poll_error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._monitor_on = False
+        metrics.init_tables(s.tables, metrics.read_by, *((metrics.submitted_by,) if s.sink == "gearman" else
+                                                         (metrics.applied_by, metrics.stale_by)))
 
     # -- control -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -215,6 +225,7 @@ class BinlogService:
         """on_retry of a delivery: count the failure, log sink_unavailable."""
         def on_retry(exc: BaseException, delay: float) -> None:
             self.stats.retries += 1
+            self.sink_error = f"{what}: {short_error(exc)}"
             metrics.record_retry()
             log.warning("sink_unavailable", what=what, error=short_error(exc), retry_in_s=round(delay, 3),
                         attempt=backoff.attempts, **info)
@@ -267,6 +278,71 @@ class BinlogService:
         log.info("binlog_position_new", position=start.describe(),
                  note="no saved position: streaming from the current end of the binlog")
         return start
+
+    def sink_recovered(self, what: str, attempts: int) -> None:
+        """A delivery that had failed landed."""
+        self.sink_error = None
+        log.info("sink_recovered", what=what, attempts=attempts)
+
+    def advanced(self, position: Position) -> None:
+        """The saved position moved to `position`."""
+        self.position = position
+        self.position_at = time.monotonic()
+
+    # -- gauges and /healthz -------------------------------------------------------------------
+    def enable_monitor(self) -> None:
+        """Poll the gauges and register the /healthz check while running (with --metrics-port)."""
+        from sync.health import set_check
+
+        self._monitor_on = True
+        metrics.register("sync-binlog")
+        set_check(self.health)
+
+    async def _monitor(self) -> None:
+        """Every POLL_S: the behind gauge, and a Redis PING bounded by POLL_TIMEOUT_S (so /healthz
+        sees a Redis that went away while there is nothing to deliver)."""
+        from sync.health import POLL_S, POLL_TIMEOUT_S
+
+        while True:
+            if self.source is not None:
+                metrics.BINLOG_BEHIND.set(self.source.behind_s())
+            try:
+                async with asyncio.timeout(POLL_TIMEOUT_S):
+                    await self.redis.ping()
+                self.poll_error = None
+            except TimeoutError:
+                self.poll_error = f"no reply within {POLL_TIMEOUT_S:g} s"
+            except (redis.exceptions.RedisError, OSError) as exc:
+                self.poll_error = short_error(exc)
+            await asyncio.sleep(POLL_S)
+
+    def health(self) -> tuple[str | None, dict[str, Any]]:
+        """/healthz: the reader connected to the server's binlog stream, Redis (and gearmand) taking
+        the deliveries, and the position advanced or the reader caught up within PROGRESS_S."""
+        from sync.health import PROGRESS_S
+
+        now = time.monotonic()
+        src = self.source
+        caught_up = src.quiet_at if src is not None else 0.0
+        idle_s = now - max(self.position_at, caught_up)
+        details: dict[str, Any] = {"command": "sync-binlog", "stream": self.name,
+                                   "position": self.position.describe() if self.position else None,
+                                   "behind_seconds": round(src.behind_s(), 1) if src is not None else None,
+                                   "seconds_since_progress": round(idle_s, 1)}
+        if src is None or self._thread is None:
+            return "starting", details
+        if not self._thread.is_alive():
+            return "the binlog reader stopped", details
+        if src.stream_error is not None:
+            return f"binlog stream disconnected: {src.stream_error}", details
+        if self.sink_error:
+            return f"{self.settings.sink} sink failing: {self.sink_error}", details
+        if self.poll_error:
+            return f"redis: {self.poll_error}", details
+        if idle_s > PROGRESS_S:
+            return (f"no progress: the position has not advanced and the reader not caught up for {idle_s:.0f} s "
+                    f"(limit {PROGRESS_S:.0f} s)"), details
+        return None, details
 
     # -- run -----------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -340,15 +416,18 @@ class BinlogService:
         """Run `reader` in the binlog-reader thread and the stats reporter while awaiting `wait`;
         on the way out (also when cancelled) call `on_exit`, end the reporter and join the
         thread (30 s at most)."""
-        thread = threading.Thread(target=reader, name="binlog-reader", daemon=True)
+        thread = self._thread = threading.Thread(target=reader, name="binlog-reader", daemon=True)
         thread.start()
-        reporter = asyncio.ensure_future(self._report())
+        tasks = [asyncio.ensure_future(self._report())]
+        if self._monitor_on:
+            tasks.append(asyncio.ensure_future(self._monitor()))
         try:
             await wait
         finally:
             on_exit()
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
 
     async def _run_in_reader(self) -> int:
@@ -455,13 +534,11 @@ class BinlogService:
             return True
         what = self._apply if self.settings.sink == "redis" else self._submit
         t0 = time.perf_counter()
-        before = (self.stats.applied, self.stats.stale)
         ok = await self._retry(lambda: what(events, position), "deliver", events=len(events))
         if ok:
-            metrics.record_batch(len(events), self.stats.applied - before[0], self.stats.stale - before[1], 0,
-                                 time.perf_counter() - t0)
+            metrics.record_batch(time.perf_counter() - t0)
         if ok and position is not None:
-            self.position = position
+            self.advanced(position)
         return ok
 
     async def _statements(self, chunk: Chunk) -> bool:
@@ -525,7 +602,7 @@ class BinlogService:
             self.sink_given_up(what, gave_up, **info)
             return False
         if backoff.attempts:
-            log.info("sink_recovered", what=what, attempts=backoff.attempts)
+            self.sink_recovered(what, backoff.attempts)
         return True
 
     async def _apply(self, events: list[ChangeEvent], position: Position | None) -> None:
@@ -536,18 +613,20 @@ class BinlogService:
         outcomes = await self.applier.apply(batch) if batch else []
         if position is not None and self._cluster:
             await self.positions.save(position)
-        self.count_outcomes(len(events), outcomes)
+        self.count_outcomes(events, outcomes)
 
-    def count_outcomes(self, n_events: int, outcomes: Sequence[Outcome]) -> int:
-        """Add one applied batch of n_events to the stats (the outcomes of a batch carrying the
-        position have one more, the position's own); returns how many were APPLIED."""
-        applied = sum(1 for o in outcomes[:n_events] if o is Outcome.APPLIED)
+    def count_outcomes(self, events: Sequence[ChangeEvent], outcomes: Sequence[Outcome]) -> None:
+        """Add one applied batch to the stats and the per-table metrics (the outcomes of a batch
+        carrying the position have one more, the position's own)."""
+        n_events = len(events)
+        flags = [o is Outcome.APPLIED for o in outcomes[:n_events]]
+        applied = sum(flags)
         st = self.stats
         st.events += n_events
         st.applied += applied
         st.stale += n_events - applied
         st.batches += 1
-        return applied
+        metrics.TableCounts().outcomes([ev.table for ev in events], flags).record_applied(read=True)
 
     def unique(self, ev: ChangeEvent) -> str:
         """The gearman unique id of an event: the same for a re-read of the same change."""
@@ -578,6 +657,8 @@ class BinlogService:
         self.stats.events += len(events)
         self.stats.jobs += len(events)
         self.stats.batches += 1
+        metrics.TableCounts().outcomes([ev.table for ev in events], repeat(False)).record_applied(
+            read=True, submitted=True)
 
     async def _submit_run(self, events: Sequence[ChangeEvent]) -> None:
         groups: dict[str, list[ChangeEvent]] = {}

@@ -224,10 +224,10 @@ class RedisWriter:
         if outcomes is None:
             return
         svc = self.service
-        applied = svc.count_outcomes(len(events), outcomes)
-        metrics.record_batch(len(events), applied, len(events) - applied, 0, spent)
+        svc.count_outcomes(events, outcomes)
+        metrics.record_batch(spent)
         if position is not None:
-            svc.position = position
+            svc.advanced(position)
 
     def _applier_on(self, client: Any) -> RedisApplier:
         if self._async_applier is None:
@@ -255,7 +255,7 @@ class RedisWriter:
             self.gave_up = True
             return None
         if backoff.attempts:
-            log.info("sink_recovered", what=what, attempts=backoff.attempts)
+            svc.sink_recovered(what, backoff.attempts)
         return result
 
     def _reply(self, packed: bytes) -> Any:
