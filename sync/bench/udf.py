@@ -86,13 +86,13 @@ def cpu_seconds(pid: int) -> float:
 
 def set_signing(plugin_dir: Path, on: bool) -> None:
     """Put the key file beside the library (or remove it), then wait until the library has looked at
-    it again (it stat()s the file at most once a GS_KEY_RECHECK_MS, 1 s)."""
+    it again (it stat()s the file at most once a GS_KEY_RECHECK_MS, 1 s). The wait comes before every
+    mode, changed or not: a slice right after an idle second runs colder (caches, CPU clock), and
+    only the signed mode's neighbours would pay for it otherwise."""
     path = plugin_dir / KEY_FILE_NAME
-    if on == path.exists():
-        return
-    if on:
+    if on and not path.exists():
         write_key_file(plugin_dir, secrets.token_hex(32).encode(), None)
-    else:
+    elif not on and path.exists():
         path.unlink()
     time.sleep(1.2)
 
