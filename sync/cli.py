@@ -17,6 +17,7 @@ from enum import IntEnum
 from typing import Any, NoReturn
 
 from sync.errors import ConfigError, SyncError
+from sync.settings import LOG_FORMATS, LOG_LEVELS  # declared with the [logging] keys
 
 
 class ExitCode(IntEnum):
@@ -46,43 +47,61 @@ def make_parser(prog: str, description: str, epilog: str | None = None) -> OneLi
 
 # -- shared option groups (resolved by sync.settings.resolve_*) ---------------------------------
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("auto", "json", "console")
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """--config FILE (else GEARSYNC_CONFIG): the TOML file every command reads."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML config file shared by every command (env GEARSYNC_CONFIG; keys: docs/configuration.md)")
 
 
 def add_mysql_options(parser: argparse.ArgumentParser) -> None:
-    """--mysql-url (the password only ever from MYSQL_PASSWORD)."""
-    parser.add_argument("--mysql-url", metavar="URL", help="mysql://user@host:port/db, without password (env MYSQL_URL)")
+    """--mysql-url (the password only ever from GEARSYNC_MYSQL_PASSWORD or the config file)."""
+    parser.add_argument("--mysql-url", metavar="URL",
+                        help="mysql://user@host:port/db, without password (env GEARSYNC_MYSQL_URL; [mysql] url)")
 
 
 def add_redis_options(parser: argparse.ArgumentParser) -> None:
-    """--redis-url, --redis-cluster (the password only ever from REDIS_PASSWORD or the config file)."""
-    parser.add_argument("--redis-url", metavar="URL", help="redis://host:port/db, without password (env REDIS_URL)")
-    parser.add_argument("--redis-cluster", action="store_true", default=None, help="the Redis URL is a Redis Cluster node")
+    """--redis-url, --redis-cluster (the password only ever from GEARSYNC_REDIS_PASSWORD or the config file)."""
+    parser.add_argument("--redis-url", metavar="URL",
+                        help="redis://host:port/db, without password (env GEARSYNC_REDIS_URL; [redis] url)")
+    parser.add_argument("--redis-cluster", action="store_true", default=None,
+                        help="the Redis URL is a Redis Cluster node (env GEARSYNC_REDIS_CLUSTER; [redis] cluster)")
 
 
 def add_gearman_options(parser: argparse.ArgumentParser) -> None:
     """--servers."""
-    parser.add_argument("--servers", metavar="HOST:PORT,…", help="gearmand servers (env GEARMAN_SERVERS)")
+    parser.add_argument("--servers", metavar="HOST:PORT,…",
+                        help="gearmand servers (env GEARSYNC_GEARMAN_SERVERS; [gearman] servers; default 127.0.0.1:4730)")
 
 
-def add_logging_options(parser: argparse.ArgumentParser, *, level: str = "info", log_format: bool = True) -> None:
-    """--log-format (unless log_format=False) and --log-level, whose default is `level`."""
-    if log_format:
-        parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
-                            help="log format (auto: console on a terminal, JSON otherwise)")
-    parser.add_argument("--log-level", default=level, choices=LOG_LEVELS,
-                        help=f"least severe log messages shown (default {level})")
+def add_logging_options(parser: argparse.ArgumentParser, *, level: str = "info") -> None:
+    """--log-level (the command's default `level`) and --log-format; both also from the
+    environment and the [logging] section (sync.settings.resolve_logging)."""
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
+                        help=f"least severe log messages shown (env GEARSYNC_LOG_LEVEL; [logging] level; default {level})")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        help="log format: json lines, console, or auto: console on a terminal, JSON otherwise "
+                             "(env GEARSYNC_LOG_FORMAT; [logging] format; default auto)")
+    parser.set_defaults(log_level_default=level)
 
 
 def add_metrics_options(parser: argparse.ArgumentParser) -> None:
     """--metrics-port, --metrics-addr."""
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
                         help="serve Prometheus metrics on http://ADDR:PORT/metrics and health on /healthz "
-                             "(default: off)")
+                             "(env GEARSYNC_METRICS_PORT; [metrics] port; default: off)")
     parser.add_argument("--metrics-addr", metavar="ADDR",
                         help="address of the metrics server (default 127.0.0.1: this host only; 0.0.0.0 lets a "
-                             "remote Prometheus scrape)")
+                             "remote Prometheus scrape; env GEARSYNC_METRICS_ADDR; [metrics] addr)")
+
+
+def table_names(values: Sequence[str] | None, where: str = "--table") -> list[str]:
+    """--table values (repeated and/or comma-separated) → the names in order, without repeats."""
+    from sync.tables import check_table_name
+
+    names = [t.strip() for item in (values or []) for t in item.split(",")]
+    if any(not n for n in names):
+        raise ConfigError(f"{where}: {','.join(values or [])!r} has an empty name; expected NAME[,NAME…]")
+    return [check_table_name(n, where) for n in dict.fromkeys(names)]
 
 
 def _startup_seconds(text: str) -> float:
@@ -97,9 +116,10 @@ def _startup_seconds(text: str) -> float:
 
 def add_startup_options(parser: argparse.ArgumentParser) -> None:
     """--startup-wait (sync.startup.wait_for_servers) for the long-running commands."""
-    parser.add_argument("--startup-wait", type=_startup_seconds, default=60.0, metavar="S",
+    parser.add_argument("--startup-wait", type=_startup_seconds, metavar="S",
                         help="at start, retry unreachable servers with back-off for up to S seconds, logging each "
-                             "wait, then exit 3 (default 60; 0 = exit 3 at once)")
+                             "wait, then exit 3 (default 60; 0 = exit 3 at once; startup_wait_s of the command's "
+                             "config section)")
 
 
 def table_target_options(args: Any) -> dict[str, Any]:
@@ -113,6 +133,26 @@ def table_target_options(args: Any) -> dict[str, Any]:
     if hasattr(args, "ttl"):
         options["ttl_s"] = args.ttl
     return options
+
+
+class Output:
+    """A command's notes for a person: `prog: text` lines on stderr, or, under --log-format json
+    (nothing but JSON lines on stderr), the structlog event `event` with `fields`."""
+
+    def __init__(self, prog: str, json: bool) -> None:
+        self.prog, self.json = prog, json
+
+    def say(self, event: str, text: str, **fields: Any) -> None:
+        if self.json:
+            import structlog
+
+            structlog.get_logger(self.prog).info(event, **fields)
+        else:
+            sys.stderr.write(f"{self.prog}: {text}\n")
+
+    def progress_tty(self, choice: str) -> bool | None:
+        """--progress auto|bar|log → ProgressDisplay's tty (never a bar under JSON logs)."""
+        return False if self.json else {"auto": None, "bar": True, "log": False}[choice]
 
 
 def stop_on_signals(request_stop: Callable[[], None]) -> None:
@@ -151,5 +191,5 @@ def add_table_options(p: argparse.ArgumentParser, *, table_help: str, columns_he
     that works on tables of one database is told which."""
     p.add_argument("--table", action="append", metavar="NAME[,NAME…]", help=table_help)
     p.add_argument("--all-tables", action="store_true", help=all_help)
-    p.add_argument("--database", metavar="DB", help="database of the table(s) (default: from --mysql-url / MYSQL_DATABASE)")
+    p.add_argument("--database", metavar="DB", help="database of the table(s) (default: from --mysql-url / GEARSYNC_MYSQL_DATABASE)")
     p.add_argument("--columns", metavar="A,B,…", help=columns_help)

@@ -6,31 +6,15 @@ environment > config file > default) are resolved by sync.settings; this module 
 environment or the config file, never from the command line (it would show in the process list),
 and every repr/str here masks them.
 
-Config file (``--config gearsync.toml``)::
-
-    [gearman]
-    servers = "127.0.0.1:4730,10.0.0.2:4730"
-
-    [redis]
-    url = "redis://127.0.0.1:6379/0"
-    password = "..."            # or REDIS_PASSWORD
-
-    [worker]
-    batch = 128
-    connections = 2
-
-    [tables.data]
-    function = "gearsync.data"  # default: gearsync.<table>
-    key_template = "{table}:{pk}"
-    format = "json"             # or "hash"
-    ttl_s = 0                   # 0 = no expiry
+The config file, every key and its environment variable: docs/configuration.md; a complete
+example: deploy/gearsync.toml.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,9 +22,9 @@ from sync.errors import ConfigError
 from sync.redis_client import RedisSettings
 from sync.settings import (
     ConfigFile,
-    check_float,
+    Resolver,
     check_int,
-    load_config,
+    config_for,
     resolve_gearman_servers,
     resolve_redis,
 )
@@ -55,6 +39,7 @@ __all__ = [
     "CLASSIC_FUNCTION",
     "WorkerSettings",
     "build_table",
+    "table_values",
     "worker_settings",
 ]
 
@@ -89,6 +74,19 @@ def build_table(name: str, values: Mapping[str, Any], where: str) -> TableSpec:
                      format=str(values.get("format", "json")), ttl_s=ttl or None, where=where)
 
 
+def table_values(cfg: ConfigFile | None, names: list[str], overrides: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+    """name → (its [tables.<name>] values with the options that were given (not None) over them,
+    where they came from: "[tables.<name>]" or "--table")."""
+    sections = cfg.tables if cfg is not None else {}
+    out: dict[str, tuple[dict[str, Any], str]] = {}
+    for name in names:
+        check_table_name(name)
+        values = dict(sections.get(name, {}))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        out[name] = (values, f"[tables.{name}]" if name in sections else "--table")
+    return out
+
+
 def worker_settings(
     *,
     tables: list[str] | None,
@@ -106,38 +104,25 @@ def worker_settings(
     stats_interval_s: float | None = None,
     env: Mapping[str, str] | None = None,
 ) -> WorkerSettings:
-    """Merge options, env vars and the config file into validated WorkerSettings."""
+    """Merge options, env vars and the config file (config_path, else GEARSYNC_CONFIG) into
+    validated WorkerSettings."""
     env = os.environ if env is None else env
-    # sync-worker reads a config file: without --config it is an empty one.
-    cfg = load_config(config_path) if config_path else ConfigFile("")
-    worker_sec = cfg.section("worker")
-    tables_sec = cfg.section("tables")
-
-    options = SimpleNamespace(servers=servers, redis_url=redis_url, redis_cluster=redis_cluster)
+    # sync-worker reads a config file: without one it is an empty one (a password hint names it).
+    cfg = config_for(SimpleNamespace(config=config_path), env) or ConfigFile("")
+    options = SimpleNamespace(servers=servers, redis_url=redis_url, redis_cluster=redis_cluster, batch=batch,
+                              connections=connections, stats_interval=stats_interval_s)
+    r = Resolver(options, env, cfg)
     server_list = resolve_gearman_servers(options, env, cfg)
     redis = resolve_redis(options, env, cfg)
 
-    names = list(tables or [])
-    if not names:
-        names = list(tables_sec.keys())
+    names = list(tables or []) or list(cfg.tables)
     if not names and not classic:
         raise ConfigError("--table: none given; expected --table NAME (or [tables.NAME] in --config, or --classic)")
     if function is not None and len(names) > 1:
         raise ConfigError(f"--function: {function!r} given with {len(names)} tables; expected one --table with --function")
-    table_map: dict[str, TableSpec] = {}
-    for name in names:
-        check_table_name(name)
-        values = dict(tables_sec.get(name, {}))
-        where = f"[tables.{name}]" if name in tables_sec else "--table"
-        if function is not None:
-            values["function"] = function
-        if key_template is not None:
-            values["key_template"] = key_template
-        if fmt is not None:
-            values["format"] = fmt
-        if ttl_s is not None:
-            values["ttl_s"] = ttl_s
-        table_map[name] = build_table(name, values, where)
+    overrides = {"function": function, "key_template": key_template, "format": fmt, "ttl_s": ttl_s}
+    table_map = {name: build_table(name, values, where)
+                 for name, (values, where) in table_values(cfg, names, overrides).items()}
 
     functions: dict[str, str] = {}
     for t in table_map.values():
@@ -150,21 +135,11 @@ def worker_settings(
     if classic and CLASSIC_FUNCTION in functions:
         raise ConfigError(f"--classic: function {CLASSIC_FUNCTION!r} is already used by table {functions[CLASSIC_FUNCTION]!r}")
 
-    settings = WorkerSettings(servers=server_list, redis=redis, tables=table_map, classic=classic)
-    overrides: dict[str, Any] = {}
-    b = batch if batch is not None else worker_sec.get("batch")
-    if b is not None:
-        overrides["batch"] = check_int(b, "--batch", 1, 10000)
-    c = connections if connections is not None else worker_sec.get("connections")
-    if c is not None:
-        overrides["connections"] = check_int(c, "--connections", 1, 64)
-    for key, lo, hi in (("stats_interval_s", 0.0, 86400.0), ("shutdown_timeout_s", 0.1, 3600.0)):
-        if key in worker_sec:
-            overrides[key] = check_float(worker_sec[key], f"[worker].{key}", lo, hi)
-    if stats_interval_s is not None:
-        overrides["stats_interval_s"] = check_float(stats_interval_s, "--stats-interval", 0.0, 86400.0)
-    if "tombstone_ttl_s" in worker_sec:
-        overrides["tombstone_ttl_s"] = check_int(worker_sec["tombstone_ttl_s"], "[worker].tombstone_ttl_s", 1, 365 * 86400)
-    if "client_id" in worker_sec:
-        overrides["client_id"] = check_function_name(str(worker_sec["client_id"]), "[worker].client_id")
-    return replace(settings, **overrides) if overrides else settings
+    client_id = r.get("worker", "client_id")
+    return WorkerSettings(
+        servers=server_list, redis=redis, tables=table_map, classic=classic,
+        batch=r.get("worker", "batch"), connections=r.get("worker", "connections"),
+        stats_interval_s=r.get("worker", "stats_interval_s"), shutdown_timeout_s=r.get("worker", "shutdown_timeout_s"),
+        tombstone_ttl_s=r.get("worker", "tombstone_ttl_s"),
+        client_id=check_function_name(client_id, "[worker].client_id"),
+    )

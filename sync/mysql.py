@@ -1,7 +1,7 @@
 """MySQL/MariaDB connection settings shared by every gearsync command, and the mysql:// URL form.
 
-Which settings a command uses (--mysql-url, MYSQL_URL, MYSQL_HOST, MYSQL_PORT, MYSQL_USER,
-MYSQL_PASSWORD, MYSQL_DATABASE, MYSQL_SOCKET, MYSQL_SSL_*) is decided in one place:
+Which settings a command uses (--mysql-url, GEARSYNC_MYSQL_URL, GEARSYNC_MYSQL_HOST, …, the [mysql]
+section of the config file) is decided in one place:
 sync.settings.resolve_mysql. Defaults: 127.0.0.1:3306, user root.
 """
 

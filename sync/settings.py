@@ -1,56 +1,70 @@
-"""The one settings resolver: what every command shares (MySQL, Redis, gearmand, logging, metrics).
+"""The one settings resolver and the one config file of every gearsync command.
 
 Precedence, highest first: command-line option, environment variable, config file, default.
 
-    args = parser.parse_args(argv)          # with the option groups of sync.cli
-    cfg = load_config(args.config) if args.config else None
+    args = parser.parse_args(argv)          # with the option groups of sync.cli (--config among them)
+    cfg = config_for(args)                  # --config FILE, else GEARSYNC_CONFIG, else None
     mysql = resolve_mysql(args, os.environ, cfg)
     redis = resolve_redis(args, os.environ, cfg)
     servers = resolve_gearman_servers(args, os.environ, cfg)
+    batch = Resolver(args, os.environ, cfg).get("binlog", "batch")
 
-`args` is anything with the option attributes (an argparse.Namespace; a missing attribute counts
-as an option not given; None: no options at all). `cfg` is the parsed config file, or None for a
-command that reads none. Secrets (the passwords) come only from the environment or the config
-file, never from the command line (it would show in the process list).
+`args` is anything with the option attributes (an argparse.Namespace; a missing attribute or None
+counts as an option not given; None: no options at all). `cfg` is the checked config file, or None.
 
-    option          environment                         config file          default
-    --mysql-url     MYSQL_URL, else MYSQL_HOST, MYSQL_PORT, MYSQL_USER,       127.0.0.1:3306, root
-                    MYSQL_DATABASE, MYSQL_SOCKET; MYSQL_PASSWORD;
-                    MYSQL_SSL_CA / _CERT / _KEY
-    --redis-url     REDIS_URL                           [redis].url          redis://127.0.0.1:6379/0
-                    REDIS_PASSWORD                      [redis].password
-    --redis-cluster                                     [redis].cluster      off
-    --servers       GEARMAN_SERVERS                     [gearman].servers    127.0.0.1:4730
-    --log-level, --log-format                                                info (per command), auto
-    --metrics-port                                                           off
-    --metrics-addr                                                           127.0.0.1
+The file is described by SCHEMA (section → key → Key: type, range or choices, default, option,
+environment variable) and TABLE_KEYS (the keys of a [tables.<name>] section). It is strict: an
+unknown section or key, or a value of the wrong type, is one ConfigError naming the file, the key
+and what was expected. A small schema of our own rather than pydantic(-settings): every command
+imports this at start-up (pydantic costs ~100 ms of import time per command), and the one-line
+wording of every error is ours.
 
-The [mysql] section is accepted in the file but not read yet (as before).
+Environment: every key of the shared and per-command sections has a GEARSYNC_<SECTION>_<KEY>
+variable (GEARSYNC_MYSQL_URL, GEARSYNC_REDIS_PASSWORD, GEARSYNC_WORKER_BATCH, …; logging is
+GEARSYNC_LOG_LEVEL / GEARSYNC_LOG_FORMAT), GEARSYNC_CONFIG names the file. The old names (MYSQL_URL,
+MYSQL_HOST, …, REDIS_URL, REDIS_PASSWORD, GEARMAN_SERVERS) still work when the new one is unset;
+LoggingSettings.apply() logs one deprecation line per process naming the new ones.
+
+Secrets (the passwords) come only from the environment or the config file, never from the command
+line (it would show in the process list). A config file holding a password that others may read
+(mode & 0o004) is refused.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sync.errors import ConfigError
 from sync.mysql import DEFAULT_MYSQL_PORT, MySQLSettings, from_url
 from sync.redis_client import DEFAULT_REDIS_URL, RedisSettings, check_redis_url
+from sync.tables import FORMATS, MAX_TTL_S, check_table_name
 from sync.urls import refuse_password_in
 
 __all__ = [
     "DEFAULT_GEARMAN_PORT",
+    "DEPRECATED_ENV",
+    "SCHEMA",
+    "TABLE_KEYS",
     "ConfigFile",
+    "Key",
     "LoggingSettings",
     "MetricsSettings",
+    "Resolver",
     "check_float",
     "check_int",
+    "config_for",
+    "deprecated_env",
+    "env_name",
     "load_config",
+    "mysql_settings",
     "parse_servers",
     "resolve_gearman_servers",
     "resolve_logging",
@@ -60,6 +74,7 @@ __all__ = [
 ]
 
 DEFAULT_GEARMAN_PORT = 4730
+
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -82,6 +97,8 @@ def check_int(value: Any, where: str, lo: int, hi: int) -> int:
 def check_float(value: Any, where: str, lo: float, hi: float) -> float:
     """A number from lo to hi (a number or its text); ConfigError naming `where` and the value."""
     try:
+        if isinstance(value, bool):
+            raise ValueError
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {value!r}; expected a number from {lo:g} to {hi:g}") from None
@@ -119,22 +136,215 @@ def parse_servers(text: str, where: str = "--servers") -> list[tuple[str, int]]:
     return servers
 
 
-# -- the config file ----------------------------------------------------------------------------
-
-# section → its known keys (None: any key; [tables] holds one [tables.<name>] table per table).
-SECTIONS: dict[str, frozenset[str] | None] = {
-    "gearman": frozenset({"servers"}),
-    "redis": frozenset({"url", "password", "cluster"}),
-    "worker": frozenset({"batch", "connections", "stats_interval_s", "shutdown_timeout_s", "tombstone_ttl_s",
-                         "client_id"}),
-    "tables": None,
-    "mysql": None,
-}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
+class Key:
+    """One key of the config file: its type ("str", "secret", "int", "float", "bool", "list": a
+    string "a,b" or a list of strings), its range or choices, default, command-line option and
+    help; `env` overrides the environment variable's name (default GEARSYNC_<SECTION>_<KEY>;
+    "" = none)."""
+
+    kind: str
+    default: Any = None
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    option: str | None = None
+    help: str = ""
+    env: str | None = None
+
+    @property
+    def secret(self) -> bool:
+        return self.kind == "secret"
+
+    def expected(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "int":
+            return f"an integer from {self.lo:g} to {self.hi:g}"
+        if self.kind == "float":
+            return f"a number from {self.lo:g} to {self.hi:g}"
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "list":
+            return 'a list of strings (or one string "a,b")'
+        return "a string"
+
+    def check(self, value: Any, where: str, *, text: bool) -> Any:
+        """The value checked and converted. `text`: it came from an option or the environment
+        (numbers and booleans may be text); from the file the TOML type must be right."""
+        shown = "a value" if self.secret else repr(value)
+        if self.kind == "int":
+            if not text and (type(value) is not int):
+                raise ConfigError(f"{where}: {shown}; expected {self.expected()}")
+            return check_int(value, where, int(self.lo or 0), int(self.hi or 0))
+        if self.kind == "float":
+            if not text and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ConfigError(f"{where}: {shown}; expected {self.expected()}")
+            return check_float(value, where, float(self.lo or 0), float(self.hi or 0))
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if text and str(value).strip().lower() in _TRUE + _FALSE:
+                return str(value).strip().lower() in _TRUE
+            raise ConfigError(f"{where}: {shown}; expected {self.expected()}")
+        if self.kind == "list":
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ConfigError(f"{where}: {shown}; expected {self.expected()}")
+            items = [i.strip() for i in items]
+            if not items or any(not i or _CONTROL.search(i) for i in items):
+                raise ConfigError(f"{where}: {shown} has an empty or unprintable entry; expected {self.expected()}")
+            return items
+        if not isinstance(value, str) or (_CONTROL.search(value) and not self.secret):
+            raise ConfigError(f"{where}: {shown}; expected {self.expected()}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{where}: {shown}; expected {self.expected()}")
+        return value
+
+
+CAPTURE_MODES = ("udf", "outbox")                 # sync.capture.triggers.MODES
+FAILURE_POLICIES = ("spool", "fail", "ignore")    # sync.capture.triggers.FAILURE_POLICIES
+SINKS = ("redis", "gearman")                      # sync.capture.binlog.service.SINKS
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+PROGRESS = ("auto", "bar", "log")
+
+# --startup-wait of the long-running commands (sync.startup)
+STARTUP_WAIT = Key("float", 60.0, 0, 86400, option="--startup-wait",
+                   help="at start, seconds to wait for unreachable servers before exit 3")
+
+# section → key → Key. The shared sections first, then one per command with its own keys.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "mysql": {
+        "url": Key("str", option="--mysql-url", help="mysql://user@host:port/db[?unix_socket=/path]; sets host, "
+                   "port, user, database and socket together (a password in it only in the file or environment)"),
+        "host": Key("str", "127.0.0.1", help="server host (when no url)"),
+        "port": Key("int", DEFAULT_MYSQL_PORT, 1, 65535, help="server port (when no url)"),
+        "user": Key("str", "root", help="user (when no url)"),
+        "database": Key("str", help="database (when no url; --database where a command has it)"),
+        "socket": Key("str", help="unix socket path (when no url)"),
+        "password": Key("secret", help="password (never an option)"),
+        "ssl_ca": Key("str", help="CA file: connect with TLS"),
+        "ssl_cert": Key("str", help="client certificate file (with ssl_ca)"),
+        "ssl_key": Key("str", help="client key file (with ssl_ca)"),
+    },
+    "redis": {
+        "url": Key("str", DEFAULT_REDIS_URL, option="--redis-url",
+                   help="redis://host:port/db, rediss:// for TLS, or unix:///path (without password)"),
+        "password": Key("secret", help="password (never an option)"),
+        "cluster": Key("bool", False, option="--redis-cluster", help="the url is a Redis Cluster node"),
+    },
+    "gearman": {
+        "servers": Key("list", ["127.0.0.1:4730"], option="--servers", help="gearmand servers, host:port"),
+    },
+    "metrics": {
+        "port": Key("int", None, 1, 65535, option="--metrics-port",
+                    help="serve Prometheus metrics on http://ADDR:PORT/metrics and health on /healthz (default: off)"),
+        "addr": Key("str", "127.0.0.1", option="--metrics-addr",
+                    help="address the metrics server binds (0.0.0.0: every interface, for a remote Prometheus)"),
+    },
+    "logging": {
+        "level": Key("str", "info", choices=LOG_LEVELS, option="--log-level", env="GEARSYNC_LOG_LEVEL",
+                     help="least severe messages logged (default info; warning for sync-verify, sync-status)"),
+        "format": Key("str", "auto", choices=LOG_FORMATS, option="--log-format", env="GEARSYNC_LOG_FORMAT",
+                      help="auto: console on a terminal, JSON lines otherwise"),
+    },
+    "worker": {
+        "batch": Key("int", 128, 1, 10000, option="--batch", help="jobs grabbed per round trip and applied per Redis call"),
+        "connections": Key("int", 1, 1, 64, option="--connections", help="parallel grab/apply loops"),
+        "stats_interval_s": Key("float", 10.0, 0, 86400, option="--stats-interval", help="seconds between stats lines (0 = off)"),
+        "shutdown_timeout_s": Key("float", 10.0, 0.1, 3600, help="seconds to finish the jobs in hand at SIGTERM"),
+        "tombstone_ttl_s": Key("int", 86400, 1, 365 * 86400, help="seconds a delete's version fence is kept"),
+        "client_id": Key("str", "gearsync-worker", help="gearmand client id prefix"),
+        "startup_wait_s": STARTUP_WAIT,
+    },
+    "binlog": {
+        "sink": Key("str", "redis", choices=SINKS, option="--sink", help="apply to Redis, or submit to gearmand"),
+        "server_id": Key("int", None, 1, 2**32 - 1, option="--server-id", help="replica server_id (default: derived from the name)"),
+        "name": Key("str", None, option="--name", help="name of the saved position (default host:port/db/tables)"),
+        "batch": Key("int", 2000, 1, 100000, option="--batch", help="most events per Redis call / gearman batch"),
+        "flush_ms": Key("float", 20.0, 0.1, 1000, option="--flush-ms", help="longest a change waits to join a batch under load"),
+        "stats_interval_s": Key("float", 10.0, 0, 86400, option="--stats-interval", help="seconds between stats lines (0 = off)"),
+        "startup_wait_s": STARTUP_WAIT,
+    },
+    "relay": {
+        "database": Key("list", None, option="--database", help="databases holding gearsync_spool (default [mysql].database)"),
+        "batch": Key("int", 500, 1, 100000, option="--batch", help="rows per transaction"),
+        "poll_interval_s": Key("float", 0.02, 0.001, 60, option="--poll-interval", help="seconds between polls of an empty spool"),
+        "stats_interval_s": Key("float", 10.0, 0, 86400, option="--stats-interval", help="seconds between stats lines (0 = off)"),
+        "watch_triggers": Key("bool", True, option="--watch-triggers", help="re-install stale capture triggers"),
+        "watch_interval_s": Key("float", 5.0, 0.1, 3600, option="--watch-interval", help="seconds between trigger checks"),
+        "startup_wait_s": STARTUP_WAIT,
+    },
+    "snapshot": {
+        "chunk": Key("int", 5000, 1, 1_000_000, option="--chunk", help="rows per query and per saved step"),
+        "versions": Key("str", "trigger", choices=("trigger", "binlog"), option="--versions",
+                        help="which change source's versions the snapshot orders against"),
+        "progress": Key("str", "auto", choices=PROGRESS, option="--progress", help="progress bar or a log line every 10 s"),
+    },
+    "verify": {
+        "chunk": Key("int", 5000, 1, 1_000_000, option="--chunk", help="rows per MySQL query / Redis pipeline"),
+        "recheck_delay_s": Key("float", 1.0, 0, 3600, option="--recheck-delay", help="seconds before differences are checked again"),
+        "extra": Key("bool", True, option="--no-extra", help="scan Redis for extra keys (--no-extra: false)"),
+        "progress": Key("str", "auto", choices=PROGRESS, option="--progress", help="progress bar or a log line every 10 s"),
+    },
+}
+
+# The keys of a [tables.<name>] section (options with the same name override them for every table).
+TABLE_KEYS: dict[str, Key] = {
+    "columns": Key("list", None, option="--columns", help="only these columns (the key columns always)"),
+    "format": Key("str", "json", choices=FORMATS, option="--format", help="json: SET key <row JSON>; hash: HSET key <columns>"),
+    "function": Key("str", None, option="--function", help="Gearman function (default gearsync.<name>)"),
+    "key_template": Key("str", "{table}:{pk}", option="--key-template", help="Redis key of a row: {table}, {pk}, {pk.<column>}"),
+    "mode": Key("str", "udf", choices=CAPTURE_MODES, option="--mode", help="sync-triggers: udf or outbox"),
+    "on_enqueue_failure": Key("str", "spool", choices=FAILURE_POLICIES, option="--on-enqueue-failure",
+                              help="sync-triggers --mode udf: when gearmand did not take a change"),
+    "ttl_s": Key("int", 0, 0, MAX_TTL_S, option="--ttl", help="expire row keys after this many seconds (0 = never)"),
+}
+
+# old environment variable → its GEARSYNC_ name (read when the new one is unset; deprecated)
+DEPRECATED_ENV: dict[str, str] = {
+    **{f"MYSQL_{k.upper()}": f"GEARSYNC_MYSQL_{k.upper()}" for k in SCHEMA["mysql"]},
+    "REDIS_URL": "GEARSYNC_REDIS_URL",
+    "REDIS_PASSWORD": "GEARSYNC_REDIS_PASSWORD",
+    "GEARMAN_SERVERS": "GEARSYNC_GEARMAN_SERVERS",
+}
+_OLD_ENV = {new: old for old, new in DEPRECATED_ENV.items()}
+CONFIG_ENV = "GEARSYNC_CONFIG"
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable of a key ("" when it has none)."""
+    spec = SCHEMA[section][key]
+    return spec.env if spec.env is not None else f"GEARSYNC_{section}_{key}".upper()
+
+
+def deprecated_env(env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(old, new) for each old-style variable set (and read: its new name is unset)."""
+    env = _env(env)
+    return [(old, new) for old, new in DEPRECATED_ENV.items() if env.get(old) and not env.get(new)]
+
+
+def _env_value(env: Mapping[str, str], section: str, key: str) -> tuple[str, str] | None:
+    """(variable, value) of a key from the environment: the GEARSYNC_ name, else its old name."""
+    name = env_name(section, key)
+    if not name:
+        return None
+    for var in (name, _OLD_ENV.get(name)):
+        if var and env.get(var):
+            return var, env[var]
+    return None
+
+
+# -- the config file ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
 class ConfigFile:
-    """A parsed, checked TOML config file (``--config``)."""
+    """A parsed, checked TOML config file (``--config``): values converted to their Key's type."""
 
     path: str
     data: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -142,37 +352,93 @@ class ConfigFile:
     def section(self, name: str) -> Mapping[str, Any]:
         return self.data.get(name, {})
 
+    @property
+    def tables(self) -> Mapping[str, Mapping[str, Any]]:
+        """[tables.<name>] sections, in file order."""
+        return self.data.get("tables", {})
+
     def where(self, key: str) -> str:
         """How an error names a value of the file, e.g. '--config g.toml: [redis].url'."""
         return f"--config {self.path}: {key}"
 
 
+def _one_of(names: Mapping[str, Any] | list[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def _check_section(path: str, label: str, values: Any, keys: Mapping[str, Key]) -> dict[str, Any]:
+    where = f"--config {path}: "
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}{label} is {values!r}; expected a section {label} with keys {_one_of(keys)}")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in keys:
+            raise ConfigError(f"{where}unknown key {key!r} in {label}; expected one of {_one_of(keys)}")
+        out[key] = keys[key].check(value, f"{where}{label}.{key}", text=False)
+    return out
+
+
+def _holds_secret(data: Mapping[str, Any]) -> bool:
+    from urllib.parse import urlsplit
+
+    for section in ("mysql", "redis"):
+        values = data.get(section, {})
+        if values.get("password"):
+            return True
+        try:
+            if values.get("url") and urlsplit(values["url"]).password:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
-    """Read and check a TOML config file: unknown sections or keys are errors that name them."""
+    """Read and check a TOML config file: an unknown section or key, a wrong type, or a password
+    in a file others may read are ConfigErrors in one line naming the file and the key."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
-            data = tomllib.load(fh)
+            mode = os.fstat(fh.fileno()).st_mode
+            raw = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"--config: {str(p)!r} does not exist; expected a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {str(p)!r} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"--config: {str(p)!r} cannot be read: {exc.strerror}") from None
-    for key in data:
-        if key not in SECTIONS:
-            raise ConfigError(f"--config {p}: unknown section [{key}]; expected one of {', '.join(sorted(SECTIONS))}")
-    for name in ("gearman", "redis", "worker"):
-        section = data.get(name, {})
-        known = SECTIONS[name] or frozenset()
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"--config {p}: [{name}] must be a table")
-        for key in section:
-            if key not in known:
-                raise ConfigError(f"--config {p}: unknown key {key!r} in [{name}]; expected one of {', '.join(sorted(known))}")
-    if not isinstance(data.get("tables", {}), Mapping):
-        raise ConfigError(f"--config {p}: [tables] must hold [tables.<name>] sections")
+    data: dict[str, Any] = {}
+    for name, values in raw.items():
+        if name == "tables":
+            data[name] = _check_tables(str(p), values)
+        elif name in SCHEMA:
+            data[name] = _check_section(str(p), f"[{name}]", values, SCHEMA[name])
+        else:
+            raise ConfigError(f"--config {p}: unknown section [{name}]; expected one of "
+                              f"{_one_of([*SCHEMA, 'tables'])}")
+    if mode & stat.S_IROTH and _holds_secret(data):
+        raise ConfigError(f"--config {p}: holds a password and is readable by others (mode {stat.S_IMODE(mode):04o}); "
+                          f"expected it private: chmod 600 {p} (or 640 for a group)")
     return ConfigFile(str(path), data)
+
+
+def _check_tables(path: str, values: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"--config {path}: tables = {values!r}; expected [tables.<name>] sections")
+    tables: dict[str, dict[str, Any]] = {}
+    for name, section in values.items():
+        check_table_name(name, f"--config {path}: [tables.{name}]")
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"--config {path}: {name} = {section!r} under [tables]; expected a section "
+                              f"[tables.{name}] with keys {_one_of(TABLE_KEYS)}")
+        tables[name] = _check_section(path, f"[tables.{name}]", section, TABLE_KEYS)
+    return tables
+
+
+def config_for(args: Any = None, env: Mapping[str, str] | None = None) -> ConfigFile | None:
+    """The config file of a command: --config FILE, else GEARSYNC_CONFIG, else None."""
+    path = _option(args, "config") or _env(env).get(CONFIG_ENV)
+    return load_config(path) if path else None
 
 
 # -- the resolvers ------------------------------------------------------------------------------
@@ -185,97 +451,158 @@ def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if env is None else env
 
 
+def _file_where(cfg: ConfigFile | None, key: str) -> str:
+    return cfg.where(key) if cfg is not None else key
+
+
+def _dest(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
+
+
+class Resolver:
+    """Values of SCHEMA keys for one command: option > environment > config file > default."""
+
+    def __init__(self, args: Any = None, env: Mapping[str, str] | None = None, cfg: ConfigFile | None = None) -> None:
+        self.args, self.env, self.cfg = args, _env(env), cfg
+
+    def source(self, section: str, key: str, dest: str | None = None) -> tuple[Any, str] | None:
+        """(raw value, where) from the option (attribute `dest`, default the Key's option), the
+        environment or the file; None when none of them sets it. File values are checked already."""
+        spec = SCHEMA[section][key]
+        dest = dest or (_dest(spec.option) if spec.option else None)
+        value = _option(self.args, dest) if dest else None
+        if value is not None:
+            return value, spec.option or f"--{dest}"
+        found = _env_value(self.env, section, key)
+        if found is not None:
+            return found[1], found[0]
+        if self.cfg is not None and key in self.cfg.section(section):
+            return self.cfg.section(section)[key], ""
+        return None
+
+    def get(self, section: str, key: str, dest: str | None = None) -> Any:
+        """The checked value (the Key's default when nothing sets it)."""
+        spec = SCHEMA[section][key]
+        found = self.source(section, key, dest)
+        if found is None:
+            return spec.default
+        value, where = found
+        return spec.check(value, where, text=True) if where else value
+
+    def tables(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The [tables.<name>] values of `names` (default: every table of the file), {} for a
+        table the file does not name."""
+        sections = self.cfg.tables if self.cfg is not None else {}
+        return {n: dict(sections.get(n, {})) for n in (names if names is not None else list(sections))}
+
+
 def resolve_mysql(args: Any = None, env: Mapping[str, str] | None = None, cfg: ConfigFile | None = None) -> MySQLSettings:
-    """--mysql-url, else MYSQL_URL, else the MYSQL_* variables; MYSQL_PASSWORD and MYSQL_SSL_* always
-    apply when set."""
-    return mysql_settings(_option(args, "mysql_url"), env)
-
-
-def mysql_settings(url: str | None = None, env: Mapping[str, str] | None = None) -> MySQLSettings:
-    """resolve_mysql for a caller holding the --mysql-url value itself (None: not given)."""
+    """[mysql] from the file, then the environment, then --mysql-url, each over the one before.
+    In each, a url sets host, port, user, database and socket together (the separate keys of the
+    same source are then not read); password and ssl_* apply whenever set."""
     env = _env(env)
+    fields: dict[str, Any] = {}
+    file_values = cfg.section("mysql") if cfg is not None else {}
+    sources: list[dict[str, tuple[Any, str]]] = [
+        {k: (v, "") for k, v in file_values.items()},
+        {k: found[::-1] for k in SCHEMA["mysql"] if (found := _env_value(env, "mysql", k)) is not None},
+    ]
+    url = _option(args, "mysql_url")
     if url is not None:
-        settings = from_url(url, "--mysql-url")
-        refuse_password_in(url, "--mysql-url", "MYSQL_PASSWORD")
-    elif env.get("MYSQL_URL"):
-        settings = from_url(env["MYSQL_URL"], "MYSQL_URL")
-    else:
-        port_text = env.get("MYSQL_PORT") or str(DEFAULT_MYSQL_PORT)
-        try:
-            port = int(port_text)
-            if not 1 <= port <= 65535:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(f"MYSQL_PORT: {port_text!r}; expected a port number from 1 to 65535") from None
-        settings = MySQLSettings(
-            host=env.get("MYSQL_HOST") or "127.0.0.1",
-            port=port,
-            user=env.get("MYSQL_USER") or "root",
-            database=env.get("MYSQL_DATABASE") or None,
-            unix_socket=env.get("MYSQL_SOCKET") or None,
-        )
-    overrides: dict[str, Any] = {}
-    if env.get("MYSQL_PASSWORD"):
-        overrides["password"] = env["MYSQL_PASSWORD"]
-    for key in ("ssl_ca", "ssl_cert", "ssl_key"):
-        value = env.get("MYSQL_" + key.upper())
-        if value:
-            overrides[key] = value
-    return replace(settings, **overrides) if overrides else settings
+        refuse_password_in(url, "--mysql-url", "GEARSYNC_MYSQL_PASSWORD or the config file")
+        sources.append({"url": (url, "--mysql-url")})
+    def get(values: dict[str, tuple[Any, str]], key: str) -> Any:
+        value, where = values[key]
+        return SCHEMA["mysql"][key].check(value, where, text=True) if where else value
+
+    for values in sources:
+        if "url" in values:
+            where = values["url"][1] or _file_where(cfg, "[mysql].url")
+            s = from_url(values["url"][0], where)
+            fields.update(host=s.host, port=s.port, user=s.user, database=s.database, unix_socket=s.unix_socket)
+            if s.password:
+                fields["password"] = s.password
+        else:
+            for key, name in (("host", "host"), ("port", "port"), ("user", "user"), ("database", "database"),
+                              ("socket", "unix_socket")):
+                if key in values:
+                    fields[name] = get(values, key)
+        for key in ("password", "ssl_ca", "ssl_cert", "ssl_key"):
+            if key in values:
+                fields[key] = get(values, key)
+    return MySQLSettings(**fields)
+
+
+def mysql_settings(url: str | None = None, env: Mapping[str, str] | None = None,
+                   cfg: ConfigFile | None = None) -> MySQLSettings:
+    """resolve_mysql for a caller holding the --mysql-url value itself (None: not given)."""
+    return resolve_mysql(SimpleNamespace(mysql_url=url), env, cfg)
 
 
 def resolve_redis(args: Any = None, env: Mapping[str, str] | None = None, cfg: ConfigFile | None = None) -> RedisSettings:
-    """--redis-url / REDIS_URL / [redis].url; REDIS_PASSWORD / [redis].password; --redis-cluster /
-    [redis].cluster."""
-    env = _env(env)
-    section = cfg.section("redis") if cfg is not None else {}
-    url = _option(args, "redis_url")
-    if url is not None:
-        check_redis_url(url, "--redis-url")
-        refuse_password_in(url, "--redis-url", "REDIS_PASSWORD" if cfg is None else "REDIS_PASSWORD or the config file")
-    elif env.get("REDIS_URL"):
-        url = check_redis_url(env["REDIS_URL"], "REDIS_URL")
-    elif cfg is not None:
-        url = check_redis_url(str(section.get("url", DEFAULT_REDIS_URL)), cfg.where("[redis].url"))
-    else:
+    """url: --redis-url / GEARSYNC_REDIS_URL / [redis].url; password: GEARSYNC_REDIS_PASSWORD /
+    [redis].password; cluster: --redis-cluster / GEARSYNC_REDIS_CLUSTER / [redis].cluster."""
+    r = Resolver(args, env, cfg)
+    found = r.source("redis", "url")
+    if found is None:
         url = DEFAULT_REDIS_URL
-    password = env.get("REDIS_PASSWORD") or section.get("password") or None
-    cluster = _option(args, "redis_cluster")
-    if cluster is None:
-        cluster = section.get("cluster", False)
-    return RedisSettings(url=url, password=password, cluster=bool(cluster))
+    else:
+        url, where = found
+        check_redis_url(url, where or _file_where(cfg, "[redis].url"))
+        if where == "--redis-url":
+            refuse_password_in(url, "--redis-url", "GEARSYNC_REDIS_PASSWORD" if cfg is None
+                               else "GEARSYNC_REDIS_PASSWORD or the config file")
+    return RedisSettings(url=url, password=r.get("redis", "password") or None, cluster=bool(r.get("redis", "cluster")))
 
 
 def resolve_gearman_servers(args: Any = None, env: Mapping[str, str] | None = None,
                             cfg: ConfigFile | None = None) -> list[tuple[str, int]]:
-    """--servers / GEARMAN_SERVERS / [gearman].servers (a string or a list) / 127.0.0.1:4730."""
-    env = _env(env)
-    servers = _option(args, "servers")
-    if servers is not None:
-        return parse_servers(servers, "--servers")
-    if env.get("GEARMAN_SERVERS"):
-        return parse_servers(env["GEARMAN_SERVERS"], "GEARMAN_SERVERS")
-    if cfg is not None and "servers" in cfg.section("gearman"):
-        raw = cfg.section("gearman")["servers"]
-        return parse_servers(",".join(raw) if isinstance(raw, list) else str(raw), cfg.where("[gearman].servers"))
-    return [("127.0.0.1", DEFAULT_GEARMAN_PORT)]
+    """--servers / GEARSYNC_GEARMAN_SERVERS / [gearman].servers (a string or a list) / 127.0.0.1:4730."""
+    found = Resolver(args, env, cfg).source("gearman", "servers")
+    if found is None:
+        return [("127.0.0.1", DEFAULT_GEARMAN_PORT)]
+    value, where = found
+    text = ",".join(value) if isinstance(value, list) else str(value)
+    return parse_servers(text, where or _file_where(cfg, "[gearman].servers"))
 
 
 @dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     format: str = "auto"   # auto: console on a terminal, JSON otherwise
+    deprecated: tuple[tuple[str, str], ...] = ()   # (old, new) environment names in use
+
+    @property
+    def json(self) -> bool:
+        """--log-format json: stderr carries nothing but JSON lines."""
+        return self.format == "json"
 
     def apply(self) -> None:
+        """Set up structlog; then, once per process, one line naming the old environment
+        variables in use and their GEARSYNC_ names."""
         from sync.logging import setup_logging
 
         setup_logging(self.level, self.format)
+        global _deprecation_logged
+        if self.deprecated and not _deprecation_logged:
+            import structlog
+
+            _deprecation_logged = True
+            structlog.get_logger("gearsync").warning(
+                "deprecated_environment_variables", old=",".join(o for o, _ in self.deprecated),
+                use=",".join(n for _, n in self.deprecated))
+
+
+_deprecation_logged = False
 
 
 def resolve_logging(args: Any = None, env: Mapping[str, str] | None = None,
                     cfg: ConfigFile | None = None) -> LoggingSettings:
-    """--log-level / --log-format (their defaults come from the command's option group)."""
-    return LoggingSettings(level=_option(args, "log_level") or "info", format=_option(args, "log_format") or "auto")
+    """--log-level / GEARSYNC_LOG_LEVEL / [logging].level / the command's default (the option
+    group stores it as log_level_default); --log-format likewise."""
+    r = Resolver(args, env, cfg)
+    level = r.get("logging", "level") if r.source("logging", "level") else (_option(args, "log_level_default") or "info")
+    return LoggingSettings(level=level, format=r.get("logging", "format"), deprecated=tuple(deprecated_env(env)))
 
 
 @dataclass(frozen=True)
@@ -293,5 +620,7 @@ class MetricsSettings:
 
 def resolve_metrics(args: Any = None, env: Mapping[str, str] | None = None,
                     cfg: ConfigFile | None = None) -> MetricsSettings:
-    """--metrics-port (off when not given), --metrics-addr (default 127.0.0.1)."""
-    return MetricsSettings(port=_option(args, "metrics_port"), addr=_option(args, "metrics_addr") or "127.0.0.1")
+    """--metrics-port / GEARSYNC_METRICS_PORT / [metrics].port (off when none); --metrics-addr likewise
+    (default 127.0.0.1: this host only)."""
+    r = Resolver(args, env, cfg)
+    return MetricsSettings(port=r.get("metrics", "port"), addr=r.get("metrics", "addr"))

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from sync.cli import (
+    add_config_option,
     add_gearman_options,
     add_logging_options,
     add_metrics_options,
@@ -19,7 +20,15 @@ from sync.cli import (
     stop_on_signals,
 )
 from sync.errors import ConfigError
-from sync.settings import DEFAULT_GEARMAN_PORT, resolve_gearman_servers, resolve_logging, resolve_metrics, resolve_mysql
+from sync.settings import (
+    DEFAULT_GEARMAN_PORT,
+    Resolver,
+    config_for,
+    resolve_gearman_servers,
+    resolve_logging,
+    resolve_metrics,
+    resolve_mysql,
+)
 from sync.startup import wait_for_servers
 
 if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
@@ -49,10 +58,11 @@ must go through `sync-triggers alter`: writes fail before any watcher can act
 """
 
 EPILOG = f"""\
-environment:
-  MYSQL_URL or MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_DATABASE, MYSQL_SOCKET; MYSQL_PASSWORD
-  GEARMAN_SERVERS   job servers, host:port[,host:port…] (default 127.0.0.1:{DEFAULT_GEARMAN_PORT})
-  GEARSYNC_JOB_KEY  key the jobs sent are signed with (docs/security.md; unset: unsigned, one warning)
+environment (each also a key of --config, which can hold the [relay] options; docs/configuration.md):
+  GEARSYNC_MYSQL_URL or GEARSYNC_MYSQL_HOST, _PORT, _USER, _DATABASE, _SOCKET; GEARSYNC_MYSQL_PASSWORD
+  GEARSYNC_GEARMAN_SERVERS  job servers, host:port[,host:port…] (default 127.0.0.1:{DEFAULT_GEARMAN_PORT})
+  GEARSYNC_JOB_KEY  key the jobs sent are signed with (environment only; docs/security.md; unset:
+                    unsigned, one warning)
 
 examples:
   {PROG} --database shop
@@ -61,8 +71,8 @@ examples:
   {PROG} --database shop --watch-interval 2   # re-install stale triggers within ~2 s
   {PROG} --database shop --metrics-port 9312  # /metrics and /healthz on 127.0.0.1:9312 (docs/metrics.md)
 
-exit codes: 0 stopped cleanly or --once done, 2 bad option, or a MySQL error retrying cannot fix
-(access denied, no gearsync_spool, missing grants), 3 MySQL unreachable
+exit codes: 0 stopped cleanly or --once done, 2 bad option, config file or environment, or a MySQL
+error retrying cannot fix (access denied, no gearsync_spool, missing grants), 3 MySQL unreachable
 after --startup-wait, or gearmand unreachable with --once (once running, the relay retries both).
 """
 
@@ -70,16 +80,17 @@ after --startup-wait, or gearmand unreachable with --once (once running, the rel
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("--database", metavar="DB[,DB…]",
-                   help="database(s) holding gearsync_spool (default: MYSQL_DATABASE / the --mysql-url path)")
+                   help="database(s) holding gearsync_spool (default: GEARSYNC_MYSQL_DATABASE / the --mysql-url path)")
+    add_config_option(p)
     add_mysql_options(p)
     add_gearman_options(p)
-    p.add_argument("--batch", default="500", metavar="N", help="rows per transaction (default 500)")
-    p.add_argument("--poll-interval", default="0.02", metavar="S", help="seconds between polls of an empty spool (default 0.02)")
-    p.add_argument("--stats-interval", default="10", metavar="S", help="seconds between stats log lines (default 10; 0 = off)")
+    p.add_argument("--batch", metavar="N", help="rows per transaction (default 500)")
+    p.add_argument("--poll-interval", metavar="S", help="seconds between polls of an empty spool (default 0.02)")
+    p.add_argument("--stats-interval", metavar="S", help="seconds between stats log lines (default 10; 0 = off)")
     p.add_argument("--once", action="store_true", help="relay until the spool is empty, then exit")
-    p.add_argument("--watch-triggers", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--watch-triggers", action=argparse.BooleanOptionalAction,
                    help="check the capture triggers and re-install stale ones (default on)")
-    p.add_argument("--watch-interval", default="5", metavar="S", help="seconds between trigger checks (default 5)")
+    p.add_argument("--watch-interval", metavar="S", help="seconds between trigger checks (default 5)")
     add_startup_options(p)
     add_metrics_options(p)
     add_logging_options(p)
@@ -90,17 +101,17 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
     from sync.capture.relay import RelaySettings
 
     env = os.environ if env is None else env
-    mysql = resolve_mysql(args, env)
-    dbs_text = args.database or mysql.database
-    if not dbs_text:
+    cfg = config_for(args, env)
+    r = Resolver(args, env, cfg)
+    mysql = resolve_mysql(args, env, cfg)
+    if r.source("relay", "database") is None and not mysql.database:
         raise ConfigError("--database: none given; expected the database holding gearsync_spool "
-                          "(or MYSQL_DATABASE / a /db path in --mysql-url)")
-    databases = tuple(d.strip() for d in dbs_text.split(","))
-    if any(not d for d in databases):
-        raise ConfigError(f"--database: {dbs_text!r} has an empty name; expected DB[,DB…]")
-    return RelaySettings(mysql=mysql, databases=databases, servers=resolve_gearman_servers(args, env),
-                         batch=args.batch, poll_interval_s=args.poll_interval, stats_interval_s=args.stats_interval,
-                         watch_triggers=args.watch_triggers, watch_interval_s=args.watch_interval)
+                          "(or GEARSYNC_MYSQL_DATABASE / a /db path in --mysql-url)")
+    databases = tuple(r.get("relay", "database") or [mysql.database])
+    return RelaySettings(mysql=mysql, databases=databases, servers=resolve_gearman_servers(args, env, cfg),
+                         batch=r.get("relay", "batch"), poll_interval_s=r.get("relay", "poll_interval_s"),
+                         stats_interval_s=r.get("relay", "stats_interval_s"),
+                         watch_triggers=r.get("relay", "watch_triggers"), watch_interval_s=r.get("relay", "watch_interval_s"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -108,11 +119,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def go() -> int:
         settings = settings_from_args(args)
-        resolve_logging(args).apply()
-        metrics = resolve_metrics(args)
+        cfg = config_for(args)
+        resolve_logging(args, None, cfg).apply()
+        metrics = resolve_metrics(args, None, cfg)
         if not args.once:
             metrics.start()
-        wait_for_servers(args.startup_wait, mysql=settings.mysql)  # gearmand: the relay loop waits for it
+        # gearmand: the relay loop waits for it
+        wait_for_servers(Resolver(args, None, cfg).get("relay", "startup_wait_s"), mysql=settings.mysql)
         return asyncio.run(_serve(settings, once=args.once, monitor=metrics.port is not None))
 
     run(PROG, go, argv)

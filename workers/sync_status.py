@@ -9,8 +9,19 @@ from collections.abc import Sequence
 
 import orjson
 
-from sync.cli import ExitCode, add_gearman_options, add_logging_options, add_mysql_options, add_redis_options, make_parser, run
-from sync.settings import resolve_logging, resolve_mysql
+from sync.cli import (
+    ExitCode,
+    add_config_option,
+    add_gearman_options,
+    add_logging_options,
+    add_mysql_options,
+    add_redis_options,
+    fail,
+    make_parser,
+    run,
+    table_names,
+)
+from sync.settings import config_for, resolve_logging, resolve_mysql
 
 PROG = "sync-status"
 
@@ -30,28 +41,31 @@ A part that does not answer is shown as down; the others are still shown.
 """
 
 EPILOG = """\
-environment: GEARMAN_SERVERS, REDIS_URL, REDIS_PASSWORD, MYSQL_URL / MYSQL_* (as the other commands).
+environment: GEARSYNC_GEARMAN_SERVERS, GEARSYNC_REDIS_URL, GEARSYNC_REDIS_PASSWORD, GEARSYNC_MYSQL_URL /
+GEARSYNC_MYSQL_* (as the other commands; each also a key of --config: docs/configuration.md).
 
 examples:
   sync-status
   sync-status --table data --json
   sync-status --watch 2
 
-exit codes: 0 shown, 2 bad option, 3 nothing at all was reachable.
+exit codes: 0 shown, 2 bad option, config file or environment, 3 nothing at all was reachable.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("--table", action="append", metavar="NAME", help="tables to show (default: every table found)")
+    p.add_argument("--table", action="append", metavar="NAME[,NAME…]",
+                   help="tables to show: repeat or comma-separate (default: every [tables.NAME] of --config, else "
+                        "every table found)")
     add_gearman_options(p)
     add_redis_options(p)
     add_mysql_options(p)
     p.add_argument("--no-mysql", action="store_true", help="do not connect to MySQL (no spool / binlog position)")
-    p.add_argument("--config", metavar="FILE", help="TOML config file shared with sync-worker")
+    add_config_option(p)
     p.add_argument("--json", action="store_true", help="print the state as JSON (one line per refresh)")
     p.add_argument("--watch", type=float, metavar="S", help="refresh every S seconds until Ctrl-C")
-    add_logging_options(p, level="warning", log_format=False)
+    add_logging_options(p, level="warning")
     return p
 
 
@@ -59,9 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        from sync.cli import fail
-
-        resolve_logging(args).apply()
+        resolve_logging(args, None, config_for(args)).apply()
         if args.watch is not None and not 0.1 <= args.watch <= 86400:
             fail(PROG, f"--watch: {args.watch:g}; expected 0.1 to 86400 seconds")
         return asyncio.run(_status(args))
@@ -77,13 +89,13 @@ async def _status(args: argparse.Namespace) -> int:
     from sync.redis_client import connect_redis
     from sync.tools.status import add_trigger_states, collect, reachable, render
 
-    tables = [t.strip() for item in (args.table or []) for t in item.split(",") if t.strip()]
+    tables = table_names(args.table)
     # worker_settings validates servers/Redis/table names the way sync-worker does; the table
     # list only matters for the function names.
     ws = worker_settings(tables=tables or None, config_path=args.config, servers=args.servers,
                          redis_url=args.redis_url, redis_cluster=args.redis_cluster, classic=not tables)
     functions = {t.name: t.gearman_function for t in ws.tables.values()}
-    mysql = None if args.no_mysql else resolve_mysql(args)
+    mysql = None if args.no_mysql else resolve_mysql(args, None, config_for(args))
     redis = connect_redis(ws.redis, socket_timeout_s=3.0)
     console = Console()
     try:

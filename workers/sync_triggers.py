@@ -32,12 +32,20 @@ from sync.capture.triggers import (
     uninstall_script,
     uninstall_statements,
 )
-from sync.cli import ExitCode, add_mysql_options, add_table_options, make_parser, run
+from sync.cli import (
+    ExitCode,
+    add_config_option,
+    add_logging_options,
+    add_mysql_options,
+    add_table_options,
+    make_parser,
+    run,
+    table_names,
+)
 from sync.errors import ConfigError, SourceError
 from sync.rows.fkgraph import FKGraph, load_foreign_keys
 from sync.rows.schema import TableSchema, current_database, load_table, quote_ident
-from sync.settings import resolve_mysql
-from sync.tables import check_table_name
+from sync.settings import ConfigFile, config_for, resolve_logging, resolve_mysql
 
 PROG = "sync-triggers"
 
@@ -85,9 +93,10 @@ Modes:
 """
 
 EPILOG = f"""\
-environment:
-  MYSQL_URL or MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_DATABASE, MYSQL_SOCKET; MYSQL_PASSWORD
-  (never on the command line)
+environment (each also a key of --config, whose [tables.NAME] sections can hold columns, function,
+mode and on_enqueue_failure per table; docs/configuration.md):
+  GEARSYNC_MYSQL_URL or GEARSYNC_MYSQL_HOST, _PORT, _USER, _DATABASE, _SOCKET; GEARSYNC_MYSQL_PASSWORD
+  (never on the command line). Without --table: every [tables.NAME] of --config.
 
 examples:
   {PROG} install --table data
@@ -98,9 +107,9 @@ examples:
   {PROG} check --all-tables                     # 1 when a trigger is stale or missing
   {PROG} alter --table data "DROP COLUMN w"     # see docs/schema-changes.md
 
-exit codes: 0 done (check: all up to date), 1 check: stale or missing triggers, 2 bad option /
-table (unknown table or column, no usable key; alter: MySQL rejected the specification),
-3 MySQL unreachable or the SQL failed.
+exit codes: 0 done (check: all up to date), 1 check: stale or missing triggers, 2 bad option,
+config file or table (unknown table or column, no usable key; alter: MySQL rejected the
+specification), 3 MySQL unreachable or the SQL failed.
 """
 
 
@@ -116,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--function", metavar="NAME", help="Gearman function of the jobs (default gearsync.<table>; one table only)")
     p.add_argument("--on-enqueue-failure", choices=FAILURE_POLICIES, default=None,
                    help="udf mode: what to do when gearmand did not take the change (default spool)")
-    p.add_argument("--mode", choices=MODES, default="udf", help="udf: send from the trigger; outbox: spool only (default udf)")
+    p.add_argument("--mode", choices=MODES, help="udf: send from the trigger; outbox: spool only (default udf)")
+    add_config_option(p)
     add_mysql_options(p)
     p.add_argument("--output", metavar="DIR", help="show: write the SQL files into DIR instead of printing")
+    add_logging_options(p)
     return p
 
 
@@ -131,32 +142,37 @@ def _columns(text: str | None) -> list[str] | None:
     return names
 
 
-def options_from_args(args: Any, table: str) -> TriggerOptions:
-    if args.mode == "outbox" and args.on_enqueue_failure is not None:
+def options_from_args(args: Any, table: str, cfg: ConfigFile | None = None) -> TriggerOptions:
+    """The trigger options of `table`: the options given, else its [tables.NAME] values, else the defaults."""
+    section = cfg.tables.get(table, {}) if cfg is not None else {}
+    mode = args.mode or section.get("mode", "udf")
+    policy = args.on_enqueue_failure or section.get("on_enqueue_failure")
+    if mode == "outbox" and policy is not None:
         raise ConfigError(
-            f"--on-enqueue-failure {args.on_enqueue_failure}: outbox mode never calls gearmand from the "
+            f"--on-enqueue-failure {policy}: outbox mode never calls gearmand from the "
             "trigger; expected it only with --mode udf"
         )
-    columns = _columns(args.columns)
-    return TriggerOptions.for_table(table, args.function, mode=args.mode,
-                                    on_enqueue_failure=args.on_enqueue_failure or "spool",
+    columns = _columns(args.columns) or section.get("columns")
+    function = args.function if args.function is not None else section.get("function")
+    return TriggerOptions.for_table(table, function, mode=mode,
+                                    on_enqueue_failure=policy or "spool",
                                     columns=tuple(columns) if columns is not None else None)
 
 
-def _tables(args: Any) -> list[str] | None:
-    """The --table names (checked), or None for --all-tables."""
-    names = [t.strip() for item in (args.table or []) for t in item.split(",")]
+def _tables(args: Any, cfg: ConfigFile | None = None) -> list[str] | None:
+    """The --table names (checked; without --table, the [tables.NAME] of the config file), or None
+    for --all-tables."""
+    names = table_names(args.table)
     if args.all_tables:
         if names:
             raise ConfigError("--all-tables: given together with --table; expected one of them")
         if args.command in ("show", "alter"):
             raise ConfigError(f"--all-tables: not for {args.command}; expected --table NAME")
         return None
+    if not names and cfg is not None:
+        names = list(cfg.tables)
     if not names:
         raise ConfigError("--table: none given; expected --table NAME[,NAME…] or --all-tables")
-    if any(not n for n in names):
-        raise ConfigError(f"--table: {','.join(args.table)!r} has an empty name; expected NAME[,NAME…]")
-    names = [check_table_name(n) for n in dict.fromkeys(names)]
     if len(names) > 1 and (args.columns or args.function or args.command in ("show", "alter")):
         what = "--columns" if args.columns else "--function" if args.function else args.command
         raise ConfigError(f"{what}: for one table only; expected a single --table with it")
@@ -203,8 +219,8 @@ def _schema(conn: Any, database: str, table: str, options: TriggerOptions) -> Ta
     return schema
 
 
-def _show(conn: Any, args: Any, database: str, table: str) -> int:
-    options = options_from_args(args, table)
+def _show(conn: Any, args: Any, database: str, table: str, cfg: ConfigFile | None) -> int:
+    options = options_from_args(args, table, cfg)
     schema = _schema(conn, database, table, options)
     script = install_script(schema, options, last_other_triggers(conn, schema))
     if args.output:
@@ -222,14 +238,16 @@ def _show(conn: Any, args: Any, database: str, table: str) -> int:
     return int(ExitCode.OK)
 
 
-def _install(conn: Any, args: Any, database: str, tables: list[str] | None, display: str) -> int:
+def _install(conn: Any, args: Any, database: str, tables: list[str] | None, display: str,
+             cfg: ConfigFile | None) -> int:
     skipped: list[tuple[str, str]] = []
     if tables is None:
         tables, skipped = eligible_tables(conn, database)
+    # every table checked (it exists, has a usable key, the columns) before anything is installed
+    checked = [(table, options, _schema(conn, database, table, options))
+               for table, options in ((t, options_from_args(args, t, cfg)) for t in tables)]
     _check_udfs(conn)  # both modes build the payload with gman_json_object
-    for table in tables:
-        options = options_from_args(args, table)
-        schema = _schema(conn, database, table, options)
+    for table, options, schema in checked:
         names = install_table(conn, schema, options, display)
         mode = "outbox" if options.mode == "outbox" else f"udf, on enqueue failure: {options.on_enqueue_failure}"
         print(f"installed {', '.join(names)} on {database}.{table} "
@@ -294,13 +312,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_intermixed_args(argv)
 
     def go() -> int:
-        tables = _tables(args)
+        cfg = config_for(args)
+        resolve_logging(args, None, cfg).apply()
+        tables = _tables(args, cfg)
         if args.spec is not None and args.command != "alter":
             raise ConfigError(f"{args.spec!r}: an ALTER specification is only for alter; expected no extra argument")
         if tables is not None and args.command in ("install", "show"):
             for t in tables:
-                options_from_args(args, t)  # bad options before connecting
-        settings = resolve_mysql(args)
+                options_from_args(args, t, cfg)  # bad options before connecting
+        settings = resolve_mysql(args, None, cfg)
         conn = settings.connect(database=args.database) if args.database else settings.connect()
         try:
             database = args.database or current_database(conn)
@@ -309,11 +329,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.command == "check":
                 return _check(conn, database, tables)
             if args.command == "install":
-                return _install(conn, args, database, tables, settings.display)
+                return _install(conn, args, database, tables, settings.display, cfg)
             assert tables is not None
             if args.command == "alter":
                 return _alter(conn, args, database, tables[0], settings.display)
-            return _show(conn, args, database, tables[0])
+            return _show(conn, args, database, tables[0], cfg)
         finally:
             conn.close()
 

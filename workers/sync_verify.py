@@ -12,17 +12,17 @@ import orjson
 
 from sync.cli import (
     ExitCode,
+    Output,
+    add_config_option,
     add_logging_options,
     add_mysql_options,
     add_redis_options,
     add_table_options,
-    fail,
     make_parser,
     run,
     table_target_options,
 )
-from sync.errors import SyncError
-from sync.settings import resolve_logging
+from sync.settings import Resolver, config_for, resolve_logging
 
 if TYPE_CHECKING:  # for annotations only; the commands import these inside the functions that use them
     from sync.rows.schema import TableSchema
@@ -47,7 +47,9 @@ so a repair racing a live change never wins.
 """
 
 EPILOG = """\
-environment: MYSQL_URL / MYSQL_*, REDIS_URL, REDIS_PASSWORD (as sync-snapshot).
+environment: GEARSYNC_MYSQL_URL / GEARSYNC_MYSQL_*, GEARSYNC_REDIS_URL, GEARSYNC_REDIS_PASSWORD (as
+sync-snapshot; each also a key of --config, which can hold the [verify] options and the
+[tables.NAME] sections: docs/configuration.md). Without --table: every [tables.NAME] of --config.
 
 examples:
   sync-verify --table data
@@ -61,7 +63,8 @@ then a summary (per table rows, missing, different, extra; totals); --json print
 {"equal", "tables": [...], "totals", "skipped"}. Options apply to every table; with --config, a
 table's [tables.NAME] gives what the options leave unset.
 
-exit codes: 0 equal, 1 differences remain (in any table), 2 bad input or an error (MySQL/Redis unreachable).
+exit codes: 0 equal, 1 differences remain (in any table), 2 bad option, config file or table,
+3 MySQL or Redis unreachable.
 """
 
 
@@ -71,18 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
                       columns_help='only these columns, as given to sync-snapshot (one table only)')
     p.add_argument("--repair", action="store_true", help="fix missing, different and extra keys (fenced)")
     p.add_argument("--sample", type=int, metavar="N", help="check N random rows (and the first N keys for extras)")
-    p.add_argument("--chunk", type=int, default=5000, metavar="N", help="rows per MySQL query / Redis pipeline (default 5000)")
-    p.add_argument("--no-extra", action="store_true", help="do not scan Redis for extra keys")
-    p.add_argument("--recheck-delay", type=float, default=1.0, metavar="S",
+    p.add_argument("--chunk", type=int, metavar="N", help="rows per MySQL query / Redis pipeline (default 5000)")
+    p.add_argument("--no-extra", action="store_const", const=False, dest="extra",
+                   help="do not scan Redis for extra keys")
+    p.add_argument("--recheck-delay", type=float, metavar="S",
                    help="seconds to wait before checking differences again (default 1; 0 = at once)")
     add_mysql_options(p)
     add_redis_options(p)
     p.add_argument("--key-template", metavar="T", help="Redis key of a row, as for sync-worker (default '{table}:{pk}')")
     p.add_argument("--format", choices=("json", "hash"), help="json or hash, as for sync-worker (default json)")
-    p.add_argument("--config", metavar="FILE", help="TOML config file shared with sync-worker")
+    add_config_option(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto",
-                   help="progress bar (auto: on a terminal) or a log line every 10 s")
+    p.add_argument("--progress", choices=("auto", "bar", "log"),
+                   help="progress bar (auto: on a terminal; the default) or a log line every 10 s")
     add_logging_options(p, level="warning")
     return p
 
@@ -91,28 +95,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
-        resolve_logging(args).apply()
-        if not 0 <= args.recheck_delay <= 3600:
-            fail(PROG, f"--recheck-delay: {args.recheck_delay:g}; expected 0 to 3600 seconds")
-        try:
-            return asyncio.run(_verify(args))
-        except SyncError as exc:
-            # Monitoring contract: 2 for anything that is not an answer (bad input or unreachable).
-            fail(PROG, str(exc), ExitCode.USAGE)
+        cfg = config_for(args)
+        logging = resolve_logging(args, None, cfg)
+        logging.apply()
+        r = Resolver(args, None, cfg)
+        for key, dest in (("chunk", "chunk"), ("recheck_delay_s", "recheck_delay"), ("extra", "extra"),
+                          ("progress", "progress")):
+            setattr(args, dest, r.get("verify", key, dest))
+        return asyncio.run(_verify(args, Output(PROG, logging.json)))
 
     run(PROG, go, argv)
 
 
-async def _verify(args: argparse.Namespace) -> int:
+async def _verify(args: argparse.Namespace, out: Output) -> int:
     from sync.tools.snapshot import open_tables
 
     many = open_tables(**table_target_options(args))
     reports: list[tuple[TableSchema, VerifyReport]] = []
     try:
         for name, why in many.skipped:
-            sys.stderr.write(f"{PROG}: skipped {many.database}.{name}: {why}\n")
+            out.say("table_skipped", f"skipped {many.database}.{name}: {why}", database=many.database, table=name,
+                    reason=why)
         for target in many.tables:
-            report = await _one_table(args, target)
+            report = await _one_table(args, out, target)
             reports.append((target.schema, report))
             if not args.json:
                 _print(target.schema, report, args.repair)
@@ -130,7 +135,7 @@ async def _verify(args: argparse.Namespace) -> int:
     return int(ExitCode.OK if equal else ExitCode.DIFFERENCES)
 
 
-async def _one_table(args: argparse.Namespace, target: TableTarget) -> VerifyReport:
+async def _one_table(args: argparse.Namespace, out: Output, target: TableTarget) -> VerifyReport:
     from sync.rows.reader import TableReader, estimate_rows
     from sync.tools.display import ProgressDisplay
     from sync.tools.verify import Verifier
@@ -138,8 +143,8 @@ async def _one_table(args: argparse.Namespace, target: TableTarget) -> VerifyRep
     schema = target.schema
     verifier = Verifier(TableReader(target.conn, schema), target.redis, target.spec,
                         target.applier() if args.repair else None, chunk=args.chunk, repair=args.repair,
-                        sample=args.sample, recheck_delay_s=args.recheck_delay, check_extra=not args.no_extra)
-    tty = {"auto": None, "bar": True, "log": False}[args.progress]
+                        sample=args.sample, recheck_delay_s=args.recheck_delay, check_extra=args.extra)
+    tty = out.progress_tty(args.progress)
     total = args.sample or estimate_rows(target.conn, schema)
     display = ProgressDisplay(f"verify {schema.name}", total, tty=tty)
     state = {"phase": "rows"}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Mapping, Sequence
 
 from sync.cli import (
     ExitCode,
+    Output,
+    add_config_option,
     add_gearman_options,
     add_logging_options,
     add_metrics_options,
@@ -17,9 +18,10 @@ from sync.cli import (
     make_parser,
     run,
     stop_on_signals,
+    table_names,
 )
 from sync.config import CLASSIC_FUNCTION, WorkerSettings, worker_settings
-from sync.settings import resolve_logging, resolve_metrics
+from sync.settings import Resolver, config_for, resolve_logging, resolve_metrics
 from sync.startup import wait_for_servers
 
 PROG = "sync-worker"
@@ -35,12 +37,14 @@ gearsync:dead:{<table>} with the reason; fix the cause, then run --replay-dead.
 """
 
 EPILOG = f"""\
-environment:
-  GEARMAN_SERVERS   job servers, host:port[,host:port…] (default 127.0.0.1:4730)
-  REDIS_URL         redis://host:port/db (default redis://127.0.0.1:6379/0)
-  REDIS_PASSWORD    Redis password (never put it on the command line)
-  GEARSYNC_JOB_KEY  key of signed jobs: unsigned or badly signed jobs become dead letters
-                    (docs/security.md); GEARSYNC_JOB_KEY_OLD: keys still accepted (comma-separated)
+environment (each also a key of --config; docs/configuration.md):
+  GEARSYNC_GEARMAN_SERVERS  job servers, host:port[,host:port…] (default 127.0.0.1:4730)
+  GEARSYNC_REDIS_URL        redis://host:port/db (default redis://127.0.0.1:6379/0)
+  GEARSYNC_REDIS_PASSWORD   Redis password (never put it on the command line)
+  GEARSYNC_CONFIG           the config file when --config is not given
+  GEARSYNC_JOB_KEY          key of signed jobs: unsigned or badly signed jobs become dead letters
+                            (environment only; docs/security.md); GEARSYNC_JOB_KEY_OLD: keys still
+                            accepted (comma-separated)
   Options override the environment, which overrides --config.
 
 examples:
@@ -52,14 +56,14 @@ examples:
   {PROG} --table data --metrics-port 9310 --metrics-addr 0.0.0.0   # /metrics, /healthz (docs/metrics.md)
 
 exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or replay done, 1 replay left dead letters,
-2 bad option or config, 3 gearmand or Redis still unreachable after --startup-wait.
+2 bad option, config file or environment, 3 gearmand or Redis still unreachable after --startup-wait.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, DESCRIPTION, EPILOG)
-    p.add_argument("--table", action="append", metavar="NAME",
-                   help="table to sync (repeat, or comma-separate, for several)")
+    p.add_argument("--table", action="append", metavar="NAME[,NAME…]",
+                   help="table(s) to sync: repeat or comma-separate (default: every [tables.NAME] of --config)")
     p.add_argument("--function", metavar="NAME", help="Gearman function for the one --table (default gearsync.<table>)")
     p.add_argument("--classic", action="store_true",
                    help=f"also serve the classic recipe's function {CLASSIC_FUNCTION!r}: bare {{\"id\":…}} payloads "
@@ -73,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, metavar="S", help="expire row keys after S seconds (default: never)")
     p.add_argument("--batch", type=int, metavar="N", help="jobs grabbed per round trip and applied per Redis call (default 128)")
     p.add_argument("--connections", type=int, metavar="N", help="parallel grab/apply loops, each with its own connections (default 1)")
-    p.add_argument("--config", metavar="FILE", help="TOML config file ([gearman], [redis], [worker], [tables.<name>])")
+    add_config_option(p)
     p.add_argument("--replay-dead", action="store_true", help="re-apply the dead letters of the tables, then exit")
     add_startup_options(p)
     add_metrics_options(p)
@@ -84,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> WorkerSettings:
     """WorkerSettings from the parsed options, the environment and --config."""
-    tables = [t.strip() for item in (args.table or []) for t in item.split(",")] if args.table else None
+    tables = table_names(args.table) if args.table else None
     return worker_settings(
         tables=tables, config_path=args.config, servers=args.servers, redis_url=args.redis_url,
         redis_cluster=args.redis_cluster, function=args.function, key_template=args.key_template, fmt=args.format,
@@ -97,18 +101,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def go() -> int:
+        cfg = config_for(args)
         settings = settings_from_args(args)
-        resolve_logging(args).apply()
-        metrics = resolve_metrics(args)
+        logging = resolve_logging(args, None, cfg)
+        logging.apply()
+        metrics = resolve_metrics(args, None, cfg)
         if not args.replay_dead:
             metrics.start()
-        wait_for_servers(args.startup_wait, redis=settings.redis, gearman=settings.servers)
-        return asyncio.run(_serve(settings, replay=args.replay_dead, monitor=metrics.port is not None))
+        wait_for_servers(Resolver(args, None, cfg).get("worker", "startup_wait_s"), redis=settings.redis, gearman=settings.servers)
+        return asyncio.run(_serve(settings, replay=args.replay_dead, out=Output(PROG, logging.json),
+                                  monitor=metrics.port is not None))
 
     run(PROG, go, argv)
 
 
-async def _serve(settings: WorkerSettings, *, replay: bool, monitor: bool = False) -> int:
+async def _serve(settings: WorkerSettings, *, replay: bool, out: Output, monitor: bool = False) -> int:
     from sync.apply.worker import SyncWorker
 
     worker = SyncWorker(settings)
@@ -117,7 +124,7 @@ async def _serve(settings: WorkerSettings, *, replay: bool, monitor: bool = Fals
             ok, failed = await worker.replay_dead()
         finally:
             await worker.aclose()
-        sys.stderr.write(f"{PROG}: replayed {ok} dead letters, {failed} still dead\n")
+        out.say("dead_letters_replayed", f"replayed {ok} dead letters, {failed} still dead", replayed=ok, still_dead=failed)
         return int(ExitCode.DIFFERENCES if failed else ExitCode.OK)
     stop_on_signals(worker.request_stop)
     return await worker.run(monitor=monitor)

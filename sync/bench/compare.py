@@ -111,7 +111,7 @@ class PathResult:
 # -- processes -----------------------------------------------------------------------------------
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "MYSQL_PASSWORD": "", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "GEARSYNC_MYSQL_PASSWORD": "", "PYTHONUNBUFFERED": "1"}
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:

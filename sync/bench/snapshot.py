@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         r = RedisServer(Path(tmp) / "redis")
         with db, r:
             db.execute("CREATE DATABASE bench")
-            env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{db.port}/bench",
-                   "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
+            env = {**os.environ, "GEARSYNC_MYSQL_URL": f"mysql://root@127.0.0.1:{db.port}/bench",
+                   "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
             client = r.client()
             for n in sizes:
                 t0 = time.perf_counter()

@@ -83,7 +83,7 @@ def redis_matches(db: MariaDBServer, schema: TableSchema, spec: TableSpec, r: An
 def end_to_end(db: MariaDBServer, g: GearmanServer, redis: RedisServer, schema: TableSchema, mode: str, ids: list[int],
                settle_s: float) -> tuple[float, float]:
     """UPDATE/s while a sync-worker (and for outbox a sync-relay) runs; lag after the last commit."""
-    env = {**os.environ, "MYSQL_PASSWORD": "", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "GEARSYNC_MYSQL_PASSWORD": "", "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen([str(BIN / "sync-worker"), "--table", "data", "--servers", g.address,
                                "--redis-url", redis.url, "--log-format", "json", "--stats-interval", "0"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]

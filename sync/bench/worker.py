@@ -86,7 +86,7 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
         client.flushall()
     asyncio.run(prequeue(g, make_payloads(n, 2 * 10**12 if rewrite else 10**12, fk), key))
     env = {k: v for k, v in os.environ.items() if k not in (ENV_KEY, ENV_KEY_OLD)}
-    env.update({"GEARMAN_SERVERS": g.address, "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"})
+    env.update({"GEARSYNC_GEARMAN_SERVERS": g.address, "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0"})
     if key:
         env[ENV_KEY] = key
     exe = str(Path(sys.executable).with_name("sync-worker"))

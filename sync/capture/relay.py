@@ -67,10 +67,10 @@ _RETRYABLE = (1213, 1205)  # deadlock victim, lock wait timeout
 # MySQL errors that waiting will not cure: the relay stops with what to change instead of retrying
 # forever (server error code -> what is wrong).
 _FATAL = {
-    1045: "access denied: check MYSQL_USER / MYSQL_PASSWORD (or the user in --mysql-url)",
+    1045: "access denied: check GEARSYNC_MYSQL_USER / GEARSYNC_MYSQL_PASSWORD (or the user in --mysql-url)",
     1044: "access to the database denied: GRANT SELECT, DELETE ON <db>.gearsync_spool",
     1142: "command denied: the relay needs SELECT and DELETE on gearsync_spool",
-    1049: "unknown database: check --database / MYSQL_DATABASE",
+    1049: "unknown database: check --database / GEARSYNC_MYSQL_DATABASE",
     1146: "no table gearsync_spool: create it with `sync-triggers install` (or sql/spool.sql)",
 }
 

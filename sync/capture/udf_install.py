@@ -3,9 +3,9 @@
     python -m sync.capture.udf_install install --library udf/build/gearsync_udf.so
     python -m sync.capture.udf_install uninstall [--remove-library]
 
-The server comes from MYSQL_URL (mysql://user:pass@host:port/db, optional
-?unix_socket=/path) or MYSQL_HOST, MYSQL_PORT, MYSQL_USER, MYSQL_PASSWORD,
-MYSQL_DATABASE (default 127.0.0.1:3306, root, no password).
+The server comes from --mysql-url, GEARSYNC_MYSQL_URL (mysql://user:pass@host:port/db,
+optional ?unix_socket=/path) or GEARSYNC_MYSQL_HOST, _PORT, _USER, _PASSWORD, _DATABASE, or the
+[mysql] section of --config / GEARSYNC_CONFIG (default 127.0.0.1:3306, root, no password).
 
 `install` asks the server for @@plugin_dir, copies the library there atomically
 (temporary name in the same directory, then rename: a copy mysqld already has
@@ -18,31 +18,33 @@ the key in the server's logs and binlog.  Without it an existing key file is lef
 When the server is on another host, or its plugin dir is not
 writable from here, it prints the file to copy and the SQL to run and exits 3.
 
-Exit codes: 0 ok, 1 SQL failed, 2 bad configuration / cannot connect, 3 manual
-steps needed.
+Exit codes: 0 ok, 2 bad option or configuration (or no library file), 3 the server
+could not be reached, the SQL failed, or manual steps are needed.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from sync.cli import ExitCode, add_config_option, add_logging_options, add_mysql_options, make_parser
 from sync.errors import ConfigError, SourceError
 from sync.mysql import MySQLSettings
-from sync.settings import resolve_mysql
+from sync.settings import config_for, resolve_logging, resolve_mysql
 from sync.signing import ENV_KEY, KEY_FILE_NAME, JobKey, check_key_text
 
-EXIT_OK = 0
-EXIT_SQL_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_MANUAL = 3
+PROG = "python -m sync.capture.udf_install"
+EXIT_OK = int(ExitCode.OK)
+EXIT_CONFIG = int(ExitCode.USAGE)
+EXIT_UNREACHABLE = int(ExitCode.UNAVAILABLE)
+EXIT_SQL_FAILED = EXIT_UNREACHABLE   # the server refused a statement: 3, as sync-triggers
+EXIT_MANUAL = EXIT_UNREACHABLE       # steps to do by hand on the database host
 
 LIBRARY_NAME = "gearsync_udf.so"
 SQL_DIR: Traversable = resources.files("sync.capture") / "sql"
@@ -58,10 +60,10 @@ class InstallError(Exception):
         self.code = code
 
 
-def target_from_env(env: Mapping[str, str] | None = None) -> MySQLSettings:
-    """The server, from the MYSQL_* environment (this command has no --mysql-url)."""
+def target_from_env(env: Mapping[str, str] | None = None, args: Any = None) -> MySQLSettings:
+    """The server, from --mysql-url, the GEARSYNC_MYSQL_* environment or the config file's [mysql]."""
     try:
-        return resolve_mysql(None, env)
+        return resolve_mysql(args, env, config_for(args, env))
     except ConfigError as exc:
         raise InstallError(str(exc), EXIT_CONFIG) from None
 
@@ -70,7 +72,7 @@ def connect(target: MySQLSettings) -> Any:
     try:
         return target.connect(autocommit=True)
     except SourceError as exc:
-        raise InstallError(str(exc), EXIT_CONFIG) from None
+        raise InstallError(str(exc), EXIT_UNREACHABLE) from None
 
 
 def read_statements(path: Traversable) -> list[str]:
@@ -234,17 +236,45 @@ def uninstall(target: MySQLSettings, remove_library: bool) -> str:
         conn.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sync.capture.udf_install", description=__doc__.split("\n")[0])
+EPILOG = """\
+environment (each also a [mysql] key of --config; docs/configuration.md):
+  GEARSYNC_MYSQL_URL or GEARSYNC_MYSQL_HOST, _PORT, _USER, _DATABASE, _SOCKET; GEARSYNC_MYSQL_PASSWORD
+  GEARSYNC_JOB_KEY  install: also write it to @@plugin_dir/gearsync_udf.key (0600, mysqld's user), the
+                    key the library signs background jobs with (environment only; docs/security.md)
+
+examples:
+  python -m sync.capture.udf_install install --library udf/build/gearsync_udf.so
+  python -m sync.capture.udf_install uninstall --remove-library --config /etc/gearsync/gearsync.toml
+
+exit codes: 0 done, 2 bad option, config file or environment (or no library file), 3 the server
+could not be reached, a statement failed, or manual steps are needed (printed).
+"""
+
+
+def build_parser() -> Any:
+    parser = make_parser(PROG, (__doc__ or "").split("\n")[0], EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
     p_install = sub.add_parser("install", help="copy the library into @@plugin_dir and CREATE FUNCTION")
-    p_install.add_argument("--library", type=Path, default=Path("udf/build") / LIBRARY_NAME)
+    p_install.add_argument("--library", type=Path, default=Path("udf/build") / LIBRARY_NAME,
+                           help=f"the built library (default udf/build/{LIBRARY_NAME})")
     p_uninstall = sub.add_parser("uninstall", help="DROP FUNCTION for every gearsync UDF")
     p_uninstall.add_argument("--remove-library", action="store_true",
                              help="also delete it (and its key file) from @@plugin_dir")
-    args = parser.parse_args(argv)
+    for p in (p_install, p_uninstall):
+        add_config_option(p)
+        add_mysql_options(p)
+        add_logging_options(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        target = target_from_env()
+        try:
+            resolve_logging(args, None, config_for(args)).apply()
+        except ConfigError as exc:
+            raise InstallError(str(exc), EXIT_CONFIG) from None
+        target = target_from_env(None, args)
         if args.command == "install":
             print(install(target, args.library))
         else:

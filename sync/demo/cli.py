@@ -130,9 +130,9 @@ running, 2 bad option or missing prerequisites, 3 a server or step failed, 130 i
                    help="do not install packages or create the venv; fail if something is missing")
     p.add_argument("--stop", action="store_true", help="stop a demo left running in --state-dir, then exit")
     p.add_argument("--load-only", action="store_true",
-                   help="only run the write load against an existing demo table (--mysql-url / MYSQL_URL, "
-                        "MYSQL_PASSWORD; an empty table gets --rows rows first): the docker compose load job")
-    p.add_argument("--mysql-url", metavar="URL", help="--load-only: mysql://user@host:port/db (env MYSQL_URL)")
+                   help="only run the write load against an existing demo table (--mysql-url / GEARSYNC_MYSQL_URL, "
+                        "GEARSYNC_MYSQL_PASSWORD; an empty table gets --rows rows first): the docker compose load job")
+    p.add_argument("--mysql-url", metavar="URL", help="--load-only: mysql://user@host:port/db (env GEARSYNC_MYSQL_URL)")
     return p
 
 
@@ -165,12 +165,12 @@ def build_udf(stack: Stack) -> None:
     if result.returncode != 0:
         raise DemoError(f"make build-udf failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     env_url = f"mysql://root@127.0.0.1:{stack.mariadb.port}/"
-    say(f"    $ MYSQL_URL={env_url} make install-udf")
+    say(f"    $ GEARSYNC_MYSQL_URL={env_url} make install-udf")
     argv = [sys.executable, "-m", "sync.capture.udf_install", "install", "--library", str(REPO / "udf" / "build" / "gearsync_udf.so")]
     log = stack.log_dir / "udf-install.log"
     with open(log, "ab") as fh:
         result2 = subprocess.run(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
-                                 env={**stack.env(), "MYSQL_URL": env_url})
+                                 env={**stack.env(), "GEARSYNC_MYSQL_URL": env_url})
     if result2.returncode != 0:
         raise DemoError(f"installing the UDF library failed (exit {result2.returncode}); log {log}:\n{tail(log)}")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sync.demo.common import DATABASE, EXIT_USAGE, MARKER, REPO, DemoError, rel, say, step
+from sync.settings import DEPRECATED_ENV
 
 # Stop order: what feeds others first, the servers last (gearmand before the MariaDB holding its queue).
 STOP_ORDER = ("snapshot", "verify", "binlog", "relay", "worker", "gearmand", "redis", "mariadb")
@@ -186,10 +187,9 @@ class Stack:
         return self.gearmand.address
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("MYSQL_URL", "MYSQL_HOST", "MYSQL_PORT", "MYSQL_USER", "MYSQL_DATABASE", "MYSQL_SOCKET",
-                            "REDIS_URL", "REDIS_PASSWORD", "GEARMAN_SERVERS", "GEARSYNC_JOB_KEY_OLD")}
-        env.update(MYSQL_PASSWORD="", PYTHONUNBUFFERED="1", GEARSYNC_JOB_KEY=self.job_key())
+        # none of the user's own settings (old names or GEARSYNC_*, a config file) reaches the demo
+        env = {k: v for k, v in os.environ.items() if k not in DEPRECATED_ENV and not k.startswith("GEARSYNC_")}
+        env.update(GEARSYNC_MYSQL_PASSWORD="", PYTHONUNBUFFERED="1", GEARSYNC_JOB_KEY=self.job_key())
         return env
 
     def job_key(self) -> str:

@@ -346,5 +346,5 @@ def current_database(conn: Any) -> str:
         cur.execute("SELECT DATABASE()")
         row = cur.fetchone()
     if not row or row[0] is None:
-        raise SourceError("no database selected; expected MYSQL_DATABASE, a /db path in --mysql-url, or db.table")
+        raise SourceError("no database selected; expected GEARSYNC_MYSQL_DATABASE, a /db path in --mysql-url, or db.table")
     return str(row[0])

@@ -105,6 +105,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import SimpleNamespace
 from typing import Any
 
 import structlog
@@ -474,8 +475,11 @@ def open_tables(
     from sync.config import worker_settings
     from sync.redis_client import connect_redis
     from sync.rows.schema import current_database, list_tables, load_table
-    from sync.settings import mysql_settings
+    from sync.settings import config_for, mysql_settings
 
+    cfg = config_for(SimpleNamespace(config=config_path), env)
+    if not tables and not all_tables and cfg is not None:
+        tables = list(cfg.tables)  # without --table: every [tables.NAME] of the config file
     names, database = split_tables(tables, database)
     if all_tables and names:
         raise ConfigError(f"--all-tables with --table {','.join(names)}; expected one of them")
@@ -494,7 +498,7 @@ def open_tables(
         return ws
 
     ws = settings(names) if names else None
-    my = mysql_settings(mysql_url, env=env)
+    my = mysql_settings(mysql_url, env=env, cfg=cfg)
     conn = my.connect(database=database, conv=fast_conversions())
     try:
         db = database or my.database or current_database(conn)
@@ -505,7 +509,8 @@ def open_tables(
                                   "unique key" + "".join(f"; {t}: {why}" for t, why in skipped[:10]))
             ws = settings([s.name for s in schemas])
         else:
-            schemas = [load_table(conn, db, n).select(list(columns) if columns else None) for n in names]
+            file_columns = {n: v.get("columns") for n, v in (cfg.tables if cfg is not None else {}).items()}
+            schemas = [load_table(conn, db, n).select(list(columns) if columns else file_columns.get(n)) for n in names]
             skipped = []
     except BaseException:
         conn.close()

@@ -255,11 +255,11 @@ class Rig:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {"REDIS_URL": f"redis://{self.redis.host}:{self.redis.port}/0",
-               "MYSQL_URL": f"mysql://root@{self.mariadb.host}:{self.mariadb.port}/{self.database}",
-               "MYSQL_PASSWORD": "", "REDIS_PASSWORD": ""}
+        env = {"GEARSYNC_REDIS_URL": f"redis://{self.redis.host}:{self.redis.port}/0",
+               "GEARSYNC_MYSQL_URL": f"mysql://root@{self.mariadb.host}:{self.mariadb.port}/{self.database}",
+               "GEARSYNC_MYSQL_PASSWORD": "", "GEARSYNC_REDIS_PASSWORD": ""}
         if self.gearmand is not None:
-            env["GEARMAN_SERVERS"] = self.gearmand.address
+            env["GEARSYNC_GEARMAN_SERVERS"] = self.gearmand.address
         return env
 
     def writer(self, rate_per_s: float = 300.0, seed: int = 1, flush: bool = False) -> Writer:

@@ -147,8 +147,8 @@ class AppRig:
         return f"app-rig-{self.database}"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "GEARMAN_"))}
-        env.update(MYSQL_PASSWORD=self.mariadb.password, PYTHONUNBUFFERED="1")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "GEARMAN_", "GEARSYNC_"))}
+        env.update(GEARSYNC_MYSQL_PASSWORD=self.mariadb.password, PYTHONUNBUFFERED="1")
         return env
 
     def command(self, name: str, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:

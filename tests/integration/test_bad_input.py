@@ -91,7 +91,7 @@ def _queued(g: GearmanServer) -> int:
 def test_worker_dead_letters_every_bad_payload_and_keeps_running(gearmand: GearmanServer, redis_server: RedisServer,
                                                                  redis_client, tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
-    env = {**os.environ, "GEARMAN_SERVERS": gearmand.address, "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"}
+    env = {**os.environ, "GEARSYNC_GEARMAN_SERVERS": gearmand.address, "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"}
     with open(log, "wb") as fh:
         proc = subprocess.Popen([str(BIN / "sync-worker"), "--table", "data", "--log-format", "json",
                                  "--stats-interval", "0", "--batch", "4"], env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -188,7 +188,7 @@ def test_every_console_script_rejects_bad_input_in_one_line(mariadb: MariaDBServ
     failures = []
     cases = _cases(mysql_url, redis_url, nokey_db.db_name)
     for script, args, fragment in cases:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "GEARMAN_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "GEARMAN_", "GEARSYNC_"))}
         try:
             r = subprocess.run([str(BIN / script), *args], capture_output=True, text=True, timeout=30, env=env)
         except subprocess.TimeoutExpired:

@@ -235,7 +235,7 @@ def test_gearman_sink_through_sync_worker(mariadb: MariaDBServer, db, redis_serv
 def test_cli_bad_options(tmp_path: Path) -> None:
     def run(*args: str) -> tuple[int, str]:
         p = subprocess.run([str(BIN / "sync-binlog"), *args], capture_output=True, text=True, timeout=30,
-                           env={**os.environ, "MYSQL_DATABASE": ""})
+                           env={**os.environ, "GEARSYNC_MYSQL_DATABASE": ""})
         return p.returncode, p.stderr
 
     code, err = run("--table", "data", "--mysql-url", "mysql://u@127.0.0.1:1/db", "--sink", "kafka")

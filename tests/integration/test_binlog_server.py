@@ -41,7 +41,7 @@ def _cli(server: MariaDBServer, redis_server: RedisServer, *args: str, user: str
     p = subprocess.run(
         [str(BIN / "sync-binlog"), "--table", "data", "--mysql-url", url,
          "--redis-url", f"redis://127.0.0.1:{redis_server.port}/0", "--log-format", "json", *args],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "MYSQL_PASSWORD": password},
+        capture_output=True, text=True, timeout=60, env={**os.environ, "GEARSYNC_MYSQL_PASSWORD": password},
     )
     errors = [line for line in p.stderr.splitlines() if line.startswith("sync-binlog: error:")]
     return p.returncode, errors[0] if errors else p.stderr[-1500:]

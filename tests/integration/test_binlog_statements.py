@@ -140,8 +140,8 @@ def test_truncate_with_writers_before_and_after(mariadb: MariaDBServer, db, redi
         # a removed row leaves a tombstone (the TRUNCATE's version, with the tombstone TTL)
         assert redis_client.pttl(version_key("data:0")) > 0
     p = subprocess.run([str(BIN / "sync-verify"), "--table", "data", "--recheck-delay", "0"], capture_output=True,
-                       timeout=60, env={**os.environ, "MYSQL_URL": mariadb.url + name,
-                                        "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"})
+                       timeout=60, env={**os.environ, "GEARSYNC_MYSQL_URL": mariadb.url + name,
+                                        "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"})
     assert p.returncode == 0 and b"equal" in p.stdout, (p.stdout, p.stderr)
 
 

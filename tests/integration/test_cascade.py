@@ -144,7 +144,7 @@ def gm(udf_installed: MariaDBServer, gearmand: GearmanServer, db: Any) -> Gearma
 def sync_triggers(server: MariaDBServer, db: Any, *args: str) -> str:
     result = subprocess.run(
         [str(BIN / "sync-triggers"), *args, "--mysql-url", f"mysql://root@127.0.0.1:{server.port}/{db.db_name}"],
-        capture_output=True, text=True, env={**os.environ, "MYSQL_PASSWORD": ""},
+        capture_output=True, text=True, env={**os.environ, "GEARSYNC_MYSQL_PASSWORD": ""},
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -169,8 +169,8 @@ def test_trigger_path_cascades(mariadb: MariaDBServer, gm: GearmanServer, db: An
 
 
 def tool(name: str, server: MariaDBServer, db: Any, r: RedisServer, *args: str) -> str:
-    env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{server.port}/{db.db_name}",
-           "REDIS_URL": f"redis://127.0.0.1:{r.port}/0", "MYSQL_PASSWORD": ""}
+    env = {**os.environ, "GEARSYNC_MYSQL_URL": f"mysql://root@127.0.0.1:{server.port}/{db.db_name}",
+           "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0", "GEARSYNC_MYSQL_PASSWORD": ""}
     result = subprocess.run([str(BIN / name), *args], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -33,7 +33,7 @@ def _until(what: str, check, sup: Supervisor, timeout_s: float = 120.0) -> None:
 def test_worker_unit_restarts_until_its_servers_are_up(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis")   # ports chosen now, servers started later
     gearmand = GearmanServer(tmp_path / "gearmand")
-    env = {"GEARMAN_SERVERS": gearmand.address, "REDIS_URL": redis.url,
+    env = {"GEARSYNC_GEARMAN_SERVERS": gearmand.address, "GEARSYNC_REDIS_URL": redis.url,
            # a short startup wait, so that the unit's restart is what brings the worker up
            "GEARSYNC_WORKER_ARGS": "--startup-wait 1 --stats-interval 0"}
     sup = Supervisor(UNIT, "data", env, BIN, tmp_path / "journal.log")

@@ -39,8 +39,8 @@ def test_move_from_the_classic_recipe(mariadb: MariaDBServer, udf_installed: Mar
     point_at(db, gearmand)
     classic_setup(mariadb, db, rows=3)   # the trigger datatoredis (AFTER UPDATE → syncToRedis)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "GEARMAN_", "GEARSYNC_"))}
-    env.update(MYSQL_URL=f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}", REDIS_URL=redis_server.url,
-               GEARMAN_SERVERS=gearmand.address)
+    env.update(GEARSYNC_MYSQL_URL=f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}", GEARSYNC_REDIS_URL=redis_server.url,
+               GEARSYNC_GEARMAN_SERVERS=gearmand.address)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=120)

@@ -36,8 +36,8 @@ def make_tables(db: Any) -> None:
 
 
 def run(tool: str, mariadb: MariaDBServer, db: Any, r: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}",
-           "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
+    env = {**os.environ, "GEARSYNC_MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}",
+           "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
     extra = ["--recheck-delay", "0"] if tool == "sync-verify" else []
     return subprocess.run([str(BIN / tool), "--progress", "log", *extra, *args], env=env, capture_output=True,
                           text=True, timeout=120)

@@ -221,7 +221,7 @@ def test_relay_series_and_health(mariadb, gearmand_factory, db) -> None:
         [str(BIN / "sync-relay"), "--database", db.db_name, "--servers", g.address, "--mysql-url",
          f"mysql://root@127.0.0.1:{mariadb.port}/", "--no-watch-triggers", "--stats-interval", "0",
          "--metrics-port", str(port), "--log-format", "json"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "MYSQL_PASSWORD": ""})
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "GEARSYNC_MYSQL_PASSWORD": ""})
     try:
         # 503 "starting" until the relay's first round; then 503 naming the unreachable gearmand
         code, doc = wait_for("503 while gearmand is down", lambda: healthz(port),

@@ -73,7 +73,7 @@ def test_relay_keeps_rows_while_gearmand_is_down_and_exits_on_sigterm(
     g: GearmanServer = gearmand_factory()
     g.stop()
     fill_spool(db, 50)
-    env = {**os.environ, "MYSQL_PASSWORD": ""}
+    env = {**os.environ, "GEARSYNC_MYSQL_PASSWORD": ""}
     proc = subprocess.Popen(
         [str(REPO / ".venv" / "bin" / "sync-relay"), "--database", db.db_name, "--servers", g.address,
          "--mysql-url", f"mysql://root@127.0.0.1:{mariadb.port}/", "--log-format", "json", "--stats-interval", "0.2"],
@@ -103,7 +103,7 @@ def test_relay_bad_options(mariadb: MariaDBServer) -> None:
     for args, needle in ((["--batch", "0", "--database", "x"], "--batch: 0"),
                          (["--poll-interval", "abc", "--database", "x"], "--poll-interval: 'abc'"),
                          (["--servers", "h:99999", "--database", "x"], "port 99999")):
-        r = subprocess.run([exe, *args], capture_output=True, text=True, env={**os.environ, "MYSQL_URL": mariadb.url})
+        r = subprocess.run([exe, *args], capture_output=True, text=True, env={**os.environ, "GEARSYNC_MYSQL_URL": mariadb.url})
         assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
@@ -116,12 +116,12 @@ def test_relay_stops_with_a_message_when_retrying_cannot_help(mariadb: MariaDBSe
     mariadb.execute("CREATE DATABASE IF NOT EXISTS relay_nospool")
     base = f"mysql://relay_t@127.0.0.1:{mariadb.port}/"
     cases = (
-        ("wrong-Secret-2", db.db_name, "access denied: check MYSQL_USER / MYSQL_PASSWORD"),
+        ("wrong-Secret-2", db.db_name, "access denied: check GEARSYNC_MYSQL_USER / GEARSYNC_MYSQL_PASSWORD"),
         ("right-Secret-1", "no_such_db_here", "the relay needs SELECT and DELETE on gearsync_spool"),  # 1142
         ("", "relay_nospool", "no table gearsync_spool"),
     )
     for password, database, needle in cases:
-        env = {**os.environ, "MYSQL_PASSWORD": password}
+        env = {**os.environ, "GEARSYNC_MYSQL_PASSWORD": password}
         url = base if password else f"mysql://root@127.0.0.1:{mariadb.port}/"
         for args in (["--once"], []):  # also the long-running relay: it must not loop
             r = subprocess.run([exe, "--database", database, "--mysql-url", url, "--servers", "127.0.0.1:1",

@@ -2,7 +2,7 @@
 
 Real redis-server with requirepass and an ACL user, real MariaDB users with only the GRANTs that
 docs/security.md lists. Every long-running command runs with a recognizable password in
-REDIS_PASSWORD / MYSQL_PASSWORD, once working and once failing (wrong password); its whole output
+GEARSYNC_REDIS_PASSWORD / GEARSYNC_MYSQL_PASSWORD, once working and once failing (wrong password); its whole output
 and its /proc/<pid>/cmdline must not contain the password. The UDF sources must not print workloads.
 """
 
@@ -48,7 +48,7 @@ def auth_redis(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _env(**kw: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "GEARMAN_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "GEARMAN_", "GEARSYNC_"))}
     env.update(kw)
     return env
 
@@ -84,8 +84,8 @@ def test_worker_with_auth_applies_and_never_shows_the_password(auth_redis: Redis
     url = f"redis://{user + '@' if user else ''}127.0.0.1:{auth_redis.port}/0"
     pw = ACL_PW if user else REDIS_PW
     _submit(gearmand, 50, 1000 if user else 0)
-    rc, output, cmdline = _run_worker(gearmand, _env(REDIS_URL=url, REDIS_PASSWORD=pw,
-                                                     GEARMAN_SERVERS=gearmand.address), 2.0)
+    rc, output, cmdline = _run_worker(gearmand, _env(GEARSYNC_REDIS_URL=url, GEARSYNC_REDIS_PASSWORD=pw,
+                                                     GEARSYNC_GEARMAN_SERVERS=gearmand.address), 2.0)
     assert rc == 0, output[-2000:]
     client = auth_redis.client()
     try:
@@ -104,8 +104,8 @@ def test_wrong_password_fails_without_showing_it(auth_redis: RedisServer, gearma
     _submit(gearmand, 5, 50)
     # the wrong password is one of our recognizable secrets too: it must not leak either
     wrong = MYSQL_PW
-    rc, output, cmdline = _run_worker(gearmand, _env(REDIS_URL=url, REDIS_PASSWORD=wrong,
-                                                     GEARMAN_SERVERS=gearmand.address), 2.0)
+    rc, output, cmdline = _run_worker(gearmand, _env(GEARSYNC_REDIS_URL=url, GEARSYNC_REDIS_PASSWORD=wrong,
+                                                     GEARSYNC_GEARMAN_SERVERS=gearmand.address), 2.0)
     assert rc == 0 and re.search(r"redis_unavailable|WRONGPASS|invalid username-password|AuthenticationError",
                                  output), output[-2000:]
     _no_secret(output, "sync-worker output (wrong password)")
@@ -120,8 +120,8 @@ def test_tools_authenticate_with_redis(auth_redis: RedisServer, mariadb: MariaDB
     admin.flushall()
     admin.close()
     for user, pw in ((None, REDIS_PW), ("gsync", ACL_PW)):
-        env = _env(REDIS_URL=f"redis://{user + '@' if user else ''}127.0.0.1:{auth_redis.port}/0", REDIS_PASSWORD=pw,
-                   MYSQL_URL=f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}")
+        env = _env(GEARSYNC_REDIS_URL=f"redis://{user + '@' if user else ''}127.0.0.1:{auth_redis.port}/0", GEARSYNC_REDIS_PASSWORD=pw,
+                   GEARSYNC_MYSQL_URL=f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}")
         for args, code in ((["sync-snapshot", "--table", "data", "--restart"], 0),
                            (["sync-verify", "--table", "data"], 0),
                            (["sync-status", "--no-mysql", "--json"], None)):
@@ -129,10 +129,10 @@ def test_tools_authenticate_with_redis(auth_redis: RedisServer, mariadb: MariaDB
             assert code is None or r.returncode == code, (args, user, r.stdout[-500:], r.stderr[-1500:])
             assert "Traceback" not in r.stderr
             _no_secret(r.stdout + r.stderr, args[0])
-        bad = {**env, "REDIS_PASSWORD": MYSQL_PW}
+        bad = {**env, "GEARSYNC_REDIS_PASSWORD": MYSQL_PW}
         r = subprocess.run([str(BIN / "sync-verify"), "--table", "data"], capture_output=True, text=True, timeout=60,
                            env=bad)
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr  # refused: as unreachable
         _no_secret(r.stdout + r.stderr, "sync-verify with a wrong password")
 
 
@@ -146,15 +146,15 @@ def test_mysql_password_never_shows(mariadb: MariaDBServer, redis_server: RedisS
     with db.cursor() as cur:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
     try:
-        base = _env(MYSQL_URL=f"mysql://{user}@127.0.0.1:{mariadb.port}/{db.db_name}",
-                    REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0", GEARMAN_SERVERS="127.0.0.1:1")
+        base = _env(GEARSYNC_MYSQL_URL=f"mysql://{user}@127.0.0.1:{mariadb.port}/{db.db_name}",
+                    GEARSYNC_REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0", GEARSYNC_GEARMAN_SERVERS="127.0.0.1:1")
         for args in (["sync-snapshot", "--table", "data"], ["sync-verify", "--table", "data"],
                      ["sync-relay"], ["sync-triggers", "install", "--table", "data"], ["sync-status"],
                      ["sync-binlog", "--table", "data"]):
             # sync-relay stops by itself on a wrong password (exit 2); anything still running after
             # 3 s gets SIGTERM
             p = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 env={**base, "MYSQL_PASSWORD": REDIS_PW})
+                                 env={**base, "GEARSYNC_MYSQL_PASSWORD": REDIS_PW})
             try:
                 out, err = p.communicate(timeout=3)
             except subprocess.TimeoutExpired:
@@ -166,7 +166,7 @@ def test_mysql_password_never_shows(mariadb: MariaDBServer, redis_server: RedisS
             _no_secret(text, f"{args[0]} with a wrong MySQL password")
         proc = subprocess.Popen([str(BIN / "sync-binlog"), "--table", "data", "--log-format", "json",
                                  "--stats-interval", "0.5", "--log-level", "debug"],
-                                env={**base, "MYSQL_PASSWORD": MYSQL_PW}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                env={**base, "GEARSYNC_MYSQL_PASSWORD": MYSQL_PW}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(2.0)
         with db.cursor() as cur:
             cur.execute("INSERT INTO data VALUES (1, 1)")
@@ -199,8 +199,8 @@ def test_least_privilege_snapshot_verify_and_relay(mariadb: MariaDBServer, redis
                     f"GRANT SELECT ON `{db.db_name}`.`data` TO '{user}'@'127.0.0.1'",
                     f"GRANT SELECT, DELETE ON `{db.db_name}`.`gearsync_spool` TO '{user}'@'127.0.0.1'")
     try:
-        env = _env(MYSQL_URL=f"mysql://{user}@127.0.0.1:{mariadb.port}/{db.db_name}", MYSQL_PASSWORD=MYSQL_PW,
-                   REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0", GEARMAN_SERVERS=gearmand.address)
+        env = _env(GEARSYNC_MYSQL_URL=f"mysql://{user}@127.0.0.1:{mariadb.port}/{db.db_name}", GEARSYNC_MYSQL_PASSWORD=MYSQL_PW,
+                   GEARSYNC_REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0", GEARSYNC_GEARMAN_SERVERS=gearmand.address)
         client = redis_server.client()
         client.flushall()
         client.close()
@@ -219,12 +219,12 @@ def test_least_privilege_snapshot_verify_and_relay(mariadb: MariaDBServer, redis
 
 def test_tls_options_are_parsed() -> None:
     """rediss:// is accepted by every command's URL check (TLS against a live server: not tested here,
-    see docs/security.md); MYSQL_SSL_CA/CERT/KEY reach the connection settings."""
+    see docs/security.md); GEARSYNC_MYSQL_SSL_CA/CERT/KEY reach the connection settings."""
     from sync.settings import mysql_settings
 
     assert check_redis_url("rediss://127.0.0.1:6380/0") == "rediss://127.0.0.1:6380/0"
-    s = mysql_settings(None, env={"MYSQL_HOST": "db", "MYSQL_SSL_CA": "/ca.pem", "MYSQL_SSL_CERT": "/c.pem",
-                                  "MYSQL_SSL_KEY": "/k.pem", "MYSQL_PASSWORD": MYSQL_PW})
+    s = mysql_settings(None, env={"GEARSYNC_MYSQL_HOST": "db", "GEARSYNC_MYSQL_SSL_CA": "/ca.pem", "GEARSYNC_MYSQL_SSL_CERT": "/c.pem",
+                                  "GEARSYNC_MYSQL_SSL_KEY": "/k.pem", "GEARSYNC_MYSQL_PASSWORD": MYSQL_PW})
     assert (s.ssl_ca, s.ssl_cert, s.ssl_key) == ("/ca.pem", "/c.pem", "/k.pem")
     _no_secret(repr(s) + str(s) + s.display, "MySQLSettings repr")
 

@@ -110,8 +110,9 @@ def test_worker_without_key_warns_once_and_applies_both(gearmand: GearmanServer,
     warning line at start; a bad key is one line and exit 2, never the key."""
     submit(gearmand, [change(1, 7, 1)], None)
     submit(gearmand, [change(2, 8, 1)], load_keys({"GEARSYNC_JOB_KEY": KEY}).signer)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEARSYNC_", "REDIS_", "GEARMAN_"))}
-    env.update(GEARMAN_SERVERS=gearmand.address, REDIS_URL=f"redis://{redis_server.host}:{redis_server.port}/0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEARSYNC_", "REDIS_", "GEARMAN_", "MYSQL_"))}
+    env.update(GEARSYNC_GEARMAN_SERVERS=gearmand.address,
+               GEARSYNC_REDIS_URL=f"redis://{redis_server.host}:{redis_server.port}/0")
     exe = str(BIN / "sync-worker")
     log = tmp_path / "worker.log"
     with open(log, "w") as out:

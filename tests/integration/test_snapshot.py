@@ -146,8 +146,8 @@ async def test_snapshot_resumes_after_the_saved_key(db: Any, mariadb: MariaDBSer
 
 
 def snapshot_process(mariadb: MariaDBServer, db: Any, r: RedisServer, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}",
-           "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
+    env = {**os.environ, "GEARSYNC_MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}",
+           "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
     return subprocess.Popen([SNAPSHOT_BIN, "--table", "data", "--progress", "log", "--log-level", "warning", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -200,7 +200,7 @@ def test_snapshot_cli_bad_input(db: Any, mariadb: MariaDBServer, redis_server: R
     proc = snapshot_process(mariadb, db, redis_server, "--table", "nope")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and b"does not exist" in err and b"Traceback" not in err
-    env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}", "REDIS_URL": "redis://127.0.0.1:1/0"}
+    env = {**os.environ, "GEARSYNC_MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}", "GEARSYNC_REDIS_URL": "redis://127.0.0.1:1/0"}
     make_data(db, 10)
     proc = subprocess.run([SNAPSHOT_BIN, "--table", "data"], env=env, capture_output=True, timeout=60)
     assert proc.returncode == 3 and b"redis" in proc.stderr.lower() and b"Traceback" not in proc.stderr

@@ -95,7 +95,10 @@ def test_cli_snapshot_under_writes_then_binlog_equals_mysql(mariadb: MariaDBServ
         time.sleep(0.3)
         w.stop()
     assert w.n > 50, "the writer barely ran during the snapshot"
-    assert "binlog point of this snapshot: GTID" in out.stderr and "set to" in out.stderr, out.stderr
+    # --log-format json: stderr is JSON events only, the binlog point and the saved position among them
+    events = {e["event"]: e for e in map(orjson.loads, out.stderr.splitlines())}
+    assert events["snapshot_binlog_start"]["gtid"], out.stderr
+    assert " set to " + events["snapshot_binlog_start"]["gtid"] in events["snapshot_next_step"]["note"], out.stderr
     st = settings(mariadb, name, ["data"], redis_server)
     key = binlog_position_key(stream_name(st.mysql, name, ["data"]))
     saved = orjson.loads(redis_client.get(key))

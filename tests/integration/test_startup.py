@@ -24,7 +24,7 @@ SECRET = "startup-Secret-9"
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "REDIS_", "GEARMAN_", "GEARSYNC_"))}
-    return {**env, "MYSQL_PASSWORD": SECRET}
+    return {**env, "GEARSYNC_MYSQL_PASSWORD": SECRET}
 
 
 def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -94,7 +94,7 @@ def test_binlog_started_before_redis_waits_then_streams(tmp_path: Path, mariadb:
         cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
     redis = RedisServer(tmp_path / "redis")
     log = tmp_path / "binlog.log"
-    env = {**_env(), "MYSQL_PASSWORD": ""}
+    env = {**_env(), "GEARSYNC_MYSQL_PASSWORD": ""}
     proc = _start(["sync-binlog", "--table", "data", "--mysql-url", f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}",
                    "--redis-url", redis.url, "--start", "current", "--startup-wait", "300", "--log-format", "json",
                    "--stats-interval", "0"], log, env)

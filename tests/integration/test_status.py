@@ -22,9 +22,9 @@ STATUS_BIN = str(REPO / ".venv" / "bin" / "sync-status")
 
 
 def run_status(*args: str, servers: str, redis_port: int, mysql: str | None) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "GEARMAN_SERVERS": servers, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    env = {**os.environ, "GEARSYNC_GEARMAN_SERVERS": servers, "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
     if mysql:
-        env["MYSQL_URL"] = mysql
+        env["GEARSYNC_MYSQL_URL"] = mysql
     cmd = [STATUS_BIN, *args] + ([] if mysql else ["--no-mysql"])
     return subprocess.run(cmd, env=env, capture_output=True, timeout=60)
 
@@ -96,7 +96,7 @@ def test_status_without_tables_discovers_them_and_nothing_reachable_is_exit_3(ge
 
 
 def test_status_watch_refreshes(gearmand: GearmanServer, redis_server: RedisServer, redis_client: Any) -> None:
-    env = {**os.environ, "GEARMAN_SERVERS": gearmand.address, "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"}
+    env = {**os.environ, "GEARSYNC_GEARMAN_SERVERS": gearmand.address, "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"}
     proc = subprocess.Popen([STATUS_BIN, "--json", "--no-mysql", "--watch", "0.2", "--table", "data"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -192,7 +192,7 @@ async def test_classic_bare_payload(gearmand: GearmanServer, redis_server: Redis
 # -- the real process: signals, crashes, outages ------------------------------------------------
 
 def start_worker_process(g: GearmanServer, r: RedisServer, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "GEARMAN_SERVERS": g.address, "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
+    env = {**os.environ, "GEARSYNC_GEARMAN_SERVERS": g.address, "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
     return subprocess.Popen(
         [WORKER_BIN, "--table", "data", "--stats-interval", "0", "--log-format", "json", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -287,7 +287,7 @@ def test_redis_restart_mid_load_converges(gearmand: GearmanServer, tmp_path: Pat
     [
         (["--table", "data", "--batch", "0"], "--batch: 0; expected an integer from 1 to 10000"),
         (["--table", "data", "--servers", "h:99999"], "port 99999"),
-        (["--table", "data", "--redis-url", "redis://:pw@h:1/0"], "REDIS_PASSWORD"),
+        (["--table", "data", "--redis-url", "redis://:pw@h:1/0"], "GEARSYNC_REDIS_PASSWORD"),
         (["--table", "data", "--key-template", "{table}"], "{pk}"),
         (["--table", "data", "--format", "xml"], "invalid choice: 'xml'"),
         (["--table", "data", "--config", "/nonexistent.toml"], "does not exist"),
@@ -295,7 +295,7 @@ def test_redis_restart_mid_load_converges(gearmand: GearmanServer, tmp_path: Pat
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(args: list[str], fragment: str) -> None:
-    proc = subprocess.run([WORKER_BIN, *args], capture_output=True, text=True, timeout=30, env={**os.environ, "REDIS_URL": ""})
+    proc = subprocess.run([WORKER_BIN, *args], capture_output=True, text=True, timeout=30, env={**os.environ, "GEARSYNC_REDIS_URL": ""})
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
@@ -304,7 +304,7 @@ def test_bad_options_give_one_line_and_exit_2(args: list[str], fragment: str) ->
 
 def test_help_explains() -> None:
     out = subprocess.run([WORKER_BIN, "--help"], capture_output=True, text=True, timeout=30).stdout
-    for word in ("--table", "--classic", "REDIS_PASSWORD", "GEARMAN_SERVERS", "--replay-dead", "exit codes"):
+    for word in ("--table", "--classic", "GEARSYNC_REDIS_PASSWORD", "GEARSYNC_GEARMAN_SERVERS", "--replay-dead", "exit codes"):
         assert word in out
 
 

@@ -25,8 +25,8 @@ BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
 def tool(name: str, server: MariaDBServer, db: Any, r: RedisServer, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{server.port}/{db.db_name}",
-           "REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
+    env = {**os.environ, "GEARSYNC_MYSQL_URL": f"mysql://root@127.0.0.1:{server.port}/{db.db_name}",
+           "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
     return subprocess.run([str(BIN / name), "--table", "data", *args], env=env, capture_output=True, timeout=120)
 
 

@@ -74,7 +74,7 @@ def test_data_insert_update_delete(mariadb: MariaDBServer, gm: GearmanServer, db
     result = subprocess.run(
         [str(BIN / "sync-triggers"), "install", "--table", "data",
          "--mysql-url", f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}"],
-        capture_output=True, text=True, env={**os.environ, "MYSQL_PASSWORD": ""},
+        capture_output=True, text=True, env={**os.environ, "GEARSYNC_MYSQL_PASSWORD": ""},
     )
     assert result.returncode == 0, result.stderr
     assert "gearsync_data_ai, gearsync_data_au, gearsync_data_ad" in result.stdout
@@ -197,7 +197,7 @@ def test_table_without_usable_key_and_unique_key_table(mariadb: MariaDBServer, g
     with db.cursor() as cur:
         cur.execute("CREATE TABLE nokey (a INT, b INT, UNIQUE KEY (a))")  # unique but nullable
         cur.execute("CREATE TABLE ukey (code VARCHAR(10) CHARACTER SET utf8mb4 NOT NULL, v INT, UNIQUE KEY u (code))")
-    env = {**os.environ, "MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}"}
+    env = {**os.environ, "GEARSYNC_MYSQL_URL": f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}"}
     result = subprocess.run([str(BIN / "sync-triggers"), "install", "--table", "nokey"], capture_output=True,
                             text=True, env=env)
     assert result.returncode == 2

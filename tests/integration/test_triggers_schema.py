@@ -34,7 +34,7 @@ def gm(udf_installed: MariaDBServer, gearmand: GearmanServer, db) -> GearmanServ
 def cli(mariadb: MariaDBServer, db: Any, *args: str, prog: str = "sync-triggers") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / prog), *args, "--mysql-url", f"mysql://root@127.0.0.1:{mariadb.port}/{db.db_name}"],
-        capture_output=True, text=True, env={**os.environ, "MYSQL_PASSWORD": ""}, timeout=300,
+        capture_output=True, text=True, env={**os.environ, "GEARSYNC_MYSQL_PASSWORD": ""}, timeout=300,
     )
 
 
@@ -226,7 +226,7 @@ def test_check_bad_input_and_unreachable(mariadb: MariaDBServer, db) -> None:
     bad = cli(mariadb, db, "check", "--table", "t", "--all-tables")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     gone = subprocess.run([str(BIN / "sync-triggers"), "check", "--table", "t", "--mysql-url", "mysql://root@127.0.0.1:1/x"],
-                          capture_output=True, text=True, env={**os.environ, "MYSQL_PASSWORD": ""})
+                          capture_output=True, text=True, env={**os.environ, "GEARSYNC_MYSQL_PASSWORD": ""})
     assert gone.returncode == 3 and gone.stderr.count("\n") == 1
 
 

@@ -20,7 +20,7 @@ SECRET = "s3cr3t-pw"
 
 
 def run_installer(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MYSQL_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "GEARSYNC_"))}
     return subprocess.run([sys.executable, "-m", "sync.capture.udf_install", *args], cwd=REPO, env={**clean, **env},
                           capture_output=True, text=True, timeout=60)
 
@@ -49,7 +49,7 @@ def assert_one_clean_line(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def test_install_reinstall_uninstall(bare_mariadb: MariaDBServer) -> None:
-    env = {"MYSQL_URL": url(bare_mariadb)}
+    env = {"GEARSYNC_MYSQL_URL": url(bare_mariadb)}
     first = run_installer("install", "--library", str(LIBRARY), env=env)
     assert first.returncode == 0, first.stderr
     assert SECRET not in first.stdout + first.stderr and "gs:***@" in first.stdout
@@ -72,8 +72,8 @@ def test_install_reinstall_uninstall(bare_mariadb: MariaDBServer) -> None:
     assert again.returncode == 0, again.stderr
 
     # the separate variables work too
-    split_env = {"MYSQL_HOST": "127.0.0.1", "MYSQL_PORT": str(bare_mariadb.port), "MYSQL_USER": "gs",
-                 "MYSQL_PASSWORD": SECRET}
+    split_env = {"GEARSYNC_MYSQL_HOST": "127.0.0.1", "GEARSYNC_MYSQL_PORT": str(bare_mariadb.port), "GEARSYNC_MYSQL_USER": "gs",
+                 "GEARSYNC_MYSQL_PASSWORD": SECRET}
     gone = run_installer("uninstall", "--remove-library", env=split_env)
     assert gone.returncode == 0, gone.stderr
     assert not copied.exists()
@@ -91,9 +91,9 @@ def test_install_reinstall_uninstall(bare_mariadb: MariaDBServer) -> None:
 @pytest.mark.parametrize(
     "env, shown",
     [
-        ({"MYSQL_URL": f"mysql://gs:{SECRET}@127.0.0.1:notaport/"}, "MYSQL_URL"),
-        ({"MYSQL_URL": f"postgres://gs:{SECRET}@127.0.0.1:5432/"}, "expected mysql://"),
-        ({"MYSQL_PORT": "70000"}, "MYSQL_PORT"),
+        ({"GEARSYNC_MYSQL_URL": f"mysql://gs:{SECRET}@127.0.0.1:notaport/"}, "GEARSYNC_MYSQL_URL"),
+        ({"GEARSYNC_MYSQL_URL": f"postgres://gs:{SECRET}@127.0.0.1:5432/"}, "expected mysql://"),
+        ({"GEARSYNC_MYSQL_PORT": "70000"}, "GEARSYNC_MYSQL_PORT"),
     ],
 )
 def test_bad_configuration_is_one_line_exit_2(env: dict[str, str], shown: str) -> None:
@@ -103,24 +103,24 @@ def test_bad_configuration_is_one_line_exit_2(env: dict[str, str], shown: str) -
     assert_one_clean_line(result)
 
 
-def test_refused_connection_is_one_line_exit_2() -> None:
+def test_refused_connection_is_one_line_exit_3() -> None:
     port = free_port()
-    result = run_installer("uninstall", env={"MYSQL_URL": f"mysql://gs:{SECRET}@127.0.0.1:{port}/db"})
-    assert result.returncode == 2
+    result = run_installer("uninstall", env={"GEARSYNC_MYSQL_URL": f"mysql://gs:{SECRET}@127.0.0.1:{port}/db"})
+    assert result.returncode == 3
     assert f"mysql://gs:***@127.0.0.1:{port}/db" in result.stderr
     assert_one_clean_line(result)
 
 
 def test_missing_library_is_exit_2(bare_mariadb: MariaDBServer) -> None:
     result = run_installer("install", "--library", "/nonexistent/gearsync_udf.so",
-                           env={"MYSQL_URL": url(bare_mariadb)})
+                           env={"GEARSYNC_MYSQL_URL": url(bare_mariadb)})
     assert result.returncode == 2 and "make build-udf" in result.stderr
     assert_one_clean_line(result)
 
 
 def test_plugin_dir_not_here_prints_the_manual_steps_exit_3(bare_mariadb: MariaDBServer) -> None:
     bare_mariadb.plugin_dir.rmdir()  # as if the server's filesystem were not ours
-    result = run_installer("install", "--library", str(LIBRARY), env={"MYSQL_URL": url(bare_mariadb)})
+    result = run_installer("install", "--library", str(LIBRARY), env={"GEARSYNC_MYSQL_URL": url(bare_mariadb)})
     assert result.returncode == 3, result.stderr
     assert f"plugin dir {bare_mariadb.plugin_dir}" in result.stderr and "not writable" in result.stderr
     assert "CREATE OR REPLACE AGGREGATE FUNCTION gman_sum" in result.stderr

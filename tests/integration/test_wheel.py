@@ -79,7 +79,7 @@ def test_wheel_installs_udfs_and_triggers(tmp_path: Path, bare_mariadb: MariaDBS
 
     bare_mariadb.execute("CREATE DATABASE app", "CREATE TABLE app.data (id INT PRIMARY KEY, volume INT)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MYSQL_", "GEARSYNC_", "REDIS_", "GEARMAN_"))}
-    env["MYSQL_URL"] = f"mysql://root@127.0.0.1:{bare_mariadb.port}/app"
+    env["GEARSYNC_MYSQL_URL"] = f"mysql://root@127.0.0.1:{bare_mariadb.port}/app"
     installed = _run([str(python), "-m", "sync.capture.udf_install", "install", "--library", str(LIBRARY)], cwd=work, env=env)
     assert "installed gearsync UDFs" in installed.stdout
     _run([str(bindir / "sync-triggers"), "install", "--table", "data"], cwd=work, env=env)

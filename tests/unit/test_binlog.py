@@ -303,7 +303,7 @@ def test_cli_settings() -> None:
 
     s = parse("--table", "a,b", "--mysql-url", "mysql://u@h:1/app", "--columns", "a.x,b.y,a.z")
     assert s.tables == ("a", "b") and s.columns == {"a": ("x", "z"), "b": ("y",)} and s.database == "app"
-    assert parse("--table", "a", "--database", "other", env={"MYSQL_URL": "mysql://u@h/app"}).database == "other"
+    assert parse("--table", "a", "--database", "other", env={"GEARSYNC_MYSQL_URL": "mysql://u@h/app"}).database == "other"
     for argv, msg in [
         (("--table", "a", "--mysql-url", "mysql://u@h:1/"), "--database"),
         (("--table", "a", "--mysql-url", "mysql://u@h/app", "--columns", "b.x"), "names table 'b'"),

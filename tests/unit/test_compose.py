@@ -62,10 +62,10 @@ def _parse(program: str, args: list[str]) -> tuple[Any, str]:
 
 
 def _documented(var: str, help_text: str) -> bool:
-    """VAR itself, or a family the help names as PREFIX_* (e.g. MYSQL_* for MYSQL_PASSWORD)."""
+    """VAR itself, or a family the help names as PREFIX_* (e.g. MYSQL_* for GEARSYNC_MYSQL_PASSWORD)."""
     if re.search(rf"\b{re.escape(var)}\b", help_text):
         return True
-    return any(var.startswith(m[:-1]) for m in re.findall(r"\b[A-Z]+_\*", help_text))
+    return any(var.startswith(m[:-1]) for m in re.findall(r"\b[A-Z_]+_\*", help_text))
 
 
 def _gearsync_services() -> dict[str, Any]:

@@ -57,7 +57,7 @@ def test_defaults() -> None:
 
 
 def test_env_then_option_precedence() -> None:
-    env = {"GEARMAN_SERVERS": "g1:1", "REDIS_URL": "redis://r:7/1", "REDIS_PASSWORD": "s3cret"}
+    env = {"GEARSYNC_GEARMAN_SERVERS": "g1:1", "GEARSYNC_REDIS_URL": "redis://r:7/1", "GEARSYNC_REDIS_PASSWORD": "s3cret"}
     s = worker_settings(tables=["data"], env=env)
     assert s.servers == [("g1", 1)] and s.redis.url == "redis://r:7/1" and s.redis.password == "s3cret"
     s = worker_settings(tables=["data"], env=env, servers="g2:2", redis_url="redis://r2:8/0")
@@ -65,7 +65,7 @@ def test_env_then_option_precedence() -> None:
 
 
 def test_password_never_in_repr() -> None:
-    s = worker_settings(tables=["data"], env={"REDIS_URL": "redis://u:hunter2@h:1/0", "REDIS_PASSWORD": "hunter3"})
+    s = worker_settings(tables=["data"], env={"GEARSYNC_REDIS_URL": "redis://u:hunter2@h:1/0", "GEARSYNC_REDIS_PASSWORD": "hunter3"})
     text = repr(s) + str(s.redis) + s.redis.display_url
     assert "hunter2" not in text and "hunter3" not in text
     assert mask_url("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
@@ -74,7 +74,7 @@ def test_password_never_in_repr() -> None:
 def test_password_on_command_line_is_refused() -> None:
     with pytest.raises(ConfigError) as err:
         worker_settings(tables=["data"], env={}, redis_url="redis://:hunter2@h:1/0")
-    assert "hunter2" not in str(err.value) and "REDIS_PASSWORD" in str(err.value)
+    assert "hunter2" not in str(err.value) and "GEARSYNC_REDIS_PASSWORD" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -116,6 +116,7 @@ def test_config_file(tmp_path: Path) -> None:
         '[gearman]\nservers = ["a:1", "b:2"]\n[redis]\nurl = "redis://r:3/0"\npassword = "pw"\n'
         '[worker]\nbatch = 64\n[tables.data]\nformat = "hash"\nttl_s = 60\n[tables.users]\nfunction = "u"\n'
     )
+    cfg.chmod(0o600)
     s = worker_settings(tables=None, config_path=str(cfg), env={})
     assert s.servers == [("a", 1), ("b", 2)]
     assert s.redis.password == "pw" and s.batch == 64
@@ -150,8 +151,9 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_resolvers_precedence_option_env_file_default(tmp_path: Path) -> None:
     cfg_path = tmp_path / "g.toml"
     cfg_path.write_text('[gearman]\nservers = "f:3"\n[redis]\nurl = "redis://f:3/0"\npassword = "filepw"\ncluster = true\n')
+    cfg_path.chmod(0o640)
     cfg = load_config(cfg_path)
-    env = {"GEARMAN_SERVERS": "e:2", "REDIS_URL": "redis://e:2/0"}
+    env = {"GEARSYNC_GEARMAN_SERVERS": "e:2", "GEARSYNC_REDIS_URL": "redis://e:2/0"}
     opts = SimpleNamespace(servers="o:1", redis_url="redis://o:1/0", redis_cluster=None)
     assert resolve_gearman_servers(opts, env, cfg) == [("o", 1)]
     assert resolve_gearman_servers(None, env, cfg) == [("e", 2)]
@@ -161,21 +163,21 @@ def test_resolvers_precedence_option_env_file_default(tmp_path: Path) -> None:
     assert resolve_redis(None, env, cfg).url == "redis://e:2/0"
     r = resolve_redis(None, {}, cfg)
     assert (r.url, r.password, r.cluster) == ("redis://f:3/0", "filepw", True)
-    assert resolve_redis(None, {"REDIS_PASSWORD": "envpw"}, cfg).password == "envpw"
+    assert resolve_redis(None, {"GEARSYNC_REDIS_PASSWORD": "envpw"}, cfg).password == "envpw"
     r = resolve_redis(None, {}, None)
     assert (r.url, r.password, r.cluster) == ("redis://127.0.0.1:6379/0", None, False)
 
 
 def test_redis_password_hint_names_the_config_file_only_when_the_command_reads_one() -> None:
     opts = SimpleNamespace(redis_url="redis://:pw@h:1/0")
-    with pytest.raises(ConfigError, match=r"expected it in REDIS_PASSWORD$"):
+    with pytest.raises(ConfigError, match=r"expected it in GEARSYNC_REDIS_PASSWORD$"):
         resolve_redis(opts, {}, None)
-    with pytest.raises(ConfigError, match="REDIS_PASSWORD or the config file"):
+    with pytest.raises(ConfigError, match="GEARSYNC_REDIS_PASSWORD or the config file"):
         resolve_redis(opts, {}, ConfigFile(""))
 
 
 def test_resolve_mysql_option_over_env() -> None:
-    env = {"MYSQL_URL": "mysql://e@e:2/edb", "MYSQL_PASSWORD": "pw"}
+    env = {"GEARSYNC_MYSQL_URL": "mysql://e@e:2/edb", "GEARSYNC_MYSQL_PASSWORD": "pw"}
     assert resolve_mysql(SimpleNamespace(mysql_url="mysql://o@o:1/odb"), env).host == "o"
     s = resolve_mysql(None, env)
     assert (s.host, s.port, s.password) == ("e", 2, "pw")
@@ -209,3 +211,65 @@ def test_table_spec_checks_once_and_names_the_source() -> None:
         TableSpec("t", function="")
     s = worker_settings(tables=["data"], env={}, ttl_s=0)
     assert isinstance(s.tables["data"], TableSpec) and s.tables["data"].ttl_s is None
+
+
+# -- every command's settings from the one file ----------------------------------------------------
+
+def _file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "all.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_binlog_reads_its_section_and_the_tables(tmp_path: Path) -> None:
+    from workers.sync_binlog import build_parser, settings_from_args
+
+    cfg = _file(tmp_path, '[mysql]\nurl = "mysql://sync@db1:3306/app"\npassword = "pw"\n'
+                          '[binlog]\nsink = "gearman"\nbatch = 500\nname = "main"\n'
+                          '[tables.data]\ncolumns = ["id", "volume"]\nformat = "hash"\nfunction = "jobs.data"\n'
+                          '[tables.users]\nformat = "hash"\n')
+    s = settings_from_args(build_parser().parse_args(["--config", cfg]), {})
+    assert (s.tables, s.database, s.mysql.password, s.sink, s.batch, s.name) == (("data", "users"), "app", "pw", "gearman",
+                                                                                  500, "main")
+    assert s.format == "hash" and s.columns == {"data": ("id", "volume")} and s.functions == {"data": "jobs.data"}
+    s = settings_from_args(build_parser().parse_args(["--config", cfg, "--table", "users", "--batch", "7"]),
+                           {"GEARSYNC_BINLOG_SINK": "redis"})
+    assert (s.tables, s.batch, s.sink, s.columns, s.functions) == (("users",), 7, "redis", {}, {})
+    mixed = _file(tmp_path, '[mysql]\nurl = "mysql://u@h/app"\n[tables.a]\nformat = "hash"\n[tables.b]\n')
+    with pytest.raises(ConfigError, match="differ in key_template, format or ttl_s"):
+        settings_from_args(build_parser().parse_args(["--config", mixed]), {})
+
+
+def test_relay_reads_its_section(tmp_path: Path) -> None:
+    from workers.sync_relay import build_parser, settings_from_args
+
+    cfg = _file(tmp_path, '[mysql]\nurl = "mysql://u@h/app"\n[gearman]\nservers = "g1:1"\n'
+                          '[relay]\ndatabase = ["shop", "crm"]\nbatch = 50\nwatch_triggers = false\n')
+    s = settings_from_args(build_parser().parse_args(["--config", cfg]), {})
+    assert (s.databases, s.batch, s.watch_triggers, s.servers) == (("shop", "crm"), 50, False, [("g1", 1)])
+    s = settings_from_args(build_parser().parse_args(["--config", cfg, "--database", "x", "--watch-triggers"]),
+                           {"GEARSYNC_RELAY_BATCH": "60"})
+    assert (s.databases, s.batch, s.watch_triggers) == (("x",), 60, True)
+    with pytest.raises(ConfigError, match="^GEARSYNC_RELAY_POLL_INTERVAL_S: 'soon'"):
+        settings_from_args(build_parser().parse_args(["--config", cfg]), {"GEARSYNC_RELAY_POLL_INTERVAL_S": "soon"})
+
+
+def test_worker_section_and_environment(tmp_path: Path) -> None:
+    cfg = _file(tmp_path, "[worker]\nbatch = 64\nconnections = 3\nclient_id = 'w'\n[tables.data]\n")
+    s = worker_settings(tables=None, config_path=cfg, env={"GEARSYNC_WORKER_CONNECTIONS": "2"})
+    assert (list(s.tables), s.batch, s.connections, s.client_id) == (["data"], 64, 2, "w")
+    s = worker_settings(tables=None, config_path=None, env={"GEARSYNC_CONFIG": cfg})
+    assert s.batch == 64
+
+
+def test_startup_wait_from_the_option_the_environment_or_the_section(tmp_path: Path) -> None:
+    from sync.settings import Resolver
+    from workers.sync_worker import build_parser
+
+    cfg = load_config(_file(tmp_path, "[worker]\nstartup_wait_s = 5\n"))
+    assert Resolver(build_parser().parse_args([]), {}, None).get("worker", "startup_wait_s") == 60.0
+    assert Resolver(build_parser().parse_args([]), {}, cfg).get("worker", "startup_wait_s") == 5
+    env = {"GEARSYNC_WORKER_STARTUP_WAIT_S": "7"}
+    assert Resolver(build_parser().parse_args([]), env, cfg).get("worker", "startup_wait_s") == 7
+    assert Resolver(build_parser().parse_args(["--startup-wait", "0"]), env, cfg).get("worker", "startup_wait_s") == 0

@@ -72,23 +72,23 @@ def test_unsupported_type_names_the_column() -> None:
 
 
 def test_mysql_settings_from_env_and_url() -> None:
-    s = mysql_settings(env={"MYSQL_HOST": "db", "MYSQL_PORT": "3307", "MYSQL_USER": "u",
-                            "MYSQL_PASSWORD": "pw", "MYSQL_DATABASE": "app"})
+    s = mysql_settings(env={"GEARSYNC_MYSQL_HOST": "db", "GEARSYNC_MYSQL_PORT": "3307", "GEARSYNC_MYSQL_USER": "u",
+                            "GEARSYNC_MYSQL_PASSWORD": "pw", "GEARSYNC_MYSQL_DATABASE": "app"})
     assert (s.host, s.port, s.user, s.password, s.database) == ("db", 3307, "u", "pw", "app")
     assert "pw" not in repr(s) and "pw" not in s.display
-    s = mysql_settings(env={"MYSQL_URL": "mysql://u:secret@h:1/d"})
+    s = mysql_settings(env={"GEARSYNC_MYSQL_URL": "mysql://u:secret@h:1/d"})
     assert (s.host, s.port, s.password, s.database) == ("h", 1, "secret", "d")
-    s = mysql_settings("mysql://u@h:2/d", env={"MYSQL_PASSWORD": "x"})
+    s = mysql_settings("mysql://u@h:2/d", env={"GEARSYNC_MYSQL_PASSWORD": "x"})
     assert (s.port, s.password) == (2, "x")
 
 
 @pytest.mark.parametrize(
     "url, env, fragment",
     [
-        ("mysql://u:pw@h/d", {}, "MYSQL_PASSWORD"),
+        ("mysql://u:pw@h/d", {}, "GEARSYNC_MYSQL_PASSWORD"),
         ("postgres://h/d", {}, "scheme 'postgres'"),
         ("mysql://h:0/d", {}, "port 0"),
-        (None, {"MYSQL_PORT": "abc"}, "MYSQL_PORT: 'abc'"),
+        (None, {"GEARSYNC_MYSQL_PORT": "abc"}, "GEARSYNC_MYSQL_PORT: 'abc'"),
     ],
 )
 def test_mysql_settings_errors(url: str | None, env: dict, fragment: str) -> None:
