@@ -229,6 +229,8 @@ struct gs_sha256 {
 void gs_sha256_init(struct gs_sha256 *c);
 void gs_sha256_update(struct gs_sha256 *c, const void *data, size_t len);
 void gs_sha256_final(struct gs_sha256 *c, unsigned char out[32]);
+/* One 64-byte block, plain C (gs_sha256_* use the SHA-NI one where the CPU has it). */
+void gs_sha256_compress_portable(uint32_t h[8], const unsigned char *p);
 
 /* A key ready to sign: SHA-256 states after the HMAC ipad/opad blocks, and
  * its id (hex of the first 4 bytes of SHA-256(key)). */

@@ -7,7 +7,8 @@
  * a refused key leaves a reason; an accepted key is 16..1024 printable
  * ASCII bytes without blanks or commas; the header is "gs1." 8 lowercase hex
  * "." 64 lowercase hex "."; SHA-256 fed in arbitrary pieces equals SHA-256
- * fed at once; signing is deterministic and depends on the workload.
+ * fed at once and equals the plain C compression's (the library uses SHA-NI where the CPU has
+ * it); signing is deterministic and depends on the workload.
  */
 #include "../gearsync_udf.h"
 
@@ -21,6 +22,37 @@ static int is_hex(const char *p, size_t n)
         if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
             return 0;
     return 1;
+}
+
+/* SHA-256 of data with the plain C compression only (the library may use SHA-NI). */
+static void sha_portable(const uint8_t *data, size_t size, unsigned char out[32])
+{
+    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    uint32_t h[8];
+    unsigned char block[64];
+    size_t pos = 0;
+    memcpy(h, h0, sizeof h);
+    for (; size - pos >= 64; pos += 64)
+        gs_sha256_compress_portable(h, data + pos);
+    size_t rest = size - pos;
+    memset(block, 0, 64);
+    memcpy(block, data + pos, rest);
+    block[rest] = 0x80;
+    if (rest >= 56) {
+        gs_sha256_compress_portable(h, block);
+        memset(block, 0, 64);
+    }
+    uint64_t bits = (uint64_t)size * 8;
+    for (int i = 0; i < 8; i++)
+        block[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
+    gs_sha256_compress_portable(h, block);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)h[i];
+    }
 }
 
 static void check_sha_pieces(const uint8_t *data, size_t size)
@@ -41,6 +73,12 @@ static void check_sha_pieces(const uint8_t *data, size_t size)
     gs_sha256_final(&b, db);
     if (memcmp(da, db, 32) != 0) {
         fprintf(stderr, "SHA-256 in pieces differs from SHA-256 at once\n");
+        abort();
+    }
+    unsigned char dp[32];
+    sha_portable(data, size, dp);
+    if (memcmp(da, dp, 32) != 0) {
+        fprintf(stderr, "SHA-256 (SHA-NI where the CPU has it) differs from the plain C one\n");
         abort();
     }
 }
