@@ -386,6 +386,14 @@ def parse_change(raw: bytes) -> ChangeEvent:
 
 
 def _parse_refs(obj: Any) -> dict[str, tuple[JSONValue, ...]]:
+    if type(obj) is dict and len(obj) == 1:
+        # the common case (one FK of one column, a name seen before): nothing to check or convert
+        ((name, values),) = obj.items()
+        if name in _good_names and type(values) is list and len(values) == 1:
+            value = values[0]
+            if type(value) is int or type(value) is str:
+                obj[name] = (value,)  # the parsed payload's own dict, reused
+                return obj
     if type(obj) is not dict:
         raise PayloadError(f"refs: expected an object of fk name -> [values], got {_show(obj)}")
     if len(obj) > MAX_REFS:

@@ -29,6 +29,9 @@ Other keys, all under a prefix (default "gearsync", no braces allowed in it):
     <prefix>:fk:<child>:<fk>:<v1>:<v2>...             set of the child row keys whose FK <fk> holds
                                                       these (escaped) values (cascade index)
     <prefix>:fkr:<rowkey>  or  <prefix>:fkr:{<rowkey>}  the fk index sets a row is in (same slot)
+    <prefix>:fkc:<tag>:<child>:<fk>:<v1>...           the last cascade that ran for these values
+    <prefix>:fkcm:<tag>:<child>:<fk>                  exists while such cascade records may exist
+    <prefix>:fkcm-ready                               every cascade record has its marker
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ __all__ = [
     "fk_index_prefix",
     "fk_rows_key",
     "fk_cascade_key",
+    "fk_cascade_marker_key",
+    "fk_cascade_marker_of",
+    "fk_cascade_pattern",
+    "fk_markers_ready_key",
     "TableKeyMatch",
     "table_key_match",
 ]
@@ -287,6 +294,30 @@ def fk_cascade_key(child: str, fk: str, values: Sequence[Any], template: str, pr
     return f"{prefix}:fkc:{_template_tag(template)}:{escape(child)}:{escape(fk)}:" + ":".join([escape(v) for v in values])
 
 
+def fk_cascade_marker_key(child: str, fk: str, template: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Exists while a cascade record (fk_cascade_key) of `child` rows' FK `fk` under `template` may
+    exist: set with each record, with the same TTL. No marker: no record to look up."""
+    return f"{prefix}:fkcm:{_template_tag(template)}:{escape(child)}:{escape(fk)}"
+
+
+def fk_cascade_marker_of(record_key: str, prefix: str = DEFAULT_PREFIX) -> str | None:
+    """The fk_cascade_marker_key of a cascade record's key (None: not one of this prefix)."""
+    head = f"{prefix}:fkc:"
+    m = _RECORD_HEAD.match(record_key, len(head)) if record_key.startswith(head) else None
+    return None if m is None else f"{prefix}:fkcm:{m.group(1)}"
+
+
+def fk_cascade_pattern(prefix: str = DEFAULT_PREFIX) -> str:
+    """SCAN MATCH pattern of every cascade record key (fk_cascade_key) under `prefix`."""
+    return _GLOB_SPECIAL.sub(r"\\\1", prefix) + ":fkc:*"
+
+
+def fk_markers_ready_key(prefix: str = DEFAULT_PREFIX) -> str:
+    """Set once every cascade record under `prefix` has its marker (records written before markers
+    existed get theirs from RedisApplier.load_script)."""
+    return f"{prefix}:fkcm-ready"
+
+
 @lru_cache(maxsize=256)
 def _template_tag(template: str) -> str:
     return format(binascii.crc32(template.encode()), "08x")
@@ -297,6 +328,8 @@ _VALUE_ALT = r"\\e|\\x[0-9a-f]*|(?:[^\\:{}]|\\[\\:()])+"
 KEY_VALUE_RE = f"({_VALUE_ALT})"
 _TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+# A cascade record key after "<prefix>:fkc:": template tag, child, fk (then the values).
+_RECORD_HEAD = re.compile(f"([0-9a-f]{{8}}:(?:{_VALUE_ALT}):(?:{_VALUE_ALT})):")
 
 
 class TableKeyMatch:

@@ -68,8 +68,12 @@ from sync.keys import (
     check_prefix,
     escape,
     fk_cascade_key,
+    fk_cascade_marker_key,
+    fk_cascade_marker_of,
+    fk_cascade_pattern,
     fk_index_key,
     fk_index_prefix,
+    fk_markers_ready_key,
     fk_rows_key,
     stats_key,
 )
@@ -88,18 +92,27 @@ class Outcome(enum.StrEnum):
 _REC = 44
 _RETRY = b"!"           # the script's reply when a guard did not hold (cascades)
 _LATE = b"?"            # ... when a change is older than a cascade record of its refs
+_CHECKS = b"#"          # ... when a cascade record may exist for refs whose checks were left out
 MAX_CASCADE_TRIES = 20
 APPLY_SCRIPT = (Path(__file__).with_name("apply.lua")).read_text(encoding="utf-8")
 
 _ZERO_VERSION = "0" * 20
+_DELETE = Op.DELETE
 # What SCRIPT LOAD returns for APPLY_SCRIPT (Redis names a script by the SHA1 of its text).
 APPLY_SCRIPT_SHA = hashlib.sha1(APPLY_SCRIPT.encode()).hexdigest()
+# KEYS[1] a cascade record, KEYS[2] its marker: the marker lives at least as long as the record.
+_MARK_SCRIPT = """local t = redis.call('PTTL', KEYS[1])
+if t == -1 then redis.call('SET', KEYS[2], '1')
+elseif t > 0 then
+  local m = redis.call('PTTL', KEYS[2])
+  if m ~= -1 and m < t then redis.call('SET', KEYS[2], '1', 'PX', t) end
+end"""
 
 
 class _Table:
     """Per-table precomputed state used on the hot path."""
 
-    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key", "rows")
+    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key", "rows", "fks")
 
     def __init__(self, spec: TableSpec, prefix: str) -> None:
         self.spec = spec
@@ -113,6 +126,44 @@ class _Table:
         # template writing that table to this Redis (e.g. two capture paths side by side); a
         # cascade follows only the members of this table's own template.
         self.rows = TableKeyMatch(spec.key_template, spec.name)
+        self.fks: dict[str, _FK] = {}  # fk name -> its key starts (filled as refs name them)
+
+
+class _FK:
+    """Per (child table, fk): the start of its index set keys (and of their JSON spelling, without
+    the closing quote), of its cascade record keys, and its marker key (see apply.lua)."""
+
+    __slots__ = ("index", "index_json", "check", "marker", "pk_col", "fkr_head", "by_int")
+
+    def __init__(self, table: str, fk: str, template: str, prefix: str) -> None:
+        self.index = fk_index_prefix(table, fk, prefix)
+        self.index_json = orjson.dumps(self.index).decode()[:-1]
+        self.check = fk_cascade_key(table, fk, (), template, prefix)
+        self.marker = fk_cascade_marker_key(table, fk, template, prefix)
+        # the start of the fkr value of a row of one pk column `pk_col` in one index set of this fk
+        self.pk_col = ""
+        self.fkr_head = ""
+        self.by_int: dict[int, bytes] = {}  # FK value -> fkr value (UTF-8), rows of one pk column `pk_col`
+
+    def fkr(self, pk_col: str, text: str) -> str:
+        """The fkr value (JSON [[pk_col], index set]) of a row in the set of the values `text`
+        (needing no JSON escaping): what orjson writes for that list."""
+        if pk_col is not self.pk_col and pk_col != self.pk_col:
+            self.pk_col = pk_col
+            self.fkr_head = orjson.dumps([[pk_col]]).decode()[:-1] + "," + self.index_json
+            self.by_int.clear()
+        return self.fkr_head + text + '"]'
+
+    def fkr_of_int(self, pk_col: str, value: int) -> bytes:
+        """fkr() of one integer FK value, encoded (cached: many children share a parent)."""
+        if pk_col is self.pk_col or pk_col == self.pk_col:
+            got = self.by_int.get(value)
+            if got is not None:
+                return got
+        if len(self.by_int) >= 65536:
+            self.by_int.clear()
+        got = self.by_int[value] = self.fkr(pk_col, str(value)).encode()
+        return got
 
 
 class RedisApplier:
@@ -133,9 +184,13 @@ class RedisApplier:
         self._cluster = isinstance(redis, RedisCluster)
         self._prefix = check_prefix(prefix)
         self._vprefix = prefix + ":v:"
-        # fk_rows_key's spelling, inlined on the hot path (tagged like the version key)
+        # fk_rows_key's spelling: the script builds a row's fkr key from it and the row's version key
         self._fkr_prefix = prefix + ":fkr:"
-        self._fk_prefixes: dict[tuple[str, str], str] = {}
+        # marker key -> until when (time.monotonic()) its checks go with each change: a marker met
+        # live (the script's '#' reply); shared with the with_redis() copies
+        self._live: dict[str, float] = {}
+        self._marked = False  # the cascade records of older versions have their markers
+        self._tomb_s = tombstone_ttl_s
         self._tomb_ms = str(tombstone_ttl_s * 1000)
         self._stats = stats
         self._tables: dict[str, _Table] = {}
@@ -181,7 +236,9 @@ class RedisApplier:
         cascade into a table this applier does not serve)."""
         if self._cluster:
             raise PayloadError(f"table {ev.table!r}: refs/cascade: cascades need a standalone Redis, not a Cluster")
-        todo = list(ev.cascade.fks) if ev.cascade is not None else []
+        if ev.cascade is None:
+            return  # a child row's refs (every job of a child table): nothing more to check
+        todo = list(ev.cascade.fks)
         while todo:
             rule = todo.pop()
             if rule.table not in self._tables:
@@ -198,23 +255,62 @@ class RedisApplier:
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis SCRIPT LOAD failed: {short_error(exc)}") from exc
         self._sha = sha.decode() if isinstance(sha, bytes) else sha
+        if not self._marked and not self._cluster:
+            await self._mark_old_records()
         return self._sha
 
-    def _index(self, ev: ChangeEvent, rk: str) -> tuple[str, list[str]]:
-        """The new fkr value and index sets of a child row event (see apply.lua)."""
-        refs = ev.refs
-        if ev.op is Op.DELETE or not refs:
-            return "", []
-        prefixes = self._fk_prefixes
-        sets = []
+    async def _mark_old_records(self) -> None:
+        """Give each cascade record written before markers existed (an older gearsync) its marker,
+        once per Redis: until then the script would skip its check (see apply.lua)."""
+        ready = fk_markers_ready_key(self._prefix)
+        try:
+            if not await self._redis.exists(ready):
+                async for key in self._redis.scan_iter(match=fk_cascade_pattern(self._prefix), count=1000):
+                    text = key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
+                    marker = fk_cascade_marker_of(text, self._prefix)
+                    if marker is not None:
+                        await self._redis.eval(_MARK_SCRIPT, 2, key, marker)
+                await self._redis.set(ready, "1")
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis: marking the cascade records failed: {short_error(exc)}") from exc
+        self._marked = True
+
+    def _refs(self, ev: ChangeEvent, t: _Table, keys: list[Any], marks: dict[str, str],
+              checks: list[tuple[str, str]], after: int) -> tuple[str, int]:
+        """For a child row event (refs): appends the marker of each of its FKs to `marks` (with its
+        flag), and the checks of those flagged '1' (key, version) to `checks`; returns the row's new
+        fkr value and the number of its index sets appended to `keys`: 0 when there is none, or one
+        that the fkr value names plainly (see apply.lua)."""
+        refs: dict[str, tuple[Any, ...]] = ev.refs  # type: ignore[assignment]  # the caller checked
+        fks = t.fks
+        indexed = ev.op is not Op.DELETE
+        sets: list[str] = []
+        fk = None
+        text = ""
+        plain = True  # the text needs no JSON escaping
         for name, values in refs.items():
-            start = prefixes.get((ev.table, name))
-            if start is None:
-                start = prefixes[(ev.table, name)] = fk_index_prefix(ev.table, name, self._prefix)
-            sets.append(start + ":".join([escape(v) for v in values]))
-        if len(sets) > 1:
-            sets.sort()
-        return orjson.dumps([[c for c, _ in ev.pk], *sets]).decode(), sets
+            fk = fks.get(name)
+            if fk is None:
+                fk = fks[name] = _FK(ev.table, name, t.spec.key_template, self._prefix)
+            if len(values) == 1 and type(values[0]) is int:
+                text = str(values[0])
+            else:
+                text = ":".join([escape(v) for v in values])
+                plain = '"' not in text and "\\" not in text and text.isprintable()
+            if indexed:
+                sets.append(fk.index + text)
+            flag = marks.get(fk.marker)
+            if flag is None:
+                flag = marks[fk.marker] = "1" if self._live and self._live.get(fk.marker, 0.0) > time.monotonic() else "0"
+            if flag == "1":
+                checks.append((fk.check + text, f"{max(ev.version, after):020d}"))
+        if not sets:
+            return "", 0
+        if len(sets) == 1 and plain and len(ev.pk) == 1 and fk is not None:
+            return fk.fkr(ev.pk[0][0], text), 0
+        sets.sort()
+        keys.extend(sets)
+        return orjson.dumps([[c for c, _ in ev.pk], *sets]).decode(), len(sets)
 
     def _build_args(
         self, events: Sequence[ChangeEvent | ClassicSet | DerivedChange | MovedChange], guards: Mapping[str, str | bytes] | None = None
@@ -222,13 +318,13 @@ class RedisApplier:
         """KEYS and ARGV for one script call over `events` (op cascade events have no record)."""
         keys: list[Any] = list(guards or ())
         values: list[Any] = list((guards or {}).values())
-        check_keys: list[str] = []
-        check_versions: list[str] = []
+        marks: dict[str, str] = {}
+        checks: list[tuple[str, str]] = []
         meta: list[str] = []
         stats: dict[str, int] = {}
         tables = self._tables
         vprefix = self._vprefix
-        fkr_prefix = self._fkr_prefix
+        live = self._live
         want_stats = self._stats and not self._cluster
         for ev in events:
             late, after = False, 0
@@ -251,17 +347,23 @@ class RedisApplier:
                     if not si:
                         si = stats[t.stats_key] = len(stats) + 1
                 idx = "000"
-                if ev.refs is not None:
-                    fkr, sets = self._index(ev, rk)
-                    keys.append(fkr_prefix + rk if t.vk_tagged else fkr_prefix + "{" + rk + "}")
-                    keys.extend(sets)
-                    idx = f"{len(sets) + 1:03d}"
+                refs = ev.refs
+                if refs is not None:
                     # A child change (a delete too: the row's old refs) older than a cascade record
                     # of its refs is late: '?' (see apply.lua and _move_late).
-                    version = f"{max(ev.version, after):020d}"
-                    for name, refs in ev.refs.items():
-                        check_keys.append(fk_cascade_key(ev.table, name, refs, t.spec.key_template, self._prefix))
-                        check_versions.append(version)
+                    fkr: str | bytes = ""
+                    if len(refs) == 1 and len(ev.pk) == 1 and ev.op is not _DELETE:
+                        # the common case: one FK of one integer column, no live cascade marker met
+                        ((name, vs),) = refs.items()
+                        fk = t.fks.get(name)
+                        if fk is not None and len(vs) == 1 and type(vs[0]) is int and fk.marker not in live:
+                            marks[fk.marker] = "0"
+                            col = ev.pk[0][0]
+                            fkr = (fk.by_int.get(vs[0]) if col is fk.pk_col else None) or fk.fkr_of_int(col, vs[0])
+                            idx = "001"
+                    if not fkr:
+                        fkr, nsets = self._refs(ev, t, keys, marks, checks, after)
+                        idx = "001" if not nsets else f"{nsets + 1:03d}"
                 if ev.op is Op.DELETE:
                     meta.append(f"{'E' if late else 'D'}{ev.version:020d}000000000000{si:03d}00000{idx}")
                 elif t.op_upsert == "J":
@@ -276,23 +378,22 @@ class RedisApplier:
                     if n > 99998:
                         raise PayloadError(f"row: {n // 2} non-null columns; expected at most 49999 for a hash")
                     meta.append(f"{'L' if late else 'H'}{ev.version:020d}{t.ttl_ms:012d}{si:03d}{n:05d}{idx}")
-                if ev.refs is not None:
+                if refs is not None:
                     values.append(fkr)
             elif type(ev) is ClassicSet:
                 keys.append(ev.key)
                 keys.append(ev.key)
                 values.append(ev.payload)
                 meta.append("C" + _ZERO_VERSION + "000000000000000" + "00001000")
-            elif type(ev) is DerivedChange and ev.op == "M":  # a cascade record (rk: its key)
+            elif type(ev) is DerivedChange and ev.op == "M":  # a cascade record (rk: its key; sets: its marker)
                 keys.append(ev.rk)
-                keys.append(ev.rk)
+                keys.append(ev.sets[0])
                 values.extend(ev.values)
                 meta.append(f"M{ev.version:020d}000000000000000{len(ev.values):05d}000")
             elif type(ev) is DerivedChange:
                 t = tables[ev.table]
                 keys.append(ev.rk)
                 keys.append(vprefix + ev.rk if t.vk_tagged else vprefix + "{" + ev.rk + "}")
-                keys.append(fk_rows_key(ev.rk, self._prefix))
                 keys.extend(ev.sets)
                 si = 0
                 if want_stats:
@@ -308,11 +409,12 @@ class RedisApplier:
         if len(stats) > 999:
             raise PayloadError(f"batch: {len(stats)} tables in one batch; expected at most 999")
         keys.extend(stats)
-        if check_keys:
-            n = len(guards or ())
-            keys[n:n] = check_keys
-            values[n:n] = check_versions
-        return keys, [self._tomb_ms, "".join(meta), len(stats), len(guards or ()), len(check_keys), *values]
+        n = len(guards or ())
+        if marks:
+            keys[n:n] = [*marks, *[k for k, _ in checks]]
+            values[n:n] = [v for _, v in checks]
+        return keys, [self._tomb_ms, "".join(meta), len(stats), n, len(checks), len(marks), "".join(marks.values()),
+                      vprefix, self._fkr_prefix, *values]
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------
     def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:
@@ -331,8 +433,9 @@ class RedisApplier:
     @staticmethod
     def late_reply(reply: Any) -> bool:
         """The script wrote nothing: a change in the batch is older than a cascade that already ran
-        for its refs; apply() moves such changes (pack_apply's caller: send the batch there)."""
-        return reply == _LATE or reply == "?"
+        for its refs, or a cascade record may exist for refs sent without their checks; apply()
+        moves such changes and adds the checks (pack_apply's caller: send the batch there)."""
+        return reply == _LATE or reply == "?" or (isinstance(reply, (bytes, str)) and reply[:1] in (_CHECKS, "#"))
 
     @staticmethod
     def parse_reply(reply: Any, n: int) -> list[Outcome]:
@@ -352,8 +455,7 @@ class RedisApplier:
         if self._cluster:
             return await self._apply_cluster(events)
         if not any(type(ev) is ChangeEvent and ev.cascade is not None for ev in events):
-            keys, argv = self._build_args(events)
-            reply = await self._call(keys, argv, len(events))
+            reply = await self._run(events)
             if not self.late_reply(reply):
                 return self._outcomes(reply, len(events))
         # A cascade reads the children's state first, so what comes before it must be in Redis:
@@ -380,6 +482,32 @@ class RedisApplier:
             start = end
         return out
 
+    async def _run(self, events: Sequence[ChangeEvent | ClassicSet | DerivedChange | MovedChange],
+                   guards: Mapping[str, str | bytes] | None = None) -> Any:
+        """The script's reply to `events` (and `guards`), with the checks of the markers it met live
+        added as needed (its '#' reply: nothing written)."""
+        for _ in range(MAX_CASCADE_TRIES):
+            keys, argv = self._build_args(events, guards)
+            reply = await self._call(keys, argv, len(events))
+            if not self._learn(reply, keys, argv):
+                return reply
+        raise ApplyError(f"cascade records of changes of {events[0]!r:.80} kept appearing during "
+                         f"{MAX_CASCADE_TRIES} tries; retry the batch later")
+
+    def _learn(self, reply: Any, keys: list[Any], argv: list[Any]) -> bool:
+        """True if the reply is '#': the markers it found live (flag '1') get their checks sent
+        from now on, for a tombstone TTL (what a marker lives after its last cascade record)."""
+        if type(reply) is str:
+            reply = reply.encode()
+        if type(reply) is not bytes or reply[:1] != _CHECKS:
+            return False
+        n, nmark = argv[3], argv[5]
+        until = time.monotonic() + self._tomb_s
+        for key, flag in zip(keys[n : n + nmark], reply[1:]):
+            if flag == 49:  # '1'
+                self._live[key] = until
+        return True
+
     async def _call(self, keys: list[Any], argv: list[Any], n: int) -> Any:
         if self._sha is None:
             await self.load_script()
@@ -397,15 +525,13 @@ class RedisApplier:
         first = seg[0]
         ev = first.event if type(first) is MovedChange else first
         if type(ev) is not ChangeEvent or ev.cascade is None:
-            keys, argv = self._build_args(seg)
-            reply = await self._call(keys, argv, len(seg))
+            reply = await self._run(seg)
             return None if self.late_reply(reply) else self._outcomes(reply, len(seg))
         self.check_cascade(ev)
         rest = list(seg[1:])
         for _ in range(MAX_CASCADE_TRIES):
             derived, guards = await self._expand(ev)
-            keys, argv = self._build_args([first, *derived, *rest], guards)
-            reply = await self._call(keys, argv, len(seg))
+            reply = await self._run([first, *derived, *rest], guards)
             if reply == _RETRY or reply == "!":
                 continue  # a child changed between our read and the script: read again
             if self.late_reply(reply):
@@ -493,7 +619,8 @@ class RedisApplier:
                 old = [st.old.get(col) for col in rule.ref]
                 template = self._tables[rule.table].spec.key_template
                 records.append(DerivedChange(rule.table, fk_cascade_key(rule.table, rule.fk, old, template, prefix),
-                                    "M", ev.version, [cascade_record(rule, to)], "", []))
+                                    "M", ev.version, [cascade_record(rule, to)], "",
+                                    [fk_cascade_marker_key(rule.table, rule.fk, template, prefix)]))
             members = await self._read([("SMEMBERS", k) for k in sets])
             for k, found in zip(sets, members):
                 # A child written between this read and the script (not seen here) fails the guard.

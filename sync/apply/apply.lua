@@ -4,20 +4,30 @@
 --   K/L/E: json upsert, hash upsert, delete applied also at an EQUAL version (a late change moved by a
 --   cascade record to the cascade's version); M: SET a cascade record unless one as new is there) | version
 --   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)
---   | n index keys (3 digits: 0 = the table keeps no fk index, else 1 + number of fk index sets)
--- KEYS: the guard keys (ARGV[4] of them), the check keys (ARGV[5] of them), then per event: row key, version key (classic: row key
--- twice), and with index keys: the row's fkr key and the fk index sets it belongs in now; then the
--- stats keys.
+--   | fk index (3 digits: 0 = the event keeps no fk index; else 1 + the number of fk index set keys
+--   it names; 1 with an fkr value: its one set is named in that value, '[[pk columns],"<set>"]')
+-- KEYS: the guard keys (ARGV[4] of them), the marker keys (ARGV[6] of them), the check keys (ARGV[5]
+-- of them), then per event: row key, version key (classic: row key twice; M: the cascade record
+-- key, then its marker key), and the fk index set keys it names; then the stats keys. A row's fkr
+-- key (keys.fk_rows_key) is ARGV[9] followed by what follows ARGV[8] in its version key.
 -- ARGV[1] tombstone ms, ARGV[2] the records, ARGV[3] number of stats keys, ARGV[4] number of
--- guards, ARGV[5] number of checks, then one expected value per guard ('' = absent), one version
--- per check (20 digits), then per event its values and, with
+-- guards, ARGV[5] number of checks, ARGV[6] number of markers, ARGV[7] one flag per marker ('1':
+-- the checks of its (table, fk) are in the call, '0': they are not), ARGV[8] the version key prefix,
+-- ARGV[9] the fkr key prefix, then one expected value per
+-- guard ('' = absent), one version per check (20 digits), then per event its values and, with
 -- index keys, its new fkr value (JSON [[pk columns], set, ...]; '' = none).
 -- Guards: if any guard key does not hold its expected value (a version key: the version or '';
 -- an fk index set: 'S' and its sorted members joined by newlines), nothing is written and the reply
 -- is '!' (the applier re-reads and retries: sync.apply.applier, cascades).
--- Checks: a child change with refs names the cascade records (fk_cascade_key) of its refs; if one
--- holds a version newer than the change's, a cascade already ran past this older change: nothing
--- is written and the reply is '?' (the applier moves the change as the cascade did, and retries).
+-- Markers: a child change with refs names the marker (keys.fk_cascade_marker_key) of each of its
+-- (table, fk); a marker exists while a cascade record of that (table, fk) may exist (an M record
+-- sets it with the tombstone TTL: it outlives every record it covers). No marker: no record, no
+-- check to make. A marker that exists while its checks are not in the call: nothing is written and
+-- the reply is '#' and one '0'/'1' per marker (1: exists; the applier adds those checks, retries).
+-- Checks: the cascade records (fk_cascade_key) of the refs of the changes whose markers exist; if
+-- one holds a version newer than the change's, a cascade already ran past this older change:
+-- nothing is written and the reply is '?' (the applier moves the change as the cascade did, and
+-- retries).
 local sub = string.sub
 local tonumber = tonumber
 local call = redis.call
@@ -27,8 +37,9 @@ local nev = #meta / 44
 local nstats = tonumber(ARGV[3])
 local nguard = tonumber(ARGV[4])
 local ncheck = tonumber(ARGV[5])
+local nmark = tonumber(ARGV[6])
 for g = 1, nguard do
-  local want = ARGV[5 + g]
+  local want = ARGV[9 + g]
   if sub(want, 1, 1) == 'S' then
     -- an fk index set the cascade read: 'S' .. its members, sorted, joined by newlines
     local members = call('SMEMBERS', KEYS[g])
@@ -38,12 +49,30 @@ for g = 1, nguard do
     return '!'
   end
 end
-for c = 1, ncheck do
-  local rec = call('GET', KEYS[nguard + c])
-  if rec and sub(rec, 1, 20) > ARGV[5 + nguard + c] then return '?' end
+if nmark > 0 then
+  local flags = ARGV[7]
+  local live, any, missing = {}, false, false
+  for k = 1, nmark do
+    if call('EXISTS', KEYS[nguard + k]) == 1 then
+      live[k] = '1'
+      any = true
+      if sub(flags, k, k) ~= '1' then missing = true end
+    else
+      live[k] = '0'
+    end
+  end
+  if missing then return '#' .. table.concat(live) end
+  if any then
+    for c = 1, ncheck do
+      local rec = call('GET', KEYS[nguard + nmark + c])
+      if rec and sub(rec, 1, 20) > ARGV[9 + nguard + c] then return '?' end
+    end
+  end
 end
-local a = 6 + nguard + ncheck
-local kp = nguard + ncheck
+local a = 10 + nguard + ncheck
+local vpl = #ARGV[8] + 1
+local fkrp = ARGV[9]
+local kp = nguard + nmark + ncheck
 -- SET a row's companion key (version, fkr): with a TTL'd row it expires after max(ttl, tombstone).
 local function setx(key, val, ttl)
   if ttl > 0 then
@@ -75,7 +104,10 @@ for i = 0, nev - 1 do
   elseif op == 'M' then
     local ver = sub(meta, m + 2, m + 21)
     local cur = call('GET', rk)
-    if not cur or sub(cur, 1, 20) < ver then call('SET', rk, ver .. ARGV[a], 'PX', tomb) end
+    if not cur or sub(cur, 1, 20) < ver then
+      call('SET', rk, ver .. ARGV[a], 'PX', tomb)
+      call('SET', KEYS[kp + 2], '1', 'PX', tomb)  -- its marker outlives it
+    end
     out[i + 1] = 'A'
   else
     local ver = sub(meta, m + 2, m + 21)
@@ -101,6 +133,32 @@ for i = 0, nev - 1 do
       out[i + 1] = 'S'
     else
       local ttl = tonumber(sub(meta, m + 22, m + 33))
+      -- the fk index first (the version key last: a script cut short re-applies the change)
+      local setfkr, fkr = false, nil
+      if nidx > 0 then
+        -- the row's fkr value: the fk index sets it is in (keys.fk_rows_key: tagged like vk)
+        if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
+        local old = call('GET', fkr)
+        local new = ARGV[a + nv]
+        if op == 'D' then
+          if old then
+            unindex(rk, old)
+            call('DEL', fkr)
+          end
+        elseif old ~= new then
+          if old then unindex(rk, old) end
+          if nidx > 1 then
+            for j = kp + 3, kp + 1 + nidx do call('SADD', KEYS[j], rk) end
+          elseif new ~= '' then
+            call('SADD', sub(new, string.find(new, '],"', 1, true) + 3, -3), rk)
+          end
+          if new ~= '' then
+            setfkr = new
+          elseif old then
+            call('DEL', fkr)
+          end
+        end
+      end
       if op == 'D' then
         call('DEL', rk)
         call('SET', vk, ver, 'PX', tomb)
@@ -123,25 +181,13 @@ for i = 0, nev - 1 do
           end
           if ttl > 0 then call('PEXPIRE', rk, ttl) end
         end
-        setx(vk, ver, ttl)
-      end
-      if nidx > 0 then
-        local fkr = KEYS[kp + 3]
-        local old = call('GET', fkr)
-        local new = ARGV[a + nv]
-        if op == 'D' then
-          if old then
-            unindex(rk, old)
-            call('DEL', fkr)
-          end
-        elseif old ~= new then
-          if old then unindex(rk, old) end
-          for j = kp + 4, kp + 2 + nidx do call('SADD', KEYS[j], rk) end
-          if new == '' then
-            call('DEL', fkr)
-          else
-            setx(fkr, new, ttl)
-          end
+        if not setfkr then
+          setx(vk, ver, ttl)
+        elseif ttl > 0 then
+          setx(fkr, setfkr, ttl)
+          setx(vk, ver, ttl)
+        else
+          call('MSET', fkr, setfkr, vk, ver)
         end
       end
       out[i + 1] = 'A'
@@ -153,7 +199,7 @@ for i = 0, nev - 1 do
   kp = kp + 2
   if nidx > 0 then
     a = a + 1
-    kp = kp + nidx
+    kp = kp + nidx - 1
   end
 end
 if nstats > 0 then

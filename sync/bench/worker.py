@@ -9,11 +9,12 @@ worker's shape). `--profile` drains once in-process under cProfile and prints wh
 as rows of a child table with one cascading FK (each job carrying "refs", so the applier keeps
 the FK index with each row), and prints both rates and the cost: once into an empty Redis (every
 row and index entry new: the worst case) and once as a rewrite of the same rows with newer
-versions (the steady state of updates: the index entry exists and is unchanged).
-`--signed` measures each configuration twice, the runs interleaved: unsigned jobs and workers
-without a key, and signed jobs (HMAC, sync.signing) drained by workers with GEARSYNC_JOB_KEY, and
-prints both rates and the cost of signing. Without it the jobs are signed when GEARSYNC_JOB_KEY is
-set (the workers inherit it and would refuse unsigned jobs).
+versions (the steady state of updates: the index entry exists and is unchanged). The runs are
+interleaved (plain first, then fk first, round after round); each fk line shows the cost of the
+median rates and the spread of the cost of the rounds. `--signed` does the same for signed jobs
+(HMAC, sync.signing) drained by workers with GEARSYNC_JOB_KEY against unsigned jobs and workers
+without a key. Without it the jobs are signed when GEARSYNC_JOB_KEY is set (the workers inherit it
+and would refuse unsigned jobs).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from typing import Any
 
 import orjson
 
-from sync.bench.udf import cpu_seconds
 from sync.events import ChangeEvent, JSONValue, Op, Source, encode_change
 from sync.gearman import GearmanClient
 from sync.signing import ENV_KEY, ENV_KEY_OLD, JobKeys, load_keys
@@ -71,15 +71,25 @@ def applied_total(client: Any) -> int:
     return int(value) if value else 0
 
 
+def cpu_seconds(pids: list[int], redis_client: Any) -> float:
+    """CPU time (user + system) used so far by the processes `pids` and by the Redis server."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15)
+    info = redis_client.info("cpu")
+    return total + float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, batch: int, connections: int,
-                         fk: bool = False, rewrite: bool = False, key: str | None = None,
-                         cpu_out: list[float] | None = None) -> float:
-    """jobs/s of `procs` sync-worker processes draining n pre-queued jobs. `rewrite`: the same rows
-    again with newer versions, on top of the previous run's Redis (rows and, with `fk`, their index
-    entries exist: the steady state of updates), instead of an empty Redis (every row is new).
-    `key`: the jobs are signed with it and the workers check them (None: neither). `cpu_out`: gets
-    the workers' CPU µs per job from the first applied change to the last (start-up excluded; unlike
-    jobs/s this barely depends on what else the shared machine does)."""
+                         fk: bool = False, rewrite: bool = False, key: str | None = None) -> tuple[float, float]:
+    """jobs/s of `procs` sync-worker processes draining n pre-queued jobs, and the CPU time per job
+    (us) of the workers, gearmand and redis-server meanwhile: unlike the rate, it does not grow when
+    other work shares the machine. `rewrite`: the same rows again with newer versions, on top of the
+    previous run's Redis (rows and, with `fk`, their index entries exist: the steady state of
+    updates), instead of an empty Redis (every row is new). `key`: the jobs are signed with it and the
+    workers check them (None: neither)."""
     client = r.client()
     start = applied_total(client) if rewrite else 0
     if not rewrite:
@@ -93,22 +103,21 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
     cmd = [exe, "--table", "data", "--batch", str(batch), "--connections", str(connections),
            "--stats-interval", "0", "--log-level", "warning"]
     workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(procs)]
+    pids = [w.pid for w in workers] + ([g.proc.pid] if g.proc is not None else [])
     try:
         first_t = None
-        first_cpu = 0.0
         first_n = 0
+        first_cpu = 0.0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             done = applied_total(client) - start
             now = time.perf_counter()
             if first_t is None and done > 0:
-                first_t, first_n = now, done
-                first_cpu = sum(cpu_seconds(w.pid) for w in workers)
+                first_t, first_n, first_cpu = now, done, cpu_seconds(pids, client)
             if done >= n:
                 assert first_t is not None
-                if cpu_out is not None:
-                    cpu_out.append((sum(cpu_seconds(w.pid) for w in workers) - first_cpu) / max(1, n - first_n) * 1e6)
-                return (n - first_n) / max(now - first_t, 1e-9)
+                cpu = cpu_seconds(pids, client) - first_cpu
+                return (n - first_n) / max(now - first_t, 1e-9), cpu * 1e6 / max(n - first_n, 1)
             for w in workers:
                 if w.poll() is not None:
                     raise RuntimeError(f"sync-worker exited with {w.returncode}: {w.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]  # stderr=PIPE
@@ -194,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.baseline:
                 configs.append((1, 1))
             fk_head = f" {'fk jobs/s':>10} {'fk cost':>8}" if args.fk else ""
-            fk_head += f" {'signed jobs/s':>14} {'sign cost':>9}" if args.signed else ""
             print(f"{'processes':>9} {'batch':>6} {'median jobs/s':>14}{fk_head}  runs", flush=True)
             for nprocs, batch in configs:
                 n = args.jobs if batch > 1 else min(args.jobs, 20_000)
@@ -202,56 +210,63 @@ def main(argv: list[str] | None = None) -> int:
                 fk_rates: list[float] = []
                 re_rates: list[float] = []
                 fk_re_rates: list[float] = []
+                cpu: dict[tuple[bool, bool], list[float]] = {}  # (fk, rewrite) -> CPU us per job, per run
                 signed_rates: list[float] = []
-                cpu: list[float] = []
                 signed_cpu: list[float] = []
-                for i in range(args.runs):  # interleaved: drift of the machine hits both alike
-                    if args.signed and i % 2:  # alternate which goes first
-                        signed_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections,
-                                                                 key=signed_key, cpu_out=signed_cpu))
-                    rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, key=key, cpu_out=cpu))
-                    if args.signed and not i % 2:
-                        signed_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections,
-                                                                 key=signed_key, cpu_out=signed_cpu))
-                    if args.fk:
-                        re_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, rewrite=True))
-                        fk_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=True))
-                        fk_re_rates.append(drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=True,
-                                                                rewrite=True))
+                for i in range(args.runs):
+                    # Interleaved, and in the other order every second round (plain first, then fk
+                    # first): drift of the shared machine hits both alike. A rewrite follows its
+                    # own first write (it rewrites those rows).
+                    for fk in ((False, True) if i % 2 == 0 else (True, False)) if args.fk else (False,):
+                        for rewrite in (False, True) if args.fk else (False,):
+                            rate, us = drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=fk,
+                                                            rewrite=rewrite, key=key)
+                            ((fk_re_rates if fk else re_rates) if rewrite else (fk_rates if fk else rates)).append(rate)
+                            cpu.setdefault((fk, rewrite), []).append(us)
+                    if args.signed:
+                        rate, us = drain_with_processes(g, r, n, nprocs, batch, args.connections, key=signed_key)
+                        signed_rates.append(rate)
+                        signed_cpu.append(us)
                 med = statistics.median(rates)
                 entry: dict[str, object] = {"processes": nprocs, "batch": batch, "jobs": n,
-                                            "median_jobs_per_s": med, "runs_jobs_per_s": rates,
-                                            "median_worker_cpu_us_per_job": statistics.median(cpu)}
-                fk_text = ""
-                if args.fk:
-                    fk_med = statistics.median(fk_rates)
-                    cost = 1 - fk_med / med
-                    fk_text = f" {fk_med:>10,.0f} {cost:>8.1%}"
-                    entry.update(fk_median_jobs_per_s=fk_med, fk_runs_jobs_per_s=fk_rates, fk_cost=cost)
+                                            "median_jobs_per_s": med, "runs_jobs_per_s": rates}
+                if not args.fk:
+                    runs = ", ".join(f"{x:,.0f}" for x in rates)
+                    print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}  {runs}", flush=True)
                 if args.signed:
+                    # signed after unsigned in every round; the cost of the median rates and of the
+                    # median CPU time per job (workers + gearmand + redis-server)
                     signed_med = statistics.median(signed_rates)
-                    sign_cost = 1 - signed_med / med
-                    fk_text += f" {signed_med:>14,.0f} {sign_cost:>9.1%}"
-                    cpu_med, signed_cpu_med = statistics.median(cpu), statistics.median(signed_cpu)
+                    base_cpu, with_sign_cpu = statistics.median(cpu[(False, False)]), statistics.median(signed_cpu)
+                    print(f"{'signed':>9} {batch:>6} {signed_med:>14,.0f}  cost {1 - signed_med / med:.1%}; CPU "
+                          f"{base_cpu:.1f} -> {with_sign_cpu:.1f} us/job ({with_sign_cpu / base_cpu - 1:+.1%}); "
+                          f"{', '.join(f'{x:,.0f}' for x in signed_rates)}", flush=True)
                     entry.update(signed_median_jobs_per_s=signed_med, signed_runs_jobs_per_s=signed_rates,
-                                 sign_cost=sign_cost, signed_median_worker_cpu_us_per_job=signed_cpu_med,
-                                 sign_cpu_cost=signed_cpu_med / cpu_med - 1)
-                runs = ", ".join(f"{x:,.0f}" for x in rates)
-                if args.fk:
-                    runs += " | fk " + ", ".join(f"{x:,.0f}" for x in fk_rates)
-                if args.signed:
-                    runs += " | signed " + ", ".join(f"{x:,.0f}" for x in signed_rates)
-                    runs += (f" | worker CPU µs/job {statistics.median(cpu):.1f} unsigned, "
-                             f"{statistics.median(signed_cpu):.1f} signed")
-                print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}{fk_text}  {runs}", flush=True)
-                if args.fk:
-                    re_med, fk_re_med = statistics.median(re_rates), statistics.median(fk_re_rates)
-                    re_cost = 1 - fk_re_med / re_med
-                    print(f"{'rewrite':>9} {batch:>6} {re_med:>14,.0f} {fk_re_med:>10,.0f} {re_cost:>8.1%}  "
-                          f"{', '.join(f'{x:,.0f}' for x in re_rates)} | fk {', '.join(f'{x:,.0f}' for x in fk_re_rates)}",
+                                 sign_cost=1 - signed_med / med, cpu_us_per_job=cpu[(False, False)],
+                                 signed_cpu_us_per_job=signed_cpu, sign_cpu_cost=with_sign_cpu / base_cpu - 1)
+                for label, key, plain, fk_runs, rewrite in ((str(nprocs), "fk", rates, fk_rates, False),
+                                                            ("rewrite", "fk_rewrite", re_rates, fk_re_rates, True)):
+                    if not args.fk:
+                        break
+                    # the cost of the median rates, and the spread of the cost over the rounds
+                    base, with_fk = statistics.median(plain), statistics.median(fk_runs)
+                    cost = 1 - with_fk / base
+                    paired = sorted(1 - f / p for p, f in zip(plain, fk_runs))
+                    print(f"{label:>9} {batch:>6} {base:>14,.0f} {with_fk:>10,.0f} {cost:>8.1%}  "
+                          f"cost per round {paired[0]:.1%}..{paired[-1]:.1%}; "
+                          f"{', '.join(f'{x:,.0f}' for x in plain)} | fk {', '.join(f'{x:,.0f}' for x in fk_runs)}",
                           flush=True)
-                    entry.update(rewrite_median_jobs_per_s=re_med, fk_rewrite_median_jobs_per_s=fk_re_med,
-                                 fk_rewrite_cost=re_cost)
+                    # The same from the CPU time per job (workers + gearmand + redis-server).
+                    cpu_base, cpu_fk = statistics.median(cpu[(False, rewrite)]), statistics.median(cpu[(True, rewrite)])
+                    cpu_cost = 1 - cpu_base / cpu_fk
+                    cpu_paired = sorted(1 - p / f for p, f in zip(cpu[(False, rewrite)], cpu[(True, rewrite)]))
+                    print(f"{'':>9} {'cpu':>6} {cpu_base:>11.1f} us {cpu_fk:>7.1f} us {cpu_cost:>8.1%}  "
+                          f"cost per round {cpu_paired[0]:.1%}..{cpu_paired[-1]:.1%} (CPU time per job)", flush=True)
+                    entry.update({f"{key}_cpu_us_per_job_base": cpu[(False, rewrite)],
+                                  f"{key}_cpu_us_per_job": cpu[(True, rewrite)], f"{key}_cpu_cost": cpu_cost})
+                    entry.update({f"{key}_base_median_jobs_per_s": base, f"{key}_median_jobs_per_s": with_fk,
+                                  f"{key}_cost": cost, f"{key}_cost_per_round": paired,
+                                  f"{key}_base_runs_jobs_per_s": plain, f"{key}_runs_jobs_per_s": fk_runs})
                 measured.append(entry)
             if args.profile:
                 text = profile_in_process(g, r, args.jobs, args.batch, 25, signed_key if args.signed else key)
