@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,13 @@ from sync.keys import version_key
 from sync.rows.schema import load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
+from .test_signing import MAX_VERSION, volume, wait_for
 from .triggers_rig import install, wait_converged, worker_thread
 from .udf_fixtures import point_at, udf_installed  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(240)
 
 VERIFY_BIN = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "sync-verify")
-MAX_VERSION = 18446744073709551615
 
 
 def forge(g: GearmanServer, i: int, volume: int) -> None:
@@ -40,20 +39,6 @@ def forge(g: GearmanServer, i: int, volume: int) -> None:
         async with GearmanClient([(g.host, g.port)]) as client:
             await client.submit_background_many("gearsync.data", [payload])
     asyncio.run(go())
-
-
-def wait_for(check: Any, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
-
-
-def volume(client: Any, i: int) -> int | None:
-    raw = client.get(f"data:{i}")
-    return None if raw is None else orjson.loads(raw)["volume"]
 
 
 def verify(mariadb: MariaDBServer, db: Any, r: RedisServer, *args: str) -> subprocess.CompletedProcess[bytes]:
