@@ -290,6 +290,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "chunk": Key("int", 5000, 1, 1_000_000, option="--chunk", help="rows per MySQL query / Redis pipeline"),
         "recheck_delay_s": Key("float", 1.0, 0, 3600, option="--recheck-delay", help="seconds before differences are checked again"),
         "extra": Key("bool", True, option="--no-extra", help="scan Redis for extra keys (--no-extra: false)"),
+        "versions": Key("str", "trigger", choices=("trigger", "binlog"), option="--versions",
+                        help="--repair's versions: trigger, or binlog for tables synced by sync-binlog"),
         "progress": Key("str", "auto", choices=PROGRESS, option="--progress", help="progress bar or a log line every 10 s"),
     },
 }

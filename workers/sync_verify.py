@@ -52,8 +52,13 @@ row (and extra key) first loses its version key, then is repaired as above with 
 UUID_SHORT() version, so later real changes apply again; equal rows are not touched. Its cost: the
 stored version is discarded whatever it was, and if the run stops between that delete and the
 write, the row is briefly unfenced (an older redelivered change could land); run it while writers
-are quiet, and run sync-verify again after. Trigger capture only: sync-binlog's versions are
-smaller than UUID_SHORT(), so it does not heal a table synced by sync-binlog (docs/security.md).
+are quiet, and run sync-verify again after.
+
+--repair --versions binlog: for a table synced by sync-binlog (MariaDB, log_bin on). Its versions
+come from the commit position (GTID), far below UUID_SHORT(): a row repaired with UUID_SHORT()
+would refuse every later binlog change of it. With binlog versions each repair takes, under the
+same row lock, the server's current GTID position: newer than every change the row already holds,
+older than any change committed after it. Add --reset-versions to heal a poisoned binlog table.
 """
 
 EPILOG = """\
@@ -65,6 +70,7 @@ examples:
   sync-verify --table data
   sync-verify --table data --repair
   sync-verify --table data --repair --reset-versions  # after a forged job poisoned rows' versions
+  sync-verify --table data --repair --versions binlog  # a table synced by sync-binlog
   sync-verify --table data --sample 10000 --json     # 10k random rows, a JSON report on stdout
   sync-verify --table data,users                     # one after another, then a summary
   sync-verify --all-tables --config gearsync.toml    # each table's [tables.NAME] settings
@@ -87,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset-versions", action="store_true",
                    help="with --repair: delete the version key of each differing row first, so a poisoned "
                         "(forged, too new) version cannot block the repair; see above for its cost")
+    p.add_argument("--versions", choices=("trigger", "binlog"),
+                   help="versions --repair writes: trigger (UUID_SHORT(), the default) or binlog (the GTID "
+                        "position, for tables synced by sync-binlog)")
     p.add_argument("--sample", type=int, metavar="N", help="check N random rows (and the first N keys for extras)")
     p.add_argument("--chunk", type=int, metavar="N", help="rows per MySQL query / Redis pipeline (default 5000)")
     p.add_argument("--no-extra", action="store_const", const=False, dest="extra",
@@ -114,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.apply()
         r = Resolver(args, None, cfg)
         for key, dest in (("chunk", "chunk"), ("recheck_delay_s", "recheck_delay"), ("extra", "extra"),
-                          ("progress", "progress")):
+                          ("progress", "progress"), ("versions", "versions")):
             setattr(args, dest, r.get("verify", key, dest))
         return asyncio.run(_verify(args, Output(PROG, logging.json)))
 
@@ -152,13 +161,14 @@ async def _verify(args: argparse.Namespace, out: Output) -> int:
 async def _one_table(args: argparse.Namespace, out: Output, target: TableTarget) -> VerifyReport:
     from sync.rows.reader import TableReader, estimate_rows
     from sync.tools.display import ProgressDisplay
+    from sync.tools.snapshot import Versions
     from sync.tools.verify import Verifier
 
     schema = target.schema
     verifier = Verifier(TableReader(target.conn, schema), target.redis, target.spec,
                         target.applier() if args.repair else None, chunk=args.chunk, repair=args.repair,
                         sample=args.sample, recheck_delay_s=args.recheck_delay, check_extra=args.extra,
-                        reset_versions=args.reset_versions)
+                        reset_versions=args.reset_versions, versions=Versions(args.versions))
     tty = out.progress_tty(args.progress)
     total = args.sample or estimate_rows(target.conn, schema)
     display = ProgressDisplay(f"verify {schema.name}", total, tty=tty)

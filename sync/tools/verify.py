@@ -32,6 +32,19 @@ Repair (`repair=True`), fenced like the snapshot (see sync.tools.snapshot):
 A repair that comes back STALE (Redis already holds a newer version) is rechecked like the
 differences of a report-only run.
 
+Binlog versions (`versions=Versions.BINLOG`, a table synced by sync-binlog): UUID_SHORT() (~2**56)
+is far above sync-binlog's gtid_version(seq, i) = seq << 20 | i (~2**40), so a row repaired with
+it would refuse every later binlog change of that row (STALE), silently. In this mode the same
+locked read (and the locking read of the extra keys) takes, inside its transaction and after the
+locks, the server's binlog position (@@gtid_binlog_pos, seq in @@gtid_domain_id) and versions the
+repair V = gtid_version(seq, ROW_MASK) (sync.rows.reader.binlog_version_now). With a concurrent
+writer of the row: one that committed before our lock is in the binlog already (MariaDB writes the
+binlog before the engine commit that releases the row lock), so its seq <= seq and its version
+<= V, and our row includes it; one that commits later had to wait for our lock (or the gap lock of
+an absent key), so its GTID is after the position we read: its version >= (seq + 1) << 20 > V, and
+it wins whichever reaches Redis first. Needs MariaDB with log_bin on (ConfigError at once
+otherwise); like sync-binlog, versions compare within one GTID domain.
+
 Reset versions (`reset_versions=True`, with repair): the way back from a poisoned fence (a forged
 job with e.g. version 2**64-1 makes every real change of its row STALE, and plain repair too).
 Before a differing row (or a fenced extra key) is re-read, its version key (keys.version_key) is
@@ -42,10 +55,9 @@ has a version > V and wins (also if it lands between the delete and our write); 
 before it is in the row we read. What is given up: the version Redis held, bogus or not, and the
 guarantee in the short window between the delete and the repair's write: if the repair stops
 there (crash, Redis error), the row has no fence and an older duplicate (a redelivered job, a
-dead-letter replay) could land; rerun sync-verify. UUID_SHORT() versions only suit trigger
-capture: sync-binlog's versions are far smaller (sync.tools.snapshot), so on a binlog deployment
-the repaired row would still refuse binlog changes; this mode refuses nothing but does not help
-there. Rows that compare equal are not touched (a poisoned fence under an equal value stays).
+dead-letter replay) could land; rerun sync-verify. On a binlog deployment combine it with binlog
+versions (above): the repaired row then gets a binlog-comparable version.
+Rows that compare equal are not touched (a poisoned fence under an equal value stays).
 """
 
 from __future__ import annotations
@@ -71,7 +83,7 @@ from sync.rows.reader import TableReader, row_events
 from sync.rows.schema import canonical_value, quote_ident
 from sync.tables import TableSpec
 from sync.tools.keypattern import KeyPattern, typed_pk
-from sync.tools.snapshot import apply_events
+from sync.tools.snapshot import Versions, apply_events
 
 log = structlog.get_logger(__name__)
 
@@ -157,6 +169,7 @@ class Verifier:
         check_extra: bool = True,
         seed: int | None = None,
         reset_versions: bool = False,
+        versions: Versions = Versions.TRIGGER,
     ) -> None:
         if not 1 <= chunk <= 100_000:
             raise ConfigError(f"--chunk: {chunk}; expected 1 to 100000 rows")
@@ -179,6 +192,9 @@ class Verifier:
         self.prefix = prefix
         self.own_prefix = prefix + ":"
         self.reset_versions = reset_versions
+        self.binlog = repair and versions is Versions.BINLOG
+        if self.binlog:
+            reader.check_binlog_versions()  # ConfigError now, not after the first compare
         self.check_extra = check_extra
         self.pattern = KeyPattern(spec.key_template, self.schema.name, self.schema.key)
         self._rng = random.Random(seed)
@@ -364,7 +380,7 @@ class Verifier:
         assert self.applier is not None
         if self.reset_versions:
             await self._reset_versions([s.key for s in found], report)
-        rows = await asyncio.to_thread(self.reader.rows_by_key, _row_pks(found), versioned=True)
+        rows = await asyncio.to_thread(self.reader.rows_by_key, _row_pks(found), versioned=True, binlog=self.binlog)
         events = row_events(self.schema, rows, Op.UPDATE, self.graph)
         applied, stale = await apply_events(self.applier, events)
         report.repaired += applied
@@ -393,7 +409,7 @@ class Verifier:
             if self.reset_versions:
                 await self._reset_versions([s.key for s, _ in fenced], report)
             pks = [tuple(v for _, v in pk) for _, pk in fenced]
-            exist, version = await asyncio.to_thread(self.reader.absent_version, pks)
+            exist, version = await asyncio.to_thread(self.reader.absent_version, pks, binlog=self.binlog)
             now_there = {self._render(raw) for raw in exist}
             events = [ChangeEvent(self.schema.name, Op.DELETE, pk, None, version, Source.SNAPSHOT)
                       for s, pk in fenced if s.key not in now_there]
