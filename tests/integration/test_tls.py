@@ -234,11 +234,15 @@ def test_redis_without_client_certificate_fails_in_one_line(tls_db: MariaDBServe
 
 
 @pytest.mark.parametrize("cmd", ["sync-snapshot", "sync-verify", "sync-binlog"])
-def test_mysql_without_ca_fails_in_one_line(cmd: str, tls_db: MariaDBServer, tls_redis: RedisServer,
-                                            tls: TLSFiles) -> None:
-    env = clean_env(**mysql_env(tls_db, None), **redis_env(tls_redis, tls))
+def test_mysql_without_ca_or_with_another_fails_in_one_line(cmd: str, tls_db: MariaDBServer, tls_redis: RedisServer,
+                                                            tls: TLSFiles, rogue: TLSFiles) -> None:
     args = ("--table", "data", *(("--startup-wait", "0") if cmd == "sync-binlog" else ()))
+    # the user may log in only over TLS with a certificate: without the TLS settings, refused
+    env = clean_env(**mysql_env(tls_db, None), **redis_env(tls_redis, tls))
     assert_one_line_error(run(cmd, *args, env=env), cmd, 3, "Access denied")
+    # the server's certificate is not signed by the CA we trust
+    env = clean_env(**mysql_env(tls_db, rogue), **redis_env(tls_redis, tls))
+    assert_one_line_error(run(cmd, *args, env=env), cmd, 3, "certificate verify failed")
 
 
 def test_bad_tls_settings_are_one_line_and_exit_2(tls_redis: RedisServer, tls: TLSFiles, tmp_path: Path) -> None:
