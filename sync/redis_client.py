@@ -45,11 +45,12 @@ def check_redis_url(url: str, where: str = "--redis-url") -> str:
     return url
 
 
-def check_tls_files(url: str, files: dict[str, tuple[str, str]]) -> dict[str, str]:
+def check_tls_files(url: str, files: dict[str, tuple[str, str]], url_where: str = "the url") -> dict[str, str]:
     """{key: path} of the TLS files given as {key: (path, where it was set)}, plus those of the
-    URL's query; ConfigError naming the value when a file cannot be read or the URL is not rediss://."""
+    URL's query (the URL set at `url_where`); ConfigError naming the value when a file cannot be
+    read or the URL is not rediss://."""
     query = parse_qs(urlsplit(url).query)
-    found = {**files, **{k: (query[k][0], f"the url's ?{k}=") for k in TLS_KEYS if query.get(k)}}
+    found = {**files, **{k: (query[k][0], f"{url_where} ?{k}=") for k in TLS_KEYS if query.get(k)}}
     if found and urlsplit(url).scheme != "rediss":
         key, (_path, where) = next(iter(found.items()))
         raise ConfigError(f"{where}: {key} is set for {mask_url(url)!r}; expected a rediss:// url (TLS)")

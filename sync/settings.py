@@ -549,18 +549,20 @@ def resolve_redis(args: Any = None, env: Mapping[str, str] | None = None, cfg: C
     (?ssl_ca_certs=…), which is used over them as redis-py does."""
     r = Resolver(args, env, cfg)
     found = r.source("redis", "url")
+    url_where = "[redis].url"
     if found is None:
         url = DEFAULT_REDIS_URL
     else:
         url, where = found
-        check_redis_url(url, where or _file_where(cfg, "[redis].url"))
+        url_where = where or _file_where(cfg, "[redis].url")
+        check_redis_url(url, url_where)
         if where == "--redis-url":
             refuse_password_in(url, "--redis-url", "GEARSYNC_REDIS_PASSWORD" if cfg is None
                                else "GEARSYNC_REDIS_PASSWORD or the config file")
     tls = {k: (r.get("redis", k), found[1] or _file_where(cfg, f"[redis].{k}"))
            for k in TLS_KEYS if (found := r.source("redis", k)) is not None}
     return RedisSettings(url=url, password=r.get("redis", "password") or None, cluster=bool(r.get("redis", "cluster")),
-                         **check_tls_files(url, tls))
+                         **check_tls_files(url, tls, url_where))
 
 
 def resolve_gearman_servers(args: Any = None, env: Mapping[str, str] | None = None,
