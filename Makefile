@@ -26,6 +26,8 @@ build-udf:  ## build udf/build/gearsync_udf.so against the server UDF headers
 
 install-udf: build-udf  ## copy the UDF library into @@plugin_dir and CREATE FUNCTION (GEARSYNC_MYSQL_* env or --config)
 	$(NEED_PYTHON)
+	@# GEARSYNC_JOB_KEY set: udf_install also writes @@plugin_dir/gearsync_udf.key (0600, mysqld's user; docs/security.md)
+	@test -n "$$GEARSYNC_JOB_KEY" || echo "install-udf: GEARSYNC_JOB_KEY is not set: background jobs will not be signed (docs/security.md)" >&2
 	$(PYTHON) -m sync.capture.udf_install install --library $(UDF_DIR)/build/gearsync_udf.so
 
 uninstall-udf:  ## DROP the UDF functions (GEARSYNC_MYSQL_* env or --config)

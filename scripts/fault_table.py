@@ -27,7 +27,7 @@ def _notes(case: dict) -> str:
         "queued_after_kills": "{} jobs requeued", "backlog": "backlog {}", "relay_kills": "{} relay kills",
         "spooled_after_restarts": "spooled after each restart {}", "writer_reconnects": "{} reconnects",
         "duplicates_fenced": "{} duplicates fenced", "classes": "{} payload classes",
-        "dead_letters": "{} dead letters", "execs_per_s": "{} execs/s", "coverage_edges": "{} edges",
+        "forged": "{} forged jobs", "dead_letters": "{} dead letters", "execs_per_s": "{} execs/s", "coverage_edges": "{} edges",
         "seconds": "{} s",
     }
     out = []

@@ -44,7 +44,7 @@ from typing import Any
 
 from sync.errors import ConfigError
 from sync.mysql import DEFAULT_MYSQL_PORT, MySQLSettings, from_url
-from sync.redis_client import DEFAULT_REDIS_URL, RedisSettings, check_redis_url
+from sync.redis_client import DEFAULT_REDIS_URL, TLS_KEYS, RedisSettings, check_redis_url, check_tls_files
 from sync.tables import FORMATS, MAX_TTL_S, check_table_name
 from sync.urls import refuse_password_in
 
@@ -237,6 +237,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                    help="redis://host:port/db, rediss:// for TLS, or unix:///path (without password)"),
         "password": Key("secret", help="password (never an option)"),
         "cluster": Key("bool", False, option="--redis-cluster", help="the url is a Redis Cluster node"),
+        "ssl_ca_certs": Key("str", help="CA file that signed the server's certificate (rediss:// url)"),
+        "ssl_certfile": Key("str", help="client certificate file, for a server with tls-auth-clients (rediss:// url)"),
+        "ssl_keyfile": Key("str", help="the client certificate's key file (rediss:// url)"),
     },
     "gearman": {
         "servers": Key("list", ["127.0.0.1:4730"], option="--servers", help="gearmand servers, host:port"),
@@ -290,6 +293,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "chunk": Key("int", 5000, 1, 1_000_000, option="--chunk", help="rows per MySQL query / Redis pipeline"),
         "recheck_delay_s": Key("float", 1.0, 0, 3600, option="--recheck-delay", help="seconds before differences are checked again"),
         "extra": Key("bool", True, option="--no-extra", help="scan Redis for extra keys (--no-extra: false)"),
+        "versions": Key("str", "trigger", choices=("trigger", "binlog"), option="--versions",
+                        help="--repair's versions: trigger, or binlog for tables synced by sync-binlog"),
         "progress": Key("str", "auto", choices=PROGRESS, option="--progress", help="progress bar or a log line every 10 s"),
     },
 }
@@ -541,18 +546,25 @@ def mysql_settings(url: str | None = None, env: Mapping[str, str] | None = None,
 
 def resolve_redis(args: Any = None, env: Mapping[str, str] | None = None, cfg: ConfigFile | None = None) -> RedisSettings:
     """url: --redis-url / GEARSYNC_REDIS_URL / [redis].url; password: GEARSYNC_REDIS_PASSWORD /
-    [redis].password; cluster: --redis-cluster / GEARSYNC_REDIS_CLUSTER / [redis].cluster."""
+    [redis].password; cluster: --redis-cluster / GEARSYNC_REDIS_CLUSTER / [redis].cluster; TLS files:
+    GEARSYNC_REDIS_SSL_CA_CERTS / [redis].ssl_ca_certs (…_CERTFILE, …_KEYFILE), or the url's query
+    (?ssl_ca_certs=…), which is used over them as redis-py does."""
     r = Resolver(args, env, cfg)
     found = r.source("redis", "url")
+    url_where = "[redis].url"
     if found is None:
         url = DEFAULT_REDIS_URL
     else:
         url, where = found
-        check_redis_url(url, where or _file_where(cfg, "[redis].url"))
+        url_where = where or _file_where(cfg, "[redis].url")
+        check_redis_url(url, url_where)
         if where == "--redis-url":
             refuse_password_in(url, "--redis-url", "GEARSYNC_REDIS_PASSWORD" if cfg is None
                                else "GEARSYNC_REDIS_PASSWORD or the config file")
-    return RedisSettings(url=url, password=r.get("redis", "password") or None, cluster=bool(r.get("redis", "cluster")))
+    tls = {k: (r.get("redis", k), found[1] or _file_where(cfg, f"[redis].{k}"))
+           for k in TLS_KEYS if (found := r.source("redis", k)) is not None}
+    return RedisSettings(url=url, password=r.get("redis", "password") or None, cluster=bool(r.get("redis", "cluster")),
+                         **check_tls_files(url, tls, url_where))
 
 
 def resolve_gearman_servers(args: Any = None, env: Mapping[str, str] | None = None,

@@ -8,7 +8,8 @@ At boot a command may start before MariaDB, Redis or gearmand listen. Each serve
 (`server_unreachable_at_start`). When a server is still unreachable then, SourceError with one
 line naming it: the command exits 3, and its systemd unit starts it again later. 0 = one attempt.
 
-Only reachability is checked: a TCP (or unix socket) connection, nothing sent. What happens past
+Only reachability is checked: a TCP (or unix socket) connection, nothing sent; for a rediss:// URL
+also the TLS handshake (one PING), whose certificate refused is SourceError at once. What happens past
 that (a login refused, a Redis still loading its data, a hung server) is the command's own
 business, as it always was: it reports the error, or its reconnect logic waits.
 """
@@ -24,7 +25,7 @@ import structlog
 
 from sync.errors import SourceError
 from sync.mysql import MySQLSettings
-from sync.redis_client import RedisSettings
+from sync.redis_client import RedisSettings, tls_refused
 from sync.retry import DeadlinePassed, retry_for
 
 __all__ = ["wait_for_servers"]
@@ -61,6 +62,9 @@ def wait_for_servers(
     if gearman:
         servers.append(("gearmand", ",".join(f"{h}:{p}" for h, p in gearman), [(h, p) for h, p in gearman]))
     asyncio.run(_wait_all(wait_s, servers))
+    refused = asyncio.run(tls_refused(redis)) if redis is not None else None
+    if refused:
+        raise SourceError(f"redis: {refused}")
 
 
 def _redis_address(url: str) -> Address:

@@ -210,6 +210,50 @@ char *gs_spill_load(size_t *len, size_t *jobs);
 /* The spill file's jobs are all acknowledged: remove it. */
 void gs_spill_remove(void);
 
+/* ------------------------------------------------------------ signing */
+
+/* gman_sign.c: background jobs carry "gs1.<kid>.<mac>." before the workload
+ * when gearsync_udf.key sits beside the library (docs/security.md). */
+#define GS_KEY_NAME "gearsync_udf.key"
+#define GS_KEY_MIN 16
+#define GS_KEY_MAX 1024
+#define GS_SIG_HEADER 78u      /* "gs1." 8 hex "." 64 hex "." */
+#define GS_KEY_RECHECK_MS 1000 /* the key file is stat()ed at most this often */
+
+struct gs_sha256 {
+    uint32_t h[8];
+    uint64_t bytes;
+    unsigned char buf[64];
+    size_t n;
+};
+void gs_sha256_init(struct gs_sha256 *c);
+void gs_sha256_update(struct gs_sha256 *c, const void *data, size_t len);
+void gs_sha256_final(struct gs_sha256 *c, unsigned char out[32]);
+/* One 64-byte block, plain C (gs_sha256_* use the SHA-NI one where the CPU has it). */
+void gs_sha256_compress_portable(uint32_t h[8], const unsigned char *p);
+
+/* A key ready to sign: SHA-256 states after the HMAC ipad/opad blocks, and
+ * its id (hex of the first 4 bytes of SHA-256(key)). */
+struct gs_sign_key {
+    uint32_t istate[8], ostate[8];
+    char kid[8];
+};
+/* A key file's bytes (one optional trailing newline) -> *out.  0 ok; -1
+ * with the reason in why (never the key). */
+int gs_sign_key_parse(const char *buf, size_t len, struct gs_sign_key *out,
+                      char *why, size_t whylen);
+/* The GS_SIG_HEADER bytes that go before wl for a job of function fn. */
+void gs_sign_header(const struct gs_sign_key *k, const char *fn, size_t fnlen,
+                    const char *wl, size_t wllen, char *hdr);
+/* The library's key, copied to *out: 1; 0 = no key file (jobs go unsigned);
+ * -1 = a key file that is refused or unreadable (reason in why): no job may
+ * go out then. */
+int gs_sign_current(struct gs_sign_key *out, char *why, size_t whylen);
+/* Look at the key file again on the next call (tests). */
+void gs_sign_forget(void);
+/* dir-of-this-library/name into out; 0 ok, -1 unknown or too long. */
+int gs_lib_file_path(const char *name, char *out, size_t size);
+
 /* ------------------------------------------------------------ JSON */
 
 int gs_json_valid(const char *s, size_t len);

@@ -460,20 +460,20 @@ static void config_defaults(struct gs_config *c)
     c->max_payload = GS_DEFAULT_MAX_PAYLOAD;
 }
 
-/* Path of gearsync_udf.conf in the directory this library was loaded from. */
-static int conf_path(char *out, size_t size)
+int gs_lib_file_path(const char *name, char *out, size_t size)
 {
     Dl_info info;
-    if (!dladdr((void *)&conf_path, &info) || !info.dli_fname)
+    size_t nlen = strlen(name);
+    if (!dladdr((void *)&gs_lib_file_path, &info) || !info.dli_fname)
         return -1;
     const char *slash = strrchr(info.dli_fname, '/');
     size_t dlen = slash ? (size_t)(slash - info.dli_fname) : 1;
     const char *dir = slash ? info.dli_fname : ".";
-    if (dlen + 1 + sizeof GS_CONF_NAME > size)
+    if (dlen + 1 + nlen + 1 > size)
         return -1;
     memcpy(out, dir, dlen);
     out[dlen] = '/';
-    memcpy(out + dlen + 1, GS_CONF_NAME, sizeof GS_CONF_NAME);
+    memcpy(out + dlen + 1, name, nlen + 1);
     return 0;
 }
 
@@ -543,7 +543,7 @@ void gs_config_load_defaults(int log)
     char path[4096];
     char err[MYSQL_ERRMSG_SIZE];
     const char *source = "built-in default";
-    int have_path = conf_path(path, sizeof path) == 0;
+    int have_path = gs_lib_file_path(GS_CONF_NAME, path, sizeof path) == 0;
 
     config_defaults(&c);
     if (have_path && read_conf(path, &c, log))

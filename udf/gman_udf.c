@@ -163,9 +163,33 @@ static char *bg_row(UDF_ARGS *args, char *result, unsigned long *length,
         *is_null = 1;
         return NULL;
     }
+    /* with a key file: "gs1.<kid>.<mac>." + workload (gman_sign.c) */
+    struct gs_sign_key key;
+    char why[256];
+    char *signed_wl = NULL;
+    size_t wllen = args->lengths[1];
+    int ks = gs_sign_current(&key, why, sizeof why);
+    if (ks < 0) {
+        gs_set_last_error(why);
+        *is_null = 1;
+        return NULL;
+    }
+    if (ks == 1) {
+        if (wllen > GS_MAX_PAYLOAD || !(signed_wl = malloc(GS_SIG_HEADER + wllen))) {
+            gs_set_last_error("out of memory signing the workload: nothing sent");
+            *is_null = 1;
+            return NULL;
+        }
+        gs_sign_header(&key, fn, args->lengths[0], wl, wllen, signed_wl);
+        memcpy(signed_wl + GS_SIG_HEADER, wl, wllen);
+        wl = signed_wl;
+        wllen += GS_SIG_HEADER;
+    }
     /* result is the server's 255-byte buffer; handles are <= 64 bytes */
-    if (gs_submit_background(prio, fn, args->lengths[0], uq, uqlen, wl,
-                             args->lengths[1], result, 255) != 0) {
+    int rc = gs_submit_background(prio, fn, args->lengths[0], uq, uqlen, wl,
+                                  wllen, result, 255);
+    free(signed_wl);
+    if (rc != 0) {
         *is_null = 1;
         return NULL;
     }

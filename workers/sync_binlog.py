@@ -62,6 +62,7 @@ environment (each also a key of --config, which can hold the [binlog] options an
   on the command line)
   GEARSYNC_REDIS_URL (default {DEFAULT_REDIS_URL}), GEARSYNC_REDIS_PASSWORD
   GEARSYNC_GEARMAN_SERVERS  host:port[,host:port…] for --sink gearman (default 127.0.0.1:4730)
+  GEARSYNC_JOB_KEY          --sink gearman: key the jobs are signed with (environment only; docs/security.md)
 
 --start (used instead of a saved position):
   current     the end of the binlog now (the default when nothing is saved)

@@ -61,6 +61,8 @@ EPILOG = f"""\
 environment (each also a key of --config, which can hold the [relay] options; docs/configuration.md):
   GEARSYNC_MYSQL_URL or GEARSYNC_MYSQL_HOST, _PORT, _USER, _DATABASE, _SOCKET; GEARSYNC_MYSQL_PASSWORD
   GEARSYNC_GEARMAN_SERVERS  job servers, host:port[,host:port…] (default 127.0.0.1:{DEFAULT_GEARMAN_PORT})
+  GEARSYNC_JOB_KEY  key the jobs sent are signed with (environment only; docs/security.md; unset:
+                    unsigned, one warning)
 
 examples:
   {PROG} --database shop

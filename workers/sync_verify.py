@@ -44,6 +44,21 @@ Differences are checked again once after --recheck-delay seconds, so a change st
 is not reported. --repair fixes them through the fenced applier: rows are re-read under a shared
 lock with a fresh UUID_SHORT() version and re-applied, extra keys deleted with a fenced delete,
 so a repair racing a live change never wins.
+
+--repair --reset-versions is the way back from a poisoned version fence (gearmand has no
+authentication: a forged job with version 18446744073709551615 makes Redis refuse every real
+change of its row, and plain --repair too; GEARSYNC_JOB_KEY signing prevents it). Each DIFFERING
+row (and extra key) first loses its version key, then is repaired as above with a fresh
+UUID_SHORT() version, so later real changes apply again; equal rows are not touched. Its cost: the
+stored version is discarded whatever it was, and if the run stops between that delete and the
+write, the row is briefly unfenced (an older redelivered change could land); run it while writers
+are quiet, and run sync-verify again after.
+
+--repair --versions binlog: for a table synced by sync-binlog (MariaDB, log_bin on). Its versions
+come from the commit position (GTID), far below UUID_SHORT(): a row repaired with UUID_SHORT()
+would refuse every later binlog change of it. With binlog versions each repair takes, under the
+same row lock, the server's current GTID position: newer than every change the row already holds,
+older than any change committed after it. Add --reset-versions to heal a poisoned binlog table.
 """
 
 EPILOG = """\
@@ -54,6 +69,8 @@ sync-snapshot; each also a key of --config, which can hold the [verify] options 
 examples:
   sync-verify --table data
   sync-verify --table data --repair
+  sync-verify --table data --repair --reset-versions  # after a forged job poisoned rows' versions
+  sync-verify --table data --repair --versions binlog  # a table synced by sync-binlog
   sync-verify --table data --sample 10000 --json     # 10k random rows, a JSON report on stdout
   sync-verify --table data,users                     # one after another, then a summary
   sync-verify --all-tables --config gearsync.toml    # each table's [tables.NAME] settings
@@ -73,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_table_options(p, table_help='table(s) to check (NAME or DB.NAME), one after another; repeatable',
                       columns_help='only these columns, as given to sync-snapshot (one table only)')
     p.add_argument("--repair", action="store_true", help="fix missing, different and extra keys (fenced)")
+    p.add_argument("--reset-versions", action="store_true",
+                   help="with --repair: delete the version key of each differing row first, so a poisoned "
+                        "(forged, too new) version cannot block the repair; see above for its cost")
+    p.add_argument("--versions", choices=("trigger", "binlog"),
+                   help="versions --repair writes: trigger (UUID_SHORT(), the default) or binlog (the GTID "
+                        "position, for tables synced by sync-binlog)")
     p.add_argument("--sample", type=int, metavar="N", help="check N random rows (and the first N keys for extras)")
     p.add_argument("--chunk", type=int, metavar="N", help="rows per MySQL query / Redis pipeline (default 5000)")
     p.add_argument("--no-extra", action="store_const", const=False, dest="extra",
@@ -100,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.apply()
         r = Resolver(args, None, cfg)
         for key, dest in (("chunk", "chunk"), ("recheck_delay_s", "recheck_delay"), ("extra", "extra"),
-                          ("progress", "progress")):
+                          ("progress", "progress"), ("versions", "versions")):
             setattr(args, dest, r.get("verify", key, dest))
         return asyncio.run(_verify(args, Output(PROG, logging.json)))
 
@@ -138,12 +161,14 @@ async def _verify(args: argparse.Namespace, out: Output) -> int:
 async def _one_table(args: argparse.Namespace, out: Output, target: TableTarget) -> VerifyReport:
     from sync.rows.reader import TableReader, estimate_rows
     from sync.tools.display import ProgressDisplay
+    from sync.tools.snapshot import Versions
     from sync.tools.verify import Verifier
 
     schema = target.schema
     verifier = Verifier(TableReader(target.conn, schema), target.redis, target.spec,
                         target.applier() if args.repair else None, chunk=args.chunk, repair=args.repair,
-                        sample=args.sample, recheck_delay_s=args.recheck_delay, check_extra=args.extra)
+                        sample=args.sample, recheck_delay_s=args.recheck_delay, check_extra=args.extra,
+                        reset_versions=args.reset_versions, versions=Versions(args.versions))
     tty = out.progress_tty(args.progress)
     total = args.sample or estimate_rows(target.conn, schema)
     display = ProgressDisplay(f"verify {schema.name}", total, tty=tty)
@@ -199,7 +224,8 @@ def _print(schema: TableSchema, report: VerifyReport, repair: bool) -> None:
         out.write(f"  settled on recheck (changes in flight): {report.settled}\n")
     if repair:
         out.write(f"  repaired: {report.repaired} rows re-applied, {report.deleted} extra keys deleted"
-                  + (f", {report.repair_stale} superseded by newer changes" if report.repair_stale else "") + "\n")
+                  + (f", {report.repair_stale} superseded by newer changes" if report.repair_stale else "")
+                  + (f", {report.versions_reset} version keys reset" if report.versions_reset else "") + "\n")
     for note in report.notes:
         out.write(f"  note: {note}\n")
 

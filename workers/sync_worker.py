@@ -42,6 +42,9 @@ environment (each also a key of --config; docs/configuration.md):
   GEARSYNC_REDIS_URL        redis://host:port/db (default redis://127.0.0.1:6379/0)
   GEARSYNC_REDIS_PASSWORD   Redis password (never put it on the command line)
   GEARSYNC_CONFIG           the config file when --config is not given
+  GEARSYNC_JOB_KEY          key of signed jobs: unsigned or badly signed jobs become dead letters
+                            (environment only; docs/security.md); GEARSYNC_JOB_KEY_OLD: keys still
+                            accepted (comma-separated)
   Options override the environment, which overrides --config.
 
 examples:

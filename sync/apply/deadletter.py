@@ -19,6 +19,10 @@ Replay without loss:
          them and call restore(name) to return them to the dead list)
 
 Both keys share one hash tag, so the moves are atomic on Redis Cluster too.
+
+Reasons of the signature check (sync.signing, before anything is parsed): "bad signature" (wrong
+key, altered bytes, malformed header) and "unsigned job" (no signature while GEARSYNC_JOB_KEY is
+set). "raw" keeps the job as received, signature header included, so a replay checks it again.
 """
 
 from __future__ import annotations

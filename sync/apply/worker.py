@@ -40,6 +40,7 @@ from sync.events import ChangeEvent, ClassicSet, Op, TableTruncate, parse_change
 from sync.gearman import GearmanWorker, Job
 from sync.redis_client import connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until
+from sync.signing import JobKeys, load_keys
 from sync.stats import Counters, report_loop
 
 log = structlog.get_logger(__name__)
@@ -65,8 +66,12 @@ class WorkerStats(Counters):
 class SyncWorker:
     """Runs the loops of one sync-worker process; see the module docstring."""
 
-    def __init__(self, settings: WorkerSettings, *, redis: Any | None = None, idle_timeout_s: float = 1.0) -> None:
+    def __init__(self, settings: WorkerSettings, *, redis: Any | None = None, idle_timeout_s: float = 1.0,
+                 keys: JobKeys | None = None) -> None:
         self.settings = settings
+        keys = load_keys() if keys is None else keys
+        keys.warn_if_off("sync-worker")
+        self.verifier = keys.verifier  # GEARSYNC_JOB_KEY (+ _OLD): unsigned or forged jobs are dead letters
         self.redis = redis if redis is not None else connect_redis(settings.redis)
         self.applier = RedisApplier(self.redis, settings.tables, tombstone_ttl_s=settings.tombstone_ttl_s)
         self.deadletters = DeadLetterStore(self.redis)
@@ -107,6 +112,7 @@ class SyncWorker:
     # -- decode --------------------------------------------------------------------------------
     def decode(self, function: str, workload: bytes) -> ChangeEvent | ClassicSet | TableTruncate:
         """The change a job carries; PayloadError (with the reason) when it can never be applied."""
+        workload = self.verifier.open(function.encode(), workload)  # first: nothing unsigned is parsed
         if function not in self.routes:
             raise PayloadError(f"function {function!r} is not served here; expected one of {', '.join(self.routes)}")
         table = self.routes[function]

@@ -7,6 +7,8 @@ Starts a throwaway MariaDB (the library copied into its plugin dir) and gearmand
     trigger without UDFs  the same trigger computing CONCAT_WS(...) instead: MariaDB's own trigger cost
     trigger, gearmand up  AFTER UPDATE trigger: gman_do_background('syncToRedis',
                           gman_json_object(NEW.id AS id, NEW.volume AS volume, ...))
+    trigger, up, signed   "gearmand up" with the key file gearsync_udf.key beside the library: every
+                          job carries its HMAC-SHA256 (docs/security.md); the cost of signing
     trigger, gearmand down  the same trigger, gearmand stopped (each call returns NULL fast)
 
 20k single-row autocommit UPDATEs per run on one connection (UPDATE/s) and one UPDATE of 10k rows
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import shutil
 import socket
 import statistics
@@ -31,12 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from sync.bench.common import LIBRARY, add_update_load_options, run_dir_with_udf, write_json
-from sync.capture.udf_install import INSTALL_SQL, read_statements
+from sync.capture.udf_install import INSTALL_SQL, read_statements, write_key_file
+from sync.signing import KEY_FILE_NAME
 from sync.testing.servers import GearmanServer, MariaDBServer, free_port
 
 UP = "trigger, gearmand up"
 UP_CONFIRMED = "trigger, up, pipeline=0"
-MODES = ("no trigger", "trigger without UDFs", UP, UP_CONFIRMED, "trigger, gearmand down")
+UP_SIGNED = "trigger, up, signed"
+MODES = ("no trigger", "trigger without UDFs", UP, UP_SIGNED, UP_CONFIRMED, "trigger, gearmand down")
+UP_MODES = (UP, UP_SIGNED, UP_CONFIRMED)
 # "up" is the default, pipelined submit (pipeline=1: the library holds each job until gearmand
 # acknowledges it); "pipeline=0" is the opt-in mode that waits for JOB_CREATED on every row
 # (udf/README.md).
@@ -78,8 +84,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def set_signing(plugin_dir: Path, on: bool) -> None:
+    """Put the key file beside the library (or remove it), then wait until the library has looked at
+    it again (it stat()s the file at most once a GS_KEY_RECHECK_MS, 1 s). The wait comes before every
+    mode, changed or not: a slice right after an idle second runs colder (caches, CPU clock), and
+    only the signed mode's neighbours would pay for it otherwise."""
+    path = plugin_dir / KEY_FILE_NAME
+    if on and not path.exists():
+        write_key_file(plugin_dir, secrets.token_hex(32).encode(), None)
+    elif not on and path.exists():
+        path.unlink()
+    time.sleep(1.2)
+
+
 def set_mode(cur: Any, mode: str, gearmand: GearmanServer, dead_address: str,
-             queued: list[int], options: str = "") -> None:
+             queued: list[int], options: str = "", plugin_dir: Path | None = None) -> None:
     """Switch modes: the trigger is dropped/created, and "gearmand down" points the library at a port
     nothing listens on (connection refused, as for a stopped gearmand).
 
@@ -87,7 +106,9 @@ def set_mode(cur: Any, mode: str, gearmand: GearmanServer, dead_address: str,
     gearmand's job hash table (--hashtable-buckets, default 991) makes every submit slower as the
     queue grows (a 10k-row UPDATE took ~0.1 s against an empty queue, ~0.3 s with 60k queued).  The
     jobs it held are counted first (`queued`)."""
-    if mode in (UP, UP_CONFIRMED):
+    if plugin_dir is not None:
+        set_signing(plugin_dir, mode == UP_SIGNED)
+    if mode in UP_MODES:
         # everything sent so far acknowledged (coalesced and pipelined jobs included) before the
         # count; otherwise jobs still in flight are queued after it and go with the restart
         cur.execute("SELECT gman_flush()")
@@ -165,7 +186,7 @@ def run(args: argparse.Namespace) -> dict:
         for k in range(slices):
             order = MODES[k % len(MODES):] + MODES[: k % len(MODES)]
             for mode in order:
-                set_mode(cur, mode, gearmand, dead_address, queued, args.udf_options)
+                set_mode(cur, mode, gearmand, dead_address, queued, args.udf_options, plugin_dir)
                 ids = [rng.randrange(1, args.rows + 1) for _ in range(per_slice)]
                 assert db.proc is not None and gearmand.proc is not None
                 before = cpu_seconds(db.proc.pid), cpu_seconds(gearmand.proc.pid)
@@ -173,25 +194,28 @@ def run(args: argparse.Namespace) -> dict:
                 cpu[mode]["mariadbd"] += cpu_seconds(db.proc.pid) - before[0]
                 cpu[mode]["gearmand"] += cpu_seconds(gearmand.proc.pid) - before[1]
                 cpu[mode]["statements"] += per_slice
-                if mode in (UP, UP_CONFIRMED):
+                if mode in UP_MODES:
                     expected_jobs += per_slice
         for r in range(args.runs):
             for mode in MODES[r % len(MODES):] + MODES[: r % len(MODES)]:
-                set_mode(cur, mode, gearmand, dead_address, queued, args.udf_options)
+                set_mode(cur, mode, gearmand, dead_address, queued, args.udf_options, plugin_dir)
                 first = rng.randrange(1, args.rows - args.multi + 2)
                 results[mode]["multi_s"].append(multi_row(cur, first, args.multi))
-                if mode in (UP, UP_CONFIRMED):
+                if mode in UP_MODES:
                     expected_jobs += args.multi
         for mode in MODES:
             print(f"  {mode:<24} single-row UPDATE/s per slice: "
                   f"{', '.join(f'{x:,.0f}' for x in results[mode]['single_per_s'])}; "
                   f"10k-row UPDATE s: {', '.join(f'{x:.3f}' for x in results[mode]['multi_s'])}", file=sys.stderr)
+        set_signing(plugin_dir, False)
         cur.execute("SELECT gman_servers_set(%s)", (gearmand.address,))
         cur.execute("SELECT gman_flush()")
         (unacknowledged,) = cur.fetchone()
         queued.append(gearmand_queued(gearmand, "syncToRedis"))
         cur.close()
         conn.close()
+        if "signing background jobs with key id" not in db.log_path.read_text(errors="replace"):
+            raise RuntimeError(f"mode {UP_SIGNED!r}: the library never loaded the key file (see {db.log_path})")
     finally:
         gearmand.stop()
         db.stop()
@@ -248,6 +272,10 @@ def print_table(out: dict) -> None:
     confirmed = out["modes"][UP_CONFIRMED]
     print(f"jobs queued in gearmand (summed over its restarts): {out['jobs_queued']:,}; rows updated with "
           f"gearmand up: {out['jobs_expected']:,}; unacknowledged at the end: {out['jobs_unacknowledged_at_end']}")
+    signed = out["modes"][UP_SIGNED]
+    print(f"cost of signing: single-row ratio {signed['single_ratio']:.3f} signed vs {up['single_ratio']:.3f} "
+          f"unsigned ({1 - signed['single_per_s'] / up['single_per_s']:.1%} fewer UPDATE/s; target <= 3%); "
+          f"10k-row UPDATE {signed['multi_s']:.3f} s vs {up['multi_s']:.3f} s")
     print(f"targets: single-row ratio >= 0.85 (got {up['single_ratio']:.2f} with the default, pipelined "
           f"submits; {confirmed['single_ratio']:.2f} with pipeline=0); 10k-row UPDATE <= 0.4 s with gearmand "
           f"up (got {up['multi_s']:.3f} s; {confirmed['multi_s']:.3f} s with pipeline=0)")

@@ -11,7 +11,10 @@ the FK index with each row), and prints both rates and the cost: once into an em
 row and index entry new: the worst case) and once as a rewrite of the same rows with newer
 versions (the steady state of updates: the index entry exists and is unchanged). The runs are
 interleaved (plain first, then fk first, round after round); each fk line shows the cost of the
-median rates and the spread of the cost of the rounds.
+median rates and the spread of the cost of the rounds. `--signed` does the same for signed jobs
+(HMAC, sync.signing) drained by workers with GEARSYNC_JOB_KEY against unsigned jobs and workers
+without a key. Without it the jobs are signed when GEARSYNC_JOB_KEY is set (the workers inherit it
+and would refuse unsigned jobs).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import cProfile
 import io
 import os
 import pstats
+import secrets
 import statistics
 import subprocess
 import sys
@@ -34,6 +38,7 @@ import orjson
 
 from sync.events import ChangeEvent, JSONValue, Op, Source, encode_change
 from sync.gearman import GearmanClient
+from sync.signing import ENV_KEY, ENV_KEY_OLD, JobKeys, load_keys
 from sync.testing.servers import GearmanServer, RedisServer
 
 FUNCTION = "gearsync.data"
@@ -50,9 +55,13 @@ def make_payloads(n: int, base_version: int, fk: bool = False) -> list[bytes]:
     return out
 
 
-async def prequeue(g: GearmanServer, payloads: list[bytes]) -> float:
+def bench_keys(key: str | None) -> JobKeys:
+    return load_keys({ENV_KEY: key} if key else {})
+
+
+async def prequeue(g: GearmanServer, payloads: list[bytes], key: str | None = None) -> float:
     t0 = time.perf_counter()
-    async with GearmanClient([(g.host, g.port)], chunk_size=512) as client:
+    async with GearmanClient([(g.host, g.port)], chunk_size=512, signer=bench_keys(key).signer) as client:
         await client.submit_background_many(FUNCTION, payloads)
     return time.perf_counter() - t0
 
@@ -74,18 +83,22 @@ def cpu_seconds(pids: list[int], redis_client: Any) -> float:
 
 
 def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, batch: int, connections: int,
-                         fk: bool = False, rewrite: bool = False) -> tuple[float, float]:
+                         fk: bool = False, rewrite: bool = False, key: str | None = None) -> tuple[float, float]:
     """jobs/s of `procs` sync-worker processes draining n pre-queued jobs, and the CPU time per job
     (us) of the workers, gearmand and redis-server meanwhile: unlike the rate, it does not grow when
     other work shares the machine. `rewrite`: the same rows again with newer versions, on top of the
     previous run's Redis (rows and, with `fk`, their index entries exist: the steady state of
-    updates), instead of an empty Redis (every row is new)."""
+    updates), instead of an empty Redis (every row is new). `key`: the jobs are signed with it and the
+    workers check them (None: neither)."""
     client = r.client()
     start = applied_total(client) if rewrite else 0
     if not rewrite:
         client.flushall()
-    asyncio.run(prequeue(g, make_payloads(n, 2 * 10**12 if rewrite else 10**12, fk)))
-    env = {**os.environ, "GEARSYNC_GEARMAN_SERVERS": g.address, "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0"}
+    asyncio.run(prequeue(g, make_payloads(n, 2 * 10**12 if rewrite else 10**12, fk), key))
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_KEY, ENV_KEY_OLD)}
+    env.update({"GEARSYNC_GEARMAN_SERVERS": g.address, "GEARSYNC_REDIS_URL": f"redis://127.0.0.1:{r.port}/0"})
+    if key:
+        env[ENV_KEY] = key
     exe = str(Path(sys.executable).with_name("sync-worker"))
     cmd = [exe, "--table", "data", "--batch", str(batch), "--connections", str(connections),
            "--stats-interval", "0", "--log-level", "warning"]
@@ -118,18 +131,18 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
         client.close()
 
 
-def profile_in_process(g: GearmanServer, r: RedisServer, n: int, batch: int, top: int) -> str:
+def profile_in_process(g: GearmanServer, r: RedisServer, n: int, batch: int, top: int, key: str | None) -> str:
     from sync.apply.worker import SyncWorker
     from sync.config import worker_settings
 
     client = r.client()
     client.flushall()
-    asyncio.run(prequeue(g, make_payloads(n, 10**12)))
+    asyncio.run(prequeue(g, make_payloads(n, 10**12), key))
     settings = worker_settings(tables=["data"], servers=g.address, redis_url=f"redis://127.0.0.1:{r.port}/0",
                                batch=batch, env={})
 
     async def drain() -> None:
-        worker = SyncWorker(settings)
+        worker = SyncWorker(settings, keys=bench_keys(key))
         task = asyncio.ensure_future(worker.run())
         while applied_total(client) < n:
             await asyncio.sleep(0.01)
@@ -157,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", action="store_true", help="also measure --batch 1 (one job per round trip)")
     p.add_argument("--fk", action="store_true",
                    help="also measure the jobs as child rows with one cascading FK (carrying refs), side by side")
+    p.add_argument("--signed", action="store_true",
+                   help="also measure signed jobs checked by the workers (GEARSYNC_JOB_KEY), side by side with unsigned")
     p.add_argument("--profile", action="store_true", help="drain once in-process under cProfile and print the top functions")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
@@ -167,17 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or args.runs < 1:
         p.error("--jobs and --runs must be >= 1")
 
+    # GEARSYNC_JOB_KEY set: every run signs (workers inheriting it would refuse unsigned jobs).
+    # --signed: unsigned runs without a key, interleaved with signed runs.
+    key = os.environ.get(ENV_KEY) or None
+    signed_key = key or secrets.token_hex(32)
+    if args.signed:
+        key = None
     measured: list[dict[str, object]] = []
     results: dict[str, object] = {"jobs": args.jobs, "runs": args.runs, "batch": args.batch, "configs": measured}
     with tempfile.TemporaryDirectory(prefix="gearsync-bench-") as tmp:
         g = GearmanServer(Path(tmp) / "gearmand").start()
         r = RedisServer(Path(tmp) / "redis").start()
         try:
-            qt = asyncio.run(prequeue(g, make_payloads(20_000, 1)))
+            qt = asyncio.run(prequeue(g, make_payloads(20_000, 1), key))
             r.client().flushall()
             print(f"pre-queue rate (pipelined SUBMIT_JOB_BG): {20_000 / qt:,.0f} jobs/s", flush=True)
             # The warm-up jobs are still queued: drain them so each run starts from an empty queue.
-            _drain_leftovers(g, r, args.batch)
+            _drain_leftovers(g, r, args.batch, key)
             configs = [(n, args.batch) for n in procs]
             if args.baseline:
                 configs.append((1, 1))
@@ -190,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 re_rates: list[float] = []
                 fk_re_rates: list[float] = []
                 cpu: dict[tuple[bool, bool], list[float]] = {}  # (fk, rewrite) -> CPU us per job, per run
+                signed_rates: list[float] = []
+                signed_cpu: list[float] = []
                 for i in range(args.runs):
                     # Interleaved, and in the other order every second round (plain first, then fk
                     # first): drift of the shared machine hits both alike. A rewrite follows its
@@ -197,15 +220,30 @@ def main(argv: list[str] | None = None) -> int:
                     for fk in ((False, True) if i % 2 == 0 else (True, False)) if args.fk else (False,):
                         for rewrite in (False, True) if args.fk else (False,):
                             rate, us = drain_with_processes(g, r, n, nprocs, batch, args.connections, fk=fk,
-                                                            rewrite=rewrite)
+                                                            rewrite=rewrite, key=key)
                             ((fk_re_rates if fk else re_rates) if rewrite else (fk_rates if fk else rates)).append(rate)
                             cpu.setdefault((fk, rewrite), []).append(us)
+                    if args.signed:
+                        rate, us = drain_with_processes(g, r, n, nprocs, batch, args.connections, key=signed_key)
+                        signed_rates.append(rate)
+                        signed_cpu.append(us)
                 med = statistics.median(rates)
                 entry: dict[str, object] = {"processes": nprocs, "batch": batch, "jobs": n,
                                             "median_jobs_per_s": med, "runs_jobs_per_s": rates}
                 if not args.fk:
                     runs = ", ".join(f"{x:,.0f}" for x in rates)
                     print(f"{nprocs:>9} {batch:>6} {med:>14,.0f}  {runs}", flush=True)
+                if args.signed:
+                    # signed after unsigned in every round; the cost of the median rates and of the
+                    # median CPU time per job (workers + gearmand + redis-server)
+                    signed_med = statistics.median(signed_rates)
+                    base_cpu, with_sign_cpu = statistics.median(cpu[(False, False)]), statistics.median(signed_cpu)
+                    print(f"{'signed':>9} {batch:>6} {signed_med:>14,.0f}  cost {1 - signed_med / med:.1%}; CPU "
+                          f"{base_cpu:.1f} -> {with_sign_cpu:.1f} us/job ({with_sign_cpu / base_cpu - 1:+.1%}); "
+                          f"{', '.join(f'{x:,.0f}' for x in signed_rates)}", flush=True)
+                    entry.update(signed_median_jobs_per_s=signed_med, signed_runs_jobs_per_s=signed_rates,
+                                 sign_cost=1 - signed_med / med, cpu_us_per_job=cpu[(False, False)],
+                                 signed_cpu_us_per_job=signed_cpu, sign_cpu_cost=with_sign_cpu / base_cpu - 1)
                 for label, key, plain, fk_runs, rewrite in ((str(nprocs), "fk", rates, fk_rates, False),
                                                             ("rewrite", "fk_rewrite", re_rates, fk_re_rates, True)):
                     if not args.fk:
@@ -231,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{key}_base_runs_jobs_per_s": plain, f"{key}_runs_jobs_per_s": fk_runs})
                 measured.append(entry)
             if args.profile:
-                text = profile_in_process(g, r, args.jobs, args.batch, 25)
+                text = profile_in_process(g, r, args.jobs, args.batch, 25, signed_key if args.signed else key)
                 print(text)
         finally:
             g.stop()
@@ -241,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int) -> None:
+def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int, key: str | None) -> None:
     from sync.apply.worker import SyncWorker
     from sync.config import worker_settings
     from sync.gearman import admin
@@ -250,7 +288,7 @@ def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int) -> None:
                                batch=batch, env={})
 
     async def go() -> None:
-        worker = SyncWorker(settings)
+        worker = SyncWorker(settings, keys=bench_keys(key))
         task = asyncio.ensure_future(worker.run())
         while True:
             st = {s.name: s.queued for s in await admin.status(g.host, g.port, timeout_s=5)}

@@ -58,6 +58,7 @@ from sync.mysql import MySQLSettings
 from sync.retry import Backoff
 from sync.rows.schema import quote_ident
 from sync.settings import check_float, check_int
+from sync.signing import JobKeys, load_keys
 from sync.stats import Counters, report_loop
 
 log = structlog.get_logger(__name__)
@@ -233,9 +234,15 @@ class SpoolRelay:
     """See the module docstring. `run()` serves until `request_stop()`; `drain()` empties the
     spool once (for tests and one-shot use)."""
 
-    def __init__(self, settings: RelaySettings, *, client: GearmanClient | None = None) -> None:
+    def __init__(self, settings: RelaySettings, *, client: GearmanClient | None = None,
+                 keys: JobKeys | None = None) -> None:
         self.settings = settings
-        self.client = client or GearmanClient(settings.servers, backoff_initial_s=0.05, backoff_max_s=2.0)
+        # Spooled payloads are stored unsigned (the spool INSERT must not depend on a key) and
+        # signed here, with the current GEARSYNC_JOB_KEY, as they are sent.
+        keys = load_keys() if keys is None else keys
+        keys.warn_if_off("sync-relay")
+        self.client = client or GearmanClient(settings.servers, backoff_initial_s=0.05, backoff_max_s=2.0,
+                                              signer=keys.signer)
         self._own_client = client is None
         self.stats = RelayStats()
         self._conn: Any = None

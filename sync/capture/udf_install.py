@@ -11,7 +11,11 @@ optional ?unix_socket=/path) or GEARSYNC_MYSQL_HOST, _PORT, _USER, _PASSWORD, _D
 (temporary name in the same directory, then rename: a copy mysqld already has
 dlopen()ed keeps its old inode) and runs install-udf.sql statement by
 statement. The SQL files are package data (sync/capture/sql/, also reachable as sql/ in a
-checkout), found with importlib.resources: a wheel install has them too.  When the server is on another host, or its plugin dir is not
+checkout), found with importlib.resources: a wheel install has them too.  With GEARSYNC_JOB_KEY
+set it also writes the key the library signs background jobs with: @@plugin_dir/gearsync_udf.key,
+mode 0600, owned by the owner of @@datadir (mysqld's user) — a file, never SQL, which would put
+the key in the server's logs and binlog.  Without it an existing key file is left as is.
+When the server is on another host, or its plugin dir is not
 writable from here, it prints the file to copy and the SQL to run and exits 3.
 
 Exit codes: 0 ok, 2 bad option or configuration (or no library file), 3 the server
@@ -33,6 +37,7 @@ from sync.cli import ExitCode, add_config_option, add_logging_options, add_mysql
 from sync.errors import ConfigError, SourceError
 from sync.mysql import MySQLSettings
 from sync.settings import config_for, resolve_logging, resolve_mysql
+from sync.signing import ENV_KEY, KEY_FILE_NAME, JobKey, check_key_text
 
 PROG = "python -m sync.capture.udf_install"
 EXIT_OK = int(ExitCode.OK)
@@ -111,6 +116,44 @@ def copy_atomic(library: Path, plugin_dir: Path) -> Path:
     return dest
 
 
+def write_key_file(plugin_dir: Path, key: bytes, owner: tuple[int, int] | None) -> Path:
+    """plugin_dir/gearsync_udf.key = key + newline, mode 0600, chown'ed to `owner` (uid, gid) when
+    given: temp file created 0600, fsync, rename (the UDF never sees a partial key)."""
+    dest = plugin_dir / KEY_FILE_NAME
+    tmp = plugin_dir / f".{KEY_FILE_NAME}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, key + b"\n")
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, dest)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+def _key_owner(datadir: str) -> tuple[int, int] | None:
+    """(uid, gid) of mysqld's user (the owner of its datadir) when we must chown (we are root)."""
+    try:
+        st = os.stat(datadir)
+    except OSError:
+        return None
+    if os.geteuid() == 0:
+        return st.st_uid, st.st_gid
+    if st.st_uid != os.geteuid():
+        raise InstallError(f"{KEY_FILE_NAME}: mysqld's user (uid {st.st_uid}, owner of {datadir}) must own the key "
+                           f"file and this user (uid {os.geteuid()}) cannot chown it; run the install as root",
+                           EXIT_MANUAL)
+    return None
+
+
 def _manual_steps(reason: str, library: Path, plugin_dir: str, target: MySQLSettings) -> InstallError:
     sql = ";\n".join(read_statements(INSTALL_SQL)) + ";"
     message = (
@@ -120,19 +163,27 @@ def _manual_steps(reason: str, library: Path, plugin_dir: str, target: MySQLSett
         f"(mode 0644, readable by mysqld)\n"
         f"  2. run {INSTALL_SQL} there, e.g. mariadb -h {target.host} -P {target.port} -u {target.user} -p "
         f"< {INSTALL_SQL}\n"
+        f"  3. with signed jobs: put ${ENV_KEY} into {plugin_dir}/{KEY_FILE_NAME} there, mode 0600, owned by "
+        f"mysqld's user (e.g. printf '%s\\n' \"${ENV_KEY}\" | install -m 0600 -o mysql -g mysql /dev/stdin "
+        f"{plugin_dir}/{KEY_FILE_NAME})\n"
         f"SQL:\n{sql}"
     )
     return InstallError(message, EXIT_MANUAL)
 
 
-def install(target: MySQLSettings, library: Path) -> str:
+def install(target: MySQLSettings, library: Path, env: Mapping[str, str] | None = None) -> str:
     if not library.is_file():
         raise InstallError(f"--library: no such file {str(library)!r} (run `make build-udf`)", EXIT_CONFIG)
+    env = os.environ if env is None else env
+    try:
+        key = check_key_text(env[ENV_KEY], ENV_KEY) if env.get(ENV_KEY) else None
+    except ConfigError as exc:
+        raise InstallError(str(exc), EXIT_CONFIG) from None
     conn = connect(target)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT @@plugin_dir, @@version")
-            plugin_dir, version = cur.fetchone()
+            cur.execute("SELECT @@plugin_dir, @@version, @@datadir")
+            plugin_dir, version, datadir = cur.fetchone()
         plugin_dir = str(plugin_dir).rstrip("/")
         if not target.is_local:
             raise _manual_steps(
@@ -143,6 +194,12 @@ def install(target: MySQLSettings, library: Path) -> str:
             raise _manual_steps(
                 f"plugin dir {plugin_dir} of {target.url_display} is not writable by this user "
                 f"(or not on this filesystem).", library, plugin_dir, target)
+        key_note = ""
+        if key is not None:
+            write_key_file(pdir, key, _key_owner(str(datadir)))
+            key_note = f"; jobs signed with key id {JobKey(key).kid.decode()} ({pdir / KEY_FILE_NAME})"
+        elif (pdir / KEY_FILE_NAME).exists():
+            key_note = f"; {ENV_KEY} not set: {pdir / KEY_FILE_NAME} left as it is"
         dest = copy_atomic(library, pdir)
         run_sql(conn, read_statements(INSTALL_SQL))
         with conn.cursor() as cur:
@@ -150,7 +207,7 @@ def install(target: MySQLSettings, library: Path) -> str:
             (check,) = cur.fetchone()
         if check not in (b'[1,"ok"]', '[1,"ok"]'):
             raise InstallError(f"installed, but gman_json_array(1, 'ok') returned {check!r}", EXIT_SQL_FAILED)
-        return f"installed gearsync UDFs from {dest} on {target.url_display} (MariaDB/MySQL {version})"
+        return f"installed gearsync UDFs from {dest} on {target.url_display} (MariaDB/MySQL {version}){key_note}"
     finally:
         conn.close()
 
@@ -165,11 +222,15 @@ def uninstall(target: MySQLSettings, remove_library: bool) -> str:
                 cur.execute("SELECT @@plugin_dir")
                 (plugin_dir,) = cur.fetchone()
             path = Path(str(plugin_dir)) / LIBRARY_NAME
+            key_path = path.with_name(KEY_FILE_NAME)
             if target.is_local and path.exists():
                 path.unlink()
                 note = f"; removed {path}"
+                if key_path.exists():
+                    key_path.unlink()
+                    note += f" and {key_path}"
             elif path.exists() or not target.is_local:
-                note = f"; remove {path} on the database host by hand"
+                note = f"; remove {path} (and {KEY_FILE_NAME}) on the database host by hand"
         return f"dropped gearsync UDFs on {target.url_display}{note}"
     finally:
         conn.close()
@@ -178,6 +239,8 @@ def uninstall(target: MySQLSettings, remove_library: bool) -> str:
 EPILOG = """\
 environment (each also a [mysql] key of --config; docs/configuration.md):
   GEARSYNC_MYSQL_URL or GEARSYNC_MYSQL_HOST, _PORT, _USER, _DATABASE, _SOCKET; GEARSYNC_MYSQL_PASSWORD
+  GEARSYNC_JOB_KEY  install: also write it to @@plugin_dir/gearsync_udf.key (0600, mysqld's user), the
+                    key the library signs background jobs with (environment only; docs/security.md)
 
 examples:
   python -m sync.capture.udf_install install --library udf/build/gearsync_udf.so
@@ -195,7 +258,8 @@ def build_parser() -> Any:
     p_install.add_argument("--library", type=Path, default=Path("udf/build") / LIBRARY_NAME,
                            help=f"the built library (default udf/build/{LIBRARY_NAME})")
     p_uninstall = sub.add_parser("uninstall", help="DROP FUNCTION for every gearsync UDF")
-    p_uninstall.add_argument("--remove-library", action="store_true", help="also delete it from @@plugin_dir")
+    p_uninstall.add_argument("--remove-library", action="store_true",
+                             help="also delete it (and its key file) from @@plugin_dir")
     for p in (p_install, p_uninstall):
         add_config_option(p)
         add_mysql_options(p)
@@ -216,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(uninstall(target, args.remove_library))
     except InstallError as exc:
-        print(f"udf_install: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.code
     return EXIT_OK
 

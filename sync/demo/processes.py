@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -188,8 +189,20 @@ class Stack:
     def env(self) -> dict[str, str]:
         # none of the user's own settings (old names or GEARSYNC_*, a config file) reaches the demo
         env = {k: v for k, v in os.environ.items() if k not in DEPRECATED_ENV and not k.startswith("GEARSYNC_")}
-        env.update(GEARSYNC_MYSQL_PASSWORD="", PYTHONUNBUFFERED="1")
+        env.update(GEARSYNC_MYSQL_PASSWORD="", PYTHONUNBUFFERED="1", GEARSYNC_JOB_KEY=self.job_key())
         return env
+
+    def job_key(self) -> str:
+        """The demo's key of signed jobs (docs/security.md): generated once into <state dir>/job.key
+        (mode 0600), the same for every later run; make install-udf copies it beside the UDF."""
+        path = self.state_dir / "job.key"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+        return path.read_text().strip()
 
     # -- servers -----------------------------------------------------------------------------
     def start_server(self, server: Any, what: str) -> None:

@@ -51,6 +51,7 @@ from sync.gearman.protocol import (
     pack_submit,
 )
 from sync.retry import Backoff
+from sync.signing import Signer
 
 __all__ = ["GearmanClient", "Priority", "encode_function", "encode_unique"]
 
@@ -290,6 +291,7 @@ class GearmanClient:
         backoff_jitter: float = 0.5,
         chunk_size: int = 256,
         max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES,
+        signer: Signer | None = None,
     ) -> None:
         if not servers:
             raise ValueError("servers: expected at least one (host, port)")
@@ -308,6 +310,7 @@ class GearmanClient:
         self._current = 0
         self._closed = False
         self._new_unique = _UniqueIds()
+        self.signer = signer  # signs every workload submitted (sync.signing); None: sent as given
 
     async def __aenter__(self) -> GearmanClient:
         return self
@@ -400,6 +403,12 @@ class GearmanClient:
 
     # ---- submits ---------------------------------------------------------------------------------------------
 
+    def _pack_one(self, ptype: PacketType, function: str, workload: bytes, unique: str | None) -> bytes:
+        fn = encode_function(function)
+        if self.signer is not None:
+            workload = self.signer.sign(fn, workload)
+        return pack_request(ptype, fn, self._new_unique() if unique is None else encode_unique(unique), workload)
+
     async def submit_background(
         self,
         function: str,
@@ -408,13 +417,7 @@ class GearmanClient:
         priority: Priority = "normal",
     ) -> bytes:
         """Queue a background job; returns its job handle (e.g. b"H:host:42") once gearmand created it."""
-        ptype = _BG_TYPES[priority]
-        packet = pack_request(
-            ptype,
-            encode_function(function),
-            self._new_unique() if unique is None else encode_unique(unique),
-            workload,
-        )
+        packet = self._pack_one(_BG_TYPES[priority], function, workload, unique)
 
         async def op(session: _ClientSession) -> bytes:
             return (await session.request([packet], PacketType.JOB_CREATED))[0]
@@ -438,6 +441,7 @@ class GearmanClient:
         fn = encode_function(function)
         new_unique = self._new_unique
         uniq_iter = iter(uniques) if uniques is not None else None
+        signer = self.signer
         handles: list[bytes] = []
         chunk: list[bytes] = []
 
@@ -455,6 +459,8 @@ class GearmanClient:
                     raise ValueError("uniques: fewer unique ids than workloads") from None
             else:
                 unique = new_unique()
+            if signer is not None:
+                workload = signer.sign(fn, workload)
             chunk.append(pack_submit(ptype, fn, unique, workload))
             if len(chunk) >= self.chunk_size:
                 await flush(chunk)
@@ -477,13 +483,7 @@ class GearmanClient:
         ``timeout_s`` (None: wait forever), GearmanConnectionError when the connection died after the job was
         created (the job is not resubmitted: it may have run).
         """
-        ptype = _FG_TYPES[priority]
-        packet = pack_request(
-            ptype,
-            encode_function(function),
-            self._new_unique() if unique is None else encode_unique(unique),
-            workload,
-        )
+        packet = self._pack_one(_FG_TYPES[priority], function, workload, unique)
         loop = asyncio.get_running_loop()
         state: list[tuple[_ClientSession, _Foreground]] = []
 

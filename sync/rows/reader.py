@@ -163,7 +163,8 @@ class TableReader:
         self._order = ", ".join(quote_ident(k) for k in schema.key)
         self._after = after_key_sql(schema)
 
-    def _query(self, sql: str, params: Sequence[Any], versioned: bool, *, locked: bool = True) -> list[dict[str, Any]]:
+    def _query(self, sql: str, params: Sequence[Any], versioned: bool, *, locked: bool = True,
+               binlog: bool = False) -> list[dict[str, Any]]:
         names = ([VERSION_ALIAS] if versioned else []) + self.names
         with self._mysql_errors("read"), self.conn.cursor() as cur:
             if versioned and locked:
@@ -171,6 +172,9 @@ class TableReader:
                 with self._transaction(cur):
                     cur.execute(sql + " LOCK IN SHARE MODE", params)
                     rows = cur.fetchall()
+                    if binlog:  # `sql` selects no version: the binlog position, taken under the locks
+                        version = binlog_version_now(cur)
+                        rows = [(version, *r) for r in rows]
             else:
                 cur.execute(sql, params)
                 rows = cur.fetchall()
@@ -256,13 +260,15 @@ class TableReader:
         """Close the consistent-snapshot transaction (read-only: COMMIT and ROLLBACK are the same)."""
         self._rollback()
 
-    def rows_by_key(self, pks: Sequence[Sequence[JSONValue]], *, versioned: bool) -> list[dict[str, Any]]:
-        """The rows with these keys (canonical values) that exist; versioned as in chunk()."""
+    def rows_by_key(self, pks: Sequence[Sequence[JSONValue]], *, versioned: bool,
+                    binlog: bool = False) -> list[dict[str, Any]]:
+        """The rows with these keys (canonical values) that exist; versioned as in chunk(), or with
+        `binlog` (and versioned) by binlog_version_now() taken after the shared locks."""
         if not pks:
             return []
-        sql = (f"SELECT {_select_list(self.schema, versioned)} FROM {self._ref} "
+        sql = (f"SELECT {_select_list(self.schema, versioned and not binlog)} FROM {self._ref} "
                f"WHERE {key_in_sql(self.schema, len(pks))} ORDER BY {self._order}")
-        return self._query(sql, [sql_value(v) for pk in pks for v in pk], versioned)
+        return self._query(sql, [sql_value(v) for pk in pks for v in pk], versioned, binlog=binlog)
 
     def existing_keys(self, pks: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         """Which of these keys exist (raw key column values as MySQL returns them)."""
@@ -274,21 +280,47 @@ class TableReader:
             cur.execute(sql, [sql_value(v) for pk in pks for v in pk])
             return [tuple(r) for r in cur.fetchall()]
 
-    def absent_version(self, pks: Sequence[Sequence[JSONValue]]) -> tuple[list[tuple[Any, ...]], int]:
+    def absent_version(self, pks: Sequence[Sequence[JSONValue]], *, binlog: bool = False) -> tuple[list[tuple[Any, ...]], int]:
         """(keys that exist after all, a version for deleting the others).
 
         Same reasoning as the snapshot: the locking read waits for an uncommitted insert of a
         key and, under REPEATABLE READ, gap-locks the absent ones, so a later INSERT of such a key
-        waits for our COMMIT and its AFTER trigger takes a larger UUID_SHORT() than ours."""
+        waits for our COMMIT and its AFTER trigger takes a larger UUID_SHORT() than ours (with
+        `binlog`: commits after our read, so its GTID is after binlog_version_now()'s)."""
         cols = ", ".join(quote_ident(k) for k in self.schema.key)
         sql = f"SELECT {cols} FROM {self._ref} WHERE {key_in_sql(self.schema, len(pks))} LOCK IN SHARE MODE"
         with self._mysql_errors("read"), self.conn.cursor() as cur:
             with self._transaction(cur):
                 cur.execute(sql, [sql_value(v) for pk in pks for v in pk])
                 found = [tuple(r) for r in cur.fetchall()]
-                cur.execute("SELECT UUID_SHORT()")
-                version = int(cur.fetchone()[0])
+                if binlog:
+                    version = binlog_version_now(cur)
+                else:
+                    cur.execute("SELECT UUID_SHORT()")
+                    version = int(cur.fetchone()[0])
         return found, version
+
+    def check_binlog_versions(self) -> int:
+        """binlog_version_now() outside a transaction: ConfigError at once if the server cannot give one."""
+        with self._mysql_errors("binlog position read"), self.conn.cursor() as cur:
+            return binlog_version_now(cur)
+
+
+def binlog_version_now(cur: Any) -> int:
+    """gtid_version(seq, ROW_MASK) of the server's binlog GTID position now (MariaDB, log_bin on),
+    seq in its gtid_domain_id: >= the version sync-binlog gives every transaction already in the
+    binlog, < any committed later. Under a shared row lock, a change of that row committed before
+    it was taken is in the binlog (MariaDB writes the binlog before the engine commit releases the
+    locks), and one committed after waits for the lock: its GTID comes after this position."""
+    cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'gtid_binlog_pos', 'gtid_domain_id')")
+    found = {str(k): str(v) for k, v in cur.fetchall()}
+    if "gtid_binlog_pos" not in found:
+        raise ConfigError("--versions binlog: this server has no gtid_binlog_pos (MySQL?); expected MariaDB with "
+                          "log_bin=ON, or --versions trigger")
+    if found.get("log_bin", "OFF").upper() != "ON":
+        raise ConfigError(f"--versions binlog: log_bin is {found.get('log_bin', 'OFF')} on this server (no binlog "
+                          "positions); expected log_bin=ON, or --versions trigger")
+    return BinlogPoint.at(found["gtid_binlog_pos"], "", 0, int(found.get("gtid_domain_id") or 0)).version
 
 
 def row_events(schema: TableSchema, rows: Sequence[Mapping[str, Any]], op: Op = Op.INSERT,

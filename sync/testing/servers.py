@@ -21,6 +21,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -31,6 +32,8 @@ __all__ = [
     "RedisServer",
     "RedisClusterNodes",
     "GearmanServer",
+    "TLSFiles",
+    "make_tls_files",
 ]
 
 START_TIMEOUT_S = 60.0
@@ -209,6 +212,44 @@ class _Server:
         self.stop()
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """A throwaway CA and the server and client certificates it signed (PEM files)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_tls_files(directory: str | os.PathLike[str], name: str = "test") -> TLSFiles:
+    """A new CA ("<name> CA") and, signed by it, a server certificate for 127.0.0.1/localhost and a
+    client certificate, made with the openssl command line; each call makes a different CA."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    openssl = _which("openssl")
+
+    def run(*args: str) -> None:
+        result = subprocess.run([openssl, *args], capture_output=True, text=True, timeout=60, cwd=d)
+        if result.returncode != 0:
+            raise ServerStartError(f"openssl {args[0]} failed ({result.returncode}): {result.stderr[-2000:]}")
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name} CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for who in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name} {who}", "-keyout", f"{who}.key",
+            "-out", f"{who}.csr")
+        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{who}.ext", "-out", f"{who}.pem")
+    for key in ("ca.key", "server.key", "client.key"):
+        (d / key).chmod(0o600)
+    return TLSFiles(ca=d / "ca.pem", server_cert=d / "server.pem", server_key=d / "server.key",
+                    client_cert=d / "client.pem", client_key=d / "client.key")
+
+
 class MariaDBServer(_Server):
     """A throwaway mariadbd: ROW binlog with full metadata, GTIDs, a chosen plugin dir.
 
@@ -225,8 +266,10 @@ class MariaDBServer(_Server):
         extra_args: Sequence[str] = (),
         port: int | None = None,
         server_id: int = 1,
+        tls: TLSFiles | None = None,
     ) -> None:
         super().__init__(base_dir, port)
+        self.tls = tls  # set: the server offers TLS with this certificate (clients choose; REQUIRE SSL per user)
         self.datadir = self.base_dir / "data"
         self.socket = self.base_dir / "mysql.sock"
         self.plugin_dir = Path(plugin_dir) if plugin_dir else self.base_dir / "plugin"
@@ -287,6 +330,8 @@ class MariaDBServer(_Server):
             "--max-connections=500",
             "--max-allowed-packet=64M",
             "--user=root",
+            *([f"--ssl-ca={self.tls.ca}", f"--ssl-cert={self.tls.server_cert}", f"--ssl-key={self.tls.server_key}"]
+              if self.tls else []),
             *self.extra_args,
         ]
 
@@ -353,23 +398,32 @@ class RedisServer(_Server):
         extra_args: Sequence[str] = (),
         port: int | None = None,
         password: str | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         super().__init__(base_dir, port)
         self.extra_args = list(extra_args)
         self.password = password
+        # set: TLS only (port 0, tls-port = self.port) and clients must show a certificate of tls.ca
+        self.tls = tls
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{self.host}:{self.port}/0"
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.server_cert),
+                "--tls-key-file", str(self.tls.server_key), "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "yes"]
 
     def command(self) -> list[str]:
         cmd = [
             _which("redis-server"),
             "--bind",
             "127.0.0.1",
-            "--port",
-            str(self.port),
+            *self._tls_args(),
             "--dir",
             str(self.base_dir),
             "--logfile",
@@ -388,6 +442,13 @@ class RedisServer(_Server):
     def ready(self) -> bool:
         if not _port_open(self.host, self.port):
             return False
+        if self.tls is not None:
+            try:
+                with self.client(socket_timeout=0.5) as c:
+                    c.ping()
+                return True
+            except Exception:
+                return False
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                 if self.password:
@@ -402,6 +463,9 @@ class RedisServer(_Server):
         """A synchronous redis-py client."""
         import redis
 
+        if self.tls is not None:
+            kw = dict(ssl=True, ssl_ca_certs=str(self.tls.ca), ssl_certfile=str(self.tls.client_cert),
+                      ssl_keyfile=str(self.tls.client_key), **kw)
         return redis.Redis(host=self.host, port=self.port, password=self.password, **kw)
 
 

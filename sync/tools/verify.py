@@ -31,6 +31,33 @@ Repair (`repair=True`), fenced like the snapshot (see sync.tools.snapshot):
   wait, so its trigger version is larger); keys no row can produce are removed with UNLINK.
 A repair that comes back STALE (Redis already holds a newer version) is rechecked like the
 differences of a report-only run.
+
+Binlog versions (`versions=Versions.BINLOG`, a table synced by sync-binlog): UUID_SHORT() (~2**56)
+is far above sync-binlog's gtid_version(seq, i) = seq << 20 | i (~2**40), so a row repaired with
+it would refuse every later binlog change of that row (STALE), silently. In this mode the same
+locked read (and the locking read of the extra keys) takes, inside its transaction and after the
+locks, the server's binlog position (@@gtid_binlog_pos, seq in @@gtid_domain_id) and versions the
+repair V = gtid_version(seq, ROW_MASK) (sync.rows.reader.binlog_version_now). With a concurrent
+writer of the row: one that committed before our lock is in the binlog already (MariaDB writes the
+binlog before the engine commit that releases the row lock), so its seq <= seq and its version
+<= V, and our row includes it; one that commits later had to wait for our lock (or the gap lock of
+an absent key), so its GTID is after the position we read: its version >= (seq + 1) << 20 > V, and
+it wins whichever reaches Redis first. Needs MariaDB with log_bin on (ConfigError at once
+otherwise); like sync-binlog, versions compare within one GTID domain.
+
+Reset versions (`reset_versions=True`, with repair): the way back from a poisoned fence (a forged
+job with e.g. version 2**64-1 makes every real change of its row STALE, and plain repair too).
+Before a differing row (or a fenced extra key) is re-read, its version key (keys.version_key) is
+deleted; the repair then goes on exactly as above, with a version V taken after the row lock, so
+the row ends with its MySQL value and a normal version that its next trigger change exceeds.
+Ordering still holds for everything after the delete: a change committed after the locked read
+has a version > V and wins (also if it lands between the delete and our write); one committed
+before it is in the row we read. What is given up: the version Redis held, bogus or not, and the
+guarantee in the short window between the delete and the repair's write: if the repair stops
+there (crash, Redis error), the row has no fence and an older duplicate (a redelivered job, a
+dead-letter replay) could land; rerun sync-verify. On a binlog deployment combine it with binlog
+versions (above): the repaired row then gets a binlog-comparable version.
+Rows that compare equal are not touched (a poisoned fence under an equal value stays).
 """
 
 from __future__ import annotations
@@ -49,14 +76,14 @@ import structlog
 from sync.apply.applier import Outcome, RedisApplier
 from sync.errors import ApplyError, ConfigError
 from sync.events import ChangeEvent, JSONValue, Op, Source
-from sync.keys import DEFAULT_PREFIX, row_key
+from sync.keys import DEFAULT_PREFIX, row_key, version_key
 from sync.rows.expected import expected_entry
 from sync.rows.fkgraph import load_foreign_keys
 from sync.rows.reader import TableReader, row_events
 from sync.rows.schema import canonical_value, quote_ident
 from sync.tables import TableSpec
 from sync.tools.keypattern import KeyPattern, typed_pk
-from sync.tools.snapshot import apply_events
+from sync.tools.snapshot import Versions, apply_events
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +107,7 @@ class VerifyReport:
     repaired: int = 0               # rows re-applied
     deleted: int = 0                # extra keys removed
     repair_stale: int = 0           # repairs a newer change had already superseded
+    versions_reset: int = 0         # version keys deleted before a repair (reset_versions)
     extras_checked: bool = True
     notes: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "different": [], "extra": []})
@@ -102,7 +130,7 @@ class VerifyReport:
             "equal": self.equal, "rows": self.rows, "keys_scanned": self.keys_scanned,
             "missing": self.missing, "different": self.different, "extra": self.extra,
             "settled": self.settled, "repaired": self.repaired, "deleted": self.deleted,
-            "repair_stale": self.repair_stale, "extras_checked": self.extras_checked,
+            "repair_stale": self.repair_stale, "versions_reset": self.versions_reset, "extras_checked": self.extras_checked,
             "examples": self.examples, "notes": self.notes, "seconds": round(self.elapsed_s, 3),
         }
 
@@ -140,6 +168,8 @@ class Verifier:
         prefix: str = DEFAULT_PREFIX,
         check_extra: bool = True,
         seed: int | None = None,
+        reset_versions: bool = False,
+        versions: Versions = Versions.TRIGGER,
     ) -> None:
         if not 1 <= chunk <= 100_000:
             raise ConfigError(f"--chunk: {chunk}; expected 1 to 100000 rows")
@@ -147,6 +177,8 @@ class Verifier:
             raise ConfigError(f"--sample: {sample}; expected 1 to 10000000 rows")
         if repair and applier is None:
             raise ConfigError("repair needs an applier")
+        if reset_versions and not repair:
+            raise ConfigError("--reset-versions without --repair; expected --repair --reset-versions")
         self.reader = reader
         self.schema = reader.schema
         self.graph = load_foreign_keys(reader.conn, self.schema.database) if repair else None  # refs on repairs
@@ -157,7 +189,12 @@ class Verifier:
         self.repair = repair
         self.sample = sample
         self.recheck_delay_s = recheck_delay_s
+        self.prefix = prefix
         self.own_prefix = prefix + ":"
+        self.reset_versions = reset_versions
+        self.binlog = repair and versions is Versions.BINLOG
+        if self.binlog:
+            reader.check_binlog_versions()  # ConfigError now, not after the first compare
         self.check_extra = check_extra
         self.pattern = KeyPattern(spec.key_template, self.schema.name, self.schema.key)
         self._rng = random.Random(seed)
@@ -341,7 +378,9 @@ class Verifier:
     # -- repair ----------------------------------------------------------------------------------
     async def _repair_rows(self, found: Sequence[_Suspect], report: VerifyReport) -> None:
         assert self.applier is not None
-        rows = await asyncio.to_thread(self.reader.rows_by_key, _row_pks(found), versioned=True)
+        if self.reset_versions:
+            await self._reset_versions([s.key for s in found], report)
+        rows = await asyncio.to_thread(self.reader.rows_by_key, _row_pks(found), versioned=True, binlog=self.binlog)
         events = row_events(self.schema, rows, Op.UPDATE, self.graph)
         applied, stale = await apply_events(self.applier, events)
         report.repaired += applied
@@ -367,8 +406,10 @@ class Verifier:
             else:
                 plain.append(s.key)  # a key no row can produce: no live change ever writes it
         if fenced:
+            if self.reset_versions:
+                await self._reset_versions([s.key for s, _ in fenced], report)
             pks = [tuple(v for _, v in pk) for _, pk in fenced]
-            exist, version = await asyncio.to_thread(self.reader.absent_version, pks)
+            exist, version = await asyncio.to_thread(self.reader.absent_version, pks, binlog=self.binlog)
             now_there = {self._render(raw) for raw in exist}
             events = [ChangeEvent(self.schema.name, Op.DELETE, pk, None, version, Source.SNAPSHOT)
                       for s, pk in fenced if s.key not in now_there]
@@ -385,6 +426,18 @@ class Verifier:
                 report.deleted += int(await self.redis.unlink(*plain))
             except (redis.exceptions.RedisError, OSError) as exc:
                 raise ApplyError(f"redis UNLINK of {len(plain)} keys failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _reset_versions(self, keys: Sequence[str], report: VerifyReport) -> None:
+        """Delete the version keys of these row keys (before their locked re-read: module docstring)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.unlink(version_key(k, self.prefix))  # one key per command: rows may sit in other Cluster slots
+        try:
+            n = sum(int(x) for x in await pipe.execute())
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise ApplyError(f"redis UNLINK of {len(keys)} version keys failed: {type(exc).__name__}: {exc}") from exc
+        report.versions_reset += n
+        log.info("versions_reset", table=self.schema.name, keys=n)
 
     # -- recheck ---------------------------------------------------------------------------------
     async def _recheck(self, report: VerifyReport) -> None:

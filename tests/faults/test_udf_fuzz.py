@@ -5,7 +5,9 @@ fabricated UDF_ARGS (every Item_result type, NULLs, aliases of any bytes, severa
 that each result is valid JSON; fuzz_servers drives the server-list and option parsers and
 gman_servers_set, checking that the canonical list parses back to the same servers; fuzz_proto
 feeds a byte stream of responses to the Gearman packet parsers (udf/gman_proto.c: header, ERROR
-text, JOB_CREATED handle, WORK_* body) and round-trips encoded request heads.
+text, JOB_CREATED handle, WORK_* body) and round-trips encoded request heads; fuzz_sign feeds key
+file bytes to the key parser (udf/gman_sign.c) and signs with what it accepts (header format,
+SHA-256 in pieces = at once).
 
 `make fuzz-udf` runs the same for longer (FUZZ_SECONDS). A crash input lands in udf/fuzz/build/;
 keep it under udf/fuzz/regressions/<target>/ and this test replays it from then on.
@@ -25,7 +27,7 @@ import pytest
 from .report import record
 
 FUZZ = Path(__file__).resolve().parents[2] / "udf" / "fuzz"
-TARGETS = ("json", "servers", "proto")
+TARGETS = ("json", "servers", "proto", "sign")
 SECONDS = int(os.environ.get("GEARSYNC_FUZZ_SECONDS", "20"))
 
 

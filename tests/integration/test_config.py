@@ -44,7 +44,8 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120
 def one_error_line(r: subprocess.CompletedProcess[str], name: str) -> str:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert lines[0].startswith(f"{name}: "), lines[0]
+    prog = "python -m sync.capture.udf_install" if name == "udf_install" else name
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
     return lines[0]
 
 

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1069,6 +1070,126 @@ static void test_spill(const char *so, const char *spill)
     (void)warm; /* gearmand lost it with its queue: not ours to check */
 }
 
+/* ------------------------------------------------------------ signing */
+
+static int hex_ok(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+/* Take every queued job of fn; count those whose workload is "gs1.<8 hex>.<64 hex>.t<n>". */
+static int grab_signed(int port, const char *fn, int *total)
+{
+    int fd = connect_port(port), good = 0;
+    *total = 0;
+    if (fd < 0)
+        return 0;
+    send_pkt(fd, 1 /* CAN_DO */, fn, strlen(fn));
+    for (;;) {
+        char *d = NULL;
+        size_t l;
+        send_pkt(fd, 30 /* GRAB_JOB_UNIQ */, NULL, 0);
+        int t = recv_pkt(fd, &d, &l);
+        if (t != 31) {
+            if (t >= 0)
+                free(d);
+            break;
+        }
+        char *h = d, *f = h + strlen(h) + 1, *uq = f + strlen(f) + 1, *wl = uq + strlen(uq) + 1;
+        size_t wlen = l - (size_t)(wl - d);
+        (*total)++;
+        good += wlen > GS_SIG_HEADER && memcmp(wl, "gs1.", 4) == 0 && hex_ok(wl + 4, 8) && wl[12] == '.' &&
+                hex_ok(wl + 13, 64) && wl[GS_SIG_HEADER - 1] == '.' && wl[GS_SIG_HEADER] == 't';
+        send_pkt(fd, 13 /* WORK_COMPLETE */, h, strlen(h) + 1); /* handle\0 (no data) */
+        free(d);
+    }
+    close(fd);
+    return good;
+}
+
+static void put_key(const char *path, mode_t mode)
+{
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL, "write %s", path);
+    if (f) {
+        fputs("0123456789abcdef0123456789abcdef\n", f);
+        fclose(f);
+    }
+    chmod(path, mode);
+}
+
+/* A key file beside the library: background jobs of several threads carry the header (the key is
+ * read once under the library's lock, copied per call); a key file others may read refuses every
+ * background job; without the file they go unsigned again. */
+static int copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    char buf[65536];
+    size_t n;
+    int rc = in && out ? 0 : -1;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        rc = fwrite(buf, 1, n, out) == n ? 0 : -1;
+    if (in)
+        fclose(in);
+    if (out && fclose(out) != 0)
+        rc = -1;
+    return rc;
+}
+
+/* The key file goes beside a copy of the library in dir (loaded as a second instance for this
+ * test), never beside the build: a mariadbd of the test suite may load udf/build. */
+static void test_signing(const char *so, const char *dir)
+{
+    char copy[4096], key[4096];
+    snprintf(copy, sizeof copy, "%s/gearsync_udf.so", dir);
+    snprintf(key, sizeof key, "%s/%s", dir, GS_KEY_NAME);
+    CHECK(copy_file(so, copy) == 0, "copy %s to %s", so, copy);
+    void *saved = lib;
+    lib = dlopen(copy, RTLD_NOW | RTLD_LOCAL);
+    CHECK(lib != NULL, "dlopen %s: %s", copy, lib ? "" : dlerror());
+    if (!lib) {
+        lib = saved;
+        return;
+    }
+    int port = start_gearmand();
+    point(port, "pipeline=1,do_timeout_ms=2000");
+    put_key(key, 0600);
+    usleep(1100 * 1000); /* the library looks at the file at most once a second */
+    pthread_t th[4];
+    struct bg_thread_arg a[4];
+    for (int i = 0; i < 4; i++) {
+        a[i] = (struct bg_thread_arg){.n = 200, .ok = 0};
+        pthread_create(&th[i], NULL, bg_thread, &a[i]);
+    }
+    int ok = 0, total = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        ok += a[i].ok;
+    }
+    int good = grab_signed(port, "par", &total);
+    CHECK(ok == 800 && total == 800 && good == 800, "signed: %d submitted, %d queued, %d signed", ok, total, good);
+    chmod(key, 0644);
+    usleep(1100 * 1000);
+    size_t len;
+    char *r = job("gman_do_background", "par", "t1", 2, NULL, &len);
+    CHECK(r == NULL && strstr(last_error(), "mode 0644"), "key readable by others: NULL (%s)", last_error());
+    free(r);
+    unlink(key);
+    usleep(1100 * 1000);
+    r = job("gman_do_background", "par", "t1", 2, NULL, &len);
+    CHECK(r != NULL && flush() == 0, "no key file: submitted");
+    free(r);
+    good = grab_signed(port, "par", &total);
+    CHECK(total == 1 && good == 0, "no key file: unsigned (%d queued, %d signed)", total, good);
+    stop_gearmand();
+    dlclose(lib);
+    lib = saved;
+    unlink(copy);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -1093,6 +1214,7 @@ int main(int argc, char **argv)
     test_servers_set();
     test_jobs();
     stop_gearmand();
+    test_signing(argv[1], spill_dir);
     test_spill(argv[1], spill);
     dlclose(lib); /* runs the library destructor: frees every thread's state */
     stop_gearmand();

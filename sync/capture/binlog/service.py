@@ -364,10 +364,13 @@ class BinlogService:
         self.position = start
         if s.sink == "gearman":
             from sync.gearman import GearmanClient
+            from sync.signing import load_keys
 
+            keys = load_keys()
+            keys.warn_if_off("sync-binlog")
             # One write (and one wait for the JOB_CREATEDs) per batch, not per 256 jobs: fewer
             # socket operations, each of which can make the loop wait for the GIL.
-            self.gearman = GearmanClient(list(s.servers), chunk_size=max(256, s.batch))
+            self.gearman = GearmanClient(list(s.servers), chunk_size=max(256, s.batch), signer=keys.signer)
         elif self.applier is not None:
             await self._retry(self.applier.load_script, "load_script")
         log.info("binlog_started", server=s.mysql.display, flavor=server.flavor, version=server.version,

@@ -71,7 +71,7 @@ class RedisWriter:
         self.applier: RedisApplier = service.applier
         self.limit = s.batch
         self.flush_s = s.flush_ms / 1000.0
-        self.client = redis_sync.Redis.from_url(s.redis.url, password=s.redis.password, socket_timeout=5.0,
+        self.client = redis_sync.Redis.from_url(s.redis.url, **s.redis.client_kwargs(), socket_timeout=5.0,
                                                 socket_connect_timeout=2.0)
         self.conn: Any = self.client.connection_pool.make_connection()  # connects at its first send
         self.events: list[ChangeEvent] = []       # the batch being gathered
