@@ -40,14 +40,15 @@ Order = Callable[[list[ChangeEvent]], list[ChangeEvent]]
 
 
 class Rig:
-    def __init__(self, server: MariaDBServer, db: Any, aredis: Any, redis_client: Any) -> None:
-        self.server, self.db, self.redis = server, db, redis_client
+    def __init__(self, server: MariaDBServer, db: Any, aredis: Any, redis_client: Any,
+                 schema: Sequence[str] = SHOP, tables: Sequence[str] = TABLES) -> None:
+        self.server, self.db, self.redis, self.tables = server, db, redis_client, list(tables)
         with db.cursor() as cur:
-            for stmt in SHOP:
+            for stmt in schema:
                 cur.execute(stmt)
-        for table in TABLES:
+        for table in tables:
             sync_triggers(server, db, "install", "--table", table, "--mode", "outbox")
-        self.applier = RedisApplier(aredis, {t: TableSpec(t) for t in TABLES})
+        self.applier = RedisApplier(aredis, {t: TableSpec(t) for t in tables})
 
     def run(self, *statements: str) -> list[ChangeEvent]:
         """The changes the triggers captured for `statements`, in commit order."""
@@ -63,7 +64,33 @@ class Rig:
         """Apply the changes one job at a time in this order; what differs from MySQL then."""
         for ev in events:
             await self.applier.apply([ev])
-        return differences_of(self.server, self.db, self.redis, TABLES)
+        return differences_of(self.server, self.db, self.redis, self.tables)
+
+    async def apply_batches(self, events: Sequence[ChangeEvent], rng: random.Random) -> dict[str, Any]:
+        """Apply the changes in this order, the jobs of one table that come one after the other as one
+        batch or several, at random, as a worker does; what differs from MySQL then."""
+        start = 0
+        while start < len(events):
+            end = start + 1
+            while end < len(events) and events[end].table == events[start].table and rng.random() < 0.6:
+                end += 1
+            await self.applier.apply(events[start:end])
+            start = end
+        return differences_of(self.server, self.db, self.redis, self.tables)
+
+
+def random_orders(history: Sequence[ChangeEvent], tables: Sequence[str], rng: random.Random, n: int) -> list[list[ChangeEvent]]:
+    """`n` orders of `history`, in pairs: interleaved at random (each table's jobs in order, as one
+    worker connection per function takes them), then shuffled outright (several per function)."""
+    orders = []
+    for _ in range(n // 2):
+        queues = {t: [ev for ev in history if ev.table == t] for t in tables}
+        merged: list[ChangeEvent] = []
+        while any(queues.values()):
+            merged.append(queues[rng.choice([t for t in tables if queues[t]])].pop(0))
+        orders.append(merged)
+        orders.append(rng.sample(list(history), len(history)))
+    return orders
 
 
 def tables_first(*first: str) -> Order:
@@ -178,27 +205,61 @@ async def test_every_order_of_the_tables_and_shuffles(rig: Rig, statements: list
     the other are applied as one batch or several, at random, as a worker does."""
     setup = rig.run(*SETUP)
     history = rig.run(*statements)
-    orders: list[list[ChangeEvent]] = [tables_first(*perm)(history) for perm in itertools.permutations(TABLES)]
     rng = random.Random(13)
-    for _ in range(16):
-        queues = {t: [ev for ev in history if ev.table == t] for t in TABLES}
-        merged: list[ChangeEvent] = []
-        while any(queues.values()):
-            merged.append(queues[rng.choice([t for t in TABLES if queues[t]])].pop(0))
-        orders.append(merged)
-        orders.append(rng.sample(history, len(history)))
+    orders = [tables_first(*perm)(history) for perm in itertools.permutations(TABLES)]
+    orders += random_orders(history, TABLES, rng, 32)
     failed = []
     for i, order in enumerate(orders):
         rig.redis.flushdb()
         await rig.apply_each(setup)
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and order[end].table == order[start].table and rng.random() < 0.6:
-                end += 1
-            await rig.applier.apply(order[start:end])
-            start = end
-        d = differences_of(rig.server, rig.db, rig.redis, TABLES)
+        d = await rig.apply_batches(order, rng)
+        if d:
+            failed.append((i, sorted(d)))
+    assert failed == []
+
+
+# A link table keyed by its two FKs (the shop's inventory: products (sku) and warehouses (code)).
+LINK = [
+    "CREATE TABLE products (sku VARCHAR(10) PRIMARY KEY, stock INT)",
+    "CREATE TABLE warehouses (code CHAR(4) NOT NULL, name VARCHAR(10), UNIQUE KEY (code))",
+    "CREATE TABLE inventory (sku VARCHAR(10) NOT NULL, wh CHAR(4) NOT NULL, qty INT, PRIMARY KEY (sku, wh),"
+    " FOREIGN KEY fk_inv_p (sku) REFERENCES products (sku) ON UPDATE CASCADE ON DELETE CASCADE,"
+    " FOREIGN KEY fk_inv_w (wh) REFERENCES warehouses (code) ON UPDATE CASCADE ON DELETE CASCADE)",
+]
+LINK_TABLES = ["products", "warehouses", "inventory"]
+
+
+@pytest.mark.xfail(strict=True, reason="known defect, not fixed yet: two late changes of one row that cascade "
+                   "records move to the same version are applied in the order they come (equal-version K/L/E "
+                   "writes), so the older can overwrite the newer")
+async def test_late_changes_of_a_link_row_moved_by_both_parents(udf_installed: MariaDBServer, db: Any,  # noqa: F811
+                                                              aredis: Any, redis_client: Any) -> None:
+    """inventory rows renumbered by sku and warehouse renames, their qty updated between: every
+    order of the jobs ends equal to MySQL. Found while checking the shop run's other rare differences
+    (inventory / order_items 'different 1' on the trigger path): e.g. qty 7 (v515) applied after qty 8
+    (v519), both moved to the warehouse rename's version."""
+    rig = Rig(udf_installed, db, aredis, redis_client, LINK, LINK_TABLES)
+    setup = rig.run("INSERT INTO products VALUES ('a', 1), ('b', 1)", "INSERT INTO warehouses VALUES ('w1', 'x'), ('w2', 'y')",
+                    "INSERT INTO inventory VALUES ('a', 'w1', 1), ('a', 'w2', 1), ('b', 'w1', 1)")
+    history = rig.run(
+        "UPDATE products p JOIN inventory i ON i.sku = p.sku SET p.stock = p.stock + 1, i.qty = i.qty + 1 "
+        "WHERE p.sku = 'a' AND i.wh = 'w1'",
+        "UPDATE products SET sku = 'a2' WHERE sku = 'a'",
+        "UPDATE inventory SET qty = qty + 5 WHERE sku = 'a2' AND wh = 'w1'",
+        "UPDATE warehouses SET code = 'w3' WHERE code = 'w1'",
+        "UPDATE inventory SET qty = qty + 1 WHERE sku = 'a2' AND wh = 'w3'",
+        "UPDATE products SET sku = 'a3' WHERE sku = 'a2'",
+        "INSERT INTO inventory VALUES ('b', 'w2', 7)",
+        "UPDATE warehouses SET code = 'w4' WHERE code = 'w3'",
+        "DELETE FROM products WHERE sku = 'b'",
+        "UPDATE warehouses SET code = 'w5' WHERE code = 'w4'")
+    rng = random.Random(5)
+    failed = []
+    for i, order in enumerate(random_orders(history, LINK_TABLES, rng, 60)):
+        rig.redis.flushdb()
+        for ev in setup:
+            await rig.applier.apply([ev])
+        d = await rig.apply_batches(order, rng)
         if d:
             failed.append((i, sorted(d)))
     assert failed == []
