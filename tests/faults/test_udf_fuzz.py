@@ -88,4 +88,5 @@ def test_fuzz_briefly(built: Path, target: str, tmp_path: Path) -> None:
         pytest.fail(f"fuzz_{target} crashed; input kept at {keep} (copy it into udf/fuzz/regressions/{target}/):\n"
                     + r.stderr[-4000:])
     assert r.returncode == 0, r.stderr[-4000:]
+    assert int(stats.get("number_of_executed_units", 0)) > 0, r.stderr[-4000:]  # it fuzzed, not just started
     assert int(stats.get("number_of_executed_units", 0)) > 0, "the fuzzer ran no input:\n" + r.stderr[-4000:]
