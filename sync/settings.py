@@ -206,9 +206,10 @@ class Key:
         return value
 
 
-CAPTURE_MODES = ("udf", "outbox")                 # sync.capture.triggers.MODES
-FAILURE_POLICIES = ("spool", "fail", "ignore")    # sync.capture.triggers.FAILURE_POLICIES
-SINKS = ("redis", "gearman")                      # sync.capture.binlog.service.SINKS
+# the choices of the capture triggers and sync-binlog, declared here once (sync.capture imports them)
+CAPTURE_MODES = ("udf", "outbox")
+FAILURE_POLICIES = ("spool", "fail", "ignore")
+SINKS = ("redis", "gearman")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 PROGRESS = ("auto", "bar", "log")

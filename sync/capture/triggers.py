@@ -55,6 +55,7 @@ from sync.capture.spool import SPOOL_TABLE, spool_ddl
 from sync.errors import ConfigError
 from sync.rows.fkgraph import FKGraph
 from sync.rows.schema import Column, TableSchema, quote_ident, quote_string, trigger_sql
+from sync.settings import CAPTURE_MODES, FAILURE_POLICIES
 from sync.tables import check_function_name, default_function
 
 __all__ = [
@@ -80,8 +81,7 @@ __all__ = [
 
 EVENTS = ("INSERT", "UPDATE", "DELETE")
 _SUFFIX = {"INSERT": "ai", "UPDATE": "au", "DELETE": "ad"}
-MODES = ("udf", "outbox")
-FAILURE_POLICIES = ("spool", "fail", "ignore")
+MODES = CAPTURE_MODES   # the config schema declares them (sync.settings); one list
 MAX_IDENT_CHARS = 64
 MAX_MESSAGE_CHARS = 128  # SIGNAL's MESSAGE_TEXT
 _RAW_MARKER = "json_"    # gman_json_object inserts an alias json_<name> as raw JSON

@@ -89,6 +89,7 @@ from sync.redis_client import RedisSettings, connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until
 from sync.rows.fkgraph import EMPTY_GRAPH, load_foreign_keys
 from sync.rows.schema import TableSchema, load_table
+from sync.settings import SINKS
 from sync.stats import Counters, report_loop
 from sync.tables import TableSpec, default_function
 
@@ -96,7 +97,6 @@ log = structlog.get_logger(__name__)
 
 __all__ = ["BinlogSettings", "BinlogService", "stream_name", "default_server_id"]
 
-SINKS = ("redis", "gearman")
 QUIET_S = 0.005   # the reader handed nothing over for this long: take what is there
 POLL_S = 0.005    # how often the loop looks at the reader's hand-over
 
