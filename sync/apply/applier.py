@@ -331,7 +331,10 @@ class RedisApplier:
         for ev in events:
             late, after = False, 0
             if type(ev) is MovedChange:
-                late, after, ev = ev.atleast, ev.after, ev.event
+                late, after = ev.atleast, ev.after
+                if late:  # K/L/E: its own version is the tie-breaker, the first of its values
+                    values.append(f"{ev.original:020d}")
+                ev = ev.event
             if type(ev) is ChangeEvent:
                 if ev.op is Op.CASCADE:
                     continue  # no record: only its derived changes are written
@@ -404,6 +407,8 @@ class RedisApplier:
                         si = stats[t.stats_key] = len(stats) + 1
                 ttl = 0 if ev.op in "Dd" else t.ttl_ms
                 meta.append(f"{ev.op}{ev.version:020d}{ttl:012d}{si:03d}{len(ev.values):05d}{len(ev.sets) + 1:03d}")
+                if ev.tie:
+                    values.append(ev.tie)
                 values.extend(ev.values)
                 values.append(ev.fkr)
             else:
@@ -670,17 +675,19 @@ class RedisApplier:
                 reads.append(("GET", fk_rows_key(rk, prefix)))
             got = await self._read(reads) if reads else []
             for i, (rk, mods) in enumerate(todo.items()):
-                value, ver, fkr = got[3 * i : 3 * i + 3]
+                value, raw_ver, fkr = got[3 * i : 3 * i + 3]
                 t = self._tables[mods[0][0].table]
-                guards[self._vk(t, rk)] = ver.decode() if isinstance(ver, bytes) else (ver or "")
+                ver = raw_ver.decode() if isinstance(raw_ver, bytes) else (raw_ver or "")
+                guards[self._vk(t, rk)] = ver
                 if not value or not fkr:
                     continue  # gone meanwhile (or indexed before a delete): nothing to cascade
                 # The child references the old values (checked in _derive), which no change after
                 # the parent's can do unless the parent key is reused: the cascade applies even to a
                 # child at a newer version (another cascade may have got there first), guarded.
                 base = max(st.version for _r, st, _a, _t in mods)
-                version = max(base, int(ver)) if ver else base
-                more = self._derive(t, rk, value, fkr, mods, version, int(ver) if ver else base, children_of, derived)
+                # the stored version, and the version of the change the row's content came from
+                own, content = (int(ver[:20]), ver[20:] or ver[:20]) if ver else (base, "")
+                more = self._derive(t, rk, value, fkr, mods, max(base, own), own, content, children_of, derived)
                 steps += more
                 referenced = {col for r in children_of.get(t.spec.name, ()) for col in r.ref}
                 for st in more:
@@ -808,8 +815,11 @@ class RedisApplier:
 
     def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes,
                 mods: Sequence[tuple[FKRule, CascadeStep, str, list[Any] | None]],
-                version: int, own: int, children_of: Mapping[str, Sequence[FKRule]], out: list[DerivedChange]) -> list[CascadeStep]:
-        """The derived change(s) of one child row (appended to `out`); the next cascade steps."""
+                version: int, own: int, content: str, children_of: Mapping[str, Sequence[FKRule]],
+                out: list[DerivedChange]) -> list[CascadeStep]:
+        """The derived change(s) of one child row (appended to `out`); the next cascade steps.
+        `own`: the row's stored version; `content`: the version (20 digits) of the change its content
+        came from ('' unknown), the tie-breaker of the row at a new key."""
         hashed = t.op_upsert == "H"
         row: dict[Any, Any] = value if hashed else decode_json(value)
         name = (lambda col: col.encode()) if hashed else (lambda col: col)
@@ -853,7 +863,10 @@ class RedisApplier:
             values = [encode_json(row)]
         if new_rk != rk:
             out.append(DerivedChange(table, rk, "d", version, [], "", []))
-            out.append(DerivedChange(table, new_rk, t.op_upsert, version, values, fkr_value, sets))  # fenced
+            # fenced; at the cascade's version with the content's as tie-breaker: a late change of the
+            # row moved there (at that version, with its own: MovedChange) applies over it if newer
+            op = ("K" if t.op_upsert == "J" else "L") if content else t.op_upsert
+            out.append(DerivedChange(table, new_rk, op, version, values, fkr_value, sets, content))
         else:
             # Same key: the row keeps its own version, so a delete of it older than this cascade that
             # comes late still applies (its older upserts follow the cascade records: moved_change).

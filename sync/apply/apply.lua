@@ -1,8 +1,11 @@
 -- gearsync apply script: loaded by sync/apply/applier.py (SCRIPT LOAD once, then called by its SHA1).
 -- Per event, ARGV[2] holds a 44-character record:
 --   op (1: J json upsert, H hash upsert, D delete, C classic SET; j/h/d: the same, not fenced;
---   K/L/E: json upsert, hash upsert, delete applied also at an EQUAL version (a late change moved by a
---   cascade record to the cascade's version); M: SET a cascade record unless one as new is there;
+--   K/L/E: json upsert, hash upsert, delete with a tie-breaker: their first value is a second
+--   20-digit version, stored after the version and compared after it (a late change moved by a
+--   cascade record to the cascade's version keeps its own version there; a row a cascade moved to
+--   a new key, the version of the change its content came from); M: SET a cascade record unless
+--   one as new is there;
 --   N: SET it over a newer one (an older cascade that takes its place, guarded)) | version
 --   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)
 --   | fk index (3 digits: 0 = the event keeps no fk index; else 1 + the number of fk index set keys
@@ -17,6 +20,9 @@
 -- ARGV[9] the fkr key prefix, then one expected value per
 -- guard ('' = absent), one version per check (20 digits), then per event its values and, with
 -- index keys, its new fkr value (JSON [[pk columns], set, ...]; '' = none).
+-- A version key holds the row's 20-digit version, then its tie-breaker (20 digits) if it has one:
+-- (version, tie-breaker) compare as a pair, no tie-breaker lowest; a change is applied only over an
+-- older pair (an equal one is a redelivery). j/h/d keep the stored tie-breaker at an equal version.
 -- Guards: if any guard key does not hold its expected value (a version key: the version or '';
 -- an fk index set: 'S' and its sorted members joined by newlines), nothing is written and the reply
 -- is '!' (the applier re-reads and retries: sync.apply.applier, cascades).
@@ -94,8 +100,12 @@ for i = 0, nev - 1 do
   -- j/h/d: a cascade's derived change, guarded instead of fenced (version = max(parent's, child's))
   local force = op == 'j' or op == 'h' or op == 'd'
   if force then op = string.upper(op) end
-  local atleast = op == 'K' or op == 'L' or op == 'E'
-  if atleast then op = (op == 'K' and 'J') or (op == 'L' and 'H') or 'D' end
+  local tie = ''
+  if op == 'K' or op == 'L' or op == 'E' then
+    op = (op == 'K' and 'J') or (op == 'L' and 'H') or 'D'
+    tie = ARGV[a]
+    a = a + 1
+  end
   local nv = tonumber(sub(meta, m + 37, m + 41))
   local nidx = tonumber(sub(meta, m + 42, m + 44))
   local rk = KEYS[kp + 1]
@@ -115,18 +125,24 @@ for i = 0, nev - 1 do
     local vk = KEYS[kp + 2]
     local cur = call('GET', vk)
     local newer = true
-    if cur and not force then
-      if cur == ver then
-        newer = atleast
+    if cur and (#cur ~= 20 and #cur ~= 40) then
+      return redis.error_reply('gearsync: bad stored version at ' .. vk)
+    end
+    if cur and force then
+      if sub(cur, 1, 20) == ver then tie = sub(cur, 21) end
+    elseif cur then
+      local cv = sub(cur, 1, 20)
+      if cv == ver then
+        newer = tie > sub(cur, 21)
       else
-        local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cur, 1, 10))
-        if #cur ~= 20 or ch == nil then
+        local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cv, 1, 10))
+        if ch == nil then
           return redis.error_reply('gearsync: bad stored version at ' .. vk)
         end
         if vh ~= ch then
           newer = vh > ch
         else
-          newer = tonumber(sub(ver, 11, 20)) > tonumber(sub(cur, 11, 20))
+          newer = tonumber(sub(ver, 11, 20)) > tonumber(sub(cv, 11, 20))
         end
       end
     end
@@ -162,7 +178,7 @@ for i = 0, nev - 1 do
       end
       if op == 'D' then
         call('DEL', rk)
-        call('SET', vk, ver, 'PX', tomb)
+        call('SET', vk, ver .. tie, 'PX', tomb)
       else
         if op == 'J' then
           if ttl > 0 then
@@ -183,12 +199,12 @@ for i = 0, nev - 1 do
           if ttl > 0 then call('PEXPIRE', rk, ttl) end
         end
         if not setfkr then
-          setx(vk, ver, ttl)
+          setx(vk, ver .. tie, ttl)
         elseif ttl > 0 then
           setx(fkr, setfkr, ttl)
-          setx(vk, ver, ttl)
+          setx(vk, ver .. tie, ttl)
         else
-          call('MSET', fkr, setfkr, vk, ver)
+          call('MSET', fkr, setfkr, vk, ver .. tie)
         end
       end
       out[i + 1] = 'A'

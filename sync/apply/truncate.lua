@@ -10,11 +10,12 @@ local removed = 0
 for i = 1, #KEYS, 2 do
   local vk = KEYS[i + 1]
   local cur = redis.call('GET', vk)
-  if cur and #cur ~= 20 then
+  -- 20 digits, or 40: a tie-breaker after the version (see apply.lua)
+  if cur and #cur ~= 20 and #cur ~= 40 then
     return redis.error_reply('gearsync: bad stored version at ' .. vk)
   end
   -- Versions are 20-digit zero-padded decimals: as strings they compare like the numbers.
-  if not cur or cur < ver then
+  if not cur or string.sub(cur, 1, 20) < ver then
     removed = removed + redis.call('DEL', KEYS[i])
     redis.call('SET', vk, ver, 'PX', tomb)
   end
