@@ -28,7 +28,9 @@ Other keys, all under a prefix (default "gearsync", no braces allowed in it):
     <prefix>:snapshot:<table>                         hash: sync-snapshot progress (resume point)
     <prefix>:fk:<child>:<fk>:<v1>:<v2>...             set of the child row keys whose FK <fk> holds
                                                       these (escaped) values (cascade index)
-    <prefix>:fkr:<rowkey>  or  <prefix>:fkr:{<rowkey>}  the fk index sets a row is in (same slot)
+    <prefix>:fkr:<rowkey>  or  <prefix>:fkr:{<rowkey>}  the fk index sets a row is in (same slot), as
+                                                      an older gearsync kept them: now after the
+                                                      version in the version key (sync/apply/apply.lua)
     <prefix>:fkc:<tag>:<child>:<fk>:<v1>...           the last cascade that ran for these values
     <prefix>:fkcm:<tag>:<child>:<fk>                  exists while such cascade records may exist
     <prefix>:fkcm-ready                               every cascade record has its marker
@@ -284,7 +286,8 @@ def fk_index_key(child: str, fk: str, values: Sequence[Any], prefix: str = DEFAU
 
 
 def fk_rows_key(row_key: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The fk index sets a row is in; same Cluster slot as the row (tagged like version_key)."""
+    """The fk index sets a row is in, as an older gearsync kept them (read and carried over into
+    the version key by the apply script); same Cluster slot as the row (tagged like version_key)."""
     return f"{prefix}:fkr:" + version_key(row_key, prefix)[len(prefix) + 3 :]
 
 

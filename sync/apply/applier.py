@@ -6,7 +6,8 @@ whole batch atomically and in order, and returns one status per event:
 - versioned change (ChangeEvent): applied only if its version is newer than the version stored
   under `keys.version_key(row key)`; an equal or older version is STALE (redelivery is harmless).
   Versions are stored as 20-digit zero-padded decimal strings and compared in Lua as two
-  10-digit halves, so no version ever passes through a float.
+  10-digit halves, so no version ever passes through a float. A child row of a cascading FK may
+  have a tie-breaker and its fk index sets after the version (apply.lua, split_stored_version).
     insert/update, json:  SET row <encode_json(row)> [PX ttl]; SET version
     insert/update, hash:  DEL row; HSET row <encode_hash(row)>; [PEXPIRE row ttl]; SET version
     delete:               DEL row; SET version PX tombstone_ms   (the tombstone)
@@ -59,6 +60,7 @@ from sync.apply.cascade_rows import (
     from_field,
     rule_from_json,
     same_key_text,
+    split_stored_version,
     text_row,
 )
 from sync.apply.resp import pack_command
@@ -672,13 +674,15 @@ class RedisApplier:
                 t = self._tables[mods[0][0].table]
                 reads.append(("HGETALL" if t.op_upsert == "H" else "GET", rk))
                 reads.append(("GET", self._vk(t, rk)))
-                reads.append(("GET", fk_rows_key(rk, prefix)))
+                reads.append(("GET", fk_rows_key(rk, prefix)))  # its fkr value if an older gearsync wrote it
             got = await self._read(reads) if reads else []
             for i, (rk, mods) in enumerate(todo.items()):
-                value, raw_ver, fkr = got[3 * i : 3 * i + 3]
+                value, raw_ver, legacy = got[3 * i : 3 * i + 3]
                 t = self._tables[mods[0][0].table]
                 ver = raw_ver.decode() if isinstance(raw_ver, bytes) else (raw_ver or "")
                 guards[self._vk(t, rk)] = ver
+                number, tie, fkr = split_stored_version(ver)
+                fkr = fkr or legacy
                 if not value or not fkr:
                     continue  # gone meanwhile (or indexed before a delete): nothing to cascade
                 # The child references the old values (checked in _derive), which no change after
@@ -686,7 +690,7 @@ class RedisApplier:
                 # child at a newer version (another cascade may have got there first), guarded.
                 base = max(st.version for _r, st, _a, _t in mods)
                 # the stored version, and the version of the change the row's content came from
-                own, content = (int(ver[:20]), ver[20:] or ver[:20]) if ver else (base, "")
+                own, content = (int(number), tie or number) if ver else (base, "")
                 more = self._derive(t, rk, value, fkr, mods, max(base, own), own, content, children_of, derived)
                 steps += more
                 referenced = {col for r in children_of.get(t.spec.name, ()) for col in r.ref}
@@ -813,7 +817,7 @@ class RedisApplier:
     def _vk(self, t: _Table, rk: str) -> str:
         return self._vprefix + rk if t.vk_tagged else self._vprefix + "{" + rk + "}"
 
-    def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes,
+    def _derive(self, t: _Table, rk: str, value: Any, fkr: str | bytes,
                 mods: Sequence[tuple[FKRule, CascadeStep, str, list[Any] | None]],
                 version: int, own: int, content: str, children_of: Mapping[str, Sequence[FKRule]],
                 out: list[DerivedChange]) -> list[CascadeStep]:

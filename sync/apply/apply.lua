@@ -12,17 +12,21 @@
 --   it names; 1 with an fkr value: its one set is named in that value, '[[pk columns],"<set>"]')
 -- KEYS: the guard keys (ARGV[4] of them), the marker keys (ARGV[6] of them), the check keys (ARGV[5]
 -- of them), then per event: row key, version key (classic: row key twice; M: the cascade record
--- key, then its marker key), and the fk index set keys it names; then the stats keys. A row's fkr
--- key (keys.fk_rows_key) is ARGV[9] followed by what follows ARGV[8] in its version key.
+-- key, then its marker key), and the fk index set keys it names; then the stats keys. A row's
+-- legacy fkr key (keys.fk_rows_key) is ARGV[9] followed by what follows ARGV[8] in its version key.
 -- ARGV[1] tombstone ms, ARGV[2] the records, ARGV[3] number of stats keys, ARGV[4] number of
 -- guards, ARGV[5] number of checks, ARGV[6] number of markers, ARGV[7] one flag per marker ('1':
 -- the checks of its (table, fk) are in the call, '0': they are not), ARGV[8] the version key prefix,
 -- ARGV[9] the fkr key prefix, then one expected value per
 -- guard ('' = absent), one version per check (20 digits), then per event its values and, with
 -- index keys, its new fkr value (JSON [[pk columns], set, ...]; '' = none).
--- A version key holds the row's 20-digit version, then its tie-breaker (20 digits) if it has one:
--- (version, tie-breaker) compare as a pair, no tie-breaker lowest; a change is applied only over an
--- older pair (an equal one is a redelivery). j/h/d keep the stored tie-breaker at an equal version.
+-- A version key holds the row's 20-digit version, then its tie-breaker (20 digits) if it has one,
+-- then the row's fkr value if it has one (the fk index sets it is in, JSON starting with '[': the
+-- fence's GET reads it too). (version, tie-breaker) compare as a pair, no tie-breaker lowest; a
+-- change is applied only over an older pair (an equal one is a redelivery). j/h/d keep the stored
+-- tie-breaker at an equal version. An event without an fk index keeps the stored fkr value. Written
+-- by an older gearsync: 20 digits, the fkr value in its own key (keys.fk_rows_key), which the next
+-- change with an fk index reads, deletes and carries over.
 -- Guards: if any guard key does not hold its expected value (a version key: the version or '';
 -- an fk index set: 'S' and its sorted members joined by newlines), nothing is written and the reply
 -- is '!' (the applier re-reads and retries: sync.apply.applier, cascades).
@@ -125,20 +129,29 @@ for i = 0, nev - 1 do
     local vk = KEYS[kp + 2]
     local cur = call('GET', vk)
     local newer = true
-    if cur and (#cur ~= 20 and #cur ~= 40) then
-      return redis.error_reply('gearsync: bad stored version at ' .. vk)
+    -- the stored version (cv), tie-breaker (ctie, '' = none) and fkr value (old, nil = none)
+    local cv, ctie, old = nil, '', nil
+    if cur then
+      cv = sub(cur, 1, 20)
+      local c = sub(cur, 21, 21)
+      if c == '[' then
+        old = sub(cur, 21)
+      elseif c ~= '' then
+        ctie = sub(cur, 21, 40)
+        if #cur > 40 then old = sub(cur, 41) end
+      end
+      if #cv ~= 20 or tonumber(sub(cv, 1, 10)) == nil or (c ~= '[' and c ~= '' and #ctie ~= 20)
+          or (old and sub(old, 1, 1) ~= '[') then
+        return redis.error_reply('gearsync: bad stored version at ' .. vk)
+      end
     end
     if cur and force then
-      if sub(cur, 1, 20) == ver then tie = sub(cur, 21) end
+      if cv == ver then tie = ctie end
     elseif cur then
-      local cv = sub(cur, 1, 20)
       if cv == ver then
-        newer = tie > sub(cur, 21)
+        newer = tie > ctie
       else
         local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cv, 1, 10))
-        if ch == nil then
-          return redis.error_reply('gearsync: bad stored version at ' .. vk)
-        end
         if vh ~= ch then
           newer = vh > ch
         else
@@ -150,35 +163,36 @@ for i = 0, nev - 1 do
       out[i + 1] = 'S'
     else
       local ttl = tonumber(sub(meta, m + 22, m + 33))
-      -- the fk index first (the version key last: a script cut short re-applies the change)
-      local setfkr, fkr = false, nil
+      -- the fkr value to keep after the version: an event without an fk index leaves it as it is
+      local keep = old or ''
       if nidx > 0 then
-        -- the row's fkr value: the fk index sets it is in (keys.fk_rows_key: tagged like vk)
-        if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
-        local old = call('GET', fkr)
+        if cur and not old then
+          -- written before the fkr value moved into the version key: its own key (keys.fk_rows_key,
+          -- tagged like vk), read once, then deleted
+          local fkr
+          if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
+          old = call('GET', fkr)
+          if old then call('DEL', fkr) end
+        end
         local new = ARGV[a + nv]
         if op == 'D' then
-          if old then
-            unindex(rk, old)
-            call('DEL', fkr)
-          end
-        elseif old ~= new then
           if old then unindex(rk, old) end
-          if nidx > 1 then
-            for j = kp + 3, kp + 1 + nidx do call('SADD', KEYS[j], rk) end
-          elseif new ~= '' then
-            call('SADD', sub(new, string.find(new, '],"', 1, true) + 3, -3), rk)
+          keep = ''
+        else
+          if old ~= new then
+            if old then unindex(rk, old) end
+            if nidx > 1 then
+              for j = kp + 3, kp + 1 + nidx do call('SADD', KEYS[j], rk) end
+            elseif new ~= '' then
+              call('SADD', sub(new, string.find(new, '],"', 1, true) + 3, -3), rk)
+            end
           end
-          if new ~= '' then
-            setfkr = new
-          elseif old then
-            call('DEL', fkr)
-          end
+          keep = new
         end
       end
       if op == 'D' then
         call('DEL', rk)
-        call('SET', vk, ver .. tie, 'PX', tomb)
+        call('SET', vk, ver .. tie .. keep, 'PX', tomb)
       else
         if op == 'J' then
           if ttl > 0 then
@@ -198,14 +212,7 @@ for i = 0, nev - 1 do
           end
           if ttl > 0 then call('PEXPIRE', rk, ttl) end
         end
-        if not setfkr then
-          setx(vk, ver .. tie, ttl)
-        elseif ttl > 0 then
-          setx(fkr, setfkr, ttl)
-          setx(vk, ver .. tie, ttl)
-        else
-          call('MSET', fkr, setfkr, vk, ver .. tie)
-        end
+        setx(vk, ver .. tie .. keep, ttl)
       end
       out[i + 1] = 'A'
       local si = tonumber(sub(meta, m + 34, m + 36))

@@ -16,7 +16,8 @@ from sync.keys import escape
 from sync.rows.rowcodec import normalize_value
 
 __all__ = ["CascadeStep", "DerivedChange", "MovedCascade", "MovedChange", "cascade_record", "cascade_starts",
-           "cascades", "follow_records", "from_field", "moved_change", "rule_from_json", "same_key_text", "text_row"]
+           "cascades", "follow_records", "from_field", "moved_change", "rule_from_json", "same_key_text",
+           "split_stored_version", "text_row"]
 
 
 @dataclass(slots=True)
@@ -250,3 +251,12 @@ def from_field(v: bytes) -> JSONValue:
     if type(text) is str and text.lstrip("-").isdigit() and str(int(text)) == text:
         return int(text)
     return text
+
+
+def split_stored_version(value: str) -> tuple[str, str, str]:
+    """A version key's value (see apply.lua): the row's version (20 digits), its tie-breaker (20
+    digits; '' = none) and its fkr value (the JSON of the fk index sets it is in; '' = none, or kept
+    in keys.fk_rows_key by an older gearsync)."""
+    if value[20:21] == "[":
+        return value[:20], "", value[20:]
+    return value[:20], value[20:40], value[40:]
