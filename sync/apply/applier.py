@@ -40,6 +40,7 @@ import enum
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +78,11 @@ from sync.keys import (
     fk_index_prefix,
     fk_markers_ready_key,
     fk_rows_key,
+    index_rows_key,
     stats_key,
 )
 from sync.rows.rowcodec import decode_json, encode_hash, encode_json
+from sync.shape import Shape, score_of
 from sync.tables import TableSpec
 
 __all__ = ["Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT_SHA"]
@@ -111,10 +114,28 @@ elseif t > 0 then
 end"""
 
 
+def _shape_tail(shaped: Mapping[int, Any], records: int, keys: list[Any], values: list[Any]) -> None:
+    """The shape section of a script call (apply.lua: records followed by 'X'): the keys its
+    entries write, declared after the other KEYS, and the JSON array of one entry per record
+    (0: none) as the last ARGV."""
+    entries: list[Any] = [0] * records
+    for at, entry in shaped.items():
+        entries[at] = entry
+        if entry:
+            keys.extend(k for k, _ in entry.get("z", ()))
+            keys.extend(entry.get("zr", ()))
+            if "ix" in entry:
+                keys.append(entry["ix"])
+                keys.extend(orjson.loads(entry["sv"]) if entry["sv"] else ())
+            if "x" in entry:
+                keys.append(entry["x"][0])
+    values.append(orjson.dumps(entries))
+
+
 class _Table:
     """Per-table precomputed state used on the hot path."""
 
-    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key", "rows", "fks")
+    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key", "rows", "fks", "shape")
 
     def __init__(self, spec: TableSpec, prefix: str) -> None:
         self.spec = spec
@@ -129,6 +150,7 @@ class _Table:
         # cascade follows only the members of this table's own template.
         self.rows = TableKeyMatch(spec.key_template, spec.name)
         self.fks: dict[str, _FK] = {}  # fk name -> its key starts (filled as refs name them)
+        self.shape = spec.shape  # exclude/rename/filter/indexes/stream (sync.shape), or None
 
 
 class _FK:
@@ -199,6 +221,8 @@ class RedisApplier:
         for name, spec in tables.items():
             if spec.name != name:
                 raise ConfigError(f"tables: key {name!r} holds the spec of {spec.name!r}")
+            if self._cluster and spec.shape is not None and (spec.shape.indexes or spec.shape.stream):
+                raise ConfigError(f"[tables.{name}]: indexes and stream need a standalone Redis, not a Cluster")
             self._tables[name] = _Table(spec, prefix)
         self._sha: str | None = None
 
@@ -324,6 +348,7 @@ class RedisApplier:
         checks: list[tuple[str, str]] = []
         meta: list[str] = []
         stats: dict[str, int] = {}
+        shaped: dict[int, Any] = {}  # record number -> its index/stream writes (_shape_event)
         tables = self._tables
         vprefix = self._vprefix
         live = self._live
@@ -341,6 +366,9 @@ class RedisApplier:
                         f"table: {ev.table!r} is not configured; expected one of {', '.join(sorted(tables))}"
                     )
                 rk = t.build(ev.table, ev.pk)
+                row = ev.row
+                if t.shape is not None:
+                    ev, row, shaped[len(meta)] = self._shape_event(t.shape, ev, rk)
                 keys.append(rk)
                 keys.append(vprefix + rk if t.vk_tagged else vprefix + "{" + rk + "}")
                 si = 0
@@ -369,11 +397,11 @@ class RedisApplier:
                 if ev.op is Op.DELETE:
                     meta.append(f"{'E' if late else 'D'}{ev.version:020d}000000000000{si:03d}00000{idx}")
                 elif t.op_upsert == "J":
-                    values.append(encode_json(ev.row))  # type: ignore[arg-type]  # not a DELETE: ChangeEvent checked row is a dict
+                    values.append(encode_json(row))  # type: ignore[arg-type]  # not a DELETE: ChangeEvent checked row is a dict
                     meta.append(f"{'K' if late else 'J'}{ev.version:020d}{t.ttl_ms:012d}{si:03d}00001{idx}")
                 else:
                     n = 0
-                    for f, v in encode_hash(ev.row).items():  # type: ignore[arg-type]  # as above (hot loop: no assert)
+                    for f, v in encode_hash(row).items():  # type: ignore[arg-type]  # as above (hot loop: no assert)
                         values.append(f)
                         values.append(v)
                         n += 2
@@ -415,8 +443,47 @@ class RedisApplier:
         if marks:
             keys[n:n] = [*marks, *[k for k, _ in checks]]
             values[n:n] = [v for _, v in checks]
+        if shaped:
+            _shape_tail(shaped, len(meta), keys, values)
+            meta.append("X")
         return keys, [self._tomb_ms, "".join(meta), len(stats), n, len(checks), len(marks), "".join(marks.values()),
                       vprefix, self._fkr_prefix, *values]
+
+    # -- shaping (sync.shape): the row as stored, its index and stream writes ------------------------
+    def _shape_event(self, shape: Shape, ev: ChangeEvent, rk: str) -> tuple[ChangeEvent, Any, dict[str, Any] | int]:
+        """(the event to apply, the row to store, its entry of the script's shape section): a row
+        the filter leaves out becomes a delete at its version; exclude/rename make the stored row.
+        The entry (0: none) names the writes apply.lua's shaped() makes once the fence passed."""
+        row = ev.row
+        if row is not None:
+            shape.check_row(row)
+            if not shape.matches(row):
+                ev, row = replace(ev, op=Op.DELETE, row=None), None
+        stored = shape.project(row) if row is not None and shape.reshapes else row
+        entry: dict[str, Any] = {}
+        if shape.indexes:
+            z, zr = [], []
+            for ix in shape.zsets:
+                score = score_of(row[ix.column]) if row is not None else None
+                if score is None:
+                    zr.append(ix.zset_key())
+                else:
+                    z.append([ix.zset_key(), score])
+            if z:
+                entry["z"] = z
+            if zr:
+                entry["zr"] = zr
+            if shape.sets:
+                member_of = shape.set_keys(row) if row is not None else []
+                entry["ix"] = index_rows_key(rk, self._prefix)
+                entry["sv"] = orjson.dumps(member_of).decode() if member_of else ""
+        if shape.stream is not None:
+            x: list[Any] = [shape.stream.key, str(shape.stream.maxlen), "op", ev.op.value, "key", rk,
+                            "pk", orjson.dumps(dict(ev.pk)).decode(), "version", str(ev.version)]
+            if stored is not None:
+                x += ["row", encode_json(stored).decode()]
+            entry["x"] = x
+        return ev, stored, entry or 0
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------
     def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:

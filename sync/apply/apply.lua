@@ -39,6 +39,13 @@ local nstats = tonumber(ARGV[3])
 local nguard = tonumber(ARGV[4])
 local ncheck = tonumber(ARGV[5])
 local nmark = tonumber(ARGV[6])
+-- (shape) Records followed by 'X': the last ARGV is the shape section, a JSON array of one entry
+-- per record (0: none), written by shaped() below (sync.apply.applier._shape_event).
+local shapes = false
+if #meta % 44 == 1 then
+  nev = (#meta - 1) / 44
+  shapes = cjson.decode(ARGV[#ARGV])
+end
 for g = 1, nguard do
   local want = ARGV[9 + g]
   if sub(want, 1, 1) == 'S' then
@@ -85,6 +92,28 @@ end
 local function unindex(rk, old)
   local sets = cjson.decode(old)
   for j = 2, #sets do call('SREM', sets[j], rk) end
+end
+-- (shape) A record's secondary indexes and stream entry, written in the same call as its row, once
+-- its fence passed (a stale change never gets here), before its version key: z = {{zset, score}, ...}
+-- ZADD (score: text), zr = {zset, ...} ZREM, ix = the row's set-index key (keys.index_rows_key),
+-- sv = its new value (JSON list of set keys, '' = none): SREM from the old sets, SADD to the new,
+-- x = {stream, maxlen, field, value, ...} XADD MAXLEN ~.
+local function shaped(e, rk)
+  if e.z then for _, p in ipairs(e.z) do call('ZADD', p[1], p[2], rk) end end
+  if e.zr then for _, k in ipairs(e.zr) do call('ZREM', k, rk) end end
+  if e.ix then
+    local old = call('GET', e.ix) or ''
+    if old ~= e.sv then
+      if old ~= '' then for _, k in ipairs(cjson.decode(old)) do call('SREM', k, rk) end end
+      if e.sv ~= '' then
+        for _, k in ipairs(cjson.decode(e.sv)) do call('SADD', k, rk) end
+        call('SET', e.ix, e.sv)
+      else
+        call('DEL', e.ix)
+      end
+    end
+  end
+  if e.x then call('XADD', e.x[1], 'MAXLEN', '~', e.x[2], '*', unpack(e.x, 3)) end
 end
 local out = {}
 local counts = {}
@@ -160,6 +189,7 @@ for i = 0, nev - 1 do
           end
         end
       end
+      if shapes and shapes[i + 1] ~= 0 then shaped(shapes[i + 1], rk) end  -- (shape)
       if op == 'D' then
         call('DEL', rk)
         call('SET', vk, ver, 'PX', tomb)
