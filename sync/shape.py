@@ -325,6 +325,20 @@ class Shape:
                 out[new] = out.pop(old)
         return out
 
+    def owns(self, key: str) -> bool:
+        """Is `key` one of this table's index or stream keys (sync-verify skips them among row keys)."""
+        if self.stream is not None and key == self.stream.key:
+            return True
+        for ix in self.indexes:
+            if ix.type == "zset" and key == ix.zset_key():
+                return True
+            if ix.type == "set":
+                head, _, tail = ix.key.partition("{value}")
+                head, tail = shape_key(head, self.table, ix.column), shape_key(tail, self.table, ix.column)
+                if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+                    return True
+        return False
+
     def set_keys(self, row: Mapping[str, Any]) -> list[str]:
         """The set-index keys the row belongs to, sorted."""
         return sorted(ix.set_key(row[ix.column]) for ix in self.sets if row.get(ix.column) is not None)

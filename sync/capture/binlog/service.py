@@ -90,6 +90,7 @@ from sync.retry import Backoff, DeadlinePassed, retry_until
 from sync.rows.fkgraph import EMPTY_GRAPH, load_foreign_keys
 from sync.rows.schema import TableSchema, load_table
 from sync.settings import SINKS
+from sync.shape import Shape
 from sync.stats import Counters, report_loop
 from sync.tables import TableSpec, default_function
 
@@ -114,6 +115,7 @@ class BinlogSettings:
     key_template: str = "{table}:{pk}"
     format: str = "json"
     ttl_s: int | None = None
+    shapes: dict[str, Shape | None] = field(default_factory=dict)  # table → its shaping (sync.shape)
     start: str | None = None          # None: the saved position, else "current"
     server_id: int | None = None
     name: str | None = None           # position key name; default from server + tables
@@ -188,7 +190,7 @@ class BinlogService:
         self.wipe: TableWipe | None = None
         self._cluster = bool(s.redis.cluster)
         if s.sink == "redis":
-            specs = {t: TableSpec(t, s.key_template, s.format, s.ttl_s) for t in s.tables}
+            specs = {t: TableSpec(t, s.key_template, s.format, s.ttl_s, shape=s.shapes.get(t)) for t in s.tables}
             self.applier = RedisApplier(self.redis, specs, tombstone_ttl_s=s.tombstone_ttl_s)
             self.wipe = TableWipe(specs, tombstone_ttl_s=s.tombstone_ttl_s, cluster=self._cluster)
         self.gearman: Any = None
