@@ -81,6 +81,7 @@ __all__ = [
     "check_shape_template",
     "shape_key",
     "index_rows_key",
+    "index_rows_prefix",
 ]
 
 DEFAULT_PREFIX = "gearsync"
@@ -328,9 +329,14 @@ def shape_key(template: str, table: str, column: str = "", value: Any = None) ->
     return key.replace("{value}", escape(value)) if value is not None else key
 
 
+def index_rows_prefix(prefix: str = DEFAULT_PREFIX) -> str:
+    """The start of every index_rows_key: the rest is the row's version key after its own prefix."""
+    return f"{prefix}:ix:"
+
+
 def index_rows_key(row_key: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The set-index keys a row is in (JSON list); same Cluster slot as the row (tagged like version_key)."""
-    return f"{prefix}:ix:" + version_key(row_key, prefix)[len(prefix) + 3 :]
+    return index_rows_prefix(prefix) + version_key(row_key, prefix)[len(prefix) + 3 :]
 
 
 def fk_cascade_key(child: str, fk: str, values: Sequence[Any], template: str, prefix: str = DEFAULT_PREFIX) -> str:

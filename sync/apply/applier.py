@@ -78,7 +78,7 @@ from sync.keys import (
     fk_index_prefix,
     fk_markers_ready_key,
     fk_rows_key,
-    index_rows_key,
+    index_rows_prefix,
     stats_key,
 )
 from sync.rows.rowcodec import decode_json, encode_hash, encode_json
@@ -114,22 +114,36 @@ elseif t > 0 then
 end"""
 
 
-def _shape_tail(shaped: Mapping[int, Any], records: int, keys: list[Any], values: list[Any]) -> None:
-    """The shape section of a script call (apply.lua: records followed by 'X'): the keys its
-    entries write, declared after the other KEYS, and the JSON array of one entry per record
-    (0: none) as the last ARGV."""
+def _shape_tail(shaped: Mapping[int, Any], records: int, values: list[Any]) -> None:
+    """The shape section of a script call (apply.lua: records followed by 'X'): the JSON array of
+    one entry per record (0: none) as the last ARGV. The index and stream keys its entries name
+    are not declared in KEYS (indexes and streams need a standalone Redis: RedisApplier refuses a
+    Cluster), nor could the old sets of a row be, which the script reads from its record."""
     entries: list[Any] = [0] * records
     for at, entry in shaped.items():
         entries[at] = entry
-        if entry:
-            keys.extend(k for k, _ in entry.get("z", ()))
-            keys.extend(entry.get("zr", ()))
-            if "ix" in entry:
-                keys.append(entry["ix"])
-                keys.extend(orjson.loads(entry["sv"]) if entry["sv"] else ())
-            if "x" in entry:
-                keys.append(entry["x"][0])
     values.append(orjson.dumps(entries))
+
+
+class _ShapePlan:
+    """A table's shaping (sync.shape), precomputed for the hot path: the columns a row needs, the
+    zset keys, the set keys' text around the value, the stream's key and MAXLEN."""
+
+    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "sets", "stream", "tagged", "json")
+
+    def __init__(self, shape: Shape, tagged: bool, json: bool) -> None:
+        self.shape = shape
+        self.needs = shape.columns
+        self.filter = shape.filter
+        self.reshapes = shape.reshapes
+        self.zsets = [(ix.column, ix.zset_key()) for ix in shape.zsets]
+        self.sets = []
+        for ix in shape.sets:
+            head, tail = ix.set_key("\x00").split("\x00")  # the key around the (escaped) value
+            self.sets.append((ix.column, head, tail))
+        self.stream = (shape.stream.key, str(shape.stream.maxlen)) if shape.stream is not None else None
+        self.tagged = tagged  # the version key holds the row key as it is (else in braces)
+        self.json = json
 
 
 class _Table:
@@ -150,7 +164,7 @@ class _Table:
         # cascade follows only the members of this table's own template.
         self.rows = TableKeyMatch(spec.key_template, spec.name)
         self.fks: dict[str, _FK] = {}  # fk name -> its key starts (filled as refs name them)
-        self.shape = spec.shape  # exclude/rename/filter/indexes/stream (sync.shape), or None
+        self.shape = _ShapePlan(spec.shape, self.vk_tagged, spec.format == "json") if spec.shape is not None else None
 
 
 class _FK:
@@ -210,6 +224,9 @@ class RedisApplier:
         self._vprefix = prefix + ":v:"
         # fk_rows_key's spelling: the script builds a row's fkr key from it and the row's version key
         self._fkr_prefix = prefix + ":fkr:"
+        # keys.index_rows_key's spelling: the row's version key with this prefix instead (shaping)
+        self._ixprefix = index_rows_prefix(prefix)
+        self._vplen = len(self._vprefix)
         # marker key -> until when (time.monotonic()) its checks go with each change: a marker met
         # live (the script's '#' reply); shared with the with_redis() copies
         self._live: dict[str, float] = {}
@@ -252,6 +269,9 @@ class RedisApplier:
         if type(ev) is ChangeEvent:
             if ev.op is not Op.CASCADE:
                 self.row_key(ev)
+                shape = self._tables[ev.table].spec.shape
+                if shape is not None and ev.row is not None:
+                    shape.check_row(ev.row)  # a filter/index column missing from the row
             if ev.refs is not None or ev.cascade is not None:
                 self.check_cascade(ev)
         elif type(ev) is not ClassicSet:
@@ -366,11 +386,11 @@ class RedisApplier:
                         f"table: {ev.table!r} is not configured; expected one of {', '.join(sorted(tables))}"
                     )
                 rk = t.build(ev.table, ev.pk)
-                row = ev.row
-                if t.shape is not None:
-                    ev, row, shaped[len(meta)] = self._shape_event(t.shape, ev, rk)
+                row: Any = ev.row
                 keys.append(rk)
                 keys.append(vprefix + rk if t.vk_tagged else vprefix + "{" + rk + "}")
+                if t.shape is not None:
+                    ev, row, shaped[len(meta)] = self._shape_event(t.shape, ev, keys[-1])
                 si = 0
                 if want_stats:
                     si = stats.get(t.stats_key, 0)
@@ -397,11 +417,11 @@ class RedisApplier:
                 if ev.op is Op.DELETE:
                     meta.append(f"{'E' if late else 'D'}{ev.version:020d}000000000000{si:03d}00000{idx}")
                 elif t.op_upsert == "J":
-                    values.append(encode_json(row))  # type: ignore[arg-type]  # not a DELETE: ChangeEvent checked row is a dict
+                    values.append(row if type(row) is bytes else encode_json(row))  # shaped: encoded already
                     meta.append(f"{'K' if late else 'J'}{ev.version:020d}{t.ttl_ms:012d}{si:03d}00001{idx}")
                 else:
                     n = 0
-                    for f, v in encode_hash(row).items():  # type: ignore[arg-type]  # as above (hot loop: no assert)
+                    for f, v in encode_hash(row).items():  # not a DELETE: ChangeEvent checked row is a dict
                         values.append(f)
                         values.append(v)
                         n += 2
@@ -444,44 +464,53 @@ class RedisApplier:
             keys[n:n] = [*marks, *[k for k, _ in checks]]
             values[n:n] = [v for _, v in checks]
         if shaped:
-            _shape_tail(shaped, len(meta), keys, values)
+            _shape_tail(shaped, len(meta), values)
             meta.append("X")
         return keys, [self._tomb_ms, "".join(meta), len(stats), n, len(checks), len(marks), "".join(marks.values()),
                       vprefix, self._fkr_prefix, *values]
 
     # -- shaping (sync.shape): the row as stored, its index and stream writes ------------------------
-    def _shape_event(self, shape: Shape, ev: ChangeEvent, rk: str) -> tuple[ChangeEvent, Any, dict[str, Any] | int]:
-        """(the event to apply, the row to store, its entry of the script's shape section): a row
-        the filter leaves out becomes a delete at its version; exclude/rename make the stored row.
-        The entry (0: none) names the writes apply.lua's shaped() makes once the fence passed."""
+    def _shape_event(self, plan: _ShapePlan, ev: ChangeEvent, vk: str) -> tuple[ChangeEvent, Any, dict[str, Any] | int]:
+        """(the event to apply, the row to store (json: already encoded), its entry of the script's
+        shape section): a row the filter leaves out becomes a delete at its version; exclude/rename
+        make the stored row. The entry (0: none) names the writes apply.lua's shaped() makes once the
+        fence passed."""
+        shape = plan.shape
         row = ev.row
         if row is not None:
-            shape.check_row(row)
-            if not shape.matches(row):
+            for col in plan.needs:
+                if col not in row:
+                    shape.check_row(row)
+            if plan.filter is not None and not plan.filter.matches(row):
                 ev, row = replace(ev, op=Op.DELETE, row=None), None
-        stored = shape.project(row) if row is not None and shape.reshapes else row
+        stored: Any = shape.project(row) if row is not None and plan.reshapes else row
         entry: dict[str, Any] = {}
-        if shape.indexes:
+        if plan.zsets:
             z, zr = [], []
-            for ix in shape.zsets:
-                score = score_of(row[ix.column]) if row is not None else None
+            for col, key in plan.zsets:
+                score = score_of(row[col]) if row is not None else None
                 if score is None:
-                    zr.append(ix.zset_key())
+                    zr.append(key)
                 else:
-                    z.append([ix.zset_key(), score])
+                    z.append((key, score))
             if z:
                 entry["z"] = z
             if zr:
                 entry["zr"] = zr
-            if shape.sets:
-                member_of = shape.set_keys(row) if row is not None else []
-                entry["ix"] = index_rows_key(rk, self._prefix)
-                entry["sv"] = orjson.dumps(member_of).decode() if member_of else ""
-        if shape.stream is not None:
-            x: list[Any] = [shape.stream.key, str(shape.stream.maxlen), "op", ev.op.value, "key", rk,
+        if plan.sets:
+            member_of = sorted(head + escape(row[col]) + tail for col, head, tail in plan.sets
+                               if row[col] is not None) if row is not None else []
+            entry["ix"] = self._ixprefix + vk[self._vplen:]
+            entry["sv"] = orjson.dumps(member_of).decode() if member_of else ""
+        if plan.stream is not None:
+            x: list[Any] = [*plan.stream, "op", ev.op.value, "key", vk[self._vplen:] if plan.tagged else vk[self._vplen + 1 : -1],
                             "pk", orjson.dumps(dict(ev.pk)).decode(), "version", str(ev.version)]
             if stored is not None:
-                x += ["row", encode_json(stored).decode()]
+                if plan.json:
+                    stored = encode_json(stored)
+                    x += ["row", stored.decode()]
+                else:
+                    x += ["row", encode_json(stored).decode()]
             entry["x"] = x
         return ev, stored, entry or 0
 
