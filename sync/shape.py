@@ -56,6 +56,7 @@ SHAPE_KEYS = ("exclude", "rename", "filter", "indexes", "stream")
 INDEX_TYPES = ("zset", "set")
 DEFAULT_MAXLEN = 100_000
 MAX_MAXLEN = 1_000_000_000
+MAX_INDEXES = 9  # per table (apply.lua counts a row's index writes in one digit)
 
 _COLUMN = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,63}")
 _TOKEN = re.compile(r"""\s*(?:
@@ -415,6 +416,8 @@ def build_shape(table: str, values: Mapping[str, Any], where: str) -> Shape | No
     raw_indexes = values.get("indexes", [])
     if not isinstance(raw_indexes, list):
         raise ConfigError(f"{_label(where, 'indexes')}: {raw_indexes!r}; expected [[tables.{table}.indexes]] entries")
+    if len(raw_indexes) > MAX_INDEXES:
+        raise ConfigError(f"{_label(where, 'indexes')}: {len(raw_indexes)} indexes; expected at most {MAX_INDEXES}")
     indexes = tuple(_index(table, v, f"{_label(where, 'indexes')}[{n}]") for n, v in enumerate(raw_indexes))
     keys = [ix.zset_key() if ix.type == "zset" else ix.key for ix in indexes]
     twice = [k for n, k in enumerate(keys) if k in keys[:n]]

@@ -114,22 +114,30 @@ elseif t > 0 then
 end"""
 
 
-def _shape_tail(shaped: Mapping[int, Any], records: int, values: list[Any]) -> None:
-    """The shape section of a script call (apply.lua: records followed by 'X'): the JSON array of
-    one entry per record (0: none) as the last ARGV. The index and stream keys its entries name
-    are not declared in KEYS (indexes and streams need a standalone Redis: RedisApplier refuses a
-    Cluster), nor could the old sets of a row be, which the script reads from its record."""
-    entries: list[Any] = [0] * records
-    for at, entry in shaped.items():
-        entries[at] = entry
-    values.append(orjson.dumps(entries))
+def _shape_tail(shaped: Mapping[int, tuple[str, list[Any]]], records: int, values: list[Any]) -> None:
+    """The shape section of a script call (apply.lua: records followed by 'X'): the values of the
+    records' index and stream writes, in record order, then the descriptor as the last ARGV: the
+    ARGV index of the first of those values (10 digits) and 5 characters per record (_shape_event;
+    '00000': none). The index and stream keys are not declared in KEYS: indexes and streams need a
+    standalone Redis (RedisApplier refuses a Cluster), and a row's old sets, which the script reads
+    from its record, could not be."""
+    head = f"{10 + len(values):010d}"
+    descs = []
+    for at in range(records):
+        got = shaped.get(at)
+        if got is None:
+            descs.append("00000")
+        else:
+            descs.append(got[0])
+            values.extend(got[1])
+    values.append(head + "".join(descs))
 
 
 class _ShapePlan:
     """A table's shaping (sync.shape), precomputed for the hot path: the columns a row needs, the
     zset keys, the set keys' text around the value, the stream's key and MAXLEN."""
 
-    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "sets", "stream", "tagged", "json")
+    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "sets", "stream", "tagged", "json", "_sets", "_pk")
 
     def __init__(self, shape: Shape, tagged: bool, json: bool) -> None:
         self.shape = shape
@@ -144,6 +152,33 @@ class _ShapePlan:
         self.stream = (shape.stream.key, str(shape.stream.maxlen)) if shape.stream is not None else None
         self.tagged = tagged  # the version key holds the row key as it is (else in braces)
         self.json = json
+        self._sets: dict[Any, tuple[str, str]] = {}  # value -> (set key, record value), one set index
+        self._pk: tuple[str, str] = ("", "")          # a one-column pk: its name, '{"<name>":'
+
+    def one_set(self, value: Any) -> tuple[str, str]:
+        """The set key and the record value of a row of one set index whose column holds `value`."""
+        cached = type(value) is int or type(value) is str  # a column's values have one type
+        got = self._sets.get(value) if cached else None
+        if got is None:
+            _col, head, tail = self.sets[0]
+            key = head + escape(value) + tail
+            got = (key, orjson.dumps([key]).decode())
+            if cached:
+                if len(self._sets) >= 65536:
+                    self._sets.clear()
+                self._sets[value] = got
+        return got
+
+    def pk_json(self, pk: tuple[tuple[str, Any], ...]) -> str:
+        """The pk as a JSON object (the stream's pk field)."""
+        if len(pk) == 1 and type(pk[0][1]) is int:
+            name, head = self._pk
+            if name != pk[0][0]:
+                name = pk[0][0]
+                head = orjson.dumps({name: 0}).decode()[:-2]
+                self._pk = (name, head)
+            return f"{head}{pk[0][1]}}}"
+        return orjson.dumps(dict(pk)).decode()
 
 
 class _Table:
@@ -470,11 +505,13 @@ class RedisApplier:
                       vprefix, self._fkr_prefix, *values]
 
     # -- shaping (sync.shape): the row as stored, its index and stream writes ------------------------
-    def _shape_event(self, plan: _ShapePlan, ev: ChangeEvent, vk: str) -> tuple[ChangeEvent, Any, dict[str, Any] | int]:
-        """(the event to apply, the row to store (json: already encoded), its entry of the script's
+    def _shape_event(self, plan: _ShapePlan, ev: ChangeEvent, vk: str) -> tuple[ChangeEvent, Any, tuple[str, list[Any]]]:
+        """(the event to apply, the row to store (json: encoded already), its part of the script's
         shape section): a row the filter leaves out becomes a delete at its version; exclude/rename
-        make the stored row. The entry (0: none) names the writes apply.lua's shaped() makes once the
-        fence passed."""
+        make the stored row. The part is a descriptor of 5 digits (zsets to ZADD, zsets to ZREM, sets
+        the row is in, 1 if the table has set indexes, stream: 0 none, 1 the row is the json value the
+        script stores, 2 the row is given, 3 no row) and its values in that order: (zset, score)s,
+        zsets, [record key, record value, sets], [stream, maxlen, op, pk[, row]] (apply.lua shaped())."""
         shape = plan.shape
         row = ev.row
         if row is not None:
@@ -484,35 +521,49 @@ class RedisApplier:
             if plan.filter is not None and not plan.filter.matches(row):
                 ev, row = replace(ev, op=Op.DELETE, row=None), None
         stored: Any = shape.project(row) if row is not None and plan.reshapes else row
-        entry: dict[str, Any] = {}
+        vals: list[Any] = []
+        nz = 0
         if plan.zsets:
-            z, zr = [], []
+            gone = []
             for col, key in plan.zsets:
                 score = score_of(row[col]) if row is not None else None
                 if score is None:
-                    zr.append(key)
+                    gone.append(key)
                 else:
-                    z.append((key, score))
-            if z:
-                entry["z"] = z
-            if zr:
-                entry["zr"] = zr
+                    vals += (key, score)
+                    nz += 1
+            vals += gone
+        ns = 0
         if plan.sets:
-            member_of = sorted(head + escape(row[col]) + tail for col, head, tail in plan.sets
-                               if row[col] is not None) if row is not None else []
-            entry["ix"] = self._ixprefix + vk[self._vplen:]
-            entry["sv"] = orjson.dumps(member_of).decode() if member_of else ""
-        if plan.stream is not None:
-            x: list[Any] = [*plan.stream, "op", ev.op.value, "key", vk[self._vplen:] if plan.tagged else vk[self._vplen + 1 : -1],
-                            "pk", orjson.dumps(dict(ev.pk)).decode(), "version", str(ev.version)]
-            if stored is not None:
-                if plan.json:
-                    stored = encode_json(stored)
-                    x += ["row", stored.decode()]
+            ix = self._ixprefix + vk[self._vplen:]
+            if row is None:
+                vals += (ix, "")
+            elif len(plan.sets) == 1:
+                col, head, tail = plan.sets[0]
+                value = row[col]
+                if value is None:
+                    vals += (ix, "")
                 else:
-                    x += ["row", encode_json(stored).decode()]
-            entry["x"] = x
-        return ev, stored, entry or 0
+                    key, text = plan.one_set(value)
+                    vals += (ix, text, key)
+                    ns = 1
+            else:
+                member_of = sorted(head + escape(row[col]) + tail for col, head, tail in plan.sets if row[col] is not None)
+                ns = len(member_of)
+                vals += (ix, orjson.dumps(member_of).decode() if member_of else "", *member_of)
+        xf = 0
+        if plan.stream is not None:
+            # the script adds the row key and the version; a json row is the value it stores
+            vals += (*plan.stream, ev.op.value, plan.pk_json(ev.pk))
+            xf = 3
+            if stored is not None:
+                encoded = encode_json(stored)
+                if plan.json:
+                    stored, xf = encoded, 1  # the stored value (_build_args), and the stream's row (the script)
+                else:
+                    vals.append(encoded)
+                    xf = 2
+        return ev, stored, (f"{nz}{len(plan.zsets) - nz}{ns}{1 if plan.sets else 0}{xf}", vals)
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------
     def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:
