@@ -118,6 +118,8 @@ def _number(v: Any) -> Decimal | None:
 def _compare(v: Any, lit: Any) -> int | None:
     """-1/0/1 of a row value against a literal; None when they do not compare (no match)."""
     if type(lit) is Decimal:
+        if type(v) is int or type(v) is float:
+            return (v > lit) - (v < lit)  # exact: Python compares int/float with Decimal by value
         n = _number(v)
         if n is None:
             return None

@@ -17,6 +17,8 @@
 -- ARGV[9] the fkr key prefix, then one expected value per
 -- guard ('' = absent), one version per check (20 digits), then per event its values and, with
 -- index keys, its new fkr value (JSON [[pk columns], set, ...]; '' = none).
+-- Shaping (sync.shape: indexes, stream): the records end with 'X' and ARGV with the shape section
+-- (the (shape) blocks below).
 -- Guards: if any guard key does not hold its expected value (a version key: the version or '';
 -- an fk index set: 'S' and its sorted members joined by newlines), nothing is written and the reply
 -- is '!' (the applier re-reads and retries: sync.apply.applier, cascades).
@@ -219,7 +221,7 @@ for i = 0, nev - 1 do
           end
         end
       end
-      if shapes and sub(shapes[i + 1][2], 1, 5) ~= '00000' then shaped(shapes[i + 1], rk, ver, op == 'J' and ARGV[a]) end
+      if shapes and shapes[i + 1][2] ~= '00000' then shaped(shapes[i + 1], rk, ver, op == 'J' and ARGV[a]) end
       if op == 'D' then
         call('DEL', rk)
         call('SET', vk, ver, 'PX', tomb)

@@ -285,16 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SHAPE_CONFIG = """[tables.data]
-[[tables.data.indexes]]
-type = "zset"
-column = "volume"
-[[tables.data.indexes]]
-type = "set"
-column = "volume"
-[tables.data.stream]
-maxlen = 100000
-"""
+# a zset index and a set index (1000 values) by volume, and the change stream
+SHAPE_CONFIG = ('[tables.data]\nindexes = [{ type = "zset", column = "volume" }, { type = "set", column = "volume" }]\n'
+                'stream = { maxlen = 100000 }\n')
 
 
 def _shape_rounds(g: GearmanServer, r: RedisServer, args: Any, nprocs: int, key: str | None, tmp: Path) -> dict[str, Any]:

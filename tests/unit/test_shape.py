@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,25 +118,17 @@ def test_a_row_without_a_filtered_column_is_a_payload_error() -> None:
         shape.check_row({"id": 1})
 
 
-def test_the_config_file_reads_the_issue_shape(tmp_path: Any) -> None:
+def test_the_config_file_reads_the_documented_shape(tmp_path: Any) -> None:
+    """The example of docs/shaping.md (the config shape of issue 17), read as a config file."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "shaping.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "g.toml"
-    path.write_text("""
-[tables.items]
-exclude = ["secret"]
-rename  = { price = "cost" }
-filter  = "active = 1 AND price > 0"
-[[tables.items.indexes]]
-type = "zset"
-column = "price"
-[[tables.items.indexes]]
-type = "set"
-column = "store_id"
-[tables.items.stream]
-maxlen = 100000
-""")
+    path.write_text(example)
     cfg = load_config(path)
     shape = build_shape("items", cfg.tables["items"], "[tables.items]")
-    assert shape is not None and [ix.type for ix in shape.indexes] == ["zset", "set"]
+    assert shape is not None and [(ix.type, ix.column) for ix in shape.indexes] == [("zset", "price"), ("set", "store_id")]
+    assert shape.filter is not None and shape.filter.text == "active = 1 AND price > 0"
+    assert shape.stream is not None and shape.stream.maxlen == 100000 and shape.rename == (("price", "cost"),)
     path.write_text('[tables.items]\nfilter = "price >> 1"\n')
     with pytest.raises(ConfigError, match=r"^--config .*g.toml: \[tables.items\].filter: '>' at position 8"):
         load_config(path)
