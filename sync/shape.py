@@ -426,4 +426,11 @@ def build_shape(table: str, values: Mapping[str, Any], where: str) -> Shape | No
     if twice:
         raise ConfigError(f"{_label(where, 'indexes')}: two indexes share the key {twice[0]!r}; expected one key each")
     stream = _stream(table, values["stream"], _label(where, "stream")) if values.get("stream") is not None else None
-    return Shape(table, exclude, tuple(rename_raw.items()), flt, indexes, stream)
+    shape = Shape(table, exclude, tuple(rename_raw.items()), flt, indexes, stream)
+    columns = values.get("columns")
+    if isinstance(columns, list):  # `columns` limits what the capture sends: the filter and indexes need theirs
+        lacking = [c for c in shape.columns if c not in columns]
+        if lacking:
+            raise ConfigError(f"{_label(where, 'columns')}: {columns!r} lacks {lacking[0]!r}, which the table's filter "
+                              "or indexes read; expected it among the columns")
+    return shape

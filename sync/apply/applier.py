@@ -137,7 +137,8 @@ class _ShapePlan:
     """A table's shaping (sync.shape), precomputed for the hot path: the columns a row needs, the
     zset keys, the set keys' text around the value, the stream's key and MAXLEN."""
 
-    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "sets", "stream", "tagged", "json", "_sets", "_pk")
+    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "sets", "stream", "tagged", "json", "named", "_sets",
+                 "_pk")
 
     def __init__(self, shape: Shape, tagged: bool, json: bool) -> None:
         self.shape = shape
@@ -152,6 +153,7 @@ class _ShapePlan:
         self.stream = (shape.stream.key, str(shape.stream.maxlen)) if shape.stream is not None else None
         self.tagged = tagged  # the version key holds the row key as it is (else in braces)
         self.json = json
+        self.named = {new: old for old, new in shape.rename}  # a stored field -> its column
         self._sets: dict[Any, tuple[str, str]] = {}  # value -> (set key, record value), one set index
         self._pk: tuple[str, str] = ("", "")          # a one-column pk: its name, '{"<name>":'
 
@@ -489,6 +491,8 @@ class RedisApplier:
                 meta.append(f"{ev.op}{ev.version:020d}{ttl:012d}{si:03d}{len(ev.values):05d}{len(ev.sets) + 1:03d}")
                 values.extend(ev.values)
                 values.append(ev.fkr)
+                if t.shape is not None:
+                    shaped[len(meta) - 1] = self._shape_derived(t.shape, ev)  # (shape)
             else:
                 raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
         if len(stats) > 999:
@@ -507,11 +511,8 @@ class RedisApplier:
     # -- shaping (sync.shape): the row as stored, its index and stream writes ------------------------
     def _shape_event(self, plan: _ShapePlan, ev: ChangeEvent, vk: str) -> tuple[ChangeEvent, Any, tuple[str, list[Any]]]:
         """(the event to apply, the row to store (json: encoded already), its part of the script's
-        shape section): a row the filter leaves out becomes a delete at its version; exclude/rename
-        make the stored row. The part is a descriptor of 5 digits (zsets to ZADD, zsets to ZREM, sets
-        the row is in, 1 if the table has set indexes, stream: 0 none, 1 the row is the json value the
-        script stores, 2 the row is given, 3 no row) and its values in that order: (zset, score)s,
-        zsets, [record key, record value, sets], [stream, maxlen, op, pk[, row]] (apply.lua shaped())."""
+        shape section: _shape_writes): a row the filter leaves out becomes a delete at its version;
+        exclude/rename make the stored row."""
         shape = plan.shape
         row = ev.row
         if row is not None:
@@ -521,11 +522,39 @@ class RedisApplier:
             if plan.filter is not None and not plan.filter.matches(row):
                 ev, row = replace(ev, op=Op.DELETE, row=None), None
         stored: Any = shape.project(row) if row is not None and plan.reshapes else row
+        stored, part = self._shape_writes(plan, vk, ev.op.value, plan.pk_json(ev.pk), row, stored)
+        return ev, stored, part
+
+    def _shape_derived(self, plan: _ShapePlan, ev: DerivedChange) -> tuple[str, list[Any]]:
+        """The index and stream writes of a change a cascade derived (sync.apply.cascade_rows) from
+        the row as stored: its indexes follow the stored columns (an index of an excluded column is
+        left as it is), the filter is not applied, the stream's pk is read from the row when the
+        change names its key columns, else null (docs/shaping.md, Limits)."""
+        vk = self._vprefix + ev.rk if plan.tagged else self._vprefix + "{" + ev.rk + "}"
+        if ev.op in "dD":
+            return self._shape_writes(plan, vk, "delete", "null", None, None)[1]
+        stored: dict[str, Any] = (orjson.loads(ev.values[0]) if plan.json else
+                                  {f.decode(): v.decode("utf-8", "replace") for f, v in zip(ev.values[::2], ev.values[1::2])})
+        row = {plan.named.get(f, f): v for f, v in stored.items()} if plan.named else stored
+        cols = orjson.loads(ev.fkr)[0] if ev.fkr else None
+        pk = orjson.dumps({c: row.get(c) for c in cols}).decode() if cols else "null"
+        return self._shape_writes(plan, vk, "update", pk, row, stored, partial=True)[1]
+
+    def _shape_writes(self, plan: _ShapePlan, vk: str, op: str, pk: str, row: Mapping[str, Any] | None, stored: Any,
+                      *, partial: bool = False) -> tuple[Any, tuple[str, list[Any]]]:
+        """(the stored row, json: encoded; the record's part of the shape section): a descriptor of 5
+        digits (zsets to ZADD, zsets to ZREM, sets the row is in, 1 if the table has set indexes,
+        stream: 0 none, 1 the row is the json value the script stores, 2 the row is given, 3 no
+        row) and its values in that order: (zset, score)s, zsets, [record key, record value, sets],
+        [stream, maxlen, op, pk[, row]] (apply.lua shaped()). `row`: MySQL column names, None for a
+        delete; `partial`: the row may lack index columns (their indexes are left as they are)."""
         vals: list[Any] = []
-        nz = 0
+        nz = nr = 0
         if plan.zsets:
             gone = []
             for col, key in plan.zsets:
+                if partial and row is not None and col not in row:
+                    continue
                 score = score_of(row[col]) if row is not None else None
                 if score is None:
                     gone.append(key)
@@ -533,8 +562,11 @@ class RedisApplier:
                     vals += (key, score)
                     nz += 1
             vals += gone
-        ns = 0
-        if plan.sets:
+            nr = len(gone)
+        ns, with_sets = 0, bool(plan.sets)
+        if with_sets and partial and row is not None and any(col not in row for col, _, _ in plan.sets):
+            with_sets = False
+        if with_sets:
             ix = self._ixprefix + vk[self._vplen:]
             if row is None:
                 vals += (ix, "")
@@ -554,16 +586,16 @@ class RedisApplier:
         xf = 0
         if plan.stream is not None:
             # the script adds the row key and the version; a json row is the value it stores
-            vals += (*plan.stream, ev.op.value, plan.pk_json(ev.pk))
+            vals += (*plan.stream, op, pk)
             xf = 3
             if stored is not None:
-                encoded = encode_json(stored)
+                encoded = stored if type(stored) is bytes else encode_json(stored)
                 if plan.json:
                     stored, xf = encoded, 1  # the stored value (_build_args), and the stream's row (the script)
                 else:
                     vals.append(encoded)
                     xf = 2
-        return ev, stored, (f"{nz}{len(plan.zsets) - nz}{ns}{1 if plan.sets else 0}{xf}", vals)
+        return stored, (f"{nz}{nr}{ns}{1 if with_sets else 0}{xf}", vals)
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------
     def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:

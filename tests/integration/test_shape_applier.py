@@ -185,3 +185,40 @@ async def test_four_appliers_with_shuffled_versions_end_as_the_history_implies(r
         seen = by_key[f"items:{i}"]
         assert seen == sorted(set(seen)), f"items:{i}: stream versions {seen} not increasing once each"
         assert set(seen) <= {ev.version for ev in evs} and seen[-1] == evs[-1].version
+
+
+async def test_cascades_move_and_remove_the_index_entries(aredis: Any) -> None:
+    """A child table indexed by its FK column: ON UPDATE CASCADE moves its rows between the sets
+    and the zset, ON DELETE CASCADE removes them from every index; both enter the stream."""
+    from sync.events import Cascade, FKRule
+
+    rule = FKRule("line", "fk_line", ("order_id",), ("id",), "cascade", "cascade")
+    shape = build_shape("line", {"rename": {"note": "text"},
+                                 "indexes": [{"type": "zset", "column": "order_id"}, {"type": "set", "column": "order_id"}],
+                                 "stream": {}}, "[tables.line]")
+    ap = RedisApplier(aredis, {"orders": TableSpec("orders"), "line": TableSpec("line", shape=shape)})
+
+    def line(i: int, order: int, version: int) -> ChangeEvent:
+        return ChangeEvent("line", Op.INSERT, (("id", i),), {"id": i, "order_id": order, "note": "n"}, version,
+                           Source.TRIGGER, {"fk_line": (order,)})
+
+    def order(op: Op, old: int, new: int | None, version: int) -> ChangeEvent:
+        c = Cascade({"id": old}, None if new is None else {"id": new}, (rule,))
+        if op is Op.DELETE:
+            return ChangeEvent("orders", op, (("id", old),), None, version, Source.TRIGGER, None, c)
+        return ChangeEvent("orders", op, (("id", new),), {"id": new}, version, Source.TRIGGER, None, c)
+
+    await ap.apply([order(Op.INSERT, 5, 5, 10), line(1, 5, 11), line(2, 5, 12), line(3, 6, 13)])
+    assert {m.decode() for m in await aredis.smembers("line:order_id:5")} == {"line:1", "line:2"}
+    await ap.apply([order(Op.UPDATE, 5, 7, 20)])                  # ON UPDATE CASCADE: 5 -> 7
+    assert orjson.loads(await aredis.get("line:1")) == {"id": 1, "order_id": 7, "text": "n"}
+    assert await aredis.smembers("line:order_id:5") == set()
+    assert {m.decode() for m in await aredis.smembers("line:order_id:7")} == {"line:1", "line:2"}
+    assert await aredis.zscore("line:by:order_id", "line:2") == 7.0
+    await ap.apply([order(Op.DELETE, 7, None, 30)])               # ON DELETE CASCADE
+    assert not await aredis.exists("line:1") and await aredis.smembers("line:order_id:7") == set()
+    assert {m.decode() for m in await aredis.zrange("line:by:order_id", 0, -1)} == {"line:3"}
+    assert not await aredis.exists(index_rows_key("line:1"))
+    moved = [(f[b"op"], f[b"key"], f[b"pk"]) for _, f in await aredis.xrange("line:changes")][3:]
+    assert sorted(moved) == [(b"delete", b"line:1", b"null"), (b"delete", b"line:2", b"null"),
+                             (b"update", b"line:1", b'{"id":1}'), (b"update", b"line:2", b'{"id":2}')]

@@ -98,6 +98,7 @@ def test_default_and_custom_keys() -> None:
     ({"indexes": [{"type": "zset", "column": "a"}, {"type": "zset", "column": "a"}]}, "share the key 't:by:a'"),
     ({"stream": {"maxlen": "10"}}, "[tables.t].stream.maxlen: '10'; expected an integer"),
     ({"stream": {"key": "a b"}}, "[tables.t].stream.key: 'a b'; expected printable text without spaces"),
+    ({"columns": ["id", "a"], "filter": "b = 1"}, "[tables.t].columns: ['id', 'a'] lacks 'b', which the table's filter"),
 ])
 def test_bad_shaping_values(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as err:
