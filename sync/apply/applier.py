@@ -16,6 +16,10 @@ whole batch atomically and in order, and returns one status per event:
 - classic change (ClassicSet): SET key payload, unversioned, always APPLIED.
 - Per table, in the same script call: HSET <prefix>:stats:<table> last_applied_ms <server ms>,
   HINCRBY applied_total <n applied>.
+- Shaping (a TableSpec's `shape`, sync.shape, docs/shaping.md): exclude/rename make the stored
+  row, a row the filter leaves out is applied as a delete at its version, and the table's zset/set
+  indexes and change stream are written in the same call as the row, only when its fence passes
+  (_shape_event, apply.lua shaped()).
 
 Standalone Redis: the batch is ONE EVALSHA. Redis Cluster: events are grouped by hash slot (a row
 key and its version key always share a slot) and each group is one EVALSHA, all sent in one
