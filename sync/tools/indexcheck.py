@@ -136,8 +136,8 @@ class IndexChecker:
         for ix in self.shape.zsets:
             yield "z", ix.zset_key()
         for ix in self.shape.sets:
-            glob = ix.key.replace("{table}", self.schema.name).replace("{column}", ix.column)
-            glob = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in glob).replace("{value}", "*")
+            key = ix.set_key("\x00")  # the set key of a value that stays as it is, to become the glob's "*"
+            glob = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in key).replace("\x00", "*")
             async for raw in self.redis.scan_iter(match=glob, count=SCAN_BATCH, _type="set"):
                 yield "s", raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
 
