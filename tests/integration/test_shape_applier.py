@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from sync.events import ChangeEvent, Op, Source
 from sync.keys import index_rows_key
 from sync.shape import build_shape
 from sync.tables import TableSpec
-from sync.testing.servers import RedisServer
+from sync.testing.servers import GearmanServer, RedisServer
 
 A, S = Outcome.APPLIED, Outcome.STALE
 ITEMS = {
@@ -131,15 +132,11 @@ async def test_temporal_scores_are_epoch_seconds(aredis: Any) -> None:
                                                                            (b"items:1", 1704164645.5)]
 
 
-async def test_four_appliers_with_shuffled_versions_end_as_the_history_implies(redis_server: RedisServer,
-                                                                               aredis: Any) -> None:
-    """The history of 60 rows (versions increasing per row, filter transitions, deletes, moves between
-    sets), every change delivered once or twice, shuffled, applied by 4 appliers on 4 connections at
-    once: rows, indexes and stream end as the last change of each row implies."""
-    rng = random.Random(17)
+def make_history(rng: random.Random, rows: int = 60) -> dict[int, list[ChangeEvent]]:
+    """Per row, its changes in version order: filter transitions, deletes, moves between sets."""
     history: dict[int, list[ChangeEvent]] = {}
     version = 1000
-    for i in range(60):
+    for i in range(rows):
         evs = []
         for n in range(rng.randint(1, 8)):
             version += 1
@@ -149,8 +146,48 @@ async def test_four_appliers_with_shuffled_versions_end_as_the_history_implies(r
                 evs.append(up(i, version, price=rng.choice([0, 1, 2.5, 7, 40, None]), store=rng.choice([1, 2, 3, None]),
                               active=rng.choice([0, 1, 1, 1]), op=Op.INSERT if not n else Op.UPDATE))
         history[i] = evs
-    deliveries = [ev for evs in history.values() for ev in evs for _ in range(rng.choice([1, 1, 2]))]
-    rng.shuffle(deliveries)
+    return history
+
+
+def shuffled(history: dict[int, list[ChangeEvent]], rng: random.Random) -> list[ChangeEvent]:
+    """Every change once or twice (a redelivery), in random order."""
+    out = [ev for evs in history.values() for ev in evs for _ in range(rng.choice([1, 1, 2]))]
+    rng.shuffle(out)
+    return out
+
+
+async def assert_ends_as_implied(r: Any, history: dict[int, list[ChangeEvent]]) -> None:
+    """Rows, indexes and stream as the last change of each row implies (the rules of docs/shaping.md)."""
+    want_rows, want_z, want_sets = {}, {}, {}
+    for i, evs in history.items():
+        row = evs[-1].row
+        if row is None or row["active"] != 1 or row["price"] is None or row["price"] <= 0:
+            continue
+        want_rows[f"items:{i}"] = {"id": i, "cost": row["price"], "store_id": row["store_id"], "active": 1}
+        want_z[f"items:{i}"] = float(row["price"])
+        if row["store_id"] is not None:
+            want_sets.setdefault(f"items:store_id:{row['store_id']}", set()).add(f"items:{i}")
+    got_rows = {}
+    async for k in r.scan_iter(match="items:[0-9]*"):
+        got_rows[k.decode()] = orjson.loads(await r.get(k))
+    assert got_rows == want_rows
+    assert {m.decode(): s for m, s in await r.zrange("items:by:price", 0, -1, withscores=True)} == want_z
+    assert await sets(r) == want_sets
+    by_key: dict[str, list[int]] = {}
+    for e in await stream(r):
+        by_key.setdefault(e["key"], []).append(int(e["version"]))
+    for i, evs in history.items():
+        seen = by_key[f"items:{i}"]
+        assert seen == sorted(set(seen)), f"items:{i}: stream versions {seen} not increasing once each"
+        assert set(seen) <= {ev.version for ev in evs} and seen[-1] == evs[-1].version
+
+
+async def test_four_appliers_with_shuffled_versions_end_as_the_history_implies(redis_server: RedisServer,
+                                                                               aredis: Any) -> None:
+    """60 rows' histories, shuffled, applied by 4 appliers on 4 connections at once."""
+    rng = random.Random(17)
+    history = make_history(rng)
+    deliveries = shuffled(history, rng)
     clients = [aioredis.Redis(host=redis_server.host, port=redis_server.port) for _ in range(4)]
     appliers = [RedisApplier(c, {"items": spec()}) for c in clients]
     try:
@@ -161,30 +198,43 @@ async def test_four_appliers_with_shuffled_versions_end_as_the_history_implies(r
     finally:
         for c in clients:
             await c.aclose()
-    want_rows, want_z, want_sets = {}, {}, {}
-    for i, evs in history.items():
-        last = evs[-1]
-        row = last.row
-        if row is None or row["active"] != 1 or row["price"] is None or row["price"] <= 0:
-            continue
-        want_rows[f"items:{i}"] = {"id": i, "cost": row["price"], "store_id": row["store_id"], "active": 1}
-        want_z[f"items:{i}"] = float(row["price"])
-        if row["store_id"] is not None:
-            want_sets.setdefault(f"items:store_id:{row['store_id']}", set()).add(f"items:{i}")
-    got_rows = {}
-    async for k in aredis.scan_iter(match="items:[0-9]*"):
-        got_rows[k.decode()] = orjson.loads(await aredis.get(k))
-    assert got_rows == want_rows
-    assert {m.decode(): s for m, s in await aredis.zrange("items:by:price", 0, -1, withscores=True)} == want_z
-    assert await sets(aredis) == want_sets
-    entries = await stream(aredis)
-    by_key: dict[str, list[int]] = {}
-    for e in entries:
-        by_key.setdefault(e["key"], []).append(int(e["version"]))
-    for i, evs in history.items():
-        seen = by_key[f"items:{i}"]
-        assert seen == sorted(set(seen)), f"items:{i}: stream versions {seen} not increasing once each"
-        assert set(seen) <= {ev.version for ev in evs} and seen[-1] == evs[-1].version
+    await assert_ends_as_implied(aredis, history)
+
+
+async def test_four_sync_workers_from_gearmand_end_as_the_history_implies(tmp_path: Path, gearmand: GearmanServer,
+                                                                          redis_server: RedisServer, aredis: Any) -> None:
+    """The same through gearmand: 4 sync-workers reading [tables.items] from a config file."""
+    from sync.apply.worker import SyncWorker
+    from sync.config import worker_settings
+    from sync.events import encode_change
+    from sync.gearman import GearmanClient, admin
+
+    rng = random.Random(23)
+    history = make_history(rng, 80)
+    path = tmp_path / "g.toml"
+    path.write_text('[tables.items]\nexclude = ["secret"]\nrename = { price = "cost" }\n'
+                    'filter = "active = 1 AND price > 0"\n'
+                    'indexes = [{ type = "zset", column = "price" }, { type = "set", column = "store_id" }]\n'
+                    "stream = { maxlen = 100000 }\n")
+    path.chmod(0o600)
+    async with GearmanClient([(gearmand.host, gearmand.port)]) as client:
+        await client.submit_background_many("gearsync.items", [encode_change(ev) for ev in shuffled(history, rng)])
+    settings = worker_settings(tables=None, config_path=str(path), servers=gearmand.address, batch=8,
+                               redis_url=f"redis://{redis_server.host}:{redis_server.port}/0", env={})
+    workers = [SyncWorker(settings) for _ in range(4)]
+    tasks = [asyncio.ensure_future(w.run()) for w in workers]
+    try:
+        for _ in range(600):
+            status = {s.name: s for s in await admin.status(gearmand.host, gearmand.port, timeout_s=5)}
+            if not status["gearsync.items"].queued:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        for w in workers:
+            w.request_stop()
+        assert await asyncio.gather(*tasks) == [0, 0, 0, 0]
+    assert all(w.stats.jobs > 0 for w in workers), [w.stats.jobs for w in workers]
+    await assert_ends_as_implied(aredis, history)
 
 
 async def test_cascades_move_and_remove_the_index_entries(aredis: Any) -> None:
