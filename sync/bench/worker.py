@@ -297,18 +297,24 @@ def _shape_rounds(g: GearmanServer, r: RedisServer, args: Any, nprocs: int, key:
     config = tmp / "shape.toml"
     config.write_text(SHAPE_CONFIG)
     rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}  # CPU us per job: workers + gearmand + redis-server
     for i in range(args.runs):
         for shaped in (False, True) if i % 2 == 0 else (True, False):
-            rate, _us = drain_with_processes(g, r, args.jobs, nprocs, args.batch, args.connections, key=key,
-                                             config=str(config) if shaped else None)
+            rate, us = drain_with_processes(g, r, args.jobs, nprocs, args.batch, args.connections, key=key,
+                                            config=str(config) if shaped else None)
             rates[shaped].append(rate)
+            cpu[shaped].append(us)
     base, shaped_med = statistics.median(rates[False]), statistics.median(rates[True])
     per_round = sorted(s / p for p, s in zip(rates[False], rates[True]))
+    cpu_base, cpu_shaped = statistics.median(cpu[False]), statistics.median(cpu[True])
     print(f"{'shape':>9} {args.batch:>6} {base:>14,.0f} {shaped_med:>10,.0f}  ratio {shaped_med / base:.2f}x "
           f"(rounds {per_round[0]:.2f}..{per_round[-1]:.2f}); plain {', '.join(f'{x:,.0f}' for x in rates[False])} | "
           f"zset+set+stream {', '.join(f'{x:,.0f}' for x in rates[True])}", flush=True)
+    print(f"{'':>9} {'cpu':>6} {cpu_base:>11.1f} us {cpu_shaped:>7.1f} us  ratio {cpu_base / cpu_shaped:.2f}x "
+          "(CPU time per job of the workers, gearmand and redis-server: less sensitive to other load)", flush=True)
     return {"processes": nprocs, "plain_runs_jobs_per_s": rates[False], "shape_runs_jobs_per_s": rates[True],
-            "ratio": shaped_med / base, "ratio_per_round": per_round}
+            "ratio": shaped_med / base, "ratio_per_round": per_round, "plain_cpu_us_per_job": cpu[False],
+            "shape_cpu_us_per_job": cpu[True], "cpu_ratio": cpu_base / cpu_shaped}
 
 
 def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int, key: str | None) -> None:

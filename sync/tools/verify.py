@@ -321,9 +321,12 @@ class Verifier:
             await self._extra_pass(report, on_progress)
         else:
             report.extras_checked = False
-        if self.indexes is not None and self.check_extra:
+        if self.indexes is not None and self.check_extra and self.sample is None:
             async for problems in self.indexes.member_batches():
                 await self._index_problems(problems, report)
+        elif self.indexes is not None:
+            report.notes.append("extra index members not checked (--sample or --no-extra): only the entries of "
+                                "the rows compared")
         await self._recheck(report)
         await self._index_recheck(report)
         report.elapsed_s = time.perf_counter() - t0
