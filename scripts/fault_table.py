@@ -30,6 +30,8 @@ NOTES = {
     "kills": "kills", "queued_after_kills": "jobs requeued", "backlog": "backlog", "relay_kills": "relay kills",
     "spooled_after_restarts": "spooled after each restart", "in_flight_committed": "in flight at the kill, committed",
     "in_flight_failed": "in flight at the kill, not committed", "writer_reconnects": "reconnects",
+    "binlog_reconnects": "sync-binlog reconnects",
+    "phantoms": "phantoms",
     "duplicates_fenced": "duplicates fenced", "classes": "payload classes",
     "forged": "forged jobs", "dead_letters": "dead letters", "execs_per_s": "execs/s", "coverage_edges": "edges",
     "seconds": "s",
