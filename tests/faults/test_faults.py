@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_exceptions
 
+from sync.keys import dead_letter_key
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .report import record
-from .rig import BIN, Rig
+from .rig import BIN, TABLE, Rig
 
 pytestmark = pytest.mark.faults
 
@@ -221,6 +223,88 @@ def test_redis_sigkill_without_persistence_then_repair(gearmand_factory, redis_f
     finish("Redis SIGKILL, no persistence (sync-verify --repair)", rig, writer, report,
            missing_before_repair=before["missing"], repaired=repaired["repaired"] + repaired["deleted"])
     assert before["missing"] > 0  # the restart really emptied Redis
+
+
+def _redis_oom_under_writes(redis: RedisServer, rig: Rig, seconds: float = 4.0) -> int:
+    """After 2 s of writes, Redis' maxmemory set (CONFIG SET) to half of what it uses: with
+    noeviction every write is refused with OOM. After `seconds`, memory is freed (maxmemory 0)
+    and the writer goes on for 2 s. Returns the jobs gearmand held just before (0 on the binlog path)."""
+    time.sleep(2.0)
+    client = redis.client()
+    try:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used // 2)
+        with pytest.raises(redis_exceptions.OutOfMemoryError):
+            client.set("oom-probe", "x")
+        time.sleep(seconds)
+        held = rig.queued()
+        client.config_set("maxmemory", 0)
+    finally:
+        client.close()
+    time.sleep(2.0)
+    return held
+
+
+def _events(procs: list[Any], name: str) -> list[dict[str, Any]]:
+    return [ev for p in procs for ev in p.events() if ev.get("event") == name]
+
+
+def test_redis_maxmemory_oom_holds_changes(gearmand_factory, redis_factory, rig_factory) -> None:
+    """Redis at maxmemory (noeviction) answers every write with OOM for 4 s: the workers hold their
+    batch (no acknowledgement, no dead letter: a dead letter needs Redis too), retry with back-off
+    and log one line per episode; once memory is freed everything applies. No repair."""
+    g = gearmand_factory()
+    redis = redis_factory("--maxmemory-policy", "noeviction")
+    rig = rig_factory(g, redis)
+    rig.make_table()
+    workers = rig.start_workers(2)
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        held = _redis_oom_under_writes(redis, rig)
+    finally:
+        writer.stop()
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    lines = [ev for ev in _events(workers, "redis_unavailable") if "maxmemory" in ev.get("error", "")]
+    retries = rig.worker_totals().get("retries", 0)
+    client = redis.client()
+    letters = client.llen(dead_letter_key(TABLE))
+    client.close()
+    finish("Redis at maxmemory 4 s (noeviction: OOM), then freed", rig, writer, report, held_while_oom=held,
+           oom_replies=retries, oom_log_lines=len(lines))
+    assert held > 0 and retries > 0 and letters == 0, (held, retries, letters)
+    assert 0 < len(lines) <= len(workers), lines     # one line per worker's episode, not per attempt or job
+    assert _events(workers, "redis_recovered"), "no recovery logged"
+
+
+def test_redis_maxmemory_oom_binlog_sink(tmp_path: Path, redis_factory, rig_factory) -> None:
+    """The same OOM episode under sync-binlog --sink redis: it holds the batch and its position,
+    retries, logs one line per episode, and applies everything once memory is freed."""
+    server = MariaDBServer(tmp_path / "binlog-db")
+    server.start()
+    try:
+        server.execute("CREATE DATABASE app")
+        redis = redis_factory("--maxmemory-policy", "noeviction")
+        rig = rig_factory(None, redis, mariadb=server, database="app")
+        rig.make_table(triggers=False)
+        binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
+                           "earliest", "--log-format", "json", "--stats-interval", "0")
+        writer = rig.writer(rate_per_s=300).start()
+        try:
+            _redis_oom_under_writes(redis, rig)
+        finally:
+            writer.stop()
+        report = _verify_until_equal(rig, 60)
+        assert binlog.alive(), binlog.log()[-3000:]
+        stop_all(rig)
+        lines = [ev for ev in _events([binlog], "sink_unavailable") if "maxmemory" in ev.get("error", "")]
+        retries = sum(int(ev.get("retries", 0)) for ev in _events([binlog], "binlog_stopped"))
+        finish("Redis at maxmemory 4 s (noeviction: OOM), then freed; sync-binlog --sink redis", rig, writer,
+               report, oom_replies=retries, oom_log_lines=len(lines))
+        assert retries > 0, retries
+        assert 0 < len(lines) <= 2, lines    # one line per episode (the batch; its saved position)
+    finally:
+        server.stop()
 
 
 # -- workers -------------------------------------------------------------------------------------
