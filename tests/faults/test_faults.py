@@ -60,6 +60,31 @@ def rig_factory(udf_installed: MariaDBServer, db: Any, tmp_path: Path) -> Iterat
         rig.close()
 
 
+@pytest.fixture
+def binlog_db(tmp_path: Path) -> Iterator[MariaDBServer]:
+    """A mariadbd of the test's own (the binlog cases restart or kill it) holding the database `app`."""
+    server = MariaDBServer(tmp_path / "binlog-db")
+    server.start()
+    try:
+        server.execute("CREATE DATABASE app")
+        yield server
+    finally:
+        server.stop()
+
+
+def binlog_rig(rig_factory: Callable[..., Rig], server: MariaDBServer, redis: RedisServer) -> tuple[Rig, Any]:
+    """The `data` table without triggers, and sync-binlog (--sink redis) streaming it from the start;
+    returns once it streams (a server it cannot reach at start is exit 3, not what the cases measure)."""
+    rig = rig_factory(None, redis, mariadb=server, database="app")
+    rig.make_table(triggers=False)
+    binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
+                       "earliest", "--log-format", "json", "--stats-interval", "0")
+    rig.wait(lambda: not binlog.alive() or any(ev.get("event") == "binlog_connected" for ev in binlog.events()),
+             60, "sync-binlog streaming")
+    assert binlog.alive(), binlog.log()[-3000:]
+    return rig, binlog
+
+
 def finish(case: str, rig: Rig, writer: Any, report: dict[str, Any], lost_override: int | None = None,
            **details: Any) -> None:
     """Record the run (lost_override: what was lost before a repair, where the case runs one), then
@@ -277,34 +302,25 @@ def test_redis_maxmemory_oom_holds_changes(gearmand_factory, redis_factory, rig_
     assert _events(workers, "redis_recovered"), "no recovery logged"
 
 
-def test_redis_maxmemory_oom_binlog_sink(tmp_path: Path, redis_factory, rig_factory) -> None:
+def test_redis_maxmemory_oom_binlog_sink(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:
     """The same OOM episode under sync-binlog --sink redis: it holds the batch and its position,
     retries, logs one line per episode, and applies everything once memory is freed."""
-    server = MariaDBServer(tmp_path / "binlog-db")
-    server.start()
+    redis = redis_factory("--maxmemory-policy", "noeviction")
+    rig, binlog = binlog_rig(rig_factory, binlog_db, redis)
+    writer = rig.writer(rate_per_s=300).start()
     try:
-        server.execute("CREATE DATABASE app")
-        redis = redis_factory("--maxmemory-policy", "noeviction")
-        rig = rig_factory(None, redis, mariadb=server, database="app")
-        rig.make_table(triggers=False)
-        binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
-                           "earliest", "--log-format", "json", "--stats-interval", "0")
-        writer = rig.writer(rate_per_s=300).start()
-        try:
-            _redis_oom_under_writes(redis, rig)
-        finally:
-            writer.stop()
-        report = _verify_until_equal(rig, 60)
-        assert binlog.alive(), binlog.log()[-3000:]
-        stop_all(rig)
-        lines = [ev for ev in _events([binlog], "sink_unavailable") if "maxmemory" in ev.get("error", "")]
-        retries = sum(int(ev.get("retries", 0)) for ev in _events([binlog], "binlog_stopped"))
-        finish("Redis at maxmemory 4 s (noeviction: OOM), then freed; sync-binlog --sink redis", rig, writer,
-               report, oom_replies=retries, oom_log_lines=len(lines))
-        assert retries > 0, retries
-        assert 0 < len(lines) <= 2, lines    # one line per episode (the batch; its saved position)
+        _redis_oom_under_writes(redis, rig)
     finally:
-        server.stop()
+        writer.stop()
+    report = _verify_until_equal(rig, 60)
+    assert binlog.alive(), binlog.log()[-3000:]
+    stop_all(rig)
+    lines = [ev for ev in _events([binlog], "sink_unavailable") if "maxmemory" in ev.get("error", "")]
+    retries = sum(int(ev.get("retries", 0)) for ev in _events([binlog], "binlog_stopped"))
+    finish("Redis at maxmemory 4 s (noeviction: OOM), then freed; sync-binlog --sink redis", rig, writer,
+           report, oom_replies=retries, oom_log_lines=len(lines))
+    assert retries > 0, retries
+    assert 0 < len(lines) <= 2, lines    # one line per episode (the batch; its saved position)
 
 
 # -- workers -------------------------------------------------------------------------------------
@@ -363,29 +379,20 @@ def test_all_workers_stopped_then_restarted(gearmand_factory, redis_factory, rig
 
 # -- MariaDB -------------------------------------------------------------------------------------
 
-def test_mariadb_restart_during_binlog_streaming(tmp_path: Path, redis_factory, rig_factory) -> None:
-    server = MariaDBServer(tmp_path / "binlog-db")
-    server.start()
+def test_mariadb_restart_during_binlog_streaming(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:
+    rig, binlog = binlog_rig(rig_factory, binlog_db, redis_factory())
+    writer = rig.writer(rate_per_s=300).start()
     try:
-        server.execute("CREATE DATABASE app")
-        rig = rig_factory(None, redis_factory(), mariadb=server, database="app")
-        rig.make_table(triggers=False)
-        binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
-                           "earliest", "--log-format", "json", "--stats-interval", "0")
-        writer = rig.writer(rate_per_s=300).start()
-        try:
-            time.sleep(2.0)
-            server.restart()
-            time.sleep(3.0)
-        finally:
-            writer.stop()
-        report = _verify_until_equal(rig, 60)
-        assert binlog.alive(), binlog.log()[-3000:]
-        stop_all(rig)
-        finish("MariaDB restart during sync-binlog streaming", rig, writer, report,
-               writer_reconnects=writer.reconnects)
+        time.sleep(2.0)
+        binlog_db.restart()
+        time.sleep(3.0)
     finally:
-        server.stop()
+        writer.stop()
+    report = _verify_until_equal(rig, 60)
+    assert binlog.alive(), binlog.log()[-3000:]
+    stop_all(rig)
+    finish("MariaDB restart during sync-binlog streaming", rig, writer, report,
+           writer_reconnects=writer.reconnects)
 
 
 def _verify_until_equal(rig: Rig, timeout_s: float) -> dict[str, Any]:
@@ -509,39 +516,30 @@ def test_mysqld_sigkill_during_trigger_capture(own_mariadb: MariaDBServer, gearm
     assert writer.reconnects > 0
 
 
-def test_mysqld_sigkill_during_binlog_streaming(tmp_path: Path, redis_factory, rig_factory) -> None:
+def test_mysqld_sigkill_during_binlog_streaming(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:
     """mysqld SIGKILLed twice under the writer: sync-binlog (--sink redis) loses its connection,
     reconnects once the server is back and resumes from its saved position. No repair: what the
     binlog holds after crash recovery is exactly what committed, and all of it reaches Redis; a
     statement the writer saw fail reaches Redis only if MySQL shows it committed."""
-    server = MariaDBServer(tmp_path / "binlog-db")
-    server.start()
+    rig, binlog = binlog_rig(rig_factory, binlog_db, redis_factory())
+    writer = rig.writer(rate_per_s=300).start()
     try:
-        server.execute("CREATE DATABASE app")
-        rig = rig_factory(None, redis_factory(), mariadb=server, database="app")
-        rig.make_table(triggers=False)
-        binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
-                           "earliest", "--log-format", "json", "--stats-interval", "0")
-        writer = rig.writer(rate_per_s=300).start()
-        try:
-            kills = _kill_mysqld_under_writes(server)
-        finally:
-            writer.stop()
-        report = _verify_until_equal(rig, 60)
-        committed, not_committed, phantoms = _in_flight(rig, writer)
-        assert binlog.alive(), binlog.log()[-3000:]
-        stop_all(rig)
-        events = binlog.events()
-        connects = sum(1 for ev in events if ev.get("event") == "binlog_connected")
-        stale = sum(int(ev.get("stale", 0)) for ev in events if ev.get("event") == "binlog_stopped")
-        finish("mysqld SIGKILL during sync-binlog streaming (2 kills, crash recovery)", rig, writer, report,
-               in_flight_committed=committed, in_flight_failed=not_committed, phantoms=phantoms,
-               writer_reconnects=writer.reconnects, kills=len(kills), binlog_reconnects=connects - 1,
-               duplicates_fenced=stale)
-        assert not phantoms, phantoms
-        assert connects - 1 >= len(kills), connects   # it reconnected after each kill, and stayed up
+        kills = _kill_mysqld_under_writes(binlog_db)
     finally:
-        server.stop()
+        writer.stop()
+    report = _verify_until_equal(rig, 60)
+    committed, not_committed, phantoms = _in_flight(rig, writer)
+    assert binlog.alive(), binlog.log()[-3000:]
+    stop_all(rig)
+    events = binlog.events()
+    connects = sum(1 for ev in events if ev.get("event") == "binlog_connected")
+    stale = sum(int(ev.get("stale", 0)) for ev in events if ev.get("event") == "binlog_stopped")
+    finish("mysqld SIGKILL during sync-binlog streaming (2 kills, crash recovery)", rig, writer, report,
+           in_flight_committed=committed, in_flight_failed=not_committed, phantoms=phantoms,
+           writer_reconnects=writer.reconnects, kills=len(kills), binlog_reconnects=connects - 1,
+           duplicates_fenced=stale)
+    assert not phantoms, phantoms
+    assert connects - 1 >= len(kills), connects   # it reconnected after each kill, and stayed up
 
 
 # -- sync-relay ----------------------------------------------------------------------------------
