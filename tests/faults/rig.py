@@ -242,6 +242,7 @@ class Rig:
         self.log_dir = log_dir
         self.workers: list[Proc] = []
         self.procs: list[Proc] = []
+        self.udf_options = UDF_OPTIONS      # what point_udf passes to gman_servers_set
 
     # -- set-up -----------------------------------------------------------------------------------
     def connect(self) -> Any:
@@ -250,7 +251,7 @@ class Rig:
     def point_udf(self, conn: Any) -> None:
         if self.gearmand is not None:
             with conn.cursor() as cur:
-                cur.execute("SELECT gman_servers_set(%s, %s)", (self.gearmand.address, UDF_OPTIONS))
+                cur.execute("SELECT gman_servers_set(%s, %s)", (self.gearmand.address, self.udf_options))
 
     def make_table(self, *, triggers: bool = True, mode: str = "udf") -> None:
         conn = self.connect()

@@ -24,7 +24,7 @@ from sync.keys import dead_letter_key
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .report import record
-from .rig import BIN, TABLE, Rig
+from .rig import BIN, TABLE, UDF_OPTIONS, Rig
 
 pytestmark = pytest.mark.faults
 
@@ -478,20 +478,26 @@ def _near(writer: Any, kills: list[float], examples: dict[str, list[str]], windo
     return [k for k in keys if int(k.rpartition(":")[2]) not in near]
 
 
-def test_mysqld_sigkill_during_trigger_capture(own_mariadb: MariaDBServer, gearmand_factory,  # noqa: F811
-                                               redis_factory, rig_factory) -> None:
-    """mysqld SIGKILLed twice under the writer and started again (crash recovery); the UDF finds its
-    servers in mysqld's environment, the writer reconnects. What committed reaches Redis; what the
-    writer saw fail and did not commit (MySQL says which after the restart) never appears there.
+@pytest.mark.parametrize("pipeline", ["1", "0"], ids=["pipelined", "confirmed"])
+def test_mysqld_sigkill_during_trigger_capture(pipeline: str, own_mariadb: MariaDBServer,  # noqa: F811
+                                               gearmand_factory, redis_factory, rig_factory) -> None:
+    """mysqld SIGKILLed twice under the writer and started again (crash recovery); the UDF reads its
+    servers and options from gearsync_udf.conf, the writer reconnects. What committed reaches Redis;
+    what the writer saw fail and did not commit (MySQL says which after the restart) never appears.
 
-    The trigger path's documented window (udf/README.md, "What is left exposed"): pipelined,
-    coalesced submits lose, in a crash, the jobs of the last coalesce_us (1 ms) that no server had
-    taken yet. sync-verify finds such rows and --repair fixes them: the case records what verify
-    found before the repair, and asserts every such row was written in the 100 ms before a kill."""
+    pipelined (the default): the documented crash window (udf/README.md, "What is left exposed"):
+    coalesced submits lose the jobs of the last coalesce_us (1 ms) that no server had taken yet.
+    sync-verify finds such rows and --repair fixes them: the case records what verify found before
+    the repair, and asserts every row it names was written in the 100 ms before a kill.
+    confirmed (pipeline=0): every submit waited for gearmand's JOB_CREATED, so nothing may differ
+    even before a repair."""
     g = gearmand_factory()
     own_mariadb.execute("CREATE DATABASE app")
-    own_mariadb.env["GEARSYNC_GEARMAN_SERVERS"] = g.address   # the UDF's servers after each crash
+    options = f"{UDF_OPTIONS},pipeline={pipeline}"
+    (own_mariadb.plugin_dir / "gearsync_udf.conf").write_text(      # the UDF's settings after each crash
+        f"servers = {g.address}\n" + "".join(f"{kv.replace('=', ' = ')}\n" for kv in options.split(",")))
     rig = rig_factory(g, redis_factory(), mariadb=own_mariadb, database="app")
+    rig.udf_options = options
     rig.make_table()
     rig.start_workers(2)
     writer = rig.writer(rate_per_s=300).start()
@@ -504,16 +510,21 @@ def test_mysqld_sigkill_during_trigger_capture(own_mariadb: MariaDBServer, gearm
     committed, not_committed, phantoms = _in_flight(rig, writer)
     lost_before = before["missing"] + before["different"] + before["extra"]
     far = _near(writer, kills, before["examples"])
-    report = rig.verify(repair=True, recheck_delay_s=0) if lost_before else before
+    report = before
     if lost_before:
+        rig.verify(repair=True, recheck_delay_s=0)
         report = rig.verify()
     stop_all(rig)
-    finish("mysqld SIGKILL during trigger capture (2 kills, crash recovery)", rig, writer, report,
-           lost_override=lost_before, differences_before_repair=lost_before, in_flight_committed=committed,
-           in_flight_failed=not_committed, phantoms=phantoms, writer_reconnects=writer.reconnects, kills=len(kills))
+    name = "(2 kills, crash recovery)" if pipeline == "1" else "(pipeline=0: confirmed submits; 2 kills)"
+    finish(f"mysqld SIGKILL during trigger capture {name}", rig, writer, report,
+           lost_override=lost_before, differences_before_repair=lost_before, before_repair=before["examples"],
+           in_flight_committed=committed, in_flight_failed=not_committed, phantoms=phantoms,
+           writer_reconnects=writer.reconnects, kills=len(kills))
     assert not far, (far, before)          # only rows written just before a kill can have been caught
     assert not phantoms, phantoms
     assert writer.reconnects > 0
+    if pipeline == "0":
+        assert lost_before == 0, before
 
 
 def test_mysqld_sigkill_during_binlog_streaming(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:
