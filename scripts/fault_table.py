@@ -23,8 +23,8 @@ KINDS = {"fault": 0, "bad input": 1, "fuzz": 2}
 # per-run details shown in the last column: key -> label (values of the runs follow it, " / " between)
 NOTES = {
     "queued_at_kill": "jobs queued at the kill", "queued_after_restart": "back after restart",
-    "spooled_while_down": "changes spooled", "worst_statement_s_while_stopped": "worst statement s",
-    "worst_statement_s_while_down": "worst statement s", "queued_while_redis_down": "jobs held",
+    "spooled_while_down": "changes spooled", "worst_statement_s_while_stopped": "worst statement (s)",
+    "worst_statement_s_while_down": "worst statement (s)", "queued_while_redis_down": "jobs held",
     "held_while_oom": "jobs held at OOM", "oom_replies": "OOM retries", "oom_log_lines": "OOM log lines",
     "missing_before_repair": "keys gone with Redis (repaired)", "differences_before_repair": "differences before repair",
     "kills": "kills", "queued_after_kills": "jobs requeued", "backlog": "backlog", "relay_kills": "relay kills",
@@ -34,7 +34,7 @@ NOTES = {
     "phantoms": "phantoms",
     "duplicates_fenced": "duplicates fenced", "classes": "payload classes",
     "forged": "forged jobs", "dead_letters": "dead letters", "execs_per_s": "execs/s", "coverage_edges": "edges",
-    "seconds": "s",
+    "seconds": "seconds",
 }
 
 

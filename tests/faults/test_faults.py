@@ -515,7 +515,7 @@ def test_mysqld_sigkill_during_trigger_capture(pipeline: str, own_mariadb: Maria
         rig.verify(repair=True, recheck_delay_s=0)
         report = rig.verify()
     stop_all(rig)
-    name = "(2 kills, crash recovery)" if pipeline == "1" else "(pipeline=0: confirmed submits; 2 kills)"
+    name = "(pipelined, the default; 2 kills)" if pipeline == "1" else "(pipeline=0: confirmed submits; 2 kills)"
     finish(f"mysqld SIGKILL during trigger capture {name}", rig, writer, report,
            lost_override=lost_before, differences_before_repair=lost_before, before_repair=before["examples"],
            in_flight_committed=committed, in_flight_failed=not_committed, phantoms=phantoms,
