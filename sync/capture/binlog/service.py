@@ -224,13 +224,15 @@ class BinlogService:
         return self._stop_deadline if self._stop.is_set() else None
 
     def sink_retry(self, what: str, backoff: Backoff, **info: Any) -> Callable[[BaseException, float], None]:
-        """on_retry of a delivery: count the failure, log sink_unavailable."""
+        """on_retry of a delivery: count the failure, log sink_unavailable (the episode's first failure)."""
         def on_retry(exc: BaseException, delay: float) -> None:
             self.stats.retries += 1
             self.sink_error = f"{what}: {short_error(exc)}"
             metrics.record_retry()
-            log.warning("sink_unavailable", what=what, error=short_error(exc), retry_in_s=round(delay, 3),
-                        attempt=backoff.attempts, **info)
+            # one line per episode (its first failure; sink_recovered ends it), not one per attempt
+            (log.warning if backoff.attempts == 1 else log.debug)(
+                "sink_unavailable", what=what, error=short_error(exc), retry_in_s=round(delay, 3),
+                attempt=backoff.attempts, **info)
         return on_retry
 
     def sink_given_up(self, what: str, gave_up: DeadlinePassed, **info: Any) -> None:
