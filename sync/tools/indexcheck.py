@@ -14,9 +14,9 @@ sets. Two walks find the differences:
 
 Repair: a problem of a row that MySQL has is repaired by re-applying the row, fenced like any
 repair (sync.tools.verify), after deleting its set-index record, so the script adds it to every
-set it belongs to again; extra members whose row Redis does not hold (zsets) or whose record does
-not name the set (sets) are removed by a script that checks exactly that, in one step, so a live
-change that adds the member back meanwhile is never undone.
+set it belongs to again; extra members whose row Redis does not hold, or (sets) whose record does
+not name the set, are removed by a script that checks exactly that, in one step, so a live change
+that adds the member back meanwhile is never undone.
 """
 
 from __future__ import annotations
@@ -41,11 +41,14 @@ __all__ = ["IndexChecker", "IndexProblem"]
 SCAN_BATCH = 1000
 
 # KEYS[1] an index, KEYS[2] a member (row key), KEYS[3] its set-index record; ARGV[1] z or s.
-# Removes the member unless Redis holds the row (zset) / the row's record names the set (set).
-_DROP_SCRIPT = """if ARGV[1] == 'z' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-  return redis.call('ZREM', KEYS[1], KEYS[2])
+# Removes the member unless Redis holds the row and (a set) the row's record names the set. A
+# record whose row is gone (e.g. after a TRUNCATE, which removes the rows only) goes too.
+_DROP_SCRIPT = """if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[3])
+  if ARGV[1] == 'z' then return redis.call('ZREM', KEYS[1], KEYS[2]) end
+  return redis.call('SREM', KEYS[1], KEYS[2])
 end
+if ARGV[1] == 'z' then return 0 end
 local rec = redis.call('GET', KEYS[3])
 if rec then
   for _, k in ipairs(cjson.decode(rec)) do if k == KEYS[1] then return 0 end end
