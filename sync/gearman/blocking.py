@@ -82,13 +82,19 @@ class BlockingSubmitter:
         return self._owed
 
     def pack(self, function: str, workload: bytes, unique: str) -> bytes:
-        """One SUBMIT_JOB_BG packet, the workload signed when a signer is set."""
+        """One SUBMIT_JOB_BG packet, the workload signed when a signer is set; ValueError for a
+        function name or unique id gearmand would refuse."""
         fn = self._functions.get(function)
         if fn is None:
             fn = self._functions[function] = encode_function(function)
+        return self.pack_checked(fn, workload, encode_unique(unique))
+
+    def pack_checked(self, function: bytes, workload: bytes, unique: bytes) -> bytes:
+        """pack() for a function and unique id already checked (encode_function, encode_unique, or
+        made of characters known to be valid and short enough): the hot path of a batch."""
         if self.signer is not None:
-            workload = self.signer.sign(fn, workload)
-        return pack_submit(PacketType.SUBMIT_JOB_BG, fn, encode_unique(unique), workload)
+            workload = self.signer.sign(function, workload)
+        return pack_submit(PacketType.SUBMIT_JOB_BG, function, unique, workload)
 
     def send(self, packets: Sequence[bytes]) -> None:
         """Write `packets` (packed submits) in one write, connecting first if needed; no wait."""

@@ -61,7 +61,8 @@ from sync.errors import ApplyError
 from sync.events import ChangeEvent, TableTruncate, encode_change, encode_truncate
 from sync.gearman import GearmanError
 from sync.gearman.blocking import BlockingSubmitter
-from sync.position import Position, PositionStore
+from sync.gearman.protocol import encode_function
+from sync.position import Position
 from sync.redis_client import connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until_sync
 
@@ -106,6 +107,7 @@ class BatchWriter:
         self.first_t = 0.0
         self.inflight: Any = None                 # the batch sent and not yet acknowledged
         self.gave_up = False
+        self.client: Any = None                   # sync_client()
         # Statements, cascades and (on a cluster) batches run on a private event loop with a Redis
         # client of its own (this thread has no loop; the service's client belongs to the main one).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,6 +147,8 @@ class BatchWriter:
             self.idle()
         finally:
             self._close()
+            if self.client is not None:
+                self.client.close()
             if self._loop is not None:
                 if self._aclient is not None:
                     self._loop.run_until_complete(self._aclient.aclose())
@@ -195,9 +199,24 @@ class BatchWriter:
 
     def _save_position(self, position: Position) -> bool:
         """SET the position in Redis (a separate write, after its batch landed); False: given up."""
-        name = self.service.positions.name
-        return self._done(lambda: self._run_async(lambda client: PositionStore(client, name).save(position)),
-                          "position", 0)
+        key, value = self.service.positions.key, position.to_json()
+        return self._done(lambda: self.sync_client().set(key, value), "position", 0)
+
+    def sync_client(self) -> Any:
+        """A synchronous redis-py client of the settings (a cluster client on a cluster), made at
+        the first use: one blocking round trip per call, no event loop."""
+        if self.client is None:
+            s = self.service.settings.redis
+            kwargs: dict[str, Any] = dict(**s.client_kwargs(), socket_timeout=5.0, socket_connect_timeout=2.0)
+            if s.cluster:
+                from redis.cluster import RedisCluster
+
+                self.client = RedisCluster.from_url(s.url, **kwargs)
+            else:
+                import redis as redis_sync
+
+                self.client = redis_sync.Redis.from_url(s.url, **kwargs)
+        return self.client
 
     # -- helpers -------------------------------------------------------------------------------
     def _run_async(self, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -237,25 +256,18 @@ class RedisWriter(BatchWriter):
     """--sink redis (see the module docstring)."""
 
     def __init__(self, service: BinlogService) -> None:
-        import redis as redis_sync
-
         super().__init__(service)
-        s = service.settings
         assert service.applier is not None  # --sink redis: the service made one
         self.applier: RedisApplier = service.applier
-        self.cluster = bool(s.redis.cluster)
-        self.client: Any = None
+        self.cluster = bool(service.settings.redis.cluster)
         self.conn: Any = None
         if not self.cluster:
-            self.client = redis_sync.Redis.from_url(s.redis.url, **s.redis.client_kwargs(), socket_timeout=5.0,
-                                                    socket_connect_timeout=2.0)
-            self.conn = self.client.connection_pool.make_connection()  # connects at its first send
+            self.conn = self.sync_client().connection_pool.make_connection()  # connects at its first send
         self._async_applier: RedisApplier | None = None
 
     def _close(self) -> None:
-        if self.client is not None:
+        if self.conn is not None:
             self.conn.disconnect()
-            self.client.close()
 
     def _statement(self, st: TableTruncate) -> None:
         wipe = self.service.wipe
@@ -360,14 +372,30 @@ class GearmanWriter(BatchWriter):
         s = service.settings
         self.submitter = BlockingSubmitter(list(s.servers), connect_timeout_s=2.0, io_timeout_s=5.0,
                                            signer=service.signer)
+        self._functions: dict[str, bytes] = {}
+        self.cluster = bool(s.redis.cluster)
+        self.conn: Any = None        # standalone Redis: the position SETs, pipelined
+        self.saving: tuple[Position, Any, bool] | None = None   # the SET sent: (position, packed, sent)
 
     def _close(self) -> None:
         self.submitter.close()
+        if self.conn is not None:
+            self.conn.disconnect()
 
     def _packets(self, events: Sequence[ChangeEvent]) -> list[bytes]:
+        """The batch's SUBMIT_JOB_BG packets (signed). The unique ids are hex, colons and a letter,
+        at most 51 bytes (BinlogService.unique); each function name is checked once."""
         svc = self.service
-        pack = self.submitter.pack
-        return [pack(svc.event_function(ev), encode_change(ev), svc.unique(ev)) for ev in events]
+        pack = self.submitter.pack_checked
+        functions = self._functions
+        out = []
+        for ev in events:
+            name = svc.event_function(ev)
+            fn = functions.get(name)
+            if fn is None:
+                fn = functions[name] = encode_function(name)
+            out.append(pack(fn, encode_change(ev), svc.unique(ev).encode("ascii")))
+        return out
 
     def _send(self, events: list[ChangeEvent], position: Position | None, t0: float) -> None:
         """Send the batch's jobs, not waiting for JOB_CREATED; a batch with cascades goes in runs at
@@ -438,16 +466,67 @@ class GearmanWriter(BatchWriter):
         self._submitted(events, position, time.perf_counter() - t0)
 
     def _submitted(self, events: list[ChangeEvent], position: Position | None, spent: float) -> None:
-        """gearmand holds every job of the batch: the position saved, the stats counted."""
-        if position is not None and not self._save_position(position):
-            return
+        """gearmand holds every job of the batch: the stats counted, the position's SET sent (its
+        reply is read before the next SET, or when the server goes quiet: only then is the
+        position saved)."""
         st = self.service.stats
         st.events += len(events)
         st.jobs += len(events)
         st.batches += 1
         metrics.TableCounts().outcomes([ev.table for ev in events], [False] * len(events)).record_applied(
             read=True, submitted=True)
-        self._landed(events, position, spent)
+        self._landed(events, None, spent)
+        if position is not None:
+            self._collect()
+            if self.gave_up:
+                return
+            if self.cluster:
+                if self._save_position(position):
+                    self.service.advanced(position)
+                return
+            packed = self._conn().pack_command("SET", self.service.positions.key, position.to_json())
+            sent = True
+            try:
+                self._conn().send_packed_command(packed, check_health=False)
+            except (redis.exceptions.RedisError, OSError):
+                self._conn().disconnect()   # _collect() sends it again
+                sent = False
+            self.saving = (position, packed, sent)
+
+    def _collect(self) -> None:
+        """Read the reply of the position SET in flight (sending it again, with back-off, while Redis
+        fails): then the position is saved."""
+        if self.saving is None:
+            return
+        position, packed, sent = self.saving
+        conn = self._conn()
+
+        def attempt() -> None:
+            nonlocal sent
+            try:
+                if not sent:
+                    conn.send_packed_command(packed, check_health=False)
+                    sent = True
+                conn.read_response()
+            except SEND_ERRORS:
+                conn.disconnect()
+                sent = False
+                raise
+
+        done = self._done(attempt, "position", 0)
+        self.saving = None
+        if done:
+            self.service.advanced(position)
+
+    def _conn(self) -> Any:
+        if self.conn is None:
+            self.conn = self.sync_client().connection_pool.make_connection()  # connects at its first send
+        return self.conn
+
+    def idle(self) -> None:
+        super().idle()
+        if not self.gave_up:
+            self._collect()
 
     def _statement(self, st: TableTruncate) -> None:
         """Once gearmand holds no job of the table's function, submit the statement."""
