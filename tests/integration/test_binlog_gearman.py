@@ -25,7 +25,7 @@ from sync.redis_client import RedisSettings
 from sync.tables import TableSpec
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer, free_port
 
-from .binlog_rig import Running, diff, mysql_state, redis_state, settings, wait_caught_up
+from .binlog_rig import Running, diff, mysql_state, redis_state, settings, update_until_retried, wait_caught_up
 
 
 def queued(gearmand: GearmanServer, function: str) -> int:
@@ -119,12 +119,7 @@ def test_gearmand_away_mid_stream_holds_the_position_then_catches_up(mariadb: Ma
         wait_equal(mariadb, name, redis_client, "data")
         gearmand.stop()                # refused: the batch is held, the reader stops reading
         try:
-            for i in range(200):
-                cur.execute("UPDATE data SET volume = volume + 1 WHERE id = %s", (i % 50,))
-            deadline = time.monotonic() + 30
-            while run.service.stats.retries < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert run.service.stats.retries >= 2
+            update_until_retried(cur, run)
             # No gearmand holds these jobs, so the position has not moved past them.
             assert orjson.loads(redis_client.get(run.service.positions.key))["gtid"] == before
         finally:
@@ -156,3 +151,20 @@ def test_redis_sink_on_a_cluster(mariadb: MariaDBServer, db, redis_cluster) -> N
     finally:
         client.flushall(target_nodes=RedisCluster.ALL_NODES)
         client.close()
+
+
+def test_submitter_an_error_answer_fails_the_wait_and_the_next_send_works(gearmand: GearmanServer) -> None:
+    from sync.gearman.errors import GearmanServerError
+
+    sub = BlockingSubmitter([(gearmand.host, gearmand.port)])
+    try:
+        too_long = b"u" * 200   # past gearmand's unique limit (pack() would refuse it; pack_checked trusts it)
+        sub.send([sub.pack_checked(b"bs.error", b"x", too_long)])
+        with pytest.raises(GearmanServerError, match="gearmand error"):
+            sub.wait()
+        assert sub.owed == 0
+        sub.send([sub.pack("bs.error", b"x", "fine")])
+        assert sub.wait() == 1
+        assert queued(gearmand, "bs.error") == 1
+    finally:
+        sub.close()
