@@ -117,7 +117,7 @@ class BlockingSubmitter:
         sock = self._sock
         while self._owed:
             assert sock is not None  # owed > 0 only while connected
-            deadline = time.monotonic() + self.io_timeout_s   # per answer batch: a live server never waits
+            deadline = time.monotonic() + self.io_timeout_s   # renewed by every read that completes packets
             packets: list[Packet] = []
             while not packets:
                 left = deadline - time.monotonic()
