@@ -72,6 +72,7 @@ from sync.retry import Backoff, DeadlinePassed, retry_until
 from sync.rows.fkgraph import EMPTY_GRAPH, load_foreign_keys
 from sync.rows.schema import TableSchema, load_table
 from sync.settings import SINKS
+from sync.shape import Shape
 from sync.stats import Counters, report_loop
 from sync.tables import TableSpec, default_function
 
@@ -92,6 +93,7 @@ class BinlogSettings:
     key_template: str = "{table}:{pk}"
     format: str = "json"
     ttl_s: int | None = None
+    shapes: dict[str, Shape | None] = field(default_factory=dict)  # table → its shaping (sync.shape)
     start: str | None = None          # None: the saved position, else "current"
     server_id: int | None = None
     name: str | None = None           # position key name; default from server + tables
@@ -165,7 +167,7 @@ class BinlogService:
         self.wipe: TableWipe | None = None
         self._cluster = bool(s.redis.cluster)
         if s.sink == "redis":
-            specs = {t: TableSpec(t, s.key_template, s.format, s.ttl_s) for t in s.tables}
+            specs = {t: TableSpec(t, s.key_template, s.format, s.ttl_s, shape=s.shapes.get(t)) for t in s.tables}
             self.applier = RedisApplier(self.redis, specs, tombstone_ttl_s=s.tombstone_ttl_s)
             self.wipe = TableWipe(specs, tombstone_ttl_s=s.tombstone_ttl_s, cluster=self._cluster)
         self.signer: Any = None                         # --sink gearman: sync.signing.Signer, or None
@@ -199,13 +201,15 @@ class BinlogService:
         return self._stop_deadline if self._stop.is_set() else None
 
     def sink_retry(self, what: str, backoff: Backoff, **info: Any) -> Callable[[BaseException, float], None]:
-        """on_retry of a delivery: count the failure, log sink_unavailable."""
+        """on_retry of a delivery: count the failure, log sink_unavailable (the episode's first failure)."""
         def on_retry(exc: BaseException, delay: float) -> None:
             self.stats.retries += 1
             self.sink_error = f"{what}: {short_error(exc)}"
             metrics.record_retry()
-            log.warning("sink_unavailable", what=what, error=short_error(exc), retry_in_s=round(delay, 3),
-                        attempt=backoff.attempts, **info)
+            # one line per episode (its first failure; sink_recovered ends it), not one per attempt
+            (log.warning if backoff.attempts == 1 else log.debug)(
+                "sink_unavailable", what=what, error=short_error(exc), retry_in_s=round(delay, 3),
+                attempt=backoff.attempts, **info)
         return on_retry
 
     def sink_given_up(self, what: str, gave_up: DeadlinePassed, **info: Any) -> None:
