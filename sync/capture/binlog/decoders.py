@@ -10,17 +10,22 @@ re-reads them when a DDL statement names the table, or a row lacks a key column)
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sync.errors import SourceError
+import structlog
+
+from sync.errors import ConfigError, SourceError
 from sync.rows.rowcodec import normalize_value
 from sync.rows.schema import Column, canonical_value
 
 __all__ = [
+    "DECODER_ENV",
     "RowPlan",
     "binlog_column",
     "column_converter",
@@ -28,8 +33,13 @@ __all__ = [
     "decode_datetime",
     "decode_datetime2",
     "decode_time2",
+    "decoder_mode",
     "install_decoders",
+    "native_spec",
+    "select_decoder",
 ]
+
+log = structlog.get_logger(__name__)
 
 
 # -- decoding fixes ------------------------------------------------------------------------------
@@ -267,25 +277,174 @@ def _json_plain(v: Any) -> Any:
     return v
 
 
+# -- the C decoder (sync/capture/binlog/_rowdecode.c) ----------------------------------------------
+# It turns a rows event's bytes straight into what RowPlan.row() returns, for every column type
+# below; a table with any other column type (MySQL's binary JSON, NEWDATE, a charset without table
+# map metadata) is decoded by mysql-replication + the converters above, as before.
+
+DECODER_ENV = "GEARSYNC_BINLOG_DECODER"
+_DECODER_MODES = ("auto", "c", "python")
+_NATIVE: Any = ("rows decoded by sync.capture.binlog._rowdecode",)   # the rows' *none_sources marker
+
+_rowdecode: Any
+_import_error: str | None = None
+try:
+    from sync.capture.binlog import _rowdecode
+except ImportError as exc:  # not built (no compiler / Python headers at install time)
+    _rowdecode = None
+    _import_error = str(exc)
+
+# the C decoder's ops (enum in _rowdecode.c)
+(OP_INT, OP_YEAR, OP_FLOAT, OP_DOUBLE, OP_DECIMAL, OP_BIT, OP_ENUM, OP_SET, OP_DATE, OP_DATETIME, OP_DATETIME2,
+ OP_TIMESTAMP, OP_TIMESTAMP2, OP_TIME, OP_TIME2, OP_STR, OP_ENUM_NONE) = range(1, 18)
+
+
+def decoder_mode() -> str:
+    """"c" or "python": GEARSYNC_BINLOG_DECODER (auto: c when the extension is built, c: required,
+    python: the pure-Python path, e.g. for a benchmark baseline)."""
+    mode = os.environ.get(DECODER_ENV, "auto").strip().lower() or "auto"
+    if mode not in _DECODER_MODES:
+        raise ConfigError(f"{DECODER_ENV}={mode!r}: expected one of {', '.join(_DECODER_MODES)}")
+    if mode == "python":
+        return "python"
+    if _rowdecode is None:
+        if mode == "c":
+            raise ConfigError(f"{DECODER_ENV}=c: the C row decoder is not built ({_import_error}); "
+                              "reinstall with a C compiler and Python headers (pip install -e .)")
+        return "python"
+    return "c"
+
+
+_warned = False
+
+
+def select_decoder() -> str:
+    """decoder_mode(), and once per process the one warning line when the C decoder is missing."""
+    global _warned
+    mode = decoder_mode()
+    if mode == "python" and _rowdecode is None and not _warned:
+        _warned = True
+        log.warning("binlog_c_decoder_unavailable", reason=_import_error,
+                    fallback="pure-Python row decoding (slower, same values)")
+    return mode
+
+
+def _str_encoding(charset: str) -> str | None:
+    """The codec mysql-replication decodes a column of `charset` with, or None when it keeps the bytes."""
+    from pymysqlreplication.row_event import RowsEvent
+
+    enc = RowsEvent.charset_to_encoding(charset)
+    try:
+        if not codecs.lookup(enc)._is_text_encoding:
+            return None
+    except LookupError:
+        return None
+    return str(enc)
+
+
+def native_spec(bcol: Any, name: str | None, conv: Callable[[Any], Any] | None) -> tuple[Any, ...] | None:
+    """The C decoder's spec of one table-map column (name None: not wanted), or None when the
+    column needs the Python path. `conv`: the column's converter (wanted columns)."""
+    try:
+        return _native_spec(bcol, name, conv)
+    except AttributeError:  # a table-map column without the metadata its type needs: Python path
+        return None
+
+
+def _native_spec(bcol: Any, name: str | None, conv: Callable[[Any], Any] | None) -> tuple[Any, ...] | None:
+    from pymysqlreplication.constants import FIELD_TYPE as F
+
+    t = bcol.type
+    ints = {F.TINY: 1, F.SHORT: 2, F.INT24: 3, F.LONG: 4, F.LONGLONG: 8}
+    if t in ints:
+        return (OP_INT, name, ints[t], int(bool(bcol.unsigned)), None)
+    simple = {F.YEAR: OP_YEAR, F.FLOAT: OP_FLOAT, F.DOUBLE: OP_DOUBLE, F.DATE: OP_DATE, F.DATETIME: OP_DATETIME,
+              F.TIMESTAMP: OP_TIMESTAMP, F.TIME: OP_TIME}
+    if t in simple:
+        return (simple[t], name, 0, 0, None)
+    timed = {F.DATETIME2: OP_DATETIME2, F.TIMESTAMP2: OP_TIMESTAMP2, F.TIME2: OP_TIME2}
+    if t in timed:
+        fsp = bcol.fsp
+        return (timed[t], name, fsp, 0, None) if isinstance(fsp, int) and 0 <= fsp <= 6 else None
+    if t == F.NEWDECIMAL:
+        p, d = bcol.precision, bcol.decimals
+        return (OP_DECIMAL, name, p, d, None) if 1 <= p <= 65 and 0 <= d <= min(p, 38) else None
+    if t == F.BIT:
+        nbytes, bits = bcol.bytes, bcol.bits
+        first = bits if nbytes == 1 else (bits % 8 or 8)
+        return (OP_BIT, name, nbytes, first, None) if 1 <= nbytes <= 8 and 1 <= first <= 8 else None
+    if t == F.ENUM:
+        if not 1 <= bcol.size <= 8:
+            return None
+        if not bcol.enum_values:
+            return (OP_ENUM_NONE, name, bcol.size, 0, None)
+        values = tuple(bcol.enum_values)
+        return (OP_ENUM, name, bcol.size, 0, tuple(conv(v) for v in values) if conv is not None else values)
+    if t == F.SET:
+        members = tuple(bcol.set_values or ())
+        if not 1 <= bcol.size <= 8 or not all(type(m) is str for m in members):
+            return None
+        return (OP_SET, name, bcol.size, 0, members or None)
+    if t == F.GEOMETRY:
+        return (OP_STR, name, bcol.length_size, 0, None) if 1 <= bcol.length_size <= 4 else None
+    if t in (F.VARCHAR, F.STRING, F.BLOB):
+        charset = bcol.character_set_name
+        if charset is None:
+            return None
+        width = bcol.length_size if t == F.BLOB else (2 if bcol.max_length > 255 else 1)
+        if not 1 <= width <= 4:
+            return None
+        enc = _str_encoding(charset)
+        pad = bcol.max_length if (t == F.STRING and enc is None and charset == "binary") else 0
+        return (OP_STR, name, width, pad if 0 < pad <= 65535 else 0, enc)
+    return None
+
+
 class RowPlan:
-    """How to turn one table's binlog rows (one table-map layout) into canonical rows."""
+    """How to turn one table's binlog rows (one table-map layout) into canonical rows.
 
-    __slots__ = ("convs", "names", "set_cols")
+    rows(ev) gives the event's rows: decoded by the C decoder when every column of the table map
+    has a native spec (and the decoder is built and not switched off), else mysql-replication's
+    ev.rows; row() turns either kind into the canonical row."""
 
-    def __init__(self, bcols: Sequence[Any], wanted: frozenset[str] | None, key: Sequence[str], flavor: str) -> None:
+    __slots__ = ("convs", "decoder", "names", "set_cols")
+
+    def __init__(self, bcols: Sequence[Any], wanted: frozenset[str] | None, key: Sequence[str], flavor: str,
+                 decoder: str | None = None) -> None:
         self.convs: list[tuple[str, Callable[[Any], Any]]] = []
         self.set_cols: set[str] = set()
+        spec: list[tuple[Any, ...] | None] = []
         for bcol in bcols:
             name = bcol.name
             if wanted is not None and name not in wanted and name not in key:
+                spec.append(native_spec(bcol, None, None))
                 continue
             col = binlog_column(bcol)
-            self.convs.append((name, column_converter(col, bcol, flavor)))
+            conv = column_converter(col, bcol, flavor)
+            self.convs.append((name, conv))
+            spec.append(native_spec(bcol, name, conv))
             if col.data_type == "set":
                 self.set_cols.add(name)
         self.names = tuple(n for n, _ in self.convs)
+        self.decoder: Any = None
+        if (decoder or decoder_mode()) == "c" and _rowdecode is not None and all(x is not None for x in spec):
+            self.decoder = _rowdecode.Decoder(tuple(spec), _NATIVE)
 
-    def row(self, values: Mapping[str, Any], none_sources: Mapping[str, Any] | None) -> dict[str, Any]:
+    def rows(self, ev: Any) -> list[dict[str, Any]]:
+        """The rows of a WRITE/UPDATE/DELETE_ROWS event `ev` (mysql-replication's shape). A
+        malformed event raises ValueError (the C decoder's DecodeError names the column)."""
+        dec = self.decoder
+        wrapper = getattr(ev, "packet", None)
+        if dec is None or len(getattr(wrapper, "_BinLogPacketWrapper__data_buffer", b"")) or not getattr(ev, "complete", False):
+            return ev.rows
+        pkt = wrapper.packet   # pymysql's packet: the event's bytes, read up to the first row
+        start = pkt._position
+        return dec.decode(pkt._data, start, start + ev.event_size - wrapper.read_bytes,
+                          ev.columns_present_bitmap, getattr(ev, "columns_present_bitmap2", None))
+
+    def row(self, values: Mapping[str, Any], none_sources: Any) -> dict[str, Any]:
+        if none_sources is _NATIVE:
+            return values  # type: ignore[return-value]  # decoded by _rowdecode: canonical already
         out: dict[str, Any] = {}
         for name, conv in self.convs:
             v = values[name]

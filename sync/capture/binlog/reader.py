@@ -72,7 +72,7 @@ from typing import Any
 
 import structlog
 
-from sync.capture.binlog.decoders import RowPlan, install_decoders
+from sync.capture.binlog.decoders import RowPlan, install_decoders, select_decoder
 from sync.capture.binlog.fkrows import TableState, fk_row_events
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
 from sync.capture.binlog.statements import Name, parse_table_statement
@@ -133,6 +133,7 @@ class BinlogSource:
         graph: FKGraph = EMPTY_GRAPH,
     ) -> None:
         install_decoders()
+        self.decoder = select_decoder()   # "c" or "python" (GEARSYNC_BINLOG_DECODER)
         self.mysql = mysql
         self.database = database
         self.server = server
@@ -563,7 +564,7 @@ class BinlogSource:
                     f"table {self.database}.{ev.table}: the binlog has no column names; set "
                     "binlog_row_metadata=FULL on the server (SET GLOBAL binlog_row_metadata=FULL)"
                 )
-            plan = st.plans[ev.table_id] = RowPlan(cols, st.read(), st.schema.key, self.flavor)
+            plan = st.plans[ev.table_id] = RowPlan(cols, st.read(), st.schema.key, self.flavor, self.decoder)
         return plan
 
     def _next_version(self) -> int:
@@ -588,7 +589,11 @@ class BinlogSource:
         plan = self._plan(st, ev)
         key = st.schema.key
         out = self._pending
-        rows = ev.rows
+        try:
+            rows = plan.rows(ev)
+        except ValueError as exc:  # a malformed rows event (the C decoder's DecodeError, a bad charset byte)
+            raise SourceError(f"table {self.database}.{table}: cannot decode the rows event ending at binlog position "
+                              f"{self._file}:{int(ev.packet.log_pos)}: {exc}") from None
         self.rows_read += len(rows)
         self._pending_rows += len(rows)
         src = Source.BINLOG
