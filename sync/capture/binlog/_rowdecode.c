@@ -577,6 +577,7 @@ static PyObject *decode_buffer(Decoder *self, const uint8_t *data, size_t start,
     if (rows == NULL)
         return NULL;
     while (r.pos < r.end) {
+        size_t row_start = r.pos;
         PyObject *item = PyDict_New();
         if (item == NULL)
             goto error;
@@ -597,6 +598,13 @@ static PyObject *decode_buffer(Decoder *self, const uint8_t *data, size_t start,
                 goto error;
             }
             Py_DECREF(b);
+        }
+        if (r.pos == row_start) {
+            /* no column present: a row of no bytes, and the rest of the event would never end */
+            Py_DECREF(item);
+            r.part = "row";
+            fail(&r, "a row of no columns");
+            goto error;
         }
         if (PyList_Append(rows, item) < 0) {
             Py_DECREF(item);
