@@ -68,18 +68,18 @@ static PyObject *k_values, *k_none_sources, *k_before_values, *k_before_none, *k
 
 typedef struct {
     const uint8_t *p;
-    size_t pos, end;
+    size_t pos, end, base;   /* base: where the row data starts (errors count from there) */
     const char *part;     /* what is being read, for errors, when not a column's value */
     PyObject *col;        /* else the column's name (borrowed; NULL: a column not synced) */
 } rd_t;
 
 static int fail(rd_t *r, const char *what) {
     if (r->part != NULL)
-        PyErr_Format(DecodeError, "%s: %s at byte %zu of the row data", r->part, what, r->pos);
+        PyErr_Format(DecodeError, "%s: %s at byte %zu of the row data", r->part, what, r->pos - r->base);
     else if (r->col != NULL)
-        PyErr_Format(DecodeError, "column %R: %s at byte %zu of the row data", r->col, what, r->pos);
+        PyErr_Format(DecodeError, "column %R: %s at byte %zu of the row data", r->col, what, r->pos - r->base);
     else
-        PyErr_Format(DecodeError, "a column not synced: %s at byte %zu of the row data", what, r->pos);
+        PyErr_Format(DecodeError, "a column not synced: %s at byte %zu of the row data", what, r->pos - r->base);
     return -1;
 }
 
@@ -572,7 +572,7 @@ static PyObject *decode_buffer(Decoder *self, const uint8_t *data, size_t start,
                      self->ncols);
         return NULL;
     }
-    rd_t r = {data, start, end, NULL, NULL};
+    rd_t r = {data, start, end, start, NULL, NULL};
     PyObject *rows = PyList_New(0);
     if (rows == NULL)
         return NULL;
