@@ -17,16 +17,6 @@ from sync.rows.schema import load_table
 from sync.testing.servers import MariaDBServer
 
 
-def gtid_pos(server: MariaDBServer) -> str:
-    conn = server.connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT @@global.gtid_binlog_pos")
-            return str(cur.fetchone()[0])
-    finally:
-        conn.close()
-
-
 def read_events(server: MariaDBServer, database: str, tables: Sequence[str], start_gtid: str, decoder: str,
                 columns: dict[str, Sequence[str] | None] | None = None) -> tuple[list[ChangeEvent], BinlogSource]:
     """Every ChangeEvent of `tables` from `start_gtid` to the end of the binlog now, decoded by

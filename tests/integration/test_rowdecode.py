@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from sync.events import Op
 from sync.testing.servers import MariaDBServer
-from tests.integration.rowdecode_rig import both, gtid_pos
+from tests.integration.binlog_rig import binlog_pos
+from tests.integration.rowdecode_rig import both
 
 TYPES = """
   id INT PRIMARY KEY,
@@ -70,7 +71,7 @@ def _exec(db, *sql: str) -> None:
 
 def test_every_type_and_value_class_same_events(mariadb: MariaDBServer, db) -> None:
     _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
-    start = gtid_pos(mariadb)
+    start = binlog_pos(mariadb)
     _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
           *(f"INSERT INTO types VALUES {r}" for r in ROWS),
           "UPDATE types SET ti = ti + 1, vc = CONCAT(vc, '!'), s = '' WHERE id IN (2, 4)",
@@ -96,7 +97,7 @@ def test_column_subset_and_minimal_row_image(mariadb: MariaDBServer, db) -> None
     """Columns not synced are parsed past but not returned; binlog_row_image=MINIMAL rows carry
     only the changed columns (and the key): the columns-present bitmap."""
     _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
-    start = gtid_pos(mariadb)
+    start = binlog_pos(mariadb)
     _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
           *(f"INSERT INTO types VALUES {r}" for r in ROWS),
           "SET SESSION binlog_row_image = 'MINIMAL'",
@@ -131,7 +132,7 @@ def test_generated_rows_same_events(mariadb: MariaDBServer, db, rows: list[tuple
         cur.execute("CREATE TABLE gen (id INT PRIMARY KEY, a BIGINT, b BIGINT UNSIGNED, c INT, d DECIMAL(18,6), "
                     "f FLOAT, g DOUBLE, t VARCHAR(40) CHARACTER SET utf8mb4, l VARCHAR(40) CHARACTER SET latin1, "
                     "v VARBINARY(20), dt DATETIME(6), tm TIME(4), bits BIT(20))")
-    start = gtid_pos(mariadb)
+    start = binlog_pos(mariadb)
     with db.cursor() as cur:
         for i, (a, b, c, d, f, g, t, v, dtv, tm, bits) in enumerate(rows):
             latin = None if t is None else t.encode("cp1252", "replace").decode("cp1252")  # MariaDB latin1 is cp1252

@@ -19,8 +19,8 @@ from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from sync.capture.binlog import decoders
-from sync.capture.binlog.reader import BinlogSource
 from sync.capture.binlog.preflight import ServerInfo
+from sync.capture.binlog.reader import BinlogSource
 from sync.errors import ConfigError, SourceError
 from sync.mysql import MySQLSettings
 from sync.position import Position

@@ -89,6 +89,15 @@ static int need(rd_t *r, size_t k) {
     return 0;
 }
 
+/* the next k bytes (the position moves past them), or NULL with DecodeError set */
+static const uint8_t *take(rd_t *r, size_t k) {
+    if (need(r, k) < 0)
+        return NULL;
+    const uint8_t *p = r->p + r->pos;
+    r->pos += k;
+    return p;
+}
+
 static uint64_t le(const uint8_t *p, int n) {
     uint64_t v = 0;
     for (int i = n - 1; i >= 0; i--)
@@ -279,10 +288,8 @@ static PyObject *read_value(rd_t *r, const col_t *c) {
     const uint8_t *p;
     switch (c->op) {
     case OP_INT: {
-        if (need(r, (size_t)c->a) < 0)
+        if ((p = take(r, (size_t)c->a)) == NULL)
             return NULL;
-        p = r->p + r->pos;
-        r->pos += (size_t)c->a;
         uint64_t u = le(p, c->a);
         if (c->b)
             return PyLong_FromUnsignedLongLong(u);
@@ -316,10 +323,8 @@ static PyObject *read_value(rd_t *r, const col_t *c) {
     case OP_DECIMAL:
         return read_decimal(r, c->a, c->b);
     case OP_BIT: {
-        if (need(r, (size_t)c->a) < 0)
+        if ((p = take(r, (size_t)c->a)) == NULL)
             return NULL;
-        p = r->p + r->pos;
-        r->pos += (size_t)c->a;
         uint64_t v = p[0] & ((1u << c->b) - 1u);
         for (int i = 1; i < c->a; i++)
             v = (v << 8) | p[i];
@@ -386,10 +391,8 @@ static PyObject *read_value(rd_t *r, const col_t *c) {
     }
     case OP_DATETIME2: {
         size_t nb = fsp_bytes(c->a);
-        if (need(r, 5 + nb) < 0)
+        if ((p = take(r, 5 + nb)) == NULL)
             return NULL;
-        p = r->p + r->pos;
-        r->pos += 5 + nb;
         int64_t v = (int64_t)be(p, 5) - (int64_t)0x8000000000LL;
         /* Python's >> on a negative number: arithmetic; the masks make the results equal */
         uint64_t uv = (uint64_t)v;
@@ -410,10 +413,8 @@ static PyObject *read_value(rd_t *r, const col_t *c) {
     }
     case OP_TIMESTAMP2: {
         size_t nb = fsp_bytes(c->a);
-        if (need(r, 4 + nb) < 0)
+        if ((p = take(r, 4 + nb)) == NULL)
             return NULL;
-        p = r->p + r->pos;
-        r->pos += 4 + nb;
         int32_t secs = (int32_t)(uint32_t)be(p, 4);
         long long m = 0;
         if (nb) {
@@ -439,27 +440,19 @@ static PyObject *read_value(rd_t *r, const col_t *c) {
     case OP_TIME2: {
         int fsp = c->a;
         size_t nb = fsp_bytes(fsp);
-        if (need(r, 3 + nb) < 0)
+        if ((p = take(r, 3 + nb)) == NULL)
             return NULL;
-        p = r->p + r->pos;
-        r->pos += 3 + nb;
         int64_t raw = (int64_t)be(p, 3);
         int64_t intpart = raw - 0x800000;
         int64_t packed;
-        if (nb == 1) {
-            int64_t frac = p[3];
+        if (nb == 1 || nb == 2) {
+            /* the fraction counts 1/100 s (fsp 1-2) or 1/10000 s (3-4); negative: borrowed from the seconds */
+            int64_t frac = (int64_t)be(p + 3, (int)nb);
             if (intpart < 0 && frac) {
                 intpart += 1;
-                frac -= 0x100;
+                frac -= (int64_t)1 << (8 * nb);
             }
-            packed = intpart * (1LL << 24) + frac * 10000;
-        } else if (nb == 2) {
-            int64_t frac = (int64_t)be(p + 3, 2);
-            if (intpart < 0 && frac) {
-                intpart += 1;
-                frac -= 0x10000;
-            }
-            packed = intpart * (1LL << 24) + frac * 100;
+            packed = intpart * (1LL << 24) + frac * (nb == 1 ? 10000 : 100);
         } else if (nb == 3) {
             packed = (int64_t)((raw << 24) | (int64_t)be(p + 3, 3)) - 0x800000000000LL;
         } else {
@@ -478,10 +471,8 @@ static PyObject *read_value(rd_t *r, const col_t *c) {
             return NULL;
         size_t len = (size_t)le(r->p + r->pos, c->a);
         r->pos += (size_t)c->a;
-        if (need(r, len) < 0)
+        if ((p = take(r, len)) == NULL)
             return NULL;
-        p = r->p + r->pos;
-        r->pos += len;
         if (c->enc != NULL) {
             if (c->utf8)
                 return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)len, "strict");

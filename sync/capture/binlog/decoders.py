@@ -435,7 +435,8 @@ class RowPlan:
         malformed event raises ValueError (the C decoder's DecodeError names the column)."""
         dec = self.decoder
         wrapper = getattr(ev, "packet", None)
-        if dec is None or len(getattr(wrapper, "_BinLogPacketWrapper__data_buffer", b"")) or not getattr(ev, "complete", False):
+        if dec is None or wrapper is None or len(getattr(wrapper, "_BinLogPacketWrapper__data_buffer", b"")) \
+                or not getattr(ev, "complete", False):
             return ev.rows
         pkt = wrapper.packet   # pymysql's packet: the event's bytes, read up to the first row
         start = pkt._position
