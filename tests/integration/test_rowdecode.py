@@ -138,7 +138,7 @@ def test_generated_rows_same_events(mariadb: MariaDBServer, db, rows: list[tuple
             latin = None if t is None else t.encode("cp1252", "replace").decode("cp1252")  # MariaDB latin1 is cp1252
             cur.execute("INSERT INTO gen VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                         (i, a, b, c, d, f, g, t, latin, v, dtv, tm, bits))
-        cur.execute("UPDATE gen SET a = -a DIV 2, t = CONCAT(COALESCE(t, ''), 'é'), tm = NULL WHERE id % 2 = 0")
+        cur.execute("UPDATE gen SET a = a DIV -2, t = CONCAT(COALESCE(t, ''), 'é'), tm = NULL WHERE id % 2 = 0")
         cur.execute("DELETE FROM gen WHERE id % 3 = 0")
     c_events, py_events = both(mariadb, db.db_name, ["gen"], start)
     assert len(c_events) >= len(rows)
