@@ -31,6 +31,7 @@ def read_events(server: MariaDBServer, database: str, tables: Sequence[str], sta
     src = BinlogSource(mysql, database, schemas, dict(columns or {}), server=info,
                        start=Position("mariadb", start_gtid), server_id=4242)
     src.decoder = decoder
+    decoders.cache_table_maps(decoder == "c")   # what BinlogSource.run() does in its thread
     out: list[Chunk] = []
     src._emit = out.append
     stream = src.open_stream(src.committed, blocking=False)

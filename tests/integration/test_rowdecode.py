@@ -143,3 +143,19 @@ def test_generated_rows_same_events(mariadb: MariaDBServer, db, rows: list[tuple
     c_events, py_events = both(mariadb, db.db_name, ["gen"], start)
     assert len(c_events) >= len(rows)
     assert c_events == py_events
+
+
+def test_table_map_reuse_follows_alter_table(mariadb: MariaDBServer, db) -> None:
+    """The C reader reuses the parse of a repeated TABLE_MAP event: a table changed mid-stream
+    (new table id, other columns) is decoded with its new layout, as the Python path does."""
+    _exec(db, "CREATE TABLE m (id INT PRIMARY KEY, a VARCHAR(10), b INT)")
+    start = binlog_pos(mariadb)
+    _exec(db, *(f"INSERT INTO m VALUES ({i}, 'x{i}', {i})" for i in range(3)),
+          "ALTER TABLE m ADD COLUMN c DATETIME(3) DEFAULT '2020-01-01 00:00:00.123' AFTER a, MODIFY b BIGINT UNSIGNED",
+          *(f"UPDATE m SET b = b + 18446744073709551000 WHERE id = {i}" for i in range(3)),
+          "ALTER TABLE m DROP COLUMN a",
+          *(f"DELETE FROM m WHERE id = {i}" for i in range(3)))
+    c_events, py_events = both(mariadb, db.db_name, ["m"], start)
+    assert c_events == py_events
+    assert [e.row for e in c_events[3:6]] == [
+        {"id": i, "a": f"x{i}", "c": "2020-01-01 00:00:00.123", "b": i + 18446744073709551000} for i in range(3)]

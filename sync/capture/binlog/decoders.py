@@ -14,6 +14,7 @@ import codecs
 import datetime as dt
 import json
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "install_decoders",
     "native_spec",
     "select_decoder",
+    "cache_table_maps",
 ]
 
 log = structlog.get_logger(__name__)
@@ -398,6 +400,71 @@ def _native_spec(bcol: Any, name: str | None, conv: Callable[[Any], Any] | None)
         pad = bcol.max_length if (t == F.STRING and enc is None and charset == "binary") else 0
         return (OP_STR, name, width, pad if 0 < pad <= 65535 else 0, enc)
     return None
+
+
+# -- table maps: parsed once per distinct table map ----------------------------------------------
+# The server writes a TABLE_MAP event before the rows events of every transaction; mysql-replication
+# parses each one in full (columns, metadata, charsets, names: ~100 µs, more than the rows of a
+# one-row transaction take to decode in C). In a reader thread that called cache_table_maps(), an
+# event whose bytes equal one already parsed reuses that parse (its Table object): equal bytes,
+# equal table (the bytes start with the table id). The filters (only_tables, ...) are applied
+# again on every event, as the library does. Other threads (and sync-binlog with the Python
+# decoder, the benchmark baseline) keep the library's own parse.
+
+_thread_state = threading.local()
+_TABLE_MAP_CACHE_MAX = 4096
+
+
+def cache_table_maps(on: bool = True) -> None:
+    """Reuse the parse of a repeated TABLE_MAP event in the calling thread (see above), or not."""
+    _install_table_map_cache()
+    _thread_state.table_maps = {} if on else None
+
+
+_table_map_cache_installed = False
+
+
+def _install_table_map_cache() -> None:
+    global _table_map_cache_installed
+    if _table_map_cache_installed:
+        return
+    from pymysqlreplication.event import BinLogEvent
+    from pymysqlreplication.row_event import TableMapEvent
+
+    plain_init = TableMapEvent.__init__
+
+    def init(self: Any, from_packet: Any, event_size: int, table_map: Any, ctl_connection: Any, **kw: Any) -> None:
+        cache: dict[bytes, Any] | None = getattr(_thread_state, "table_maps", None)
+        raw = getattr(from_packet, "packet", None)
+        if cache is None or raw is None or len(getattr(from_packet, "_BinLogPacketWrapper__data_buffer", b"")) \
+                or kw.get("freeze_schema"):
+            plain_init(self, from_packet, event_size, table_map, ctl_connection, **kw)
+            return
+        key = bytes(raw._data[raw._position:raw._position + event_size])
+        table = cache.get(key)
+        if table is None:
+            plain_init(self, from_packet, event_size, table_map, ctl_connection, **kw)
+            if self._processed and len(key) == event_size:
+                if len(cache) >= _TABLE_MAP_CACHE_MAX:
+                    cache.clear()
+                cache[key] = self.table_obj
+            return
+        BinLogEvent.__init__(self, from_packet, event_size, table_map, ctl_connection, **kw)
+        self.table_id, self.schema, self.table, self.columns = table.table_id, table.schema, table.table, table.columns
+        self.column_count = len(table.columns)
+        only_tables, ignored_tables = kw.get("only_tables"), kw.get("ignored_tables")
+        only_schemas, ignored_schemas = kw.get("only_schemas"), kw.get("ignored_schemas")
+        if ((only_tables is not None and table.table not in only_tables)
+                or (ignored_tables is not None and table.table in ignored_tables)
+                or (only_schemas is not None and table.schema not in only_schemas)
+                or (ignored_schemas is not None and table.schema in ignored_schemas)):
+            self._processed = False
+            return
+        self.table_obj = table
+        table_map[table.table_id] = table
+
+    TableMapEvent.__init__ = init
+    _table_map_cache_installed = True
 
 
 class RowPlan:

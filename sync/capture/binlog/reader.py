@@ -72,7 +72,7 @@ from typing import Any
 
 import structlog
 
-from sync.capture.binlog.decoders import RowPlan, install_decoders, select_decoder
+from sync.capture.binlog.decoders import RowPlan, cache_table_maps, install_decoders, select_decoder
 from sync.capture.binlog.fkrows import TableState, fk_row_events
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
 from sync.capture.binlog.statements import Name, parse_table_statement
@@ -244,6 +244,8 @@ class BinlogSource:
 
         backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.3)
         self._emit = emit
+        if self.decoder == "c":
+            cache_table_maps()   # this thread: a repeated TABLE_MAP event is not parsed again
         while not stop.is_set():
             self._reset_trx()
             self._pending.clear()   # emitted-or-not, these are re-read from self.committed
