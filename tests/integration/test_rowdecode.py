@@ -159,3 +159,32 @@ def test_table_map_reuse_follows_alter_table(mariadb: MariaDBServer, db) -> None
     assert c_events == py_events
     assert [e.row for e in c_events[3:6]] == [
         {"id": i, "a": f"x{i}", "c": "2020-01-01 00:00:00.123", "b": i + 18446744073709551000} for i in range(3)]
+
+
+def test_mariadb_compressed_rows_events(mariadb: MariaDBServer, db) -> None:
+    """log_bin_compress=ON: MariaDB writes WRITE/UPDATE/DELETE_ROWS_COMPRESSED_EVENT_V1, which
+    mysql-replication alone drops unseen; both decoders read them, with the same events."""
+    _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
+    start = binlog_pos(mariadb)
+    mariadb.execute("SET GLOBAL log_bin_compress = ON", "SET GLOBAL log_bin_compress_min_len = 10")
+    try:
+        conn = mariadb.connect(db.db_name)
+        try:
+            _exec(conn, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
+                  *(f"INSERT INTO types VALUES {r}" for r in ROWS),
+                  "UPDATE types SET vcl = REPEAT('y', 299), ltx = CONCAT(ltx, 'more') WHERE id IN (1, 2)",
+                  "DELETE FROM types WHERE id = 4")
+        finally:
+            conn.close()
+    finally:
+        mariadb.execute("SET GLOBAL log_bin_compress = OFF")
+    with db.cursor() as cur:
+        cur.execute("SHOW BINARY LOGS")
+        last = cur.fetchall()[-1][0]
+        cur.execute(f"SHOW BINLOG EVENTS IN '{last}'")
+        kinds = {row[2] for row in cur.fetchall()}
+    assert {"Write_rows_compressed_v1", "Update_rows_compressed_v1", "Delete_rows_compressed_v1"} <= kinds, kinds
+    c_events, py_events = both(mariadb, db.db_name, ["types"], start)
+    assert [e.op for e in c_events] == [Op.INSERT] * len(ROWS) + [Op.UPDATE, Op.UPDATE, Op.DELETE]
+    assert c_events == py_events
+    assert c_events[len(ROWS)].row is not None and c_events[len(ROWS)].row["vcl"] == "y" * 299

@@ -72,7 +72,13 @@ from typing import Any
 
 import structlog
 
-from sync.capture.binlog.decoders import RowPlan, cache_table_maps, install_decoders, select_decoder
+from sync.capture.binlog.decoders import (
+    RowPlan,
+    cache_table_maps,
+    compressed_row_events,
+    install_decoders,
+    select_decoder,
+)
 from sync.capture.binlog.fkrows import TableState, fk_row_events
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
 from sync.capture.binlog.statements import Name, parse_table_statement
@@ -216,7 +222,7 @@ class BinlogSource:
             server_id=self.server_id,
             blocking=blocking,
             only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
-                         MariadbGtidEvent, GtidEvent, HeartbeatLogEvent],
+                         MariadbGtidEvent, GtidEvent, HeartbeatLogEvent, *compressed_row_events()],
             # Row events of other tables are skipped unparsed; every transaction's GTID/XID still
             # arrives, so the position follows the whole binlog.
             only_tables=self._only_tables,
