@@ -53,6 +53,14 @@ test-udf-valgrind:  ## UDF unit driver under valgrind memcheck
 test-udf-tsan:  ## UDF unit driver (callers' threads + the keeper thread) under ThreadSanitizer; needs clang
 	$(MAKE) -C $(UDF_DIR) test-tsan
 
+.PHONY: faults-report
+FAULT_RUNS ?= 3
+FAULT_JSON ?= docs/faults-runs.json
+faults-report:  ## every fault case FAULT_RUNS times (default 3), runs added to FAULT_JSON, docs/faults.md's table rewritten (slow: ~30 min)
+	$(NEED_PYTHON)
+	GEARSYNC_FAULT_RUNS=$(FAULT_RUNS) GEARSYNC_FAULT_REPORT=$(FAULT_JSON) $(PYTHON) -m pytest -q -p no:cacheprovider tests/faults; \
+	rc=$$?; $(PYTHON) scripts/fault_table.py $(FAULT_JSON) --write docs/faults.md && exit $$rc
+
 .PHONY: fuzz-udf
 fuzz-udf:  ## libFuzzer (ASan/UBSan) on the UDF entry points and parsers, FUZZ_SECONDS per target (default 300); needs clang
 	$(MAKE) -C $(UDF_DIR)/fuzz replay

@@ -17,6 +17,8 @@
 -- ARGV[9] the fkr key prefix, then one expected value per
 -- guard ('' = absent), one version per check (20 digits), then per event its values and, with
 -- index keys, its new fkr value (JSON [[pk columns], set, ...]; '' = none).
+-- Shaping (sync.shape: indexes, stream): the records end with 'X' and ARGV with the shape section
+-- (the (shape) blocks below).
 -- Guards: if any guard key does not hold its expected value (a version key: the version or '';
 -- an fk index set: 'S' and its sorted members joined by newlines), nothing is written and the reply
 -- is '!' (the applier re-reads and retries: sync.apply.applier, cascades).
@@ -39,6 +41,24 @@ local nstats = tonumber(ARGV[3])
 local nguard = tonumber(ARGV[4])
 local ncheck = tonumber(ARGV[5])
 local nmark = tonumber(ARGV[6])
+-- (shape) Records followed by 'X': the call has a shape section (sync.apply.applier._shape_tail):
+-- the last ARGV is its descriptor, the ARGV index of its first value (10 digits) and 5 digits per
+-- record; shaped() below makes each record's writes. shapes[i]: where record i's values start.
+local shapes = false
+if #meta % 44 == 1 then
+  nev = (#meta - 1) / 44
+  local d = ARGV[#ARGV]
+  local at = tonumber(sub(d, 1, 10))
+  shapes = {}
+  for i = 1, nev do
+    local m = 6 + 5 * i
+    local nz, nr, ns = tonumber(sub(d, m, m)), tonumber(sub(d, m + 1, m + 1)), tonumber(sub(d, m + 2, m + 2))
+    local x = sub(d, m + 4, m + 4)
+    shapes[i] = {at, sub(d, m, m + 4)}
+    at = at + 2 * nz + nr + (sub(d, m + 3, m + 3) == '1' and 2 + ns or 0)
+      + (x == '0' and 0 or x == '2' and 5 or 4)
+  end
+end
 for g = 1, nguard do
   local want = ARGV[9 + g]
   if sub(want, 1, 1) == 'S' then
@@ -85,6 +105,47 @@ end
 local function unindex(rk, old)
   local sets = cjson.decode(old)
   for j = 2, #sets do call('SREM', sets[j], rk) end
+end
+-- (shape) A record's secondary indexes and stream entry, written in the same call as its row, once
+-- its fence passed (a stale change never gets here), before its version key. Its descriptor d
+-- (digits: nz, nr, ns, sets, stream) and values from ARGV[at]: nz (zset, score) ZADD; nr zsets
+-- ZREM; with set indexes the row's record key (keys.index_rows_key), its new value (JSON list of
+-- set keys, '' = none) and its ns sets: on a change SREM from the old sets, SADD to the new; a
+-- stream (1: the row is the json value `row`, 2: the row follows, 3: none): stream, maxlen, op, pk
+-- JSON [, row]: XADD MAXLEN ~ op key pk version [row].
+local function shaped(s, rk, ver, row)
+  local at, d = s[1], s[2]
+  for _ = 1, tonumber(sub(d, 1, 1)) do
+    call('ZADD', ARGV[at], ARGV[at + 1], rk)
+    at = at + 2
+  end
+  for _ = 1, tonumber(sub(d, 2, 2)) do
+    call('ZREM', ARGV[at], rk)
+    at = at + 1
+  end
+  if sub(d, 4, 4) == '1' then
+    local ns = tonumber(sub(d, 3, 3))
+    local ix, new = ARGV[at], ARGV[at + 1]
+    local old = call('GET', ix) or ''
+    if old ~= new then
+      if old ~= '' then for _, k in ipairs(cjson.decode(old)) do call('SREM', k, rk) end end
+      for j = at + 2, at + 1 + ns do call('SADD', ARGV[j], rk) end
+      if new ~= '' then call('SET', ix, new) else call('DEL', ix) end
+    end
+    at = at + 2 + ns
+  end
+  local x = sub(d, 5, 5)
+  if x ~= '0' then
+    local v = string.match(ver, '^0*(%d.*)$')
+    if x == '2' then row = ARGV[at + 4] end
+    if x ~= '3' and row then
+      call('XADD', ARGV[at], 'MAXLEN', '~', ARGV[at + 1], '*', 'op', ARGV[at + 2], 'key', rk, 'pk', ARGV[at + 3],
+           'version', v, 'row', row)
+    else
+      call('XADD', ARGV[at], 'MAXLEN', '~', ARGV[at + 1], '*', 'op', ARGV[at + 2], 'key', rk, 'pk', ARGV[at + 3],
+           'version', v)
+    end
+  end
 end
 local out = {}
 local counts = {}
@@ -160,6 +221,7 @@ for i = 0, nev - 1 do
           end
         end
       end
+      if shapes and shapes[i + 1][2] ~= '00000' then shaped(shapes[i + 1], rk, ver, op == 'J' and ARGV[a]) end
       if op == 'D' then
         call('DEL', rk)
         call('SET', vk, ver, 'PX', tomb)

@@ -209,8 +209,11 @@ class SyncWorker:
             self.stats.retries += 1
             self.redis_error = short_error(exc)
             metrics.record_retry()
-            log.warning("redis_unavailable", error=short_error(exc), jobs=len(jobs), retry_in_s=round(delay, 3),
-                        attempt=backoff.attempts)
+            # One line per episode (its first failure; redis_recovered ends it), not one per attempt:
+            # an OOM or an outage of minutes would otherwise log every few seconds per worker.
+            (log.warning if backoff.attempts == 1 else log.debug)(
+                "redis_unavailable", error=short_error(exc), jobs=len(jobs), retry_in_s=round(delay, 3),
+                attempt=backoff.attempts)
 
         try:
             outcomes = await retry_until(write, retry_on=REDIS_ERRORS, backoff=backoff,

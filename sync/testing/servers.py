@@ -282,8 +282,15 @@ class MariaDBServer(_Server):
     def url(self) -> str:
         return f"mysql://{self.user}@{self.host}:{self.port}/"
 
+    @property
+    def tmpdir(self) -> Path:
+        """The server's own temporary directory: nothing else on the machine creates or removes its
+        files (in /tmp, install-db once failed on a temporary table something removed under it)."""
+        return self.base_dir / "tmp"
+
     def prepare(self) -> None:
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         if (self.datadir / "mysql").is_dir():
             return
         install = _which("mariadb-install-db", "mysql_install_db")
@@ -295,6 +302,7 @@ class MariaDBServer(_Server):
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 "--user=root",
+                f"--tmpdir={self.tmpdir}",
             ],
             capture_output=True,
             text=True,
@@ -317,6 +325,7 @@ class MariaDBServer(_Server):
             f"--pid-file={self.base_dir / 'mariadb.pid'}",
             f"--log-error={self.log_path}",
             f"--plugin-dir={self.plugin_dir}",
+            f"--tmpdir={self.tmpdir}",
             "--skip-name-resolve",
             "--log-bin=binlog",
             "--binlog-format=ROW",

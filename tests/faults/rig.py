@@ -36,6 +36,7 @@ import pymysql
 
 from sync.capture.triggers import TriggerOptions, install_statements
 from sync.gearman import admin
+from sync.keys import DEFAULT_TEMPLATE, row_key
 from sync.rows.schema import load_table
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
@@ -51,8 +52,12 @@ class Writer:
     """One connection doing single-row UPDATE / INSERT … ON DUPLICATE KEY UPDATE / DELETE at a bounded
     rate, through the real triggers, until stopped. Survives a MariaDB restart (reconnects).
 
-    changes: row changes committed (affected rows > 0, so a change the triggers saw);
-    latencies_s: per statement (reconnect waits not included); errors: statements that failed."""
+    changes: row changes committed (affected rows > 0, so a change the triggers saw), counted only
+    when the server acknowledged the statement (autocommit: its COMMIT); latencies_s: per statement
+    (reconnect waits not included); errors: statements that failed; failed: (id, name) of each
+    UPDATE/INSERT that failed on a lost connection (the server killed mid-statement): it may or may
+    not have committed, MySQL says which after the restart (every written name is unique);
+    written: (monotonic start, id) of every statement attempted."""
 
     def __init__(self, connect: Callable[[], Any], *, rate_per_s: float = 300.0, seed: int = 1,
                  on_connect: Callable[[Any], None] | None = None, flush: bool = False) -> None:
@@ -65,6 +70,9 @@ class Writer:
         self.statements = 0
         self.errors = 0
         self.reconnects = 0
+        self.attempts = 0
+        self.failed: list[tuple[int, str]] = []
+        self.written: list[tuple[float, int]] = []
         self.latencies_s: list[tuple[float, float]] = []      # (monotonic start, seconds)
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -73,11 +81,12 @@ class Writer:
     def _statement(self) -> tuple[str, tuple[Any, ...]]:
         rid = self.rng.randrange(1, ROWS + 1)
         p = self.rng.random()
+        self.attempts += 1
         if p < 0.6:
-            return "UPDATE data SET volume = volume + 1, name = %s WHERE id = %s", (f"u{self.statements}", rid)
+            return "UPDATE data SET volume = volume + 1, name = %s WHERE id = %s", (f"u{self.attempts}", rid)
         if p < 0.9:
             return ("INSERT INTO data (id, volume, name) VALUES (%s, 0, %s) "
-                    "ON DUPLICATE KEY UPDATE volume = volume + 1, name = VALUES(name)", (rid, f"i{self.statements}"))
+                    "ON DUPLICATE KEY UPDATE volume = volume + 1, name = VALUES(name)", (rid, f"i{self.attempts}"))
         return "DELETE FROM data WHERE id = %s", (rid,)
 
     def _open(self) -> Any:
@@ -108,6 +117,8 @@ class Writer:
                 sql, args = self._statement()
                 i += 1
                 t0 = time.monotonic()
+                rid = args[-1] if sql.startswith("UPDATE") else args[0]
+                self.written.append((t0, rid))
                 try:
                     with conn.cursor() as cur:
                         n = cur.execute(sql, args)
@@ -120,6 +131,8 @@ class Writer:
                     self.errors += 1
                     if exc.args and exc.args[0] in (1205, 1213):
                         continue
+                    if not sql.startswith("DELETE"):
+                        self.failed.append((rid, args[0] if sql.startswith("UPDATE") else args[1]))
                     try:
                         conn.close()
                     except Exception:
@@ -154,6 +167,10 @@ class Writer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def rows_written_between(self, since: float, until: float) -> set[int]:
+        """Ids of the rows the statements started in [since, until] wrote (or tried to)."""
+        return {rid for t, rid in self.written if since <= t <= until}
 
     def worst_latency_s(self, since: float = 0.0, until: float = float("inf")) -> float:
         return max((d for t, d in self.latencies_s if since <= t <= until), default=0.0)
@@ -225,6 +242,7 @@ class Rig:
         self.log_dir = log_dir
         self.workers: list[Proc] = []
         self.procs: list[Proc] = []
+        self.udf_options = UDF_OPTIONS      # what point_udf passes to gman_servers_set
 
     # -- set-up -----------------------------------------------------------------------------------
     def connect(self) -> Any:
@@ -233,7 +251,7 @@ class Rig:
     def point_udf(self, conn: Any) -> None:
         if self.gearmand is not None:
             with conn.cursor() as cur:
-                cur.execute("SELECT gman_servers_set(%s, %s)", (self.gearmand.address, UDF_OPTIONS))
+                cur.execute("SELECT gman_servers_set(%s, %s)", (self.gearmand.address, self.udf_options))
 
     def make_table(self, *, triggers: bool = True, mode: str = "udf") -> None:
         conn = self.connect()
@@ -355,6 +373,27 @@ class Rig:
             self.wait(lambda: self.spool() == 0 and self.queued() == 0, timeout_s, "spool and queue empty")
             report = self.verify()
         return report
+
+    def names_in_mysql(self, names: list[str]) -> set[str]:
+        """Which of these written names MySQL holds now (a statement that committed, or not)."""
+        if not names:
+            return set()
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT name FROM data WHERE name IN %s", (names,))
+                return {r[0] for r in cur.fetchall()}
+        finally:
+            conn.close()
+
+    def name_in_redis(self, rid: int) -> str | None:
+        """The name Redis holds for row `rid` (None: no key)."""
+        client = self.redis.client()
+        try:
+            raw = client.get(row_key(DEFAULT_TEMPLATE, TABLE, (("id", rid),)))
+        finally:
+            client.close()
+        return None if raw is None else json.loads(raw).get("name")
 
     def worker_totals(self) -> dict[str, int]:
         """Sum of the worker_stopped counters of every worker that stopped cleanly."""

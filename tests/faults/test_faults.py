@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_exceptions
 
+from sync.keys import dead_letter_key
 from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer
 
 from .report import record
-from .rig import BIN, Rig
+from .rig import BIN, TABLE, UDF_OPTIONS, Rig
 
 pytestmark = pytest.mark.faults
 
@@ -58,12 +60,40 @@ def rig_factory(udf_installed: MariaDBServer, db: Any, tmp_path: Path) -> Iterat
         rig.close()
 
 
-def finish(case: str, rig: Rig, writer: Any, report: dict[str, Any], **details: Any) -> None:
+@pytest.fixture
+def binlog_db(tmp_path: Path) -> Iterator[MariaDBServer]:
+    """A mariadbd of the test's own (the binlog cases restart or kill it) holding the database `app`."""
+    server = MariaDBServer(tmp_path / "binlog-db")
+    server.start()
+    try:
+        server.execute("CREATE DATABASE app")
+        yield server
+    finally:
+        server.stop()
+
+
+def binlog_rig(rig_factory: Callable[..., Rig], server: MariaDBServer, redis: RedisServer) -> tuple[Rig, Any]:
+    """The `data` table without triggers, and sync-binlog (--sink redis) streaming it from the start;
+    returns once it streams (a server it cannot reach at start is exit 3, not what the cases measure)."""
+    rig = rig_factory(None, redis, mariadb=server, database="app")
+    rig.make_table(triggers=False)
+    binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
+                       "earliest", "--log-format", "json", "--stats-interval", "0")
+    rig.wait(lambda: not binlog.alive() or any(ev.get("event") == "binlog_connected" for ev in binlog.events()),
+             60, "sync-binlog streaming")
+    assert binlog.alive(), binlog.log()[-3000:]
+    return rig, binlog
+
+
+def finish(case: str, rig: Rig, writer: Any, report: dict[str, Any], lost_override: int | None = None,
+           **details: Any) -> None:
+    """Record the run (lost_override: what was lost before a repair, where the case runs one), then
+    assert the final verify found nothing and nothing was dead-lettered."""
     totals = rig.worker_totals()
     lost = report["missing"] + report["different"] + report["extra"]
-    record(case, written=writer.changes, lost=lost, differences=lost, statements=writer.statements,
-           statement_errors=writer.errors, duplicates_fenced=totals.get("stale", 0),
-           dead_letters=totals.get("dead", 0), verify=report, **details)
+    figures = {"duplicates_fenced": totals.get("stale", 0), "dead_letters": totals.get("dead", 0), **details}
+    record(case, written=writer.changes, lost=lost if lost_override is None else lost_override, differences=lost,
+           statements=writer.statements, statement_errors=writer.errors, verify=report, **figures)
     assert report["exit_code"] == 0 and lost == 0, report
     assert totals.get("dead", 0) == 0, totals
 
@@ -220,6 +250,79 @@ def test_redis_sigkill_without_persistence_then_repair(gearmand_factory, redis_f
     assert before["missing"] > 0  # the restart really emptied Redis
 
 
+def _redis_oom_under_writes(redis: RedisServer, rig: Rig, seconds: float = 4.0) -> int:
+    """After 2 s of writes, Redis' maxmemory set (CONFIG SET) to half of what it uses: with
+    noeviction every write is refused with OOM. After `seconds`, memory is freed (maxmemory 0)
+    and the writer goes on for 2 s. Returns the jobs gearmand held just before (0 on the binlog path)."""
+    time.sleep(2.0)
+    client = redis.client()
+    try:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used // 2)
+        with pytest.raises(redis_exceptions.OutOfMemoryError):
+            client.set("oom-probe", "x")
+        time.sleep(seconds)
+        held = rig.queued()
+        client.config_set("maxmemory", 0)
+    finally:
+        client.close()
+    time.sleep(2.0)
+    return held
+
+
+def _events(procs: list[Any], name: str) -> list[dict[str, Any]]:
+    return [ev for p in procs for ev in p.events() if ev.get("event") == name]
+
+
+def test_redis_maxmemory_oom_holds_changes(gearmand_factory, redis_factory, rig_factory) -> None:
+    """Redis at maxmemory (noeviction) answers every write with OOM for 4 s: the workers hold their
+    batch (no acknowledgement, no dead letter: a dead letter needs Redis too), retry with back-off
+    and log one line per episode; once memory is freed everything applies. No repair."""
+    g = gearmand_factory()
+    redis = redis_factory("--maxmemory-policy", "noeviction")
+    rig = rig_factory(g, redis)
+    rig.make_table()
+    workers = rig.start_workers(2)
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        held = _redis_oom_under_writes(redis, rig)
+    finally:
+        writer.stop()
+    report = rig.settle_and_verify()
+    stop_all(rig)
+    lines = [ev for ev in _events(workers, "redis_unavailable") if "maxmemory" in ev.get("error", "")]
+    retries = rig.worker_totals().get("retries", 0)
+    client = redis.client()
+    letters = client.llen(dead_letter_key(TABLE))
+    client.close()
+    finish("Redis at maxmemory 4 s (noeviction: OOM), then freed", rig, writer, report, held_while_oom=held,
+           oom_replies=retries, oom_log_lines=len(lines))
+    assert held > 0 and retries > 0 and letters == 0, (held, retries, letters)
+    assert 0 < len(lines) <= len(workers), lines     # one line per worker's episode, not per attempt or job
+    assert _events(workers, "redis_recovered"), "no recovery logged"
+
+
+def test_redis_maxmemory_oom_binlog_sink(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:
+    """The same OOM episode under sync-binlog --sink redis: it holds the batch and its position,
+    retries, logs one line per episode, and applies everything once memory is freed."""
+    redis = redis_factory("--maxmemory-policy", "noeviction")
+    rig, binlog = binlog_rig(rig_factory, binlog_db, redis)
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        _redis_oom_under_writes(redis, rig)
+    finally:
+        writer.stop()
+    report = _verify_until_equal(rig, 60)
+    assert binlog.alive(), binlog.log()[-3000:]
+    stop_all(rig)
+    lines = [ev for ev in _events([binlog], "sink_unavailable") if "maxmemory" in ev.get("error", "")]
+    retries = sum(int(ev.get("retries", 0)) for ev in _events([binlog], "binlog_stopped"))
+    finish("Redis at maxmemory 4 s (noeviction: OOM), then freed; sync-binlog --sink redis", rig, writer,
+           report, oom_replies=retries, oom_log_lines=len(lines))
+    assert retries > 0, retries
+    assert 0 < len(lines) <= 2, lines    # one line per episode (the batch; its saved position)
+
+
 # -- workers -------------------------------------------------------------------------------------
 
 def test_worker_sigkill_mid_batch(gearmand_factory, redis_factory, rig_factory) -> None:
@@ -276,29 +379,20 @@ def test_all_workers_stopped_then_restarted(gearmand_factory, redis_factory, rig
 
 # -- MariaDB -------------------------------------------------------------------------------------
 
-def test_mariadb_restart_during_binlog_streaming(tmp_path: Path, redis_factory, rig_factory) -> None:
-    server = MariaDBServer(tmp_path / "binlog-db")
-    server.start()
+def test_mariadb_restart_during_binlog_streaming(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:
+    rig, binlog = binlog_rig(rig_factory, binlog_db, redis_factory())
+    writer = rig.writer(rate_per_s=300).start()
     try:
-        server.execute("CREATE DATABASE app")
-        rig = rig_factory(None, redis_factory(), mariadb=server, database="app")
-        rig.make_table(triggers=False)
-        binlog = rig.spawn("sync-binlog", "sync-binlog", "--table", "data", "--database", "app", "--start",
-                           "earliest", "--log-format", "json", "--stats-interval", "0")
-        writer = rig.writer(rate_per_s=300).start()
-        try:
-            time.sleep(2.0)
-            server.restart()
-            time.sleep(3.0)
-        finally:
-            writer.stop()
-        report = _verify_until_equal(rig, 60)
-        assert binlog.alive(), binlog.log()[-3000:]
-        stop_all(rig)
-        finish("MariaDB restart during sync-binlog streaming", rig, writer, report,
-               writer_reconnects=writer.reconnects)
+        time.sleep(2.0)
+        binlog_db.restart()
+        time.sleep(3.0)
     finally:
-        server.stop()
+        writer.stop()
+    report = _verify_until_equal(rig, 60)
+    assert binlog.alive(), binlog.log()[-3000:]
+    stop_all(rig)
+    finish("MariaDB restart during sync-binlog streaming", rig, writer, report,
+           writer_reconnects=writer.reconnects)
 
 
 def _verify_until_equal(rig: Rig, timeout_s: float) -> dict[str, Any]:
@@ -352,6 +446,111 @@ def test_mariadb_restart_during_trigger_capture(own_mariadb: MariaDBServer, gear
     # ~900 writes after each restart: had the UDF forgotten the servers (default 127.0.0.1:4730,
     # nothing there), all of them would be in the spool
     assert all(n < 50 for n in spool_after), spool_after
+
+
+def _kill_mysqld_under_writes(server: MariaDBServer, kills: int = 2) -> list[float]:
+    """SIGKILL mysqld `kills` times, 2 s of writes apart, each time started again at once (no
+    shutdown, no spill file: InnoDB crash recovery); then 3 s more of writes. The kill instants."""
+    at: list[float] = []
+    for _ in range(kills):
+        time.sleep(2.0)
+        at.append(time.monotonic())
+        server.kill()
+        server.start()
+    time.sleep(3.0)
+    return at
+
+
+def _in_flight(rig: Rig, writer: Any) -> tuple[int, int, list[str]]:
+    """Statements that failed on the killed connection, read from MySQL after the restart:
+    (committed after all, not committed, names of those not committed that Redis shows)."""
+    committed = rig.names_in_mysql([name for _, name in writer.failed])
+    gone = [(rid, name) for rid, name in writer.failed if name not in committed]
+    return len(committed), len(gone), [name for rid, name in gone if rig.name_in_redis(rid) == name]
+
+
+def _near(writer: Any, kills: list[float], examples: dict[str, list[str]], window_s: float = 0.1) -> list[str]:
+    """The example keys of a verify report whose row no statement of the last window_s before a kill wrote."""
+    near: set[int] = set()
+    for t in kills:
+        near |= writer.rows_written_between(t - window_s, t)
+    keys = [k.split()[0] for kind in ("missing", "different", "extra") for k in examples.get(kind, [])]
+    return [k for k in keys if int(k.rpartition(":")[2]) not in near]
+
+
+@pytest.mark.parametrize("pipeline", ["1", "0"], ids=["pipelined", "confirmed"])
+def test_mysqld_sigkill_during_trigger_capture(pipeline: str, own_mariadb: MariaDBServer,  # noqa: F811
+                                               gearmand_factory, redis_factory, rig_factory) -> None:
+    """mysqld SIGKILLed twice under the writer and started again (crash recovery); the UDF reads its
+    servers and options from gearsync_udf.conf, the writer reconnects. What committed reaches Redis;
+    what the writer saw fail and did not commit (MySQL says which after the restart) never appears.
+
+    pipelined (the default): the documented crash window (udf/README.md, "What is left exposed"):
+    coalesced submits lose the jobs of the last coalesce_us (1 ms) that no server had taken yet.
+    sync-verify finds such rows and --repair fixes them: the case records what verify found before
+    the repair, and asserts every row it names was written in the 100 ms before a kill.
+    confirmed (pipeline=0): every submit waited for gearmand's JOB_CREATED, so nothing may differ
+    even before a repair."""
+    g = gearmand_factory()
+    own_mariadb.execute("CREATE DATABASE app")
+    options = f"{UDF_OPTIONS},pipeline={pipeline}"
+    (own_mariadb.plugin_dir / "gearsync_udf.conf").write_text(      # the UDF's settings after each crash
+        f"servers = {g.address}\n" + "".join(f"{kv.replace('=', ' = ')}\n" for kv in options.split(",")))
+    rig = rig_factory(g, redis_factory(), mariadb=own_mariadb, database="app")
+    rig.udf_options = options
+    rig.make_table()
+    rig.start_workers(2)
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        kills = _kill_mysqld_under_writes(own_mariadb)
+    finally:
+        writer.stop()
+    rig.start_relay()                     # a first row on a new connection may time out and spool
+    before = rig.settle_and_verify()
+    committed, not_committed, phantoms = _in_flight(rig, writer)
+    lost_before = before["missing"] + before["different"] + before["extra"]
+    far = _near(writer, kills, before["examples"])
+    report = before
+    if lost_before:
+        rig.verify(repair=True, recheck_delay_s=0)
+        report = rig.verify()
+    stop_all(rig)
+    name = "(pipelined, the default; 2 kills)" if pipeline == "1" else "(pipeline=0: confirmed submits; 2 kills)"
+    finish(f"mysqld SIGKILL during trigger capture {name}", rig, writer, report,
+           lost_override=lost_before, differences_before_repair=lost_before, before_repair=before["examples"],
+           in_flight_committed=committed, in_flight_failed=not_committed, phantoms=phantoms,
+           writer_reconnects=writer.reconnects, kills=len(kills))
+    assert not far, (far, before)          # only rows written just before a kill can have been caught
+    assert not phantoms, phantoms
+    assert writer.reconnects > 0
+    if pipeline == "0":
+        assert lost_before == 0, before
+
+
+def test_mysqld_sigkill_during_binlog_streaming(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:
+    """mysqld SIGKILLed twice under the writer: sync-binlog (--sink redis) loses its connection,
+    reconnects once the server is back and resumes from its saved position. No repair: what the
+    binlog holds after crash recovery is exactly what committed, and all of it reaches Redis; a
+    statement the writer saw fail reaches Redis only if MySQL shows it committed."""
+    rig, binlog = binlog_rig(rig_factory, binlog_db, redis_factory())
+    writer = rig.writer(rate_per_s=300).start()
+    try:
+        kills = _kill_mysqld_under_writes(binlog_db)
+    finally:
+        writer.stop()
+    report = _verify_until_equal(rig, 60)
+    committed, not_committed, phantoms = _in_flight(rig, writer)
+    assert binlog.alive(), binlog.log()[-3000:]
+    stop_all(rig)
+    events = binlog.events()
+    connects = sum(1 for ev in events if ev.get("event") == "binlog_connected")
+    stale = sum(int(ev.get("stale", 0)) for ev in events if ev.get("event") == "binlog_stopped")
+    finish("mysqld SIGKILL during sync-binlog streaming (2 kills, crash recovery)", rig, writer, report,
+           in_flight_committed=committed, in_flight_failed=not_committed, phantoms=phantoms,
+           writer_reconnects=writer.reconnects, kills=len(kills), binlog_reconnects=connects - 1,
+           duplicates_fenced=stale)
+    assert not phantoms, phantoms
+    assert connects - 1 >= len(kills), connects   # it reconnected after each kill, and stayed up
 
 
 # -- sync-relay ----------------------------------------------------------------------------------
