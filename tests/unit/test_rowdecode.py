@@ -243,3 +243,22 @@ def test_compressed_row_data_inflated_or_refused() -> None:
                      (bytes([0x82, 0, 99]) + packed[3:], "bytes inflated, the header says 99")):
         with pytest.raises((ValueError, zlib.error), match=why):
             decoders.inflate_compressed_rows(rows_event(WriteRowsEvent, INT_COLS, bad, b"\x03"))
+
+
+def test_without_the_extension_one_warning_and_the_python_path() -> None:
+    """A build without the C decoder: sync-binlog decodes in Python, says so once; =c refuses."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sync.capture.binlog._rowdecode'] = None\n"
+            "from sync.logging import setup_logging; setup_logging('info', 'json')\n"
+            "from sync.capture.binlog import decoders\n"
+            "print(decoders.select_decoder(), decoders.select_decoder(), flush=True)\n"
+            "import os; os.environ['GEARSYNC_BINLOG_DECODER'] = 'c'\n"
+            "decoders.select_decoder()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in __import__("os").environ.items() if k != decoders.DECODER_ENV})
+    out = r.stdout + r.stderr
+    assert "python python" in out
+    assert out.count("binlog_c_decoder_unavailable") == 1
+    assert r.returncode != 0 and "GEARSYNC_BINLOG_DECODER=c: the C row decoder is not built" in out
