@@ -26,7 +26,8 @@
 -- change is applied only over an older pair (an equal one is a redelivery). j/h/d keep the stored
 -- tie-breaker at an equal version. An event without an fk index keeps the stored fkr value. Written
 -- by an older gearsync: 20 digits, the fkr value in its own key (keys.fk_rows_key), which the next
--- change with an fk index reads, deletes and carries over.
+-- change with an fk index reads, deletes and carries over. A row of a table with set indexes
+-- (shaping) has its set record last, after a newline (shaped()); every change keeps it.
 -- Shaping (sync.shape: indexes, stream): the records end with 'X' and ARGV with the shape section
 -- (the (shape) blocks below).
 -- Guards: if any guard key does not hold its expected value (a version key: the version or '';
@@ -119,11 +120,15 @@ end
 -- (shape) A record's secondary indexes and stream entry, written in the same call as its row, once
 -- its fence passed (a stale change never gets here), before its version key. Its descriptor d
 -- (digits: nz, nr, ns, sets, stream) and values from ARGV[at]: nz (zset, score) ZADD; nr zsets
--- ZREM; with set indexes the row's record key (keys.index_rows_key), its new value (JSON list of
--- set keys, '' = none) and its ns sets: on a change SREM from the old sets, SADD to the new; a
--- stream (1: the row is the json value `row`, 2: the row follows, 3: none): stream, maxlen, op, pk
--- JSON [, row]: XADD MAXLEN ~ op key pk version [row].
-local function shaped(s, rk, ver, row)
+-- ZREM; with set indexes the row's legacy record key (keys.index_rows_key), its new set record
+-- (JSON list of set keys, '' = none) and its ns sets: on a change SREM from the old sets, SADD to
+-- the new; a stream (1: the row is the json value `row`, 2: the row follows, 3: none): stream,
+-- maxlen, op, pk JSON [, row]: XADD MAXLEN ~ op key pk version [row].
+-- The set record lives at the end of the version key, after a newline (`tail`: '\n' .. record,
+-- '' = none there): the fence's GET read it. A version key without one, written before the record
+-- moved there, has it in the legacy key, read once and deleted (no version key: no record).
+-- Returns the version key's new tail.
+local function shaped(s, rk, ver, row, tail, cur)
   local at, d = s[1], s[2]
   for _ = 1, tonumber(sub(d, 1, 1)) do
     call('ZADD', ARGV[at], ARGV[at + 1], rk)
@@ -135,13 +140,20 @@ local function shaped(s, rk, ver, row)
   end
   if sub(d, 4, 4) == '1' then
     local ns = tonumber(sub(d, 3, 3))
-    local ix, new = ARGV[at], ARGV[at + 1]
-    local old = call('GET', ix) or ''
+    local new = ARGV[at + 1]
+    local old = ''
+    if tail ~= '' then
+      old = sub(tail, 2)
+    elseif cur then
+      local ix = ARGV[at]
+      old = call('GET', ix) or ''
+      if old ~= '' then call('DEL', ix) end
+    end
     if old ~= new then
       if old ~= '' then for _, k in ipairs(cjson.decode(old)) do call('SREM', k, rk) end end
       for j = at + 2, at + 1 + ns do call('SADD', ARGV[j], rk) end
-      if new ~= '' then call('SET', ix, new) else call('DEL', ix) end
     end
+    tail = '\n' .. new
     at = at + 2 + ns
   end
   local x = sub(d, 5, 5)
@@ -156,6 +168,7 @@ local function shaped(s, rk, ver, row)
            'version', v)
     end
   end
+  return tail
 end
 local out = {}
 local counts = {}
@@ -192,7 +205,14 @@ for i = 0, nev - 1 do
     local newer = true
     -- the stored version (cv), tie-breaker (ctie, '' = none) and fkr value (old, nil = none)
     local cv, ctie, old = nil, '', nil
+    -- (shape) the set record after a newline ('\n' .. record; '' = none)
+    local tail = ''
     if cur then
+      local nl = string.find(cur, '\n', 21, true)
+      if nl then
+        tail = sub(cur, nl)
+        cur = sub(cur, 1, nl - 1)
+      end
       cv = sub(cur, 1, 20)
       local c = sub(cur, 21, 21)
       if c == '[' then
@@ -251,7 +271,10 @@ for i = 0, nev - 1 do
           keep = new
         end
       end
-      if shapes and shapes[i + 1][2] ~= '00000' then shaped(shapes[i + 1], rk, ver, op == 'J' and ARGV[a]) end
+      if shapes and shapes[i + 1][2] ~= '00000' then
+        tail = shaped(shapes[i + 1], rk, ver, op == 'J' and ARGV[a], tail, cur)
+      end
+      keep = keep .. tail
       if op == 'D' then
         call('DEL', rk)
         call('SET', vk, ver .. tie .. keep, 'PX', tomb)

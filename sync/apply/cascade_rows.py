@@ -256,7 +256,11 @@ def from_field(v: bytes) -> JSONValue:
 def split_stored_version(value: str) -> tuple[str, str, str]:
     """A version key's value (see apply.lua): the row's version (20 digits), its tie-breaker (20
     digits; '' = none) and its fkr value (the JSON of the fk index sets it is in; '' = none, or kept
-    in keys.fk_rows_key by an older gearsync)."""
+    in keys.fk_rows_key by an older gearsync). A set-index record after a newline (shaping) is
+    left out (stored_set_record)."""
+    nl = value.find("\n", 20)
+    if nl >= 0:
+        value = value[:nl]
     if value[20:21] == "[":
         return value[:20], "", value[20:]
     return value[:20], value[20:40], value[40:]

@@ -4,7 +4,8 @@ Every row key of the table is found by SCAN with the table's key pattern (sync.k
 the glob, then the exact form, so another key the glob happens to match is left alone). Each batch
 of found keys is one call of truncate.lua: a row whose stored version is older than the statement's
 is deleted and its version key set to the statement's version with the tombstone TTL, like a row
-delete; a row with a newer version (a change committed after the statement) stays. Running it
+delete, and leaves the table's zset and set indexes (shaping, sync.shape); a row with a newer
+version (a change committed after the statement) stays, in its indexes. Running it
 again is harmless (a restart that repeats the statement removes nothing more). One log line per
 statement: table_truncated with the number of keys removed.
 
@@ -27,7 +28,7 @@ from redis.crc import key_slot
 
 from sync.errors import ApplyError, PayloadError, short_error
 from sync.events import TableTruncate
-from sync.keys import DEFAULT_PREFIX, TableKeyMatch, check_prefix, table_key_match, version_key
+from sync.keys import DEFAULT_PREFIX, TableKeyMatch, check_prefix, index_rows_key, table_key_match, version_key
 from sync.tables import TableSpec
 
 log = structlog.get_logger(__name__)
@@ -62,8 +63,9 @@ class TableWipe:
             return None
         return m
 
-    def calls(self, m: TableKeyMatch, found: list[bytes]) -> list[list[bytes]]:
-        """The KEYS of the script calls for a batch of SCAN results (one call per slot on a cluster)."""
+    def calls(self, m: TableKeyMatch, found: list[bytes], sets: bool = False) -> list[list[bytes]]:
+        """The KEYS of the script calls for a batch of SCAN results (one call per slot on a cluster);
+        `sets`: with each row's legacy set-index record key (truncate.lua)."""
         groups: dict[int, list[bytes]] = {}
         for raw in found:
             if raw.startswith(self.own):
@@ -72,11 +74,17 @@ class TableWipe:
             if not m.matches(key):
                 continue
             vk = version_key(key, self.prefix).encode("utf-8", "surrogateescape")
-            groups.setdefault(key_slot(raw) if self.cluster else 0, []).extend((raw, vk))
+            group = groups.setdefault(key_slot(raw) if self.cluster else 0, [])
+            group.extend((raw, vk))
+            if sets:
+                group.append(index_rows_key(key, self.prefix).encode("utf-8", "surrogateescape"))
         return list(groups.values())
 
     def args(self, ev: TableTruncate) -> list[str]:
-        return [f"{ev.version:020d}", str(self.tomb_ms)]
+        shape = self.tables[ev.table].shape
+        zsets = [ix.zset_key() for ix in shape.zsets] if shape is not None else []
+        sets = "1" if shape is not None and shape.sets else "0"
+        return [f"{ev.version:020d}", str(self.tomb_ms), sets, *zsets]
 
     async def apply(self, client: Any, ev: TableTruncate) -> int:
         """Remove the table's rows older than `ev` (asyncio redis client); the number removed.
@@ -85,6 +93,7 @@ class TableWipe:
         if m is None:
             return 0
         script, argv = client.register_script(TRUNCATE_SCRIPT), self.args(ev)   # EVALSHA, loaded on NOSCRIPT
+        sets = argv[2] == "1"
         removed = scanned = 0
         batch: list[bytes] = []
         try:
@@ -92,11 +101,11 @@ class TableWipe:
                 batch.append(raw)
                 if len(batch) >= SCAN_COUNT:
                     scanned += len(batch)
-                    for keys in self.calls(m, batch):
+                    for keys in self.calls(m, batch, sets):
                         removed += await script(keys=keys, args=argv)
                     batch = []
             scanned += len(batch)
-            for keys in self.calls(m, batch):
+            for keys in self.calls(m, batch, sets):
                 removed += await script(keys=keys, args=argv)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis truncate of table {ev.table} failed: {short_error(exc)}") from exc

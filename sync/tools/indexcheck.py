@@ -2,8 +2,9 @@
 
 What the indexes should hold follows from MySQL alone: a row that exists and passes the filter is
 in each zset index with score_of(its column) (none when that is NULL or no number/date), and in the
-set of each set index for its column's value; its set-index record (keys.index_rows_key) lists those
-sets. Two walks find the differences:
+set of each set index for its column's value; its set-index record lists those sets: the end of its
+version key after a newline (apply.lua shaped()), or, written by an older gearsync, its own key
+(keys.index_rows_key), which the row's next change moves. Two walks find the differences:
 
 - rows: for each MySQL row the rows pass reads, ZSCORE per zset, SISMEMBER per expected set and
   the record: *missing* (not there), *wrong* (another score, a stale record), *extra* (a zset
@@ -30,7 +31,7 @@ import orjson
 import redis.exceptions
 
 from sync.errors import ApplyError
-from sync.keys import index_rows_key, row_key
+from sync.keys import index_rows_key, row_key, version_key
 from sync.rows.reader import TableReader
 from sync.shape import Shape, score_of
 from sync.tables import TableSpec
@@ -40,20 +41,33 @@ __all__ = ["IndexChecker", "IndexProblem"]
 
 SCAN_BATCH = 1000
 
-# KEYS[1] an index, KEYS[2] a member (row key), KEYS[3] its set-index record; ARGV[1] z or s.
-# Removes the member unless Redis holds the row and (a set) the row's record names the set. A
-# record whose row is gone (e.g. after a TRUNCATE, which removes the rows only) goes too.
-_DROP_SCRIPT = """if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('DEL', KEYS[3])
+# The set-index record of a row (KEYS[3] its version key, KEYS[4] its legacy record key): `rec`
+# (nil: none), `at` where it starts in the version key's value (nil: in the legacy key or none).
+_RECORD_LUA = """local v = redis.call('GET', KEYS[3])
+local at = v and string.find(v, '\\n', 21, true)
+local rec
+if at then rec = string.sub(v, at + 1) else rec = redis.call('GET', KEYS[4]) end
+"""
+# KEYS[1] an index, KEYS[2] a member (row key), KEYS[3] its version key, KEYS[4] its legacy
+# set-index record key; ARGV[1] z or s. Removes the member unless Redis holds the row and (a set)
+# the row's record names the set. A record whose row is gone (e.g. after a TRUNCATE by an older
+# gearsync, which removed the rows only) goes too.
+_DROP_SCRIPT = _RECORD_LUA + """if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[4])
+  if at then redis.call('SET', KEYS[3], string.sub(v, 1, at), 'KEEPTTL') end
   if ARGV[1] == 'z' then return redis.call('ZREM', KEYS[1], KEYS[2]) end
   return redis.call('SREM', KEYS[1], KEYS[2])
 end
 if ARGV[1] == 'z' then return 0 end
-local rec = redis.call('GET', KEYS[3])
-if rec then
+if rec and rec ~= '' then
   for _, k in ipairs(cjson.decode(rec)) do if k == KEYS[1] then return 0 end end
 end
 return redis.call('SREM', KEYS[1], KEYS[2])"""
+# KEYS[3], KEYS[4] as above (KEYS[1], KEYS[2] unused): the row's set-index record is forgotten (the
+# version key keeps its version), so the row's next change adds it to every set it names again.
+_FORGET_SCRIPT = _RECORD_LUA + """redis.call('DEL', KEYS[4])
+if at then redis.call('SET', KEYS[3], string.sub(v, 1, at - 1), 'KEEPTTL') end
+return 0"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +123,8 @@ class IndexChecker:
                 plan.append(("z", rk, c, score_of(c[ix.column]) if live and c is not None else None))
             if shape.sets:
                 want = shape.set_keys(c) if live and c is not None else []
-                calls.append(("GET", index_rows_key(rk, self.prefix)))
+                calls.append(("EVAL", _RECORD_LUA + "return rec", 4, "", "", version_key(rk, self.prefix),
+                              index_rows_key(rk, self.prefix)))
                 plan.append(("r", rk, c, want))
                 for k in want:
                     calls.append(("SISMEMBER", k, rk))
@@ -131,7 +146,7 @@ class IndexChecker:
             else:
                 text = value.decode() if isinstance(value, bytes) else value
                 if pk is not None and not _same(text, want):
-                    out.append(IndexProblem("wrong", call[1], rk, pk, "set-index record differs"))
+                    out.append(IndexProblem("wrong", call[5], rk, pk, "set-index record differs"))
         return out
 
     # -- members ---------------------------------------------------------------------------------
@@ -201,15 +216,17 @@ class IndexChecker:
 
     async def forget_records(self, problems: Sequence[IndexProblem]) -> None:
         """Delete the set-index records of the rows about to be re-applied (module docstring)."""
-        keys = sorted({index_rows_key(p.member, self.prefix) for p in problems if p.pk is not None})
-        if keys and self.shape.sets:
-            await self._read([("UNLINK", k) for k in keys])
+        members = sorted({p.member for p in problems if p.pk is not None})
+        if members and self.shape.sets:
+            await self._read([("EVAL", _FORGET_SCRIPT, 4, "", "", version_key(m, self.prefix),
+                               index_rows_key(m, self.prefix)) for m in members])
 
     async def drop(self, problems: Sequence[IndexProblem]) -> int:
         """Remove extra members whose row Redis does not hold (zset) / whose record omits the set."""
         zsets = {ix.zset_key() for ix in self.shape.zsets}
-        calls = [("EVAL", _DROP_SCRIPT, 3, p.index, p.member, index_rows_key(p.member, self.prefix),
-                  "z" if p.index in zsets else "s") for p in problems if p.kind == "extra"]
+        calls = [("EVAL", _DROP_SCRIPT, 4, p.index, p.member, version_key(p.member, self.prefix),
+                  index_rows_key(p.member, self.prefix), "z" if p.index in zsets else "s")
+                 for p in problems if p.kind == "extra"]
         return sum(int(x) for x in await self._read(calls)) if calls else 0
 
 
