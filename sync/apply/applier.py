@@ -120,23 +120,31 @@ elseif t > 0 then
 end"""
 
 
-def _shape_tail(shaped: Mapping[int, tuple[str, list[Any]]], records: int, values: list[Any]) -> None:
-    """The shape section of a script call (apply.lua: records followed by 'X'): the values of the
-    records' index and stream writes, in record order, then the descriptor as the last ARGV: the
-    ARGV index of the first of those values (10 digits) and 5 characters per record (_shape_event;
-    '00000': none). The index and stream keys are not declared in KEYS: indexes and streams need a
-    standalone Redis (RedisApplier refuses a Cluster), and a row's old sets, which the script reads
-    from its record, could not be."""
+def _shape_tail(shaped: Mapping[int, tuple[_ShapePlan, str, list[Any]]], records: int, values: list[Any],
+                ixprefix: str) -> None:
+    """The shape section of a script call (apply.lua: records followed by 'X'): the legacy set-record
+    key prefix, per shaped table its zset keys and stream (_ShapePlan.head), the values of the
+    records' index and stream writes in record order, then the descriptor as the last ARGV: the ARGV
+    index of the section's first value (10 digits), the number of tables (3 digits) and 8 characters
+    per record: its table's number (3 digits, '000' = none) and _shape_writes' 5. The index and
+    stream keys are not declared in KEYS: indexes and streams need a standalone Redis (RedisApplier
+    refuses a Cluster), and a row's old sets, which the script reads from its version key, could not be."""
     head = f"{10 + len(values):010d}"
+    values.append(ixprefix)
+    tabs: dict[_ShapePlan, str] = {}
+    for plan, _desc, _vals in shaped.values():
+        if plan not in tabs:
+            tabs[plan] = f"{len(tabs) + 1:03d}"
+            values.extend(plan.head)
     descs = []
     for at in range(records):
         got = shaped.get(at)
         if got is None:
-            descs.append("00000")
+            descs.append("00000000")
         else:
-            descs.append(got[0])
-            values.extend(got[1])
-    values.append(head + "".join(descs))
+            descs.append(tabs[got[0]] + got[1])
+            values.extend(got[2])
+    values.append(f"{head}{len(tabs):03d}" + "".join(descs))
 
 
 class _ShapePlan:
@@ -144,7 +152,7 @@ class _ShapePlan:
     zset keys, the set keys' text around the value, the stream's key and MAXLEN."""
 
     __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "sets", "stream", "tagged", "json", "named", "_sets",
-                 "_pk")
+                 "_pk", "head")
 
     def __init__(self, shape: Shape, tagged: bool, json: bool) -> None:
         self.shape = shape
@@ -157,6 +165,8 @@ class _ShapePlan:
             head, tail = ix.set_key("\x00").split("\x00")  # the key around the (escaped) value
             self.sets.append((ix.column, head, tail))
         self.stream = (shape.stream.key, str(shape.stream.maxlen)) if shape.stream is not None else None
+        # what the script gets once per call (apply.lua): the zset keys, the stream and its MAXLEN
+        self.head = [str(len(self.zsets)), *(key for _col, key in self.zsets), *(self.stream or ("", "0"))]
         self.tagged = tagged  # the version key holds the row key as it is (else in braces)
         self.json = json
         self.named = {new: old for old, new in shape.rename}  # a stored field -> its column
@@ -269,7 +279,6 @@ class RedisApplier:
         self._fkr_prefix = prefix + ":fkr:"
         # keys.index_rows_key's spelling: the row's version key with this prefix instead (shaping)
         self._ixprefix = index_rows_prefix(prefix)
-        self._vplen = len(self._vprefix)
         # marker key -> until when (time.monotonic()) its checks go with each change: a marker met
         # live (the script's '#' reply); shared with the with_redis() copies
         self._live: dict[str, float] = {}
@@ -436,7 +445,7 @@ class RedisApplier:
                 keys.append(rk)
                 keys.append(vprefix + rk if t.vk_tagged else vprefix + "{" + rk + "}")
                 if t.shape is not None:
-                    ev, row, shaped[len(meta)] = self._shape_event(t.shape, ev, keys[-1])
+                    ev, row, shaped[len(meta)] = self._shape_event(t.shape, ev)
                 si = 0
                 if want_stats:
                     si = stats.get(t.stats_key, 0)
@@ -514,13 +523,13 @@ class RedisApplier:
             keys[n:n] = [*marks, *[k for k, _ in checks]]
             values[n:n] = [v for _, v in checks]
         if shaped:
-            _shape_tail(shaped, len(meta), values)
+            _shape_tail(shaped, len(meta), values, self._ixprefix)
             meta.append("X")
         return keys, [self._tomb_ms, "".join(meta), len(stats), n, len(checks), len(marks), "".join(marks.values()),
                       vprefix, self._fkr_prefix, *values]
 
     # -- shaping (sync.shape): the row as stored, its index and stream writes ------------------------
-    def _shape_event(self, plan: _ShapePlan, ev: ChangeEvent, vk: str) -> tuple[ChangeEvent, Any, tuple[str, list[Any]]]:
+    def _shape_event(self, plan: _ShapePlan, ev: ChangeEvent) -> tuple[ChangeEvent, Any, tuple[_ShapePlan, str, list[Any]]]:
         """(the event to apply, the row to store (json: encoded already), its part of the script's
         shape section: _shape_writes): a row the filter leaves out becomes a delete at its version;
         exclude/rename make the stored row."""
@@ -533,71 +542,65 @@ class RedisApplier:
             if plan.filter is not None and not plan.filter.matches(row):
                 ev, row = replace(ev, op=Op.DELETE, row=None), None
         stored: Any = shape.project(row) if row is not None and plan.reshapes else row
-        stored, part = self._shape_writes(plan, vk, ev.op.value, plan.pk_json(ev.pk), row, stored)
+        stored, part = self._shape_writes(plan, ev.op.value[0], plan.pk_json(ev.pk), row, stored)
         return ev, stored, part
 
-    def _shape_derived(self, plan: _ShapePlan, ev: DerivedChange) -> tuple[str, list[Any]]:
+    def _shape_derived(self, plan: _ShapePlan, ev: DerivedChange) -> tuple[_ShapePlan, str, list[Any]]:
         """The index and stream writes of a change a cascade derived (sync.apply.cascade_rows) from
         the row as stored: its indexes follow the stored columns (an index of an excluded column is
         left as it is), the filter is not applied, the stream's pk is read from the row when the
         change names its key columns, else null (docs/shaping.md, Limits)."""
-        vk = self._vprefix + ev.rk if plan.tagged else self._vprefix + "{" + ev.rk + "}"
         if ev.op in "dD":
-            return self._shape_writes(plan, vk, "delete", "null", None, None)[1]
+            return self._shape_writes(plan, "d", "null", None, None)[1]
         stored: dict[str, Any] = (orjson.loads(ev.values[0]) if plan.json else
                                   {f.decode(): v.decode("utf-8", "replace") for f, v in zip(ev.values[::2], ev.values[1::2])})
         row = {plan.named.get(f, f): v for f, v in stored.items()} if plan.named else stored
         cols = orjson.loads(ev.fkr)[0] if ev.fkr else None
         pk = orjson.dumps({c: row.get(c) for c in cols}).decode() if cols else "null"
-        return self._shape_writes(plan, vk, "update", pk, row, stored, partial=True)[1]
+        return self._shape_writes(plan, "u", pk, row, stored, partial=True)[1]
 
-    def _shape_writes(self, plan: _ShapePlan, vk: str, op: str, pk: str, row: Mapping[str, Any] | None, stored: Any,
-                      *, partial: bool = False) -> tuple[Any, tuple[str, list[Any]]]:
-        """(the stored row, json: encoded; the record's part of the shape section): a descriptor of 5
-        digits (zsets to ZADD, zsets to ZREM, sets the row is in, 1 if the table has set indexes,
-        stream: 0 none, 1 the row is the json value the script stores, 2 the row is given, 3 no
-        row) and its values in that order: (zset, score)s, zsets, [record key, record value, sets],
-        [stream, maxlen, op, pk[, row]] (apply.lua shaped()). `row`: MySQL column names, None for a
-        delete; `partial`: the row may lack index columns (their indexes are left as they are)."""
+    @staticmethod
+    def _shape_writes(plan: _ShapePlan, op: str, pk: str, row: Mapping[str, Any] | None, stored: Any,
+                      *, partial: bool = False) -> tuple[Any, tuple[_ShapePlan, str, list[Any]]]:
+        """(the stored row, json: encoded; the record's part of the shape section: its table, a
+        descriptor of 5 characters and its values, apply.lua shaped()): z ('1': one value per zset
+        index: score, '' remove, '~' leave as is), s ('1': the table has set indexes: the set record
+        (JSON list, '' none) and the sets follow), the number of sets, the stream (0 none, 1 the row is
+        the json value the script stores, 2 the row follows the pk, 3 no row), `op` (i, u, d). `row`:
+        MySQL column names, None for a delete; `partial`: the row may lack index columns (their
+        indexes are left as they are)."""
         vals: list[Any] = []
-        nz = nr = 0
+        z = "0"
         if plan.zsets:
-            gone = []
-            for col, key in plan.zsets:
-                if partial and row is not None and col not in row:
-                    continue
-                score = score_of(row[col]) if row is not None else None
-                if score is None:
-                    gone.append(key)
+            z = "1"
+            for col, _key in plan.zsets:
+                if row is None:
+                    vals.append("")
+                elif partial and col not in row:
+                    vals.append("~")
                 else:
-                    vals += (key, score)
-                    nz += 1
-            vals += gone
-            nr = len(gone)
-        ns, with_sets = 0, bool(plan.sets)
-        if with_sets and partial and row is not None and any(col not in row for col, _, _ in plan.sets):
-            with_sets = False
-        if with_sets:
-            ix = self._ixprefix + vk[self._vplen:]
+                    vals.append(score_of(row[col]) or "")
+        ns, s = 0, "0"
+        if plan.sets and not (partial and row is not None and any(col not in row for col, _, _ in plan.sets)):
+            s = "1"
             if row is None:
-                vals += (ix, "")
+                vals.append("")
             elif len(plan.sets) == 1:
-                col, head, tail = plan.sets[0]
-                value = row[col]
+                value = row[plan.sets[0][0]]
                 if value is None:
-                    vals += (ix, "")
+                    vals.append("")
                 else:
                     key, text = plan.one_set(value)
-                    vals += (ix, text, key)
+                    vals += (text, key)
                     ns = 1
             else:
                 member_of = sorted(head + escape(row[col]) + tail for col, head, tail in plan.sets if row[col] is not None)
                 ns = len(member_of)
-                vals += (ix, orjson.dumps(member_of).decode() if member_of else "", *member_of)
+                vals += (orjson.dumps(member_of).decode() if member_of else "", *member_of)
         xf = 0
         if plan.stream is not None:
             # the script adds the row key and the version; a json row is the value it stores
-            vals += (*plan.stream, op, pk)
+            vals.append(pk)
             xf = 3
             if stored is not None:
                 encoded = stored if type(stored) is bytes else encode_json(stored)
@@ -606,7 +609,7 @@ class RedisApplier:
                 else:
                     vals.append(encoded)
                     xf = 2
-        return stored, (f"{nz}{nr}{ns}{1 if with_sets else 0}{xf}", vals)
+        return stored, (plan, f"{z}{s}{ns}{xf}{op}", vals)
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------
     def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:

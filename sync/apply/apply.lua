@@ -52,22 +52,40 @@ local nstats = tonumber(ARGV[3])
 local nguard = tonumber(ARGV[4])
 local ncheck = tonumber(ARGV[5])
 local nmark = tonumber(ARGV[6])
--- (shape) Records followed by 'X': the call has a shape section (sync.apply.applier._shape_tail):
--- the last ARGV is its descriptor, the ARGV index of its first value (10 digits) and 5 digits per
--- record; shaped() below makes each record's writes. shapes[i]: where record i's values start.
+-- (shape) Records followed by 'X': the call has a shape section (sync.apply.applier._shape_tail).
+-- Its descriptor, the last ARGV: the ARGV index of its first value (10 digits), the number of shaped
+-- tables in the call (3 digits), then 8 characters per record: its table's number (3 digits, 000 =
+-- none), z ('1': one value per zset index of the table), s ('1': the table has set indexes), ns (the
+-- number of sets the row is in), x (stream: 0 none, 1 the row is the json value stored, 2 the row
+-- is given, 3 no row), o (op: i, u, d). The section's values: the legacy set-record key prefix
+-- (keys.index_rows_prefix), per table: its number of zset indexes, their keys, its stream key ('' =
+-- none) and MAXLEN; then per record its values (shaped()). shapes[i]: record i's {first value,
+-- table, z, ns or false, x, o}.
 local shapes = false
+local ixp = ''
 if #meta % 44 == 1 then
   nev = (#meta - 1) / 44
   local d = ARGV[#ARGV]
   local at = tonumber(sub(d, 1, 10))
+  ixp = ARGV[at]
+  at = at + 1
+  local tabs = {}
+  for t = 1, tonumber(sub(d, 11, 13)) do
+    local nz = tonumber(ARGV[at])
+    tabs[t] = {nz, at + 1, ARGV[at + nz + 1], ARGV[at + nz + 2]}  -- nz, its first zset key, stream, maxlen
+    at = at + nz + 3
+  end
   shapes = {}
   for i = 1, nev do
-    local m = 6 + 5 * i
-    local nz, nr, ns = tonumber(sub(d, m, m)), tonumber(sub(d, m + 1, m + 1)), tonumber(sub(d, m + 2, m + 2))
-    local x = sub(d, m + 4, m + 4)
-    shapes[i] = {at, sub(d, m, m + 4)}
-    at = at + 2 * nz + nr + (sub(d, m + 3, m + 3) == '1' and 2 + ns or 0)
-      + (x == '0' and 0 or x == '2' and 5 or 4)
+    local m = 6 + 8 * i
+    local tn = tonumber(sub(d, m, m + 2))
+    if tn > 0 then
+      local tab = tabs[tn]
+      local z, x = sub(d, m + 3, m + 3) == '1', sub(d, m + 6, m + 6)
+      local ns = sub(d, m + 4, m + 4) == '1' and tonumber(sub(d, m + 5, m + 5))
+      shapes[i] = {at, tab, z, ns, x, sub(d, m + 7, m + 7)}
+      at = at + (z and tab[1] or 0) + (ns and 1 + ns or 0) + (x == '0' and 0 or x == '2' and 2 or 1)
+    end
   end
 end
 for g = 1, nguard do
@@ -118,54 +136,57 @@ local function unindex(rk, old)
   for j = 2, #sets do call('SREM', sets[j], rk) end
 end
 -- (shape) A record's secondary indexes and stream entry, written in the same call as its row, once
--- its fence passed (a stale change never gets here), before its version key. Its descriptor d
--- (digits: nz, nr, ns, sets, stream) and values from ARGV[at]: nz (zset, score) ZADD; nr zsets
--- ZREM; with set indexes the row's legacy record key (keys.index_rows_key), its new set record
--- (JSON list of set keys, '' = none) and its ns sets: on a change SREM from the old sets, SADD to
--- the new; a stream (1: the row is the json value `row`, 2: the row follows, 3: none): stream,
--- maxlen, op, pk JSON [, row]: XADD MAXLEN ~ op key pk version [row].
+-- its fence passed (a stale change never gets here), before its version key. Its values (see
+-- shapes): with z, one per zset index of its table: the score to ZADD, '' ZREM, '~' leave it; with
+-- set indexes, its new set record (JSON list of set keys, '' = none) and its ns sets: on a change
+-- SREM from the old sets, SADD to the new; with a stream, the pk (JSON) [and the row, x = 2]: XADD
+-- MAXLEN ~ op key pk version [row].
 -- The set record lives at the end of the version key, after a newline (`tail`: '\n' .. record,
 -- '' = none there): the fence's GET read it. A version key without one, written before the record
--- moved there, has it in the legacy key, read once and deleted (no version key: no record).
--- Returns the version key's new tail.
-local function shaped(s, rk, ver, row, tail, cur)
-  local at, d = s[1], s[2]
-  for _ = 1, tonumber(sub(d, 1, 1)) do
-    call('ZADD', ARGV[at], ARGV[at + 1], rk)
-    at = at + 2
+-- moved there, has it in the legacy key (keys.index_rows_key), read once and deleted (no version
+-- key: no record). Returns the version key's new tail.
+local opname = {i = 'insert', u = 'update', d = 'delete'}
+local function shaped(s, rk, vk, ver, row, tail, cur)
+  local at, tab = s[1], s[2]
+  if s[3] then
+    local zk = tab[2]
+    for j = 0, tab[1] - 1 do
+      local v = ARGV[at + j]
+      if v == '' then
+        call('ZREM', ARGV[zk + j], rk)
+      elseif v ~= '~' then
+        call('ZADD', ARGV[zk + j], v, rk)
+      end
+    end
+    at = at + tab[1]
   end
-  for _ = 1, tonumber(sub(d, 2, 2)) do
-    call('ZREM', ARGV[at], rk)
-    at = at + 1
-  end
-  if sub(d, 4, 4) == '1' then
-    local ns = tonumber(sub(d, 3, 3))
-    local new = ARGV[at + 1]
+  local ns = s[4]
+  if ns then
+    local new = ARGV[at]
     local old = ''
     if tail ~= '' then
       old = sub(tail, 2)
     elseif cur then
-      local ix = ARGV[at]
+      local ix = ixp .. sub(vk, vpl)
       old = call('GET', ix) or ''
       if old ~= '' then call('DEL', ix) end
     end
     if old ~= new then
       if old ~= '' then for _, k in ipairs(cjson.decode(old)) do call('SREM', k, rk) end end
-      for j = at + 2, at + 1 + ns do call('SADD', ARGV[j], rk) end
+      for j = at + 1, at + ns do call('SADD', ARGV[j], rk) end
     end
     tail = '\n' .. new
-    at = at + 2 + ns
+    at = at + 1 + ns
   end
-  local x = sub(d, 5, 5)
+  local x = s[5]
   if x ~= '0' then
     local v = string.match(ver, '^0*(%d.*)$')
-    if x == '2' then row = ARGV[at + 4] end
+    if x == '2' then row = ARGV[at + 1] end
     if x ~= '3' and row then
-      call('XADD', ARGV[at], 'MAXLEN', '~', ARGV[at + 1], '*', 'op', ARGV[at + 2], 'key', rk, 'pk', ARGV[at + 3],
+      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', opname[s[6]], 'key', rk, 'pk', ARGV[at],
            'version', v, 'row', row)
     else
-      call('XADD', ARGV[at], 'MAXLEN', '~', ARGV[at + 1], '*', 'op', ARGV[at + 2], 'key', rk, 'pk', ARGV[at + 3],
-           'version', v)
+      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', opname[s[6]], 'key', rk, 'pk', ARGV[at], 'version', v)
     end
   end
   return tail
@@ -271,9 +292,7 @@ for i = 0, nev - 1 do
           keep = new
         end
       end
-      if shapes and shapes[i + 1][2] ~= '00000' then
-        tail = shaped(shapes[i + 1], rk, ver, op == 'J' and ARGV[a], tail, cur)
-      end
+      if shapes and shapes[i + 1] then tail = shaped(shapes[i + 1], rk, vk, ver, op == 'J' and ARGV[a], tail, cur) end
       keep = keep .. tail
       if op == 'D' then
         call('DEL', rk)
