@@ -174,13 +174,15 @@ class _ShapePlan:
         self._pk: tuple[str, str] = ("", "")          # a one-column pk: its name, '{"<name>":'
 
     def one_set(self, value: Any) -> tuple[str, str]:
-        """The set key and the record value of a row of one set index whose column holds `value`."""
+        """The ns character and the record value of a row of one set index whose column holds
+        `value` ('r': the record names the set plainly, '["<set>"]'; '1': the set key follows it)."""
         cached = type(value) is int or type(value) is str  # a column's values have one type
         got = self._sets.get(value) if cached else None
         if got is None:
             _col, head, tail = self.sets[0]
             key = head + escape(value) + tail
-            got = (key, orjson.dumps([key]).decode())
+            text = orjson.dumps([key]).decode()
+            got = ("r", text) if text == '["' + key + '"]' else (key, text)
             if cached:
                 if len(self._sets) >= 65536:
                     self._sets.clear()
@@ -565,10 +567,10 @@ class RedisApplier:
         """(the stored row, json: encoded; the record's part of the shape section: its table, a
         descriptor of 5 characters and its values, apply.lua shaped()): z ('1': one value per zset
         index: score, '' remove, '~' leave as is), s ('1': the table has set indexes: the set record
-        (JSON list, '' none) and the sets follow), the number of sets, the stream (0 none, 1 the row is
-        the json value the script stores, 2 the row follows the pk, 3 no row), `op` (i, u, d). `row`:
-        MySQL column names, None for a delete; `partial`: the row may lack index columns (their
-        indexes are left as they are)."""
+        (JSON list, '' none) and the sets follow), the number of sets ('r': one, named in the record
+        alone), the stream (0 none, 1 the row is the json value the script stores, 2 the row follows
+        the pk, 3 no row), `op` (i, u, d). `row`: MySQL column names, None for a delete; `partial`:
+        the row may lack index columns (their indexes are left as they are)."""
         vals: list[Any] = []
         z = "0"
         if plan.zsets:
@@ -580,7 +582,7 @@ class RedisApplier:
                     vals.append("~")
                 else:
                     vals.append(score_of(row[col]) or "")
-        ns, s = 0, "0"
+        ns, s = "0", "0"
         if plan.sets and not (partial and row is not None and any(col not in row for col, _, _ in plan.sets)):
             s = "1"
             if row is None:
@@ -591,11 +593,15 @@ class RedisApplier:
                     vals.append("")
                 else:
                     key, text = plan.one_set(value)
-                    vals += (text, key)
-                    ns = 1
+                    vals.append(text)
+                    if key == "r":
+                        ns = "r"  # the record names the set
+                    else:
+                        vals.append(key)
+                        ns = "1"
             else:
                 member_of = sorted(head + escape(row[col]) + tail for col, head, tail in plan.sets if row[col] is not None)
-                ns = len(member_of)
+                ns = str(len(member_of))
                 vals += (orjson.dumps(member_of).decode() if member_of else "", *member_of)
         xf = 0
         if plan.stream is not None:

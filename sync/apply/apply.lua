@@ -56,7 +56,7 @@ local nmark = tonumber(ARGV[6])
 -- Its descriptor, the last ARGV: the ARGV index of its first value (10 digits), the number of shaped
 -- tables in the call (3 digits), then 8 characters per record: its table's number (3 digits, 000 =
 -- none), z ('1': one value per zset index of the table), s ('1': the table has set indexes), ns (the
--- number of sets the row is in), x (stream: 0 none, 1 the row is the json value stored, 2 the row
+-- number of sets the row is in; 'r': one, named in its record, '["<set>"]'), x (stream: 0 none, 1 the row is the json value stored, 2 the row
 -- is given, 3 no row), o (op: i, u, d). The section's values: the legacy set-record key prefix
 -- (keys.index_rows_prefix), per table: its number of zset indexes, their keys, its stream key ('' =
 -- none) and MAXLEN; then per record its values (shaped()). shapes[i]: record i's {first value,
@@ -82,9 +82,10 @@ if #meta % 44 == 1 then
     if tn > 0 then
       local tab = tabs[tn]
       local z, x = sub(d, m + 3, m + 3) == '1', sub(d, m + 6, m + 6)
-      local ns = sub(d, m + 4, m + 4) == '1' and tonumber(sub(d, m + 5, m + 5))
+      local c = sub(d, m + 5, m + 5)
+      local ns = sub(d, m + 4, m + 4) == '1' and (c == 'r' and -1 or tonumber(c))
       shapes[i] = {at, tab, z, ns, x, sub(d, m + 7, m + 7)}
-      at = at + (z and tab[1] or 0) + (ns and 1 + ns or 0) + (x == '0' and 0 or x == '2' and 2 or 1)
+      at = at + (z and tab[1] or 0) + (ns and 1 + math.max(ns, 0) or 0) + (x == '0' and 0 or x == '2' and 2 or 1)
     end
   end
 end
@@ -173,10 +174,14 @@ local function shaped(s, rk, vk, ver, row, tail, cur)
     end
     if old ~= new then
       if old ~= '' then for _, k in ipairs(cjson.decode(old)) do call('SREM', k, rk) end end
-      for j = at + 1, at + ns do call('SADD', ARGV[j], rk) end
+      if ns < 0 then
+        call('SADD', sub(new, 3, -3), rk)
+      else
+        for j = at + 1, at + ns do call('SADD', ARGV[j], rk) end
+      end
     end
     tail = '\n' .. new
-    at = at + 1 + ns
+    at = at + 1 + math.max(ns, 0)
   end
   local x = s[5]
   if x ~= '0' then
