@@ -29,6 +29,7 @@ from redis.crc import key_slot
 from sync.errors import ApplyError, PayloadError, short_error
 from sync.events import TableTruncate
 from sync.keys import DEFAULT_PREFIX, TableKeyMatch, check_prefix, index_rows_key, table_key_match, version_key
+from sync.shape import Shape
 from sync.tables import TableSpec
 
 log = structlog.get_logger(__name__)
@@ -63,16 +64,17 @@ class TableWipe:
             return None
         return m
 
-    def calls(self, m: TableKeyMatch, found: list[bytes], sets: bool = False) -> list[list[bytes]]:
+    def calls(self, m: TableKeyMatch, found: list[bytes], shape: Shape | None = None) -> list[list[bytes]]:
         """The KEYS of the script calls for a batch of SCAN results (one call per slot on a cluster);
-        `sets`: with each row's legacy set-index record key (truncate.lua)."""
+        with set indexes in `shape`, each row's legacy set-index record key too (truncate.lua)."""
         groups: dict[int, list[bytes]] = {}
+        sets = shape is not None and bool(shape.sets)
         for raw in found:
             if raw.startswith(self.own):
                 continue
             key = raw.decode("utf-8", "surrogateescape")
-            if not m.matches(key):
-                continue
+            if not m.matches(key) or (shape is not None and shape.owns(key)):
+                continue  # (the table's index and stream keys may look like its row keys)
             vk = version_key(key, self.prefix).encode("utf-8", "surrogateescape")
             group = groups.setdefault(key_slot(raw) if self.cluster else 0, [])
             group.extend((raw, vk))
@@ -93,7 +95,7 @@ class TableWipe:
         if m is None:
             return 0
         script, argv = client.register_script(TRUNCATE_SCRIPT), self.args(ev)   # EVALSHA, loaded on NOSCRIPT
-        sets = argv[2] == "1"
+        shape = self.tables[ev.table].shape
         removed = scanned = 0
         batch: list[bytes] = []
         try:
@@ -101,11 +103,11 @@ class TableWipe:
                 batch.append(raw)
                 if len(batch) >= SCAN_COUNT:
                     scanned += len(batch)
-                    for keys in self.calls(m, batch, sets):
+                    for keys in self.calls(m, batch, shape):
                         removed += await script(keys=keys, args=argv)
                     batch = []
             scanned += len(batch)
-            for keys in self.calls(m, batch, sets):
+            for keys in self.calls(m, batch, shape):
                 removed += await script(keys=keys, args=argv)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis truncate of table {ev.table} failed: {short_error(exc)}") from exc

@@ -272,3 +272,48 @@ async def test_cascades_move_and_remove_the_index_entries(aredis: Any) -> None:
     moved = [(f[b"op"], f[b"key"], f[b"pk"]) for _, f in await aredis.xrange("line:changes")][3:]
     assert sorted(moved) == [(b"delete", b"line:1", b"null"), (b"delete", b"line:2", b"null"),
                              (b"update", b"line:1", b'{"id":1}'), (b"update", b"line:2", b'{"id":2}')]
+
+
+async def test_truncate_removes_the_index_entries_of_the_rows_it_removes(aredis: Any) -> None:
+    """TRUNCATE (binlog path, TableWipe): the rows older than the statement leave the zset and the
+    sets with their rows; a row written after it (newer version) keeps its row and its entries, and
+    rows written after the TRUNCATE are indexed as usual."""
+    from sync.apply.truncate import TableWipe
+    from sync.events import TableTruncate
+
+    ap = RedisApplier(aredis, {"items": spec()})
+    assert await ap.apply([up(1, 10, store=2), up(2, 11, store=2), up(3, 30, price=7, store=3)]) == [A, A, A]
+    # row 4 was written by an older gearsync: its set record in its own key
+    await aredis.set("items:4", orjson.dumps({"id": 4, "cost": 1, "store_id": 2, "active": 1}))
+    await aredis.set("gearsync:v:{items:4}", f"{12:020d}")
+    await aredis.set(index_rows_key("items:4"), '["items:store_id:2"]')
+    await aredis.sadd("items:store_id:2", "items:4")
+    await aredis.zadd("items:by:price", {"items:4": 1})
+    wipe = TableWipe({"items": spec()})
+    assert await wipe.apply(aredis, TableTruncate("items", 20)) == 3
+    assert await aredis.zrange("items:by:price", 0, -1) == [b"items:3"]
+    assert await sets(aredis) == {"items:store_id:3": {"items:3"}}
+    assert not await aredis.exists(index_rows_key("items:4"))
+    # the truncated rows' late, older changes are fenced out; newer ones come back, indexed
+    assert await ap.apply([up(1, 15, store=5), up(2, 21, price=4, store=2)]) == [S, A]
+    assert await aredis.zrange("items:by:price", 0, -1) == [b"items:2", b"items:3"]
+    assert await sets(aredis) == {"items:store_id:2": {"items:2"}, "items:store_id:3": {"items:3"}}
+    # running it again (a restart repeating the statement) removes nothing more
+    assert await wipe.apply(aredis, TableTruncate("items", 20)) == 0
+    assert await sets(aredis) == {"items:store_id:2": {"items:2"}, "items:store_id:3": {"items:3"}}
+
+
+async def test_a_set_record_written_by_an_older_gearsync_is_read_and_moved(aredis: Any) -> None:
+    """Before the set record moved into the version key it had its own key: the row's next change
+    reads it (leaving the old set), deletes it and keeps the record in the version key."""
+    ap = RedisApplier(aredis, {"items": spec()})
+    await aredis.set("items:1", orjson.dumps({"id": 1, "cost": 10, "store_id": 2, "active": 1}))
+    await aredis.set("gearsync:v:{items:1}", f"{10:020d}")
+    await aredis.set(index_rows_key("items:1"), '["items:store_id:2"]')
+    await aredis.sadd("items:store_id:2", "items:1")
+    assert await ap.apply([up(1, 11, store=3)]) == [A]
+    assert await sets(aredis) == {"items:store_id:3": {"items:1"}}
+    assert not await aredis.exists(index_rows_key("items:1"))
+    assert await ap.apply([up(1, 12, store=4), dele(1, 13)]) == [A, A]
+    assert await sets(aredis) == {}
+    assert await aredis.zcard("items:by:price") == 0
