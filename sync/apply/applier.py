@@ -108,6 +108,8 @@ MAX_CASCADE_TRIES = 20
 APPLY_SCRIPT = (Path(__file__).with_name("apply.lua")).read_text(encoding="utf-8")
 
 _ZERO_VERSION = "0" * 20
+# (shape) the delete of a derived upsert (apply.lua ops): fenced, guarded, with a tie-breaker
+_DELETE_OF = {"J": "D", "H": "D", "j": "d", "h": "d", "K": "E", "L": "E"}
 _DELETE = Op.DELETE
 # What SCRIPT LOAD returns for APPLY_SCRIPT (Redis names a script by the SHA1 of its text).
 APPLY_SCRIPT_SHA = hashlib.sha1(APPLY_SCRIPT.encode()).hexdigest()
@@ -499,6 +501,9 @@ class RedisApplier:
                 meta.append(f"{ev.op}{ev.version:020d}000000000000000{len(ev.values):05d}000")
             elif type(ev) is DerivedChange:
                 t = tables[ev.table]
+                part = None
+                if t.shape is not None:
+                    ev, part = self._shape_derived(t.shape, ev)  # (shape)
                 keys.append(ev.rk)
                 keys.append(vprefix + ev.rk if t.vk_tagged else vprefix + "{" + ev.rk + "}")
                 keys.extend(ev.sets)
@@ -507,14 +512,14 @@ class RedisApplier:
                     si = stats.get(t.stats_key, 0)
                     if not si:
                         si = stats[t.stats_key] = len(stats) + 1
-                ttl = 0 if ev.op in "Dd" else t.ttl_ms
+                ttl = 0 if ev.op in "DdE" else t.ttl_ms
                 meta.append(f"{ev.op}{ev.version:020d}{ttl:012d}{si:03d}{len(ev.values):05d}{len(ev.sets) + 1:03d}")
                 if ev.tie:
                     values.append(ev.tie)
                 values.extend(ev.values)
                 values.append(ev.fkr)
-                if t.shape is not None:
-                    shaped[len(meta) - 1] = self._shape_derived(t.shape, ev)  # (shape)
+                if part is not None:
+                    shaped[len(meta) - 1] = part
             else:
                 raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
         if len(stats) > 999:
@@ -547,19 +552,24 @@ class RedisApplier:
         stored, part = self._shape_writes(plan, ev.op.value[0], plan.pk_json(ev.pk), row, stored)
         return ev, stored, part
 
-    def _shape_derived(self, plan: _ShapePlan, ev: DerivedChange) -> tuple[_ShapePlan, str, list[Any]]:
-        """The index and stream writes of a change a cascade derived (sync.apply.cascade_rows) from
-        the row as stored: its indexes follow the stored columns (an index of an excluded column is
-        left as it is), the filter is not applied, the stream's pk is read from the row when the
-        change names its key columns, else null (docs/shaping.md, Limits)."""
-        if ev.op in "dD":
-            return self._shape_writes(plan, "d", "null", None, None)[1]
+    def _shape_derived(self, plan: _ShapePlan, ev: DerivedChange) -> tuple[DerivedChange, tuple[_ShapePlan, str, list[Any]]]:
+        """(the change to apply, its index and stream writes) of a change a cascade derived
+        (sync.apply.cascade_rows) from the row as stored: its indexes follow the stored columns (an
+        index of an excluded column is left as it is); a row the filter leaves out (every filter
+        column stored) becomes a delete; the stream's pk is read from the row when the change names
+        its key columns, else null; a delete's from the row it removes."""
+        if ev.op in "dDE":
+            return ev, self._shape_writes(plan, "d", ev.pk or "null", None, None)[1]
         stored: dict[str, Any] = (orjson.loads(ev.values[0]) if plan.json else
                                   {f.decode(): v.decode("utf-8", "replace") for f, v in zip(ev.values[::2], ev.values[1::2])})
         row = {plan.named.get(f, f): v for f, v in stored.items()} if plan.named else stored
         cols = orjson.loads(ev.fkr)[0] if ev.fkr else None
         pk = orjson.dumps({c: row.get(c) for c in cols}).decode() if cols else "null"
-        return self._shape_writes(plan, "u", pk, row, stored, partial=True)[1]
+        filt = plan.filter
+        if filt is not None and all(col in row for col in filt.columns) and not filt.matches(row):
+            ev = replace(ev, op=_DELETE_OF[ev.op], values=[])
+            return ev, self._shape_writes(plan, "d", pk, None, None)[1]
+        return ev, self._shape_writes(plan, "u", pk, row, stored, partial=True)[1]
 
     @staticmethod
     def _shape_writes(plan: _ShapePlan, op: str, pk: str, row: Mapping[str, Any] | None, stored: Any,
@@ -1044,8 +1054,11 @@ class RedisApplier:
                 else:
                     row.update(encode_hash({col: v}))
         table = t.spec.name
+        # (shape) the row's pk for the stream entry of its delete here
+        gone = "" if t.shape is None or t.shape.stream is None else orjson.dumps(
+            {col: from_field(v) if type(v := before.get(name(col))) is bytes else v for col in pkcols}).decode()
         if deleted:
-            out.append(DerivedChange(table, rk, "d", version, [], "", []))
+            out.append(DerivedChange(table, rk, "d", version, [], "", [], pk=gone))
             return [CascadeStep(children_of.get(table, ()), text_row(before, hashed), None)]
         if row == before:
             return []
@@ -1058,7 +1071,7 @@ class RedisApplier:
         else:
             values = [encode_json(row)]
         if new_rk != rk:
-            out.append(DerivedChange(table, rk, "d", version, [], "", []))
+            out.append(DerivedChange(table, rk, "d", version, [], "", [], pk=gone))
             # fenced; at the cascade's version with the content's as tie-breaker: a late change of the
             # row moved there (at that version, with its own: MovedChange) applies over it if newer
             op = ("K" if t.op_upsert == "J" else "L") if content else t.op_upsert

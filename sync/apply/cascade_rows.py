@@ -34,6 +34,7 @@ class DerivedChange:
     fkr: str
     sets: list[str]
     tie: str = ""
+    pk: str = ""  # (shaping) a delete's key columns as a JSON object, for its stream entry ('' = unknown)
 
 
 @dataclass(slots=True)

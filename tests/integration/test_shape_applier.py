@@ -270,7 +270,8 @@ async def test_cascades_move_and_remove_the_index_entries(aredis: Any) -> None:
     assert {m.decode() for m in await aredis.zrange("line:by:order_id", 0, -1)} == {"line:3"}
     assert not await aredis.exists(index_rows_key("line:1"))
     moved = [(f[b"op"], f[b"key"], f[b"pk"]) for _, f in await aredis.xrange("line:changes")][3:]
-    assert sorted(moved) == [(b"delete", b"line:1", b"null"), (b"delete", b"line:2", b"null"),
+    # a cascade's delete names the row's pk too (from the row it removes)
+    assert sorted(moved) == [(b"delete", b"line:1", b'{"id":1}'), (b"delete", b"line:2", b'{"id":2}'),
                              (b"update", b"line:1", b'{"id":1}'), (b"update", b"line:2", b'{"id":2}')]
 
 
@@ -317,3 +318,36 @@ async def test_a_set_record_written_by_an_older_gearsync_is_read_and_moved(aredi
     assert await ap.apply([up(1, 12, store=4), dele(1, 13)]) == [A, A]
     assert await sets(aredis) == {}
     assert await aredis.zcard("items:by:price") == 0
+
+
+async def test_a_cascade_that_makes_a_child_fail_the_filter_removes_it(aredis: Any) -> None:
+    """ON UPDATE CASCADE moves a child's FK to a value the filter leaves out: the child leaves Redis
+    and its indexes, like a row that stops matching (the stream gets a delete with its pk); one that
+    still matches is moved."""
+    from sync.events import Cascade, FKRule
+
+    rule = FKRule("line", "fk_line", ("order_id",), ("id",), "cascade", "cascade")
+    shape = build_shape("line", {"filter": "order_id < 100",
+                                 "indexes": [{"type": "zset", "column": "order_id"}, {"type": "set", "column": "order_id"}],
+                                 "stream": {}}, "[tables.line]")
+    ap = RedisApplier(aredis, {"orders": TableSpec("orders"), "line": TableSpec("line", shape=shape)})
+
+    def order(old: int, new: int, version: int) -> ChangeEvent:
+        c = Cascade({"id": old}, {"id": new}, (rule,))
+        return ChangeEvent("orders", Op.UPDATE, (("id", new),), {"id": new}, version, Source.TRIGGER, None, c)
+
+    lines = [ChangeEvent("line", Op.INSERT, (("id", i),), {"id": i, "order_id": o, "note": "n"}, 10 + i,
+                         Source.TRIGGER, {"fk_line": (o,)}) for i, o in ((1, 5), (2, 5), (3, 6))]
+    assert await ap.apply(lines) == [A, A, A]
+    await ap.apply([order(5, 500, 20), order(6, 7, 21)])
+    assert not await aredis.exists("line:1") and not await aredis.exists("line:2")
+    assert orjson.loads(await aredis.get("line:3"))["order_id"] == 7
+    assert await aredis.zrange("line:by:order_id", 0, -1) == [b"line:3"]
+    assert {k.decode() async for k in aredis.scan_iter(match="line:order_id:*") if await aredis.scard(k)} == {"line:order_id:7"}
+    last = [(f[b"op"], f[b"key"], f[b"pk"]) for _, f in await aredis.xrange("line:changes")][3:]
+    assert sorted(last) == [(b"delete", b"line:1", b'{"id":1}'), (b"delete", b"line:2", b'{"id":2}'),
+                            (b"update", b"line:3", b'{"id":3}')]
+    # the child's own later change that matches again brings it back
+    assert await ap.apply([ChangeEvent("line", Op.UPDATE, (("id", 1),), {"id": 1, "order_id": 8, "note": "n"}, 30,
+                                       Source.TRIGGER, {"fk_line": (8,)})]) == [A]
+    assert await aredis.zrange("line:by:order_id", 0, -1) == [b"line:3", b"line:1"]
