@@ -108,6 +108,7 @@ MAX_CASCADE_TRIES = 20
 APPLY_SCRIPT = (Path(__file__).with_name("apply.lua")).read_text(encoding="utf-8")
 
 _ZERO_VERSION = "0" * 20
+_OP_LETTER = {Op.INSERT: "i", Op.UPDATE: "u", Op.DELETE: "d"}  # (shape) apply.lua shaped()
 # (shape) the delete of a derived upsert (apply.lua ops): fenced, guarded, with a tie-breaker
 _DELETE_OF = {"J": "D", "H": "D", "j": "d", "h": "d", "K": "E", "L": "E"}
 _DELETE = Op.DELETE
@@ -193,13 +194,14 @@ class _ShapePlan:
 
     def pk_json(self, pk: tuple[tuple[str, Any], ...]) -> str:
         """The pk as a JSON object (the stream's pk field)."""
-        if len(pk) == 1 and type(pk[0][1]) is int:
-            name, head = self._pk
-            if name != pk[0][0]:
-                name = pk[0][0]
-                head = orjson.dumps({name: 0}).decode()[:-2]
-                self._pk = (name, head)
-            return f"{head}{pk[0][1]}}}"
+        if len(pk) == 1:
+            ((col, value),) = pk
+            if type(value) is int:
+                name, head = self._pk
+                if name != col:
+                    head = orjson.dumps({col: 0}).decode()[:-2]
+                    self._pk = (col, head)
+                return f"{head}{value}}}"
         return orjson.dumps(dict(pk)).decode()
 
 
@@ -549,7 +551,7 @@ class RedisApplier:
             if plan.filter is not None and not plan.filter.matches(row):
                 ev, row = replace(ev, op=Op.DELETE, row=None), None
         stored: Any = shape.project(row) if row is not None and plan.reshapes else row
-        stored, part = self._shape_writes(plan, ev.op.value[0], plan.pk_json(ev.pk), row, stored)
+        stored, part = self._shape_writes(plan, _OP_LETTER[ev.op], plan.pk_json(ev.pk) if plan.stream else "", row, stored)
         return ev, stored, part
 
     def _shape_derived(self, plan: _ShapePlan, ev: DerivedChange) -> tuple[DerivedChange, tuple[_ShapePlan, str, list[Any]]]:
