@@ -327,9 +327,12 @@ class RedisApplier:
         if type(ev) is ChangeEvent:
             if ev.op is not Op.CASCADE:
                 self.row_key(ev)
-                shape = self._tables[ev.table].spec.shape
-                if shape is not None and ev.row is not None:
-                    shape.check_row(ev.row)  # a filter/index column missing from the row
+                plan = self._tables[ev.table].shape
+                row = ev.row
+                if plan is not None and row is not None:
+                    for col in plan.needs:  # a filter/index column missing from the row
+                        if col not in row:
+                            plan.shape.check_row(row)
             if ev.refs is not None or ev.cascade is not None:
                 self.check_cascade(ev)
         elif type(ev) is not ClassicSet:
@@ -451,7 +454,9 @@ class RedisApplier:
                 keys.append(rk)
                 keys.append(vprefix + rk if t.vk_tagged else vprefix + "{" + rk + "}")
                 if t.shape is not None:
-                    ev, row, shaped[len(meta)] = self._shape_event(t.shape, ev)
+                    ev, row, part = self._shape_event(t.shape, ev)
+                    if part[2]:  # (no index, no stream: nothing for the script to do)
+                        shaped[len(meta)] = part
                 si = 0
                 if want_stats:
                     si = stats.get(t.stats_key, 0)
@@ -520,7 +525,7 @@ class RedisApplier:
                     values.append(ev.tie)
                 values.extend(ev.values)
                 values.append(ev.fkr)
-                if part is not None:
+                if part is not None and part[2]:
                     shaped[len(meta) - 1] = part
             else:
                 raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
