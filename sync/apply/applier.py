@@ -128,11 +128,13 @@ def _shape_tail(shaped: Mapping[int, tuple[_ShapePlan, str, list[Any]]], records
     """The shape section of a script call (apply.lua: records followed by 'X'): the legacy set-record
     key prefix, per shaped table its zset keys and stream (_ShapePlan.head), the values of the
     records' index and stream writes in record order, then the descriptor as the last ARGV: the ARGV
-    index of the section's first value (10 digits), the number of tables (3 digits) and 8 characters
-    per record: its table's number (3 digits, '000' = none) and _shape_writes' 5. The index and
+    index of the section's first value (10 digits), the number of tables (3 digits) and 15 characters
+    per record: its table's number (3 digits, '000' = none), _shape_writes' 5 and where its values
+    start (7 digits: their ARGV index less the section's first). The index and
     stream keys are not declared in KEYS: indexes and streams need a standalone Redis (RedisApplier
     refuses a Cluster), and a row's old sets, which the script reads from its version key, could not be."""
     head = f"{10 + len(values):010d}"
+    first = len(values)
     values.append(ixprefix)
     tabs: dict[_ShapePlan, str] = {}
     for plan, _desc, _vals in shaped.values():
@@ -143,9 +145,9 @@ def _shape_tail(shaped: Mapping[int, tuple[_ShapePlan, str, list[Any]]], records
     for at in range(records):
         got = shaped.get(at)
         if got is None:
-            descs.append("00000000")
+            descs.append("000000000000000")
         else:
-            descs.append(tabs[got[0]] + got[1])
+            descs.append(f"{tabs[got[0]]}{got[1]}{len(values) - first:07d}")
             values.extend(got[2])
     values.append(f"{head}{len(tabs):03d}" + "".join(descs))
 

@@ -53,40 +53,26 @@ local nguard = tonumber(ARGV[4])
 local ncheck = tonumber(ARGV[5])
 local nmark = tonumber(ARGV[6])
 -- (shape) Records followed by 'X': the call has a shape section (sync.apply.applier._shape_tail).
--- Its descriptor, the last ARGV: the ARGV index of its first value (10 digits), the number of shaped
--- tables in the call (3 digits), then 8 characters per record: its table's number (3 digits, 000 =
--- none), z ('1': one value per zset index of the table), s ('1': the table has set indexes), ns (the
--- number of sets the row is in; 'r': one, named in its record, '["<set>"]'), x (stream: 0 none, 1 the row is the json value stored, 2 the row
--- is given, 3 no row), o (op: i, u, d). The section's values: the legacy set-record key prefix
--- (keys.index_rows_prefix), per table: its number of zset indexes, their keys, its stream key ('' =
--- none) and MAXLEN; then per record its values (shaped()). shapes[i]: record i's {first value,
--- table, z, ns or false, x, o}.
-local shapes = false
-local ixp = ''
+-- Its descriptor sd, the last ARGV: the ARGV index of its first value (10 digits), the number of
+-- shaped tables in the call (3 digits), then 15 characters per record: its table's number (3 digits,
+-- 000 = none), z ('1': one value per zset index of the table), s ('1': the table has set indexes),
+-- ns (the number of sets the row is in; 'r': one, named in its record, '["<set>"]'), x (stream: 0
+-- none, 1 the row is the json value stored, 2 the row is given, 3 no row), o (op: i, u, d), the
+-- ARGV index of its first value (7 digits, from the section's start). The section's values: the
+-- legacy set-record key prefix (keys.index_rows_prefix), per table: its number of zset indexes,
+-- their keys, its stream key ('' = none) and MAXLEN; then per record its values (shaped()).
+local sd = false
+local sbase, ixp, tabs = 0, '', {}
 if #meta % 44 == 1 then
   nev = (#meta - 1) / 44
-  local d = ARGV[#ARGV]
-  local at = tonumber(sub(d, 1, 10))
-  ixp = ARGV[at]
-  at = at + 1
-  local tabs = {}
-  for t = 1, tonumber(sub(d, 11, 13)) do
+  sd = ARGV[#ARGV]
+  sbase = tonumber(sub(sd, 1, 10))
+  ixp = ARGV[sbase]
+  local at = sbase + 1
+  for t = 1, tonumber(sub(sd, 11, 13)) do
     local nz = tonumber(ARGV[at])
     tabs[t] = {nz, at + 1, ARGV[at + nz + 1], ARGV[at + nz + 2]}  -- nz, its first zset key, stream, maxlen
     at = at + nz + 3
-  end
-  shapes = {}
-  for i = 1, nev do
-    local m = 6 + 8 * i
-    local tn = tonumber(sub(d, m, m + 2))
-    if tn > 0 then
-      local tab = tabs[tn]
-      local z, x = sub(d, m + 3, m + 3) == '1', sub(d, m + 6, m + 6)
-      local c = sub(d, m + 5, m + 5)
-      local ns = sub(d, m + 4, m + 4) == '1' and (c == 'r' and -1 or tonumber(c))
-      shapes[i] = {at, tab, z, ns, x, sub(d, m + 7, m + 7)}
-      at = at + (z and tab[1] or 0) + (ns and 1 + math.max(ns, 0) or 0) + (x == '0' and 0 or x == '2' and 2 or 1)
-    end
   end
 end
 for g = 1, nguard do
@@ -137,8 +123,8 @@ local function unindex(rk, old)
   for j = 2, #sets do call('SREM', sets[j], rk) end
 end
 -- (shape) A record's secondary indexes and stream entry, written in the same call as its row, once
--- its fence passed (a stale change never gets here), before its version key. Its values (see
--- shapes): with z, one per zset index of its table: the score to ZADD, '' ZREM, '~' leave it; with
+-- its fence passed (a stale change never gets here), before its version key; m: where its part
+-- of the descriptor sd starts, tab: its table. Its values: with z, one per zset index of its table: the score to ZADD, '' ZREM, '~' leave it; with
 -- set indexes, its new set record (JSON list of set keys, '' = none) and its ns sets: on a change
 -- SREM from the old sets, SADD to the new; with a stream, the pk (JSON) [and the row, x = 2]: XADD
 -- MAXLEN ~ op key pk version [row].
@@ -147,9 +133,9 @@ end
 -- moved there, has it in the legacy key (keys.index_rows_key), read once and deleted (no version
 -- key: no record). Returns the version key's new tail.
 local opname = {i = 'insert', u = 'update', d = 'delete'}
-local function shaped(s, rk, vk, ver, row, tail, cur)
-  local at, tab = s[1], s[2]
-  if s[3] then
+local function shaped(m, tab, rk, vk, ver, row, tail, cur)
+  local at = sbase + tonumber(sub(sd, m + 8, m + 14))
+  if sub(sd, m + 3, m + 3) == '1' then
     local zk = tab[2]
     for j = 0, tab[1] - 1 do
       local v = ARGV[at + j]
@@ -161,7 +147,8 @@ local function shaped(s, rk, vk, ver, row, tail, cur)
     end
     at = at + tab[1]
   end
-  local ns = s[4]
+  local c = sub(sd, m + 5, m + 5)
+  local ns = sub(sd, m + 4, m + 4) == '1' and (c == 'r' and -1 or tonumber(c))
   if ns then
     local new = ARGV[at]
     local old = ''
@@ -183,15 +170,16 @@ local function shaped(s, rk, vk, ver, row, tail, cur)
     tail = '\n' .. new
     at = at + 1 + math.max(ns, 0)
   end
-  local x = s[5]
+  local x = sub(sd, m + 6, m + 6)
   if x ~= '0' then
     local v = string.match(ver, '^0*(%d.*)$')
     if x == '2' then row = ARGV[at + 1] end
     if x ~= '3' and row then
-      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', opname[s[6]], 'key', rk, 'pk', ARGV[at],
-           'version', v, 'row', row)
+      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', opname[sub(sd, m + 7, m + 7)], 'key', rk,
+           'pk', ARGV[at], 'version', v, 'row', row)
     else
-      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', opname[s[6]], 'key', rk, 'pk', ARGV[at], 'version', v)
+      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', opname[sub(sd, m + 7, m + 7)], 'key', rk,
+           'pk', ARGV[at], 'version', v)
     end
   end
   return tail
@@ -297,7 +285,11 @@ for i = 0, nev - 1 do
           keep = new
         end
       end
-      if shapes and shapes[i + 1] then tail = shaped(shapes[i + 1], rk, vk, ver, op == 'J' and ARGV[a], tail, cur) end
+      if sd then
+        local m = 14 + 15 * i
+        local tn = tonumber(sub(sd, m, m + 2))
+        if tn > 0 then tail = shaped(m, tabs[tn], rk, vk, ver, op == 'J' and ARGV[a], tail, cur) end
+      end
       keep = keep .. tail
       if op == 'D' then
         call('DEL', rk)
