@@ -298,8 +298,11 @@ def test_redis_maxmemory_oom_holds_changes(gearmand_factory, redis_factory, rig_
     finish("Redis at maxmemory 4 s (noeviction: OOM), then freed", rig, writer, report, held_while_oom=held,
            oom_replies=retries, oom_log_lines=len(lines))
     assert held > 0 and retries > 0 and letters == 0, (held, retries, letters)
-    assert 0 < len(lines) <= len(workers), lines     # one line per worker's episode, not per attempt or job
-    assert _events(workers, "redis_recovered"), "no recovery logged"
+    # One warning per episode of a worker (not per attempt, job or batch in flight), each ended by one
+    # redis_recovered. Usually one episode per worker; a write that fits under maxmemory for a moment
+    # (memory moves as clients come and go) ends an episode early and the next OOM opens another.
+    recovered = _events(workers, "redis_recovered")
+    assert 0 < len(lines) <= len(recovered) < retries, (lines, recovered, retries)
 
 
 def test_redis_maxmemory_oom_binlog_sink(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:
