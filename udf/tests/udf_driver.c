@@ -1141,8 +1141,8 @@ static size_t jobs_in_slots(const char *dir)
 static size_t put_job(char *p, const char *uq, const char *wl)
 {
     size_t wlen = strlen(wl);
-    size_t h = gs_proto_submit_head(p, 256, 18 /* SUBMIT_JOB_BG */, "f", 1, uq,
-                                    strlen(uq), wlen);
+    size_t h = gs_proto_submit_head(p, 256, 18 /* SUBMIT_JOB_BG */, "journal",
+                                    7, uq, strlen(uq), wlen);
     memcpy(p + h, wl, wlen);
     return h + wlen;
 }
@@ -1317,6 +1317,18 @@ static void test_journal_kill(const char *so, const char *dir)
     CHECK(count_slots(jdir, 1) == 1, "journal: garbage slot kept as .bad");
     snprintf(path, sizeof path, "%s/slot.1.2", jdir);
     CHECK(access(path, F_OK) != 0, "journal: empty left-over slot removed");
+    /* a slot whose window holds k4, then damage: k4 is sent, the file kept
+     * as .bad */
+    static char dmg[GS_JOURNAL_HDR + 128];
+    memcpy(dmg, GS_JOURNAL_MAGIC, 8);
+    size_t k4 = put_job(dmg + GS_JOURNAL_HDR, "uk4", "k4");
+    memcpy(dmg + GS_JOURNAL_HDR + k4, "\0REQ\0\0\0\x63", 8); /* no such type */
+    put_word(dmg, 0, k4 + 40);
+    snprintf(path, sizeof path, "%s/slot.1.3", jdir);
+    if ((f = fopen(path, "w")) != NULL) {
+        fwrite(dmg, 1, sizeof dmg, f);
+        fclose(f);
+    }
     kill(child, SIGKILL); /* mysqld killed: no destructor, no spill file */
     waitpid(child, NULL, 0);
     close(to_child[1]);
@@ -1330,14 +1342,18 @@ static void test_journal_kill(const char *so, const char *dir)
         fprintf(stderr, "dlopen again: %s\n", dlerror());
         exit(2);
     }
-    int other = 0, got = grab_held(port, "journal", 'k', 3, &other);
-    CHECK(got == 3 && other == 0,
-          "journal: %d of 3 jobs of the killed process arrived (%d other)", got, other);
+    int other = 0, got = grab_held(port, "journal", 'k', 4, &other);
+    CHECK(got == 4 && other == 0,
+          "journal: %d of 4 jobs (the killed process's 3, the damaged slot's "
+          "1) arrived (%d other)", got, other);
+    CHECK(count_slots(jdir, 1) == 2, "journal: damaged slot kept as .bad");
     for (int i = 0; i < 250 && jobs_in_slots(jdir); i++)
         usleep(20000);
     CHECK(jobs_in_slots(jdir) == 0, "journal: slot emptied once delivered");
-    snprintf(path, sizeof path, "%s/slot.1.1.bad", jdir);
-    unlink(path);
+    for (int i = 1; i <= 3; i += 2) {
+        snprintf(path, sizeof path, "%s/slot.1.%d.bad", jdir, i);
+        unlink(path);
+    }
 }
 
 /* ------------------------------------------------------------ signing */
