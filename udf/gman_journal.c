@@ -46,7 +46,7 @@
 #include <unistd.h>
 
 #define SLOT_PREFIX "slot."
-#define SLOT_MIN_DATA (2ul << 20) /* sparse: pages cost only once touched */
+#define SLOT_MIN_DATA (256ul << 10) /* grown (doubling) when a thread needs more */
 #define POOL_MAX 32               /* idle slots kept for new threads */
 #define RETRY_AFTER_MS 10000      /* after a failure, try again this late */
 
@@ -112,6 +112,14 @@ static void slot_close(struct gs_jslot *s, int remove)
     free(s);
 }
 
+/* Give the file `size` bytes of real blocks: a page of a MAP_SHARED sparse
+ * file that cannot get a block when first written (disk full) would be a
+ * SIGBUS in mysqld; reserved blocks never are.  0 ok, else the error. */
+static int reserve_blocks(int fd, size_t size)
+{
+    return posix_fallocate(fd, 0, (off_t)size);
+}
+
 static void log_failure(const char *what, int e)
 {
     int64_t now = gs_now_ms();
@@ -168,9 +176,12 @@ static struct gs_jslot *slot_create(void)
     if (flock(s->fd, LOCK_EX | LOCK_NB) != 0)
         goto fail;
     s->size = GS_JOURNAL_HDR + SLOT_MIN_DATA;
-    what = "ftruncate";
-    if (ftruncate(s->fd, (off_t)s->size) != 0)
+    what = "fallocate";
+    int e = reserve_blocks(s->fd, s->size);
+    if (e != 0) {
+        errno = e;
         goto fail;
+    }
     what = "mmap";
     void *m = mmap(NULL, s->size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
     if (m == MAP_FAILED)
@@ -180,13 +191,13 @@ static struct gs_jslot *slot_create(void)
     set_word(s, 0, 0);
     return s;
 fail:;
-    int e = errno;
+    int err = errno;
     if (s->fd >= 0) {
         close(s->fd);
         (void)unlink(path);
     }
     free(s);
-    log_failure(what, e);
+    log_failure(what, err);
     return NULL;
 }
 
@@ -213,8 +224,9 @@ int gs_journal_put(struct gs_jslot *s, size_t off, const char *p, size_t n)
         size_t size = s->size;
         while (GS_JOURNAL_HDR + end > size)
             size *= 2;
-        if (ftruncate(s->fd, (off_t)size) != 0) {
-            log_failure("ftruncate", errno);
+        int e = reserve_blocks(s->fd, size);
+        if (e != 0) {
+            log_failure("fallocate", e);
             return -1;
         }
         void *m = mremap(s->map, s->size, size, MREMAP_MAYMOVE);

@@ -11,6 +11,7 @@ Figures go to $GEARSYNC_FAULT_REPORT (tests/faults/report.py) → docs/faults.md
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -479,6 +480,13 @@ def _phantom_differences(writer: Any, phantoms: list[str], examples: dict[str, l
     return len(keys) - len(others), others
 
 
+def _journal_jobs_read(server: MariaDBServer) -> int:
+    """Jobs the UDF read back from its journal when mysqld started again (its error log)."""
+    text = server.log_path.read_text(errors="replace")
+    return sum(int(n) for n in re.findall(r"(\d+) background job\(s\) a previous mysqld process left "
+                                          r"unacknowledged", text))
+
+
 @pytest.mark.parametrize("pipeline", ["1", "0"], ids=["pipelined", "confirmed"])
 def test_mysqld_sigkill_during_trigger_capture(pipeline: str, own_mariadb: MariaDBServer,  # noqa: F811
                                                gearmand_factory, redis_factory, rig_factory) -> None:
@@ -521,7 +529,8 @@ def test_mysqld_sigkill_during_trigger_capture(pipeline: str, own_mariadb: Maria
     finish(f"mysqld SIGKILL during trigger capture {name}", rig, writer, report,
            lost_override=differences_before - of_phantoms, differences_before_repair=differences_before,
            before_repair=before["examples"], in_flight_committed=committed, in_flight_failed=not_committed,
-           phantoms=len(phantoms), phantom_names=phantoms, writer_reconnects=writer.reconnects, kills=len(kills))
+           phantoms=len(phantoms), phantom_names=phantoms, journal_jobs_read=_journal_jobs_read(own_mariadb),
+           writer_reconnects=writer.reconnects, kills=len(kills))
     # nothing committed is missing before the repair: every difference is a phantom's row
     assert differences_before == of_phantoms and not unexplained, (unexplained, before, phantoms)
     assert writer.reconnects > 0

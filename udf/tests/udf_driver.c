@@ -997,7 +997,8 @@ static int wait_stopped(pid_t pid)
 }
 
 /* Take jobs of function fn from gearmand on port as a worker, for up to 10 s
- * or until `want` arrived whose workload is tag + one digit; returns how
+ * or until `want` arrived whose workload is tag + one digit (+ any number
+ * of '.'); returns how
  * many did.  "warm" workloads are not counted (gearmand lost them with its
  * queue: not ours to check); *other counts any other workload. */
 static int count_slots(const char *dir, int bad);
@@ -1025,7 +1026,11 @@ static int grab_held(int port, const char *fn, char tag, int want, int *other)
             if (wl) {
                 wl++;
                 size_t wlen = l - (size_t)(wl - d);
-                if (wlen == 2 && wl[0] == tag && wl[1] >= '1' && wl[1] <= '9')
+                size_t pad = 2;
+                while (pad < wlen && wl[pad] == '.')
+                    pad++;
+                if (wlen >= 2 && pad == wlen && wl[0] == tag && wl[1] >= '1' &&
+                    wl[1] <= '9')
                     got++;
                 else if (!(wlen == 4 && memcmp(wl, "warm", 4) == 0))
                     (*other)++;
@@ -1222,7 +1227,8 @@ static void test_journal_parse(void)
     }
 }
 
-/* Run as `udf_driver --journal-child lib port`: pipelines k1..k3 to a
+/* Run as `udf_driver --journal-child lib port`: pipelines k1..k3 and a
+ * 600 KiB k5 to a
  * gearmand the parent SIGSTOPs, says so, and waits to be SIGKILLed. */
 static int journal_child(const char *so, int port)
 {
@@ -1244,6 +1250,18 @@ static int journal_child(const char *so, int port)
             ok = 'x';
         free(r);
     }
+    /* larger than a new slot (256 KiB): the file grows */
+    size_t big = 600u << 10;
+    char *wl = malloc(big);
+    if (!wl)
+        return 2;
+    memset(wl, '.', big);
+    memcpy(wl, "k5", 2);
+    char *r = job("gman_do_background", "journal", wl, big, NULL, &len);
+    if (!r)
+        ok = 'x';
+    free(r);
+    free(wl);
     if (write(1, &ok, 1) != 1)
         return 2;
     for (;;)
@@ -1303,8 +1321,8 @@ static void test_journal_kill(const char *so, const char *dir)
     CHECK(wait_stopped(gpid), "journal: gearmand stopped by SIGSTOP");
     CHECK(write(to_child[1], "g", 1) == 1, "journal: go");
     CHECK(read(from_child[0], &c, 1) == 1 && c == 'd',
-          "journal: child pipelined k1..k3 (%c)", c);
-    CHECK(jobs_in_slots(jdir) == 3, "journal: the child's slot holds 3 jobs (%zu)",
+          "journal: child pipelined k1..k3, k5 (%c)", c);
+    CHECK(jobs_in_slots(jdir) == 4, "journal: the child's slot holds 4 jobs (%zu)",
           jobs_in_slots(jdir));
     setenv(GS_ENV_SERVERS, spec, 1); /* the defaults of the next loads */
     lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
@@ -1312,7 +1330,7 @@ static void test_journal_kill(const char *so, const char *dir)
     if (lib)
         dlclose(lib);
     lib = NULL;
-    CHECK(jobs_in_slots(jdir) == 3,
+    CHECK(jobs_in_slots(jdir) == 4,
           "journal: a live process's slot is left alone (%zu)", jobs_in_slots(jdir));
     CHECK(count_slots(jdir, 1) == 1, "journal: garbage slot kept as .bad");
     snprintf(path, sizeof path, "%s/slot.1.2", jdir);
@@ -1342,9 +1360,9 @@ static void test_journal_kill(const char *so, const char *dir)
         fprintf(stderr, "dlopen again: %s\n", dlerror());
         exit(2);
     }
-    int other = 0, got = grab_held(port, "journal", 'k', 4, &other);
-    CHECK(got == 4 && other == 0,
-          "journal: %d of 4 jobs (the killed process's 3, the damaged slot's "
+    int other = 0, got = grab_held(port, "journal", 'k', 5, &other);
+    CHECK(got == 5 && other == 0,
+          "journal: %d of 5 jobs (the killed process's 4, the damaged slot's "
           "1) arrived (%d other)", got, other);
     CHECK(count_slots(jdir, 1) == 2, "journal: damaged slot kept as .bad");
     for (int i = 0; i < 250 && jobs_in_slots(jdir); i++)
