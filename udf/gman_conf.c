@@ -249,22 +249,16 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
         out->retry_ms = (unsigned)v;
         return 0;
     }
-    if (KEY_IS("pipeline")) {
+    if (KEY_IS("pipeline") || KEY_IS("journal")) { /* the switches */
+        int pipeline = KEY_IS("pipeline");
         if (parse_uint(val, vlen, 0, 1, &v) != 0) {
-            seterr(err, errlen, "pipeline is 0 or 1: '%.*s'",
+            seterr(err, errlen,
+                   pipeline ? "pipeline is 0 or 1: '%.*s'"
+                            : "journal is 0 or 1: '%.*s'",
                    key, klen + 1 + vlen);
             return -1;
         }
-        out->pipeline = (unsigned)v;
-        return 0;
-    }
-    if (KEY_IS("journal")) {
-        if (parse_uint(val, vlen, 0, 1, &v) != 0) {
-            seterr(err, errlen, "journal is 0 or 1: '%.*s'",
-                   key, klen + 1 + vlen);
-            return -1;
-        }
-        out->journal = (unsigned)v;
+        *(pipeline ? &out->pipeline : &out->journal) = (unsigned)v;
         return 0;
     }
     if (KEY_IS("coalesce_us")) {
