@@ -66,6 +66,12 @@ fuzz-udf:  ## libFuzzer (ASan/UBSan) on the UDF entry points and parsers, FUZZ_S
 	$(MAKE) -C $(UDF_DIR)/fuzz replay
 	$(MAKE) -C $(UDF_DIR)/fuzz run FUZZ_SECONDS=$(or $(FUZZ_SECONDS),300)
 
+.PHONY: fuzz-rowdecode
+fuzz-rowdecode:  ## libFuzzer (ASan/UBSan) on the C binlog row decoder, FUZZ_SECONDS (default 300); needs clang and .venv
+	$(NEED_PYTHON)
+	$(MAKE) -C fuzz/rowdecode replay PYTHON=$(abspath $(PYTHON))
+	$(MAKE) -C fuzz/rowdecode run PYTHON=$(abspath $(PYTHON)) FUZZ_SECONDS=$(or $(FUZZ_SECONDS),300)
+
 bench-udf:  ## trigger overhead: 20k single-row UPDATEs and one 10k-row UPDATE, with/without the UDF trigger
 	$(NEED_PYTHON)
 	$(PYTHON) -m sync.bench udf
@@ -91,5 +97,6 @@ docs:  ## regenerate docs/cli.md from the commands' --help
 
 clean:  ## remove build output and the demo state (.state/demo; a demo still running there is stopped first)
 	$(MAKE) -C $(UDF_DIR) clean
+	rm -rf fuzz/rowdecode/build
 	@if [ -d $(DEMO_STATE) ]; then python3 -m sync.demo --stop --state-dir $(DEMO_STATE) >/dev/null && rm -rf $(DEMO_STATE); fi
 	rm -rf build

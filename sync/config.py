@@ -28,6 +28,7 @@ from sync.settings import (
     resolve_gearman_servers,
     resolve_redis,
 )
+from sync.shape import build_shape
 from sync.tables import (
     MAX_TTL_S,
     TableSpec,
@@ -71,7 +72,8 @@ def build_table(name: str, values: Mapping[str, Any], where: str) -> TableSpec:
     ttl = check_int(ttl_raw, f"{where}.ttl_s", 0, MAX_TTL_S) if ttl_raw is not None else 0
     return TableSpec(name=name, function=values.get("function") or None,
                      key_template=str(values.get("key_template", "{table}:{pk}")),
-                     format=str(values.get("format", "json")), ttl_s=ttl or None, where=where)
+                     format=str(values.get("format", "json")), ttl_s=ttl or None, where=where,
+                     shape=build_shape(name, values, where))
 
 
 def table_values(cfg: ConfigFile | None, names: list[str], overrides: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:

@@ -28,10 +28,19 @@ Other keys, all under a prefix (default "gearsync", no braces allowed in it):
     <prefix>:snapshot:<table>                         hash: sync-snapshot progress (resume point)
     <prefix>:fk:<child>:<fk>:<v1>:<v2>...             set of the child row keys whose FK <fk> holds
                                                       these (escaped) values (cascade index)
-    <prefix>:fkr:<rowkey>  or  <prefix>:fkr:{<rowkey>}  the fk index sets a row is in (same slot)
+    <prefix>:fkr:<rowkey>  or  <prefix>:fkr:{<rowkey>}  the fk index sets a row is in (same slot), as
+                                                      an older gearsync kept them: now after the
+                                                      version in the version key (sync/apply/apply.lua)
     <prefix>:fkc:<tag>:<child>:<fk>:<v1>...           the last cascade that ran for these values
     <prefix>:fkcm:<tag>:<child>:<fk>                  exists while such cascade records may exist
     <prefix>:fkcm-ready                               every cascade record has its marker
+    <prefix>:ix:<rowkey>  or  <prefix>:ix:{<rowkey>}  the set-index keys a row is in (JSON list; shaping)
+
+Shaping keys (sync.shape; outside the prefix, like row keys; each template overridable by `key`):
+
+    {table}:by:{column}          zset index: member = row key, score = the column's value
+    {table}:{column}:{value}     set index: the row keys whose column holds value (escaped)
+    {table}:changes              the change stream of a table
 """
 
 from __future__ import annotations
@@ -68,6 +77,13 @@ __all__ = [
     "fk_markers_ready_key",
     "TableKeyMatch",
     "table_key_match",
+    "ZSET_INDEX_TEMPLATE",
+    "SET_INDEX_TEMPLATE",
+    "STREAM_TEMPLATE",
+    "check_shape_template",
+    "shape_key",
+    "index_rows_key",
+    "index_rows_prefix",
 ]
 
 DEFAULT_PREFIX = "gearsync"
@@ -284,8 +300,46 @@ def fk_index_key(child: str, fk: str, values: Sequence[Any], prefix: str = DEFAU
 
 
 def fk_rows_key(row_key: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The fk index sets a row is in; same Cluster slot as the row (tagged like version_key)."""
+    """The fk index sets a row is in, as an older gearsync kept them (read and carried over into
+    the version key by the apply script); same Cluster slot as the row (tagged like version_key)."""
     return f"{prefix}:fkr:" + version_key(row_key, prefix)[len(prefix) + 3 :]
+
+
+# -- shaping (sync.shape): index and stream keys ---------------------------------------------------
+ZSET_INDEX_TEMPLATE = "{table}:by:{column}"
+SET_INDEX_TEMPLATE = "{table}:{column}:{value}"
+STREAM_TEMPLATE = "{table}:changes"
+_SHAPE_FIELD = re.compile(r"\{([a-z]*)\}")
+
+
+def check_shape_template(template: str, fields: Sequence[str]) -> str:
+    """An index/stream key template: printable, its placeholders among `fields` ({table},
+    {column}, {value}), {value} present when it is one of them; no other braces."""
+    if not template or len(template) > 512 or _CONTROL.search(template):
+        raise ConfigError(f"{template!r}; expected printable text without spaces, up to 512 characters")
+    names = _SHAPE_FIELD.findall(template)
+    bad = [n for n in names if n not in fields]
+    if bad or "{" in _SHAPE_FIELD.sub("", template) or "}" in _SHAPE_FIELD.sub("", template):
+        raise ConfigError(f"{template!r}; expected only the placeholders {', '.join('{' + f + '}' for f in fields)}")
+    if "value" in fields and "value" not in names:
+        raise ConfigError(f"{template!r} has no {{value}}; expected one (a set per value)")
+    return template
+
+
+def shape_key(template: str, table: str, column: str = "", value: Any = None) -> str:
+    """An index or stream key from its template (check_shape_template): {value} is escaped like a pk value."""
+    key = template.replace("{table}", escape(table)).replace("{column}", escape(column) if column else "")
+    return key.replace("{value}", escape(value)) if value is not None else key
+
+
+def index_rows_prefix(prefix: str = DEFAULT_PREFIX) -> str:
+    """The start of every index_rows_key: the rest is the row's version key after its own prefix."""
+    return f"{prefix}:ix:"
+
+
+def index_rows_key(row_key: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The set-index keys a row is in (JSON list); same Cluster slot as the row (tagged like version_key)."""
+    return index_rows_prefix(prefix) + version_key(row_key, prefix)[len(prefix) + 3 :]
 
 
 def fk_cascade_key(child: str, fk: str, values: Sequence[Any], template: str, prefix: str = DEFAULT_PREFIX) -> str:

@@ -45,6 +45,7 @@ from typing import Any
 from sync.errors import ConfigError
 from sync.mysql import DEFAULT_MYSQL_PORT, MySQLSettings, from_url
 from sync.redis_client import DEFAULT_REDIS_URL, TLS_KEYS, RedisSettings, check_redis_url, check_tls_files
+from sync.shape import build_shape
 from sync.tables import FORMATS, MAX_TTL_S, check_table_name
 from sync.urls import refuse_password_in
 
@@ -191,6 +192,8 @@ class Key:
             if text and str(value).strip().lower() in _TRUE + _FALSE:
                 return str(value).strip().lower() in _TRUE
             raise ConfigError(f"{where}: {shown}; expected {self.expected()}")
+        if self.kind == "shape":
+            return value  # a [tables.NAME] shaping key: _check_tables checks them together (sync.shape)
         if self.kind == "list":
             items = value.split(",") if isinstance(value, str) else value
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -310,6 +313,12 @@ TABLE_KEYS: dict[str, Key] = {
     "on_enqueue_failure": Key("str", "spool", choices=FAILURE_POLICIES, option="--on-enqueue-failure",
                               help="sync-triggers --mode udf: when gearmand did not take a change"),
     "ttl_s": Key("int", 0, 0, MAX_TTL_S, option="--ttl", help="expire row keys after this many seconds (0 = never)"),
+    # shaping (sync.shape, docs/shaping.md): checked as a whole by build_shape when the file is read
+    "exclude": Key("shape", help="columns never written"),
+    "rename": Key("shape", help="{ column = \"field\" }: write a column under another name"),
+    "filter": Key("shape", help="only rows matching it live in Redis, e.g. \"active = 1 AND price > 0\""),
+    "indexes": Key("shape", help="[[tables.NAME.indexes]] type = zset|set, column, key: indexes kept with the row"),
+    "stream": Key("shape", help="[tables.NAME.stream] maxlen, key: XADD every applied change"),
 }
 
 # old environment variable → its GEARSYNC_ name (read when the new one is unset; deprecated)
@@ -372,6 +381,13 @@ def _one_of(names: Mapping[str, Any] | list[str]) -> str:
     return ", ".join(sorted(names))
 
 
+def _keys_of(keys: Mapping[str, Key]) -> str:
+    """The keys of a section, its shaping keys ([tables.NAME]) last."""
+    shaping = [k for k, spec in keys.items() if spec.kind == "shape"]
+    plain = _one_of([k for k in keys if k not in shaping])
+    return plain + (f", or the shaping keys {_one_of(shaping)}" if shaping else "")
+
+
 def _check_section(path: str, label: str, values: Any, keys: Mapping[str, Key]) -> dict[str, Any]:
     where = f"--config {path}: "
     if not isinstance(values, Mapping):
@@ -379,7 +395,7 @@ def _check_section(path: str, label: str, values: Any, keys: Mapping[str, Key]) 
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key not in keys:
-            raise ConfigError(f"{where}unknown key {key!r} in {label}; expected one of {_one_of(keys)}")
+            raise ConfigError(f"{where}unknown key {key!r} in {label}; expected one of {_keys_of(keys)}")
         out[key] = keys[key].check(value, f"{where}{label}.{key}", text=False)
     return out
 
@@ -438,6 +454,7 @@ def _check_tables(path: str, values: Any) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"--config {path}: {name} = {section!r} under [tables]; expected a section "
                               f"[tables.{name}] with keys {_one_of(TABLE_KEYS)}")
         tables[name] = _check_section(path, f"[tables.{name}]", section, TABLE_KEYS)
+        build_shape(name, tables[name], f"--config {path}: [tables.{name}]")
     return tables
 
 

@@ -2,6 +2,7 @@
 
     spec = TableSpec("data")                                   # gearsync.data, "{table}:{pk}", json
     spec = TableSpec("data", "{{{table}}}:{pk}", "hash", ttl_s=3600, function="jobs.data")
+    spec = TableSpec("items", shape=build_shape("items", {"filter": "active = 1"}, "[tables.items]"))
 
 A TableSpec is checked once, when it is made (name, function, key template, format, TTL), and
 carries the compiled key builder of its template. The config file, sync-worker's options, the
@@ -18,6 +19,7 @@ from dataclasses import InitVar, dataclass, field
 
 from sync.errors import ConfigError
 from sync.keys import DEFAULT_TEMPLATE, KeyBuilder, compile_template
+from sync.shape import Shape
 
 __all__ = [
     "FORMATS",
@@ -78,6 +80,7 @@ class TableSpec:
     format: str = "json"  # "json" | "hash"
     ttl_s: int | None = None
     function: str | None = None
+    shape: Shape | None = None  # exclude/rename/filter/indexes/stream (sync.shape; None: the row as it is)
     where: InitVar[str | None] = None
     build_key: KeyBuilder = field(init=False, repr=False, compare=False)
 
@@ -93,6 +96,9 @@ class TableSpec:
         if self.ttl_s is not None and (type(self.ttl_s) is not int or not 0 < self.ttl_s <= MAX_TTL_S):
             raise ConfigError(f"{label}.ttl_s: {self.ttl_s!r}; expected None or 1..{MAX_TTL_S} seconds")
         object.__setattr__(self, "build_key", compile_template(self.key_template))
+        if self.shape is not None and self.shape.indexes and self.ttl_s is not None:
+            raise ConfigError(f"{label}: indexes with ttl_s {self.ttl_s}; expected one of them (an expired row "
+                              "would stay in its indexes)")
 
     @property
     def gearman_function(self) -> str:

@@ -167,6 +167,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         mysql=mysql, database=database, tables=tables, redis=resolve_redis(args, env, cfg), sink=r.get("binlog", "sink"),
         columns=columns, servers=tuple(resolve_gearman_servers(args, env, cfg)), functions=functions,
         key_template=spec.key_template, format=spec.format, ttl_s=spec.ttl_s,
+        shapes={t: s.shape for t, s in specs.items()},
         start=args.start.strip() if args.start else None, server_id=r.get("binlog", "server_id"),
         name=r.get("binlog", "name"), batch=r.get("binlog", "batch"), flush_ms=r.get("binlog", "flush_ms"),
         stats_interval_s=r.get("binlog", "stats_interval_s"),

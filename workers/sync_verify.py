@@ -40,6 +40,8 @@ Each row is mapped to its Redis key and value exactly as sync-worker and sync-sn
   different  the key holds another value (or another type)
   extra      a key of the table's key pattern with no row in MySQL (SCAN MATCH, gearsync's own
              keys skipped)
+  index      a table's zset/set indexes ([tables.NAME] indexes, docs/shaping.md): an entry
+             missing, extra or with the wrong score
 Differences are checked again once after --recheck-delay seconds, so a change still in flight
 is not reported. --repair fixes them through the fenced applier: rows are re-read under a shared
 lock with a fresh UUID_SHORT() version and re-applied, extra keys deleted with a fenced delete,
@@ -220,12 +222,17 @@ def _print(schema: TableSchema, report: VerifyReport, repair: bool) -> None:
             out.write(f"  {kind}: {n}\n")
             for ex in report.examples[kind]:
                 out.write(f"    {ex}\n")
+    if report.index_missing + report.index_extra + report.index_wrong:
+        out.write(f"  index: {report.index_missing} missing, {report.index_wrong} wrong, {report.index_extra} extra\n")
+        for ex in report.examples["index"]:
+            out.write(f"    {ex}\n")
     if report.settled:
         out.write(f"  settled on recheck (changes in flight): {report.settled}\n")
     if repair:
         out.write(f"  repaired: {report.repaired} rows re-applied, {report.deleted} extra keys deleted"
                   + (f", {report.repair_stale} superseded by newer changes" if report.repair_stale else "")
-                  + (f", {report.versions_reset} version keys reset" if report.versions_reset else "") + "\n")
+                  + (f", {report.versions_reset} version keys reset" if report.versions_reset else "")
+                  + (f", {report.index_repaired} index entries fixed" if report.index_repaired else "") + "\n")
     for note in report.notes:
         out.write(f"  note: {note}\n")
 

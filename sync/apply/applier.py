@@ -6,7 +6,8 @@ whole batch atomically and in order, and returns one status per event:
 - versioned change (ChangeEvent): applied only if its version is newer than the version stored
   under `keys.version_key(row key)`; an equal or older version is STALE (redelivery is harmless).
   Versions are stored as 20-digit zero-padded decimal strings and compared in Lua as two
-  10-digit halves, so no version ever passes through a float.
+  10-digit halves, so no version ever passes through a float. A child row of a cascading FK may
+  have a tie-breaker and its fk index sets after the version (apply.lua, split_stored_version).
     insert/update, json:  SET row <encode_json(row)> [PX ttl]; SET version
     insert/update, hash:  DEL row; HSET row <encode_hash(row)>; [PEXPIRE row ttl]; SET version
     delete:               DEL row; SET version PX tombstone_ms   (the tombstone)
@@ -16,6 +17,10 @@ whole batch atomically and in order, and returns one status per event:
 - classic change (ClassicSet): SET key payload, unversioned, always APPLIED.
 - Per table, in the same script call: HSET <prefix>:stats:<table> last_applied_ms <server ms>,
   HINCRBY applied_total <n applied>.
+- Shaping (a TableSpec's `shape`, sync.shape, docs/shaping.md): exclude/rename make the stored
+  row, a row the filter leaves out is applied as a delete at its version, and the table's zset/set
+  indexes and change stream are written in the same call as the row, only when its fence passes
+  (_shape_event, apply.lua shaped()).
 
 Standalone Redis: the batch is ONE EVALSHA. Redis Cluster: events are grouped by hash slot (a row
 key and its version key always share a slot) and each group is one EVALSHA, all sent in one
@@ -40,6 +45,7 @@ import enum
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +65,7 @@ from sync.apply.cascade_rows import (
     from_field,
     rule_from_json,
     same_key_text,
+    split_stored_version,
     text_row,
 )
 from sync.apply.resp import pack_command
@@ -77,9 +84,11 @@ from sync.keys import (
     fk_index_prefix,
     fk_markers_ready_key,
     fk_rows_key,
+    index_rows_prefix,
     stats_key,
 )
 from sync.rows.rowcodec import decode_json, encode_hash, encode_json
+from sync.shape import Shape, score_of
 from sync.tables import TableSpec
 
 __all__ = ["Outcome", "RedisApplier", "APPLY_SCRIPT", "APPLY_SCRIPT_SHA"]
@@ -111,10 +120,79 @@ elseif t > 0 then
 end"""
 
 
+def _shape_tail(shaped: Mapping[int, tuple[str, list[Any]]], records: int, values: list[Any]) -> None:
+    """The shape section of a script call (apply.lua: records followed by 'X'): the values of the
+    records' index and stream writes, in record order, then the descriptor as the last ARGV: the
+    ARGV index of the first of those values (10 digits) and 5 characters per record (_shape_event;
+    '00000': none). The index and stream keys are not declared in KEYS: indexes and streams need a
+    standalone Redis (RedisApplier refuses a Cluster), and a row's old sets, which the script reads
+    from its record, could not be."""
+    head = f"{10 + len(values):010d}"
+    descs = []
+    for at in range(records):
+        got = shaped.get(at)
+        if got is None:
+            descs.append("00000")
+        else:
+            descs.append(got[0])
+            values.extend(got[1])
+    values.append(head + "".join(descs))
+
+
+class _ShapePlan:
+    """A table's shaping (sync.shape), precomputed for the hot path: the columns a row needs, the
+    zset keys, the set keys' text around the value, the stream's key and MAXLEN."""
+
+    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "sets", "stream", "tagged", "json", "named", "_sets",
+                 "_pk")
+
+    def __init__(self, shape: Shape, tagged: bool, json: bool) -> None:
+        self.shape = shape
+        self.needs = shape.columns
+        self.filter = shape.filter
+        self.reshapes = shape.reshapes
+        self.zsets = [(ix.column, ix.zset_key()) for ix in shape.zsets]
+        self.sets = []
+        for ix in shape.sets:
+            head, tail = ix.set_key("\x00").split("\x00")  # the key around the (escaped) value
+            self.sets.append((ix.column, head, tail))
+        self.stream = (shape.stream.key, str(shape.stream.maxlen)) if shape.stream is not None else None
+        self.tagged = tagged  # the version key holds the row key as it is (else in braces)
+        self.json = json
+        self.named = {new: old for old, new in shape.rename}  # a stored field -> its column
+        self._sets: dict[Any, tuple[str, str]] = {}  # value -> (set key, record value), one set index
+        self._pk: tuple[str, str] = ("", "")          # a one-column pk: its name, '{"<name>":'
+
+    def one_set(self, value: Any) -> tuple[str, str]:
+        """The set key and the record value of a row of one set index whose column holds `value`."""
+        cached = type(value) is int or type(value) is str  # a column's values have one type
+        got = self._sets.get(value) if cached else None
+        if got is None:
+            _col, head, tail = self.sets[0]
+            key = head + escape(value) + tail
+            got = (key, orjson.dumps([key]).decode())
+            if cached:
+                if len(self._sets) >= 65536:
+                    self._sets.clear()
+                self._sets[value] = got
+        return got
+
+    def pk_json(self, pk: tuple[tuple[str, Any], ...]) -> str:
+        """The pk as a JSON object (the stream's pk field)."""
+        if len(pk) == 1 and type(pk[0][1]) is int:
+            name, head = self._pk
+            if name != pk[0][0]:
+                name = pk[0][0]
+                head = orjson.dumps({name: 0}).decode()[:-2]
+                self._pk = (name, head)
+            return f"{head}{pk[0][1]}}}"
+        return orjson.dumps(dict(pk)).decode()
+
+
 class _Table:
     """Per-table precomputed state used on the hot path."""
 
-    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key", "rows", "fks")
+    __slots__ = ("spec", "build", "op_upsert", "ttl_ms", "vk_tagged", "stats_key", "rows", "fks", "shape")
 
     def __init__(self, spec: TableSpec, prefix: str) -> None:
         self.spec = spec
@@ -129,6 +207,7 @@ class _Table:
         # cascade follows only the members of this table's own template.
         self.rows = TableKeyMatch(spec.key_template, spec.name)
         self.fks: dict[str, _FK] = {}  # fk name -> its key starts (filled as refs name them)
+        self.shape = _ShapePlan(spec.shape, self.vk_tagged, spec.format == "json") if spec.shape is not None else None
 
 
 class _FK:
@@ -188,6 +267,9 @@ class RedisApplier:
         self._vprefix = prefix + ":v:"
         # fk_rows_key's spelling: the script builds a row's fkr key from it and the row's version key
         self._fkr_prefix = prefix + ":fkr:"
+        # keys.index_rows_key's spelling: the row's version key with this prefix instead (shaping)
+        self._ixprefix = index_rows_prefix(prefix)
+        self._vplen = len(self._vprefix)
         # marker key -> until when (time.monotonic()) its checks go with each change: a marker met
         # live (the script's '#' reply); shared with the with_redis() copies
         self._live: dict[str, float] = {}
@@ -199,6 +281,8 @@ class RedisApplier:
         for name, spec in tables.items():
             if spec.name != name:
                 raise ConfigError(f"tables: key {name!r} holds the spec of {spec.name!r}")
+            if self._cluster and spec.shape is not None and (spec.shape.indexes or spec.shape.stream):
+                raise ConfigError(f"[tables.{name}]: indexes and stream need a standalone Redis, not a Cluster")
             self._tables[name] = _Table(spec, prefix)
         self._sha: str | None = None
 
@@ -228,6 +312,9 @@ class RedisApplier:
         if type(ev) is ChangeEvent:
             if ev.op is not Op.CASCADE:
                 self.row_key(ev)
+                shape = self._tables[ev.table].spec.shape
+                if shape is not None and ev.row is not None:
+                    shape.check_row(ev.row)  # a filter/index column missing from the row
             if ev.refs is not None or ev.cascade is not None:
                 self.check_cascade(ev)
         elif type(ev) is not ClassicSet:
@@ -324,6 +411,7 @@ class RedisApplier:
         checks: list[tuple[str, str]] = []
         meta: list[str] = []
         stats: dict[str, int] = {}
+        shaped: dict[int, Any] = {}  # record number -> its index/stream writes (_shape_event)
         tables = self._tables
         vprefix = self._vprefix
         live = self._live
@@ -331,7 +419,10 @@ class RedisApplier:
         for ev in events:
             late, after = False, 0
             if type(ev) is MovedChange:
-                late, after, ev = ev.atleast, ev.after, ev.event
+                late, after = ev.atleast, ev.after
+                if late:  # K/L/E: its own version is the tie-breaker, the first of its values
+                    values.append(f"{ev.original:020d}")
+                ev = ev.event
             if type(ev) is ChangeEvent:
                 if ev.op is Op.CASCADE:
                     continue  # no record: only its derived changes are written
@@ -341,8 +432,11 @@ class RedisApplier:
                         f"table: {ev.table!r} is not configured; expected one of {', '.join(sorted(tables))}"
                     )
                 rk = t.build(ev.table, ev.pk)
+                row: Any = ev.row
                 keys.append(rk)
                 keys.append(vprefix + rk if t.vk_tagged else vprefix + "{" + rk + "}")
+                if t.shape is not None:
+                    ev, row, shaped[len(meta)] = self._shape_event(t.shape, ev, keys[-1])
                 si = 0
                 if want_stats:
                     si = stats.get(t.stats_key, 0)
@@ -369,11 +463,11 @@ class RedisApplier:
                 if ev.op is Op.DELETE:
                     meta.append(f"{'E' if late else 'D'}{ev.version:020d}000000000000{si:03d}00000{idx}")
                 elif t.op_upsert == "J":
-                    values.append(encode_json(ev.row))  # type: ignore[arg-type]  # not a DELETE: ChangeEvent checked row is a dict
+                    values.append(row if type(row) is bytes else encode_json(row))  # shaped: encoded already
                     meta.append(f"{'K' if late else 'J'}{ev.version:020d}{t.ttl_ms:012d}{si:03d}00001{idx}")
                 else:
                     n = 0
-                    for f, v in encode_hash(ev.row).items():  # type: ignore[arg-type]  # as above (hot loop: no assert)
+                    for f, v in encode_hash(row).items():  # not a DELETE: ChangeEvent checked row is a dict
                         values.append(f)
                         values.append(v)
                         n += 2
@@ -404,8 +498,12 @@ class RedisApplier:
                         si = stats[t.stats_key] = len(stats) + 1
                 ttl = 0 if ev.op in "Dd" else t.ttl_ms
                 meta.append(f"{ev.op}{ev.version:020d}{ttl:012d}{si:03d}{len(ev.values):05d}{len(ev.sets) + 1:03d}")
+                if ev.tie:
+                    values.append(ev.tie)
                 values.extend(ev.values)
                 values.append(ev.fkr)
+                if t.shape is not None:
+                    shaped[len(meta) - 1] = self._shape_derived(t.shape, ev)  # (shape)
             else:
                 raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
         if len(stats) > 999:
@@ -415,8 +513,100 @@ class RedisApplier:
         if marks:
             keys[n:n] = [*marks, *[k for k, _ in checks]]
             values[n:n] = [v for _, v in checks]
+        if shaped:
+            _shape_tail(shaped, len(meta), values)
+            meta.append("X")
         return keys, [self._tomb_ms, "".join(meta), len(stats), n, len(checks), len(marks), "".join(marks.values()),
                       vprefix, self._fkr_prefix, *values]
+
+    # -- shaping (sync.shape): the row as stored, its index and stream writes ------------------------
+    def _shape_event(self, plan: _ShapePlan, ev: ChangeEvent, vk: str) -> tuple[ChangeEvent, Any, tuple[str, list[Any]]]:
+        """(the event to apply, the row to store (json: encoded already), its part of the script's
+        shape section: _shape_writes): a row the filter leaves out becomes a delete at its version;
+        exclude/rename make the stored row."""
+        shape = plan.shape
+        row = ev.row
+        if row is not None:
+            for col in plan.needs:
+                if col not in row:
+                    shape.check_row(row)
+            if plan.filter is not None and not plan.filter.matches(row):
+                ev, row = replace(ev, op=Op.DELETE, row=None), None
+        stored: Any = shape.project(row) if row is not None and plan.reshapes else row
+        stored, part = self._shape_writes(plan, vk, ev.op.value, plan.pk_json(ev.pk), row, stored)
+        return ev, stored, part
+
+    def _shape_derived(self, plan: _ShapePlan, ev: DerivedChange) -> tuple[str, list[Any]]:
+        """The index and stream writes of a change a cascade derived (sync.apply.cascade_rows) from
+        the row as stored: its indexes follow the stored columns (an index of an excluded column is
+        left as it is), the filter is not applied, the stream's pk is read from the row when the
+        change names its key columns, else null (docs/shaping.md, Limits)."""
+        vk = self._vprefix + ev.rk if plan.tagged else self._vprefix + "{" + ev.rk + "}"
+        if ev.op in "dD":
+            return self._shape_writes(plan, vk, "delete", "null", None, None)[1]
+        stored: dict[str, Any] = (orjson.loads(ev.values[0]) if plan.json else
+                                  {f.decode(): v.decode("utf-8", "replace") for f, v in zip(ev.values[::2], ev.values[1::2])})
+        row = {plan.named.get(f, f): v for f, v in stored.items()} if plan.named else stored
+        cols = orjson.loads(ev.fkr)[0] if ev.fkr else None
+        pk = orjson.dumps({c: row.get(c) for c in cols}).decode() if cols else "null"
+        return self._shape_writes(plan, vk, "update", pk, row, stored, partial=True)[1]
+
+    def _shape_writes(self, plan: _ShapePlan, vk: str, op: str, pk: str, row: Mapping[str, Any] | None, stored: Any,
+                      *, partial: bool = False) -> tuple[Any, tuple[str, list[Any]]]:
+        """(the stored row, json: encoded; the record's part of the shape section): a descriptor of 5
+        digits (zsets to ZADD, zsets to ZREM, sets the row is in, 1 if the table has set indexes,
+        stream: 0 none, 1 the row is the json value the script stores, 2 the row is given, 3 no
+        row) and its values in that order: (zset, score)s, zsets, [record key, record value, sets],
+        [stream, maxlen, op, pk[, row]] (apply.lua shaped()). `row`: MySQL column names, None for a
+        delete; `partial`: the row may lack index columns (their indexes are left as they are)."""
+        vals: list[Any] = []
+        nz = nr = 0
+        if plan.zsets:
+            gone = []
+            for col, key in plan.zsets:
+                if partial and row is not None and col not in row:
+                    continue
+                score = score_of(row[col]) if row is not None else None
+                if score is None:
+                    gone.append(key)
+                else:
+                    vals += (key, score)
+                    nz += 1
+            vals += gone
+            nr = len(gone)
+        ns, with_sets = 0, bool(plan.sets)
+        if with_sets and partial and row is not None and any(col not in row for col, _, _ in plan.sets):
+            with_sets = False
+        if with_sets:
+            ix = self._ixprefix + vk[self._vplen:]
+            if row is None:
+                vals += (ix, "")
+            elif len(plan.sets) == 1:
+                col, head, tail = plan.sets[0]
+                value = row[col]
+                if value is None:
+                    vals += (ix, "")
+                else:
+                    key, text = plan.one_set(value)
+                    vals += (ix, text, key)
+                    ns = 1
+            else:
+                member_of = sorted(head + escape(row[col]) + tail for col, head, tail in plan.sets if row[col] is not None)
+                ns = len(member_of)
+                vals += (ix, orjson.dumps(member_of).decode() if member_of else "", *member_of)
+        xf = 0
+        if plan.stream is not None:
+            # the script adds the row key and the version; a json row is the value it stores
+            vals += (*plan.stream, op, pk)
+            xf = 3
+            if stored is not None:
+                encoded = stored if type(stored) is bytes else encode_json(stored)
+                if plan.json:
+                    stored, xf = encoded, 1  # the stored value (_build_args), and the stream's row (the script)
+                else:
+                    vals.append(encoded)
+                    xf = 2
+        return stored, (f"{nz}{nr}{ns}{1 if with_sets else 0}{xf}", vals)
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------
     def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:
@@ -667,20 +857,24 @@ class RedisApplier:
                 t = self._tables[mods[0][0].table]
                 reads.append(("HGETALL" if t.op_upsert == "H" else "GET", rk))
                 reads.append(("GET", self._vk(t, rk)))
-                reads.append(("GET", fk_rows_key(rk, prefix)))
+                reads.append(("GET", fk_rows_key(rk, prefix)))  # its fkr value if an older gearsync wrote it
             got = await self._read(reads) if reads else []
             for i, (rk, mods) in enumerate(todo.items()):
-                value, ver, fkr = got[3 * i : 3 * i + 3]
+                value, raw_ver, legacy = got[3 * i : 3 * i + 3]
                 t = self._tables[mods[0][0].table]
-                guards[self._vk(t, rk)] = ver.decode() if isinstance(ver, bytes) else (ver or "")
+                ver = raw_ver.decode() if isinstance(raw_ver, bytes) else (raw_ver or "")
+                guards[self._vk(t, rk)] = ver
+                number, tie, fkr = split_stored_version(ver)
+                fkr = fkr or legacy
                 if not value or not fkr:
                     continue  # gone meanwhile (or indexed before a delete): nothing to cascade
                 # The child references the old values (checked in _derive), which no change after
                 # the parent's can do unless the parent key is reused: the cascade applies even to a
                 # child at a newer version (another cascade may have got there first), guarded.
                 base = max(st.version for _r, st, _a, _t in mods)
-                version = max(base, int(ver)) if ver else base
-                more = self._derive(t, rk, value, fkr, mods, version, int(ver) if ver else base, children_of, derived)
+                # the stored version, and the version of the change the row's content came from
+                own, content = (int(number), tie or number) if ver else (base, "")
+                more = self._derive(t, rk, value, fkr, mods, max(base, own), own, content, children_of, derived)
                 steps += more
                 referenced = {col for r in children_of.get(t.spec.name, ()) for col in r.ref}
                 for st in more:
@@ -806,10 +1000,13 @@ class RedisApplier:
     def _vk(self, t: _Table, rk: str) -> str:
         return self._vprefix + rk if t.vk_tagged else self._vprefix + "{" + rk + "}"
 
-    def _derive(self, t: _Table, rk: str, value: Any, fkr: bytes,
+    def _derive(self, t: _Table, rk: str, value: Any, fkr: str | bytes,
                 mods: Sequence[tuple[FKRule, CascadeStep, str, list[Any] | None]],
-                version: int, own: int, children_of: Mapping[str, Sequence[FKRule]], out: list[DerivedChange]) -> list[CascadeStep]:
-        """The derived change(s) of one child row (appended to `out`); the next cascade steps."""
+                version: int, own: int, content: str, children_of: Mapping[str, Sequence[FKRule]],
+                out: list[DerivedChange]) -> list[CascadeStep]:
+        """The derived change(s) of one child row (appended to `out`); the next cascade steps.
+        `own`: the row's stored version; `content`: the version (20 digits) of the change its content
+        came from ('' unknown), the tie-breaker of the row at a new key."""
         hashed = t.op_upsert == "H"
         row: dict[Any, Any] = value if hashed else decode_json(value)
         name = (lambda col: col.encode()) if hashed else (lambda col: col)
@@ -853,7 +1050,10 @@ class RedisApplier:
             values = [encode_json(row)]
         if new_rk != rk:
             out.append(DerivedChange(table, rk, "d", version, [], "", []))
-            out.append(DerivedChange(table, new_rk, t.op_upsert, version, values, fkr_value, sets))  # fenced
+            # fenced; at the cascade's version with the content's as tie-breaker: a late change of the
+            # row moved there (at that version, with its own: MovedChange) applies over it if newer
+            op = ("K" if t.op_upsert == "J" else "L") if content else t.op_upsert
+            out.append(DerivedChange(table, new_rk, op, version, values, fkr_value, sets, content))
         else:
             # Same key: the row keeps its own version, so a delete of it older than this cascade that
             # comes late still applies (its older upserts follow the cascade records: moved_change).

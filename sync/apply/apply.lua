@@ -1,22 +1,34 @@
 -- gearsync apply script: loaded by sync/apply/applier.py (SCRIPT LOAD once, then called by its SHA1).
 -- Per event, ARGV[2] holds a 44-character record:
 --   op (1: J json upsert, H hash upsert, D delete, C classic SET; j/h/d: the same, not fenced;
---   K/L/E: json upsert, hash upsert, delete applied also at an EQUAL version (a late change moved by a
---   cascade record to the cascade's version); M: SET a cascade record unless one as new is there;
+--   K/L/E: json upsert, hash upsert, delete with a tie-breaker: their first value is a second
+--   20-digit version, stored after the version and compared after it (a late change moved by a
+--   cascade record to the cascade's version keeps its own version there; a row a cascade moved to
+--   a new key, the version of the change its content came from); M: SET a cascade record unless
+--   one as new is there;
 --   N: SET it over a newer one (an older cascade that takes its place, guarded)) | version
 --   | ttl_ms (12 digits, 0 = none) | stats index (3 digits, 0 = none) | n values (5 digits)
 --   | fk index (3 digits: 0 = the event keeps no fk index; else 1 + the number of fk index set keys
 --   it names; 1 with an fkr value: its one set is named in that value, '[[pk columns],"<set>"]')
 -- KEYS: the guard keys (ARGV[4] of them), the marker keys (ARGV[6] of them), the check keys (ARGV[5]
 -- of them), then per event: row key, version key (classic: row key twice; M: the cascade record
--- key, then its marker key), and the fk index set keys it names; then the stats keys. A row's fkr
--- key (keys.fk_rows_key) is ARGV[9] followed by what follows ARGV[8] in its version key.
+-- key, then its marker key), and the fk index set keys it names; then the stats keys. A row's
+-- legacy fkr key (keys.fk_rows_key) is ARGV[9] followed by what follows ARGV[8] in its version key.
 -- ARGV[1] tombstone ms, ARGV[2] the records, ARGV[3] number of stats keys, ARGV[4] number of
 -- guards, ARGV[5] number of checks, ARGV[6] number of markers, ARGV[7] one flag per marker ('1':
 -- the checks of its (table, fk) are in the call, '0': they are not), ARGV[8] the version key prefix,
 -- ARGV[9] the fkr key prefix, then one expected value per
 -- guard ('' = absent), one version per check (20 digits), then per event its values and, with
 -- index keys, its new fkr value (JSON [[pk columns], set, ...]; '' = none).
+-- A version key holds the row's 20-digit version, then its tie-breaker (20 digits) if it has one,
+-- then the row's fkr value if it has one (the fk index sets it is in, JSON starting with '[': the
+-- fence's GET reads it too). (version, tie-breaker) compare as a pair, no tie-breaker lowest; a
+-- change is applied only over an older pair (an equal one is a redelivery). j/h/d keep the stored
+-- tie-breaker at an equal version. An event without an fk index keeps the stored fkr value. Written
+-- by an older gearsync: 20 digits, the fkr value in its own key (keys.fk_rows_key), which the next
+-- change with an fk index reads, deletes and carries over.
+-- Shaping (sync.shape: indexes, stream): the records end with 'X' and ARGV with the shape section
+-- (the (shape) blocks below).
 -- Guards: if any guard key does not hold its expected value (a version key: the version or '';
 -- an fk index set: 'S' and its sorted members joined by newlines), nothing is written and the reply
 -- is '!' (the applier re-reads and retries: sync.apply.applier, cascades).
@@ -39,6 +51,24 @@ local nstats = tonumber(ARGV[3])
 local nguard = tonumber(ARGV[4])
 local ncheck = tonumber(ARGV[5])
 local nmark = tonumber(ARGV[6])
+-- (shape) Records followed by 'X': the call has a shape section (sync.apply.applier._shape_tail):
+-- the last ARGV is its descriptor, the ARGV index of its first value (10 digits) and 5 digits per
+-- record; shaped() below makes each record's writes. shapes[i]: where record i's values start.
+local shapes = false
+if #meta % 44 == 1 then
+  nev = (#meta - 1) / 44
+  local d = ARGV[#ARGV]
+  local at = tonumber(sub(d, 1, 10))
+  shapes = {}
+  for i = 1, nev do
+    local m = 6 + 5 * i
+    local nz, nr, ns = tonumber(sub(d, m, m)), tonumber(sub(d, m + 1, m + 1)), tonumber(sub(d, m + 2, m + 2))
+    local x = sub(d, m + 4, m + 4)
+    shapes[i] = {at, sub(d, m, m + 4)}
+    at = at + 2 * nz + nr + (sub(d, m + 3, m + 3) == '1' and 2 + ns or 0)
+      + (x == '0' and 0 or x == '2' and 5 or 4)
+  end
+end
 for g = 1, nguard do
   local want = ARGV[9 + g]
   if sub(want, 1, 1) == 'S' then
@@ -86,6 +116,47 @@ local function unindex(rk, old)
   local sets = cjson.decode(old)
   for j = 2, #sets do call('SREM', sets[j], rk) end
 end
+-- (shape) A record's secondary indexes and stream entry, written in the same call as its row, once
+-- its fence passed (a stale change never gets here), before its version key. Its descriptor d
+-- (digits: nz, nr, ns, sets, stream) and values from ARGV[at]: nz (zset, score) ZADD; nr zsets
+-- ZREM; with set indexes the row's record key (keys.index_rows_key), its new value (JSON list of
+-- set keys, '' = none) and its ns sets: on a change SREM from the old sets, SADD to the new; a
+-- stream (1: the row is the json value `row`, 2: the row follows, 3: none): stream, maxlen, op, pk
+-- JSON [, row]: XADD MAXLEN ~ op key pk version [row].
+local function shaped(s, rk, ver, row)
+  local at, d = s[1], s[2]
+  for _ = 1, tonumber(sub(d, 1, 1)) do
+    call('ZADD', ARGV[at], ARGV[at + 1], rk)
+    at = at + 2
+  end
+  for _ = 1, tonumber(sub(d, 2, 2)) do
+    call('ZREM', ARGV[at], rk)
+    at = at + 1
+  end
+  if sub(d, 4, 4) == '1' then
+    local ns = tonumber(sub(d, 3, 3))
+    local ix, new = ARGV[at], ARGV[at + 1]
+    local old = call('GET', ix) or ''
+    if old ~= new then
+      if old ~= '' then for _, k in ipairs(cjson.decode(old)) do call('SREM', k, rk) end end
+      for j = at + 2, at + 1 + ns do call('SADD', ARGV[j], rk) end
+      if new ~= '' then call('SET', ix, new) else call('DEL', ix) end
+    end
+    at = at + 2 + ns
+  end
+  local x = sub(d, 5, 5)
+  if x ~= '0' then
+    local v = string.match(ver, '^0*(%d.*)$')
+    if x == '2' then row = ARGV[at + 4] end
+    if x ~= '3' and row then
+      call('XADD', ARGV[at], 'MAXLEN', '~', ARGV[at + 1], '*', 'op', ARGV[at + 2], 'key', rk, 'pk', ARGV[at + 3],
+           'version', v, 'row', row)
+    else
+      call('XADD', ARGV[at], 'MAXLEN', '~', ARGV[at + 1], '*', 'op', ARGV[at + 2], 'key', rk, 'pk', ARGV[at + 3],
+           'version', v)
+    end
+  end
+end
 local out = {}
 local counts = {}
 for i = 0, nev - 1 do
@@ -94,8 +165,12 @@ for i = 0, nev - 1 do
   -- j/h/d: a cascade's derived change, guarded instead of fenced (version = max(parent's, child's))
   local force = op == 'j' or op == 'h' or op == 'd'
   if force then op = string.upper(op) end
-  local atleast = op == 'K' or op == 'L' or op == 'E'
-  if atleast then op = (op == 'K' and 'J') or (op == 'L' and 'H') or 'D' end
+  local tie = ''
+  if op == 'K' or op == 'L' or op == 'E' then
+    op = (op == 'K' and 'J') or (op == 'L' and 'H') or 'D'
+    tie = ARGV[a]
+    a = a + 1
+  end
   local nv = tonumber(sub(meta, m + 37, m + 41))
   local nidx = tonumber(sub(meta, m + 42, m + 44))
   local rk = KEYS[kp + 1]
@@ -115,18 +190,33 @@ for i = 0, nev - 1 do
     local vk = KEYS[kp + 2]
     local cur = call('GET', vk)
     local newer = true
-    if cur and not force then
-      if cur == ver then
-        newer = atleast
+    -- the stored version (cv), tie-breaker (ctie, '' = none) and fkr value (old, nil = none)
+    local cv, ctie, old = nil, '', nil
+    if cur then
+      cv = sub(cur, 1, 20)
+      local c = sub(cur, 21, 21)
+      if c == '[' then
+        old = sub(cur, 21)
+      elseif c ~= '' then
+        ctie = sub(cur, 21, 40)
+        if #cur > 40 then old = sub(cur, 41) end
+      end
+      if #cv ~= 20 or tonumber(sub(cv, 1, 10)) == nil or (c ~= '[' and c ~= '' and #ctie ~= 20)
+          or (old and sub(old, 1, 1) ~= '[') then
+        return redis.error_reply('gearsync: bad stored version at ' .. vk)
+      end
+    end
+    if cur and force then
+      if cv == ver then tie = ctie end
+    elseif cur then
+      if cv == ver then
+        newer = tie > ctie
       else
-        local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cur, 1, 10))
-        if #cur ~= 20 or ch == nil then
-          return redis.error_reply('gearsync: bad stored version at ' .. vk)
-        end
+        local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cv, 1, 10))
         if vh ~= ch then
           newer = vh > ch
         else
-          newer = tonumber(sub(ver, 11, 20)) > tonumber(sub(cur, 11, 20))
+          newer = tonumber(sub(ver, 11, 20)) > tonumber(sub(cv, 11, 20))
         end
       end
     end
@@ -134,35 +224,37 @@ for i = 0, nev - 1 do
       out[i + 1] = 'S'
     else
       local ttl = tonumber(sub(meta, m + 22, m + 33))
-      -- the fk index first (the version key last: a script cut short re-applies the change)
-      local setfkr, fkr = false, nil
+      -- the fkr value to keep after the version: an event without an fk index leaves it as it is
+      local keep = old or ''
       if nidx > 0 then
-        -- the row's fkr value: the fk index sets it is in (keys.fk_rows_key: tagged like vk)
-        if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
-        local old = call('GET', fkr)
+        if cur and not old then
+          -- written before the fkr value moved into the version key: its own key (keys.fk_rows_key,
+          -- tagged like vk), read once, then deleted
+          local fkr
+          if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
+          old = call('GET', fkr)
+          if old then call('DEL', fkr) end
+        end
         local new = ARGV[a + nv]
         if op == 'D' then
-          if old then
-            unindex(rk, old)
-            call('DEL', fkr)
-          end
-        elseif old ~= new then
           if old then unindex(rk, old) end
-          if nidx > 1 then
-            for j = kp + 3, kp + 1 + nidx do call('SADD', KEYS[j], rk) end
-          elseif new ~= '' then
-            call('SADD', sub(new, string.find(new, '],"', 1, true) + 3, -3), rk)
+          keep = ''
+        else
+          if old ~= new then
+            if old then unindex(rk, old) end
+            if nidx > 1 then
+              for j = kp + 3, kp + 1 + nidx do call('SADD', KEYS[j], rk) end
+            elseif new ~= '' then
+              call('SADD', sub(new, string.find(new, '],"', 1, true) + 3, -3), rk)
+            end
           end
-          if new ~= '' then
-            setfkr = new
-          elseif old then
-            call('DEL', fkr)
-          end
+          keep = new
         end
       end
+      if shapes and shapes[i + 1][2] ~= '00000' then shaped(shapes[i + 1], rk, ver, op == 'J' and ARGV[a]) end
       if op == 'D' then
         call('DEL', rk)
-        call('SET', vk, ver, 'PX', tomb)
+        call('SET', vk, ver .. tie .. keep, 'PX', tomb)
       else
         if op == 'J' then
           if ttl > 0 then
@@ -182,14 +274,7 @@ for i = 0, nev - 1 do
           end
           if ttl > 0 then call('PEXPIRE', rk, ttl) end
         end
-        if not setfkr then
-          setx(vk, ver, ttl)
-        elseif ttl > 0 then
-          setx(fkr, setfkr, ttl)
-          setx(vk, ver, ttl)
-        else
-          call('MSET', fkr, setfkr, vk, ver)
-        end
+        setx(vk, ver .. tie .. keep, ttl)
       end
       out[i + 1] = 'A'
       local si = tonumber(sub(meta, m + 34, m + 36))

@@ -16,13 +16,15 @@ from sync.keys import escape
 from sync.rows.rowcodec import normalize_value
 
 __all__ = ["CascadeStep", "DerivedChange", "MovedCascade", "MovedChange", "cascade_record", "cascade_starts",
-           "cascades", "follow_records", "from_field", "moved_change", "rule_from_json", "same_key_text", "text_row"]
+           "cascades", "follow_records", "from_field", "moved_change", "rule_from_json", "same_key_text",
+           "split_stored_version", "text_row"]
 
 
 @dataclass(slots=True)
 class DerivedChange:
-    """A change derived by a cascade, already in script form: op J/H/D, the values (json: the
-    row; hash: field, bytes, ...), the row's new fkr value and index sets."""
+    """A change derived by a cascade, already in script form: op J/H/D (K/L: J/H with the
+    tie-breaker `tie`, see apply.lua), the values (json: the row; hash: field, bytes, ...), the
+    row's new fkr value and index sets."""
 
     table: str
     rk: str
@@ -31,6 +33,7 @@ class DerivedChange:
     values: list[bytes]
     fkr: str
     sets: list[str]
+    tie: str = ""
 
 
 @dataclass(slots=True)
@@ -38,9 +41,10 @@ class MovedChange:
     """A child change older than a cascade that already ran for its refs (a cascade record), moved
     as the cascade moved the rows it found. `after`: the newest record's version (its refs are
     checked against records newer than that). A change whose key moved (`atleast`) is applied at
-    that version, also over an equal one (the row the cascade derived there lacked this change); one
-    that keeps its key keeps its own version, as the cascade's in-place change did (so the row's own
-    delete, older than the cascade, still applies when it comes late)."""
+    that version with its own (`original`) as the tie-breaker: over the row the cascade derived
+    there if that row's content is older, and over another late change moved there if that one is
+    older (see apply.lua); one that keeps its key keeps its own version, as the cascade's in-place
+    change did (so the row's own delete, older than the cascade, still applies when it comes late)."""
 
     event: ChangeEvent
     after: int
@@ -50,6 +54,8 @@ class MovedChange:
     hop: ChangeEvent | None = None
     # The cascade records (key, value as read) that moved it: the row is added to their rows.
     via: list[tuple[str, bytes]] = field(default_factory=list)
+    # The version the change had before any cascade moved it (the tie-breaker of `atleast`).
+    original: int = 0
 
 
 @dataclass(slots=True)
@@ -109,6 +115,7 @@ def follow_records(item: ChangeEvent | MovedChange, records: Sequence[tuple[int,
     if type(item) is MovedChange:
         moved.hop = item.hop
         moved.via = item.via
+        moved.original = item.original
         if item.atleast and not moved.atleast:
             moved.atleast = True  # its key moved before: it stays at that version, applied over an equal one
     return moved
@@ -155,14 +162,15 @@ def moved_change(ev: ChangeEvent, records: Sequence[tuple[int, Any]]) -> MovedCh
     cascade = _moved_cascade(ev, children, held, None if deleted or ev.op is Op.DELETE else row, hop is None)
     if deleted:
         return MovedChange(ChangeEvent(ev.table, Op.DELETE, ev.pk, None, version, ev.source, {}, cascade),
-                           version, True, hop)
+                           version, True, hop, original=ev.version)
     pk = tuple((c, row[c]) for c, _ in ev.pk)
     moved = pk != ev.pk
     own = version if moved else ev.version
     if ev.op is Op.DELETE:
         return MovedChange(ChangeEvent(ev.table, Op.DELETE, pk, None, own, ev.source, refs, cascade), version, moved,
-                           hop)
-    return MovedChange(ChangeEvent(ev.table, ev.op, pk, row, own, ev.source, refs, cascade), version, moved, hop)
+                           hop, original=ev.version)
+    return MovedChange(ChangeEvent(ev.table, ev.op, pk, row, own, ev.source, refs, cascade), version, moved, hop,
+                       original=ev.version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,3 +251,12 @@ def from_field(v: bytes) -> JSONValue:
     if type(text) is str and text.lstrip("-").isdigit() and str(int(text)) == text:
         return int(text)
     return text
+
+
+def split_stored_version(value: str) -> tuple[str, str, str]:
+    """A version key's value (see apply.lua): the row's version (20 digits), its tie-breaker (20
+    digits; '' = none) and its fkr value (the JSON of the fk index sets it is in; '' = none, or kept
+    in keys.fk_rows_key by an older gearsync)."""
+    if value[20:21] == "[":
+        return value[:20], "", value[20:]
+    return value[:20], value[20:40], value[40:]

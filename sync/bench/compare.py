@@ -110,6 +110,9 @@ class PathResult:
 
 # -- processes -----------------------------------------------------------------------------------
 
+DECODER_ENV = "GEARSYNC_BINLOG_DECODER"   # sync-binlog's row decoder: c, python (auto: c if built)
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "GEARSYNC_MYSQL_PASSWORD": "", "PYTHONUNBUFFERED": "1"}
 
@@ -409,6 +412,7 @@ def print_table(out: dict[str, Any]) -> None:
     if periods:
         print(f"lag resolution: one poll round of {min(SAMPLE, out['rows'])} keys, "
               f"mean {statistics.mean(periods):.2f} ms; e2e = committed / (first write → Redis equals MySQL)")
+    print(f"sync-binlog row decoder: {out['binlog_decoder']} ({DECODER_ENV}); load at the end: {out['load']}")
 
 
 def plot(results: list[PathResult], path: Path) -> None:
@@ -471,6 +475,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[PathResult]]:
             shutil.rmtree(base, ignore_errors=True)
     out = {"benchmark": "compare", "rows": args.rows, "updates": args.updates, "writers": args.writers,
            "rollback_rate": args.rollback_rate, "sample_keys": min(SAMPLE, args.rows),
+           "binlog_decoder": os.environ.get(DECODER_ENV, "auto"), "load": round(os.getloadavg()[0], 2),
            "paths": {r.path: r.summary() for r in results}}
     return out, results
 
@@ -490,7 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="lag over time per path (needs matplotlib)")
     p.add_argument("--keep", action="store_true", help="keep the servers' directory and the process logs")
     p.add_argument("--no-build", action="store_true", help="do not run make -C udf first")
+    p.add_argument("--decoder", choices=("auto", "c", "python"),
+                   help="sync-binlog's row decoder (sets GEARSYNC_BINLOG_DECODER for it; default: as set, else auto)")
     args = p.parse_args(argv)
+    if args.decoder:
+        os.environ[DECODER_ENV] = args.decoder   # inherited by the sync-binlog processes
     args.paths = [x.strip() for x in args.paths.split(",") if x.strip()]
     bad = [x for x in args.paths if x not in PATHS]
     if bad:

@@ -83,7 +83,8 @@ def cpu_seconds(pids: list[int], redis_client: Any) -> float:
 
 
 def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, batch: int, connections: int,
-                         fk: bool = False, rewrite: bool = False, key: str | None = None) -> tuple[float, float]:
+                         fk: bool = False, rewrite: bool = False, key: str | None = None,
+                         config: str | None = None) -> tuple[float, float]:
     """jobs/s of `procs` sync-worker processes draining n pre-queued jobs, and the CPU time per job
     (us) of the workers, gearmand and redis-server meanwhile: unlike the rate, it does not grow when
     other work shares the machine. `rewrite`: the same rows again with newer versions, on top of the
@@ -101,7 +102,7 @@ def drain_with_processes(g: GearmanServer, r: RedisServer, n: int, procs: int, b
         env[ENV_KEY] = key
     exe = str(Path(sys.executable).with_name("sync-worker"))
     cmd = [exe, "--table", "data", "--batch", str(batch), "--connections", str(connections),
-           "--stats-interval", "0", "--log-level", "warning"]
+           "--stats-interval", "0", "--log-level", "warning", *(["--config", config] if config else [])]
     workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(procs)]
     pids = [w.pid for w in workers] + ([g.proc.pid] if g.proc is not None else [])
     try:
@@ -172,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure the jobs as child rows with one cascading FK (carrying refs), side by side")
     p.add_argument("--signed", action="store_true",
                    help="also measure signed jobs checked by the workers (GEARSYNC_JOB_KEY), side by side with unsigned")
+    p.add_argument("--shape", action="store_true",
+                   help="also measure the jobs with a zset index, a set index and the change stream on "
+                        "([tables.data] indexes/stream, docs/shaping.md), side by side with plain json")
     p.add_argument("--profile", action="store_true", help="drain once in-process under cProfile and print the top functions")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
@@ -268,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{key}_cost": cost, f"{key}_cost_per_round": paired,
                                   f"{key}_base_runs_jobs_per_s": plain, f"{key}_runs_jobs_per_s": fk_runs})
                 measured.append(entry)
+            if args.shape:
+                results["shape"] = _shape_rounds(g, r, args, procs[0], os.environ.get(ENV_KEY) or None, Path(tmp))
             if args.profile:
                 text = profile_in_process(g, r, args.jobs, args.batch, 25, signed_key if args.signed else key)
                 print(text)
@@ -277,6 +283,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return 0
+
+
+# a zset index and a set index (1000 values) by volume, and the change stream
+SHAPE_CONFIG = ('[tables.data]\nindexes = [{ type = "zset", column = "volume" }, { type = "set", column = "volume" }]\n'
+                'stream = { maxlen = 100000 }\n')
+
+
+def _shape_rounds(g: GearmanServer, r: RedisServer, args: Any, nprocs: int, key: str | None, tmp: Path) -> dict[str, Any]:
+    """--shape: plain json and the same jobs with a zset index, a set index (1000 values) and the
+    stream on, interleaved round after round (the order swapped every second round); the ratio of
+    the medians and of each round."""
+    config = tmp / "shape.toml"
+    config.write_text(SHAPE_CONFIG)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}  # CPU us per job: workers + gearmand + redis-server
+    for i in range(args.runs):
+        for shaped in (False, True) if i % 2 == 0 else (True, False):
+            rate, us = drain_with_processes(g, r, args.jobs, nprocs, args.batch, args.connections, key=key,
+                                            config=str(config) if shaped else None)
+            rates[shaped].append(rate)
+            cpu[shaped].append(us)
+    base, shaped_med = statistics.median(rates[False]), statistics.median(rates[True])
+    per_round = sorted(s / p for p, s in zip(rates[False], rates[True]))
+    cpu_base, cpu_shaped = statistics.median(cpu[False]), statistics.median(cpu[True])
+    print(f"{'shape':>9} {args.batch:>6} {base:>14,.0f} {shaped_med:>10,.0f}  ratio {shaped_med / base:.2f}x "
+          f"(rounds {per_round[0]:.2f}..{per_round[-1]:.2f}); plain {', '.join(f'{x:,.0f}' for x in rates[False])} | "
+          f"zset+set+stream {', '.join(f'{x:,.0f}' for x in rates[True])}", flush=True)
+    print(f"{'':>9} {'cpu':>6} {cpu_base:>11.1f} us {cpu_shaped:>7.1f} us  ratio {cpu_base / cpu_shaped:.2f}x "
+          "(CPU time per job of the workers, gearmand and redis-server: less sensitive to other load)", flush=True)
+    return {"processes": nprocs, "plain_runs_jobs_per_s": rates[False], "shape_runs_jobs_per_s": rates[True],
+            "ratio": shaped_med / base, "ratio_per_round": per_round, "plain_cpu_us_per_job": cpu[False],
+            "shape_cpu_us_per_job": cpu[True], "cpu_ratio": cpu_base / cpu_shaped}
 
 
 def _drain_leftovers(g: GearmanServer, r: RedisServer, batch: int, key: str | None) -> None:

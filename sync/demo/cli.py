@@ -21,6 +21,9 @@ What a run does, in order (each step prints the command a user would type):
    `sync-binlog --sink redis` writing the same table under another key template (binlog:{table}:{pk}):
    binlog versions come from the commit position and trigger versions from UUID_SHORT(), so the two
    sources must never write the same keys.
+   The trigger path also keeps one zset index (volume) and the change stream (docs/shaping.md:
+   <state dir>/shaping.toml, read by its sync-worker, sync-snapshot and sync-verify), shown after the
+   verify with the redis-cli commands that read them.
 5. A write load (--rate changes/s for --seconds: 25 % INSERT, 60 % UPDATE, 15 % DELETE, each its own
    transaction) while a live display shows changes written and synced per path, lag, gearmand queue
    depth and spool size. Lag is measured with a heartbeat row (id 0) that the load updates every tick
@@ -185,6 +188,49 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float, stack: Stac
     return time.monotonic() - start
 
 
+# The trigger path's shaping (docs/shaping.md): one index and the change stream. The binlog path
+# writes its own row keys and no indexes (both would add members to the same index keys).
+SHAPING_CONFIG = """# make demo: the trigger path's [tables.data] shaping (docs/shaping.md)
+[tables.data]
+[[tables.data.indexes]]
+type = "zset"
+column = "volume"
+key = "demo:{table}:by:{column}"
+[tables.data.stream]
+maxlen = 10000
+key = "demo:{table}:changes"
+"""
+ZSET_KEY, STREAM_KEY = f"demo:{TABLE}:by:volume", f"demo:{TABLE}:changes"
+
+
+def shaping_config(stack: Stack) -> str:
+    path = stack.state_dir / "shaping.toml"
+    if not path.exists():
+        path.write_text(SHAPING_CONFIG)
+        path.chmod(0o600)
+    return str(path)
+
+
+def show_shaping(stack: Stack) -> dict[str, Any]:
+    """The index and the stream the trigger path kept, as a user reads them with redis-cli."""
+    r = stack.redis.client()
+    try:
+        top = [(k.decode(), s) for k, s in r.zrange(ZSET_KEY, 0, 2, desc=True, withscores=True)]
+        last = r.xrevrange(STREAM_KEY, count=1)
+        out = {"zset": ZSET_KEY, "zcard": r.zcard(ZSET_KEY), "top": top, "stream": STREAM_KEY, "xlen": r.xlen(STREAM_KEY),
+               "last": {k.decode(): v.decode() for k, v in last[0][1].items()} if last else None}
+    finally:
+        r.close()
+    step(f"the index and the change stream of the trigger path ({rel(stack.state_dir / 'shaping.toml')})")
+    say(f"    $ redis-cli ZRANGE {ZSET_KEY} 0 2 REV WITHSCORES   # {out['zcard']} rows by volume, the highest:")
+    for k, score in top:
+        say(f"      {k}  {score:g}")
+    say(f"    $ redis-cli XLEN {STREAM_KEY}   # {out['xlen']} changes (MAXLEN ~ 10000); the last one:")
+    if out["last"]:
+        say("      " + "  ".join(f"{k}={v[:60]}" for k, v in out["last"].items()))
+    return out
+
+
 def start_pipeline(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
     """Triggers, workers, relay, snapshot and binlog (or the classic pieces). Returns path name -> heartbeat key."""
     from sync.keys import row_key
@@ -210,11 +256,12 @@ def start_pipeline(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
     stack.run("sync-triggers", c("sync-triggers", "install", "--table", TABLE, "--mysql-url", m))
     step(f"starting {args.workers} sync-worker and sync-relay")
     for i in range(args.workers):
-        stack.spawn(f"worker-{i + 1}", c("sync-worker", "--table", TABLE, "--servers", g, "--redis-url", r, *common_log))
+        stack.spawn(f"worker-{i + 1}", c("sync-worker", "--table", TABLE, "--servers", g, "--redis-url", r,
+                                         "--config", shaping_config(stack), *common_log))
     stack.spawn("relay", c("sync-relay", "--database", DATABASE, "--mysql-url", m, "--servers", g, *common_log))
     step("copying the rows that predate the triggers: sync-snapshot")
     stack.run("snapshot", c("sync-snapshot", "--table", TABLE, "--mysql-url", m, "--redis-url", r,
-                            "--progress", "log", "--log-format", "json"))
+                            "--config", shaping_config(stack), "--progress", "log", "--log-format", "json"))
     paths = {"trigger": row_key(TRIGGER_TEMPLATE, TABLE, [("id", HEARTBEAT_ID)])}
     if not args.no_binlog:
         step(f"binlog source into its own keys ({BINLOG_TEMPLATE}): sync-binlog --sink redis --start earliest")
@@ -322,7 +369,8 @@ def verify(stack: Stack, args: argparse.Namespace, paths: dict[str, str], load: 
         if name not in paths:
             continue
         argv = c("sync-verify", "--table", TABLE, "--key-template", template, "--mysql-url", stack.mysql_url,
-                 "--redis-url", stack.redis_url, "--json", "--progress", "log")
+                 "--redis-url", stack.redis_url, "--json", "--progress", "log",
+                 *(["--config", shaping_config(stack)] if name == "trigger" else []))
         done = stack.run(f"verify-{name}", argv, ok=(0, 1), capture=True)
         report = json.loads(done.stdout.strip().splitlines()[-1])
         report["exit_code"] = done.returncode
@@ -396,6 +444,8 @@ def run_demo(args: argparse.Namespace) -> int:
         t_verify = time.monotonic()
         results = verify(stack, args, paths, load)
         verify_s = time.monotonic() - t_verify
+        if not args.classic:
+            summary["shaping"] = show_shaping(stack)
         first = [p.first_seen_wall for p in monitor.view.paths.values() if p.first_seen_wall]
         summary.update(
             load={"written": load.written, **load.counts, "rows": load.rows, "rate": args.rate, "seconds": args.seconds},

@@ -28,6 +28,9 @@ def select_sql(schema: TableSchema) -> str:
 
 def expected_value(spec: TableSpec, canonical_row: Mapping[str, Any]) -> bytes | dict[bytes, bytes]:
     """The Redis value of a canonical row: json → the bytes of SET; hash → the HSET fields."""
+    shape = spec.shape
+    if shape is not None and shape.reshapes:
+        canonical_row = shape.project(canonical_row)  # exclude/rename (sync.shape)
     if spec.format == "hash":
         return encode_hash(canonical_row)
     return encode_json(canonical_row)
@@ -48,4 +51,6 @@ def expected_state(conn: Any, schema: TableSchema, spec: TableSpec) -> dict[str,
     with conn.cursor(pymysql.cursors.DictCursor) as cur:
         cur.execute(READ_SESSION_SQL)
         cur.execute(select_sql(schema))
-        return dict(expected_entry(schema, spec, row) for row in cur.fetchall())
+        shape = spec.shape
+        return dict(expected_entry(schema, spec, row) for row in cur.fetchall()
+                    if shape is None or shape.matches(schema.canonical_row(row)))  # the filter keeps it

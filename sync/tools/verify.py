@@ -82,6 +82,7 @@ from sync.rows.fkgraph import load_foreign_keys
 from sync.rows.reader import TableReader, row_events
 from sync.rows.schema import canonical_value, quote_ident
 from sync.tables import TableSpec
+from sync.tools.indexcheck import IndexChecker, IndexProblem
 from sync.tools.keypattern import KeyPattern, typed_pk
 from sync.tools.snapshot import Versions, apply_events
 
@@ -108,14 +109,19 @@ class VerifyReport:
     deleted: int = 0                # extra keys removed
     repair_stale: int = 0           # repairs a newer change had already superseded
     versions_reset: int = 0         # version keys deleted before a repair (reset_versions)
+    index_missing: int = 0          # secondary index entries (sync.tools.indexcheck)
+    index_extra: int = 0
+    index_wrong: int = 0            # wrong zset score or set-index record
+    index_repaired: int = 0         # rows re-applied and extra members removed for the indexes
     extras_checked: bool = True
     notes: list[str] = field(default_factory=list)
-    examples: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "different": [], "extra": []})
+    examples: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "different": [], "extra": [],
+                                                                    "index": []})
     elapsed_s: float = 0.0
 
     @property
     def differences(self) -> int:
-        return self.missing + self.different + self.extra
+        return self.missing + self.different + self.extra + self.index_missing + self.index_extra + self.index_wrong
 
     @property
     def equal(self) -> bool:
@@ -131,6 +137,8 @@ class VerifyReport:
             "missing": self.missing, "different": self.different, "extra": self.extra,
             "settled": self.settled, "repaired": self.repaired, "deleted": self.deleted,
             "repair_stale": self.repair_stale, "versions_reset": self.versions_reset, "extras_checked": self.extras_checked,
+            "index_missing": self.index_missing, "index_extra": self.index_extra, "index_wrong": self.index_wrong,
+            "index_repaired": self.index_repaired,
             "examples": self.examples, "notes": self.notes, "seconds": round(self.elapsed_s, 3),
         }
 
@@ -201,6 +209,9 @@ class Verifier:
         self._suspects: list[_Suspect] = []
         self._overflow: dict[str, int] = {}
         self._overflow_examples: list[_Suspect] = []
+        shape = spec.shape
+        self.indexes = IndexChecker(reader, redis, spec, prefix) if shape is not None and shape.indexes else None
+        self._index_suspects: list[IndexProblem] = []
 
     # -- comparing rows --------------------------------------------------------------------------
     async def _fetch(self, keys: Sequence[str]) -> list[Any]:
@@ -247,12 +258,21 @@ class Verifier:
         actual = await self._fetch([k for k, _ in entries])
         found = []
         key_names = self.schema.key
-        for row, (key, value), got in zip(rows, entries, actual):
-            d = self._diff(value, got)
+        live = self._live(rows)
+        for row, (key, value), got, keep in zip(rows, entries, actual, live):
+            # a row the filter leaves out must be absent (its repair: the applier deletes it, fenced)
+            d = self._diff(value, got) if keep else ("different: present, but the filter leaves it out" if got else None)
             if d is not None:
                 pk = tuple(canonical_value(self.schema.column(k), row[k]) for k in key_names)
                 found.append(_Suspect("missing" if d == "missing" else "different", key, pk, d))
         return found
+
+    def _live(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
+        """Per row: does the table's filter keep it (no filter: all)."""
+        shape = self.spec.shape
+        if shape is None or shape.filter is None:
+            return [True] * len(rows)
+        return [shape.matches(self.schema.canonical_row(r)) for r in rows]
 
     # -- the passes ------------------------------------------------------------------------------
     async def _row_chunks(self) -> AsyncIterator[list[dict[str, Any]]]:
@@ -293,18 +313,64 @@ class Verifier:
                     await self._repair_rows(found, report)
                 else:
                     self._keep(found)
+            if self.indexes is not None:
+                await self._index_problems(await self.indexes.check_rows(rows), report)
             if on_progress is not None:
                 on_progress("rows", report.rows)
         if self.check_extra:
             await self._extra_pass(report, on_progress)
         else:
             report.extras_checked = False
+        if self.indexes is not None and self.check_extra and self.sample is None:
+            async for problems in self.indexes.member_batches():
+                await self._index_problems(problems, report)
+        elif self.indexes is not None:
+            report.notes.append("extra index members not checked (--sample or --no-extra): only the entries of "
+                                "the rows compared")
         await self._recheck(report)
+        await self._index_recheck(report)
         report.elapsed_s = time.perf_counter() - t0
         log.info("verify_done", table=self.schema.name, rows=report.rows, keys_scanned=report.keys_scanned,
                  missing=report.missing, different=report.different, extra=report.extra, settled=report.settled,
                  repaired=report.repaired, deleted=report.deleted, seconds=round(report.elapsed_s, 3))
         return report
+
+    # -- indexes (sync.tools.indexcheck) ---------------------------------------------------------
+    async def _index_problems(self, problems: Sequence[IndexProblem], report: VerifyReport) -> None:
+        if not problems:
+            return
+        assert self.indexes is not None
+        if not self.repair:
+            room = max(0, MAX_SUSPECTS - len(self._index_suspects))
+            self._index_suspects.extend(problems[:room])
+            for p in problems[room:]:
+                self._index_count(report, p)
+            return
+        rows: dict[str, IndexProblem] = {p.member: p for p in problems if p.pk is not None}
+        if rows:
+            await self.indexes.forget_records(list(rows.values()))
+            before = report.repaired
+            await self._repair_rows([_Suspect("different", p.member, p.pk, p.detail) for p in rows.values()], report)
+            report.index_repaired += report.repaired - before
+            report.repaired = before
+        report.index_repaired += await self.indexes.drop([p for p in problems if p.pk is None or p.kind == "extra"])
+        log.info("index_repaired", table=self.schema.name, problems=len(problems))
+
+    async def _index_recheck(self, report: VerifyReport) -> None:
+        suspects, self._index_suspects = self._index_suspects, []
+        if not suspects or self.indexes is None:
+            return
+        if self.recheck_delay_s > 0:
+            await asyncio.sleep(self.recheck_delay_s)
+        still = await self.indexes.recheck(suspects)
+        for p in still:
+            self._index_count(report, p)
+        report.settled += max(0, len(suspects) - len(still))
+
+    @staticmethod
+    def _index_count(report: VerifyReport, p: IndexProblem) -> None:
+        setattr(report, f"index_{p.kind}", getattr(report, f"index_{p.kind}") + 1)
+        report.example("index", f"{p.kind}: {p.text()}")
 
     def _keep(self, found: Sequence[_Suspect]) -> None:
         """Keep differences for the recheck; beyond MAX_SUSPECTS only their count (bounded memory)."""
@@ -332,8 +398,8 @@ class Verifier:
         try:
             async for raw in self.redis.scan_iter(match=pat.glob, count=SCAN_BATCH):
                 key = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
-                if key.startswith(self.own_prefix):
-                    continue
+                if key.startswith(self.own_prefix) or (self.spec.shape is not None and self.spec.shape.owns(key)):
+                    continue  # gearsync's own keys; the table's index and stream keys (the index pass)
                 batch.append(key)
                 if len(batch) >= SCAN_BATCH:
                     await self._check_extra_batch(batch, report)

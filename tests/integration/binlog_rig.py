@@ -71,6 +71,17 @@ class Running:
             self.stop()
 
 
+def update_until_retried(cur: Any, run: Running, retries: int = 2, updates: int = 200, rows: int = 50) -> None:
+    """`updates` single-row UPDATEs of data(id, volume) over ids 0..rows-1 while the sink is away,
+    then wait (30 s at most) until the service has failed `retries` deliveries."""
+    for i in range(updates):
+        cur.execute("UPDATE data SET volume = volume + 1 WHERE id = %s", (i % rows,))
+    deadline = time.monotonic() + 30
+    while run.service.stats.retries < retries and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.service.stats.retries >= retries
+
+
 def binlog_pos(server: MariaDBServer) -> str:
     conn = server.connect()
     try:

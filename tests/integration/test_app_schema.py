@@ -4,8 +4,7 @@ capture paths at once while four connections write to it; then sync-verify on ev
 
 The rig (app_rig.py) runs the commands a user runs; this test asserts what a user would check: no
 writer statement failed, and Redis equals MySQL for every table on the trigger path and on the
-binlog path. Tables changed by FK actions (app_rig.CASCADE_CHILDREN) are asserted separately: on the
-trigger path, children with two cascading FKs may differ by one known open defect (see the test).
+binlog path. Tables changed by FK actions (app_rig.CASCADE_CHILDREN) are asserted too, separately.
 """
 
 from __future__ import annotations
@@ -23,9 +22,6 @@ from .app_rig import CASCADE_CHILDREN, PATHS, AppRig
 from .udf_fixtures import udf_installed  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(600)
-
-# Children with two FKs that cascade or set null (tests/fixtures/shop_schema.sql).
-TWO_CASCADING_FKS = frozenset({"orders", "order_items", "product_categories", "inventory", "reviews", "wishlists"})
 
 EXPECTED_OPS = {
     "new_order", "order_status", "delete_order", "renumber_order", "coupon_upsert", "coupon_replace",
@@ -54,19 +50,9 @@ def test_shop_application_both_paths_with_writers(udf_installed: MariaDBServer, 
 
     differing = result.differing()
     assert {t: d for t, d in differing.items() if t not in CASCADE_CHILDREN} == {}, table
-    # FK cascades captured on both paths (rows changed by ON DELETE/UPDATE CASCADE / SET NULL): equal,
-    # except one known, open defect of the trigger path (issue 13): two late changes of one row that
-    # cascade records move to the same version are applied in the order they come. It needs a row with
-    # two cascading FKs and a rare job order; test_cascade_race.py pins it deterministically with a
-    # strict xfail (which fails, and so forces this exception out, once the defect is fixed).
-    # The binlog path (commit order, no moves) and one-FK children stay strict.
-    known = {t: {p: d for p, d in paths.items() if p == "trigger"} for t, paths in differing.items()
-             if t in TWO_CASCADING_FKS}
-    assert {t: d for t, d in differing.items() if t in CASCADE_CHILDREN and t not in TWO_CASCADING_FKS} == {}, table
-    assert {t: {p: d for p, d in paths.items() if p != "trigger"} for t, paths in differing.items()
-            if t in TWO_CASCADING_FKS and set(paths) - {"trigger"}} == {}, table
-    if any(known.values()):
-        print(f"known open defect (test_cascade_race xfail) on the trigger path: {known}")
+    # FK cascades captured on both paths (rows changed by ON DELETE/UPDATE CASCADE / SET NULL): equal
+    # too, children with two cascading FKs included (test_cascade_race pins their late-change orders).
+    assert {t: d for t, d in differing.items() if t in CASCADE_CHILDREN} == {}, table
 
 
 def test_binary_n_keeps_its_trailing_zero_bytes_on_the_binlog_path(mariadb: MariaDBServer, db: Any,

@@ -11,7 +11,16 @@ import orjson
 from sync.keys import stats_key
 from sync.testing.servers import MariaDBServer, RedisServer
 
-from .binlog_rig import Running, binlog_pos, diff, mysql_state, redis_state, settings, wait_caught_up
+from .binlog_rig import (
+    Running,
+    binlog_pos,
+    diff,
+    mysql_state,
+    redis_state,
+    settings,
+    update_until_retried,
+    wait_caught_up,
+)
 
 
 def test_quiet_server_flushes_a_small_batch_at_once(mariadb: MariaDBServer, db, redis_server: RedisServer, redis_client) -> None:
@@ -40,11 +49,7 @@ def test_redis_restart_mid_stream_resends_the_held_batch(mariadb: MariaDBServer,
         wait_caught_up(mariadb, redis_client, run.service.positions.key)
         redis_server.stop()   # connection refused; the restarted server is empty (no script either)
         try:
-            for i in range(200):
-                cur.execute("UPDATE data SET volume = volume + 1 WHERE id = %s", (i % 50,))
-            deadline = time.monotonic() + 30
-            while run.service.stats.retries < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            update_until_retried(cur, run)
         finally:
             redis_server.start()
         client = redis_server.client()

@@ -11,9 +11,11 @@ import pytest
 from sync.apply.applier import Outcome, RedisApplier
 from sync.errors import PayloadError
 from sync.events import Cascade, ChangeEvent, FKRule, Op, Source
-from sync.keys import fk_index_key, fk_rows_key, row_key, version_key
+from sync.keys import fk_index_key, row_key
 from sync.rows.rowcodec import encode_json
 from sync.tables import TableSpec
+
+from .test_cascade_markers import fkr_of, version_of
 
 A, S = Outcome.APPLIED, Outcome.STALE
 TABLES = {name: TableSpec(name) for name in ("orders", "line", "note", "tree", "link", "item", "ship")}
@@ -62,7 +64,7 @@ async def applier(aredis: Any) -> RedisApplier:
 async def test_index_follows_the_child_rows(applier: RedisApplier, redis_client: Any) -> None:
     await applier.apply([child("line", {"id": 1}, 10, "fk_line", ("order_id",), order_id=5)])
     assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == {b"line:1"}
-    assert orjson.loads(redis_client.get(fk_rows_key("line:1")))[0] == ["id"]
+    assert orjson.loads(fkr_of(redis_client, "line:1"))[0] == ["id"]
     await applier.apply([child("line", {"id": 1}, 11, "fk_line", ("order_id",), order_id=7)])
     assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == set()
     assert redis_client.smembers(fk_index_key("line", "fk_line", [7])) == {b"line:1"}
@@ -72,12 +74,12 @@ async def test_index_follows_the_child_rows(applier: RedisApplier, redis_client:
     # NULL FK: out of every set, no fkr.
     await applier.apply([child("line", {"id": 1}, 12, "fk_line", ("order_id",), order_id=None)])
     assert redis_client.smembers(fk_index_key("line", "fk_line", [7])) == set()
-    assert redis_client.get(fk_rows_key("line:1")) is None
+    assert fkr_of(redis_client, "line:1") is None
     await applier.apply([child("line", {"id": 1}, 13, "fk_line", ("order_id",), order_id=7)])
     dele = ChangeEvent("line", Op.DELETE, (("id", 1),), None, 14, Source.TRIGGER, {})
     await applier.apply([dele])
     assert redis_client.smembers(fk_index_key("line", "fk_line", [7])) == set()
-    assert redis_client.get(fk_rows_key("line:1")) is None
+    assert fkr_of(redis_client, "line:1") is None
 
 
 async def test_cascade_update_then_delete_follows_a_chain(applier: RedisApplier, redis_client: Any) -> None:
@@ -97,9 +99,9 @@ async def test_cascade_update_then_delete_follows_a_chain(applier: RedisApplier,
     assert get(redis_client, "line", id=1) == {"id": 1, "order_id": 6, "qty": 1}
     assert get(redis_client, "line", id=5)["order_id"] == 6
     assert get(redis_client, "line", id=3)["order_id"] == 6
-    assert redis_client.get(version_key("line:3")) == b"%020d" % 99
+    assert version_of(redis_client, "line:3") == 99
     # A cascade that keeps the key leaves the row's own version (a late older delete still applies).
-    assert redis_client.get(version_key("line:1")) == b"%020d" % 10
+    assert version_of(redis_client, "line:1") == 10
     assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == {b"line:1", b"line:2", b"line:3", b"line:5"}
     # Derived changes count as applied under their own table.
     assert int(redis_client.hget("gearsync:stats:line", "applied_total")) == 5 + 4  # 5 inserts, 4 derived
@@ -125,7 +127,7 @@ async def test_key_change_and_op_cascade(applier: RedisApplier, redis_client: An
     assert get(redis_client, "link", order_id=5, tag="a") is None
     assert get(redis_client, "link", order_id=9, tag="a") == {"order_id": 9, "tag": "a", "n": 1}
     assert redis_client.smembers(fk_index_key("link", "fk_link", [9])) == {b"link:9:a"}
-    assert redis_client.get(fk_rows_key("link:5:a")) is None
+    assert fkr_of(redis_client, "link:5:a") is None
     # The parent is not synced: nothing written for it.
     assert redis_client.keys("orders*") == []
     # An applier that does not serve the parent table takes its op cascade.
@@ -140,7 +142,7 @@ async def test_set_null_on_a_hash_row(applier: RedisApplier, redis_client: Any) 
     assert await applier.apply([parent(Op.UPDATE, 5, 6, 20, (HLINE,))]) == [A]
     assert redis_client.hgetall("hline:1") == {b"id": b"1", b"price": b"1.50"}
     assert redis_client.smembers(fk_index_key("hline", "fk_hline", [5])) == set()
-    assert redis_client.get(fk_rows_key("hline:1")) is None
+    assert fkr_of(redis_client, "hline:1") is None
 
 
 async def test_self_reference_deletes_the_subtree(applier: RedisApplier, redis_client: Any) -> None:
@@ -175,7 +177,7 @@ async def test_two_key_templates_on_one_redis_keep_their_cascades_apart(aredis: 
     assert await trig.apply([parent(Op.DELETE, 5, None, 50, (LINE,))]) == [A]
     assert redis_client.get("line:1") is None
     assert orjson.loads(redis_client.get("binlog:line:1")) == {"id": 1, "order_id": 5}
-    assert redis_client.get(version_key("binlog:line:1")) == b"%020d" % 10
+    assert version_of(redis_client, "binlog:line:1") == 10
     assert await binlog.apply([parent(Op.UPDATE, 5, 6, 20, (LINE,))]) == [A]
     assert orjson.loads(redis_client.get("binlog:line:1")) == {"id": 1, "order_id": 6}
 
@@ -267,7 +269,7 @@ async def test_a_late_delete_after_its_insert_was_moved_in_place(applier: RedisA
     assert await applier.apply([parent(Op.UPDATE, 5, 6, 60, (LINE,))]) == [A]
     assert await applier.apply([child("line", {"id": 2}, 20, "fk_line", ("order_id",), order_id=5)]) == [A]
     assert get(redis_client, "line", id=2) == {"id": 2, "order_id": 6}
-    assert redis_client.get(version_key("line:2")) == b"%020d" % 20
+    assert version_of(redis_client, "line:2") == 20
 
 
 async def test_a_late_delete_of_a_child_whose_key_a_cascade_moved(applier: RedisApplier, redis_client: Any) -> None:

@@ -1,15 +1,19 @@
 """The applier's cheap path for child rows (real redis-server): a change looks cascade records up
 only while a marker of its (table, FK) says one may exist; records written before markers existed
-get theirs; fkr values spelled without orjson are what orjson would write."""
+get theirs; fkr values spelled without orjson are what orjson would write, kept after the version
+in the row's version key (and carried over from their own key, where an older gearsync kept them)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
+import pytest
 
 from sync.apply.applier import Outcome, RedisApplier
-from sync.events import Cascade, ChangeEvent, FKRule, Op, Source
+from sync.apply.cascade_rows import split_stored_version
+from sync.apply.truncate import TableWipe
+from sync.events import Cascade, ChangeEvent, FKRule, Op, Source, TableTruncate
 from sync.keys import (
     fk_cascade_key,
     fk_cascade_marker_key,
@@ -17,12 +21,25 @@ from sync.keys import (
     fk_markers_ready_key,
     fk_rows_key,
     row_key,
+    version_key,
 )
 from sync.tables import TableSpec
 
 A = Outcome.APPLIED
 TABLES = {name: TableSpec(name) for name in ("orders", "line")}
 LINE = FKRule("line", "fk_line", ("order_id",), ("id",), "cascade", "cascade")
+
+
+def version_of(redis_client: Any, rk: str) -> int | None:
+    """The row's version, as its version key holds it; None: none."""
+    stored = redis_client.get(version_key(rk))
+    return int(split_stored_version(stored.decode())[0]) if stored is not None else None
+
+
+def fkr_of(redis_client: Any, rk: str) -> bytes | None:
+    """The row's fkr value (the fk index sets it is in), as its version key holds it; None: none."""
+    stored = redis_client.get(version_key(rk))
+    return split_stored_version(stored.decode())[2].encode() or None if stored is not None else None
 
 
 def line(id_: int, version: int, order_id: Any, **more: Any) -> ChangeEvent:
@@ -87,7 +104,7 @@ async def test_fkr_values_match_the_general_spelling(aredis: Any, redis_client: 
         assert await applier.apply([line(i, 10, value)]) == [A]
         rk = row_key(TABLES["line"].key_template, "line", (("id", i),))
         index = fk_index_key("line", "fk_line", [value])
-        assert redis_client.get(fk_rows_key(rk)) == orjson.dumps([["id"], index])
+        assert fkr_of(redis_client, rk) == orjson.dumps([["id"], index])
         assert redis_client.smembers(index) == {rk.encode()}
     # a rewrite with the same value leaves the sets as they are; a new value moves the row
     assert await applier.apply([line(3, 11, 'quo"te', qty=1)]) == [A]
@@ -95,22 +112,47 @@ async def test_fkr_values_match_the_general_spelling(aredis: Any, redis_client: 
     assert await applier.apply([line(3, 12, 99)]) == [A]
     assert redis_client.smembers(fk_index_key("line", "fk_line", ['quo"te'])) == set()
     assert redis_client.smembers(fk_index_key("line", "fk_line", [99])) == {b"line:3"}
-    assert redis_client.get(fk_rows_key("line:3")) == orjson.dumps([["id"], fk_index_key("line", "fk_line", [99])])
+    assert fkr_of(redis_client, "line:3") == orjson.dumps([["id"], fk_index_key("line", "fk_line", [99])])
+    assert redis_client.keys("gearsync:fkr:*") == []
 
 
-async def test_a_hash_tagged_template_keeps_its_fkr_key_in_the_rows_slot(aredis: Any, redis_client: Any) -> None:
-    """A key template with its own hash tag: the row's version and fkr keys carry the row key as it
-    is (keys.version_key / fk_rows_key), and the script finds the fkr value there."""
-    tables = {"line": TableSpec("line", key_template="{{{table}}}:{pk}")}
+@pytest.mark.parametrize("template", ["{table}:{pk}", "{{{table}}}:{pk}"], ids=["plain", "hash_tagged"])
+async def test_a_row_indexed_by_an_older_gearsync_keeps_its_index(aredis: Any, redis_client: Any,
+                                                                   template: str) -> None:
+    """A row an older gearsync wrote: a 20-digit version, its fkr value in its own key (keys.fk_rows_key,
+    in the row's slot, also under a template with its own hash tag). Its next change leaves the set of
+    its old FK value, joins the new one, and its fkr value moves into the version key; a delete then
+    leaves every set."""
+    tables = {"line": TableSpec("line", key_template=template)}
     applier = RedisApplier(aredis, tables)
     rk = row_key(tables["line"].key_template, "line", (("id", 1),))
-    assert rk == "{line}:1" and fk_rows_key(rk) == "gearsync:fkr:{line}:1"
-    assert await applier.apply([line(1, 10, 5)]) == [A]
-    assert redis_client.get(fk_rows_key(rk)) == orjson.dumps([["id"], fk_index_key("line", "fk_line", [5])])
+    legacy = fk_rows_key(rk)
+    if template.startswith("{{"):
+        assert rk == "{line}:1" and legacy == "gearsync:fkr:{line}:1"
+    old_set = fk_index_key("line", "fk_line", [5])
+    redis_client.set(rk, orjson.dumps({"id": 1, "order_id": 5}))
+    redis_client.set(version_key(rk), b"%020d" % 10)
+    redis_client.set(legacy, orjson.dumps([["id"], old_set]))
+    redis_client.sadd(old_set, rk)
     assert await applier.apply([line(1, 11, 6)]) == [A]
-    assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == set()
+    assert redis_client.smembers(old_set) == set()
     assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == {rk.encode()}
+    assert redis_client.get(legacy) is None
+    assert fkr_of(redis_client, rk) == orjson.dumps([["id"], fk_index_key("line", "fk_line", [6])])
     gone = ChangeEvent("line", Op.DELETE, (("id", 1),), None, 12, Source.TRIGGER, {"fk_line": (6,)})
     assert await applier.apply([gone]) == [A]
-    assert redis_client.get(fk_rows_key(rk)) is None
+    assert fkr_of(redis_client, rk) is None and redis_client.get(rk) is None
     assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == set()
+
+
+async def test_a_truncated_child_row_leaves_its_set_when_it_comes_back(aredis: Any, redis_client: Any) -> None:
+    """TRUNCATE of a child table (sync.apply.truncate): its rows go, each version key keeps the row's
+    fkr value after the statement's version; the row inserted again with another FK value leaves the
+    set of the old one (a cascade of the old value finds nothing)."""
+    applier = RedisApplier(aredis, TABLES)
+    assert await applier.apply([line(1, 10, 5, qty=1)]) == [A]
+    assert await TableWipe(TABLES).apply(aredis, TableTruncate("line", 20)) == 1
+    assert redis_client.get("line:1") is None and version_of(redis_client, "line:1") == 20
+    assert await applier.apply([line(1, 21, 6)]) == [A]
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [5])) == set()
+    assert redis_client.smembers(fk_index_key("line", "fk_line", [6])) == {b"line:1"}

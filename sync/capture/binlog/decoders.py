@@ -10,17 +10,24 @@ re-reads them when a DDL statement names the table, or a row lacks a key column)
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import json
+import os
+import threading
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sync.errors import SourceError
+import structlog
+
+from sync.errors import ConfigError, SourceError
 from sync.rows.rowcodec import normalize_value
 from sync.rows.schema import Column, canonical_value
 
 __all__ = [
+    "DECODER_ENV",
     "RowPlan",
     "binlog_column",
     "column_converter",
@@ -28,8 +35,16 @@ __all__ = [
     "decode_datetime",
     "decode_datetime2",
     "decode_time2",
+    "decoder_mode",
     "install_decoders",
+    "native_spec",
+    "select_decoder",
+    "cache_table_maps",
+    "compressed_row_events",
+    "inflate_compressed_rows",
 ]
+
+log = structlog.get_logger(__name__)
 
 
 # -- decoding fixes ------------------------------------------------------------------------------
@@ -133,7 +148,65 @@ def install_decoders() -> None:
         )
     for n, fn in names.items():
         setattr(RowsEvent, n, fn)
+    from pymysqlreplication.packet import BinLogPacketWrapper
+
+    event_map = getattr(BinLogPacketWrapper, "_BinLogPacketWrapper__event_map", None)
+    if not isinstance(event_map, dict):
+        raise SourceError("mysql-replication: BinLogPacketWrapper has no event map; this gearsync was checked with "
+                          "1.0.17 (pip install 'mysql-replication==1.0.17')")
+    for code, cls in zip(_COMPRESSED_V1, compressed_row_events()):
+        event_map[code] = cls
     _decoders_installed = True
+
+
+# -- MariaDB's compressed rows events (log_bin_compress=ON) ------------------------------------------
+# WRITE/UPDATE/DELETE_ROWS_COMPRESSED_EVENT_V1 (166-168): a v1 rows event whose row data (after the
+# columns-present bitmaps) is one byte 0x80 | n, the uncompressed length in n big-endian bytes, then
+# a zlib stream. mysql-replication does not know them and drops them unseen; install_decoders()
+# maps them to these classes, which inflate the row data and then read on as the plain events do
+# (same class names: the reader handles them as WriteRowsEvent, ...).
+
+_COMPRESSED_V1 = (166, 167, 168)
+_compressed_classes: list[type] = []
+
+
+def inflate_compressed_rows(ev: Any) -> None:
+    """Replace the compressed row data of rows event `ev` (positioned after its bitmaps) by the inflated rows."""
+    wrapper = ev.packet
+    pkt = wrapper.packet
+    data = bytes(pkt._data[pkt._position:pkt._position + ev.event_size - wrapper.read_bytes])
+    n = data[0] & 0x07 if data else 0
+    if not data or data[0] & 0xE0 != 0x80 or not 1 <= n <= 4 or len(data) < 1 + n:
+        raise ValueError(f"compressed rows event: bad header byte {data[:1].hex() or 'none'}")
+    size = int.from_bytes(data[1:1 + n], "big")
+    d = zlib.decompressobj()
+    rows = d.decompress(data[1 + n:], size + 1)
+    if len(rows) != size or not d.eof:
+        raise ValueError(f"compressed rows event: {len(rows)} bytes inflated, the header says {size}")
+    from pymysql.protocol import MysqlPacket
+
+    wrapper.packet = MysqlPacket(rows, "utf8")
+    wrapper.read_bytes = 0
+    ev.event_size = size
+
+
+def compressed_row_events() -> list[type]:
+    """The classes of MariaDB's compressed v1 rows events (write, update, delete): for only_events."""
+    if not _compressed_classes:
+        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+        for base in (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent):
+            def init(self: Any, *a: Any, _base: Any = base, **kw: Any) -> None:
+                _base.__init__(self, *a, **kw)
+                if self._processed:
+                    self.inflate_error = None
+                    try:
+                        inflate_compressed_rows(self)
+                    except (ValueError, zlib.error) as exc:   # raised where the rows are read (RowPlan.rows)
+                        self.inflate_error = str(exc)
+
+            _compressed_classes.append(type(base.__name__, (base,), {"__init__": init, "compressed": True}))
+    return list(_compressed_classes)
 
 
 # -- binlog columns → canonical values -------------------------------------------------------------
@@ -267,25 +340,242 @@ def _json_plain(v: Any) -> Any:
     return v
 
 
+# -- the C decoder (sync/capture/binlog/_rowdecode.c) ----------------------------------------------
+# It turns a rows event's bytes straight into what RowPlan.row() returns, for every column type
+# below; a table with any other column type (MySQL's binary JSON, NEWDATE, a charset without table
+# map metadata) is decoded by mysql-replication + the converters above, as before.
+
+DECODER_ENV = "GEARSYNC_BINLOG_DECODER"
+_DECODER_MODES = ("auto", "c", "python")
+_NATIVE: Any = ("rows decoded by sync.capture.binlog._rowdecode",)   # the rows' *none_sources marker
+
+_rowdecode: Any
+_import_error: str | None = None
+try:
+    from sync.capture.binlog import _rowdecode
+except ImportError as exc:  # not built (no compiler / Python headers at install time)
+    _rowdecode = None
+    _import_error = str(exc)
+
+# the C decoder's ops (enum in _rowdecode.c)
+(OP_INT, OP_YEAR, OP_FLOAT, OP_DOUBLE, OP_DECIMAL, OP_BIT, OP_ENUM, OP_SET, OP_DATE, OP_DATETIME, OP_DATETIME2,
+ OP_TIMESTAMP, OP_TIMESTAMP2, OP_TIME, OP_TIME2, OP_STR, OP_ENUM_NONE) = range(1, 18)
+
+
+def decoder_mode() -> str:
+    """"c" or "python": GEARSYNC_BINLOG_DECODER (auto: c when the extension is built, c: required,
+    python: the pure-Python path, e.g. for a benchmark baseline)."""
+    mode = os.environ.get(DECODER_ENV, "auto").strip().lower() or "auto"
+    if mode not in _DECODER_MODES:
+        raise ConfigError(f"{DECODER_ENV}={mode!r}: expected one of {', '.join(_DECODER_MODES)}")
+    if mode == "python":
+        return "python"
+    if _rowdecode is None:
+        if mode == "c":
+            raise ConfigError(f"{DECODER_ENV}=c: the C row decoder is not built ({_import_error}); "
+                              "reinstall with a C compiler and Python headers (pip install -e .)")
+        return "python"
+    return "c"
+
+
+_warned = False
+
+
+def select_decoder() -> str:
+    """decoder_mode(), and once per process the one warning line when the C decoder is missing."""
+    global _warned
+    mode = decoder_mode()
+    if mode == "python" and _rowdecode is None and not _warned:
+        _warned = True
+        log.warning("binlog_c_decoder_unavailable", reason=_import_error,
+                    fallback="pure-Python row decoding (slower, same values)")
+    return mode
+
+
+def _str_encoding(charset: str) -> str | None:
+    """The codec mysql-replication decodes a column of `charset` with, or None when it keeps the bytes."""
+    from pymysqlreplication.row_event import RowsEvent
+
+    enc = RowsEvent.charset_to_encoding(charset)
+    try:
+        if not codecs.lookup(enc)._is_text_encoding:
+            return None
+    except LookupError:
+        return None
+    return str(enc)
+
+
+def native_spec(bcol: Any, name: str | None, conv: Callable[[Any], Any] | None) -> tuple[Any, ...] | None:
+    """The C decoder's spec of one table-map column (name None: not wanted), or None when the
+    column needs the Python path. `conv`: the column's converter (wanted columns)."""
+    try:
+        return _native_spec(bcol, name, conv)
+    except AttributeError:  # a table-map column without the metadata its type needs: Python path
+        return None
+
+
+def _native_spec(bcol: Any, name: str | None, conv: Callable[[Any], Any] | None) -> tuple[Any, ...] | None:
+    from pymysqlreplication.constants import FIELD_TYPE as F
+
+    t = bcol.type
+    ints = {F.TINY: 1, F.SHORT: 2, F.INT24: 3, F.LONG: 4, F.LONGLONG: 8}
+    if t in ints:
+        return (OP_INT, name, ints[t], int(bool(bcol.unsigned)), None)
+    simple = {F.YEAR: OP_YEAR, F.FLOAT: OP_FLOAT, F.DOUBLE: OP_DOUBLE, F.DATE: OP_DATE, F.DATETIME: OP_DATETIME,
+              F.TIMESTAMP: OP_TIMESTAMP, F.TIME: OP_TIME}
+    if t in simple:
+        return (simple[t], name, 0, 0, None)
+    timed = {F.DATETIME2: OP_DATETIME2, F.TIMESTAMP2: OP_TIMESTAMP2, F.TIME2: OP_TIME2}
+    if t in timed:
+        fsp = bcol.fsp
+        return (timed[t], name, fsp, 0, None) if isinstance(fsp, int) and 0 <= fsp <= 6 else None
+    if t == F.NEWDECIMAL:
+        p, d = bcol.precision, bcol.decimals
+        return (OP_DECIMAL, name, p, d, None) if 1 <= p <= 65 and 0 <= d <= min(p, 38) else None
+    if t == F.BIT:
+        nbytes, bits = bcol.bytes, bcol.bits
+        first = bits if nbytes == 1 else (bits % 8 or 8)
+        return (OP_BIT, name, nbytes, first, None) if 1 <= nbytes <= 8 and 1 <= first <= 8 else None
+    if t == F.ENUM:
+        if not 1 <= bcol.size <= 8:
+            return None
+        if not bcol.enum_values:
+            return (OP_ENUM_NONE, name, bcol.size, 0, None)
+        values = tuple(bcol.enum_values)
+        return (OP_ENUM, name, bcol.size, 0, tuple(conv(v) for v in values) if conv is not None else values)
+    if t == F.SET:
+        members = tuple(bcol.set_values or ())
+        if not 1 <= bcol.size <= 8 or not all(type(m) is str for m in members):
+            return None
+        return (OP_SET, name, bcol.size, 0, members or None)
+    if t == F.GEOMETRY:
+        return (OP_STR, name, bcol.length_size, 0, None) if 1 <= bcol.length_size <= 4 else None
+    if t in (F.VARCHAR, F.STRING, F.BLOB):
+        charset = bcol.character_set_name
+        if charset is None:
+            return None
+        width = bcol.length_size if t == F.BLOB else (2 if bcol.max_length > 255 else 1)
+        if not 1 <= width <= 4:
+            return None
+        enc = _str_encoding(charset)
+        pad = bcol.max_length if (t == F.STRING and enc is None and charset == "binary") else 0
+        return (OP_STR, name, width, pad if 0 < pad <= 65535 else 0, enc)
+    return None
+
+
+# -- table maps: parsed once per distinct table map ----------------------------------------------
+# The server writes a TABLE_MAP event before the rows events of every transaction; mysql-replication
+# parses each one in full (columns, metadata, charsets, names: ~100 µs, more than the rows of a
+# one-row transaction take to decode in C). In a reader thread that called cache_table_maps(), an
+# event whose bytes equal one already parsed reuses that parse (its Table object): equal bytes,
+# equal table (the bytes start with the table id). The filters (only_tables, ...) are applied
+# again on every event, as the library does. Other threads (and sync-binlog with the Python
+# decoder, the benchmark baseline) keep the library's own parse.
+
+_thread_state = threading.local()
+_TABLE_MAP_CACHE_MAX = 4096
+
+
+def cache_table_maps(on: bool = True) -> None:
+    """Reuse the parse of a repeated TABLE_MAP event in the calling thread (see above), or not."""
+    _install_table_map_cache()
+    _thread_state.table_maps = {} if on else None
+
+
+_table_map_cache_installed = False
+
+
+def _install_table_map_cache() -> None:
+    global _table_map_cache_installed
+    if _table_map_cache_installed:
+        return
+    from pymysqlreplication.event import BinLogEvent
+    from pymysqlreplication.row_event import TableMapEvent
+
+    plain_init = TableMapEvent.__init__
+
+    def init(self: Any, from_packet: Any, event_size: int, table_map: Any, ctl_connection: Any, **kw: Any) -> None:
+        cache: dict[bytes, Any] | None = getattr(_thread_state, "table_maps", None)
+        raw = getattr(from_packet, "packet", None)
+        if cache is None or raw is None or len(getattr(from_packet, "_BinLogPacketWrapper__data_buffer", b"")) \
+                or kw.get("freeze_schema"):
+            plain_init(self, from_packet, event_size, table_map, ctl_connection, **kw)
+            return
+        key = bytes(raw._data[raw._position:raw._position + event_size])
+        table = cache.get(key)
+        if table is None:
+            plain_init(self, from_packet, event_size, table_map, ctl_connection, **kw)
+            if self._processed and len(key) == event_size:
+                if len(cache) >= _TABLE_MAP_CACHE_MAX:
+                    cache.clear()
+                cache[key] = self.table_obj
+            return
+        BinLogEvent.__init__(self, from_packet, event_size, table_map, ctl_connection, **kw)
+        self.table_id, self.schema, self.table, self.columns = table.table_id, table.schema, table.table, table.columns
+        self.column_count = len(table.columns)
+        only_tables, ignored_tables = kw.get("only_tables"), kw.get("ignored_tables")
+        only_schemas, ignored_schemas = kw.get("only_schemas"), kw.get("ignored_schemas")
+        if ((only_tables is not None and table.table not in only_tables)
+                or (ignored_tables is not None and table.table in ignored_tables)
+                or (only_schemas is not None and table.schema not in only_schemas)
+                or (ignored_schemas is not None and table.schema in ignored_schemas)):
+            self._processed = False
+            return
+        self.table_obj = table
+        table_map[table.table_id] = table
+
+    TableMapEvent.__init__ = init
+    _table_map_cache_installed = True
+
+
 class RowPlan:
-    """How to turn one table's binlog rows (one table-map layout) into canonical rows."""
+    """How to turn one table's binlog rows (one table-map layout) into canonical rows.
 
-    __slots__ = ("convs", "names", "set_cols")
+    rows(ev) gives the event's rows: decoded by the C decoder when every column of the table map
+    has a native spec (and the decoder is built and not switched off), else mysql-replication's
+    ev.rows; row() turns either kind into the canonical row."""
 
-    def __init__(self, bcols: Sequence[Any], wanted: frozenset[str] | None, key: Sequence[str], flavor: str) -> None:
+    __slots__ = ("convs", "decoder", "names", "set_cols")
+
+    def __init__(self, bcols: Sequence[Any], wanted: frozenset[str] | None, key: Sequence[str], flavor: str,
+                 decoder: str | None = None) -> None:
         self.convs: list[tuple[str, Callable[[Any], Any]]] = []
         self.set_cols: set[str] = set()
+        spec: list[tuple[Any, ...] | None] = []
         for bcol in bcols:
             name = bcol.name
             if wanted is not None and name not in wanted and name not in key:
+                spec.append(native_spec(bcol, None, None))
                 continue
             col = binlog_column(bcol)
-            self.convs.append((name, column_converter(col, bcol, flavor)))
+            conv = column_converter(col, bcol, flavor)
+            self.convs.append((name, conv))
+            spec.append(native_spec(bcol, name, conv))
             if col.data_type == "set":
                 self.set_cols.add(name)
         self.names = tuple(n for n, _ in self.convs)
+        self.decoder: Any = None
+        if (decoder or decoder_mode()) == "c" and _rowdecode is not None and all(x is not None for x in spec):
+            self.decoder = _rowdecode.Decoder(tuple(spec), _NATIVE)
 
-    def row(self, values: Mapping[str, Any], none_sources: Mapping[str, Any] | None) -> dict[str, Any]:
+    def rows(self, ev: Any) -> list[dict[str, Any]]:
+        """The rows of a WRITE/UPDATE/DELETE_ROWS event `ev` (mysql-replication's shape). A
+        malformed event raises ValueError (the C decoder's DecodeError names the column)."""
+        if getattr(ev, "inflate_error", None):
+            raise ValueError(ev.inflate_error)
+        dec = self.decoder
+        wrapper = getattr(ev, "packet", None)
+        if dec is None or wrapper is None or len(getattr(wrapper, "_BinLogPacketWrapper__data_buffer", b"")) \
+                or not getattr(ev, "complete", False):
+            return ev.rows
+        pkt = wrapper.packet   # pymysql's packet: the event's bytes, read up to the first row
+        start = pkt._position
+        return dec.decode(pkt._data, start, start + ev.event_size - wrapper.read_bytes,
+                          ev.columns_present_bitmap, getattr(ev, "columns_present_bitmap2", None))
+
+    def row(self, values: Mapping[str, Any], none_sources: Any) -> dict[str, Any]:
+        if none_sources is _NATIVE:
+            return values  # type: ignore[return-value]  # decoded by _rowdecode: canonical already
         out: dict[str, Any] = {}
         for name, conv in self.convs:
             v = values[name]

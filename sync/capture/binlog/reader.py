@@ -72,7 +72,13 @@ from typing import Any
 
 import structlog
 
-from sync.capture.binlog.decoders import RowPlan, install_decoders
+from sync.capture.binlog.decoders import (
+    RowPlan,
+    cache_table_maps,
+    compressed_row_events,
+    install_decoders,
+    select_decoder,
+)
 from sync.capture.binlog.fkrows import TableState, fk_row_events
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
 from sync.capture.binlog.statements import Name, parse_table_statement
@@ -133,6 +139,7 @@ class BinlogSource:
         graph: FKGraph = EMPTY_GRAPH,
     ) -> None:
         install_decoders()
+        self.decoder = select_decoder()   # "c" or "python" (GEARSYNC_BINLOG_DECODER)
         self.mysql = mysql
         self.database = database
         self.server = server
@@ -215,7 +222,7 @@ class BinlogSource:
             server_id=self.server_id,
             blocking=blocking,
             only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
-                         MariadbGtidEvent, GtidEvent, HeartbeatLogEvent],
+                         MariadbGtidEvent, GtidEvent, HeartbeatLogEvent, *compressed_row_events()],
             # Row events of other tables are skipped unparsed; every transaction's GTID/XID still
             # arrives, so the position follows the whole binlog.
             only_tables=self._only_tables,
@@ -243,6 +250,8 @@ class BinlogSource:
 
         backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.3)
         self._emit = emit
+        if self.decoder == "c":
+            cache_table_maps()   # this thread: a repeated TABLE_MAP event is not parsed again
         while not stop.is_set():
             self._reset_trx()
             self._pending.clear()   # emitted-or-not, these are re-read from self.committed
@@ -563,7 +572,7 @@ class BinlogSource:
                     f"table {self.database}.{ev.table}: the binlog has no column names; set "
                     "binlog_row_metadata=FULL on the server (SET GLOBAL binlog_row_metadata=FULL)"
                 )
-            plan = st.plans[ev.table_id] = RowPlan(cols, st.read(), st.schema.key, self.flavor)
+            plan = st.plans[ev.table_id] = RowPlan(cols, st.read(), st.schema.key, self.flavor, self.decoder)
         return plan
 
     def _next_version(self) -> int:
@@ -588,7 +597,11 @@ class BinlogSource:
         plan = self._plan(st, ev)
         key = st.schema.key
         out = self._pending
-        rows = ev.rows
+        try:
+            rows = plan.rows(ev)
+        except ValueError as exc:  # a malformed rows event (the C decoder's DecodeError, a bad charset byte)
+            raise SourceError(f"table {self.database}.{table}: cannot decode the rows event ending at binlog position "
+                              f"{self._file}:{int(ev.packet.log_pos)}: {exc}") from None
         self.rows_read += len(rows)
         self._pending_rows += len(rows)
         src = Source.BINLOG

@@ -1,28 +1,20 @@
 """The sync-binlog loop: binlog reader thread → batches → Redis (or gearmand) → saved position.
 
---sink redis on a standalone Redis: decode and write in ONE thread, the write pipelined behind
-the next decode (RedisWriter).
+Both sinks decode and write in ONE thread, the write pipelined behind the next decode
+(sync.capture.binlog.writer: RedisWriter, GearmanWriter):
 
     reader thread   BinlogSource.run(): blocking mysql-replication reads, rows → ChangeEvents; at a
-                    batch boundary the batch (+ position) goes out as one EVALSHA on a synchronous
-                    redis-py connection WITHOUT waiting for the reply, and decoding goes on while
-                    Redis executes it on the other core. The reply is read before the next batch
-                    is sent: at most one batch in flight, batches land in order.
-    event loop      start-up, the stats line, and waiting for the thread to end; nothing per batch
+                    batch boundary the batch goes out WITHOUT waiting for the reply (--sink redis:
+                    one EVALSHA, the position in the same call; --sink gearman: pipelined
+                    SUBMIT_JOB_BG packets on a blocking socket), and decoding goes on while the
+                    server works on the other core. The reply (every JOB_CREATED, then the
+                    position's SET, for gearman) is read before the next batch is sent: at most one
+                    batch in flight, batches land in order.
+    event loop      start-up, the stats line, /healthz polling and waiting for the thread to end;
+                    nothing per batch, so the loop never takes the GIL from the reader under load
 
-When a batch is sent, and what happens while Redis is down: sync.capture.binlog.writer.
-
---sink gearman, and --sink redis on a Redis Cluster, keep the two-thread design (simpler there):
-
-    reader thread   BinlogSource.run(), chunks handed to the event loop (bounded: the reader waits
-                    when the sink lags)
-    event loop      drain the chunks into one batch (up to --batch events), deliver it, save the
-                    position of the last commit the batch covers; retry with back-off while the
-                    sink is down (the reader then stops at the bound)
-
-There the reader hands over a chunk at every commit and every 512 rows (a deque append; the loop
-looks every 5 ms). The loop takes up to --batch events as one batch as soon as the reader has gone
-quiet for 5 ms, or the oldest change has waited --flush-ms, or 256 chunks are there.
+When a batch is sent, what happens while the sink is down, TRUNCATE/DROP barriers and FK cascades:
+sync.capture.binlog.writer.
 
 Exactly once in effect, --sink redis. The position is written by the SAME Lua script call as the
 batch it covers: it rides as the batch's last item, a `ClassicSet` (an unversioned SET) that the
@@ -35,18 +27,10 @@ after a lost reply is the same: STALE where it had landed. On a Redis Cluster th
 by slot, so there the position is a separate SET after the batch succeeded: at least once, and
 the replay is harmless for the same reason.
 
---sink gearman: each batch is submitted with submit_background_many (pipelined; returns when
-gearmand sent JOB_CREATED for every job), then the position is SET in Redis. A crash in between
-resubmits those jobs; their unique ids are derived from (stream, version, op), so gearmand merges
-a resubmission into a still-queued copy, and one that already ran is applied again as STALE.
-
-TRUNCATE / DROP TABLE of a synced table (the reader's Chunk.statements, a TableTruncate per table)
-is a barrier on every sink: the changes before it are delivered first, then the statement, then its
-position is saved. --sink redis: the table's keys older than the statement are removed
-(sync.apply.truncate). --sink gearman: the loop waits until gearmand holds no job of the table's
-function (queued or running: every earlier change of the table is in Redis or dead-lettered), then
-submits the statement as a "truncate" job (sync.events), which sync-worker applies the same way;
-later changes of the table are newer than the statement and survive it in any order.
+--sink gearman: the position is SET in Redis once gearmand answered JOB_CREATED for every job of
+the batch. A crash in between resubmits those jobs; their unique ids are derived from (stream,
+version, op), so gearmand merges a resubmission into a still-queued copy, and one that already ran
+is applied again as STALE.
 
 Stop (SIGTERM/SIGINT → request_stop()): the reader stops within a heartbeat, what is held is
 delivered within shutdown_timeout_s (a batch that cannot land by then is dropped, its position not
@@ -60,10 +44,8 @@ import hashlib
 import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 import redis.exceptions
@@ -79,10 +61,10 @@ from sync.capture.binlog.preflight import (
     check_server,
     resolve_start,
 )
-from sync.capture.binlog.reader import BinlogSource, Chunk
-from sync.capture.binlog.writer import RedisWriter
+from sync.capture.binlog.reader import BinlogSource
+from sync.capture.binlog.writer import make_writer
 from sync.errors import ApplyError, ConfigError, SourceError, SyncError, short_error
-from sync.events import ChangeEvent, Op, TableTruncate, encode_change, encode_truncate
+from sync.events import ChangeEvent, Op
 from sync.mysql import MySQLSettings
 from sync.position import Position, PositionStore
 from sync.redis_client import RedisSettings, connect_redis
@@ -90,16 +72,13 @@ from sync.retry import Backoff, DeadlinePassed, retry_until
 from sync.rows.fkgraph import EMPTY_GRAPH, load_foreign_keys
 from sync.rows.schema import TableSchema, load_table
 from sync.settings import SINKS
+from sync.shape import Shape
 from sync.stats import Counters, report_loop
 from sync.tables import TableSpec, default_function
 
 log = structlog.get_logger(__name__)
 
 __all__ = ["BinlogSettings", "BinlogService", "stream_name", "default_server_id"]
-
-QUIET_S = 0.005   # the reader handed nothing over for this long: take what is there
-POLL_S = 0.005    # how often the loop looks at the reader's hand-over
-
 
 @dataclass(frozen=True)
 class BinlogSettings:
@@ -114,6 +93,7 @@ class BinlogSettings:
     key_template: str = "{table}:{pk}"
     format: str = "json"
     ttl_s: int | None = None
+    shapes: dict[str, Shape | None] = field(default_factory=dict)  # table → its shaping (sync.shape)
     start: str | None = None          # None: the saved position, else "current"
     server_id: int | None = None
     name: str | None = None           # position key name; default from server + tables
@@ -124,7 +104,6 @@ class BinlogSettings:
     stats_interval_s: float = 10.0
     shutdown_timeout_s: float = 10.0
     tombstone_ttl_s: int = 86400
-    max_chunks: int = 256
 
     def __post_init__(self) -> None:
         if self.sink not in SINKS:
@@ -188,11 +167,11 @@ class BinlogService:
         self.wipe: TableWipe | None = None
         self._cluster = bool(s.redis.cluster)
         if s.sink == "redis":
-            specs = {t: TableSpec(t, s.key_template, s.format, s.ttl_s) for t in s.tables}
+            specs = {t: TableSpec(t, s.key_template, s.format, s.ttl_s, shape=s.shapes.get(t)) for t in s.tables}
             self.applier = RedisApplier(self.redis, specs, tombstone_ttl_s=s.tombstone_ttl_s)
             self.wipe = TableWipe(specs, tombstone_ttl_s=s.tombstone_ttl_s, cluster=self._cluster)
-        self.gearman: Any = None
-        self._tag = hashlib.blake2b(self.name.encode(), digest_size=4).hexdigest()
+        self.signer: Any = None                         # --sink gearman: sync.signing.Signer, or None
+        self.tag = hashlib.blake2b(self.name.encode(), digest_size=4).hexdigest()
         self._stop = threading.Event()
         self._stop_deadline: float | None = None
         self.source: BinlogSource | None = None
@@ -365,53 +344,17 @@ class BinlogService:
         await loop.run_in_executor(None, check_replication, self.source)
         self.position = start
         if s.sink == "gearman":
-            from sync.gearman import GearmanClient
             from sync.signing import load_keys
 
             keys = load_keys()
             keys.warn_if_off("sync-binlog")
-            # One write (and one wait for the JOB_CREATEDs) per batch, not per 256 jobs: fewer
-            # socket operations, each of which can make the loop wait for the GIL.
-            self.gearman = GearmanClient(list(s.servers), chunk_size=max(256, s.batch), signer=keys.signer)
+            self.signer = keys.signer
         elif self.applier is not None:
             await self._retry(self.applier.load_script, "load_script")
         log.info("binlog_started", server=s.mysql.display, flavor=server.flavor, version=server.version,
                  tables=list(s.tables), sink=s.sink, position=start.describe(), key=self.positions.key,
                  server_id=server_id)
-        if s.sink == "redis" and not self._cluster:
-            return await self._run_in_reader()
-
-        # Hand-over between the threads: a deque, polled by the loop. No per-chunk wake-up of the
-        # loop (call_soon_threadsafe writes a pipe each time, and every such write made the
-        # reader wait for the GIL: 3x slower than this at 10k rows/s).
-        chunks: deque[Chunk | None] = deque()
-        failure: list[BaseException] = []
-        max_chunks = s.max_chunks
-        stop = self._stop
-
-        def emit(chunk: Chunk) -> None:
-            while len(chunks) >= max_chunks:  # the sink lags: wait (bounded memory)
-                if stop.is_set() and self._stop_deadline and time.monotonic() > self._stop_deadline:
-                    return
-                time.sleep(0.002)
-            chunks.append(chunk)
-
-        def reader() -> None:
-            try:
-                assert self.source is not None
-                self.source.run(emit, stop)
-            except BaseException as exc:  # handed to the loop, which stops and reports it
-                failure.append(exc)
-            finally:
-                chunks.append(None)
-
-        try:
-            await self._with_reader_thread(reader, self._sink_loop(chunks), self._stop.set)
-        finally:
-            if self.gearman is not None:
-                await self.gearman.close()
-            await self._close_redis()
-        return self._finished(failure)
+        return await self._run_in_reader()
 
     async def _with_reader_thread(self, reader: Callable[[], None], wait: Awaitable[None],
                                   on_exit: Callable[[], None]) -> None:
@@ -433,12 +376,12 @@ class BinlogService:
             await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
 
     async def _run_in_reader(self) -> int:
-        """--sink redis, standalone: decode and write in the reader thread (RedisWriter); the
-        event loop only reports stats and waits for the thread to end."""
+        """Decode and write in the reader thread (sync.capture.binlog.writer); the event loop
+        only reports stats and waits for the thread to end."""
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()
         failure: list[BaseException] = []
-        writer = RedisWriter(self)
+        writer = make_writer(self)
 
         def end() -> None:
             if not ended.done():
@@ -480,112 +423,6 @@ class BinlogService:
                  **self.stats.totals())
         return 0
 
-    async def _sink_loop(self, chunks: deque[Chunk | None]) -> None:
-        limit = self.settings.batch
-        wait_s = self.settings.flush_ms / 1000.0
-        quiet_s = min(QUIET_S, wait_s)
-        poll_s = max(min(POLL_S, wait_s), 0.0005)
-        done = False
-        while not done:
-            # Take a batch when the reader has gone quiet (nothing new for quiet_s: it waits for
-            # the server, so batching longer only adds latency), when the oldest change has waited
-            # --flush-ms, or when 256 chunks are there. Under load that makes few, big batches:
-            # each Redis/gearman round trip and each wake-up of this loop takes the GIL from the
-            # reader thread, which is what bounds the rate.
-            if not chunks:
-                await asyncio.sleep(poll_s)
-                continue
-            first, last = chunks[0], chunks[-1]
-            if first is not None and last is not None and len(chunks) < 256:
-                now = time.monotonic()
-                if now - first.t < wait_s and now - last.t < quiet_s:
-                    await asyncio.sleep(poll_s)
-                    continue
-            taken: list[Chunk] = []
-            n = 0
-            while chunks and n < limit:
-                c = chunks[0]
-                if c is not None and c.statements and taken:
-                    break   # a barrier: what came before it goes first
-                chunks.popleft()
-                if c is None:
-                    done = True
-                    break
-                taken.append(c)
-                n += len(c.events)
-                if c.statements:
-                    break
-            if not taken:
-                continue
-            if taken[0].statements:
-                self.stats.rows += taken[0].rows
-                if not await self._statements(taken[0]):
-                    break
-                continue
-            events = [e for c in taken for e in c.events] if len(taken) > 1 else taken[0].events
-            position = None
-            for c in taken:
-                if c.position is not None:
-                    position = c.position
-            self.stats.rows += sum(c.rows for c in taken)
-            if not await self._deliver(events, position):
-                break  # shutdown deadline passed while the sink was down
-
-    async def _deliver(self, events: list[ChangeEvent], position: Position | None) -> bool:
-        if not events and position is None:
-            return True
-        what = self._apply if self.settings.sink == "redis" else self._submit
-        t0 = time.perf_counter()
-        ok = await self._retry(lambda: what(events, position), "deliver", events=len(events))
-        if ok:
-            metrics.record_batch(time.perf_counter() - t0)
-        if ok and position is not None:
-            self.advanced(position)
-        return ok
-
-    async def _statements(self, chunk: Chunk) -> bool:
-        """A chunk with TRUNCATE/DROP statements: its changes, then the statements, then its position
-        (False: the shutdown deadline passed while the sink was down)."""
-        if chunk.events and not await self._deliver(chunk.events, None):
-            return False
-        for st in chunk.statements:
-            if not await self._retry(lambda st=st: self._statement(st), "truncate", table=st.table):
-                return False
-        return await self._deliver([], chunk.position)
-
-    async def _statement(self, st: TableTruncate) -> None:
-        """--sink redis: remove the table's older rows. --sink gearman: once gearmand holds no job of
-        the table's function, submit the statement."""
-        if self.wipe is not None:
-            await self.wipe.apply(self.redis, st)
-            return
-        fn = self.function(st.table)
-        await self._drained({fn}, f"the truncate of {st.table}")
-        await self.gearman.submit_background_many(fn, [encode_truncate(st)],
-                                                  uniques=[f"bl:{self._tag}:{st.version:x}:t:{st.table}"])
-        self.stats.jobs += 1
-        log.info("binlog_truncate_submitted", table=st.table, function=fn, version=st.version)
-
-    async def _drained(self, functions: set[str], before: str) -> None:
-        """Wait until gearmand holds no job (queued or running) of `functions`: every earlier job of
-        theirs is in Redis or dead-lettered. ApplyError when the shutdown deadline passes first."""
-        from sync.gearman import admin
-
-        waited = False
-        while True:
-            busy = 0
-            for host, port in self.settings.servers:
-                busy += sum(f.queued for f in await admin.status(host, port) if f.name in functions)
-            if not busy:
-                return
-            if not waited:
-                log.info("binlog_sink_draining", functions=sorted(functions), jobs=busy, before=before,
-                         note="the earlier jobs are applied first")
-                waited = True
-            if self._stop.is_set() and self._stop_deadline and time.monotonic() > self._stop_deadline:
-                raise ApplyError(f"stopping: the jobs of {', '.join(sorted(functions))} were not done before {before}")
-            await asyncio.sleep(0.02)
-
     def function(self, table: str) -> str:
         """The gearman function of a table's jobs (--sink gearman)."""
         return self.settings.functions.get(table) or default_function(table)
@@ -607,16 +444,6 @@ class BinlogService:
             self.sink_recovered(what, backoff.attempts)
         return True
 
-    async def _apply(self, events: list[ChangeEvent], position: Position | None) -> None:
-        assert self.applier is not None
-        batch: list[Any] = list(events)
-        if position is not None and not self._cluster:
-            batch.append(self.positions.set_command(position))  # same script call: atomic with the rows
-        outcomes = await self.applier.apply(batch) if batch else []
-        if position is not None and self._cluster:
-            await self.positions.save(position)
-        self.count_outcomes(events, outcomes)
-
     def count_outcomes(self, events: Sequence[ChangeEvent], outcomes: Sequence[Outcome]) -> None:
         """Add one applied batch to the stats and the per-table metrics (the outcomes of a batch
         carrying the position have one more, the position's own)."""
@@ -632,47 +459,19 @@ class BinlogService:
 
     def unique(self, ev: ChangeEvent) -> str:
         """The gearman unique id of an event: the same for a re-read of the same change."""
-        u = f"bl:{self._tag}:{ev.version:x}:{'d' if ev.op is Op.DELETE else 'u'}"
+        u = f"bl:{self.tag}:{ev.version:x}:{'d' if ev.op is Op.DELETE else 'u'}"
         if ev.version & 0xFFF == 0xFFF:
             # Possibly an overflow-collapsed version shared by many rows: tell them apart.
             u += ":" + hashlib.blake2b(repr(ev.pk).encode(), digest_size=10).hexdigest()
         return u
 
-    async def _submit(self, events: list[ChangeEvent], position: Position | None) -> None:
-        # A cascade reads the children in Redis: every earlier job of the tables it touches must
-        # be applied before it (jobs of different functions run in any order). So the events up to
-        # a run of cascading events go first, then the run waits for those functions to drain.
-        start, n = 0, len(events)
-        while start < n:
-            end = start
-            while end < n and events[end].cascade is not None:
-                end += 1
-            while end < n and events[end].cascade is None:
-                end += 1
-            run = events[start:end]
-            if run[0].cascade is not None:
-                await self._drained(self._cascade_functions(run), f"a cascade of {run[0].table}")
-            await self._submit_run(run)
-            start = end
-        if position is not None:
-            await self.positions.save(position)
-        self.stats.events += len(events)
-        self.stats.jobs += len(events)
-        self.stats.batches += 1
-        metrics.TableCounts().outcomes([ev.table for ev in events], repeat(False)).record_applied(
-            read=True, submitted=True)
+    def event_function(self, ev: ChangeEvent) -> str:
+        """The gearman function of an event's job: its table's, and for op cascade of a parent that
+        is not synced, that of a child it cascades into."""
+        table = ev.cascade.fks[0].table if ev.op is Op.CASCADE and ev.cascade is not None else ev.table
+        return self.function(table)
 
-    async def _submit_run(self, events: Sequence[ChangeEvent]) -> None:
-        groups: dict[str, list[ChangeEvent]] = {}
-        for ev in events:
-            # op cascade of a parent that is not synced: to the function of a child it cascades into
-            table = ev.cascade.fks[0].table if ev.op is Op.CASCADE and ev.cascade is not None else ev.table
-            groups.setdefault(self.function(table), []).append(ev)
-        for fn, evs in groups.items():
-            await self.gearman.submit_background_many(fn, [encode_change(e) for e in evs],
-                                                      uniques=[self.unique(e) for e in evs])
-
-    def _cascade_functions(self, events: Sequence[ChangeEvent]) -> set[str]:
+    def cascade_functions(self, events: Sequence[ChangeEvent]) -> set[str]:
         """The functions of the tables a run of cascading events touches (itself and its children)."""
         tables = {ev.table for ev in events if ev.op is not Op.CASCADE}
         todo = [rule for ev in events if ev.cascade is not None for rule in ev.cascade.fks]

@@ -1,0 +1,9 @@
+# Types of the C extension sync/capture/binlog/_rowdecode.c (built by pip install -e .).
+from typing import Any
+
+class DecodeError(ValueError): ...
+
+class Decoder:
+    def __init__(self, spec: tuple[tuple[Any, ...], ...], marker: object) -> None: ...
+    def decode(self, data: bytes, start: int, end: int, bitmap1: bytes,
+               bitmap2: bytes | None) -> list[dict[str, Any]]: ...

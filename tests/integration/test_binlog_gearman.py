@@ -1,0 +1,170 @@
+"""sync-binlog --sink gearman from the reader thread (sync.capture.binlog.writer.GearmanWriter on
+sync.gearman.blocking.BlockingSubmitter) and --sink redis on a Redis Cluster, against real gearmand,
+Redis and MariaDB: jobs pipelined and acknowledged, failover, a hung server, gearmand away mid-stream
+(the position never ahead of the jobs gearmand holds)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import pytest
+
+from sync.apply.worker import SyncWorker, WorkerSettings
+from sync.capture.binlog.service import BinlogSettings
+from sync.gearman import admin
+from sync.gearman.blocking import BlockingSubmitter
+from sync.gearman.errors import GearmanConnectionError, GearmanTimeoutError
+from sync.mysql import from_url
+from sync.redis_client import RedisSettings
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, MariaDBServer, RedisServer, free_port
+
+from .binlog_rig import Running, diff, mysql_state, redis_state, settings, update_until_retried, wait_caught_up
+
+
+def queued(gearmand: GearmanServer, function: str) -> int:
+    status = asyncio.run(admin.status(gearmand.host, gearmand.port))
+    return sum(f.queued for f in status if f.name == function)
+
+
+def test_submitter_pipelines_and_a_resubmission_merges(gearmand: GearmanServer) -> None:
+    sub = BlockingSubmitter([(gearmand.host, gearmand.port)])
+    try:
+        packets = [sub.pack("bs.pipe", b"job %d" % i, f"u-{i}") for i in range(500)]
+        sub.send(packets[:300])
+        sub.send(packets[300:])        # two writes, one wait for all of their answers
+        assert sub.owed == 500
+        assert sub.wait() == 500
+        assert sub.owed == 0
+        assert queued(gearmand, "bs.pipe") == 500
+        sub.send(packets)              # the same unique ids: merged into the queued jobs
+        assert sub.wait() == 500
+        assert queued(gearmand, "bs.pipe") == 500
+    finally:
+        sub.close()
+
+
+def test_submitter_fails_over_to_the_next_server(gearmand: GearmanServer) -> None:
+    dead = free_port()
+    sub = BlockingSubmitter([("127.0.0.1", dead), (gearmand.host, gearmand.port)], connect_timeout_s=1.0)
+    try:
+        packet = sub.pack("bs.failover", b"x", "only-one")
+        with pytest.raises(GearmanConnectionError, match=f"127.0.0.1:{dead}: connect failed"):
+            sub.send([packet])
+        sub.send([packet])             # the next server in the list
+        assert sub.wait() == 1
+        assert sub.address == (gearmand.host, gearmand.port)
+        assert queued(gearmand, "bs.failover") == 1
+    finally:
+        sub.close()
+
+
+def test_submitter_gives_up_on_a_hung_server_and_resends_after(gearmand: GearmanServer) -> None:
+    sub = BlockingSubmitter([(gearmand.host, gearmand.port)], io_timeout_s=0.5)
+    packets = [sub.pack("bs.hung", b"x", f"h-{i}") for i in range(3)]
+    try:
+        gearmand.pause()
+        try:
+            sub.send(packets)
+            with pytest.raises(GearmanTimeoutError, match="no answer within 0.5s"):
+                sub.wait()
+            assert sub.owed == 0       # the connection is closed: nothing is owed on it any more
+        finally:
+            gearmand.resume()
+        sub.send(packets)
+        assert sub.wait() == 3
+        assert queued(gearmand, "bs.hung") == 3   # the first copy (if it got in) merged with the second
+    finally:
+        sub.close()
+
+
+@contextmanager
+def sync_worker(gearmand: GearmanServer, redis: RedisSettings, table: str) -> Iterator[SyncWorker]:
+    ws = WorkerSettings(servers=[(gearmand.host, gearmand.port)], redis=redis,
+                        tables={table: TableSpec(table, function=f"gearsync.{table}")}, stats_interval_s=0)
+    worker = SyncWorker(ws)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(worker.run()), daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        loop.call_soon_threadsafe(worker.request_stop)
+        thread.join(30)
+
+
+def wait_equal(mariadb: MariaDBServer, database: str, client: Any, table: str, timeout_s: float = 30) -> None:
+    expected = mysql_state(mariadb, database, table)
+    deadline = time.monotonic() + timeout_s
+    while diff(expected, redis_state(client, table)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert diff(expected, redis_state(client, table)) == {}
+
+
+def test_gearmand_away_mid_stream_holds_the_position_then_catches_up(mariadb: MariaDBServer, db, redis_server: RedisServer,
+                                                                    redis_client, gearmand: GearmanServer) -> None:
+    name = db.db_name
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
+    st = settings(mariadb, name, ["data"], redis_server, sink="gearman", servers=((gearmand.host, gearmand.port),))
+    with sync_worker(gearmand, st.redis, "data"), Running(st) as run, db.cursor() as cur:
+        cur.executemany("INSERT INTO data VALUES (%s, 0)", [(i,) for i in range(50)])
+        before = wait_caught_up(mariadb, redis_client, run.service.positions.key)
+        wait_equal(mariadb, name, redis_client, "data")
+        gearmand.stop()                # refused: the batch is held, the reader stops reading
+        try:
+            update_until_retried(cur, run)
+            # No gearmand holds these jobs, so the position has not moved past them.
+            assert orjson.loads(redis_client.get(run.service.positions.key))["gtid"] == before
+        finally:
+            gearmand.start()           # same port, empty queue: every update is submitted again
+        wait_caught_up(mariadb, redis_client, run.service.positions.key, timeout_s=60)
+        wait_equal(mariadb, name, redis_client, "data", timeout_s=60)
+        assert run.service.stats.jobs >= 250
+
+
+def test_redis_sink_on_a_cluster(mariadb: MariaDBServer, db, redis_cluster) -> None:
+    from redis.cluster import ClusterNode, RedisCluster
+
+    name = db.db_name
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE data (id INT PRIMARY KEY, volume INT)")
+    st = BinlogSettings(mysql=from_url(mariadb.url + name), database=name, tables=("data",),
+                        redis=RedisSettings(url=redis_cluster.url, cluster=True), stats_interval_s=0, heartbeat_s=0.5)
+    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes])
+    try:
+        with Running(st) as run, db.cursor() as cur:
+            cur.executemany("INSERT INTO data VALUES (%s, 0)", [(i,) for i in range(100)])
+            cur.execute("UPDATE data SET volume = 5 WHERE id < 10")
+            cur.execute("DELETE FROM data WHERE id >= 90")
+            wait_caught_up(mariadb, client, run.service.positions.key)
+        assert client.get("data:3") == b'{"id":3,"volume":5}'
+        assert client.get("data:50") == b'{"id":50,"volume":0}'
+        assert client.get("data:95") is None
+        assert run.service.stats.applied == 120
+    finally:
+        client.flushall(target_nodes=RedisCluster.ALL_NODES)
+        client.close()
+
+
+def test_submitter_an_error_answer_fails_the_wait_and_the_next_send_works(gearmand: GearmanServer) -> None:
+    from sync.gearman.errors import GearmanServerError
+
+    sub = BlockingSubmitter([(gearmand.host, gearmand.port)])
+    try:
+        too_long = b"u" * 200   # past gearmand's unique limit (pack() would refuse it; pack_checked trusts it)
+        sub.send([sub.pack_checked(b"bs.error", b"x", too_long)])
+        with pytest.raises(GearmanServerError, match="gearmand error"):
+            sub.wait()
+        assert sub.owed == 0
+        sub.send([sub.pack("bs.error", b"x", "fine")])
+        assert sub.wait() == 1
+        assert queued(gearmand, "bs.error") == 1
+    finally:
+        sub.close()

@@ -1,0 +1,274 @@
+"""Shaping, indexes and change streams through RedisApplier on a real redis-server (issue 17).
+
+What a user reads back: the row as shaped (excluded columns absent, renamed ones under their new
+name), rows the filter leaves out absent, the zset/set indexes holding exactly the live rows, and
+the stream holding each key's applied changes in version order, never a fenced-out one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from sync.apply.applier import Outcome, RedisApplier
+from sync.events import ChangeEvent, Op, Source
+from sync.keys import index_rows_key
+from sync.shape import build_shape
+from sync.tables import TableSpec
+from sync.testing.servers import GearmanServer, RedisServer
+
+A, S = Outcome.APPLIED, Outcome.STALE
+ITEMS = {
+    "exclude": ["secret"],
+    "rename": {"price": "cost"},
+    "filter": "active = 1 AND price > 0",
+    "indexes": [{"type": "zset", "column": "price"}, {"type": "set", "column": "store_id"}],
+    "stream": {"maxlen": 100000},
+}
+
+
+def spec(fmt: str = "json", **over: Any) -> TableSpec:
+    values = {**ITEMS, **over}
+    return TableSpec("items", format=fmt, shape=build_shape("items", values, "[tables.items]"))
+
+
+def up(i: int, version: int, *, price: Any = 10, store: Any = 1, active: int = 1, op: Op = Op.UPDATE,
+       **more: Any) -> ChangeEvent:
+    row = {"id": i, "price": price, "store_id": store, "active": active, "secret": "s3cret", **more}
+    return ChangeEvent("items", op, (("id", i),), row, version, Source.TRIGGER)
+
+
+def dele(i: int, version: int) -> ChangeEvent:
+    return ChangeEvent("items", Op.DELETE, (("id", i),), None, version, Source.TRIGGER)
+
+
+async def stream(r: Any, key: str = "items:changes") -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in await r.xrange(key)]
+
+
+async def sets(r: Any) -> dict[str, set[str]]:
+    out = {}
+    async for k in r.scan_iter(match="items:store_id:*"):
+        out[k.decode()] = {m.decode() for m in await r.smembers(k)}
+    return {k: v for k, v in out.items() if v}
+
+
+async def test_a_row_is_shaped_indexed_and_streamed(aredis: Any) -> None:
+    ap = RedisApplier(aredis, {"items": spec()})
+    assert await ap.apply([up(1, 10, price=12.5, store=2), up(2, 11, price=3, store=2)]) == [A, A]
+    assert orjson.loads(await aredis.get("items:1")) == {"id": 1, "cost": 12.5, "store_id": 2, "active": 1}
+    assert await aredis.zrange("items:by:price", 0, -1, withscores=True) == [(b"items:2", 3.0), (b"items:1", 12.5)]
+    assert await sets(aredis) == {"items:store_id:2": {"items:1", "items:2"}}
+    # the set index moves with the column, the zset score follows the value
+    assert await ap.apply([up(1, 12, price=20, store=3)]) == [A]
+    assert await sets(aredis) == {"items:store_id:2": {"items:2"}, "items:store_id:3": {"items:1"}}
+    assert await aredis.zscore("items:by:price", "items:1") == 20.0
+    # a stale change touches nothing: not the row, not the indexes, not the stream
+    before = await stream(aredis)
+    assert await ap.apply([up(1, 11, price=99, store=9)]) == [S]
+    assert await aredis.zscore("items:by:price", "items:1") == 20.0
+    assert await sets(aredis) == {"items:store_id:2": {"items:2"}, "items:store_id:3": {"items:1"}}
+    assert await stream(aredis) == before
+    # a delete removes the row from every index and its set-index record
+    assert await ap.apply([dele(1, 13)]) == [A]
+    assert await aredis.zscore("items:by:price", "items:1") is None
+    assert await sets(aredis) == {"items:store_id:2": {"items:2"}}
+    assert not await aredis.exists(index_rows_key("items:1"))
+    got = await stream(aredis)
+    assert [(e["op"], e["key"], e["version"]) for e in got] == [
+        ("update", "items:1", "10"), ("update", "items:2", "11"), ("update", "items:1", "12"), ("delete", "items:1", "13")]
+    assert orjson.loads(got[2]["row"]) == {"id": 1, "cost": 20, "store_id": 3, "active": 1}
+    assert orjson.loads(got[0]["pk"]) == {"id": 1} and "row" not in got[3]
+
+
+async def test_filter_out_and_back_in(aredis: Any) -> None:
+    ap = RedisApplier(aredis, {"items": spec()})
+    await ap.apply([up(1, 10, price=5, store=1)])
+    # stops matching: removed from Redis and from its indexes, at that version
+    assert await ap.apply([up(1, 11, price=5, store=1, active=0)]) == [A]
+    assert not await aredis.exists("items:1")
+    assert await aredis.zcard("items:by:price") == 0 and await sets(aredis) == {}
+    # an older change that still matched comes late: fenced out, the row stays out
+    assert await ap.apply([up(1, 10, price=5, store=1)]) == [S]
+    assert not await aredis.exists("items:1")
+    # price 0 fails the filter too; NULL price compares false (SQL)
+    assert await ap.apply([up(1, 12, price=0, active=1)]) == [A]
+    assert not await aredis.exists("items:1")
+    assert await ap.apply([up(1, 13, price=None, active=1)]) == [A]
+    assert not await aredis.exists("items:1")
+    # starts matching again: it appears, with its indexes
+    assert await ap.apply([up(1, 14, price=7, store=4)]) == [A]
+    assert orjson.loads(await aredis.get("items:1"))["cost"] == 7
+    assert await aredis.zscore("items:by:price", "items:1") == 7.0
+    assert await sets(aredis) == {"items:store_id:4": {"items:1"}}
+    assert [e["op"] for e in await stream(aredis)] == ["update", "delete", "delete", "delete", "update"]
+
+
+async def test_hash_rows_leave_no_stale_field(aredis: Any) -> None:
+    ap = RedisApplier(aredis, {"items": spec("hash", filter=None)})
+    await ap.apply([up(1, 10, price=5, store=1, note="hello")])
+    assert await aredis.hgetall("items:1") == {b"id": b"1", b"cost": b"5", b"store_id": b"1", b"active": b"1",
+                                               b"note": b"hello"}
+    # a column that becomes NULL loses its field; an excluded one never has one
+    await ap.apply([up(1, 11, price=5, store=None, note=None)])
+    assert await aredis.hgetall("items:1") == {b"id": b"1", b"cost": b"5", b"active": b"1"}
+    assert await sets(aredis) == {}
+    # a column no longer synced (a table's columns shrink): its field goes with the next change
+    plain = RedisApplier(aredis, {"items": TableSpec("items", format="hash")})
+    await plain.apply([ChangeEvent("items", Op.UPDATE, (("id", 2),), {"id": 2, "a": 1, "b": 2}, 10, Source.TRIGGER)])
+    await plain.apply([ChangeEvent("items", Op.UPDATE, (("id", 2),), {"id": 2, "a": 1}, 11, Source.TRIGGER)])
+    assert await aredis.hgetall("items:2") == {b"id": b"2", b"a": b"1"}
+
+
+async def test_temporal_scores_are_epoch_seconds(aredis: Any) -> None:
+    ap = RedisApplier(aredis, {"items": spec(filter=None, indexes=[{"type": "zset", "column": "seen"}], stream=None)})
+    await ap.apply([up(1, 10, seen="2024-01-02 03:04:05.5"), up(2, 11, seen="2024-01-02"), up(3, 12, seen="soon")])
+    assert await aredis.zrange("items:by:seen", 0, -1, withscores=True) == [(b"items:2", 1704153600.0),
+                                                                           (b"items:1", 1704164645.5)]
+
+
+def make_history(rng: random.Random, rows: int = 60) -> dict[int, list[ChangeEvent]]:
+    """Per row, its changes in version order: filter transitions, deletes, moves between sets."""
+    history: dict[int, list[ChangeEvent]] = {}
+    version = 1000
+    for i in range(rows):
+        evs = []
+        for n in range(rng.randint(1, 8)):
+            version += 1
+            if n and rng.random() < 0.15:
+                evs.append(dele(i, version))
+            else:
+                evs.append(up(i, version, price=rng.choice([0, 1, 2.5, 7, 40, None]), store=rng.choice([1, 2, 3, None]),
+                              active=rng.choice([0, 1, 1, 1]), op=Op.INSERT if not n else Op.UPDATE))
+        history[i] = evs
+    return history
+
+
+def shuffled(history: dict[int, list[ChangeEvent]], rng: random.Random) -> list[ChangeEvent]:
+    """Every change once or twice (a redelivery), in random order."""
+    out = [ev for evs in history.values() for ev in evs for _ in range(rng.choice([1, 1, 2]))]
+    rng.shuffle(out)
+    return out
+
+
+async def assert_ends_as_implied(r: Any, history: dict[int, list[ChangeEvent]]) -> None:
+    """Rows, indexes and stream as the last change of each row implies (the rules of docs/shaping.md)."""
+    want_rows, want_z, want_sets = {}, {}, {}
+    for i, evs in history.items():
+        row = evs[-1].row
+        if row is None or row["active"] != 1 or row["price"] is None or row["price"] <= 0:
+            continue
+        want_rows[f"items:{i}"] = {"id": i, "cost": row["price"], "store_id": row["store_id"], "active": 1}
+        want_z[f"items:{i}"] = float(row["price"])
+        if row["store_id"] is not None:
+            want_sets.setdefault(f"items:store_id:{row['store_id']}", set()).add(f"items:{i}")
+    got_rows = {}
+    async for k in r.scan_iter(match="items:[0-9]*"):
+        got_rows[k.decode()] = orjson.loads(await r.get(k))
+    assert got_rows == want_rows
+    assert {m.decode(): s for m, s in await r.zrange("items:by:price", 0, -1, withscores=True)} == want_z
+    assert await sets(r) == want_sets
+    by_key: dict[str, list[int]] = {}
+    for e in await stream(r):
+        by_key.setdefault(e["key"], []).append(int(e["version"]))
+    for i, evs in history.items():
+        seen = by_key[f"items:{i}"]
+        assert seen == sorted(set(seen)), f"items:{i}: stream versions {seen} not increasing once each"
+        assert set(seen) <= {ev.version for ev in evs} and seen[-1] == evs[-1].version
+
+
+async def test_four_appliers_with_shuffled_versions_end_as_the_history_implies(redis_server: RedisServer,
+                                                                               aredis: Any) -> None:
+    """60 rows' histories, shuffled, applied by 4 appliers on 4 connections at once."""
+    rng = random.Random(17)
+    history = make_history(rng)
+    deliveries = shuffled(history, rng)
+    clients = [aioredis.Redis(host=redis_server.host, port=redis_server.port) for _ in range(4)]
+    appliers = [RedisApplier(c, {"items": spec()}) for c in clients]
+    try:
+        async def run(ap: RedisApplier, part: list[ChangeEvent]) -> None:
+            for k in range(0, len(part), 5):
+                await ap.apply(part[k : k + 5])
+        await asyncio.gather(*(run(ap, deliveries[n::4]) for n, ap in enumerate(appliers)))
+    finally:
+        for c in clients:
+            await c.aclose()
+    await assert_ends_as_implied(aredis, history)
+
+
+async def test_four_sync_workers_from_gearmand_end_as_the_history_implies(tmp_path: Path, gearmand: GearmanServer,
+                                                                          redis_server: RedisServer, aredis: Any) -> None:
+    """The same through gearmand: 4 sync-workers reading [tables.items] from a config file."""
+    from sync.apply.worker import SyncWorker
+    from sync.config import worker_settings
+    from sync.events import encode_change
+    from sync.gearman import GearmanClient, admin
+
+    rng = random.Random(23)
+    history = make_history(rng, 80)
+    path = tmp_path / "g.toml"
+    path.write_text('[tables.items]\nexclude = ["secret"]\nrename = { price = "cost" }\n'
+                    'filter = "active = 1 AND price > 0"\n'
+                    'indexes = [{ type = "zset", column = "price" }, { type = "set", column = "store_id" }]\n'
+                    "stream = { maxlen = 100000 }\n")
+    path.chmod(0o600)
+    async with GearmanClient([(gearmand.host, gearmand.port)]) as client:
+        await client.submit_background_many("gearsync.items", [encode_change(ev) for ev in shuffled(history, rng)])
+    settings = worker_settings(tables=None, config_path=str(path), servers=gearmand.address, batch=8,
+                               redis_url=f"redis://{redis_server.host}:{redis_server.port}/0", env={})
+    workers = [SyncWorker(settings) for _ in range(4)]
+    tasks = [asyncio.ensure_future(w.run()) for w in workers]
+    try:
+        for _ in range(600):
+            status = {s.name: s for s in await admin.status(gearmand.host, gearmand.port, timeout_s=5)}
+            if not status["gearsync.items"].queued:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        for w in workers:
+            w.request_stop()
+        assert await asyncio.gather(*tasks) == [0, 0, 0, 0]
+    assert all(w.stats.jobs > 0 for w in workers), [w.stats.jobs for w in workers]
+    await assert_ends_as_implied(aredis, history)
+
+
+async def test_cascades_move_and_remove_the_index_entries(aredis: Any) -> None:
+    """A child table indexed by its FK column: ON UPDATE CASCADE moves its rows between the sets
+    and the zset, ON DELETE CASCADE removes them from every index; both enter the stream."""
+    from sync.events import Cascade, FKRule
+
+    rule = FKRule("line", "fk_line", ("order_id",), ("id",), "cascade", "cascade")
+    shape = build_shape("line", {"rename": {"note": "text"},
+                                 "indexes": [{"type": "zset", "column": "order_id"}, {"type": "set", "column": "order_id"}],
+                                 "stream": {}}, "[tables.line]")
+    ap = RedisApplier(aredis, {"orders": TableSpec("orders"), "line": TableSpec("line", shape=shape)})
+
+    def line(i: int, order: int, version: int) -> ChangeEvent:
+        return ChangeEvent("line", Op.INSERT, (("id", i),), {"id": i, "order_id": order, "note": "n"}, version,
+                           Source.TRIGGER, {"fk_line": (order,)})
+
+    def order(op: Op, old: int, new: int | None, version: int) -> ChangeEvent:
+        c = Cascade({"id": old}, None if new is None else {"id": new}, (rule,))
+        if op is Op.DELETE:
+            return ChangeEvent("orders", op, (("id", old),), None, version, Source.TRIGGER, None, c)
+        return ChangeEvent("orders", op, (("id", new),), {"id": new}, version, Source.TRIGGER, None, c)
+
+    await ap.apply([order(Op.INSERT, 5, 5, 10), line(1, 5, 11), line(2, 5, 12), line(3, 6, 13)])
+    assert {m.decode() for m in await aredis.smembers("line:order_id:5")} == {"line:1", "line:2"}
+    await ap.apply([order(Op.UPDATE, 5, 7, 20)])                  # ON UPDATE CASCADE: 5 -> 7
+    assert orjson.loads(await aredis.get("line:1")) == {"id": 1, "order_id": 7, "text": "n"}
+    assert await aredis.smembers("line:order_id:5") == set()
+    assert {m.decode() for m in await aredis.smembers("line:order_id:7")} == {"line:1", "line:2"}
+    assert await aredis.zscore("line:by:order_id", "line:2") == 7.0
+    await ap.apply([order(Op.DELETE, 7, None, 30)])               # ON DELETE CASCADE
+    assert not await aredis.exists("line:1") and await aredis.smembers("line:order_id:7") == set()
+    assert {m.decode() for m in await aredis.zrange("line:by:order_id", 0, -1)} == {"line:3"}
+    assert not await aredis.exists(index_rows_key("line:1"))
+    moved = [(f[b"op"], f[b"key"], f[b"pk"]) for _, f in await aredis.xrange("line:changes")][3:]
+    assert sorted(moved) == [(b"delete", b"line:1", b"null"), (b"delete", b"line:2", b"null"),
+                             (b"update", b"line:1", b'{"id":1}'), (b"update", b"line:2", b'{"id":2}')]
