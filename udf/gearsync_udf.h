@@ -83,8 +83,9 @@ typedef bool my_bool; /* Oracle MySQL 8 dropped the typedef */
 #define GS_ENV_SPILL "GEARSYNC_UDF_SPILL"
 #define GS_SPILL_NAME "gearsync_udf.pending"
 #define GS_SPILL_MAX (1ul << 30)
-/* Journal of unacknowledged pipelined jobs (gman_journal.c): slot files in
- * this directory beside the spill file, or in $GEARSYNC_UDF_JOURNAL. */
+/* Journal of unacknowledged pipelined jobs (gman_journal.c): slot files
+ * GS_JOURNAL_NAME.<pid>.<n> beside the spill file, or in the directory
+ * $GEARSYNC_UDF_JOURNAL. */
 #define GS_ENV_JOURNAL "GEARSYNC_UDF_JOURNAL"
 #define GS_JOURNAL_NAME "gearsync_udf.journal"
 

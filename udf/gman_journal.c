@@ -10,8 +10,9 @@
  * the file when the process dies.  They do not survive a crash of the kernel
  * or a power loss (nothing is fsync'ed).
  *
- * Slot files: <dir of the spill file>/gearsync_udf.journal/slot.<pid>.<n>,
- * or the directory in $GEARSYNC_UDF_JOURNAL.  Layout (gman_proto.h): a
+ * Slot files: gearsync_udf.journal.<pid>.<n> beside the spill file (the
+ * datadir: files, because a directory there would show as a database), or
+ * in the directory $GEARSYNC_UDF_JOURNAL.  Layout (gman_proto.h): a
  * 64-byte header (magic; the word head << 32 | len), then the data area,
  * whose offsets are those of the thread's pend buffer.  The packets are
  * copied first, then the word is stored (release), so a record the process
@@ -45,7 +46,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SLOT_PREFIX "slot."
+#define SLOT_PREFIX GS_JOURNAL_NAME "."
 #define SLOT_MIN_DATA (256ul << 10) /* grown (doubling) when a thread needs more */
 #define POOL_MAX 32               /* idle slots kept for new threads */
 #define RETRY_AFTER_MS 10000      /* after a failure, try again this late */
@@ -75,10 +76,10 @@ int gs_journal_dir(char *buf, size_t size)
             return -1;
         char *slash = strrchr(spill, '/');
         if (slash)
-            n = snprintf(buf, size, "%.*s/%s", (int)(slash - spill), spill,
-                         GS_JOURNAL_NAME);
+            n = snprintf(buf, size, "%.*s", slash == spill ? 1 : (int)(slash - spill),
+                         spill);
         else
-            n = snprintf(buf, size, "%s", GS_JOURNAL_NAME);
+            n = snprintf(buf, size, ".");
     }
     return n < 0 || (size_t)n >= size ? -1 : 0;
 }
@@ -145,7 +146,7 @@ static struct gs_jslot *slot_create(void)
         log_failure("directory path too long", 0);
         return NULL;
     }
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) { /* $GEARSYNC_UDF_JOURNAL */
         log_failure("mkdir", errno);
         return NULL;
     }

@@ -10,8 +10,8 @@
 
 struct gs_jslot;
 
-/* The journal directory ($GEARSYNC_UDF_JOURNAL, else GS_JOURNAL_NAME beside
- * the spill file).  0 ok, -1 too long. */
+/* The directory of the slot files GS_JOURNAL_NAME.<pid>.<n>
+ * ($GEARSYNC_UDF_JOURNAL, else the spill file's).  0 ok, -1 too long. */
 int gs_journal_dir(char *buf, size_t size);
 /* A slot (an idle one, else a new file), empty; NULL when the journal
  * cannot be used now (logged once; tried again later). */

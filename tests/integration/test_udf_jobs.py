@@ -444,7 +444,7 @@ def _jobs_in_journal(datadir: Path) -> int:
     byte order) after the 8-byte magic, the SUBMIT_JOB*_BG packets in data[head, len) after the
     64-byte header."""
     jobs = 0
-    for slot in (datadir / "gearsync_udf.journal").glob("slot.*"):
+    for slot in datadir.glob("gearsync_udf.journal.*"):
         data = slot.read_bytes()
         if slot.suffix == ".bad" or len(data) < 64:
             continue
@@ -459,8 +459,8 @@ def _jobs_in_journal(datadir: Path) -> int:
 def test_jobs_unacknowledged_when_mysqld_is_sigkilled_are_sent_after_the_restart(
         journal: str, own_mariadb: MariaDBServer, gearmand: GearmanServer) -> None:  # noqa: F811  (fixture imported above)
     """mysqld SIGKILLed while gearmand hangs: no destructor runs, so no spill file. The pipelined
-    jobs no server acknowledged are in the library's journal (a MAP_SHARED slot file per thread in
-    <datadir>/gearsync_udf.journal); the next start reads them back and sends them. With journal=0
+    jobs no server acknowledged are in the library's journal (a MAP_SHARED slot file per thread,
+    <datadir>/gearsync_udf.journal.<pid>.<n>); the next start reads them back and sends them. With journal=0
     they are in mysqld's memory only (the case measured by `sync-bench udf` as the journal's cost)."""
     server = own_mariadb
     server.env["GEARSYNC_GEARMAN_SERVERS"] = gearmand.address  # the servers after the restart
@@ -471,6 +471,9 @@ def test_jobs_unacknowledged_when_mysqld_is_sigkilled_are_sent_after_the_restart
     if journal == "0":
         conn.close()
         return
+    with conn.cursor() as cur:  # slot files, not a directory in the datadir (MariaDB lists those as databases)
+        cur.execute("SHOW DATABASES")
+        assert not [name for (name,) in cur.fetchall() if "journal" in name]
     server.kill()
     with contextlib.suppress(pymysql.err.MySQLError):
         conn.close()

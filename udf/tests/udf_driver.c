@@ -1075,8 +1075,7 @@ static void test_spill(const char *so, const char *spill)
     lib = NULL;
     CHECK(access(spill, F_OK) == 0, "spill: file written at unload");
     char jdir[80];
-    snprintf(jdir, sizeof jdir, "%.*s/" GS_JOURNAL_NAME,
-             (int)(strrchr(spill, '/') - spill), spill);
+    snprintf(jdir, sizeof jdir, "%.*s", (int)(strrchr(spill, '/') - spill), spill);
     CHECK(count_slots(jdir, 0) == 0,
           "spill: no journal slot left once the spill file has the jobs");
     kill(pid, SIGKILL);
@@ -1099,6 +1098,8 @@ static void test_spill(const char *so, const char *spill)
 
 /* ------------------------------------------------------------ journal */
 
+#define SLOT GS_JOURNAL_NAME "."
+
 /* Slot files in dir: with bad = 0 the live ones, with bad = 1 the *.bad. */
 static int count_slots(const char *dir, int bad)
 {
@@ -1108,7 +1109,7 @@ static int count_slots(const char *dir, int bad)
     while (d && (e = readdir(d)) != NULL) {
         size_t l = strlen(e->d_name);
         int is_bad = l > 4 && strcmp(e->d_name + l - 4, ".bad") == 0;
-        if (strncmp(e->d_name, "slot.", 5) == 0 && is_bad == bad)
+        if (strncmp(e->d_name, SLOT, sizeof SLOT - 1) == 0 && is_bad == bad)
             n++;
     }
     if (d)
@@ -1125,7 +1126,7 @@ static size_t jobs_in_slots(const char *dir)
     static char buf[4u << 20];
     while (d && (e = readdir(d)) != NULL) {
         size_t l = strlen(e->d_name);
-        if (strncmp(e->d_name, "slot.", 5) != 0 ||
+        if (strncmp(e->d_name, SLOT, sizeof SLOT - 1) != 0 ||
             (l > 4 && strcmp(e->d_name + l - 4, ".bad") == 0))
             continue;
         char path[600];
@@ -1277,9 +1278,8 @@ static int journal_child(const char *so, int port)
 static void test_journal_kill(const char *so, const char *dir)
 {
     char jdir[600], path[700];
-    snprintf(jdir, sizeof jdir, "%s/" GS_JOURNAL_NAME, dir);
-    mkdir(jdir, 0700);
-    snprintf(path, sizeof path, "%s/slot.1.1", jdir);
+    snprintf(jdir, sizeof jdir, "%s", dir); /* beside the spill file */
+    snprintf(path, sizeof path, "%s/" SLOT "1.1", jdir);
     FILE *f = fopen(path, "w");
     if (f) {
         fputs("not a journal slot at all, and longer than its header: "
@@ -1288,7 +1288,7 @@ static void test_journal_kill(const char *so, const char *dir)
     }
     static char empty[GS_JOURNAL_HDR + 64];
     memcpy(empty, GS_JOURNAL_MAGIC, 8);
-    snprintf(path, sizeof path, "%s/slot.1.2", jdir);
+    snprintf(path, sizeof path, "%s/" SLOT "1.2", jdir);
     if ((f = fopen(path, "w")) != NULL) {
         fwrite(empty, 1, sizeof empty, f);
         fclose(f);
@@ -1333,7 +1333,7 @@ static void test_journal_kill(const char *so, const char *dir)
     CHECK(jobs_in_slots(jdir) == 4,
           "journal: a live process's slot is left alone (%zu)", jobs_in_slots(jdir));
     CHECK(count_slots(jdir, 1) == 1, "journal: garbage slot kept as .bad");
-    snprintf(path, sizeof path, "%s/slot.1.2", jdir);
+    snprintf(path, sizeof path, "%s/" SLOT "1.2", jdir);
     CHECK(access(path, F_OK) != 0, "journal: empty left-over slot removed");
     /* a slot whose window holds k4, then damage: k4 is sent, the file kept
      * as .bad */
@@ -1342,7 +1342,7 @@ static void test_journal_kill(const char *so, const char *dir)
     size_t k4 = put_job(dmg + GS_JOURNAL_HDR, "uk4", "k4");
     memcpy(dmg + GS_JOURNAL_HDR + k4, "\0REQ\0\0\0\x63", 8); /* no such type */
     put_word(dmg, 0, k4 + 40);
-    snprintf(path, sizeof path, "%s/slot.1.3", jdir);
+    snprintf(path, sizeof path, "%s/" SLOT "1.3", jdir);
     if ((f = fopen(path, "w")) != NULL) {
         fwrite(dmg, 1, sizeof dmg, f);
         fclose(f);
@@ -1369,7 +1369,7 @@ static void test_journal_kill(const char *so, const char *dir)
         usleep(20000);
     CHECK(jobs_in_slots(jdir) == 0, "journal: slot emptied once delivered");
     for (int i = 1; i <= 3; i += 2) {
-        snprintf(path, sizeof path, "%s/slot.1.%d.bad", jdir, i);
+        snprintf(path, sizeof path, "%s/" SLOT "1.%d.bad", jdir, i);
         unlink(path);
     }
 }
@@ -1535,11 +1535,8 @@ int main(int argc, char **argv)
     char tmp[80];
     snprintf(tmp, sizeof tmp, "%s.tmp", spill);
     unlink(tmp);
-    char jdir[80];
-    snprintf(jdir, sizeof jdir, "%s/" GS_JOURNAL_NAME, spill_dir);
-    CHECK(count_slots(jdir, 0) == 0 && count_slots(jdir, 1) == 0,
+    CHECK(count_slots(spill_dir, 0) == 0 && count_slots(spill_dir, 1) == 0,
           "journal: no slot file left after the last unload");
-    rmdir(jdir);
     rmdir(spill_dir);
     fprintf(stderr, "udf_driver: %d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
