@@ -48,6 +48,7 @@ local at = v and string.find(v, '\\n', 21, true)
 local rec
 if at then rec = string.sub(v, at + 1) else rec = redis.call('GET', KEYS[4]) end
 """
+_READ_RECORD = _RECORD_LUA + "return rec"
 # KEYS[1] an index, KEYS[2] a member (row key), KEYS[3] its version key, KEYS[4] its legacy
 # set-index record key; ARGV[1] z or s. Removes the member unless Redis holds the row and (a set)
 # the row's record names the set. A record whose row is gone (e.g. after a TRUNCATE by an older
@@ -63,7 +64,7 @@ if rec and rec ~= '' then
   for _, k in ipairs(cjson.decode(rec)) do if k == KEYS[1] then return 0 end end
 end
 return redis.call('SREM', KEYS[1], KEYS[2])"""
-# KEYS[3], KEYS[4] as above (KEYS[1], KEYS[2] unused): the row's set-index record is forgotten (the
+# KEYS[3], KEYS[4] as above (KEYS[1], KEYS[2]: the row key, unused): the row's set-index record is forgotten (the
 # version key keeps its version), so the row's next change adds it to every set it names again.
 _FORGET_SCRIPT = _RECORD_LUA + """redis.call('DEL', KEYS[4])
 if at then redis.call('SET', KEYS[3], string.sub(v, 1, at - 1), 'KEEPTTL') end
@@ -123,7 +124,7 @@ class IndexChecker:
                 plan.append(("z", rk, c, score_of(c[ix.column]) if live and c is not None else None))
             if shape.sets:
                 want = shape.set_keys(c) if live and c is not None else []
-                calls.append(("EVAL", _RECORD_LUA + "return rec", 4, "", "", version_key(rk, self.prefix),
+                calls.append(("EVAL", _READ_RECORD, 4, rk, rk, version_key(rk, self.prefix),
                               index_rows_key(rk, self.prefix)))
                 plan.append(("r", rk, c, want))
                 for k in want:
@@ -218,7 +219,7 @@ class IndexChecker:
         """Delete the set-index records of the rows about to be re-applied (module docstring)."""
         members = sorted({p.member for p in problems if p.pk is not None})
         if members and self.shape.sets:
-            await self._read([("EVAL", _FORGET_SCRIPT, 4, "", "", version_key(m, self.prefix),
+            await self._read([("EVAL", _FORGET_SCRIPT, 4, m, m, version_key(m, self.prefix),
                                index_rows_key(m, self.prefix)) for m in members])
 
     async def drop(self, problems: Sequence[IndexProblem]) -> int:
