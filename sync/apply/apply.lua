@@ -124,8 +124,8 @@ local function unindex(rk, old)
 end
 -- (shape) A record's secondary indexes and stream entry, written in the same call as its row, once
 -- its fence passed (a stale change never gets here), before its version key; m: where its part
--- of the descriptor sd starts, tab: its table. Its values: with z, one per zset index of its table: the score to ZADD, '' ZREM, '~' leave it; with
--- set indexes, its new set record (JSON list of set keys, '' = none) and its ns sets: on a change
+-- of the descriptor sd starts, tab: its table. Its values: with z, one per zset index of its
+-- table: the score to ZADD, '' ZREM, '~' leave it; with set indexes, its new set record (JSON list of set keys, '' = none) and its ns sets: on a change
 -- SREM from the old sets, SADD to the new; with a stream, the pk (JSON) [and the row, x = 2]: XADD
 -- MAXLEN ~ op key pk version [row].
 -- The set record lives at the end of the version key, after a newline (`tail`: '\n' .. record,
