@@ -32,6 +32,7 @@ def read_events(server: MariaDBServer, database: str, tables: Sequence[str], sta
                        start=Position("mariadb", start_gtid), server_id=4242)
     src.decoder = decoder
     decoders.cache_table_maps(decoder == "c")   # what BinlogSource.run() does in its thread
+    decoders.thin_events(decoder == "c")
     out: list[Chunk] = []
     src._emit = out.append
     stream = src.open_stream(src.committed, blocking=False)

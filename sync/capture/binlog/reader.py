@@ -78,6 +78,7 @@ from sync.capture.binlog.decoders import (
     compressed_row_events,
     install_decoders,
     select_decoder,
+    thin_events,
 )
 from sync.capture.binlog.fkrows import TableState, fk_row_events
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
@@ -252,6 +253,7 @@ class BinlogSource:
         self._emit = emit
         if self.decoder == "c":
             cache_table_maps()   # this thread: a repeated TABLE_MAP event is not parsed again
+            thin_events()        # ... and GTID/XID/TABLE_MAP/rows events skip the library's event objects
         while not stop.is_set():
             self._reset_trx()
             self._pending.clear()   # emitted-or-not, these are re-read from self.committed
