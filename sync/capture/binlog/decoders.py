@@ -574,6 +574,14 @@ def _install_thin_events() -> None:
     thin_types = {*rows_classes, BINLOG.XID_EVENT, BINLOG.MARIADB_GTID_EVENT, BINLOG.TABLE_MAP_EVENT}
     header = _HEADER
 
+    class ThinWrapper(BinLogPacketWrapper):   # type: ignore[misc]
+        """A BinLogPacketWrapper filled in by wrapper() below instead of the library's __init__."""
+
+        read_bytes = 0
+        _BinLogPacketWrapper__data_buffer = b""
+        event = None
+        enable_logging = use_column_name_cache = False
+
     def wrapper(pkt: Any, table_map: Any, ctl: Any, mysql_version: Any, use_checksum: Any, allowed: Any,
                 only_tables: Any, ignored_tables: Any, only_schemas: Any, ignored_schemas: Any, freeze_schema: Any,
                 ignore_decode_errors: Any, verify_checksum: Any, optional_meta_data: Any, enable_logging: Any,
@@ -608,22 +616,15 @@ def _install_thin_events() -> None:
             cls, post_header = rows_classes[etype]
             if post_header_lengths and len(post_header_lengths) >= etype and post_header_lengths[etype - 1] != post_header:
                 return BinLogPacketWrapper(*args)
-        w = object.__new__(BinLogPacketWrapper)
-        w.read_bytes = 0
-        w._BinLogPacketWrapper__data_buffer = b""
-        w.packet = pkt
-        w.charset = ctl.charset
-        w.enable_logging = enable_logging
-        w.use_column_name_cache = use_column_name_cache
+        w = object.__new__(ThinWrapper)
+        w.packet, w.charset = pkt, ctl.charset
         w.timestamp, w.event_type, w.server_id, w.event_size, w.log_pos, w.flags = \
             timestamp, etype, server_id, event_size, log_pos, flags
-        w.event = None
         pkt._position = 20
         if cls not in allowed and cls is not TableMapEvent:
             return w
         ev = object.__new__(cls)
-        ev.packet, ev.table_map, ev.event_type, ev.timestamp, ev.event_size = w, table_map, etype, timestamp, body
-        ev._processed = ev.complete = True
+        ev.packet, ev.event_type, ev.timestamp, ev.event_size = w, etype, timestamp, body
         if cls is XidEvent:
             ev.xid = int.from_bytes(data[20:28], "little")
         elif cls is MariadbGtidEvent:
@@ -653,6 +654,7 @@ def _install_thin_events() -> None:
             ev.table_id, ev.schema, ev.table, ev.columns = table.table_id, table.schema, table.table, table.columns
             ev.flags = int.from_bytes(data[26:28], "little")
             ev.number_of_columns = n
+            ev.complete = True
             ev.columns_present_bitmap = data[pos + 1:pos + 1 + nb]
             if cls is UpdateRowsEvent:
                 ev.columns_present_bitmap2 = data[pos + 1 + nb:end]

@@ -372,7 +372,7 @@ class BinlogSource:
 
     def _handle(self, ev: Any) -> None:
         name = type(ev).__name__
-        if name in ("WriteRowsEvent", "UpdateRowsEvent", "DeleteRowsEvent"):
+        if name == "UpdateRowsEvent" or name == "WriteRowsEvent" or name == "DeleteRowsEvent":
             self._rows(ev, name)
         elif name == "XidEvent":
             self._commit(ev)
