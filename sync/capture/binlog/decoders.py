@@ -574,7 +574,7 @@ def _install_thin_events() -> None:
     thin_types = {*rows_classes, BINLOG.XID_EVENT, BINLOG.MARIADB_GTID_EVENT, BINLOG.TABLE_MAP_EVENT}
     header = _HEADER
 
-    class ThinWrapper(BinLogPacketWrapper):   # type: ignore[misc]
+    class ThinWrapper(BinLogPacketWrapper):
         """A BinLogPacketWrapper filled in by wrapper() below instead of the library's __init__."""
 
         read_bytes = 0
