@@ -8,7 +8,9 @@ a commit boundary (XID event, a COMMIT query, or the end of a standalone DDL sta
 it and resuming from it never starts inside a transaction. Events of a transaction may be emitted
 before its commit (in chunks with no position): the binlog only holds committed transactions, and
 after a restart they are re-read from the previous commit and re-applied with the SAME versions,
-which the applier's version fence turns into no-ops.
+which the applier's version fence turns into no-ops. With the quiet hook on (run() with `idle`),
+commits read back to back are emitted together: at the latest when the server goes quiet, a chunk
+is full, or COALESCE_S after the previous emit (and before a reconnect re-reads from the last commit).
 
 Row values are decoded per table-map layout by sync.capture.binlog.decoders (RowPlan). The key
 columns come from sync.rows.schema.load_table() and are re-read when a DDL statement names the
