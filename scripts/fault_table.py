@@ -31,7 +31,7 @@ NOTES = {
     "spooled_after_restarts": "spooled after each restart", "in_flight_committed": "in flight at the kill, committed",
     "in_flight_failed": "in flight at the kill, not committed", "writer_reconnects": "reconnects",
     "binlog_reconnects": "sync-binlog reconnects",
-    "phantoms": "phantoms",
+    "phantoms": "phantoms", "journal_jobs_read": "jobs read back from the UDF journal",
     "duplicates_fenced": "duplicates fenced", "classes": "payload classes",
     "forged": "forged jobs", "dead_letters": "dead letters", "execs_per_s": "execs/s", "coverage_edges": "edges",
     "seconds": "seconds",

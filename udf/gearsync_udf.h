@@ -83,6 +83,11 @@ typedef bool my_bool; /* Oracle MySQL 8 dropped the typedef */
 #define GS_ENV_SPILL "GEARSYNC_UDF_SPILL"
 #define GS_SPILL_NAME "gearsync_udf.pending"
 #define GS_SPILL_MAX (1ul << 30)
+/* Journal of unacknowledged pipelined jobs (gman_journal.c): slot files
+ * GS_JOURNAL_NAME.<pid>.<n> beside the spill file, or in the directory
+ * $GEARSYNC_UDF_JOURNAL. */
+#define GS_ENV_JOURNAL "GEARSYNC_UDF_JOURNAL"
+#define GS_JOURNAL_NAME "gearsync_udf.journal"
 
 /* ------------------------------------------------------------ config */
 
@@ -104,6 +109,9 @@ struct gs_config {
                                or by the keeper, unacknowledged jobs resent
                                on reconnect, spilled at unload); 0: wait */
     size_t max_payload;     /* largest workload sent / result built, bytes */
+    unsigned journal;       /* 1 (default): unacknowledged pipelined jobs
+                               also in a slot file mapping (gman_journal.c),
+                               read back after a crash; 0: memory only */
 };
 
 /* Parse "host[:port][,host[:port]…]" into out->servers/out->n (other fields

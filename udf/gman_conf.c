@@ -249,13 +249,16 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
         out->retry_ms = (unsigned)v;
         return 0;
     }
-    if (KEY_IS("pipeline")) {
+    if (KEY_IS("pipeline") || KEY_IS("journal")) { /* the switches */
+        int pipeline = KEY_IS("pipeline");
         if (parse_uint(val, vlen, 0, 1, &v) != 0) {
-            seterr(err, errlen, "pipeline is 0 or 1: '%.*s'",
+            seterr(err, errlen,
+                   pipeline ? "pipeline is 0 or 1: '%.*s'"
+                            : "journal is 0 or 1: '%.*s'",
                    key, klen + 1 + vlen);
             return -1;
         }
-        out->pipeline = (unsigned)v;
+        *(pipeline ? &out->pipeline : &out->journal) = (unsigned)v;
         return 0;
     }
     if (KEY_IS("coalesce_us")) {
@@ -280,7 +283,7 @@ int gs_apply_option(const char *key, size_t klen, const char *val,
 #undef KEY_IS
     seterr(err, errlen,
            "unknown option '%.*s' (timeout_ms, do_timeout_ms, retry_ms, "
-           "pipeline, coalesce_us, max_payload)",
+           "pipeline, coalesce_us, max_payload, journal)",
            key, klen);
     return 1;
 }
@@ -457,6 +460,9 @@ static void config_defaults(struct gs_config *c)
      * JOB_CREATED on every submit. */
     c->pipeline = 1;
     c->coalesce_us = GS_DEFAULT_COALESCE_US;
+    /* pipelined jobs not yet acknowledged are also kept in a file-backed
+     * mapping (gman_journal.c), so a SIGKILL of mysqld does not lose them */
+    c->journal = 1;
     c->max_payload = GS_DEFAULT_MAX_PAYLOAD;
 }
 
@@ -566,8 +572,8 @@ void gs_config_load_defaults(int log)
         fprintf(stderr,
                 "gearsync_udf: job servers %s (from %s); timeout_ms=%u "
                 "do_timeout_ms=%u retry_ms=%u pipeline=%u coalesce_us=%u "
-                "max_payload=%zu\n",
+                "max_payload=%zu journal=%u\n",
                 list, source, c.timeout_ms, c.do_timeout_ms, c.retry_ms,
-                c.pipeline, c.coalesce_us, c.max_payload);
+                c.pipeline, c.coalesce_us, c.max_payload, c.journal);
     }
 }

@@ -2,8 +2,8 @@
  * gman_conn.c — one cached gearmand connection per mysqld thread: the
  * per-thread state and its registry, submits with failover and back-off,
  * the pipeline of background jobs (coalescing, acknowledgements, resending
- * on a new connection), the hand-off of ended threads' jobs to the keeper
- * and the spill file at unload.  Packets are encoded and parsed by
+ * on a new connection, mirrored into a journal slot file), the hand-off of
+ * ended threads' jobs to the keeper and the spill file at unload.  Packets are encoded and parsed by
  * gman_proto.c, sockets opened, written and read with deadlines by
  * gman_net.c.
  *
@@ -17,6 +17,7 @@
  * with MSG_NOSIGNAL, and a reader that caps every packet size.
  */
 #define _GNU_SOURCE
+#include "gman_journal.h"
 #include "gman_net.h"
 #include "gman_proto.h"
 
@@ -80,6 +81,10 @@ struct gs_thread {
     size_t pend_head; /* offset of the oldest unacknowledged packet */
     size_t pend_sent; /* [pend_head, pend_sent) written on the current fd */
     size_t pend_n;    /* packets in [pend_head, pend.len) */
+    /* The same packets in a journal slot file (gman_journal.c; NULL: in
+     * memory only), at the same offsets; [.., jr_len) copied there. */
+    struct gs_jslot *jr;
+    size_t jr_len;
     int64_t lost_logged_ms;
     char err[320];
 };
@@ -123,9 +128,11 @@ static void flush_before_free(struct gs_thread *t)
     flush_now(t);
     if (t->pend_n)
         fprintf(stderr,
-                "gearsync_udf: %zu background job(s) lost: not acknowledged "
+                "gearsync_udf: %zu background job(s) %s: not acknowledged "
                 "by any job server when their mysqld thread ended (%s)\n",
-                t->pend_n, t->err);
+                t->pend_n,
+                t->jr ? "left in the journal for the next load" : "lost",
+                t->err);
 }
 
 static void unlink_locked(struct gs_thread *t)
@@ -139,9 +146,11 @@ static void unlink_locked(struct gs_thread *t)
     t->prev = t->next = NULL;
 }
 
-/* Caller holds t->lock and has unlinked t. */
+/* Caller holds t->lock and has unlinked t.  Jobs still held stay in its
+ * journal slot file for the next load. */
 static void destroy(struct gs_thread *t)
 {
+    gs_journal_release(t->jr, t->pend_n != 0);
     close_fd(t);
     free(t->rbuf);
     gs_buf_free(&t->pend);
@@ -193,45 +202,63 @@ static void thread_free(void *p)
 
 static void seed_thread(struct gs_thread *t);
 
-/* Jobs the last unload saved (gman_spill.c) become an orphan the keeper
- * delivers; the file goes once they are all acknowledged. */
-static void adopt_spill_file(void)
+/* Jobs a previous load left (the spill file, a journal slot) become an
+ * orphan the keeper delivers: packets data[head, len), `jobs` of them. */
+static void adopt_orphan(char *data, size_t head, size_t len, size_t jobs,
+                         struct gs_jslot *jr, int from_spill)
 {
-    size_t len, jobs;
-    char *p = gs_spill_load(&len, &jobs);
-    if (!p)
-        return;
     struct gs_thread *t = calloc(1, sizeof *t);
     if (!t || pthread_mutex_init(&t->lock, NULL) != 0) {
-        fprintf(stderr, "gearsync_udf: out of memory reading the spill file; "
-                        "it stays for the next load\n");
+        fprintf(stderr, "gearsync_udf: out of memory reading %zu left-over "
+                        "job(s); they stay for the next load\n", jobs);
+        gs_journal_release(jr, 1);
         free(t);
-        free(p);
+        free(data);
         return;
     }
     t->fd = -1;
     t->version = (uint64_t)-1;
-    t->pend.p = p;
+    t->pend.p = data;
     t->pend.len = t->pend.cap = len;
     t->pend.max = len > GS_PEND_MAX ? len : GS_PEND_MAX;
+    t->pend_head = t->pend_sent = head;
     t->pend_n = jobs;
+    t->jr = jr;
+    t->jr_len = len;
     t->orphan = 1;
-    t->from_spill = 1;
+    t->from_spill = from_spill;
     seed_thread(t);
     pthread_mutex_lock(&g_threads_lock);
     t->next = g_threads;
     if (g_threads)
         g_threads->prev = t;
     g_threads = t;
-    g_orphan_bytes += len;
+    g_orphan_bytes += len - head;
     pthread_mutex_unlock(&g_threads_lock);
     gs_keeper_notify(0);
+}
+
+static void adopt_journal(char *data, size_t head, size_t end, size_t jobs,
+                          struct gs_jslot *slot)
+{
+    adopt_orphan(data, head, end, jobs, slot, 0);
+}
+
+/* The last unload's spill file (gman_spill.c); it goes once its jobs are
+ * all acknowledged. */
+static void adopt_spill_file(void)
+{
+    size_t len, jobs;
+    char *p = gs_spill_load(&len, &jobs);
+    if (p)
+        adopt_orphan(p, 0, len, jobs, NULL, 1);
 }
 
 __attribute__((constructor)) static void conn_init(void)
 {
     g_key_ok = pthread_key_create(&g_key, thread_free) == 0;
     adopt_spill_file();
+    gs_journal_recover(adopt_journal); /* slots of a killed process */
 }
 
 /* On dlclose (DROP FUNCTION of the last UDF): the key's destructor would
@@ -271,9 +298,12 @@ __attribute__((destructor)) static void conn_fini(void)
             k++;
         }
     }
-    if (nparts && parts)
-        (void)gs_spill_save(parts, nparts, jobs);
-    else if (nparts)
+    if (nparts && parts && gs_spill_save(parts, nparts, jobs) == 0) {
+        for (struct gs_thread *u = t; u; u = u->next) {
+            gs_journal_release(u->jr, 0); /* the spill file has them */
+            u->jr = NULL;
+        }
+    } else if (nparts && !parts)
         fprintf(stderr, "gearsync_udf: %zu background job(s) lost at unload: "
                         "out of memory\n", jobs);
     else if (had_spill)
@@ -284,6 +314,7 @@ __attribute__((destructor)) static void conn_fini(void)
         destroy(t); /* unlocks */
         t = next;
     }
+    gs_journal_drain_pool();
 }
 
 static void seed_thread(struct gs_thread *t)
@@ -390,6 +421,10 @@ static void refresh_config(struct gs_thread *t)
     close_fd(t);
     t->version = gs_config_snapshot(&t->cfg);
     memset(t->addrlen, 0, sizeof t->addrlen);
+    if (!t->cfg.journal && t->jr) { /* journal=0: memory only from now on */
+        gs_journal_release(t->jr, 0);
+        t->jr = NULL;
+    }
 }
 
 /* ------------------------------------------------------------ errors */
@@ -640,6 +675,40 @@ static enum attempt_rc attempt(struct gs_thread *t, struct job *j,
     }
 }
 
+/* ------------------------------------------------------------ journal */
+
+/* Store pend's window [pend_head, pend.len) in the slot file's word. */
+static void jr_mark(struct gs_thread *t)
+{
+    if (!t->jr)
+        return;
+    if (t->jr_len > t->pend.len)
+        t->jr_len = t->pend.len;
+    gs_journal_mark(t->jr, t->pend_head, t->pend.len);
+}
+
+/* Copy pend's bytes not yet in the slot file there, then store the window
+ * (a slot is taken on the first job; journal=0: none). */
+static void jr_sync(struct gs_thread *t)
+{
+    if (!t->jr) {
+        if (!t->cfg.journal || !(t->jr = gs_journal_open()))
+            return;
+        t->jr_len = 0;
+    }
+    if (t->jr_len > t->pend.len)
+        t->jr_len = t->pend.len;
+    size_t from = t->jr_len < t->pend_head ? t->pend_head : t->jr_len;
+    if (t->pend.len > from &&
+        gs_journal_put(t->jr, from, t->pend.p + from, t->pend.len - from) != 0) {
+        gs_journal_release(t->jr, 0); /* memory only (logged) */
+        t->jr = NULL;
+        return;
+    }
+    t->jr_len = t->pend.len;
+    jr_mark(t);
+}
+
 /* ------------------------------------------------------------ pipeline */
 
 static void pend_pop(struct gs_thread *t)
@@ -653,6 +722,7 @@ static void pend_pop(struct gs_thread *t)
         if (t->pend.cap > 4 * GS_WINDOW_BYTES) /* don't keep a big one */
             gs_buf_free(&t->pend);
     }
+    jr_mark(t);
 }
 
 static void pend_compact(struct gs_thread *t)
@@ -663,6 +733,12 @@ static void pend_compact(struct gs_thread *t)
     t->pend.len -= t->pend_head;
     t->pend_sent -= t->pend_head;
     t->pend_head = 0;
+    if (t->jr) {
+        /* the moved bytes did not overlap the old window, which the
+         * file's word still names until this copy is complete */
+        t->jr_len = 0;
+        jr_sync(t);
+    }
 }
 
 static void log_lost(struct gs_thread *t, const char *why)
@@ -921,6 +997,7 @@ static int submit_pipelined(struct gs_thread *t, struct job *j)
     t->pend.len += plen;
     if (t->pend_n++ == 0)
         t->progress_ms = now_us / 1000; /* the oldest outstanding job's age */
+    jr_sync(t); /* in the slot file before the caller is told "submitted" */
 
     /* Coalesce: on a connection that works, a job may wait up to
      * GS_COALESCE_US (or until GS_COALESCE_BYTES are due) to go out together
@@ -945,6 +1022,7 @@ static int submit_pipelined(struct gs_thread *t, struct job *j)
             t->pend_sent = mark;
         if (t->pend_n == 0)
             t->pend.len = t->pend_head = t->pend_sent = 0;
+        jr_mark(t);
         return -1;
     }
     return handle_is_unique(j);

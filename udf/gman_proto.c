@@ -183,3 +183,36 @@ size_t gs_proto_background_request_len(const char *p, size_t len)
         return 0;
     return HDR + (size_t)size;
 }
+
+int gs_journal_parse(const char *buf, size_t size, struct gs_journal_view *v)
+{
+    memset(v, 0, sizeof *v);
+    if (!buf || size < GS_JOURNAL_HDR ||
+        memcmp(buf, GS_JOURNAL_MAGIC, sizeof GS_JOURNAL_MAGIC - 1) != 0) {
+        v->why = "not a gearsync journal slot (bad header)";
+        return -1;
+    }
+    uint64_t word;
+    memcpy(&word, buf + GS_JOURNAL_WORD, sizeof word);
+    size_t head = (size_t)(word >> 32), len = (size_t)(word & 0xffffffffu);
+    const char *data = buf + GS_JOURNAL_HDR;
+    size_t cap = size - GS_JOURNAL_HDR;
+    if (head > len || len > cap) {
+        v->why = "head/length word out of range";
+        return -1;
+    }
+    size_t off = head;
+    v->head = head;
+    while (off < len) {
+        size_t k = gs_proto_background_request_len(data + off, len - off);
+        if (k == 0) {
+            v->why = "damaged packet";
+            v->at = off;
+            break;
+        }
+        off += k;
+        v->jobs++;
+    }
+    v->end = off;
+    return 0;
+}

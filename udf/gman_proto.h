@@ -83,4 +83,24 @@ int gs_proto_work_ours(const char *body, size_t size, const char *handle,
  * spill file is a sequence of such packets. */
 size_t gs_proto_background_request_len(const char *p, size_t len);
 
+/* A journal slot file (gman_journal.c): GS_JOURNAL_HDR bytes of header —
+ * GS_JOURNAL_MAGIC, then at offset 8 the word (head << 32 | len) in native
+ * byte order, stored atomically after the packets it covers were copied —
+ * then the data area.  The unacknowledged jobs are the SUBMIT_JOB*_BG
+ * packets in data[head, len); bytes past len (a copy the process died in)
+ * are not looked at. */
+#define GS_JOURNAL_MAGIC "GSJRNL1\n"
+#define GS_JOURNAL_HDR 64u
+#define GS_JOURNAL_WORD 8u
+struct gs_journal_view {
+    size_t head, end; /* the valid packets: data[head, end) */
+    size_t jobs;      /* how many */
+    const char *why;  /* NULL, or why the file (or its tail) is refused */
+    size_t at;        /* data offset where the damage starts */
+};
+/* Validate a slot file's bytes buf[0..size).  0: usable (v->why set when
+ * packets after v->end had to be dropped); -1: not a slot file or its word
+ * is out of range (nothing in it can be trusted). */
+int gs_journal_parse(const char *buf, size_t size, struct gs_journal_view *v);
+
 #endif

@@ -202,16 +202,20 @@ class SyncWorker:
             for name, items in dead.items():
                 await self.deadletters.put_many(name, items)
             self.stats.redis_s += time.perf_counter() - t0
-            self.redis_error = None
+            if self.redis_error is not None:  # this write ends the worker's episode
+                self.redis_error = None
+                log.info("redis_recovered", jobs=len(jobs), attempts=backoff.attempts)
             return outcomes
 
         def on_retry(exc: BaseException, delay: float) -> None:
             self.stats.retries += 1
+            # One line per episode of the worker (its first failure in any of its batches in flight;
+            # redis_recovered ends it), not one per attempt or per batch: an OOM or an outage of
+            # minutes would otherwise log every few seconds per batch.
+            first = self.redis_error is None
             self.redis_error = short_error(exc)
             metrics.record_retry()
-            # One line per episode (its first failure; redis_recovered ends it), not one per attempt:
-            # an OOM or an outage of minutes would otherwise log every few seconds per worker.
-            (log.warning if backoff.attempts == 1 else log.debug)(
+            (log.warning if first else log.debug)(
                 "redis_unavailable", error=short_error(exc), jobs=len(jobs), retry_in_s=round(delay, 3),
                 attempt=backoff.attempts)
 
@@ -226,8 +230,6 @@ class SyncWorker:
                         error=short_error(gave_up.__cause__ or gave_up))
             gearman.release(jobs)
             return None
-        if backoff.attempts:
-            log.info("redis_recovered", jobs=len(jobs), attempts=backoff.attempts)
         return outcomes
 
     async def apply(self, events: Sequence[ChangeEvent | ClassicSet | TableTruncate]) -> list[Outcome]:

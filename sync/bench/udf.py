@@ -9,6 +9,8 @@ Starts a throwaway MariaDB (the library copied into its plugin dir) and gearmand
                           gman_json_object(NEW.id AS id, NEW.volume AS volume, ...))
     trigger, up, signed   "gearmand up" with the key file gearsync_udf.key beside the library: every
                           job carries its HMAC-SHA256 (docs/security.md); the cost of signing
+    trigger, up, journal=0  "gearmand up" with the library's journal off (unacknowledged jobs in
+                          memory only, lost if mysqld is killed): the cost of the journal
     trigger, gearmand down  the same trigger, gearmand stopped (each call returns NULL fast)
 
 20k single-row autocommit UPDATEs per run on one connection (UPDATE/s) and one UPDATE of 10k rows
@@ -41,8 +43,9 @@ from sync.testing.servers import GearmanServer, MariaDBServer, free_port
 UP = "trigger, gearmand up"
 UP_CONFIRMED = "trigger, up, pipeline=0"
 UP_SIGNED = "trigger, up, signed"
-MODES = ("no trigger", "trigger without UDFs", UP, UP_SIGNED, UP_CONFIRMED, "trigger, gearmand down")
-UP_MODES = (UP, UP_SIGNED, UP_CONFIRMED)
+UP_NO_JOURNAL = "trigger, up, journal=0"
+MODES = ("no trigger", "trigger without UDFs", UP, UP_NO_JOURNAL, UP_SIGNED, UP_CONFIRMED, "trigger, gearmand down")
+UP_MODES = (UP, UP_NO_JOURNAL, UP_SIGNED, UP_CONFIRMED)
 # "up" is the default, pipelined submit (pipeline=1: the library holds each job until gearmand
 # acknowledges it); "pipeline=0" is the opt-in mode that waits for JOB_CREATED on every row
 # (udf/README.md).
@@ -122,6 +125,7 @@ def set_mode(cur: Any, mode: str, gearmand: GearmanServer, dead_address: str,
     address = dead_address if mode == "trigger, gearmand down" else gearmand.address
     cur.execute("SELECT gman_flush()")  # nothing pipelined carries over into the next mode
     mode_option = "pipeline=0" if mode == UP_CONFIRMED else "pipeline=1"
+    mode_option += ",journal=0" if mode == UP_NO_JOURNAL else ",journal=1"  # options persist: set it each time
     cur.execute("SELECT gman_servers_set(%s, %s)", (address, ",".join(filter(None, (options, mode_option)))))
 
 
@@ -276,6 +280,10 @@ def print_table(out: dict) -> None:
     print(f"cost of signing: single-row ratio {signed['single_ratio']:.3f} signed vs {up['single_ratio']:.3f} "
           f"unsigned ({1 - signed['single_per_s'] / up['single_per_s']:.1%} fewer UPDATE/s; target <= 3%); "
           f"10k-row UPDATE {signed['multi_s']:.3f} s vs {up['multi_s']:.3f} s")
+    bare = out["modes"][UP_NO_JOURNAL]
+    print(f"cost of the journal: single-row ratio {up['single_ratio']:.3f} with it vs {bare['single_ratio']:.3f} "
+          f"journal=0 ({1 - up['single_per_s'] / bare['single_per_s']:.1%} fewer UPDATE/s; target <= 3%); "
+          f"10k-row UPDATE {up['multi_s']:.3f} s vs {bare['multi_s']:.3f} s")
     print(f"targets: single-row ratio >= 0.85 (got {up['single_ratio']:.2f} with the default, pipelined "
           f"submits; {confirmed['single_ratio']:.2f} with pipeline=0); 10k-row UPDATE <= 0.4 s with gearmand "
           f"up (got {up['multi_s']:.3f} s; {confirmed['multi_s']:.3f} s with pipeline=0)")

@@ -11,6 +11,7 @@ Figures go to $GEARSYNC_FAULT_REPORT (tests/faults/report.py) → docs/faults.md
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -298,8 +299,11 @@ def test_redis_maxmemory_oom_holds_changes(gearmand_factory, redis_factory, rig_
     finish("Redis at maxmemory 4 s (noeviction: OOM), then freed", rig, writer, report, held_while_oom=held,
            oom_replies=retries, oom_log_lines=len(lines))
     assert held > 0 and retries > 0 and letters == 0, (held, retries, letters)
-    assert 0 < len(lines) <= len(workers), lines     # one line per worker's episode, not per attempt or job
-    assert _events(workers, "redis_recovered"), "no recovery logged"
+    # One warning per episode of a worker (not per attempt, job or batch in flight), each ended by one
+    # redis_recovered. Usually one episode per worker; a write that fits under maxmemory for a moment
+    # (memory moves as clients come and go) ends an episode early and the next OOM opens another.
+    recovered = _events(workers, "redis_recovered")
+    assert 0 < len(lines) <= len(recovered) < retries, (lines, recovered, retries)
 
 
 def test_redis_maxmemory_oom_binlog_sink(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:
@@ -469,28 +473,36 @@ def _in_flight(rig: Rig, writer: Any) -> tuple[int, int, list[str]]:
     return len(committed), len(gone), [name for rid, name in gone if rig.name_in_redis(rid) == name]
 
 
-def _near(writer: Any, kills: list[float], examples: dict[str, list[str]], window_s: float = 0.1) -> list[str]:
-    """The example keys of a verify report whose row no statement of the last window_s before a kill wrote."""
-    near: set[int] = set()
-    for t in kills:
-        near |= writer.rows_written_between(t - window_s, t)
+def _phantom_differences(writer: Any, phantoms: list[str], examples: dict[str, list[str]]) -> tuple[int, list[str]]:
+    """The differences of a verify report that are phantoms' rows (a statement in flight at a kill that
+    did not commit, whose job had gone out from its AFTER trigger before the COMMIT): (how many, the
+    example keys that are not such a row)."""
+    rows = {rid for rid, name in writer.failed if name in phantoms}
     keys = [k.split()[0] for kind in ("missing", "different", "extra") for k in examples.get(kind, [])]
-    return [k for k in keys if int(k.rpartition(":")[2]) not in near]
+    others = [k for k in keys if int(k.rpartition(":")[2]) not in rows]
+    return len(keys) - len(others), others
+
+
+def _journal_jobs_read(server: MariaDBServer) -> int:
+    """Jobs the UDF read back from its journal when mysqld started again (its error log)."""
+    text = server.log_path.read_text(errors="replace")
+    return sum(int(n) for n in re.findall(r"(\d+) background job\(s\) a previous mysqld process left "
+                                          r"unacknowledged", text))
 
 
 @pytest.mark.parametrize("pipeline", ["1", "0"], ids=["pipelined", "confirmed"])
 def test_mysqld_sigkill_during_trigger_capture(pipeline: str, own_mariadb: MariaDBServer,  # noqa: F811
                                                gearmand_factory, redis_factory, rig_factory) -> None:
     """mysqld SIGKILLed twice under the writer and started again (crash recovery); the UDF reads its
-    servers and options from gearsync_udf.conf, the writer reconnects. What committed reaches Redis;
-    what the writer saw fail and did not commit (MySQL says which after the restart) never appears.
+    servers and options from gearsync_udf.conf, the writer reconnects. Every committed change reaches
+    Redis before any repair: with pipeline=1 (the default) the jobs no gearmand had acknowledged at the
+    kill are in the UDF's journal (udf/README.md) and go out when mysqld starts again; with pipeline=0
+    every submit waited for JOB_CREATED.
 
-    pipelined (the default): the documented crash window (udf/README.md, "What is left exposed"):
-    coalesced submits lose the jobs of the last coalesce_us (1 ms) that no server had taken yet.
-    sync-verify finds such rows and --repair fixes them: the case records what verify found before
-    the repair, and asserts every row it names was written in the 100 ms before a kill.
-    confirmed (pipeline=0): every submit waited for gearmand's JOB_CREATED, so nothing may differ
-    even before a repair."""
+    Phantoms: the trigger sends its job before the COMMIT, so a kill between the two can leave a
+    change in Redis that MySQL never committed (inherent to trigger capture; the outbox mode is the
+    transactional one). They are counted, the repair removes them, and each difference verify finds
+    before the repair must be the row of a statement in flight at a kill that did not commit."""
     g = gearmand_factory()
     own_mariadb.execute("CREATE DATABASE app")
     options = f"{UDF_OPTIONS},pipeline={pipeline}"
@@ -508,23 +520,23 @@ def test_mysqld_sigkill_during_trigger_capture(pipeline: str, own_mariadb: Maria
     rig.start_relay()                     # a first row on a new connection may time out and spool
     before = rig.settle_and_verify()
     committed, not_committed, phantoms = _in_flight(rig, writer)
-    lost_before = before["missing"] + before["different"] + before["extra"]
-    far = _near(writer, kills, before["examples"])
+    differences_before = before["missing"] + before["different"] + before["extra"]
+    of_phantoms, unexplained = _phantom_differences(writer, phantoms, before["examples"])
     report = before
-    if lost_before:
+    if differences_before:
         rig.verify(repair=True, recheck_delay_s=0)
         report = rig.verify()
     stop_all(rig)
-    name = "(pipelined, the default; 2 kills)" if pipeline == "1" else "(pipeline=0: confirmed submits; 2 kills)"
+    name = ("(pipelined, the default, with the UDF journal; 2 kills)" if pipeline == "1"
+            else "(pipeline=0: confirmed submits; 2 kills)")
     finish(f"mysqld SIGKILL during trigger capture {name}", rig, writer, report,
-           lost_override=lost_before, differences_before_repair=lost_before, before_repair=before["examples"],
-           in_flight_committed=committed, in_flight_failed=not_committed, phantoms=phantoms,
+           lost_override=differences_before - of_phantoms, differences_before_repair=differences_before,
+           before_repair=before["examples"], in_flight_committed=committed, in_flight_failed=not_committed,
+           phantoms=len(phantoms), phantom_names=phantoms, journal_jobs_read=_journal_jobs_read(own_mariadb),
            writer_reconnects=writer.reconnects, kills=len(kills))
-    assert not far, (far, before)          # only rows written just before a kill can have been caught
-    assert not phantoms, phantoms
+    # nothing committed is missing before the repair: every difference is a phantom's row
+    assert differences_before == of_phantoms and not unexplained, (unexplained, before, phantoms)
     assert writer.reconnects > 0
-    if pipeline == "0":
-        assert lost_before == 0, before
 
 
 def test_mysqld_sigkill_during_binlog_streaming(binlog_db: MariaDBServer, redis_factory, rig_factory) -> None:

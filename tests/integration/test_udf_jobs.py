@@ -5,11 +5,14 @@ Jobs are checked byte for byte on the worker side (GRAB_JOB_UNIQ through gearman
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -69,6 +72,7 @@ def test_servers_set_rejects_bad_syntax_with_a_message(db, spec: str, message: s
 
 def test_servers_set_rejects_bad_options(db, gearmand: GearmanServer) -> None:
     for opts, message in [("timeout_ms=0", "1..3600000"), ("pipeline=2", "0 or 1"), ("bogus=1", "unknown option"),
+                          ("journal=2", "journal is 0 or 1"),
                           ("timeout_ms", "not key=value"), ("coalesce_us=100001", "coalesce_us is 0..100000"),
                           ("coalesce_us=-1", "coalesce_us is 0..100000")]:
         with pytest.raises(pymysql.err.OperationalError) as err:
@@ -356,10 +360,11 @@ def test_restarted_gearmand_gets_the_jobs(db, gearmand: GearmanServer) -> None:
     assert [j.workload for j in grab_all(gearmand, "f_rs", expect=1)] == [b"after"]
 
 
-def _hold_jobs_in_a_hung_gearmand(conn, gearmand: GearmanServer, function: str, n: int) -> list[bytes]:
+def _hold_jobs_in_a_hung_gearmand(conn, gearmand: GearmanServer, function: str, n: int,
+                                  options: str = "") -> list[bytes]:
     """Pipelined submits on `conn` while gearmand is SIGSTOPped: each returns its unique id (the
     packet is written), none is acknowledged."""
-    point_at(conn, gearmand, options="timeout_ms=100,retry_ms=200,pipeline=1")
+    point_at(conn, gearmand, options=",".join(filter(None, ("timeout_ms=100,retry_ms=200,pipeline=1", options))))
     assert scalar(conn, "SELECT gman_do_background(%s, 'warm')", function) is not None
     assert scalar(conn, "SELECT gman_flush()") == 0
     assert [j.workload for j in grab_all(gearmand, function, expect=1)] == [b"warm"]
@@ -432,6 +437,54 @@ def test_jobs_unacknowledged_at_shutdown_are_saved_and_sent_after_the_restart(
     assert sorted(j.workload for j in jobs) == sent
     assert wait_until(lambda: not spill.exists())
     assert "5 background job(s) saved at the last unload read from" in server.log_path.read_text(errors="replace")
+
+
+def _jobs_in_journal(datadir: Path) -> int:
+    """The jobs the library's journal slot files hold: each file's word (head << 32 | len, native
+    byte order) after the 8-byte magic, the SUBMIT_JOB*_BG packets in data[head, len) after the
+    64-byte header."""
+    jobs = 0
+    for slot in datadir.glob("gearsync_udf.journal.*"):
+        data = slot.read_bytes()
+        if slot.suffix == ".bad" or len(data) < 64:
+            continue
+        head, end = divmod(int.from_bytes(data[8:16], sys.byteorder), 1 << 32)
+        while head < end:
+            head += 12 + int.from_bytes(data[64 + head + 8:64 + head + 12], "big")
+            jobs += 1
+    return jobs
+
+
+@pytest.mark.parametrize("journal", ["1", "0"])
+def test_jobs_unacknowledged_when_mysqld_is_sigkilled_are_sent_after_the_restart(
+        journal: str, own_mariadb: MariaDBServer, gearmand: GearmanServer) -> None:  # noqa: F811  (fixture imported above)
+    """mysqld SIGKILLed while gearmand hangs: no destructor runs, so no spill file. The pipelined
+    jobs no server acknowledged are in the library's journal (a MAP_SHARED slot file per thread,
+    <datadir>/gearsync_udf.journal.<pid>.<n>); the next start reads them back and sends them. With journal=0
+    they are in mysqld's memory only (the case measured by `sync-bench udf` as the journal's cost)."""
+    server = own_mariadb
+    server.env["GEARSYNC_GEARMAN_SERVERS"] = gearmand.address  # the servers after the restart
+    server.restart()
+    conn = server.connect()
+    sent = _hold_jobs_in_a_hung_gearmand(conn, gearmand, "f_journal", 5, options=f"journal={journal}")
+    assert _jobs_in_journal(server.datadir) == (5 if journal == "1" else 0)
+    if journal == "0":
+        conn.close()
+        return
+    with conn.cursor() as cur:  # slot files, not a directory in the datadir (MariaDB lists those as databases)
+        cur.execute("SHOW DATABASES")
+        assert not [name for (name,) in cur.fetchall() if "journal" in name]
+    server.kill()
+    with contextlib.suppress(pymysql.err.MySQLError):
+        conn.close()
+    assert not (server.datadir / "gearsync_udf.pending").exists()
+    _crash_and_restart(gearmand)
+    server.start()
+    jobs = grab_all(gearmand, "f_journal", expect=len(sent), timeout_s=20)
+    assert sorted(j.workload for j in jobs) == sent
+    assert wait_until(lambda: _jobs_in_journal(server.datadir) == 0)
+    assert "5 background job(s) a previous mysqld process left unacknowledged read from" in \
+        server.log_path.read_text(errors="replace")
 
 
 def test_a_damaged_spill_file_is_kept_aside_with_a_message(own_mariadb: MariaDBServer,  # noqa: F811  (fixture imported above)

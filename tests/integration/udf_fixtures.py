@@ -135,7 +135,7 @@ def point_at(conn, *servers: GearmanServer | str, options: str | None = None) ->
     spec = ",".join(s if isinstance(s, str) else s.address for s in servers)
     # Options apply on top of the current ones: start every call from the defaults, so nothing a
     # previous test set carries over; `options` override them (later keys win).
-    defaults = "timeout_ms=100,do_timeout_ms=5000,retry_ms=1000,pipeline=1,coalesce_us=1000,max_payload=268435456"
+    defaults = "timeout_ms=100,do_timeout_ms=5000,retry_ms=1000,pipeline=1,coalesce_us=1000,max_payload=268435456,journal=1"
     options = defaults if options is None else f"{defaults},{options}"
     return scalar(conn, "SELECT gman_servers_set(%s, %s)", spec, options)
 

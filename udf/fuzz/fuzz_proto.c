@@ -17,7 +17,8 @@
  * NUL bytes and round-trips; a WORK_* body is "ours" only when it starts
  * with the handle followed by the end or \0; an encoded request head
  * decodes back to its type, size, function and unique id, and is refused
- * only when it cannot fit.
+ * only when it cannot fit.  The journal slot parser (gs_journal_parse) on
+ * the same bytes behind a slot header keeps its window inside the file.
  */
 #include "../gman_proto.h"
 
@@ -216,6 +217,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (n != 0 && (n < HDR || n > len))
             FAIL("background request of %zu bytes in %zu", n, len);
         free(req);
+    }
+
+    /* the journal slot reader: the input after a slot header (magic, a
+     * window word from the control bytes), copied at its exact size; the
+     * valid packets it names lie inside the window and the file */
+    {
+        size_t flen = GS_JOURNAL_HDR + len;
+        char *file = calloc(1, flen);
+        if (!file)
+            abort();
+        memcpy(file, GS_JOURNAL_MAGIC, sizeof GS_JOURNAL_MAGIC - 1);
+        uint64_t word = ((uint64_t)ctl[2] << 32) | (uint64_t)(len - (ctl[3] % (len + 1)));
+        memcpy(file + GS_JOURNAL_WORD, &word, sizeof word);
+        if (len)
+            memcpy(file + GS_JOURNAL_HDR, p, len);
+        struct gs_journal_view v;
+        int rc = gs_journal_parse(file, flen, &v);
+        if (rc == 0 && (v.head > v.end || v.end > len || (v.why && v.at != v.end)))
+            FAIL("journal window [%zu, %zu) of %zu bytes", v.head, v.end, len);
+        if (rc != 0 && v.jobs)
+            FAIL("refused journal with %zu jobs", v.jobs);
+        free(file);
     }
 
     /* the limits the pipeline uses, and a small one from the input */

@@ -12,9 +12,13 @@
  */
 #define _GNU_SOURCE
 #include "../gearsync_udf.h"
+#include "../gman_proto.h" /* linked in: the journal parser's unit test */
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -41,6 +45,7 @@ typedef void (*clear_fn)(UDF_INIT *, char *, char *);
 
 static void *lib;
 static int failures, checks;
+static char self_path[PATH_MAX]; /* this driver, run again as a child */
 
 #define CHECK(cond, ...)                                                      \
     do {                                                                      \
@@ -991,6 +996,57 @@ static int wait_stopped(pid_t pid)
     return 0;
 }
 
+/* Take jobs of function fn from gearmand on port as a worker, for up to 10 s
+ * or until `want` arrived whose workload is tag + one digit (+ any number
+ * of '.'); returns how
+ * many did.  "warm" workloads are not counted (gearmand lost them with its
+ * queue: not ours to check); *other counts any other workload. */
+static int count_slots(const char *dir, int bad);
+
+static int grab_held(int port, const char *fn, char tag, int want, int *other)
+{
+    int fd = connect_port(port), got = 0;
+    *other = 0;
+    CHECK(fd >= 0, "%s: worker connects", fn);
+    struct timeval tv = {0, 200000};
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        send_pkt(fd, 1 /* CAN_DO */, fn, strlen(fn));
+    }
+    double t0 = now_s();
+    while (fd >= 0 && got < want && now_s() - t0 < 10) {
+        char *d = NULL;
+        size_t l = 0;
+        send_pkt(fd, 30 /* GRAB_JOB_UNIQ */, NULL, 0);
+        int t = recv_pkt(fd, &d, &l);
+        if (t == 31) { /* handle\0fn\0unique\0workload */
+            char *h = d, *f = memchr(d, 0, l);
+            char *uq = f ? memchr(f + 1, 0, l - (size_t)(f + 1 - d)) : NULL;
+            char *wl = uq ? memchr(uq + 1, 0, l - (size_t)(uq + 1 - d)) : NULL;
+            if (wl) {
+                wl++;
+                size_t wlen = l - (size_t)(wl - d);
+                size_t pad = 2;
+                while (pad < wlen && wl[pad] == '.')
+                    pad++;
+                if (wlen >= 2 && pad == wlen && wl[0] == tag && wl[1] >= '1' &&
+                    wl[1] <= '9')
+                    got++;
+                else if (!(wlen == 4 && memcmp(wl, "warm", 4) == 0))
+                    (*other)++;
+                /* handle\0result (empty): both arguments are required */
+                send_pkt(fd, 13 /* WORK_COMPLETE */, h, strlen(h) + 1);
+            }
+        } else if (t >= 0) {
+            usleep(20000);
+        }
+        free(d);
+    }
+    if (fd >= 0)
+        close(fd);
+    return got;
+}
+
 /* Jobs unacknowledged at unload go to the spill file and come back at the
  * next load: pipelined jobs held by a SIGSTOPped gearmand, dlclose, gearmand
  * SIGKILLed and started again on the same port, dlopen: they arrive, and the
@@ -1018,6 +1074,10 @@ static void test_spill(const char *so, const char *spill)
     dlclose(lib); /* unload: nothing acknowledges them -> spill file */
     lib = NULL;
     CHECK(access(spill, F_OK) == 0, "spill: file written at unload");
+    char jdir[80];
+    snprintf(jdir, sizeof jdir, "%.*s", (int)(strrchr(spill, '/') - spill), spill);
+    CHECK(count_slots(jdir, 0) == 0,
+          "spill: no journal slot left once the spill file has the jobs");
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     gearmand_pid = 0;
@@ -1029,45 +1089,289 @@ static void test_spill(const char *so, const char *spill)
         exit(2);
     }
     /* the keeper sends them without any call: take them as a worker */
-    int fd = connect_port(port), got = 0, warm = 0, other = 0;
-    CHECK(fd >= 0, "spill: worker connects");
-    struct timeval tv = {0, 200000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    send_pkt(fd, 1 /* CAN_DO */, "spill", 5);
-    double t0 = now_s();
-    while (fd >= 0 && got < 3 && now_s() - t0 < 10) {
-        char *d = NULL;
-        size_t l = 0;
-        send_pkt(fd, 30 /* GRAB_JOB_UNIQ */, NULL, 0);
-        int t = recv_pkt(fd, &d, &l);
-        if (t == 31) { /* handle\0fn\0unique\0workload */
-            char *h = d, *fn = memchr(d, 0, l);
-            char *uq = fn ? memchr(fn + 1, 0, l - (size_t)(fn + 1 - d)) : NULL;
-            char *wl = uq ? memchr(uq + 1, 0, l - (size_t)(uq + 1 - d)) : NULL;
-            if (wl) {
-                wl++;
-                size_t wlen = l - (size_t)(wl - d);
-                if (wlen == 2 && wl[0] == 's' && wl[1] >= '1' && wl[1] <= '3')
-                    got++;
-                else if (wlen == 4 && memcmp(wl, "warm", 4) == 0)
-                    warm++;
-                else
-                    other++;
-                /* handle\0result (empty): both arguments are required */
-                send_pkt(fd, 13 /* WORK_COMPLETE */, h, strlen(h) + 1);
-            }
-        } else if (t >= 0) {
-            usleep(20000);
-        }
-        free(d);
-    }
-    if (fd >= 0)
-        close(fd);
+    int other = 0, got = grab_held(port, "spill", 's', 3, &other);
     CHECK(got == 3 && other == 0, "spill: %d of 3 held jobs arrived after the reload (%d other)", got, other);
     for (int i = 0; i < 250 && access(spill, F_OK) == 0; i++)
         usleep(20000);
     CHECK(access(spill, F_OK) != 0, "spill: file removed once delivered");
-    (void)warm; /* gearmand lost it with its queue: not ours to check */
+}
+
+/* ------------------------------------------------------------ journal */
+
+#define SLOT GS_JOURNAL_NAME "."
+
+/* Slot files in dir: with bad = 0 the live ones, with bad = 1 the *.bad. */
+static int count_slots(const char *dir, int bad)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        size_t l = strlen(e->d_name);
+        int is_bad = l > 4 && strcmp(e->d_name + l - 4, ".bad") == 0;
+        if (strncmp(e->d_name, SLOT, sizeof SLOT - 1) == 0 && is_bad == bad)
+            n++;
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+/* Jobs in the slot files of dir (gs_journal_parse over each file). */
+static size_t jobs_in_slots(const char *dir)
+{
+    DIR *d = opendir(dir);
+    size_t jobs = 0;
+    struct dirent *e;
+    static char buf[4u << 20];
+    while (d && (e = readdir(d)) != NULL) {
+        size_t l = strlen(e->d_name);
+        if (strncmp(e->d_name, SLOT, sizeof SLOT - 1) != 0 ||
+            (l > 4 && strcmp(e->d_name + l - 4, ".bad") == 0))
+            continue;
+        char path[600];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        int fd = open(path, O_RDONLY);
+        ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf) : -1;
+        struct gs_journal_view v;
+        if (n > 0 && gs_journal_parse(buf, (size_t)n, &v) == 0)
+            jobs += v.jobs;
+        if (fd >= 0)
+            close(fd);
+    }
+    if (d)
+        closedir(d);
+    return jobs;
+}
+
+static size_t put_job(char *p, const char *uq, const char *wl)
+{
+    size_t wlen = strlen(wl);
+    size_t h = gs_proto_submit_head(p, 256, 18 /* SUBMIT_JOB_BG */, "journal",
+                                    7, uq, strlen(uq), wlen);
+    memcpy(p + h, wl, wlen);
+    return h + wlen;
+}
+
+static void put_word(char *buf, size_t head, size_t len)
+{
+    uint64_t w = ((uint64_t)head << 32) | len;
+    memcpy(buf + 8, &w, sizeof w);
+}
+
+/* The slot file parser: torn, acknowledged, damaged, garbage. */
+static void test_journal_parse(void)
+{
+    static char buf[GS_JOURNAL_HDR + 1024];
+    struct gs_journal_view v;
+    char *d = buf + GS_JOURNAL_HDR;
+    memcpy(buf, GS_JOURNAL_MAGIC, 8);
+    size_t a = put_job(d, "u1", "w1");
+    size_t b = put_job(d + a, "u2", "w2");
+    put_word(buf, 0, a + b);
+    CHECK(gs_journal_parse(buf, sizeof buf, &v) == 0 && v.jobs == 2 &&
+              v.head == 0 && v.end == a + b && !v.why,
+          "journal parse: two jobs (%zu)", v.jobs);
+    put_word(buf, a, a + b);
+    CHECK(gs_journal_parse(buf, sizeof buf, &v) == 0 && v.jobs == 1 &&
+              v.head == a && v.end == a + b,
+          "journal parse: the first acknowledged (%zu)", v.jobs);
+    /* the process died copying a third: past the word, never looked at */
+    size_t c = put_job(d + a + b, "u3", "a longer workload");
+    memset(d + a + b + c / 2, 0, c - c / 2);
+    put_word(buf, 0, a + b);
+    CHECK(gs_journal_parse(buf, sizeof buf, &v) == 0 && v.jobs == 2 &&
+              v.end == a + b && !v.why,
+          "journal parse: a torn record past the word is dropped (%zu)",
+          v.jobs);
+    /* a word that covers damaged bytes: the jobs before them, and why */
+    memset(d + a + b, 0, 4);
+    put_word(buf, 0, a + b + c);
+    CHECK(gs_journal_parse(buf, sizeof buf, &v) == 0 && v.jobs == 2 &&
+              v.end == a + b && v.why && v.at == a + b,
+          "journal parse: damage inside the window is named (%zu, %s)",
+          v.jobs, v.why ? v.why : "-");
+    put_word(buf, 0, 0);
+    CHECK(gs_journal_parse(buf, sizeof buf, &v) == 0 && v.jobs == 0 && !v.why,
+          "journal parse: empty slot");
+    put_word(buf, a + b, a);
+    CHECK(gs_journal_parse(buf, sizeof buf, &v) == -1 && v.why,
+          "journal parse: head past len refused");
+    put_word(buf, 0, sizeof buf);
+    CHECK(gs_journal_parse(buf, sizeof buf, &v) == -1 && v.why,
+          "journal parse: len past the file refused");
+    put_word(buf, 0, a + b);
+    CHECK(gs_journal_parse(buf, GS_JOURNAL_HDR - 1, &v) == -1,
+          "journal parse: short file refused");
+    CHECK(gs_journal_parse(NULL, 0, &v) == -1, "journal parse: NULL refused");
+    buf[0] = 'X';
+    CHECK(gs_journal_parse(buf, sizeof buf, &v) == -1 && v.jobs == 0,
+          "journal parse: bad magic refused");
+    memcpy(buf, GS_JOURNAL_MAGIC, 8);
+    /* garbage: whatever the bytes, the result stays inside the window */
+    unsigned seed = 12345;
+    for (int i = 0; i < 3000; i++) {
+        for (size_t k = GS_JOURNAL_WORD; k < sizeof buf; k++)
+            buf[k] = (char)(rand_r(&seed) >> 7);
+        if (i & 1) /* a plausible window over garbage */
+            put_word(buf, (size_t)rand_r(&seed) % 64,
+                     64 + (size_t)rand_r(&seed) % 900);
+        if (i % 3 == 0) /* valid packets, then garbage */
+            put_word(buf, 0, put_job(d, "g", "x") + (size_t)rand_r(&seed) % 64);
+        if (i % 3 == 0)
+            put_job(d, "g", "x");
+        size_t size = GS_JOURNAL_HDR + (size_t)rand_r(&seed) % 1024;
+        int rc = gs_journal_parse(buf, size, &v);
+        CHECK(rc == -1 || (v.head <= v.end && v.end <= size - GS_JOURNAL_HDR &&
+                           (v.jobs == 0 || v.end > v.head)),
+              "journal parse: garbage %d", i);
+    }
+}
+
+/* Run as `udf_driver --journal-child lib port`: pipelines k1..k3 and a
+ * 600 KiB k5 to a
+ * gearmand the parent SIGSTOPs, says so, and waits to be SIGKILLed. */
+static int journal_child(const char *so, int port)
+{
+    char c = 0, ok = 'd';
+    size_t len;
+    lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (!lib)
+        return 2;
+    point(port, "timeout_ms=100,retry_ms=0,pipeline=1");
+    free(job("gman_do_background", "journal", "warm", 4, NULL, &len));
+    if (flush() != 0)
+        ok = 'x';
+    if (write(1, "w", 1) != 1 || read(0, &c, 1) != 1)
+        return 2;
+    const char *held[] = {"k1", "k2", "k3"};
+    for (int i = 0; i < 3; i++) {
+        char *r = job("gman_do_background", "journal", held[i], 2, NULL, &len);
+        if (!r)
+            ok = 'x';
+        free(r);
+    }
+    /* larger than a new slot (256 KiB): the file grows */
+    size_t big = 600u << 10;
+    char *wl = malloc(big);
+    if (!wl)
+        return 2;
+    memset(wl, '.', big);
+    memcpy(wl, "k5", 2);
+    char *r = job("gman_do_background", "journal", wl, big, NULL, &len);
+    if (!r)
+        ok = 'x';
+    free(r);
+    free(wl);
+    if (write(1, &ok, 1) != 1)
+        return 2;
+    for (;;)
+        pause();
+}
+
+/* mysqld SIGKILLed while it holds pipelined jobs nobody acknowledged: a
+ * child process holds k1..k3 (gearmand SIGSTOPped) and is SIGKILLed.  While
+ * it lives a load leaves its slot alone (flock); after the kill (gearmand
+ * killed too, its queue gone, started again) the next load reads the slot
+ * and the keeper delivers the jobs.  A garbage slot file is kept as .bad, an
+ * empty one removed. */
+static void test_journal_kill(const char *so, const char *dir)
+{
+    char jdir[600], path[700];
+    snprintf(jdir, sizeof jdir, "%s", dir); /* beside the spill file */
+    snprintf(path, sizeof path, "%s/" SLOT "1.1", jdir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs("not a journal slot at all, and longer than its header: "
+              "................................................", f);
+        fclose(f);
+    }
+    static char empty[GS_JOURNAL_HDR + 64];
+    memcpy(empty, GS_JOURNAL_MAGIC, 8);
+    snprintf(path, sizeof path, "%s/" SLOT "1.2", jdir);
+    if ((f = fopen(path, "w")) != NULL) {
+        fwrite(empty, 1, sizeof empty, f);
+        fclose(f);
+    }
+    dlclose(lib); /* this process's load comes later */
+    lib = NULL;
+    int port = start_gearmand();
+    pid_t gpid = gearmand_pid;
+    char spec[64], portstr[16];
+    snprintf(spec, sizeof spec, "127.0.0.1:%d", port);
+    snprintf(portstr, sizeof portstr, "%d", port);
+    int to_child[2], from_child[2];
+    if (pipe(to_child) != 0 || pipe(from_child) != 0) {
+        perror("pipe");
+        exit(2);
+    }
+    pid_t child = fork();
+    if (child == 0) {
+        dup2(to_child[0], 0);
+        dup2(from_child[1], 1);
+        execl(self_path, self_path, "--journal-child", so, portstr,
+              (char *)NULL);
+        _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    char c = 0;
+    CHECK(read(from_child[0], &c, 1) == 1 && c == 'w', "journal: child warm");
+    kill(gpid, SIGSTOP);
+    CHECK(wait_stopped(gpid), "journal: gearmand stopped by SIGSTOP");
+    CHECK(write(to_child[1], "g", 1) == 1, "journal: go");
+    CHECK(read(from_child[0], &c, 1) == 1 && c == 'd',
+          "journal: child pipelined k1..k3, k5 (%c)", c);
+    CHECK(jobs_in_slots(jdir) == 4, "journal: the child's slot holds 4 jobs (%zu)",
+          jobs_in_slots(jdir));
+    setenv(GS_ENV_SERVERS, spec, 1); /* the defaults of the next loads */
+    lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    CHECK(lib != NULL, "journal: load beside a live process");
+    if (lib)
+        dlclose(lib);
+    lib = NULL;
+    CHECK(jobs_in_slots(jdir) == 4,
+          "journal: a live process's slot is left alone (%zu)", jobs_in_slots(jdir));
+    CHECK(count_slots(jdir, 1) == 1, "journal: garbage slot kept as .bad");
+    snprintf(path, sizeof path, "%s/" SLOT "1.2", jdir);
+    CHECK(access(path, F_OK) != 0, "journal: empty left-over slot removed");
+    /* a slot whose window holds k4, then damage: k4 is sent, the file kept
+     * as .bad */
+    static char dmg[GS_JOURNAL_HDR + 128];
+    memcpy(dmg, GS_JOURNAL_MAGIC, 8);
+    size_t k4 = put_job(dmg + GS_JOURNAL_HDR, "uk4", "k4");
+    memcpy(dmg + GS_JOURNAL_HDR + k4, "\0REQ\0\0\0\x63", 8); /* no such type */
+    put_word(dmg, 0, k4 + 40);
+    snprintf(path, sizeof path, "%s/" SLOT "1.3", jdir);
+    if ((f = fopen(path, "w")) != NULL) {
+        fwrite(dmg, 1, sizeof dmg, f);
+        fclose(f);
+    }
+    kill(child, SIGKILL); /* mysqld killed: no destructor, no spill file */
+    waitpid(child, NULL, 0);
+    close(to_child[1]);
+    close(from_child[0]);
+    kill(gpid, SIGKILL); /* and what gearmand held is gone too */
+    waitpid(gpid, NULL, 0);
+    gearmand_pid = 0;
+    start_gearmand_on(port);
+    lib = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        fprintf(stderr, "dlopen again: %s\n", dlerror());
+        exit(2);
+    }
+    int other = 0, got = grab_held(port, "journal", 'k', 5, &other);
+    CHECK(got == 5 && other == 0,
+          "journal: %d of 5 jobs (the killed process's 4, the damaged slot's "
+          "1) arrived (%d other)", got, other);
+    CHECK(count_slots(jdir, 1) == 2, "journal: damaged slot kept as .bad");
+    for (int i = 0; i < 250 && jobs_in_slots(jdir); i++)
+        usleep(20000);
+    CHECK(jobs_in_slots(jdir) == 0, "journal: slot emptied once delivered");
+    for (int i = 1; i <= 3; i += 2) {
+        snprintf(path, sizeof path, "%s/" SLOT "1.%d.bad", jdir, i);
+        unlink(path);
+    }
 }
 
 /* ------------------------------------------------------------ signing */
@@ -1192,8 +1496,14 @@ static void test_signing(const char *so, const char *dir)
 
 int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "--journal-child") == 0)
+        return journal_child(argv[2], atoi(argv[3]));
     if (argc != 2) {
         fprintf(stderr, "usage: %s /path/to/gearsync_udf.so\n", argv[0]);
+        return 2;
+    }
+    if (!realpath(argv[0], self_path)) {
+        perror("realpath");
         return 2;
     }
     signal(SIGPIPE, SIG_DFL); /* the library must never raise it */
@@ -1216,12 +1526,17 @@ int main(int argc, char **argv)
     stop_gearmand();
     test_signing(argv[1], spill_dir);
     test_spill(argv[1], spill);
+    test_journal_parse();
+    stop_gearmand();
+    test_journal_kill(argv[1], spill_dir);
     dlclose(lib); /* runs the library destructor: frees every thread's state */
     stop_gearmand();
     unlink(spill);
     char tmp[80];
     snprintf(tmp, sizeof tmp, "%s.tmp", spill);
     unlink(tmp);
+    CHECK(count_slots(spill_dir, 0) == 0 && count_slots(spill_dir, 1) == 0,
+          "journal: no slot file left after the last unload");
     rmdir(spill_dir);
     fprintf(stderr, "udf_driver: %d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
