@@ -18,9 +18,11 @@ from sync.testing.servers import MariaDBServer
 
 
 def read_events(server: MariaDBServer, database: str, tables: Sequence[str], start_gtid: str, decoder: str,
-                columns: dict[str, Sequence[str] | None] | None = None) -> tuple[list[ChangeEvent], BinlogSource]:
+                columns: dict[str, Sequence[str] | None] | None = None,
+                thin: bool | None = None) -> tuple[list[ChangeEvent], BinlogSource]:
     """Every ChangeEvent of `tables` from `start_gtid` to the end of the binlog now, decoded by
-    `decoder` ("c" or "python"). Returns the events and the source (its plans tell which decoder ran)."""
+    `decoder` ("c" or "python"); `thin`: decoders.thin_events() on or off (default: what run() does,
+    i.e. on with the C decoder). Returns the events and the source (its plans tell which decoder ran)."""
     mysql = from_url(server.url + database)
     conn = server.connect(database)
     try:
@@ -32,6 +34,7 @@ def read_events(server: MariaDBServer, database: str, tables: Sequence[str], sta
                        start=Position("mariadb", start_gtid), server_id=4242)
     src.decoder = decoder
     decoders.cache_table_maps(decoder == "c")   # what BinlogSource.run() does in its thread
+    decoders.thin_events(decoder == "c" if thin is None else thin)
     out: list[Chunk] = []
     src._emit = out.append
     stream = src.open_stream(src.committed, blocking=False)

@@ -4,13 +4,16 @@ MariaDB binlog: for every column type, width and value class the two give identi
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sync.capture.binlog import decoders
 from sync.events import Op
 from sync.testing.servers import MariaDBServer
 from tests.integration.binlog_rig import binlog_pos
-from tests.integration.rowdecode_rig import both
+from tests.integration.rowdecode_rig import both, read_events
 
 TYPES = """
   id INT PRIMARY KEY,
@@ -188,3 +191,33 @@ def test_mariadb_compressed_rows_events(mariadb: MariaDBServer, db) -> None:
     assert [e.op for e in c_events] == [Op.INSERT] * len(ROWS) + [Op.UPDATE, Op.UPDATE, Op.DELETE]
     assert c_events == py_events
     assert c_events[len(ROWS)].row is not None and c_events[len(ROWS)].row["vcl"] == "y" * 299
+
+
+def test_thin_events_with_the_python_decode_same_events(mariadb: MariaDBServer, db, monkeypatch) -> None:
+    """decoders.thin_events(): GTID/XID/TABLE_MAP/rows events built without mysql-replication's
+    event objects; where the rows need the library's own decode (no C decoder for the table), the
+    library's event is rebuilt from the same bytes. Same events and position as the library's path."""
+    _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
+    start = binlog_pos(mariadb)
+    _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
+          *(f"INSERT INTO types VALUES {r}" for r in ROWS),
+          "UPDATE types SET ti = ti + 1, vc = CONCAT(vc, '!') WHERE id IN (2, 4)",
+          "UPDATE types SET id = 40 WHERE id = 4",
+          "DELETE FROM types WHERE id IN (1, 3)")
+    seen: list[bool] = []   # per rows event: was it a thin one
+    plain_rows = decoders.RowPlan.rows
+
+    def rows(self: decoders.RowPlan, ev: Any) -> Any:
+        seen.append(hasattr(ev, "library_event"))
+        return plain_rows(self, ev)
+
+    monkeypatch.setattr(decoders.RowPlan, "rows", rows)
+    thin, thin_src = read_events(mariadb, db.db_name, ["types"], start, "python", thin=True)
+    assert seen and all(seen)
+    seen.clear()
+    plain, plain_src = read_events(mariadb, db.db_name, ["types"], start, "python", thin=False)
+    assert seen and not any(seen)
+    assert thin_src.tables["types"].plans and all(p.decoder is None for p in thin_src.tables["types"].plans.values())
+    assert [e.op for e in plain] == [Op.INSERT] * 4 + [Op.UPDATE] * 2 + [Op.DELETE, Op.UPDATE] + [Op.DELETE] * 2
+    assert thin == plain
+    assert thin_src.committed == plain_src.committed

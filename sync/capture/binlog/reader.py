@@ -8,7 +8,9 @@ a commit boundary (XID event, a COMMIT query, or the end of a standalone DDL sta
 it and resuming from it never starts inside a transaction. Events of a transaction may be emitted
 before its commit (in chunks with no position): the binlog only holds committed transactions, and
 after a restart they are re-read from the previous commit and re-applied with the SAME versions,
-which the applier's version fence turns into no-ops.
+which the applier's version fence turns into no-ops. With the quiet hook on (run() with `idle`),
+commits read back to back are emitted together: at the latest when the server goes quiet, a chunk
+is full, or COALESCE_S after the previous emit (and before a reconnect re-reads from the last commit).
 
 Row values are decoded per table-map layout by sync.capture.binlog.decoders (RowPlan). The key
 columns come from sync.rows.schema.load_table() and are re-read when a DDL statement names the
@@ -78,6 +80,7 @@ from sync.capture.binlog.decoders import (
     compressed_row_events,
     install_decoders,
     select_decoder,
+    thin_events,
 )
 from sync.capture.binlog.fkrows import TableState, fk_row_events
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
@@ -116,6 +119,10 @@ class Chunk:
     # TRUNCATE/DROP of chosen tables: applied after `events`, before `position` is saved
     statements: list[TableTruncate] = field(default_factory=list)
 
+
+# With the quiet hook on, commits read back to back are emitted together, at most this long after
+# the previous emit (the hook emits as soon as the server goes quiet; a full chunk goes at once).
+COALESCE_S = 0.005
 
 _DDL = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(ALTER|RENAME|DROP|TRUNCATE|CREATE)\b", re.IGNORECASE | re.DOTALL)
 
@@ -185,6 +192,8 @@ class BinlogSource:
         self.stream: Any = None
         self.rows_read = 0
         self._idle_error: BaseException | None = None
+        self._coalesce = False   # commits emitted together (the quiet hook is on: _hook_quiet)
+        self._held = self._held_rows = 0   # ... the first of self._pending (and rows) are of commits held back
         # For sync-binlog's behind gauge and /healthz (read by another thread, written only here):
         self.commits = 0                      # commits read
         self.commit_ts = 0                    # the binlog timestamp (Unix s) of the last one
@@ -252,7 +261,9 @@ class BinlogSource:
         self._emit = emit
         if self.decoder == "c":
             cache_table_maps()   # this thread: a repeated TABLE_MAP event is not parsed again
+            thin_events()        # ... and GTID/XID/TABLE_MAP/rows events skip the library's event objects
         while not stop.is_set():
+            self._emit_held()       # read up to self.committed: not re-read
             self._reset_trx()
             self._pending.clear()   # emitted-or-not, these are re-read from self.committed
             self._statements.clear()
@@ -290,6 +301,8 @@ class BinlogSource:
         if self._idle_error is not None:
             idle_error, self._idle_error = self._idle_error, None
             raise idle_error
+        if self._in_trx:
+            self._emit_held()
         self._flush(final=True)
 
     def _hook_quiet(self, conn: Any, idle: Callable[[], None]) -> Any:
@@ -329,6 +342,7 @@ class BinlogSource:
             return blocking_read(buf)
 
         raw.readinto = readinto
+        self._coalesce = True
         return conn
 
     def _quiet(self) -> None:
@@ -370,7 +384,7 @@ class BinlogSource:
 
     def _handle(self, ev: Any) -> None:
         name = type(ev).__name__
-        if name in ("WriteRowsEvent", "UpdateRowsEvent", "DeleteRowsEvent"):
+        if name == "UpdateRowsEvent" or name == "WriteRowsEvent" or name == "DeleteRowsEvent":
             self._rows(ev, name)
         elif name == "XidEvent":
             self._commit(ev)
@@ -641,6 +655,19 @@ class BinlogSource:
         if len(out) >= self.chunk_rows:
             self._flush()
 
+    def _emit_held(self) -> None:
+        """Emit the events of the commits held back (see _commit) with the position after them."""
+        if not self._held:
+            return
+        k, rows = self._held, self._held_rows
+        chunk = Chunk(self._pending[:k], self.committed, rows, time.monotonic())
+        del self._pending[:k]
+        self._pending_rows -= rows
+        self._held = self._held_rows = 0
+        self._last_emit = chunk.t
+        self._emitted_position = self.committed
+        self._emit(chunk)
+
     def _out(self, ev: ChangeEvent, version: int) -> None:
         if version & self._mask == self._mask:
             # Past the index range of this transaction (rows event): collapse per key, emit at commit.
@@ -682,6 +709,12 @@ class BinlogSource:
         else:
             self.committed = Position("mysql", None, self._file, log_pos)
         self._reset_trx()
+        if (self._coalesce and len(self._pending) < self.chunk_rows and not self._statements
+                and time.monotonic() - self._last_emit < COALESCE_S):
+            # The quiet hook is on: it emits what is pending, with this position, as soon as the
+            # server has nothing more to send; so do a full chunk and the next commit past COALESCE_S.
+            self._held, self._held_rows = len(self._pending), self._pending_rows
+            return
         self._flush(commit=True)
 
     # -- output ------------------------------------------------------------------------------------
@@ -704,7 +737,7 @@ class BinlogSource:
         if self._statements:
             chunk.statements, self._statements = self._statements, []
         pending.clear()
-        self._pending_rows = 0
+        self._pending_rows = self._held = self._held_rows = 0
         self._last_emit = now
         if position is not None:
             self._emitted_position = position
