@@ -184,6 +184,20 @@ size_t gs_proto_background_request_len(const char *p, size_t len)
     return HDR + (size_t)size;
 }
 
+size_t gs_proto_scan_requests(const char *p, size_t len, size_t *jobs)
+{
+    size_t off = 0, n = 0;
+    while (off < len) {
+        size_t k = gs_proto_background_request_len(p + off, len - off);
+        if (k == 0)
+            break;
+        off += k;
+        n++;
+    }
+    *jobs = n;
+    return off;
+}
+
 int gs_journal_parse(const char *buf, size_t size, struct gs_journal_view *v)
 {
     memset(v, 0, sizeof *v);
@@ -201,17 +215,11 @@ int gs_journal_parse(const char *buf, size_t size, struct gs_journal_view *v)
         v->why = "head/length word out of range";
         return -1;
     }
-    size_t off = head;
     v->head = head;
-    while (off < len) {
-        size_t k = gs_proto_background_request_len(data + off, len - off);
-        if (k == 0) {
-            v->why = "damaged packet";
-            v->at = off;
-            break;
-        }
-        off += k;
-        v->jobs++;
+    size_t off = head + gs_proto_scan_requests(data + head, len - head, &v->jobs);
+    if (off < len) {
+        v->why = "damaged packet";
+        v->at = off;
     }
     v->end = off;
     return 0;

@@ -83,6 +83,11 @@ int gs_proto_work_ours(const char *body, size_t size, const char *handle,
  * spill file is a sequence of such packets. */
 size_t gs_proto_background_request_len(const char *p, size_t len);
 
+/* The whole SUBMIT_JOB*_BG packets at the start of p[0, len): their bytes
+ * (where the first damaged or partial one starts, or len); *jobs = how many.
+ * The spill file's and a journal slot's data are read with it. */
+size_t gs_proto_scan_requests(const char *p, size_t len, size_t *jobs);
+
 /* A journal slot file (gman_journal.c): GS_JOURNAL_HDR bytes of header —
  * GS_JOURNAL_MAGIC, then at offset 8 the word (head << 32 | len) in native
  * byte order, stored atomically after the packets it covers were copied —

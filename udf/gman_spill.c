@@ -151,15 +151,9 @@ char *gs_spill_load(size_t *len, size_t *jobs)
     close(fd);
     size_t off = MAGIC_LEN, n = 0;
     if (!why) {
-        while (off < size) {
-            size_t k = gs_proto_background_request_len(buf + off, size - off);
-            if (k == 0) {
-                why = "damaged packet";
-                break;
-            }
-            off += k;
-            n++;
-        }
+        off += gs_proto_scan_requests(buf + off, size - off, &n);
+        if (off < size)
+            why = "damaged packet";
     }
     if (why) {
         char bad[4120];
