@@ -133,23 +133,48 @@ end
 -- moved there, has it in the legacy key (keys.index_rows_key), read once and deleted (no version
 -- key: no record). Returns the version key's new tail.
 local opname = {i = 'insert', u = 'update', d = 'delete'}
+-- (shape) ZADDs wait in zq (zset key's ARGV index -> score, member, ...) and go as one ZADD per
+-- zset key: at a ZREM of that key (first), past 1000 members, before an error reply and at the end.
+-- Nothing in the script reads a zset, so the zsets end as if each ZADD had run in its place.
+local zq, zn = {}, {}
+local function zflush(ki)
+  local q = zq[ki]
+  if q and zn[ki] > 0 then
+    call('ZADD', ARGV[ki], unpack(q, 1, zn[ki]))
+    zn[ki] = 0
+  end
+end
+local function zflush_all()
+  for ki in pairs(zq) do zflush(ki) end
+end
+local byte = string.byte
 local function shaped(m, tab, rk, vk, ver, row, tail, cur)
   local at = sbase + tonumber(sub(sd, m + 8, m + 14))
-  if sub(sd, m + 3, m + 3) == '1' then
+  if byte(sd, m + 3) == 49 then  -- z '1'
     local zk = tab[2]
     for j = 0, tab[1] - 1 do
       local v = ARGV[at + j]
+      local ki = zk + j
       if v == '' then
-        call('ZREM', ARGV[zk + j], rk)
+        zflush(ki)
+        call('ZREM', ARGV[ki], rk)
       elseif v ~= '~' then
-        call('ZADD', ARGV[zk + j], v, rk)
+        local q, n = zq[ki], zn[ki]
+        if not q then
+          q, n = {}, 0
+          zq[ki] = q
+        end
+        q[n + 1] = v
+        q[n + 2] = rk
+        zn[ki] = n + 2
+        if n >= 1998 then zflush(ki) end
       end
     end
     at = at + tab[1]
   end
-  local c = sub(sd, m + 5, m + 5)
-  local ns = sub(sd, m + 4, m + 4) == '1' and (c == 'r' and -1 or tonumber(c))
-  if ns then
+  if byte(sd, m + 4) == 49 then  -- s '1'
+    local c = sub(sd, m + 5, m + 5)
+    local ns = c == 'r' and -1 or tonumber(c)
     local new = ARGV[at]
     local old = ''
     if tail ~= '' then
@@ -170,16 +195,15 @@ local function shaped(m, tab, rk, vk, ver, row, tail, cur)
     tail = '\n' .. new
     at = at + 1 + math.max(ns, 0)
   end
-  local x = sub(sd, m + 6, m + 6)
-  if x ~= '0' then
+  local x = byte(sd, m + 6) - 48
+  if x ~= 0 then
     local v = string.match(ver, '^0*(%d.*)$')
-    if x == '2' then row = ARGV[at + 1] end
-    if x ~= '3' and row then
-      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', opname[sub(sd, m + 7, m + 7)], 'key', rk,
-           'pk', ARGV[at], 'version', v, 'row', row)
+    if x == 2 then row = ARGV[at + 1] end
+    local op = opname[sub(sd, m + 7, m + 7)]
+    if x ~= 3 and row then
+      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', op, 'key', rk, 'pk', ARGV[at], 'version', v, 'row', row)
     else
-      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', opname[sub(sd, m + 7, m + 7)], 'key', rk,
-           'pk', ARGV[at], 'version', v)
+      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', op, 'key', rk, 'pk', ARGV[at], 'version', v)
     end
   end
   return tail
@@ -237,6 +261,7 @@ for i = 0, nev - 1 do
       end
       if #cv ~= 20 or tonumber(sub(cv, 1, 10)) == nil or (c ~= '[' and c ~= '' and #ctie ~= 20)
           or (old and sub(old, 1, 1) ~= '[') then
+        zflush_all()
         return redis.error_reply('gearsync: bad stored version at ' .. vk)
       end
     end
@@ -327,6 +352,7 @@ for i = 0, nev - 1 do
     kp = kp + nidx - 1
   end
 end
+zflush_all()
 if nstats > 0 then
   local t = call('TIME')
   local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))

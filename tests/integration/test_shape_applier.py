@@ -109,6 +109,19 @@ async def test_filter_out_and_back_in(aredis: Any) -> None:
     assert [e["op"] for e in await stream(aredis)] == ["update", "delete", "delete", "delete", "update"]
 
 
+async def test_one_batch_moving_a_row_in_and_out_of_a_zset_ends_as_its_last_change(aredis: Any) -> None:
+    """The script sends a call's ZADDs of one zset together: a remove between them still counts in
+    its place (added, removed, added again; added then removed; a score changed twice)."""
+    ap = RedisApplier(aredis, {"items": spec()})
+    batch = [up(1, 10, price=5), up(2, 10, price=6), dele(1, 11), up(3, 10, price=8), up(1, 12, price=7),
+             up(2, 11, price=9), dele(2, 12), up(3, 11, price=1), up(3, 12, price=2), up(4, 10, price=4, active=0)]
+    assert await ap.apply(batch) == [A] * 10
+    assert await aredis.zrange("items:by:price", 0, -1, withscores=True) == [(b"items:3", 2.0), (b"items:1", 7.0)]
+    # a stale change in the next batch moves nothing; a newer one does
+    assert await ap.apply([up(1, 11, price=50), up(3, 13, price=30), dele(1, 13), up(1, 14, price=3)]) == [S, A, A, A]
+    assert await aredis.zrange("items:by:price", 0, -1, withscores=True) == [(b"items:1", 3.0), (b"items:3", 30.0)]
+
+
 async def test_hash_rows_leave_no_stale_field(aredis: Any) -> None:
     ap = RedisApplier(aredis, {"items": spec("hash", filter=None)})
     await ap.apply([up(1, 10, price=5, store=1, note="hello")])
