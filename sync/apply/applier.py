@@ -123,40 +123,40 @@ elseif t > 0 then
 end"""
 
 
-def _shape_tail(shaped: Mapping[int, tuple[_ShapePlan, str, list[Any]]], records: int, values: list[Any],
-                ixprefix: str) -> None:
+def _shape_tail(shaped: Mapping[int, str], tables: Mapping[_ShapePlan, str], records: int, values: list[Any],
+                svals: list[Any], ixprefix: str) -> None:
     """The shape section of a script call (apply.lua: records followed by 'X'): the legacy set-record
-    key prefix, per shaped table its zset keys and stream (_ShapePlan.head), the values of the
-    records' index and stream writes in record order, then the descriptor as the last ARGV: the ARGV
-    index of the section's first value (10 digits), the number of tables (3 digits) and 15 characters
-    per record: its table's number (3 digits, '000' = none), _shape_writes' 5 and where its values
-    start (7 digits: their ARGV index less the section's first). The index and
-    stream keys are not declared in KEYS: indexes and streams need a standalone Redis (RedisApplier
-    refuses a Cluster), and a row's old sets, which the script reads from its version key, could not be."""
-    head = f"{10 + len(values):010d}"
-    first = len(values)
+    key prefix, the values of the records' index and stream writes in record order (`svals`), per
+    shaped table its zset keys and stream (_ShapePlan.head), then the descriptor as the last ARGV:
+    the ARGV index of the section's first value (10 digits), the number of tables (3 digits), where
+    the tables' part starts (7 digits, from the section's first value) and 15 characters per record
+    (`shaped`: _Shaping.add; '0' * 15 = none). The index and stream keys are not declared in KEYS:
+    indexes and streams need a standalone Redis (RedisApplier refuses a Cluster), and a row's old
+    sets, which the script reads from its version key, could not be."""
+    head = f"{10 + len(values):010d}{len(tables):03d}{1 + len(svals):07d}"
     values.append(ixprefix)
-    tabs: dict[_ShapePlan, str] = {}
-    for plan, _desc, _vals in shaped.values():
-        if plan not in tabs:
-            tabs[plan] = f"{len(tabs) + 1:03d}"
-            values.extend(plan.head)
-    descs = []
-    for at in range(records):
-        got = shaped.get(at)
-        if got is None:
-            descs.append("000000000000000")
-        else:
-            descs.append(f"{tabs[got[0]]}{got[1]}{len(values) - first:07d}")
-            values.extend(got[2])
-    values.append(f"{head}{len(tabs):03d}" + "".join(descs))
+    values += svals
+    for plan in tables:
+        values += plan.head
+    get = shaped.get
+    values.append(head + "".join([get(at, _NO_SHAPE) for at in range(records)]))
+
+
+_NO_SHAPE = "0" * 15
+
+
+def _shape_desc(tables: dict[_ShapePlan, str], plan: _ShapePlan, flags: str, at: int) -> str:
+    """A record's 15 characters of the descriptor (_shape_tail): its table's number in the call
+    (3 digits, numbered as met), its `flags` (_shape_writes) and where its values start in the
+    section (`at`: their index in svals; 7 digits, the section's first value, the prefix, is 0)."""
+    return f"{tables.get(plan) or tables.setdefault(plan, f'{len(tables) + 1:03d}')}{flags}{at + 1:07d}"
 
 
 class _ShapePlan:
     """A table's shaping (sync.shape), precomputed for the hot path: the columns a row needs, the
     zset keys, the set keys' text around the value, the stream's key and MAXLEN."""
 
-    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "sets", "stream", "tagged", "json", "named", "_sets",
+    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "zcols", "zgone", "sets", "set1", "stream", "tagged", "json", "named", "by_value",
                  "_pk", "head")
 
     def __init__(self, shape: Shape, tagged: bool, json: bool) -> None:
@@ -165,33 +165,36 @@ class _ShapePlan:
         self.filter = shape.filter
         self.reshapes = shape.reshapes
         self.zsets = [(ix.column, ix.zset_key()) for ix in shape.zsets]
+        self.zcols = tuple(col for col, _key in self.zsets)
+        self.zgone = ("",) * len(self.zsets)  # a delete's zset values: remove from each
         self.sets = []
         for ix in shape.sets:
             head, tail = ix.set_key("\x00").split("\x00")  # the key around the (escaped) value
             self.sets.append((ix.column, head, tail))
+        self.set1 = self.sets[0][0] if len(self.sets) == 1 else ""  # the column of a table's only set index
         self.stream = (shape.stream.key, str(shape.stream.maxlen)) if shape.stream is not None else None
         # what the script gets once per call (apply.lua): the zset keys, the stream and its MAXLEN
         self.head = [str(len(self.zsets)), *(key for _col, key in self.zsets), *(self.stream or ("", "0"))]
         self.tagged = tagged  # the version key holds the row key as it is (else in braces)
         self.json = json
         self.named = {new: old for old, new in shape.rename}  # a stored field -> its column
-        self._sets: dict[Any, tuple[str, str]] = {}  # value -> (set key, record value), one set index
+        self.by_value: dict[Any, tuple[str, str]] = {}  # one_set's cache: value -> (ns or set key, record value)
         self._pk: tuple[str, str] = ("", "")          # a one-column pk: its name, '{"<name>":'
 
     def one_set(self, value: Any) -> tuple[str, str]:
         """The ns character and the record value of a row of one set index whose column holds
         `value` ('r': the record names the set plainly, '["<set>"]'; '1': the set key follows it)."""
         cached = type(value) is int or type(value) is str  # a column's values have one type
-        got = self._sets.get(value) if cached else None
+        got = self.by_value.get(value) if cached else None
         if got is None:
             _col, head, tail = self.sets[0]
             key = head + escape(value) + tail
             text = orjson.dumps([key]).decode()
             got = ("r", text) if text == '["' + key + '"]' else (key, text)
             if cached:
-                if len(self._sets) >= 65536:
-                    self._sets.clear()
-                self._sets[value] = got
+                if len(self.by_value) >= 65536:
+                    self.by_value.clear()
+                self.by_value[value] = got
         return got
 
     def pk_json(self, pk: tuple[tuple[str, Any], ...]) -> str:
@@ -431,7 +434,9 @@ class RedisApplier:
         checks: list[tuple[str, str]] = []
         meta: list[str] = []
         stats: dict[str, int] = {}
-        shaped: dict[int, Any] = {}  # record number -> its index/stream writes (_shape_event)
+        shaped: dict[int, str] = {}  # (shape) record number -> its descriptor (_shape_tail)
+        stabs: dict[_ShapePlan, str] = {}  # (shape) a table -> its number in the call
+        svals: list[Any] = []  # (shape) the records' index and stream values
         tables = self._tables
         vprefix = self._vprefix
         live = self._live
@@ -456,9 +461,10 @@ class RedisApplier:
                 keys.append(rk)
                 keys.append(vprefix + rk if t.vk_tagged else vprefix + "{" + rk + "}")
                 if t.shape is not None:
-                    ev, row, part = self._shape_event(t.shape, ev)
-                    if part[2]:  # (no index, no stream: nothing for the script to do)
-                        shaped[len(meta)] = part
+                    n0 = len(svals)
+                    ev, row, flags = self._shape_event(t.shape, ev, svals)
+                    if len(svals) > n0:  # (no index, no stream: nothing for the script to do)
+                        shaped[len(meta)] = _shape_desc(stabs, t.shape, flags, n0)
                 si = 0
                 if want_stats:
                     si = stats.get(t.stats_key, 0)
@@ -510,9 +516,10 @@ class RedisApplier:
                 meta.append(f"{ev.op}{ev.version:020d}000000000000000{len(ev.values):05d}000")
             elif type(ev) is DerivedChange:
                 t = tables[ev.table]
-                part = None
+                flags = ""
+                n0 = len(svals)
                 if t.shape is not None:
-                    ev, part = self._shape_derived(t.shape, ev)  # (shape)
+                    ev, flags = self._shape_derived(t.shape, ev, svals)  # (shape)
                 keys.append(ev.rk)
                 keys.append(vprefix + ev.rk if t.vk_tagged else vprefix + "{" + ev.rk + "}")
                 keys.extend(ev.sets)
@@ -527,8 +534,8 @@ class RedisApplier:
                     values.append(ev.tie)
                 values.extend(ev.values)
                 values.append(ev.fkr)
-                if part is not None and part[2]:
-                    shaped[len(meta) - 1] = part
+                if len(svals) > n0:
+                    shaped[len(meta) - 1] = _shape_desc(stabs, t.shape, flags, n0)  # type: ignore[arg-type]  # shaped
             else:
                 raise PayloadError(f"expected a ChangeEvent or ClassicSet, got {type(ev).__name__}")
         if len(stats) > 999:
@@ -539,36 +546,37 @@ class RedisApplier:
             keys[n:n] = [*marks, *[k for k, _ in checks]]
             values[n:n] = [v for _, v in checks]
         if shaped:
-            _shape_tail(shaped, len(meta), values, self._ixprefix)
+            _shape_tail(shaped, stabs, len(meta), values, svals, self._ixprefix)
             meta.append("X")
         return keys, [self._tomb_ms, "".join(meta), len(stats), n, len(checks), len(marks), "".join(marks.values()),
                       vprefix, self._fkr_prefix, *values]
 
     # -- shaping (sync.shape): the row as stored, its index and stream writes ------------------------
-    def _shape_event(self, plan: _ShapePlan, ev: ChangeEvent) -> tuple[ChangeEvent, Any, tuple[_ShapePlan, str, list[Any]]]:
-        """(the event to apply, the row to store (json: encoded already), its part of the script's
-        shape section: _shape_writes): a row the filter leaves out becomes a delete at its version;
-        exclude/rename make the stored row."""
-        shape = plan.shape
+    def _shape_event(self, plan: _ShapePlan, ev: ChangeEvent, out: list[Any]) -> tuple[ChangeEvent, Any, str]:
+        """(the event to apply, the row to store (json: encoded already), its flags in the script's
+        shape section: _shape_writes, which appends its values to `out`): a row the filter leaves
+        out becomes a delete at its version; exclude/rename make the stored row."""
         row = ev.row
         if row is not None:
             for col in plan.needs:
                 if col not in row:
-                    shape.check_row(row)
+                    plan.shape.check_row(row)
             if plan.filter is not None and not plan.filter.matches(row):
                 ev, row = replace(ev, op=Op.DELETE, row=None), None
-        stored: Any = shape.project(row) if row is not None and plan.reshapes else row
-        stored, part = self._shape_writes(plan, _OP_LETTER[ev.op], plan.pk_json(ev.pk) if plan.stream else "", row, stored)
-        return ev, stored, part
+        stored: Any = plan.shape.project(row) if row is not None and plan.reshapes else row
+        stored, flags = self._shape_writes(plan, _OP_LETTER[ev.op], plan.pk_json(ev.pk) if plan.stream else "", row,
+                                           stored, out)
+        return ev, stored, flags
 
-    def _shape_derived(self, plan: _ShapePlan, ev: DerivedChange) -> tuple[DerivedChange, tuple[_ShapePlan, str, list[Any]]]:
-        """(the change to apply, its index and stream writes) of a change a cascade derived
-        (sync.apply.cascade_rows) from the row as stored: its indexes follow the stored columns (an
-        index of an excluded column is left as it is); a row the filter leaves out (every filter
-        column stored) becomes a delete; the stream's pk is read from the row when the change names
-        its key columns, else null; a delete's from the row it removes."""
+    def _shape_derived(self, plan: _ShapePlan, ev: DerivedChange, out: list[Any]) -> tuple[DerivedChange, str]:
+        """(the change to apply, its flags; its index and stream values appended to `out`) of a
+        change a cascade derived (sync.apply.cascade_rows) from the row as stored: its indexes
+        follow the stored columns (an index of an excluded column is left as it is); a row the
+        filter leaves out (every filter column stored) becomes a delete; the stream's pk is read
+        from the row when the change names its key columns, else null; a delete's from the row it
+        removes."""
         if ev.op in "dDE":
-            return ev, self._shape_writes(plan, "d", ev.pk or "null", None, None)[1]
+            return ev, self._shape_writes(plan, "d", ev.pk or "null", None, None, out)[1]
         stored: dict[str, Any] = (orjson.loads(ev.values[0]) if plan.json else
                                   {f.decode(): v.decode("utf-8", "replace") for f, v in zip(ev.values[::2], ev.values[1::2])})
         row = {plan.named.get(f, f): v for f, v in stored.items()} if plan.named else stored
@@ -577,64 +585,68 @@ class RedisApplier:
         filt = plan.filter
         if filt is not None and all(col in row for col in filt.columns) and not filt.matches(row):
             ev = replace(ev, op=_DELETE_OF[ev.op], values=[])
-            return ev, self._shape_writes(plan, "d", pk, None, None)[1]
-        return ev, self._shape_writes(plan, "u", pk, row, stored, partial=True)[1]
+            return ev, self._shape_writes(plan, "d", pk, None, None, out)[1]
+        return ev, self._shape_writes(plan, "u", pk, row, stored, out, partial=True)[1]
 
     @staticmethod
     def _shape_writes(plan: _ShapePlan, op: str, pk: str, row: Mapping[str, Any] | None, stored: Any,
-                      *, partial: bool = False) -> tuple[Any, tuple[_ShapePlan, str, list[Any]]]:
-        """(the stored row, json: encoded; the record's part of the shape section: its table, a
-        descriptor of 5 characters and its values, apply.lua shaped()): z ('1': one value per zset
-        index: score, '' remove, '~' leave as is), s ('1': the table has set indexes: the set record
-        (JSON list, '' none) and the sets follow), the number of sets ('r': one, named in the record
-        alone), the stream (0 none, 1 the row is the json value the script stores, 2 the row follows
-        the pk, 3 no row), `op` (i, u, d). `row`: MySQL column names, None for a delete; `partial`:
-        the row may lack index columns (their indexes are left as they are)."""
-        vals: list[Any] = []
+                      out: list[Any], *, partial: bool = False) -> tuple[Any, str]:
+        """(the stored row, json: encoded; the record's flags in the shape section, apply.lua
+        shaped()), its values appended to `out`. The flags: z ('1': one value per zset index:
+        score, '' remove, '~' leave as is), s ('1': the table has set indexes: the set record (JSON
+        list, '' none) and the sets follow), the number of sets ('r': one, named in the record
+        alone), the stream (0 none, 1 the row is the json value the script stores, 2 the row
+        follows the pk, 3 no row), `op` (i, u, d). `row`: MySQL column names, None for a delete;
+        `partial`: the row may lack index columns (their indexes are left as they are)."""
+        add = out.append
         z = "0"
-        if plan.zsets:
+        if plan.zcols:
             z = "1"
-            for col, _key in plan.zsets:
-                if row is None:
-                    vals.append("")
-                elif partial and col not in row:
-                    vals.append("~")
-                else:
-                    vals.append(score_of(row[col]) or "")
+            if row is None:
+                out += plan.zgone
+            else:
+                for col in plan.zcols:
+                    if partial and col not in row:
+                        add("~")
+                    else:
+                        v = row[col]
+                        add(str(v) if type(v) is int else (score_of(v) or ""))
         ns, s = "0", "0"
+        set1 = plan.set1
         if plan.sets and not (partial and row is not None and any(col not in row for col, _, _ in plan.sets)):
             s = "1"
             if row is None:
-                vals.append("")
-            elif len(plan.sets) == 1:
-                value = row[plan.sets[0][0]]
+                add("")
+            elif set1:
+                value = row[set1]
                 if value is None:
-                    vals.append("")
+                    add("")
                 else:
-                    key, text = plan.one_set(value)
-                    vals.append(text)
+                    got = plan.by_value.get(value) if type(value) is int or type(value) is str else None
+                    key, text = got or plan.one_set(value)
+                    add(text)
                     if key == "r":
                         ns = "r"  # the record names the set
                     else:
-                        vals.append(key)
+                        add(key)
                         ns = "1"
             else:
                 member_of = sorted(head + escape(row[col]) + tail for col, head, tail in plan.sets if row[col] is not None)
                 ns = str(len(member_of))
-                vals += (orjson.dumps(member_of).decode() if member_of else "", *member_of)
-        xf = 0
+                out += (orjson.dumps(member_of).decode() if member_of else "", *member_of)
+        xf = "0"
         if plan.stream is not None:
             # the script adds the row key and the version; a json row is the value it stores
-            vals.append(pk)
-            xf = 3
+            add(pk)
+            xf = "3"
             if stored is not None:
                 encoded = stored if type(stored) is bytes else encode_json(stored)
                 if plan.json:
-                    stored, xf = encoded, 1  # the stored value (_build_args), and the stream's row (the script)
+                    stored, xf = encoded, "1"  # the stored value (_build_args), and the stream's row (the script)
                 else:
-                    vals.append(encoded)
-                    xf = 2
-        return stored, (plan, f"{z}{s}{ns}{xf}{op}", vals)
+                    add(encoded)
+                    xf = "2"
+        return stored, z + s + ns + xf + op
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------
     def pack_apply(self, events: Sequence[ChangeEvent | ClassicSet]) -> bytes:

@@ -54,13 +54,14 @@ local ncheck = tonumber(ARGV[5])
 local nmark = tonumber(ARGV[6])
 -- (shape) Records followed by 'X': the call has a shape section (sync.apply.applier._shape_tail).
 -- Its descriptor sd, the last ARGV: the ARGV index of its first value (10 digits), the number of
--- shaped tables in the call (3 digits), then 15 characters per record: its table's number (3 digits,
+-- shaped tables in the call (3 digits), where their part starts (7 digits, from the section's
+-- start), then 15 characters per record: its table's number (3 digits,
 -- 000 = none), z ('1': one value per zset index of the table), s ('1': the table has set indexes),
 -- ns (the number of sets the row is in; 'r': one, named in its record, '["<set>"]'), x (stream: 0
 -- none, 1 the row is the json value stored, 2 the row is given, 3 no row), o (op: i, u, d), the
 -- ARGV index of its first value (7 digits, from the section's start). The section's values: the
--- legacy set-record key prefix (keys.index_rows_prefix), per table: its number of zset indexes,
--- their keys, its stream key ('' = none) and MAXLEN; then per record its values (shaped()).
+-- legacy set-record key prefix (keys.index_rows_prefix), per record its values (shaped()), then
+-- per table: its number of zset indexes, their keys, its stream key ('' = none) and MAXLEN.
 local sd = false
 local sbase, ixp, tabs = 0, '', {}
 if #meta % 44 == 1 then
@@ -68,7 +69,7 @@ if #meta % 44 == 1 then
   sd = ARGV[#ARGV]
   sbase = tonumber(sub(sd, 1, 10))
   ixp = ARGV[sbase]
-  local at = sbase + 1
+  local at = sbase + tonumber(sub(sd, 14, 20))
   for t = 1, tonumber(sub(sd, 11, 13)) do
     local nz = tonumber(ARGV[at])
     tabs[t] = {nz, at + 1, ARGV[at + nz + 1], ARGV[at + nz + 2]}  -- nz, its first zset key, stream, maxlen
@@ -311,7 +312,7 @@ for i = 0, nev - 1 do
         end
       end
       if sd then
-        local m = 14 + 15 * i
+        local m = 21 + 15 * i
         local tn = tonumber(sub(sd, m, m + 2))
         if tn > 0 then tail = shaped(m, tabs[tn], rk, vk, ver, op == 'J' and ARGV[a], tail, cur) end
       end
