@@ -156,8 +156,8 @@ class _ShapePlan:
     """A table's shaping (sync.shape), precomputed for the hot path: the columns a row needs, the
     zset keys, the set keys' text around the value, the stream's key and MAXLEN."""
 
-    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "zcols", "zgone", "sets", "set1", "stream", "tagged", "json", "named", "by_value",
-                 "_pk", "head")
+    __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "zcols", "zgone", "sets", "set1", "stream", "tagged",
+                 "json", "named", "by_value", "_pk", "head")
 
     def __init__(self, shape: Shape, tagged: bool, json: bool) -> None:
         self.shape = shape
