@@ -342,6 +342,12 @@ def index_rows_key(row_key: str, prefix: str = DEFAULT_PREFIX) -> str:
     return index_rows_prefix(prefix) + version_key(row_key, prefix)[len(prefix) + 3 :]
 
 
+def stream_truncate_key(stream: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The version (20 digits) of the last TRUNCATE entered in change stream `stream` (shaping,
+    sync.apply.truncate): a repeated or older statement does not enter it again."""
+    return f"{prefix}:st:{{{stream}}}"
+
+
 def fk_cascade_key(child: str, fk: str, values: Sequence[Any], template: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The cascade record of `child` rows whose FK `fk` holds `values`: the last cascade that ran
     for them (version, new values) under one key template (its versions are that path's own)."""

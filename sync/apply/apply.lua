@@ -194,7 +194,8 @@ local function shaped(m, tab, rk, vk, ver, row, tail, cur)
       end
     end
     tail = '\n' .. new
-    at = at + 1 + math.max(ns, 0)
+    at = at + 1
+    if ns > 0 then at = at + ns end
   end
   local x = byte(sd, m + 6) - 48
   if x ~= 0 then
@@ -316,10 +317,9 @@ for i = 0, nev - 1 do
         local tn = tonumber(sub(sd, m, m + 2))
         if tn > 0 then tail = shaped(m, tabs[tn], rk, vk, ver, op == 'J' and ARGV[a], tail, cur) end
       end
-      keep = keep .. tail
       if op == 'D' then
         call('DEL', rk)
-        call('SET', vk, ver .. tie .. keep, 'PX', tomb)
+        call('SET', vk, ver .. tie .. keep .. tail, 'PX', tomb)
       else
         if op == 'J' then
           if ttl > 0 then
@@ -339,7 +339,7 @@ for i = 0, nev - 1 do
           end
           if ttl > 0 then call('PEXPIRE', rk, ttl) end
         end
-        setx(vk, ver .. tie .. keep, ttl)
+        setx(vk, ver .. tie .. keep .. tail, ttl)
       end
       out[i + 1] = 'A'
       local si = tonumber(sub(meta, m + 34, m + 36))

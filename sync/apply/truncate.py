@@ -9,6 +9,10 @@ version (a change committed after the statement) stays, in its indexes. Running 
 again is harmless (a restart that repeats the statement removes nothing more). One log line per
 statement: table_truncated with the number of keys removed.
 
+A table with a change stream (shaping) gets one entry for the statement once its rows are gone:
+op "truncate" and its version (no key, pk or row), fenced by the version of the last TRUNCATE the
+stream got (keys.stream_truncate_key, same call): a repeated or older statement adds none.
+
 Redis Cluster: SCAN visits every primary (redis-py's cluster scan_iter) and the keys of a batch are
 grouped by hash slot (a row key and its version key share one), one script call per slot.
 
@@ -28,7 +32,15 @@ from redis.crc import key_slot
 
 from sync.errors import ApplyError, PayloadError, short_error
 from sync.events import TableTruncate
-from sync.keys import DEFAULT_PREFIX, TableKeyMatch, check_prefix, index_rows_key, table_key_match, version_key
+from sync.keys import (
+    DEFAULT_PREFIX,
+    TableKeyMatch,
+    check_prefix,
+    index_rows_key,
+    stream_truncate_key,
+    table_key_match,
+    version_key,
+)
 from sync.shape import Shape
 from sync.tables import TableSpec
 
@@ -38,6 +50,15 @@ __all__ = ["TableWipe", "TRUNCATE_SCRIPT"]
 
 TRUNCATE_SCRIPT = Path(__file__).with_name("truncate.lua").read_text(encoding="utf-8")
 SCAN_COUNT = 1000   # keys per SCAN step, and at most this many row keys per script call
+# KEYS[1] the table's change stream, KEYS[2] its stream_truncate_key; ARGV[1] the statement's version
+# (20 digits), ARGV[2] the stream's MAXLEN. Returns 1 when the entry went in, 0 for a repeated or
+# older statement.
+STREAM_SCRIPT = """local last = redis.call('GET', KEYS[2])
+if last and last >= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'op', 'truncate', 'version',
+           (string.match(ARGV[1], '^0*(%d.*)$')))
+redis.call('SET', KEYS[2], ARGV[1])
+return 1"""
 
 
 class TableWipe:
@@ -109,6 +130,10 @@ class TableWipe:
             scanned += len(batch)
             for keys in self.calls(m, batch, shape):
                 removed += await script(keys=keys, args=argv)
+            if shape is not None and shape.stream is not None:
+                stream = shape.stream
+                await client.register_script(STREAM_SCRIPT)(keys=[stream.key, stream_truncate_key(stream.key, self.prefix)],
+                                                             args=[f"{ev.version:020d}", str(stream.maxlen)])
         except (redis.exceptions.RedisError, OSError) as exc:
             raise ApplyError(f"redis truncate of table {ev.table} failed: {short_error(exc)}") from exc
         log.info("table_truncated", table=ev.table, version=ev.version, removed=removed, scanned=scanned)

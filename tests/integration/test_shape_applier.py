@@ -304,7 +304,11 @@ async def test_truncate_removes_the_index_entries_of_the_rows_it_removes(aredis:
     await aredis.sadd("items:store_id:2", "items:4")
     await aredis.zadd("items:by:price", {"items:4": 1})
     wipe = TableWipe({"items": spec()})
+    entries = len(await stream(aredis))
     assert await wipe.apply(aredis, TableTruncate("items", 20)) == 3
+    # one stream entry for the statement, after the rows' own entries
+    got = await stream(aredis)
+    assert len(got) == entries + 1 and got[-1] == {"op": "truncate", "version": "20"}
     assert await aredis.zrange("items:by:price", 0, -1) == [b"items:3"]
     assert await sets(aredis) == {"items:store_id:3": {"items:3"}}
     assert not await aredis.exists(index_rows_key("items:4"))
@@ -312,9 +316,22 @@ async def test_truncate_removes_the_index_entries_of_the_rows_it_removes(aredis:
     assert await ap.apply([up(1, 15, store=5), up(2, 21, price=4, store=2)]) == [S, A]
     assert await aredis.zrange("items:by:price", 0, -1) == [b"items:2", b"items:3"]
     assert await sets(aredis) == {"items:store_id:2": {"items:2"}, "items:store_id:3": {"items:3"}}
-    # running it again (a restart repeating the statement) removes nothing more
+    # running it again (a restart repeating the statement) removes nothing more and enters no
+    # second entry; nor does an older statement (fenced like the rows); a newer one does
+    entries = len(await stream(aredis))
     assert await wipe.apply(aredis, TableTruncate("items", 20)) == 0
+    assert await wipe.apply(aredis, TableTruncate("items", 19)) == 0
     assert await sets(aredis) == {"items:store_id:2": {"items:2"}, "items:store_id:3": {"items:3"}}
+    assert len(await stream(aredis)) == entries
+    assert await wipe.apply(aredis, TableTruncate("items", 40)) == 2
+    got = await stream(aredis)
+    assert len(got) == entries + 1 and got[-1] == {"op": "truncate", "version": "40"}
+    # a table without a stream gets none
+    await aredis.delete("items:changes")
+    plain = TableWipe({"items": spec(stream=None)})
+    await RedisApplier(aredis, {"items": spec(stream=None)}).apply([up(5, 50)])
+    assert await plain.apply(aredis, TableTruncate("items", 60)) == 1
+    assert not await aredis.exists("items:changes")
 
 
 async def test_a_set_record_written_by_an_older_gearsync_is_read_and_moved(aredis: Any) -> None:
