@@ -126,18 +126,21 @@ end
 -- (shape) A record's secondary indexes and stream entry, written in the same call as its row, once
 -- its fence passed (a stale change never gets here), before its version key; m: where its part
 -- of the descriptor sd starts, tab: its table. Its values: with z, one per zset index of its
--- table: the score to ZADD, '' ZREM, '~' leave it; with set indexes, its new set record (JSON list of set keys, '' = none) and its ns sets: on a change
--- SREM from the old sets, SADD to the new; with a stream, the pk (JSON) [and the row, x = 2]: XADD
--- MAXLEN ~ op key pk version [row].
+-- table: the score to ZADD (zq), '' ZREM, '~' leave it; with set indexes, its new set record (JSON
+-- list of set keys, '' = none) and its ns sets: on a change SREM from the old sets, SADD to the
+-- new; with a stream, the pk (JSON) [and the row, x = 2]: XADD op key pk version [row] (trimmed
+-- in finish()).
 -- The set record lives at the end of the version key, after a newline (`tail`: '\n' .. record,
 -- '' = none there): the fence's GET read it. A version key without one, written before the record
 -- moved there, has it in the legacy key (keys.index_rows_key), read once and deleted (no version
 -- key: no record). Returns the version key's new tail.
 local opname = {i = 'insert', u = 'update', d = 'delete'}
 -- (shape) ZADDs wait in zq (zset key's ARGV index -> score, member, ...) and go as one ZADD per
--- zset key: at a ZREM of that key (first), past 1000 members, before an error reply and at the end.
--- Nothing in the script reads a zset, so the zsets end as if each ZADD had run in its place.
-local zq, zn = {}, {}
+-- zset key: at a ZREM of that key (first), past 1000 members, and in finish(). Nothing in the
+-- script reads a zset, so the zsets end as if each ZADD had run in its place. A stream is trimmed
+-- (XTRIM MAXLEN ~) once, in finish(), not by each XADD: the call is atomic, so no reader sees it
+-- longer; xt: the tables whose streams got entries.
+local zq, zn, xt = {}, {}, {}
 local function zflush(ki)
   local q = zq[ki]
   if q and zn[ki] > 0 then
@@ -145,8 +148,10 @@ local function zflush(ki)
     zn[ki] = 0
   end
 end
-local function zflush_all()
+-- before the reply (an error reply too): the waiting ZADDs, then the streams' trims
+local function finish()
   for ki in pairs(zq) do zflush(ki) end
+  for tab in pairs(xt) do call('XTRIM', tab[3], 'MAXLEN', '~', tab[4]) end
 end
 local byte = string.byte
 local function shaped(m, tab, rk, vk, ver, row, tail, cur)
@@ -203,10 +208,11 @@ local function shaped(m, tab, rk, vk, ver, row, tail, cur)
     if x == 2 then row = ARGV[at + 1] end
     local op = opname[sub(sd, m + 7, m + 7)]
     if x ~= 3 and row then
-      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', op, 'key', rk, 'pk', ARGV[at], 'version', v, 'row', row)
+      call('XADD', tab[3], '*', 'op', op, 'key', rk, 'pk', ARGV[at], 'version', v, 'row', row)
     else
-      call('XADD', tab[3], 'MAXLEN', '~', tab[4], '*', 'op', op, 'key', rk, 'pk', ARGV[at], 'version', v)
+      call('XADD', tab[3], '*', 'op', op, 'key', rk, 'pk', ARGV[at], 'version', v)
     end
+    xt[tab] = true
   end
   return tail
 end
@@ -263,7 +269,7 @@ for i = 0, nev - 1 do
       end
       if #cv ~= 20 or tonumber(sub(cv, 1, 10)) == nil or (c ~= '[' and c ~= '' and #ctie ~= 20)
           or (old and sub(old, 1, 1) ~= '[') then
-        zflush_all()
+        finish()
         return redis.error_reply('gearsync: bad stored version at ' .. vk)
       end
     end
@@ -353,7 +359,7 @@ for i = 0, nev - 1 do
     kp = kp + nidx - 1
   end
 end
-zflush_all()
+finish()
 if nstats > 0 then
   local t = call('TIME')
   local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))

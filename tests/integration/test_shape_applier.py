@@ -122,6 +122,18 @@ async def test_one_batch_moving_a_row_in_and_out_of_a_zset_ends_as_its_last_chan
     assert await aredis.zrange("items:by:price", 0, -1, withscores=True) == [(b"items:1", 3.0), (b"items:3", 30.0)]
 
 
+async def test_the_stream_is_trimmed_to_about_maxlen(aredis: Any) -> None:
+    """MAXLEN ~ (the script trims each stream once per call): the stream keeps the newest entries,
+    at least maxlen and less than maxlen plus one stream node."""
+    ap = RedisApplier(aredis, {"items": spec(stream={"maxlen": 10})})
+    for start in range(0, 1000, 128):
+        await ap.apply([up(i, 10 + i) for i in range(start, min(start + 128, 1000))])
+    node = int((await aredis.config_get("stream-node-max-entries"))["stream-node-max-entries"])
+    assert 10 <= await aredis.xlen("items:changes") < 10 + node
+    last = await stream(aredis)
+    assert [e["key"] for e in last[-3:]] == ["items:997", "items:998", "items:999"]
+
+
 async def test_hash_rows_leave_no_stale_field(aredis: Any) -> None:
     ap = RedisApplier(aredis, {"items": spec("hash", filter=None)})
     await ap.apply([up(1, 10, price=5, store=1, note="hello")])
