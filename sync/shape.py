@@ -421,7 +421,7 @@ def build_shape(table: str, values: Mapping[str, Any], where: str) -> Shape | No
     if len(raw_indexes) > MAX_INDEXES:
         raise ConfigError(f"{_label(where, 'indexes')}: {len(raw_indexes)} indexes; expected at most {MAX_INDEXES}")
     indexes = tuple(_index(table, v, f"{_label(where, 'indexes')}[{n}]") for n, v in enumerate(raw_indexes))
-    keys = [ix.zset_key() if ix.type == "zset" else ix.key for ix in indexes]
+    keys = [ix.zset_key() for ix in indexes]  # a set's with {value} left in it
     twice = [k for n, k in enumerate(keys) if k in keys[:n]]
     if twice:
         raise ConfigError(f"{_label(where, 'indexes')}: two indexes share the key {twice[0]!r}; expected one key each")

@@ -43,6 +43,7 @@
 -- nothing is written and the reply is '?' (the applier moves the change as the cascade did, and
 -- retries).
 local sub = string.sub
+local byte = string.byte
 local tonumber = tonumber
 local call = redis.call
 local tomb = tonumber(ARGV[1])
@@ -134,7 +135,8 @@ end
 -- '' = none there): the fence's GET read it. A version key without one, written before the record
 -- moved there, has it in the legacy key (keys.index_rows_key), read once and deleted (no version
 -- key: no record). Returns the version key's new tail.
-local opname = {i = 'insert', u = 'update', d = 'delete'}
+local opname = {[105] = 'insert', [117] = 'update', [100] = 'delete'}  -- by the op's byte (i, u, d)
+local match = string.match
 -- (shape) ZADDs wait in zq (zset key's ARGV index -> score, member, ...) and go as one ZADD per
 -- zset key: at a ZREM of that key (first), past 1000 members, and in finish(). Nothing in the
 -- script reads a zset, so the zsets end as if each ZADD had run in its place. A stream is trimmed
@@ -153,7 +155,6 @@ local function finish()
   for ki in pairs(zq) do zflush(ki) end
   for tab in pairs(xt) do call('XTRIM', tab[3], 'MAXLEN', '~', tab[4]) end
 end
-local byte = string.byte
 local function shaped(m, tab, rk, vk, ver, row, tail, cur)
   local at = sbase + tonumber(sub(sd, m + 8, m + 14))
   if byte(sd, m + 3) == 49 then  -- z '1'
@@ -179,8 +180,8 @@ local function shaped(m, tab, rk, vk, ver, row, tail, cur)
     at = at + tab[1]
   end
   if byte(sd, m + 4) == 49 then  -- s '1'
-    local c = sub(sd, m + 5, m + 5)
-    local ns = c == 'r' and -1 or tonumber(c)
+    local ns = byte(sd, m + 5) - 48  -- 'r': -1
+    if ns == 66 then ns = -1 end
     local new = ARGV[at]
     local old = ''
     if tail ~= '' then
@@ -204,9 +205,9 @@ local function shaped(m, tab, rk, vk, ver, row, tail, cur)
   end
   local x = byte(sd, m + 6) - 48
   if x ~= 0 then
-    local v = string.match(ver, '^0*(%d.*)$')
+    local v = match(ver, '^0*(%d.*)$')
     if x == 2 then row = ARGV[at + 1] end
-    local op = opname[sub(sd, m + 7, m + 7)]
+    local op = opname[byte(sd, m + 7)]
     if x ~= 3 and row then
       call('XADD', tab[3], '*', 'op', op, 'key', rk, 'pk', ARGV[at], 'version', v, 'row', row)
     else
@@ -320,7 +321,8 @@ for i = 0, nev - 1 do
       end
       if sd then
         local m = 21 + 15 * i
-        local tn = tonumber(sub(sd, m, m + 2))
+        local t1, t2, t3 = byte(sd, m, m + 2)
+        local tn = t1 * 100 + t2 * 10 + t3 - 5328  -- 3 digits (5328 = 111 * 48)
         if tn > 0 then tail = shaped(m, tabs[tn], rk, vk, ver, op == 'J' and ARGV[a], tail, cur) end
       end
       if op == 'D' then

@@ -134,6 +134,28 @@ async def test_the_stream_is_trimmed_to_about_maxlen(aredis: Any) -> None:
     assert [e["key"] for e in last[-3:]] == ["items:997", "items:998", "items:999"]
 
 
+async def test_two_set_indexes_and_set_values_needing_json_escapes(aredis: Any) -> None:
+    """The set record lists its sets in JSON; a value that needs escaping there (a quote, a
+    backslash) or two set indexes send the set keys beside it: they move and go like one plain set."""
+    two = spec(indexes=[{"type": "set", "column": "store_id"}, {"type": "set", "column": "tag"}])
+    one = spec(indexes=[{"type": "set", "column": "tag"}])
+    ap, ap1 = RedisApplier(aredis, {"items": two}), RedisApplier(aredis, {"items": one})
+    assert await ap.apply([up(1, 10, store=2, tag='say "hi"'), up(2, 10, store=2, tag="a\\b")]) == [A, A]
+    assert await sets(aredis) == {"items:store_id:2": {"items:1", "items:2"}}
+    assert await aredis.smembers('items:tag:say "hi"') == {b"items:1"}
+    assert await aredis.smembers("items:tag:a\\\\b") == {b"items:2"}  # a backslash escaped (keys.escape)
+    assert await ap.apply([up(1, 11, store=3, tag="plain"), dele(2, 11)]) == [A, A]
+    assert await sets(aredis) == {"items:store_id:3": {"items:1"}}
+    assert await aredis.smembers("items:tag:plain") == {b"items:1"}
+    assert not await aredis.exists('items:tag:say "hi"') and not await aredis.exists("items:tag:a\\\\b")
+    # one set index, a value needing escapes (its key beside the record), then a plain one
+    assert await ap1.apply([up(3, 10, tag='q"'), up(3, 11, tag="r")]) == [A, A]
+    assert not await aredis.exists('items:tag:q"')
+    assert await aredis.smembers("items:tag:r") == {b"items:3"}
+    assert await ap1.apply([up(3, 12, tag='x"y')]) == [A]
+    assert await aredis.smembers('items:tag:x"y') == {b"items:3"} and not await aredis.exists("items:tag:r")
+
+
 async def test_hash_rows_leave_no_stale_field(aredis: Any) -> None:
     ap = RedisApplier(aredis, {"items": spec("hash", filter=None)})
     await ap.apply([up(1, 10, price=5, store=1, note="hello")])

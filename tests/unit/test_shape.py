@@ -96,6 +96,8 @@ def test_default_and_custom_keys() -> None:
     ({"indexes": [{"type": "zset", "column": "a", "key": "x:{value}"}]}, "expected only the placeholders {table}, {column}"),
     ({"indexes": [{"type": "set", "column": "a", "key": "x:{value}:{value"}]}, "expected only the placeholders"),
     ({"indexes": [{"type": "zset", "column": "a"}, {"type": "zset", "column": "a"}]}, "share the key 't:by:a'"),
+    ({"indexes": [{"type": "set", "column": "a"}, {"type": "set", "column": "b", "key": "t:a:{value}"}]},
+     "share the key 't:a:{value}'"),
     ({"stream": {"maxlen": "10"}}, "[tables.t].stream.maxlen: '10'; expected an integer"),
     ({"stream": {"key": "a b"}}, "[tables.t].stream.key: 'a b'; expected printable text without spaces"),
     ({"columns": ["id", "a"], "filter": "b = 1"}, "[tables.t].columns: ['id', 'a'] lacks 'b', which the table's filter"),
