@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import enum
 import hashlib
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -143,6 +144,8 @@ def _shape_tail(shaped: Mapping[int, str], tables: Mapping[_ShapePlan, str], rec
 
 
 _NO_SHAPE = "0" * 15
+_TABLE_PK = re.compile(r"\{table\}([^{}]*:[^{}]*)\{pk\}")  # (shape) a key template ending in the pk text
+_PK_FROM_KEY = {"1": "a", "2": "b", "3": "c"}  # (shape) a stream flag when the script builds the pk from the key
 
 
 def _shape_desc(tables: dict[_ShapePlan, str], plan: _ShapePlan, flags: str, at: int) -> str:
@@ -157,9 +160,9 @@ class _ShapePlan:
     zset keys, the set keys' text around the value, the stream's key and MAXLEN."""
 
     __slots__ = ("shape", "needs", "filter", "reshapes", "zsets", "zcols", "zgone", "sets", "set1", "stream", "tagged",
-                 "json", "named", "by_value", "_pk", "head")
+                 "json", "named", "by_value", "_pk", "pk_from", "head")
 
-    def __init__(self, shape: Shape, tagged: bool, json: bool) -> None:
+    def __init__(self, shape: Shape, tagged: bool, json: bool, template: str) -> None:
         self.shape = shape
         self.needs = shape.columns
         self.filter = shape.filter
@@ -173,13 +176,19 @@ class _ShapePlan:
             self.sets.append((ix.column, head, tail))
         self.set1 = self.sets[0][0] if len(self.sets) == 1 else ""  # the column of a table's only set index
         self.stream = (shape.stream.key, str(shape.stream.maxlen)) if shape.stream is not None else None
-        # what the script gets once per call (apply.lua): the zset keys, the stream and its MAXLEN
-        self.head = [str(len(self.zsets)), *(key for _col, key in self.zsets), *(self.stream or ("", "0"))]
+        # A template "{table}<literal>{pk}": a row key ends with its pk text after a fixed start, and
+        # the script builds the stream's pk of a one-integer-column pk from the key (_pk: its column
+        # and its JSON up to the value; pk_from: where the value starts in the key, 1-based).
+        m = _TABLE_PK.fullmatch(template)
+        self.pk_from = len(escape(shape.table) + m.group(1)) + 1 if m is not None and shape.stream is not None else 0
+        self._pk: tuple[str, str] = ("", "")
+        # what the script gets once per call (apply.lua): the zset keys, the stream and its MAXLEN,
+        # then the stream's pk from the key: its JSON head and pk_from ('' and 0: none)
+        self.head = [str(len(self.zsets)), *(key for _col, key in self.zsets), *(self.stream or ("", "0")), "", "0"]
         self.tagged = tagged  # the version key holds the row key as it is (else in braces)
         self.json = json
         self.named = {new: old for old, new in shape.rename}  # a stored field -> its column
         self.by_value: dict[Any, tuple[str, str]] = {}  # one_set's cache: value -> (ns or set key, record value)
-        self._pk: tuple[str, str] = ("", "")          # a one-column pk: its name, '{"<name>":'
 
     def one_set(self, value: Any) -> tuple[str, str]:
         """The ns character and the record value of a row of one set index whose column holds
@@ -197,16 +206,21 @@ class _ShapePlan:
                 self.by_value[value] = got
         return got
 
-    def pk_json(self, pk: tuple[tuple[str, Any], ...]) -> str:
-        """The pk as a JSON object (the stream's pk field)."""
+    def pk_json(self, pk: tuple[tuple[str, Any], ...]) -> str | None:
+        """The pk as a JSON object (the stream's pk field); None when the script builds it from the
+        row key (pk_from: one integer column, the one of the table's first such event)."""
         if len(pk) == 1:
             ((col, value),) = pk
             if type(value) is int:
                 name, head = self._pk
                 if name != col:
+                    if name:
+                        return orjson.dumps(dict(pk)).decode()  # (another column: not from the key)
                     head = orjson.dumps({col: 0}).decode()[:-2]
                     self._pk = (col, head)
-                return f"{head}{value}}}"
+                    if self.pk_from:
+                        self.head[-2:] = [head, str(self.pk_from)]
+                return None if self.pk_from else f"{head}{value}}}"
         return orjson.dumps(dict(pk)).decode()
 
 
@@ -228,7 +242,8 @@ class _Table:
         # cascade follows only the members of this table's own template.
         self.rows = TableKeyMatch(spec.key_template, spec.name)
         self.fks: dict[str, _FK] = {}  # fk name -> its key starts (filled as refs name them)
-        self.shape = _ShapePlan(spec.shape, self.vk_tagged, spec.format == "json") if spec.shape is not None else None
+        self.shape = (_ShapePlan(spec.shape, self.vk_tagged, spec.format == "json", spec.key_template)
+                      if spec.shape is not None else None)
 
 
 class _FK:
@@ -589,14 +604,15 @@ class RedisApplier:
         return ev, self._shape_writes(plan, "u", pk, row, stored, out, partial=True)[1]
 
     @staticmethod
-    def _shape_writes(plan: _ShapePlan, op: str, pk: str, row: Mapping[str, Any] | None, stored: Any,
+    def _shape_writes(plan: _ShapePlan, op: str, pk: str | None, row: Mapping[str, Any] | None, stored: Any,
                       out: list[Any], *, partial: bool = False) -> tuple[Any, str]:
         """(the stored row, json: encoded; the record's flags in the shape section, apply.lua
         shaped()), its values appended to `out`. The flags: z ('1': one value per zset index:
         score, '' remove, '~' leave as is), s ('1': the table has set indexes: the set record (JSON
         list, '' none) and the sets follow), the number of sets ('r': one, named in the record
         alone), the stream (0 none, 1 the row is the json value the script stores, 2 the row
-        follows the pk, 3 no row), `op` (i, u, d). `row`: MySQL column names, None for a delete;
+        follows the pk, 3 no row; a, b, c: the same, `pk` None: the script builds it from the row
+        key, _ShapePlan.pk_json), `op` (i, u, d). `row`: MySQL column names, None for a delete;
         `partial`: the row may lack index columns (their indexes are left as they are)."""
         add = out.append
         z = "0"
@@ -637,7 +653,8 @@ class RedisApplier:
         xf = "0"
         if plan.stream is not None:
             # the script adds the row key and the version; a json row is the value it stores
-            add(pk)
+            if pk is not None:
+                add(pk)
             xf = "3"
             if stored is not None:
                 encoded = stored if type(stored) is bytes else encode_json(stored)
@@ -646,6 +663,8 @@ class RedisApplier:
                 else:
                     add(encoded)
                     xf = "2"
+            if pk is None:
+                xf = _PK_FROM_KEY[xf]
         return stored, z + s + ns + xf + op
 
     # -- for a caller's own synchronous connection (standalone Redis) ------------------------

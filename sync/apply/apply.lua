@@ -59,10 +59,13 @@ local nmark = tonumber(ARGV[6])
 -- start), then 15 characters per record: its table's number (3 digits,
 -- 000 = none), z ('1': one value per zset index of the table), s ('1': the table has set indexes),
 -- ns (the number of sets the row is in; 'r': one, named in its record, '["<set>"]'), x (stream: 0
--- none, 1 the row is the json value stored, 2 the row is given, 3 no row), o (op: i, u, d), the
+-- none, 1 the row is the json value stored, 2 the row is given, 3 no row; a, b, c: the same with
+-- the pk built from the row key, not given), o (op: i, u, d), the
 -- ARGV index of its first value (7 digits, from the section's start). The section's values: the
 -- legacy set-record key prefix (keys.index_rows_prefix), per record its values (shaped()), then
--- per table: its number of zset indexes, their keys, its stream key ('' = none) and MAXLEN.
+-- per table: its number of zset indexes, their keys, its stream key ('' = none), MAXLEN, and for
+-- a pk built from the row key its JSON up to the value ('{"id":') and where the value starts in a
+-- row key (1-based; '' and 0: none).
 local sd = false
 local sbase, ixp, tabs = 0, '', {}
 if #meta % 44 == 1 then
@@ -73,8 +76,10 @@ if #meta % 44 == 1 then
   local at = sbase + tonumber(sub(sd, 14, 20))
   for t = 1, tonumber(sub(sd, 11, 13)) do
     local nz = tonumber(ARGV[at])
-    tabs[t] = {nz, at + 1, ARGV[at + nz + 1], ARGV[at + nz + 2]}  -- nz, its first zset key, stream, maxlen
-    at = at + nz + 3
+    -- nz, its first zset key, stream, maxlen, the stream pk's JSON head and where its value starts
+    -- in a row key (stream flags a, b, c)
+    tabs[t] = {nz, at + 1, ARGV[at + nz + 1], ARGV[at + nz + 2], ARGV[at + nz + 3], tonumber(ARGV[at + nz + 4])}
+    at = at + nz + 5
   end
 end
 for g = 1, nguard do
@@ -206,12 +211,20 @@ local function shaped(m, tab, rk, vk, ver, row, tail, cur)
   local x = byte(sd, m + 6) - 48
   if x ~= 0 then
     local v = match(ver, '^0*(%d.*)$')
-    if x == 2 then row = ARGV[at + 1] end
+    local pk
+    if x > 9 then  -- a, b, c: as 1, 2, 3, the pk built from the row key (one integer column)
+      x = x - 48
+      pk = tab[5] .. sub(rk, tab[6]) .. '}'
+    else
+      pk = ARGV[at]
+      at = at + 1
+    end
+    if x == 2 then row = ARGV[at] end
     local op = opname[byte(sd, m + 7)]
     if x ~= 3 and row then
-      call('XADD', tab[3], '*', 'op', op, 'key', rk, 'pk', ARGV[at], 'version', v, 'row', row)
+      call('XADD', tab[3], '*', 'op', op, 'key', rk, 'pk', pk, 'version', v, 'row', row)
     else
-      call('XADD', tab[3], '*', 'op', op, 'key', rk, 'pk', ARGV[at], 'version', v)
+      call('XADD', tab[3], '*', 'op', op, 'key', rk, 'pk', pk, 'version', v)
     end
     xt[tab] = true
   end

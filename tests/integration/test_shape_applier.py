@@ -156,6 +156,28 @@ async def test_two_set_indexes_and_set_values_needing_json_escapes(aredis: Any) 
     assert await aredis.smembers('items:tag:x"y') == {b"items:3"} and not await aredis.exists("items:tag:r")
 
 
+async def test_the_stream_pk_for_each_key_form(aredis: Any) -> None:
+    """The stream's pk is the key columns' JSON whatever the key template, format and pk type (the
+    script builds a one-integer-column pk from a "{table}:...{pk}" key; others are sent)."""
+    def ev(pk: tuple[tuple[str, Any], ...], version: int, op: Op = Op.UPDATE) -> ChangeEvent:
+        row = None if op is Op.DELETE else {**dict(pk), "price": 3, "store_id": 1, "active": 1}
+        return ChangeEvent("items", op, pk, row, version, Source.TRIGGER)
+
+    for template, fmt in (("{table}:{pk}", "json"), ("{table}:x-y:{pk}", "hash"), ("app:{table}:{pk}", "json"),
+                          ("{{{table}}}:{pk}", "hash")):
+        await aredis.flushall()
+        shape = build_shape("items", {**ITEMS, "exclude": [], "rename": {}}, "[tables.items]")
+        ap = RedisApplier(aredis, {"items": TableSpec("items", format=fmt, key_template=template, shape=shape)})
+        changes = [ev((("id", 7),), 10), ev((("id", -3),), 10), ev((("id", 7),), 11, Op.DELETE),
+                   ev((("id", "a:b"),), 10), ev((("id", 12), ("n", "x")), 10), ev((("id", 12), ("n", "x")), 11, Op.DELETE)]
+        assert await ap.apply(changes) == [A] * 6, template
+        got = [(e["op"], orjson.loads(e["pk"]), orjson.loads(e["row"])["id"] if "row" in e else None)
+               for e in await stream(aredis)]
+        assert got == [("update", {"id": 7}, 7), ("update", {"id": -3}, -3), ("delete", {"id": 7}, None),
+                       ("update", {"id": "a:b"}, "a:b"), ("update", {"id": 12, "n": "x"}, 12),
+                       ("delete", {"id": 12, "n": "x"}, None)], template
+
+
 async def test_hash_rows_leave_no_stale_field(aredis: Any) -> None:
     ap = RedisApplier(aredis, {"items": spec("hash", filter=None)})
     await ap.apply([up(1, 10, price=5, store=1, note="hello")])
