@@ -79,6 +79,13 @@ if #meta % 44 == 1 then
     -- nz, its first zset key, stream, maxlen, the stream pk's JSON head and where its value starts
     -- in a row key (stream flags a, b, c)
     tabs[t] = {nz, at + 1, ARGV[at + nz + 1], ARGV[at + nz + 2], ARGV[at + nz + 3], tonumber(ARGV[at + nz + 4])}
+    -- the ZADDs wait to the end (zq): a zset key of another type fails the call before any write
+    for z = at + 1, at + nz do
+      local ty = call('TYPE', ARGV[z])['ok']
+      if ty ~= 'zset' and ty ~= 'none' then
+        return redis.error_reply('WRONGTYPE gearsync: the zset index ' .. ARGV[z] .. ' holds a ' .. ty)
+      end
+    end
     at = at + nz + 5
   end
 end
@@ -232,149 +239,155 @@ local function shaped(m, tab, rk, vk, ver, row, tail, cur)
 end
 local out = {}
 local counts = {}
-for i = 0, nev - 1 do
-  local m = i * 44
-  local op = sub(meta, m + 1, m + 1)
-  -- j/h/d: a cascade's derived change, guarded instead of fenced (version = max(parent's, child's))
-  local force = op == 'j' or op == 'h' or op == 'd'
-  if force then op = string.upper(op) end
-  local tie = ''
-  if op == 'K' or op == 'L' or op == 'E' then
-    op = (op == 'K' and 'J') or (op == 'L' and 'H') or 'D'
-    tie = ARGV[a]
-    a = a + 1
-  end
-  local nv = tonumber(sub(meta, m + 37, m + 41))
-  local nidx = tonumber(sub(meta, m + 42, m + 44))
-  local rk = KEYS[kp + 1]
-  if op == 'C' then
-    call('SET', rk, ARGV[a])
-    out[i + 1] = 'A'
-  elseif op == 'M' or op == 'N' then
-    local ver = sub(meta, m + 2, m + 21)
-    local cur = op == 'M' and call('GET', rk)
-    if not cur or sub(cur, 1, 20) < ver then
-      call('SET', rk, ver .. ARGV[a], 'PX', tomb)
-      call('SET', KEYS[kp + 2], '1', 'PX', tomb)  -- its marker outlives it
+-- the records; a failed command (e.g. WRONGTYPE) ends the call as it always did, after finish():
+-- the writes made before it keep their waiting ZADDs (a retry finds those records stale)
+local function records()
+  for i = 0, nev - 1 do
+    local m = i * 44
+    local op = sub(meta, m + 1, m + 1)
+    -- j/h/d: a cascade's derived change, guarded instead of fenced (version = max(parent's, child's))
+    local force = op == 'j' or op == 'h' or op == 'd'
+    if force then op = string.upper(op) end
+    local tie = ''
+    if op == 'K' or op == 'L' or op == 'E' then
+      op = (op == 'K' and 'J') or (op == 'L' and 'H') or 'D'
+      tie = ARGV[a]
+      a = a + 1
     end
-    out[i + 1] = 'A'
-  else
-    local ver = sub(meta, m + 2, m + 21)
-    local vk = KEYS[kp + 2]
-    local cur = call('GET', vk)
-    local newer = true
-    -- the stored version (cv), tie-breaker (ctie, '' = none) and fkr value (old, nil = none)
-    local cv, ctie, old = nil, '', nil
-    -- (shape) the set record after a newline ('\n' .. record; '' = none)
-    local tail = ''
-    if cur then
-      local nl = string.find(cur, '\n', 21, true)
-      if nl then
-        tail = sub(cur, nl)
-        cur = sub(cur, 1, nl - 1)
-      end
-      cv = sub(cur, 1, 20)
-      local c = sub(cur, 21, 21)
-      if c == '[' then
-        old = sub(cur, 21)
-      elseif c ~= '' then
-        ctie = sub(cur, 21, 40)
-        if #cur > 40 then old = sub(cur, 41) end
-      end
-      if #cv ~= 20 or tonumber(sub(cv, 1, 10)) == nil or (c ~= '[' and c ~= '' and #ctie ~= 20)
-          or (old and sub(old, 1, 1) ~= '[') then
-        finish()
-        return redis.error_reply('gearsync: bad stored version at ' .. vk)
-      end
-    end
-    if cur and force then
-      if cv == ver then tie = ctie end
-    elseif cur then
-      if cv == ver then
-        newer = tie > ctie
-      else
-        local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cv, 1, 10))
-        if vh ~= ch then
-          newer = vh > ch
-        else
-          newer = tonumber(sub(ver, 11, 20)) > tonumber(sub(cv, 11, 20))
-        end
-      end
-    end
-    if not newer then
-      out[i + 1] = 'S'
-    else
-      local ttl = tonumber(sub(meta, m + 22, m + 33))
-      -- the fkr value to keep after the version: an event without an fk index leaves it as it is
-      local keep = old or ''
-      if nidx > 0 then
-        if cur and not old then
-          -- written before the fkr value moved into the version key: its own key (keys.fk_rows_key,
-          -- tagged like vk), read once, then deleted
-          local fkr
-          if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
-          old = call('GET', fkr)
-          if old then call('DEL', fkr) end
-        end
-        local new = ARGV[a + nv]
-        if op == 'D' then
-          if old then unindex(rk, old) end
-          keep = ''
-        else
-          if old ~= new then
-            if old then unindex(rk, old) end
-            if nidx > 1 then
-              for j = kp + 3, kp + 1 + nidx do call('SADD', KEYS[j], rk) end
-            elseif new ~= '' then
-              call('SADD', sub(new, string.find(new, '],"', 1, true) + 3, -3), rk)
-            end
-          end
-          keep = new
-        end
-      end
-      if sd then
-        local m = 21 + 15 * i
-        local t1, t2, t3 = byte(sd, m, m + 2)
-        local tn = t1 * 100 + t2 * 10 + t3 - 5328  -- 3 digits (5328 = 111 * 48)
-        if tn > 0 then tail = shaped(m, tabs[tn], rk, vk, ver, op == 'J' and ARGV[a], tail, cur) end
-      end
-      if op == 'D' then
-        call('DEL', rk)
-        call('SET', vk, ver .. tie .. keep .. tail, 'PX', tomb)
-      else
-        if op == 'J' then
-          if ttl > 0 then
-            call('SET', rk, ARGV[a], 'PX', ttl)
-          else
-            call('SET', rk, ARGV[a])
-          end
-        else
-          call('DEL', rk)
-          local last = a + nv - 1
-          local j = a
-          while j <= last do
-            local k = j + 999
-            if k > last then k = last end
-            call('HSET', rk, unpack(ARGV, j, k))
-            j = k + 1
-          end
-          if ttl > 0 then call('PEXPIRE', rk, ttl) end
-        end
-        setx(vk, ver .. tie .. keep .. tail, ttl)
+    local nv = tonumber(sub(meta, m + 37, m + 41))
+    local nidx = tonumber(sub(meta, m + 42, m + 44))
+    local rk = KEYS[kp + 1]
+    if op == 'C' then
+      call('SET', rk, ARGV[a])
+      out[i + 1] = 'A'
+    elseif op == 'M' or op == 'N' then
+      local ver = sub(meta, m + 2, m + 21)
+      local cur = op == 'M' and call('GET', rk)
+      if not cur or sub(cur, 1, 20) < ver then
+        call('SET', rk, ver .. ARGV[a], 'PX', tomb)
+        call('SET', KEYS[kp + 2], '1', 'PX', tomb)  -- its marker outlives it
       end
       out[i + 1] = 'A'
-      local si = tonumber(sub(meta, m + 34, m + 36))
-      if si > 0 then counts[si] = (counts[si] or 0) + 1 end
+    else
+      local ver = sub(meta, m + 2, m + 21)
+      local vk = KEYS[kp + 2]
+      local cur = call('GET', vk)
+      local newer = true
+      -- the stored version (cv), tie-breaker (ctie, '' = none) and fkr value (old, nil = none)
+      local cv, ctie, old = nil, '', nil
+      -- (shape) the set record after a newline ('\n' .. record; '' = none)
+      local tail = ''
+      if cur then
+        local nl = string.find(cur, '\n', 21, true)
+        if nl then
+          tail = sub(cur, nl)
+          cur = sub(cur, 1, nl - 1)
+        end
+        cv = sub(cur, 1, 20)
+        local c = sub(cur, 21, 21)
+        if c == '[' then
+          old = sub(cur, 21)
+        elseif c ~= '' then
+          ctie = sub(cur, 21, 40)
+          if #cur > 40 then old = sub(cur, 41) end
+        end
+        if #cv ~= 20 or tonumber(sub(cv, 1, 10)) == nil or (c ~= '[' and c ~= '' and #ctie ~= 20)
+            or (old and sub(old, 1, 1) ~= '[') then
+          return redis.error_reply('gearsync: bad stored version at ' .. vk)
+        end
+      end
+      if cur and force then
+        if cv == ver then tie = ctie end
+      elseif cur then
+        if cv == ver then
+          newer = tie > ctie
+        else
+          local vh, ch = tonumber(sub(ver, 1, 10)), tonumber(sub(cv, 1, 10))
+          if vh ~= ch then
+            newer = vh > ch
+          else
+            newer = tonumber(sub(ver, 11, 20)) > tonumber(sub(cv, 11, 20))
+          end
+        end
+      end
+      if not newer then
+        out[i + 1] = 'S'
+      else
+        local ttl = tonumber(sub(meta, m + 22, m + 33))
+        -- the fkr value to keep after the version: an event without an fk index leaves it as it is
+        local keep = old or ''
+        if nidx > 0 then
+          if cur and not old then
+            -- written before the fkr value moved into the version key: its own key (keys.fk_rows_key,
+            -- tagged like vk), read once, then deleted
+            local fkr
+            if #vk == vpl + #rk + 1 then fkr = fkrp .. '{' .. rk .. '}' else fkr = fkrp .. rk end
+            old = call('GET', fkr)
+            if old then call('DEL', fkr) end
+          end
+          local new = ARGV[a + nv]
+          if op == 'D' then
+            if old then unindex(rk, old) end
+            keep = ''
+          else
+            if old ~= new then
+              if old then unindex(rk, old) end
+              if nidx > 1 then
+                for j = kp + 3, kp + 1 + nidx do call('SADD', KEYS[j], rk) end
+              elseif new ~= '' then
+                call('SADD', sub(new, string.find(new, '],"', 1, true) + 3, -3), rk)
+              end
+            end
+            keep = new
+          end
+        end
+        if sd then
+          local m = 21 + 15 * i
+          local t1, t2, t3 = byte(sd, m, m + 2)
+          local tn = t1 * 100 + t2 * 10 + t3 - 5328  -- 3 digits (5328 = 111 * 48)
+          if tn > 0 then tail = shaped(m, tabs[tn], rk, vk, ver, op == 'J' and ARGV[a], tail, cur) end
+        end
+        if op == 'D' then
+          call('DEL', rk)
+          call('SET', vk, ver .. tie .. keep .. tail, 'PX', tomb)
+        else
+          if op == 'J' then
+            if ttl > 0 then
+              call('SET', rk, ARGV[a], 'PX', ttl)
+            else
+              call('SET', rk, ARGV[a])
+            end
+          else
+            call('DEL', rk)
+            local last = a + nv - 1
+            local j = a
+            while j <= last do
+              local k = j + 999
+              if k > last then k = last end
+              call('HSET', rk, unpack(ARGV, j, k))
+              j = k + 1
+            end
+            if ttl > 0 then call('PEXPIRE', rk, ttl) end
+          end
+          setx(vk, ver .. tie .. keep .. tail, ttl)
+        end
+        out[i + 1] = 'A'
+        local si = tonumber(sub(meta, m + 34, m + 36))
+        if si > 0 then counts[si] = (counts[si] or 0) + 1 end
+      end
+    end
+    a = a + nv
+    kp = kp + 2
+    if nidx > 0 then
+      a = a + 1
+      kp = kp + nidx - 1
     end
   end
-  a = a + nv
-  kp = kp + 2
-  if nidx > 0 then
-    a = a + 1
-    kp = kp + nidx - 1
-  end
 end
+local ok, err = pcall(records)
 finish()
+if not ok then error(err, 0) end
+if err then return err end
 if nstats > 0 then
   local t = call('TIME')
   local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))

@@ -178,6 +178,38 @@ async def test_the_stream_pk_for_each_key_form(aredis: Any) -> None:
                        ("delete", {"id": 12, "n": "x"}, None)], template
 
 
+async def test_an_index_key_of_another_type_fails_the_call_and_keeps_what_came_before(aredis: Any) -> None:
+    """A zset index key holding another type fails the call before anything is written; a set key
+    of another type fails it at that change: the changes before it are in Redis with every index
+    entry (a retry finds them stale), the rest is not."""
+    from sync.errors import ApplyError
+
+    ap = RedisApplier(aredis, {"items": spec()})
+    await aredis.set("items:by:price", "not a zset")
+    try:
+        await ap.apply([up(1, 10)])
+        raise AssertionError("expected ApplyError")
+    except ApplyError as exc:
+        assert "items:by:price" in str(exc)
+    assert not await aredis.exists("items:1") and not await aredis.exists("items:changes")
+    await aredis.delete("items:by:price")
+    await aredis.set("items:store_id:7", "not a set")
+    batch = [up(1, 10, price=4, store=2), up(2, 10, price=5, store=7), up(3, 10, price=6, store=2)]
+    try:
+        await ap.apply(batch)
+        raise AssertionError("expected ApplyError")
+    except ApplyError as exc:
+        assert "WRONGTYPE" in str(exc)
+    assert await aredis.zscore("items:by:price", "items:1") == 4.0
+    assert await aredis.exists("items:1") and not await aredis.exists("items:3")
+    assert await aredis.zscore("items:by:price", "items:3") is None
+    # once the key is fixed, the retry applies the rest; the first is stale and stays indexed
+    await aredis.delete("items:store_id:7")
+    assert await ap.apply(batch) == [S, A, A]
+    assert [m for m, _ in await aredis.zrange("items:by:price", 0, -1, withscores=True)] == [b"items:1", b"items:2", b"items:3"]
+    assert await sets(aredis) == {"items:store_id:2": {"items:1", "items:3"}, "items:store_id:7": {"items:2"}}
+
+
 async def test_hash_rows_leave_no_stale_field(aredis: Any) -> None:
     ap = RedisApplier(aredis, {"items": spec("hash", filter=None)})
     await ap.apply([up(1, 10, price=5, store=1, note="hello")])
