@@ -233,3 +233,26 @@ def test_submitter_an_error_answer_fails_the_wait_and_the_next_send_works(gearma
         assert queued(gearmand, "bs.error") == 1
     finally:
         sub.close()
+
+
+def test_batch_unique_ids_tell_collapsed_versions_apart(mariadb: MariaDBServer, redis_server: RedisServer,
+                                                        gearmand: GearmanServer) -> None:
+    """Past 2**20 changes in one transaction the versions collapse to one (sync.capture.binlog.reader):
+    two batches with the same first and last version must still not merge in gearmand."""
+    from sync.capture.binlog.service import BinlogService
+    from sync.capture.binlog.writer import GearmanWriter
+    from sync.events import ChangeEvent, Op, Source
+
+    st = settings(mariadb, "x", ["data"], redis_server, sink="gearman", servers=((gearmand.host, gearmand.port),))
+    writer = GearmanWriter(BinlogService(st))
+    collapsed = (7 << 20) | 0xFFFFF
+
+    def batch(ids: range, version: int) -> list[ChangeEvent]:
+        return [ChangeEvent("data", Op.UPDATE, (("id", i),), {"id": i}, version, Source.BINLOG) for i in ids]
+
+    a, b = writer._batch_unique(batch(range(0, 3), collapsed)), writer._batch_unique(batch(range(3, 6), collapsed))
+    assert a != b and len(a) <= 64 and len(b) <= 64
+    assert writer._batch_unique(batch(range(0, 3), collapsed)) == a          # the same batch read again: merges
+    plain = writer._batch_unique(batch(range(0, 3), 7 << 20))
+    assert plain == f"bl:{writer.service.tag}:{7 << 20:x}:{7 << 20:x}:b".encode()
+    writer.close()

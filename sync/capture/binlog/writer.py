@@ -447,7 +447,7 @@ class GearmanWriter(BatchWriter):
         first, last = events[0].version, events[-1].version
         u = f"bl:{self.service.tag}:{first:x}:{last:x}:b"
         if first & 0xFFF == 0xFFF or last & 0xFFF == 0xFFF:
-            u += ":" + hashlib.blake2b(repr([ev.pk for ev in events]).encode(), digest_size=6).hexdigest()
+            u += ":" + hashlib.blake2b(repr([(ev.table, ev.pk) for ev in events]).encode(), digest_size=6).hexdigest()
         return u.encode("ascii")
 
     def _send(self, events: list[ChangeEvent], position: Position | None, t0: float) -> None:
