@@ -4,6 +4,10 @@ next to classic and v1 single-change jobs."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import time
+
 import orjson
 
 from sync.config import worker_settings
@@ -12,7 +16,19 @@ from sync.gearman import GearmanClient
 from sync.signing import ENV_KEY, load_keys
 from sync.testing.servers import GearmanServer, RedisServer
 
-from .test_sync_worker import SyncWorker, change, make_worker, run_worker_until_drained, submit
+from .test_sync_worker import (
+    SyncWorker,
+    assert_all_rows,
+    change,
+    expected_rows,
+    make_worker,
+    queued,
+    run_worker_until_drained,
+    start_worker_process,
+    submit,
+    submit_sync,
+    wait_drained,
+)
 
 DEAD = "gearsync:dead:{data}"
 
@@ -109,3 +125,26 @@ async def test_a_bad_change_of_a_signed_batch_is_stored_signed_so_a_replay_check
     await replayer.aclose()
     (again,) = [orjson.loads(r) for r in redis_client.lrange(DEAD, 0, -1)]
     assert again["reason"].startswith("table: 'users' arrived on function 'gearsync.data'")
+
+
+def test_a_worker_killed_mid_load_of_batch_jobs_loses_nothing(gearmand: GearmanServer, redis_server: RedisServer,
+                                                              redis_client) -> None:
+    n, per_job = 40000, 200
+    rows = expected_rows(n, 1_000_000)
+    submit_sync(gearmand, "gearsync.data", [encode_batch(rows[i:i + per_job]) for i in range(0, n, per_job)])
+    proc = start_worker_process(gearmand, redis_server, "--batch", "4")
+    # Killed part-way: some rows in Redis, batch jobs still queued or in its hands (not completed).
+    deadline = time.monotonic() + 30
+    while redis_client.dbsize() < 2000 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(10)
+    assert asyncio.run(queued(gearmand, "gearsync.data"))[0] > 0, "worker finished before the kill; raise n"
+    second = start_worker_process(gearmand, redis_server)
+    try:
+        wait_drained(gearmand, "gearsync.data")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+    assert_all_rows(redis_client, n, 1_000_000)
+    assert redis_client.llen(DEAD) == 0
