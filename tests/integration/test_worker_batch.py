@@ -4,10 +4,6 @@ next to classic and v1 single-change jobs."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import time
-
 import orjson
 
 from sync.config import worker_settings
@@ -21,13 +17,11 @@ from .test_sync_worker import (
     assert_all_rows,
     change,
     expected_rows,
+    kill_mid_load_then_drain,
     make_worker,
-    queued,
     run_worker_until_drained,
-    start_worker_process,
     submit,
     submit_sync,
-    wait_drained,
 )
 
 DEAD = "gearsync:dead:{data}"
@@ -132,19 +126,6 @@ def test_a_worker_killed_mid_load_of_batch_jobs_loses_nothing(gearmand: GearmanS
     n, per_job = 40000, 200
     rows = expected_rows(n, 1_000_000)
     submit_sync(gearmand, "gearsync.data", [encode_batch(rows[i:i + per_job]) for i in range(0, n, per_job)])
-    proc = start_worker_process(gearmand, redis_server, "--batch", "4")
-    # Killed part-way: some rows in Redis, batch jobs still queued or in its hands (not completed).
-    deadline = time.monotonic() + 30
-    while redis_client.dbsize() < 2000 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.kill()
-    proc.wait(10)
-    assert asyncio.run(queued(gearmand, "gearsync.data"))[0] > 0, "worker finished before the kill; raise n"
-    second = start_worker_process(gearmand, redis_server)
-    try:
-        wait_drained(gearmand, "gearsync.data")
-    finally:
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(15) == 0
+    kill_mid_load_then_drain(gearmand, redis_server, redis_client, "--batch", "4")
     assert_all_rows(redis_client, n, 1_000_000)
     assert redis_client.llen(DEAD) == 0
