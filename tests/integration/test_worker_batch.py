@@ -129,3 +129,26 @@ def test_a_worker_killed_mid_load_of_batch_jobs_loses_nothing(gearmand: GearmanS
     kill_mid_load_then_drain(gearmand, redis_server, redis_client, "--batch", "4")
     assert_all_rows(redis_client, n, 1_000_000)
     assert redis_client.llen(DEAD) == 0
+
+
+async def test_batch_jobs_on_a_redis_cluster(gearmand: GearmanServer, redis_cluster) -> None:
+    from redis.cluster import ClusterNode, RedisCluster
+
+    from sync.rows.rowcodec import encode_json
+
+    n = 300   # rows over every slot owner; one batch holds a row's newer and older change
+    newer = [change("data", "update", {"id": i}, {"id": i, "volume": 1}, 10 + i) for i in range(n)]
+    older = [change("data", "update", {"id": i}, {"id": i, "volume": 0}, 5) for i in range(n)]
+    deletes = [change("data", "delete", {"id": i}, None, 10_000) for i in range(0, n, 3)]
+    await submit(gearmand, "gearsync.data", [encode_batch(newer[:150] + older[:150]),
+                                             encode_batch(older[150:] + newer[150:] + deletes)])
+    settings = worker_settings(tables=["data"], servers=gearmand.address, redis_url=redis_cluster.url,
+                               redis_cluster=True, env={})
+    await run_worker_until_drained(SyncWorker(settings), gearmand, "gearsync.data")
+    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster.startup_nodes])
+    try:
+        for i in range(n):
+            assert client.get(f"data:{i}") == (None if i % 3 == 0 else encode_json({"id": i, "volume": 1})), i
+    finally:
+        client.flushall(target_nodes=RedisCluster.ALL_NODES)
+        client.close()
