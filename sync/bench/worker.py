@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry.update(signed_median_jobs_per_s=signed_med, signed_runs_jobs_per_s=signed_rates,
                                  sign_cost=1 - signed_med / med, cpu_us_per_job=cpu[(False, False)],
                                  signed_cpu_us_per_job=signed_cpu, sign_cpu_cost=with_sign_cpu / base_cpu - 1)
-                for label, key, plain, fk_runs, rewrite in ((str(nprocs), "fk", rates, fk_rates, False),
+                for label, name, plain, fk_runs, rewrite in ((str(nprocs), "fk", rates, fk_rates, False),
                                                             ("rewrite", "fk_rewrite", re_rates, fk_re_rates, True)):
                     if not args.fk:
                         break
@@ -266,11 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_paired = sorted(1 - p / f for p, f in zip(cpu[(False, rewrite)], cpu[(True, rewrite)]))
                     print(f"{'':>9} {'cpu':>6} {cpu_base:>11.1f} us {cpu_fk:>7.1f} us {cpu_cost:>8.1%}  "
                           f"cost per round {cpu_paired[0]:.1%}..{cpu_paired[-1]:.1%} (CPU time per job)", flush=True)
-                    entry.update({f"{key}_cpu_us_per_job_base": cpu[(False, rewrite)],
-                                  f"{key}_cpu_us_per_job": cpu[(True, rewrite)], f"{key}_cpu_cost": cpu_cost})
-                    entry.update({f"{key}_base_median_jobs_per_s": base, f"{key}_median_jobs_per_s": with_fk,
-                                  f"{key}_cost": cost, f"{key}_cost_per_round": paired,
-                                  f"{key}_base_runs_jobs_per_s": plain, f"{key}_runs_jobs_per_s": fk_runs})
+                    entry.update({f"{name}_cpu_us_per_job_base": cpu[(False, rewrite)],
+                                  f"{name}_cpu_us_per_job": cpu[(True, rewrite)], f"{name}_cpu_cost": cpu_cost})
+                    entry.update({f"{name}_base_median_jobs_per_s": base, f"{name}_median_jobs_per_s": with_fk,
+                                  f"{name}_cost": cost, f"{name}_cost_per_round": paired,
+                                  f"{name}_base_runs_jobs_per_s": plain, f"{name}_runs_jobs_per_s": fk_runs})
                 measured.append(entry)
             if args.shape:
                 results["shape"] = _shape_rounds(g, r, args, procs[0], os.environ.get(ENV_KEY) or None, Path(tmp))
