@@ -117,7 +117,7 @@ AREAS = (  # where the reader's time goes, by the file a profiled function is in
     ("mysql-replication (packets, table maps, Python row decode)", ("pymysqlreplication",)),
     ("pymysql (socket reads, packet framing)", ("pymysql",)),
     ("C row decoder", ("_rowdecode",)),
-    ("reader: rows -> ChangeEvents", ("sync/capture/binlog/reader", "sync/capture/binlog/decoders",
+    ("reader: rows -> ChangeEvents", ("sync/capture/binlog/reader", "sync/capture/binlog/loop", "sync/capture/binlog/decoders",
                                       "sync/capture/binlog/fkrows", "sync/rows/", "sync/events")),
     ("sink: batches, packing, sends, replies", ("sync/capture/binlog/writer", "sync/gearman/", "sync/apply/",
                                                 "sync/signing", "redis/", "orjson")),

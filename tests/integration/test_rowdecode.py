@@ -193,10 +193,10 @@ def test_mariadb_compressed_rows_events(mariadb: MariaDBServer, db) -> None:
     assert c_events[len(ROWS)].row is not None and c_events[len(ROWS)].row["vcl"] == "y" * 299
 
 
-def test_thin_events_with_the_python_decode_same_events(mariadb: MariaDBServer, db, monkeypatch) -> None:
-    """decoders.thin_events(): GTID/XID/TABLE_MAP/rows events built without mysql-replication's
-    event objects; where the rows need the library's own decode (no C decoder for the table), the
-    library's event is rebuilt from the same bytes. Same events and position as the library's path."""
+def test_loop_hands_python_decoded_rows_to_the_library(mariadb: MariaDBServer, db, monkeypatch) -> None:
+    """The C event loop with tables that have no C decoder: their rows events go back to Python as
+    packet bytes, become the library's events and are decoded by it. Same events and position as
+    the library's own fetchone path."""
     _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
     start = binlog_pos(mariadb)
     _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
@@ -204,20 +204,18 @@ def test_thin_events_with_the_python_decode_same_events(mariadb: MariaDBServer, 
           "UPDATE types SET ti = ti + 1, vc = CONCAT(vc, '!') WHERE id IN (2, 4)",
           "UPDATE types SET id = 40 WHERE id = 4",
           "DELETE FROM types WHERE id IN (1, 3)")
-    seen: list[bool] = []   # per rows event: was it a thin one
+    seen: list[bool] = []   # per rows event: did the library build it (from the C loop's packet bytes)
     plain_rows = decoders.RowPlan.rows
 
     def rows(self: decoders.RowPlan, ev: Any) -> Any:
-        seen.append(hasattr(ev, "library_event"))
+        seen.append(True)
         return plain_rows(self, ev)
 
     monkeypatch.setattr(decoders.RowPlan, "rows", rows)
-    thin, thin_src = read_events(mariadb, db.db_name, ["types"], start, "python", thin=True)
-    assert seen and all(seen)
-    seen.clear()
-    plain, plain_src = read_events(mariadb, db.db_name, ["types"], start, "python", thin=False)
-    assert seen and not any(seen)
-    assert thin_src.tables["types"].plans and all(p.decoder is None for p in thin_src.tables["types"].plans.values())
+    looped, loop_src = read_events(mariadb, db.db_name, ["types"], start, "python", loop=True)
+    assert len(seen) >= 7   # one rows event per statement (4 INSERTs, 2 UPDATEs, 1 DELETE; re-read after a reset)
+    plain, plain_src = read_events(mariadb, db.db_name, ["types"], start, "python", loop=False)
+    assert loop_src.tables["types"].plans and all(p.decoder is None for p in loop_src.tables["types"].plans.values())
     assert [e.op for e in plain] == [Op.INSERT] * 4 + [Op.UPDATE] * 2 + [Op.DELETE, Op.UPDATE] + [Op.DELETE] * 2
-    assert thin == plain
-    assert thin_src.committed == plain_src.committed
+    assert looped == plain
+    assert loop_src.committed == plain_src.committed
