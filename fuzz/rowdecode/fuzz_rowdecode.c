@@ -10,6 +10,7 @@
  * DecodeError (a ValueError naming the column): anything else aborts.
  */
 #include "../../sync/capture/binlog/_rowdecode.c"
+#include "../../sync/capture/binlog/_binloop.c"
 
 #include <stdlib.h>
 
@@ -102,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t n = size - pos;
     uint8_t *rows = malloc(n ? n : 1);
     memcpy(rows, data + pos, n);
-    PyObject *out = decode_buffer((Decoder *)dec, rows, 0, n, bm1, nbm, bm2, nbm, update);
+    PyObject *out = rowdecode_rows((Decoder *)dec, rows, 0, n, bm1, nbm, bm2, nbm, update);
     if (out == NULL) {
         if (!PyErr_ExceptionMatches(DecodeError)) {
             PyErr_Print();
