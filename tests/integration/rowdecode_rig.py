@@ -20,11 +20,11 @@ from sync.testing.servers import MariaDBServer
 
 def read_events(server: MariaDBServer, database: str, tables: Sequence[str], start_gtid: str, decoder: str,
                 columns: dict[str, Sequence[str] | None] | None = None,
-                loop: bool | None = None) -> tuple[list[ChangeEvent], BinlogSource]:
+                loop: bool | None = None, chunks: list[Chunk] | None = None) -> tuple[list[ChangeEvent], BinlogSource]:
     """Every ChangeEvent of `tables` from `start_gtid` to the end of the binlog now, decoded by
     `decoder` ("c" or "python"); `loop`: read by the C event loop after the first event (default:
     what run() does, i.e. with the C decoder) or by the library's fetchone. Returns the events and
-    the source (its plans tell which decoder ran)."""
+    the source (its plans tell which decoder ran). `chunks`: gets the chunks emitted."""
     mysql = from_url(server.url + database)
     conn = server.connect(database)
     try:
@@ -35,7 +35,7 @@ def read_events(server: MariaDBServer, database: str, tables: Sequence[str], sta
     src = BinlogSource(mysql, database, schemas, dict(columns or {}), server=info,
                        start=Position("mariadb", start_gtid), server_id=4242)
     src.decoder = decoder
-    out: list[Chunk] = []
+    out: list[Chunk] = [] if chunks is None else chunks
     src._emit = out.append
     use_loop = decoder == "c" if loop is None else loop
     while True:

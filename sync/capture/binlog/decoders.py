@@ -39,6 +39,8 @@ __all__ = [
     "native_spec",
     "select_decoder",
     "compressed_row_events",
+    "compressed_query_event",
+    "inflate",
     "inflate_compressed_rows",
 ]
 
@@ -154,6 +156,7 @@ def install_decoders() -> None:
                           "1.0.17 (pip install 'mysql-replication==1.0.17')")
     for code, cls in zip(_COMPRESSED_V1, compressed_row_events()):
         event_map[code] = cls
+    event_map[_QUERY_COMPRESSED] = compressed_query_event()
     _decoders_installed = True
 
 
@@ -165,22 +168,32 @@ def install_decoders() -> None:
 # (same class names: the reader handles them as WriteRowsEvent, ...).
 
 _COMPRESSED_V1 = (166, 167, 168)
+_QUERY_COMPRESSED = 165   # QUERY_COMPRESSED_EVENT: a QUERY event whose statement is compressed the same way
 _compressed_classes: list[type] = []
+
+
+def inflate(data: bytes, what: str) -> bytes:
+    """MariaDB's compressed binlog data (one byte 0x80 | n, the length in n big-endian bytes, zlib)."""
+    n = data[0] & 0x07 if data else 0
+    if not data or data[0] & 0xE0 != 0x80 or not 1 <= n <= 4 or len(data) < 1 + n:
+        raise ValueError(f"compressed {what}: bad header byte {data[:1].hex() or 'none'}")
+    size = int.from_bytes(data[1:1 + n], "big")
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data[1 + n:], size + 1)
+    except zlib.error as exc:
+        raise ValueError(f"compressed {what}: {exc}") from None
+    if len(out) != size or not d.eof:
+        raise ValueError(f"compressed {what}: {len(out)} bytes inflated, the header says {size}")
+    return out
 
 
 def inflate_compressed_rows(ev: Any) -> None:
     """Replace the compressed row data of rows event `ev` (positioned after its bitmaps) by the inflated rows."""
     wrapper = ev.packet
     pkt = wrapper.packet
-    data = bytes(pkt._data[pkt._position:pkt._position + ev.event_size - wrapper.read_bytes])
-    n = data[0] & 0x07 if data else 0
-    if not data or data[0] & 0xE0 != 0x80 or not 1 <= n <= 4 or len(data) < 1 + n:
-        raise ValueError(f"compressed rows event: bad header byte {data[:1].hex() or 'none'}")
-    size = int.from_bytes(data[1:1 + n], "big")
-    d = zlib.decompressobj()
-    rows = d.decompress(data[1 + n:], size + 1)
-    if len(rows) != size or not d.eof:
-        raise ValueError(f"compressed rows event: {len(rows)} bytes inflated, the header says {size}")
+    rows = inflate(bytes(pkt._data[pkt._position:pkt._position + ev.event_size - wrapper.read_bytes]), "rows event")
+    size = len(rows)
     from pymysql.protocol import MysqlPacket
 
     wrapper.packet = MysqlPacket(rows, "utf8")
@@ -205,6 +218,41 @@ def compressed_row_events() -> list[type]:
 
             _compressed_classes.append(type(base.__name__, (base,), {"__init__": init, "compressed": True}))
     return list(_compressed_classes)
+
+
+_query_class: list[type] = []
+
+
+def compressed_query_event() -> type:
+    """The class of MariaDB's QUERY_COMPRESSED_EVENT (log_bin_compress=ON and a statement of at least
+    log_bin_compress_min_len bytes): a QueryEvent (same class name, for the reader) whose `query` is
+    the inflated statement; `inflate_error` says why it could not be inflated (else None). Without
+    it the library drops these events unseen (a compressed TRUNCATE or ALTER would go unnoticed)."""
+    if not _query_class:
+        from pymysqlreplication.event import QueryEvent
+
+        def init(self: Any, from_packet: Any, *a: Any, **kw: Any) -> None:
+            reads: list[bytes] = []
+            plain = from_packet.read
+
+            def read(n: int) -> bytes:   # the last read of QueryEvent.__init__ is the statement's bytes
+                b = plain(n)
+                reads.append(b)
+                return bytes(b)
+
+            from_packet.read = read
+            try:
+                QueryEvent.__init__(self, from_packet, *a, **kw)
+            finally:
+                del from_packet.read
+            self.inflate_error = None
+            try:
+                self.query = inflate(reads[-1] if reads else b"", "QUERY event").decode("utf-8", "backslashreplace")
+            except ValueError as exc:
+                self.inflate_error = str(exc)
+
+        _query_class.append(type("QueryEvent", (QueryEvent,), {"__init__": init, "compressed": True}))
+    return _query_class[0]
 
 
 # -- binlog columns → canonical values -------------------------------------------------------------

@@ -74,7 +74,13 @@ from typing import Any
 
 import structlog
 
-from sync.capture.binlog.decoders import RowPlan, compressed_row_events, install_decoders, select_decoder
+from sync.capture.binlog.decoders import (
+    RowPlan,
+    compressed_query_event,
+    compressed_row_events,
+    install_decoders,
+    select_decoder,
+)
 from sync.capture.binlog.fkrows import TableState, fk_row_events
 from sync.capture.binlog.loop import DumpLoop
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
@@ -246,7 +252,8 @@ class BinlogSource:
             server_id=self.server_id,
             blocking=blocking,
             only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
-                         MariadbGtidEvent, GtidEvent, HeartbeatLogEvent, *compressed_row_events()],
+                         MariadbGtidEvent, GtidEvent, HeartbeatLogEvent, *compressed_row_events(),
+                         compressed_query_event()],
             # Row events of other tables are skipped unparsed; every transaction's GTID/XID still
             # arrives, so the position follows the whole binlog.
             only_tables=self._only_tables,
@@ -514,6 +521,9 @@ class BinlogSource:
             self._dump.loop.clear()   # every TABLE_MAP goes through _library_packet again
 
     def _query(self, ev: Any) -> None:
+        if getattr(ev, "inflate_error", None):
+            raise SourceError(f"the compressed statement ending at binlog position {self._file}:{int(ev.packet.log_pos)} "
+                              f"cannot be read: {ev.inflate_error}")
         q = ev.query if isinstance(ev.query, str) else bytes(ev.query).decode("utf-8", "replace")
         qs = q.strip().upper()
         if qs == "BEGIN" or qs.startswith("XA START"):
