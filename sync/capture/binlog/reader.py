@@ -12,6 +12,14 @@ which the applier's version fence turns into no-ops. With the quiet hook on (run
 commits read back to back are emitted together: at the latest when the server goes quiet, a chunk
 is full, or COALESCE_S after the previous emit (and before a reconnect re-reads from the last commit).
 
+With the C decoder (GEARSYNC_BINLOG_DECODER=c, the default when built), once the dump is connected
+the reader reads the dump connection's bytes itself (sync.capture.binlog.loop: the C event loop of
+_binloop.c): GTID, XID, TABLE_MAP events already seen, rows events (decoded in C; those of tables
+not synced skipped there) come back as one item per transaction; everything else becomes the
+library's event from its packet bytes and goes through the same handlers. The committed position
+is built only when read (a chunk is emitted, a reconnect). With the Python decoder the library's
+fetchone reads every event, as before.
+
 Row values are decoded per table-map layout by sync.capture.binlog.decoders (RowPlan). The key
 columns come from sync.rows.schema.load_table() and are re-read when a DDL statement names the
 table (or a row lacks a key column). Server checks and start positions: sync.capture.binlog.preflight.
