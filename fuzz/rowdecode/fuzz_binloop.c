@@ -10,22 +10,14 @@
  * id and flags. Every result must be a list of items of codes 0..8; a paused loop is fed b"" until it
  * goes on; after a framing error (8) or an EOF/error packet nothing is returned; anything else aborts.
  */
-#include "../../sync/capture/binlog/_rowdecode.c"
-#include "../../sync/capture/binlog/_binloop.c"
-
-#include <stdlib.h>
+#include "fuzz_common.h"
 
 static PyObject *g_decoder;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    Py_InitializeEx(0);
-    PyObject *m = PyInit__rowdecode();
-    if (m == NULL) {
-        PyErr_Print();
-        abort();
-    }
+    init_python();
     PyObject *spec = Py_BuildValue("((isiiO)(isiis)(isiiO)(isiiO))", OP_INT, "id", 4, 0, Py_None, OP_STR, "s", 1, 0,
                                    "utf8", OP_DATETIME2, "t", 3, 0, Py_None, OP_DECIMAL, "d", 10, 2, Py_None);
     PyObject *marker = PyTuple_New(0);

@@ -9,22 +9,14 @@
  * Every result must be a list of row dicts of str/int/float/None/{"$b64": str}; every failure a
  * DecodeError (a ValueError naming the column): anything else aborts.
  */
-#include "../../sync/capture/binlog/_rowdecode.c"
-#include "../../sync/capture/binlog/_binloop.c"
-
-#include <stdlib.h>
+#include "fuzz_common.h"
 
 static PyObject *g_marker;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    Py_InitializeEx(0);
-    PyObject *m = PyInit__rowdecode();
-    if (m == NULL) {
-        PyErr_Print();
-        abort();
-    }
+    init_python();
     g_marker = PyTuple_New(0);
     return 0;
 }

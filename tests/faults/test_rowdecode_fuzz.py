@@ -4,7 +4,8 @@ input replayed, then a short fuzzing run, per target. fuzz_rowdecode: an input i
 (column types and metadata) and a rows-event body; the target aborts on a memory error, undefined
 behaviour, a hang, a result that is not canonical values, or an error other than DecodeError.
 fuzz_binloop: an input is the bytes of a dump connection fed in reads of varying sizes; it aborts
-on a memory error, undefined behaviour, a hang, an exception, or an item after the end. `make fuzz-rowdecode` runs longer (FUZZ_SECONDS). GEARSYNC_FUZZ_SECONDS: time here (20).
+on a memory error, undefined behaviour, a hang, an exception, or an item after the end.
+`make fuzz-rowdecode` runs longer (FUZZ_SECONDS). GEARSYNC_FUZZ_SECONDS: time here (20).
 """
 
 from __future__ import annotations

@@ -18,13 +18,9 @@ from sync.rows.schema import load_table
 from sync.testing.servers import MariaDBServer
 
 
-def read_events(server: MariaDBServer, database: str, tables: Sequence[str], start_gtid: str, decoder: str,
-                columns: dict[str, Sequence[str] | None] | None = None,
-                loop: bool | None = None, chunks: list[Chunk] | None = None) -> tuple[list[ChangeEvent], BinlogSource]:
-    """Every ChangeEvent of `tables` from `start_gtid` to the end of the binlog now, decoded by
-    `decoder` ("c" or "python"); `loop`: read by the C event loop after the first event (default:
-    what run() does, i.e. with the C decoder) or by the library's fetchone. Returns the events and
-    the source (its plans tell which decoder ran). `chunks`: gets the chunks emitted."""
+def source(server: MariaDBServer, database: str, tables: Sequence[str], start_gtid: str, *,
+           columns: dict[str, Sequence[str] | None] | None = None, **kw: Any) -> BinlogSource:
+    """A BinlogSource of `tables` from `start_gtid` (after the server checks), not started."""
     mysql = from_url(server.url + database)
     conn = server.connect(database)
     try:
@@ -32,8 +28,18 @@ def read_events(server: MariaDBServer, database: str, tables: Sequence[str], sta
         schemas = {t: load_table(conn, database, t) for t in tables}
     finally:
         conn.close()
-    src = BinlogSource(mysql, database, schemas, dict(columns or {}), server=info,
-                       start=Position("mariadb", start_gtid), server_id=4242)
+    return BinlogSource(mysql, database, schemas, dict(columns or {}), server=info,
+                        start=Position("mariadb", start_gtid), **kw)
+
+
+def read_events(server: MariaDBServer, database: str, tables: Sequence[str], start_gtid: str, decoder: str,
+                columns: dict[str, Sequence[str] | None] | None = None,
+                loop: bool | None = None, chunks: list[Chunk] | None = None) -> tuple[list[ChangeEvent], BinlogSource]:
+    """Every ChangeEvent of `tables` from `start_gtid` to the end of the binlog now, decoded by
+    `decoder` ("c" or "python"); `loop`: read by the C event loop after the first event (default:
+    what run() does, i.e. with the C decoder) or by the library's fetchone. Returns the events and
+    the source (its plans tell which decoder ran). `chunks`: gets the chunks emitted."""
+    src = source(server, database, tables, start_gtid, columns=dict(columns or {}), server_id=4242)
     src.decoder = decoder
     out: list[Chunk] = [] if chunks is None else chunks
     src._emit = out.append

@@ -12,14 +12,11 @@ from typing import Any
 import pytest
 
 from sync.capture.binlog import decoders
-from sync.capture.binlog.preflight import check_server
-from sync.capture.binlog.reader import BinlogSource, Chunk
+from sync.capture.binlog.reader import Chunk
 from sync.events import Op
-from sync.mysql import from_url
-from sync.position import Position
-from sync.rows.schema import load_table
 from sync.testing.servers import MariaDBServer
 from tests.integration.binlog_rig import binlog_pos
+from tests.integration.rowdecode_rig import source
 
 pytestmark = pytest.mark.skipif(decoders._rowdecode is None, reason="the C extension is not built")
 
@@ -34,15 +31,7 @@ class Reader:
     """BinlogSource.run() in a thread, from `start`, collecting its chunks."""
 
     def __init__(self, server: MariaDBServer, database: str, tables: list[str], start: str) -> None:
-        mysql = from_url(server.url + database)
-        conn = server.connect(database)
-        try:
-            info = check_server(conn, mysql, database, tables)
-            schemas = {t: load_table(conn, database, t) for t in tables}
-        finally:
-            conn.close()
-        self.src = BinlogSource(mysql, database, schemas, {}, server=info, start=Position("mariadb", start),
-                                server_id=4343, heartbeat_s=0.2)
+        self.src = source(server, database, tables, start, server_id=4343, heartbeat_s=0.2)
         self.chunks: list[Chunk] = []
         self.stop = threading.Event()
         self.error: BaseException | None = None

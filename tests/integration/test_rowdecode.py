@@ -165,19 +165,13 @@ def test_table_map_reuse_follows_alter_table(mariadb: MariaDBServer, db) -> None
         {"id": i, "a": f"x{i}", "c": "2020-01-01 00:00:00.123", "b": i + 18446744073709551000} for i in range(3)]
 
 
-def test_mariadb_compressed_rows_events(mariadb: MariaDBServer, db) -> None:
-    """log_bin_compress=ON: MariaDB writes WRITE/UPDATE/DELETE_ROWS_COMPRESSED_EVENT_V1, which
-    mysql-replication alone drops unseen; both decoders read them, with the same events."""
-    _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
-    start = binlog_pos(mariadb)
+def _compressed(mariadb: MariaDBServer, db, *sql: str) -> list[str]:
+    """Run `sql` with log_bin_compress=ON (min_len 10); the event types of the last binlog file."""
     mariadb.execute("SET GLOBAL log_bin_compress = ON", "SET GLOBAL log_bin_compress_min_len = 10")
     try:
         conn = mariadb.connect(db.db_name)
         try:
-            _exec(conn, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
-                  *(f"INSERT INTO types VALUES {r}" for r in ROWS),
-                  "UPDATE types SET vcl = REPEAT('y', 299), ltx = CONCAT(ltx, 'more') WHERE id IN (1, 2)",
-                  "DELETE FROM types WHERE id = 4")
+            _exec(conn, *sql)
         finally:
             conn.close()
     finally:
@@ -186,8 +180,19 @@ def test_mariadb_compressed_rows_events(mariadb: MariaDBServer, db) -> None:
         cur.execute("SHOW BINARY LOGS")
         last = cur.fetchall()[-1][0]
         cur.execute(f"SHOW BINLOG EVENTS IN '{last}'")
-        kinds = {row[2] for row in cur.fetchall()}
-    assert {"Write_rows_compressed_v1", "Update_rows_compressed_v1", "Delete_rows_compressed_v1"} <= kinds, kinds
+        return [row[2] for row in cur.fetchall()]
+
+
+def test_mariadb_compressed_rows_events(mariadb: MariaDBServer, db) -> None:
+    """log_bin_compress=ON: MariaDB writes WRITE/UPDATE/DELETE_ROWS_COMPRESSED_EVENT_V1, which
+    mysql-replication alone drops unseen; both decoders read them, with the same events."""
+    _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
+    start = binlog_pos(mariadb)
+    kinds = _compressed(mariadb, db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
+                        *(f"INSERT INTO types VALUES {r}" for r in ROWS),
+                        "UPDATE types SET vcl = REPEAT('y', 299), ltx = CONCAT(ltx, 'more') WHERE id IN (1, 2)",
+                        "DELETE FROM types WHERE id = 4")
+    assert {"Write_rows_compressed_v1", "Update_rows_compressed_v1", "Delete_rows_compressed_v1"} <= set(kinds), kinds
     c_events, py_events = both(mariadb, db.db_name, ["types"], start)
     assert [e.op for e in c_events] == [Op.INSERT] * len(ROWS) + [Op.UPDATE, Op.UPDATE, Op.DELETE]
     assert c_events == py_events
@@ -201,23 +206,9 @@ def test_mariadb_compressed_statements(mariadb: MariaDBServer, db, decoder: str)
     a compressed ALTER reloads the table's key and a compressed TRUNCATE empties the table."""
     _exec(db, "CREATE TABLE ct (id INT PRIMARY KEY, v VARCHAR(20))")
     start = binlog_pos(mariadb)
-    mariadb.execute("SET GLOBAL log_bin_compress = ON", "SET GLOBAL log_bin_compress_min_len = 10")
-    try:
-        conn = mariadb.connect(db.db_name)
-        try:
-            _exec(conn, "INSERT INTO ct VALUES (1, 'a'), (2, 'b')",
-                  "ALTER TABLE ct ADD COLUMN w INT NOT NULL DEFAULT 7",
-                  "INSERT INTO ct VALUES (3, 'c', 8)",
-                  "TRUNCATE TABLE ct")
-        finally:
-            conn.close()
-    finally:
-        mariadb.execute("SET GLOBAL log_bin_compress = OFF")
-    with db.cursor() as cur:
-        cur.execute("SHOW BINARY LOGS")
-        last = cur.fetchall()[-1][0]
-        cur.execute(f"SHOW BINLOG EVENTS IN '{last}'")
-        kinds = [row[2] for row in cur.fetchall()]
+    kinds = _compressed(mariadb, db, "INSERT INTO ct VALUES (1, 'a'), (2, 'b')",
+                        "ALTER TABLE ct ADD COLUMN w INT NOT NULL DEFAULT 7", "INSERT INTO ct VALUES (3, 'c', 8)",
+                        "TRUNCATE TABLE ct")
     assert kinds.count("Query_compressed") >= 2, kinds
     chunks: list[Any] = []
     events, _ = read_events(mariadb, db.db_name, ["ct"], start, decoder, chunks=chunks)
