@@ -86,6 +86,7 @@ def test_other_tables_skipped_and_heartbeats(mariadb: MariaDBServer, db: Any, re
     r.until("the last commit", lambda: r.src._emitted_position is not None and r.src._emitted_position.gtid == end)
     assert [(e.table, e.op, e.row) for e in r.events()] == [
         ("a", Op.INSERT, {"id": 1, "v": "p"}), ("a", Op.UPDATE, {"id": 1, "v": "q"}), ("a", Op.DELETE, None)]
+    assert r.src._dump is not None and r.src._dump.checksum   # binlog_checksum=CRC32: each event's CRC checked in C
     versions = [e.version for e in r.events()]
     assert versions == sorted(versions) and len(set(versions)) == 3
     # Nothing more to send: the server's heartbeats (every 0.2 s) reach the reader through the C loop.

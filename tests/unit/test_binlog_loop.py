@@ -6,6 +6,7 @@ WRITE_ROWS_V2 / HEARTBEAT bodies. What the loop returns is what the reader turns
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any
 
 import pymysql
@@ -33,8 +34,8 @@ def packets(payload: bytes, seq: int = 1) -> bytes:
 
 def event(etype: int, body: bytes, log_pos: int, checksum: bool = False, ts: int = 1700000000) -> bytes:
     size = 19 + len(body) + (4 if checksum else 0)
-    header = struct.pack("<IBIIIH", ts, etype, 7, size, log_pos, 0)
-    return packets(b"\x00" + header + body + (b"CRC!" if checksum else b""))
+    data = struct.pack("<IBIIIH", ts, etype, 7, size, log_pos, 0) + body
+    return packets(b"\x00" + data + (zlib.crc32(data).to_bytes(4, "little") if checksum else b""))
 
 
 def gtid(seq: int, domain: int = 0) -> bytes:
@@ -132,6 +133,17 @@ def test_an_event_past_16_mib_in_continuation_packets() -> None:
     rows = [r for i in items if i[0] == 2 for r in i[3]] + [r for i in items if i[0] == 0 for x in i[6] for r in x[2]]
     assert rows == [row(1, big)]
     assert items[-1][0] in (0, 3)
+
+
+def test_a_checksum_that_does_not_match_is_one_error_naming_the_position() -> None:
+    good = transaction(5, [(1, "a")], 1000)
+    items = feed_all(new_loop(checksum=True), b"".join(event(t, b, p, True) for t, b, p in [
+        (162, gtid(5), 700), (19, table_map(), 800), (30, write_rows([(1, "a")]), 900), (16, bytes(8), 1000)]))
+    assert items == feed_all(new_loop(), good)
+    bad = bytearray(event(30, write_rows([(2, "b")]), 1500, True))
+    bad[30] ^= 1   # one bit of the body
+    items = feed_all(new_loop(checksum=True), event(162, gtid(6), 1400, True) + bytes(bad))
+    assert items[-1][0] == 8 and "CRC32" in items[-1][1] and "binlog position 1400" in items[-1][1]
 
 
 def test_rows_that_do_not_decode_go_to_the_library() -> None:

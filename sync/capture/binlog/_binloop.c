@@ -25,6 +25,7 @@
  * After an item 4 the feed stops (`paused`): Python handles the event (a TABLE_MAP registers its
  * table, a DDL or rotation forgets the maps) before feed(b"") reads the events after it.
  *
+ * With checksums, the CRC32 of every event handled here is checked (a mismatch is a framing error).
  * Rows events of table ids with no registered tag are skipped here. A rows event whose table has no
  * C decoder, whose header is unusual, or whose rows do not decode goes out as (4, payload): the
  * library (and RowPlan) decode it and name what is wrong. Every read is bounded by the packet, every
@@ -53,6 +54,25 @@ enum {
 #define PACKET_PART 0xFFFFFFu
 
 static PyObject *k_write, *k_update, *k_delete;
+
+/* CRC-32 (ISO-HDLC, zlib's): the checksum of a binlog event (binlog_checksum=CRC32) */
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32_of(const uint8_t *p, size_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++)
+        c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -216,6 +236,13 @@ static int packet(Loop *self, PyObject *out, const uint8_t *p, size_t n) {
     const uint8_t *body = p + 20;
     size_t blen = size - 19 - tail;
     int raw = 0;
+    int ours = type == MARIADB_GTID_EVENT || type == XID_EVENT || type == TABLE_MAP_EVENT ||
+               (type >= WRITE_ROWS_V1 && type <= DELETE_ROWS_V1) || (type >= WRITE_ROWS_V2 && type <= DELETE_ROWS_V2);
+    if (ours && tail && crc32_of(p + 1, size - 4) != (uint32_t)le_n(p + 1 + size - 4, 4)) {
+        /* the events read here are checked (the library reads the rest: it does not check them) */
+        return framing_error(self, out, "event of type %zu and %zu bytes: its CRC32 checksum does not match",
+                             (size_t)type, size);
+    }
     switch (type) {
     case MARIADB_GTID_EVENT:
         if (blen < 13) {
@@ -492,6 +519,7 @@ static PyTypeObject LoopType = {
 };
 
 int binloop_add_types(PyObject *m) {
+    crc_init();
     if ((k_write = PyUnicode_InternFromString("WriteRowsEvent")) == NULL ||
         (k_update = PyUnicode_InternFromString("UpdateRowsEvent")) == NULL ||
         (k_delete = PyUnicode_InternFromString("DeleteRowsEvent")) == NULL)
