@@ -1,6 +1,7 @@
 """The binlog reader with the C event loop (GEARSYNC_BINLOG_DECODER=c) against a real MariaDB: rows of
-tables not synced skipped below Python, heartbeats handled by the loop, and a dump connection killed
-mid-stream resumed from the last commit with the same versions."""
+tables not synced skipped below Python, heartbeats handled by the loop, a dump connection killed
+mid-stream resumed from the last commit with the same versions, and a real dump connection's bytes
+fed one byte per read."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from sync.capture.binlog import decoders
+from sync.capture.binlog.loop import DumpLoop
 from sync.capture.binlog.reader import Chunk
 from sync.events import Op
 from sync.testing.servers import MariaDBServer
@@ -117,3 +119,60 @@ def test_killed_dump_connection_resumes_from_the_last_commit(mariadb: MariaDBSer
         assert e.version >= last.get(e.pk, (0, None))[0]   # re-read changes come with the same versions
         last[e.pk] = (e.version, e.row)
     assert {pk: row for pk, (_, row) in last.items()} == {(("id", i),): {"id": i, "v": i + 1} for i in range(50)}
+
+
+def _read_to(src: Any, end: str, feed: Callable[[Any], None]) -> list[Any]:
+    """Read `src`'s binlog through the C loop until its committed position is the GTID `end`;
+    `feed(dump)` may replace the loop's socket reads. The events emitted."""
+    chunks: list[Chunk] = []
+    src._emit = chunks.append
+    src.stream = src.open_stream(src.committed)
+    try:
+        src._handle(src.stream.fetchone())
+        src._dump = DumpLoop(src.stream)
+        src._seed_tables()
+        feed(src._dump)
+        while src.committed.gtid != end:
+            src._items(src._dump.read())
+    finally:
+        src._dump = None
+        src.stream.close()
+        src.stream = None
+    src._flush(final=True)
+    return [e for c in chunks for e in c.events]
+
+
+def test_real_dump_bytes_fed_byte_by_byte_give_the_same_events(mariadb: MariaDBServer, db: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes one real dump connection delivered, fed to a second reader one byte per read
+    (every packet and event header split at every byte): the same events and position."""
+    monkeypatch.setenv(decoders.DECODER_ENV, "c")
+    _exec(db, "CREATE TABLE a (id INT PRIMARY KEY, v VARCHAR(300), n INT)", "CREATE TABLE b (id INT PRIMARY KEY)")
+    start = binlog_pos(mariadb)
+    _exec(db, *(f"INSERT INTO a VALUES ({i}, REPEAT('x', {i * 7}), {i})" for i in range(40)),
+          "INSERT INTO b VALUES (1)", "UPDATE a SET n = n + 1 WHERE id < 20", "ALTER TABLE a ADD COLUMN w INT",
+          "UPDATE a SET w = id, id = id + 100 WHERE id >= 30", "DELETE FROM a WHERE id < 5")
+    end = binlog_pos(mariadb)
+    recorded = bytearray()
+
+    def record(dump: Any) -> None:
+        read1 = dump._read1
+
+        def read(n: int) -> bytes:
+            data = read1(n)
+            recorded.extend(data)
+            return data
+        dump._read1 = read
+
+    first_src = source(mariadb, db.db_name, ["a"], start, server_id=4344)
+    first = _read_to(first_src, end, record)
+    replay = iter(bytes([b]) for b in bytes(recorded))
+
+    def byte_by_byte(dump: Any) -> None:
+        dump._read1 = lambda n: next(replay, b"")
+
+    second_src = source(mariadb, db.db_name, ["a"], start, server_id=4345)
+    second = _read_to(second_src, end, byte_by_byte)
+    assert [e.op for e in first] == [Op.INSERT] * 40 + [Op.UPDATE] * 20 + [Op.DELETE, Op.UPDATE] * 10 + [Op.DELETE] * 5
+    assert second == first
+    assert second_src.committed == first_src.committed and len(recorded) > 5000
