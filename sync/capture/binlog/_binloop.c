@@ -352,8 +352,18 @@ static int next_packet(Loop *self, PyObject *out, size_t at, const uint8_t **pay
     return 1;
 }
 
+/* Loop.__new__ without __init__: no dicts yet */
+static int initialised(Loop *self) {
+    if (self->maps != NULL && self->ids != NULL && self->held_rows != NULL)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "Loop.__init__ was not called");
+    return 0;
+}
+
 static PyObject *Loop_feed(Loop *self, PyObject *arg) {
     Py_buffer data;
+    if (!initialised(self))
+        return NULL;
     if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *out = PyList_New(0);
@@ -419,7 +429,7 @@ error:
 static PyObject *Loop_table_map(Loop *self, PyObject *args) {
     PyObject *body, *decoder, *tag;
     unsigned long long table_id;
-    if (!PyArg_ParseTuple(args, "SKOO", &body, &table_id, &decoder, &tag))
+    if (!initialised(self) || !PyArg_ParseTuple(args, "SKOO", &body, &table_id, &decoder, &tag))
         return NULL;
     if (decoder != Py_None && !PyObject_TypeCheck(decoder, &DecoderType)) {
         PyErr_SetString(PyExc_TypeError, "table_map: decoder must be a Decoder or None");
@@ -451,6 +461,8 @@ static PyObject *Loop_table_map(Loop *self, PyObject *args) {
 }
 
 static PyObject *Loop_clear(Loop *self, PyObject *Py_UNUSED(ignored)) {
+    if (!initialised(self))
+        return NULL;
     PyDict_Clear(self->maps);
     PyDict_Clear(self->ids);
     Py_RETURN_NONE;
