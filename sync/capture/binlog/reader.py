@@ -155,6 +155,7 @@ class BinlogSource:
     ) -> None:
         install_decoders()
         self.decoder = select_decoder()   # "c" or "python" (GEARSYNC_BINLOG_DECODER)
+        self._dump: DumpLoop | None = None   # the C event loop of the dump connection (decoder "c")
         self.mysql = mysql
         self.database = database
         self.server = server
@@ -200,7 +201,6 @@ class BinlogSource:
         self._last_emit = time.monotonic()
         self._emitted_position: Position | None = None
         self.stream: Any = None
-        self._dump: DumpLoop | None = None   # the C event loop of the dump connection (decoder "c")
         self.rows_read = 0
         self._idle_error: BaseException | None = None
         self._coalesce = False   # commits emitted together (the quiet hook is on: _hook_quiet)
