@@ -50,6 +50,24 @@ every row key of the table whose version is older than this one" (sync.apply.tru
 
 - "v", "table", "version", "source" as above; no "pk" and no "row". Unknown members are rejected.
 
+Batch payload (sync-binlog --sink gearman --job-changes N > 1): several changes of one function
+in one job, in the order they were read:
+
+    {"v":1,"changes":[{"v":1,"table":"data","op":"update",...},{"v":1,"table":"data",...}]}
+
+- "v": the integer 1; "changes": a list of 1..MAX_BATCH_CHANGES v1 change objects as above (no
+  "truncate": a table-wide statement is always a job of its own). No other members.
+- Each change is parsed and applied as if it were a job of its own (sync.apply.worker): a bad change
+  is dead-lettered alone, as its JSON, with a reason naming its index ("changes[3]: ..."); the rest
+  apply. A payload that is bad as a whole (invalid JSON, other members, no list) is one dead letter.
+- sync-binlog builds it by joining encode_change() payloads (encode_batch), so a change costs the
+  producer no more than a single-change job; the worker decodes the whole job with one orjson call.
+- A batch job's unique id is derived from the stream and its first and last versions
+  (sync.capture.binlog.writer): a resubmission of the same batch merges into a still-queued copy; a
+  resubmitted batch with other boundaries (the changes read again after a restart, batched
+  differently) is another job, and its changes that were already applied are STALE no-ops (the
+  version fence).
+
 Classic payload (the classic recipe, plain function name `syncToRedis`): a JSON object with an
 "id" (integer or non-empty string) such as {"id": 5, "volume": 3}. It is applied exactly as the
 classic worker did: `SET <id> <payload bytes unchanged>`, with no versioning.
@@ -60,6 +78,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeAlias
@@ -88,6 +107,10 @@ __all__ = [
     "TableTruncate",
     "encode_truncate",
     "parse_truncate",
+    "MAX_BATCH_CHANGES",
+    "BadChange",
+    "encode_batch",
+    "parse_batch",
 ]
 
 WIRE_VERSION = 1
@@ -313,7 +336,11 @@ def _loads_object(raw: bytes, what: str) -> dict[str, Any]:
 
 def parse_change(raw: bytes) -> ChangeEvent:
     """Parse and validate one wire-format-v1 payload. Raises PayloadError with a one-line reason."""
-    obj = _loads_object(raw, "payload")
+    return _change_from(_loads_object(raw, "payload"))
+
+
+def _change_from(obj: dict[str, Any]) -> ChangeEvent:
+    """The ChangeEvent of a decoded v1 change object (parse_change; each change of a batch)."""
     if type(obj.get("error")) is str:  # a change the capture could not send (sync.capture.triggers)
         raise PayloadError(f"capture: {_show(obj['error'], 300)}")
     keys: Any = obj.keys()
@@ -553,3 +580,51 @@ def parse_truncate(raw: bytes) -> TableTruncate | None:
     if source is None:
         raise PayloadError(f"source: expected one of trigger, binlog, snapshot, seed, got {_show(obj['source'])}")
     return TableTruncate(obj["table"], obj["version"], source)
+
+
+# -- batch jobs ----------------------------------------------------------------------------------
+
+MAX_BATCH_CHANGES = 10000
+_BATCH_KEYS = frozenset({"v", "changes"})
+_BATCH_HEAD = b'{"v":%d,"changes":[' % WIRE_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class BadChange:
+    """A change of a batch payload that can never be applied: its JSON and the one-line reason."""
+
+    raw: bytes
+    reason: str
+
+
+def encode_batch(payloads: Sequence[bytes]) -> bytes:
+    """The batch payload of already encoded v1 changes (encode_change), in their order."""
+    return _BATCH_HEAD + b",".join(payloads) + b"]}"
+
+
+def parse_batch(raw: bytes) -> list[ChangeEvent | BadChange] | None:
+    """The changes of a batch payload, each parsed on its own (a bad one is a BadChange, the others
+    still count); None when `raw` is not a batch (no "changes" member: a single change or a
+    statement). Raises PayloadError for a payload that is bad as a whole."""
+    if b'"changes"' not in raw:
+        return None
+    obj = _loads_object(raw, "batch payload")
+    if "changes" not in obj:
+        return None
+    if obj.keys() != _BATCH_KEYS:
+        raise PayloadError(f"batch payload: keys {', '.join(sorted(map(_show, obj)))}; expected v, changes")
+    if type(obj["v"]) is not int or obj["v"] != WIRE_VERSION:
+        raise PayloadError(f"v: expected {WIRE_VERSION}, got {_show(obj['v'])}")
+    changes = obj["changes"]
+    if type(changes) is not list or not 0 < len(changes) <= MAX_BATCH_CHANGES:
+        got = f"{len(changes)} items" if type(changes) is list else _show(changes)
+        raise PayloadError(f"changes: expected a list of 1..{MAX_BATCH_CHANGES} change objects, got {got}")
+    out: list[ChangeEvent | BadChange] = []
+    for i, item in enumerate(changes):
+        try:
+            if type(item) is not dict:
+                raise PayloadError(f"expected a change object, got {type(item).__name__} {_show(item)}")
+            out.append(_change_from(item))
+        except PayloadError as exc:
+            out.append(BadChange(orjson.dumps(item), f"changes[{i}]: {exc}"))
+    return out

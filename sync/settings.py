@@ -43,6 +43,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from sync.errors import ConfigError
+from sync.events import MAX_BATCH_CHANGES
 from sync.mysql import DEFAULT_MYSQL_PORT, MySQLSettings, from_url
 from sync.redis_client import DEFAULT_REDIS_URL, TLS_KEYS, RedisSettings, check_redis_url, check_tls_files
 from sync.shape import build_shape
@@ -213,6 +214,7 @@ class Key:
 CAPTURE_MODES = ("udf", "outbox")
 FAILURE_POLICIES = ("spool", "fail", "ignore")
 SINKS = ("redis", "gearman")
+JOB_CHANGES = 256   # sync-binlog --sink gearman: changes per job (measured: sync.capture.binlog.writer)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 PROGRESS = ("auto", "bar", "log")
@@ -275,6 +277,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "name": Key("str", None, option="--name", help="name of the saved position (default host:port/db/tables)"),
         "batch": Key("int", 2000, 1, 100000, option="--batch", help="most events per Redis call / gearman batch"),
         "flush_ms": Key("float", 20.0, 0.1, 1000, option="--flush-ms", help="longest a change waits to join a batch under load"),
+        "job_changes": Key("int", JOB_CHANGES, 1, MAX_BATCH_CHANGES, option="--job-changes",
+                           help="--sink gearman: most changes of one table per gearman job (1: a job per change)"),
         "stats_interval_s": Key("float", 10.0, 0, 86400, option="--stats-interval", help="seconds between stats lines (0 = off)"),
         "startup_wait_s": STARTUP_WAIT,
     },

@@ -24,6 +24,7 @@ from sync.cli import (
 from sync.errors import ConfigError
 from sync.redis_client import DEFAULT_REDIS_URL
 from sync.settings import (
+    JOB_CHANGES,
     Resolver,
     config_for,
     resolve_gearman_servers,
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flush-ms", type=float, metavar="MS",
                    help="under load, longest a decoded change waits to join a batch (default 20; an idle "
                         "stream applies within ~10 ms)")
+    p.add_argument("--job-changes", type=int, metavar="N",
+                   help=f"--sink gearman: most changes of one table per job (default {JOB_CHANGES}; 1: a job "
+                        "per change, as before)")
     p.add_argument("--stats-interval", type=float, metavar="S", help="seconds between stats lines (default 10; 0 = off)")
     add_startup_options(p)
     add_metrics_options(p)
@@ -170,6 +174,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
         shapes={t: s.shape for t, s in specs.items()},
         start=args.start.strip() if args.start else None, server_id=r.get("binlog", "server_id"),
         name=r.get("binlog", "name"), batch=r.get("binlog", "batch"), flush_ms=r.get("binlog", "flush_ms"),
+        job_changes=r.get("binlog", "job_changes"),
         stats_interval_s=r.get("binlog", "stats_interval_s"),
     )
 

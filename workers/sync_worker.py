@@ -33,7 +33,9 @@ Registers the Gearman function of each --table (default gearsync.<table>), grabs
 pipelined batches, writes each batch to Redis in one round trip with version fencing (an older
 change never overwrites a newer one; redelivered jobs are harmless), and completes a job only
 after Redis has its write. A payload that can never be applied goes to the dead-letter list
-gearsync:dead:{<table>} with the reason; fix the cause, then run --replay-dead.
+gearsync:dead:{<table>} with the reason; fix the cause, then run --replay-dead. A batch job
+(sync-binlog --sink gearman --job-changes) carries several changes: each is applied or
+dead-lettered on its own, and the job completes once Redis has them all.
 """
 
 EPILOG = f"""\

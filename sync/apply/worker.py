@@ -11,6 +11,11 @@ worker dies meanwhile, gearmand hands the jobs to another worker. A job that can
 payload and the reason, and is then completed. `--connections N` runs N such loops, each with
 its own Gearman connections, so Gearman and Redis round trips of different batches overlap.
 
+A batch job (sync-binlog --sink gearman --job-changes N, sync.events) carries several changes of
+one table: each is decoded and checked like a job of its own and applied with the rest of the batch;
+a bad change is dead-lettered alone (its JSON, re-signed when a key is set, and its reason), and the
+job is completed only once Redis has all the others.
+
 A "truncate" job (TRUNCATE/DROP TABLE read by sync-binlog --sink gearman, sync.events) is applied in
 its place in the batch: the changes before it first, then sync.apply.truncate removes the table's
 rows older than it, then the rest.
@@ -36,7 +41,18 @@ from sync.apply.deadletter import DeadLetter, DeadLetterStore
 from sync.apply.truncate import TableWipe
 from sync.config import CLASSIC_FUNCTION, WorkerSettings
 from sync.errors import ApplyError, PayloadError, short_error
-from sync.events import ChangeEvent, ClassicSet, Op, TableTruncate, parse_change, parse_classic, parse_truncate
+from sync.events import (
+    BadChange,
+    ChangeEvent,
+    ClassicSet,
+    Op,
+    TableTruncate,
+    encode_change,
+    parse_batch,
+    parse_change,
+    parse_classic,
+    parse_truncate,
+)
 from sync.gearman import GearmanWorker, Job
 from sync.redis_client import connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until
@@ -47,6 +63,7 @@ log = structlog.get_logger(__name__)
 
 REDIS_ERRORS = (ApplyError, redis.exceptions.RedisError, OSError)
 MAX_APPLY_BYTES = 32 * 1024 * 1024
+MAX_APPLY_CHANGES = 2048   # per script call (about sync-binlog --sink redis's --batch)
 
 
 @dataclass
@@ -72,6 +89,7 @@ class SyncWorker:
         keys = load_keys() if keys is None else keys
         keys.warn_if_off("sync-worker")
         self.verifier = keys.verifier  # GEARSYNC_JOB_KEY (+ _OLD): unsigned or forged jobs are dead letters
+        self.signer = keys.signer      # re-signs a bad change of a (verified) batch job for dead-letter replay
         self.redis = redis if redis is not None else connect_redis(settings.redis)
         self.applier = RedisApplier(self.redis, settings.tables, tombstone_ttl_s=settings.tombstone_ttl_s)
         self.deadletters = DeadLetterStore(self.redis)
@@ -121,6 +139,12 @@ class SyncWorker:
         event: ChangeEvent | TableTruncate | None = parse_truncate(workload)
         if event is None:
             event = parse_change(workload)
+        return self._checked(function, event)
+
+    def _checked(self, function: str, event: ChangeEvent | TableTruncate) -> ChangeEvent | TableTruncate:
+        """`event` if it can be applied as a change of `function`'s table; PayloadError otherwise."""
+        table = self.routes[function]
+        assert table is not None   # not the classic function
         if event.table != table and not (type(event) is ChangeEvent and event.op is Op.CASCADE):
             # op cascade (a parent that is not synced) arrives on a child's function.
             raise PayloadError(f"table: {event.table!r} arrived on function {function!r}; expected {table!r}")
@@ -130,6 +154,45 @@ class SyncWorker:
             elif event.refs is not None or event.cascade is not None:
                 self.applier.check_cascade(event)
         return event
+
+    def decode_job(self, function: str, workload: bytes) -> list[ChangeEvent | ClassicSet | TableTruncate | BadChange]:
+        """The changes a job carries: its one change, or each change of a batch job (sync.events),
+        checked as decode() checks a job's; a bad change of a batch is a BadChange (with its
+        reason), the others still apply. PayloadError when the job as a whole can never be applied."""
+        if self.routes.get(function) is None or b'"changes"' not in workload:
+            return [self.decode(function, workload)]   # classic, a single change or a statement
+        payload = self.verifier.open(function.encode(), workload)
+        batch = parse_batch(payload)
+        if batch is None:    # "changes" is in a value of a single change
+            return [self.decode(function, workload)]
+        out: list[ChangeEvent | ClassicSet | TableTruncate | BadChange] = []
+        for i, item in enumerate(batch):
+            if isinstance(item, ChangeEvent):
+                try:
+                    out.append(self._checked(function, item))
+                except PayloadError as exc:
+                    out.append(BadChange(encode_change(item), f"changes[{i}]: {exc}"))
+            else:
+                out.append(item)
+        return out
+
+    def split_job(self, function: str, workload: bytes
+                  ) -> tuple[list[ChangeEvent | ClassicSet | TableTruncate], list[tuple[bytes, str]]]:
+        """decode_job() as (the changes to apply, the (raw, reason) to dead-letter): the whole job
+        when it can never be applied, else each bad change of a batch as its JSON (signed again when
+        a key is set, so that a replay of the dead letter verifies it like a job)."""
+        try:
+            items = self.decode_job(function, workload)
+        except PayloadError as exc:
+            return [], [(workload, str(exc))]
+        good: list[ChangeEvent | ClassicSet | TableTruncate] = []
+        bad: list[tuple[bytes, str]] = []
+        for item in items:
+            if isinstance(item, BadChange):
+                bad.append((self.signer.sign(function.encode(), item.raw) if self.signer else item.raw, item.reason))
+            else:
+                good.append(item)
+        return good, bad
 
     def dead_letter_name(self, function: str) -> str:
         table = self.routes.get(function)
@@ -144,15 +207,16 @@ class SyncWorker:
         functions: list[str] = []   # of each event, for the per-table counters
         dead: dict[str, list[tuple[bytes, str, str | None, str | None]]] = {}
         for job in jobs:
-            try:
-                events.append(self.decode(job.function, job.workload))
-                sizes.append(len(job.workload))
+            good, bad = self.split_job(job.function, job.workload)
+            size = len(job.workload) // len(good) + (len(good) > 1) if good else 0   # a batch job's: a change's share
+            for event in good:
+                events.append(event)
+                sizes.append(size)
                 functions.append(job.function)
-            except PayloadError as exc:
-                name = self.dead_letter_name(job.function)
-                dead.setdefault(name, []).append((job.workload, str(exc), job.function, job.unique))
-                log.warning("job_dead_lettered", function=job.function, unique=job.unique,
-                            bytes=len(job.workload), reason=str(exc)[:300])
+            for raw, reason in bad:
+                dead.setdefault(self.dead_letter_name(job.function), []).append((raw, reason, job.function, job.unique))
+                log.warning("job_dead_lettered", function=job.function, unique=job.unique, bytes=len(raw),
+                            reason=reason[:300])
         outcomes = await self._write(events, sizes, dead, jobs, gearman)
         if outcomes is None:
             return False
@@ -173,8 +237,8 @@ class SyncWorker:
         else:
             labels = self._labels
             counts.outcomes([labels[fn] for fn in functions], applied_flags)
-        for name, items in dead.items():
-            counts.add(name, 0, dead=len(items))
+        for name, letters in dead.items():
+            counts.add(name, 0, dead=len(letters))
         counts.record_applied(jobs=True)
         lost = await gearman.complete_many(jobs)
         if lost:
@@ -404,10 +468,9 @@ class SyncWorker:
                 events: list[ChangeEvent | ClassicSet | TableTruncate] = []
                 again: list[tuple[bytes, str, str | None, str | None]] = []
                 for letter in letters:
-                    try:
-                        events.append(self.decode(function, letter.raw))
-                    except PayloadError as exc:
-                        again.append((letter.raw, str(exc), letter.function, letter.unique))
+                    good, bad = self.split_job(function, letter.raw)
+                    events += good
+                    again += [(raw, reason, letter.function, letter.unique) for raw, reason in bad]
                 if events:
                     await self.apply(events)
                 if again:
@@ -421,13 +484,15 @@ class SyncWorker:
 
 def _chunks_by_bytes(events: list[Any], sizes: list[int], limit: int) -> list[list[Any]]:
     """Split a batch so one script call carries at most about `limit` payload bytes (Redis
-    bounds a request's size; a few huge rows must not make one giant call)."""
-    if sum(sizes) <= limit:
+    bounds a request's size; a few huge rows must not make one giant call) and MAX_APPLY_CHANGES
+    changes (batch jobs: --batch jobs can hold a hundred times more changes; one script call
+    blocks Redis while it runs)."""
+    if sum(sizes) <= limit and len(events) <= MAX_APPLY_CHANGES:
         return [events] if events else []
     chunks: list[list[Any]] = [[]]
     total = 0
     for ev, size in zip(events, sizes):
-        if chunks[-1] and total + size > limit:
+        if chunks[-1] and (total + size > limit or len(chunks[-1]) >= MAX_APPLY_CHANGES):
             chunks.append([])
             total = 0
         chunks[-1].append(ev)

@@ -234,7 +234,13 @@ def test_sigterm_stops_cleanly_with_exit_0(gearmand: GearmanServer, redis_server
 def test_sigkill_mid_load_loses_nothing(gearmand: GearmanServer, redis_server: RedisServer, redis_client) -> None:
     n = 20000
     submit_sync(gearmand, "gearsync.data", expected_rows(n, 1_000_000))
-    proc = start_worker_process(gearmand, redis_server, "--batch", "64")
+    kill_mid_load_then_drain(gearmand, redis_server, redis_client, "--batch", "64")
+    assert_all_rows(redis_client, n, 1_000_000)
+
+
+def kill_mid_load_then_drain(gearmand: GearmanServer, redis_server: RedisServer, redis_client: Any, *args: str) -> None:
+    """SIGKILL a worker process part-way through the queued jobs, then drain them with another."""
+    proc = start_worker_process(gearmand, redis_server, *args)
     # Kill it while it is part-way: some rows in Redis, jobs still queued or in its hands.
     deadline = time.monotonic() + 30
     while redis_client.dbsize() < 2000 and time.monotonic() < deadline:
@@ -248,7 +254,6 @@ def test_sigkill_mid_load_loses_nothing(gearmand: GearmanServer, redis_server: R
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(15) == 0
-    assert_all_rows(redis_client, n, 1_000_000)
 
 
 def test_redis_restart_mid_load_converges(gearmand: GearmanServer, tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ from sync.redis_client import RedisSettings, connect_redis
 from sync.retry import Backoff, DeadlinePassed, retry_until
 from sync.rows.fkgraph import EMPTY_GRAPH, load_foreign_keys
 from sync.rows.schema import TableSchema, load_table
-from sync.settings import SINKS
+from sync.settings import JOB_CHANGES, SINKS
 from sync.shape import Shape
 from sync.stats import Counters, report_loop
 from sync.tables import TableSpec, default_function
@@ -100,6 +100,7 @@ class BinlogSettings:
     batch: int = 2000
     chunk_rows: int = 512
     flush_ms: float = 20.0            # longest a decoded change waits to join a batch (under load)
+    job_changes: int = JOB_CHANGES    # --sink gearman: most changes per job (sync.events batch payload)
     heartbeat_s: float = 1.0
     stats_interval_s: float = 10.0
     shutdown_timeout_s: float = 10.0

@@ -24,6 +24,13 @@ position ahead of jobs gearmand does not hold. A crash in between resubmits thos
 unique ids are derived from (stream, version, op), so gearmand merges a resubmission into a
 still-queued copy, and one that already ran is applied again as STALE.
 
+A job carries up to --job-changes consecutive changes of one function (the batch payload of
+sync.events; at most JOB_BYTES, and a job of one change is a plain v1 job): gearmand's cost is per
+job (receive, queue, hash the unique id), the same on the 2 cores the reader runs on. Its unique
+id is (stream, first version, last version) (_batch_unique): the same changes read again after a
+crash merge into a queued copy; batched differently (another flush moment) they are another job,
+and its changes already applied are STALE (the version fence). --job-changes 1: a job per change.
+
 A chunk with table statements (TRUNCATE/DROP, sync.capture.binlog.reader) is a barrier: the batch
 gathered so far is sent and its reply read, then each statement is delivered (retried like a
 batch), and only then does the statement's position join the next batch. --sink redis wipes the
@@ -47,6 +54,7 @@ position not saved.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,7 +66,7 @@ from sync import metrics
 from sync.apply.applier import Outcome, RedisApplier
 from sync.capture.binlog.reader import Chunk
 from sync.errors import ApplyError
-from sync.events import ChangeEvent, TableTruncate, encode_change, encode_truncate
+from sync.events import ChangeEvent, TableTruncate, encode_batch, encode_change, encode_truncate
 from sync.gearman import GearmanError
 from sync.gearman.blocking import BlockingSubmitter
 from sync.gearman.protocol import encode_function
@@ -78,6 +86,7 @@ __all__ = ["BatchWriter", "GearmanWriter", "RedisWriter", "make_writer"]
 # A delivery that did not land: send it again.
 SEND_ERRORS = (ApplyError, redis.exceptions.RedisError, OSError, GearmanError)
 DRAIN_POLL_S = 0.02
+JOB_BYTES = 256 * 1024   # --sink gearman: most payload bytes of a batch job (one bigger change goes alone)
 
 
 def make_writer(service: BinlogService) -> BatchWriter:
@@ -373,6 +382,7 @@ class GearmanWriter(BatchWriter):
         self.submitter = BlockingSubmitter(list(s.servers), connect_timeout_s=2.0, io_timeout_s=5.0,
                                            signer=service.signer)
         self._functions: dict[str, bytes] = {}
+        self.job_changes = s.job_changes
         self.cluster = bool(s.redis.cluster)
         self.conn: Any = None        # standalone Redis: the position SETs, pipelined
         self.saving: tuple[Position, Any, bool] | None = None   # the SET sent: (position, packed, sent)
@@ -383,19 +393,62 @@ class GearmanWriter(BatchWriter):
             self.conn.disconnect()
 
     def _packets(self, events: Sequence[ChangeEvent]) -> list[bytes]:
-        """The batch's SUBMIT_JOB_BG packets (signed). The unique ids are hex, colons and a letter,
-        at most 51 bytes (BinlogService.unique); each function name is checked once."""
+        """The batch's SUBMIT_JOB_BG packets (signed): each function's changes, in their order, in
+        jobs of up to --job-changes changes and JOB_BYTES (a job of one change is a plain v1 job).
+        The unique ids are hex, colons and letters, at most 64 bytes (BinlogService.unique,
+        _batch_unique); each function name is checked once."""
         svc = self.service
         pack = self.submitter.pack_checked
         functions = self._functions
-        out = []
+        limit = self.job_changes
+        out: list[bytes] = []
+        # function -> its changes not yet packed, their payloads and the payloads' bytes
+        open_jobs: dict[bytes, tuple[list[ChangeEvent], list[bytes], list[int]]] = {}
+
+        def flush(fn: bytes, evs: list[ChangeEvent], payloads: list[bytes]) -> None:
+            if len(evs) == 1:
+                out.append(pack(fn, payloads[0], svc.unique(evs[0]).encode("ascii")))
+            else:
+                out.append(pack(fn, encode_batch(payloads), self._batch_unique(evs)))
+
         for ev in events:
             name = svc.event_function(ev)
             fn = functions.get(name)
             if fn is None:
                 fn = functions[name] = encode_function(name)
-            out.append(pack(fn, encode_change(ev), svc.unique(ev).encode("ascii")))
+            payload = encode_change(ev)
+            if limit == 1:
+                out.append(pack(fn, payload, svc.unique(ev).encode("ascii")))
+                continue
+            job = open_jobs.get(fn)
+            if job is None:
+                job = open_jobs[fn] = ([], [], [0])
+            evs, payloads, size = job
+            if evs and size[0] + len(payload) + 1 > JOB_BYTES:
+                flush(fn, evs, payloads)
+                evs.clear()
+                payloads.clear()
+                size[0] = 0
+            evs.append(ev)
+            payloads.append(payload)
+            size[0] += len(payload) + 1
+            if len(evs) >= limit:
+                flush(fn, evs, payloads)
+                del open_jobs[fn]
+        for fn, (evs, payloads, _size) in open_jobs.items():
+            flush(fn, evs, payloads)
         return out
+
+    def _batch_unique(self, events: Sequence[ChangeEvent]) -> bytes:
+        """The unique id of a batch job: the stream, its first and last versions (the same changes
+        when read again: the stream's versions only grow, and a job holds consecutive changes of
+        its function). A version ending in 0xFFF may be an overflow-collapsed one shared by many
+        rows (BinlogService.unique): then the rows' keys are hashed in too."""
+        first, last = events[0].version, events[-1].version
+        u = f"bl:{self.service.tag}:{first:x}:{last:x}:b"
+        if first & 0xFFF == 0xFFF or last & 0xFFF == 0xFFF:
+            u += ":" + hashlib.blake2b(repr([(ev.table, ev.pk) for ev in events]).encode(), digest_size=6).hexdigest()
+        return u.encode("ascii")
 
     def _send(self, events: list[ChangeEvent], position: Position | None, t0: float) -> None:
         """Send the batch's jobs, not waiting for JOB_CREATED; a batch with cascades goes in runs at
@@ -426,7 +479,7 @@ class GearmanWriter(BatchWriter):
         done = self._done(attempt, "deliver", len(events))
         self.inflight = None
         if done:
-            self._submitted(events, position, spent + time.perf_counter() - t1)
+            self._submitted(events, position, spent + time.perf_counter() - t1, len(packets))
 
     def _submit_now(self, packets: list[bytes], what: str, n_events: int) -> bool:
         """Submit and wait for every JOB_CREATED, retried; False: given up."""
@@ -447,7 +500,7 @@ class GearmanWriter(BatchWriter):
         # A cascade reads the children in Redis: every earlier job of the tables it touches must
         # be applied before it. So the events up to a run of cascading events go first, then the
         # run waits for those functions to drain.
-        start, n = 0, len(events)
+        start, n, jobs = 0, len(events), 0
         while start < n:
             end = start
             while end < n and events[end].cascade is not None:
@@ -460,18 +513,20 @@ class GearmanWriter(BatchWriter):
                 before = f"a cascade of {run[0].table}"
                 if not self._done(lambda: self._drained(functions, before), "drain", len(run)):  # noqa: B023
                     return
-            if not self._submit_now(self._packets(run), "deliver", len(run)):
+            packets = self._packets(run)
+            if not self._submit_now(packets, "deliver", len(run)):
                 return
+            jobs += len(packets)
             start = end
-        self._submitted(events, position, time.perf_counter() - t0)
+        self._submitted(events, position, time.perf_counter() - t0, jobs)
 
-    def _submitted(self, events: list[ChangeEvent], position: Position | None, spent: float) -> None:
+    def _submitted(self, events: list[ChangeEvent], position: Position | None, spent: float, jobs: int) -> None:
         """gearmand holds every job of the batch: the stats counted, the position's SET sent (its
         reply is read before the next SET, or when the server goes quiet: only then is the
         position saved)."""
         st = self.service.stats
         st.events += len(events)
-        st.jobs += len(events)
+        st.jobs += jobs
         st.batches += 1
         metrics.TableCounts().outcomes([ev.table for ev in events], [False] * len(events)).record_applied(
             read=True, submitted=True)
