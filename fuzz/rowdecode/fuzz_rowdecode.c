@@ -9,21 +9,14 @@
  * Every result must be a list of row dicts of str/int/float/None/{"$b64": str}; every failure a
  * DecodeError (a ValueError naming the column): anything else aborts.
  */
-#include "../../sync/capture/binlog/_rowdecode.c"
-
-#include <stdlib.h>
+#include "fuzz_common.h"
 
 static PyObject *g_marker;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    Py_InitializeEx(0);
-    PyObject *m = PyInit__rowdecode();
-    if (m == NULL) {
-        PyErr_Print();
-        abort();
-    }
+    init_python();
     g_marker = PyTuple_New(0);
     return 0;
 }
@@ -102,7 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t n = size - pos;
     uint8_t *rows = malloc(n ? n : 1);
     memcpy(rows, data + pos, n);
-    PyObject *out = decode_buffer((Decoder *)dec, rows, 0, n, bm1, nbm, bm2, nbm, update);
+    PyObject *out = rowdecode_rows((Decoder *)dec, rows, 0, n, bm1, nbm, bm2, nbm, update);
     if (out == NULL) {
         if (!PyErr_ExceptionMatches(DecodeError)) {
             PyErr_Print();

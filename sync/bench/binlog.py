@@ -116,8 +116,8 @@ DECODER_ENV = "GEARSYNC_BINLOG_DECODER"   # sync.capture.binlog.decoders: c, pyt
 AREAS = (  # where the reader's time goes, by the file a profiled function is in (first match)
     ("mysql-replication (packets, table maps, Python row decode)", ("pymysqlreplication",)),
     ("pymysql (socket reads, packet framing)", ("pymysql",)),
-    ("C row decoder", ("_rowdecode",)),
-    ("reader: rows -> ChangeEvents", ("sync/capture/binlog/reader", "sync/capture/binlog/decoders",
+    ("C event loop and row decoder (split, headers, CRC32, decode)", ("_rowdecode",)),
+    ("reader: rows -> ChangeEvents", ("sync/capture/binlog/reader", "sync/capture/binlog/loop", "sync/capture/binlog/decoders",
                                       "sync/capture/binlog/fkrows", "sync/rows/", "sync/events")),
     ("sink: batches, packing, sends, replies", ("sync/capture/binlog/writer", "sync/gearman/", "sync/apply/",
                                                 "sync/signing", "redis/", "orjson")),
@@ -223,9 +223,9 @@ def profile_report(prof: cProfile.Profile, rows: int, what: str, measured_us: fl
     stats: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     by_area: dict[str, float] = defaultdict(float)
     total = 0.0
-    for (filename, _line, _fn), (_cc, _nc, tottime, _ct, callers) in stats.items():
+    for (filename, _line, fn), (_cc, _nc, tottime, _ct, callers) in stats.items():
         total += tottime
-        area = _area(filename)
+        area = _area(f"{filename} {fn}")   # a builtin's name says its type: the C extension's methods
         if area is not None:
             by_area[area] += tottime
             continue

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sync.capture.binlog import decoders
+from sync.capture.binlog.loop import DumpLoop
 from sync.capture.binlog.preflight import check_server
 from sync.capture.binlog.reader import BinlogSource, Chunk
 from sync.events import ChangeEvent
@@ -17,12 +18,9 @@ from sync.rows.schema import load_table
 from sync.testing.servers import MariaDBServer
 
 
-def read_events(server: MariaDBServer, database: str, tables: Sequence[str], start_gtid: str, decoder: str,
-                columns: dict[str, Sequence[str] | None] | None = None,
-                thin: bool | None = None) -> tuple[list[ChangeEvent], BinlogSource]:
-    """Every ChangeEvent of `tables` from `start_gtid` to the end of the binlog now, decoded by
-    `decoder` ("c" or "python"); `thin`: decoders.thin_events() on or off (default: what run() does,
-    i.e. on with the C decoder). Returns the events and the source (its plans tell which decoder ran)."""
+def source(server: MariaDBServer, database: str, tables: Sequence[str], start_gtid: str, *,
+           columns: dict[str, Sequence[str] | None] | None = None, **kw: Any) -> BinlogSource:
+    """A BinlogSource of `tables` from `start_gtid` (after the server checks), not started."""
     mysql = from_url(server.url + database)
     conn = server.connect(database)
     try:
@@ -30,24 +28,50 @@ def read_events(server: MariaDBServer, database: str, tables: Sequence[str], sta
         schemas = {t: load_table(conn, database, t) for t in tables}
     finally:
         conn.close()
-    src = BinlogSource(mysql, database, schemas, dict(columns or {}), server=info,
-                       start=Position("mariadb", start_gtid), server_id=4242)
+    return BinlogSource(mysql, database, schemas, dict(columns or {}), server=info,
+                        start=Position("mariadb", start_gtid), **kw)
+
+
+def read_events(server: MariaDBServer, database: str, tables: Sequence[str], start_gtid: str, decoder: str,
+                columns: dict[str, Sequence[str] | None] | None = None,
+                loop: bool | None = None, chunks: list[Chunk] | None = None) -> tuple[list[ChangeEvent], BinlogSource]:
+    """Every ChangeEvent of `tables` from `start_gtid` to the end of the binlog now, decoded by
+    `decoder` ("c" or "python"); `loop`: read by the C event loop after the first event (default:
+    what run() does, i.e. with the C decoder) or by the library's fetchone. Returns the events and
+    the source (its plans tell which decoder ran). `chunks`: gets the chunks emitted."""
+    src = source(server, database, tables, start_gtid, columns=dict(columns or {}), server_id=4242)
     src.decoder = decoder
-    decoders.cache_table_maps(decoder == "c")   # what BinlogSource.run() does in its thread
-    decoders.thin_events(decoder == "c" if thin is None else thin)
-    out: list[Chunk] = []
+    out: list[Chunk] = [] if chunks is None else chunks
     src._emit = out.append
-    stream = src.open_stream(src.committed, blocking=False)
-    src.stream = stream
-    try:
-        while True:
+    use_loop = decoder == "c" if loop is None else loop
+    while True:
+        stream = src.open_stream(src.committed, blocking=False)
+        src.stream = stream
+        try:
             ev = stream.fetchone()
-            if ev is None:
+            if ev is None or not use_loop:
+                while ev is not None:
+                    src._handle(ev)
+                    ev = stream.fetchone()
                 break
             src._handle(ev)
-    finally:
-        stream.close()
-        src.stream = None
+            src._dump = DumpLoop(stream)   # what run() does once connected
+            src._seed_tables()
+            try:
+                while True:
+                    src._items(src._dump.read())
+            except ConnectionResetError:
+                # The server may reset a non-blocking dump at its end before all was read (the
+                # library reconnects by itself then): read on from the last commit, as run() does.
+                src._reset_trx()
+                src._pending.clear()
+                continue
+            except ConnectionError:   # the EOF packet: the end of the binlog
+                break
+        finally:
+            src._dump = None
+            stream.close()
+            src.stream = None
     src._flush(final=True)
     return [e for c in out for e in c.events], src
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -164,19 +165,13 @@ def test_table_map_reuse_follows_alter_table(mariadb: MariaDBServer, db) -> None
         {"id": i, "a": f"x{i}", "c": "2020-01-01 00:00:00.123", "b": i + 18446744073709551000} for i in range(3)]
 
 
-def test_mariadb_compressed_rows_events(mariadb: MariaDBServer, db) -> None:
-    """log_bin_compress=ON: MariaDB writes WRITE/UPDATE/DELETE_ROWS_COMPRESSED_EVENT_V1, which
-    mysql-replication alone drops unseen; both decoders read them, with the same events."""
-    _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
-    start = binlog_pos(mariadb)
+def _compressed(mariadb: MariaDBServer, db, *sql: str) -> list[str]:
+    """Run `sql` with log_bin_compress=ON (min_len 10); the event types of the last binlog file."""
     mariadb.execute("SET GLOBAL log_bin_compress = ON", "SET GLOBAL log_bin_compress_min_len = 10")
     try:
         conn = mariadb.connect(db.db_name)
         try:
-            _exec(conn, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
-                  *(f"INSERT INTO types VALUES {r}" for r in ROWS),
-                  "UPDATE types SET vcl = REPEAT('y', 299), ltx = CONCAT(ltx, 'more') WHERE id IN (1, 2)",
-                  "DELETE FROM types WHERE id = 4")
+            _exec(conn, *sql)
         finally:
             conn.close()
     finally:
@@ -185,18 +180,48 @@ def test_mariadb_compressed_rows_events(mariadb: MariaDBServer, db) -> None:
         cur.execute("SHOW BINARY LOGS")
         last = cur.fetchall()[-1][0]
         cur.execute(f"SHOW BINLOG EVENTS IN '{last}'")
-        kinds = {row[2] for row in cur.fetchall()}
-    assert {"Write_rows_compressed_v1", "Update_rows_compressed_v1", "Delete_rows_compressed_v1"} <= kinds, kinds
+        return [row[2] for row in cur.fetchall()]
+
+
+def test_mariadb_compressed_rows_events(mariadb: MariaDBServer, db) -> None:
+    """log_bin_compress=ON: MariaDB writes WRITE/UPDATE/DELETE_ROWS_COMPRESSED_EVENT_V1, which
+    mysql-replication alone drops unseen; both decoders read them, with the same events."""
+    _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
+    start = binlog_pos(mariadb)
+    kinds = _compressed(mariadb, db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
+                        *(f"INSERT INTO types VALUES {r}" for r in ROWS),
+                        "UPDATE types SET vcl = REPEAT('y', 299), ltx = CONCAT(ltx, 'more') WHERE id IN (1, 2)",
+                        "DELETE FROM types WHERE id = 4")
+    assert {"Write_rows_compressed_v1", "Update_rows_compressed_v1", "Delete_rows_compressed_v1"} <= set(kinds), kinds
     c_events, py_events = both(mariadb, db.db_name, ["types"], start)
     assert [e.op for e in c_events] == [Op.INSERT] * len(ROWS) + [Op.UPDATE, Op.UPDATE, Op.DELETE]
     assert c_events == py_events
     assert c_events[len(ROWS)].row is not None and c_events[len(ROWS)].row["vcl"] == "y" * 299
 
 
-def test_thin_events_with_the_python_decode_same_events(mariadb: MariaDBServer, db, monkeypatch) -> None:
-    """decoders.thin_events(): GTID/XID/TABLE_MAP/rows events built without mysql-replication's
-    event objects; where the rows need the library's own decode (no C decoder for the table), the
-    library's event is rebuilt from the same bytes. Same events and position as the library's path."""
+@pytest.mark.parametrize("decoder", ["c", "python"])
+def test_mariadb_compressed_statements(mariadb: MariaDBServer, db, decoder: str) -> None:
+    """log_bin_compress=ON compresses statements of log_bin_compress_min_len bytes or more into
+    QUERY_COMPRESSED_EVENTs, which mysql-replication alone drops unseen: the reader inflates them, so
+    a compressed ALTER reloads the table's key and a compressed TRUNCATE empties the table."""
+    _exec(db, "CREATE TABLE ct (id INT PRIMARY KEY, v VARCHAR(20))")
+    start = binlog_pos(mariadb)
+    kinds = _compressed(mariadb, db, "INSERT INTO ct VALUES (1, 'a'), (2, 'b')",
+                        "ALTER TABLE ct ADD COLUMN w INT NOT NULL DEFAULT 7", "INSERT INTO ct VALUES (3, 'c', 8)",
+                        "TRUNCATE TABLE ct")
+    assert kinds.count("Query_compressed") >= 2, kinds
+    chunks: list[Any] = []
+    events, _ = read_events(mariadb, db.db_name, ["ct"], start, decoder, chunks=chunks)
+    assert [e.row for e in events] == [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"id": 3, "v": "c", "w": 8}]
+    truncates = [s for c in chunks for s in c.statements]
+    assert [s.table for s in truncates] == ["ct"]
+    assert truncates[0].version > events[-1].version
+
+
+def test_loop_hands_python_decoded_rows_to_the_library(mariadb: MariaDBServer, db, monkeypatch) -> None:
+    """The C event loop with tables that have no C decoder: their rows events go back to Python as
+    packet bytes, become the library's events and are decoded by it. Same events and position as
+    the library's own fetchone path."""
     _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'", f"CREATE TABLE types ({TYPES})")
     start = binlog_pos(mariadb)
     _exec(db, "SET SESSION sql_mode = ''", "SET SESSION time_zone = '+00:00'",
@@ -204,20 +229,18 @@ def test_thin_events_with_the_python_decode_same_events(mariadb: MariaDBServer, 
           "UPDATE types SET ti = ti + 1, vc = CONCAT(vc, '!') WHERE id IN (2, 4)",
           "UPDATE types SET id = 40 WHERE id = 4",
           "DELETE FROM types WHERE id IN (1, 3)")
-    seen: list[bool] = []   # per rows event: was it a thin one
+    seen: list[bool] = []   # per rows event: did the library build it (from the C loop's packet bytes)
     plain_rows = decoders.RowPlan.rows
 
     def rows(self: decoders.RowPlan, ev: Any) -> Any:
-        seen.append(hasattr(ev, "library_event"))
+        seen.append(True)
         return plain_rows(self, ev)
 
     monkeypatch.setattr(decoders.RowPlan, "rows", rows)
-    thin, thin_src = read_events(mariadb, db.db_name, ["types"], start, "python", thin=True)
-    assert seen and all(seen)
-    seen.clear()
-    plain, plain_src = read_events(mariadb, db.db_name, ["types"], start, "python", thin=False)
-    assert seen and not any(seen)
-    assert thin_src.tables["types"].plans and all(p.decoder is None for p in thin_src.tables["types"].plans.values())
+    looped, loop_src = read_events(mariadb, db.db_name, ["types"], start, "python", loop=True)
+    assert len(seen) >= 7   # one rows event per statement (4 INSERTs, 2 UPDATEs, 1 DELETE; re-read after a reset)
+    plain, plain_src = read_events(mariadb, db.db_name, ["types"], start, "python", loop=False)
+    assert loop_src.tables["types"].plans and all(p.decoder is None for p in loop_src.tables["types"].plans.values())
     assert [e.op for e in plain] == [Op.INSERT] * 4 + [Op.UPDATE] * 2 + [Op.DELETE, Op.UPDATE] + [Op.DELETE] * 2
-    assert thin == plain
-    assert thin_src.committed == plain_src.committed
+    assert looped == plain
+    assert loop_src.committed == plain_src.committed

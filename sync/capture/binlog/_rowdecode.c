@@ -17,10 +17,7 @@
  * converters) produces for the same bytes; tests/unit/test_rowdecode*.py and
  * tests/integration/test_rowdecode*.py compare the two.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
+#include "_rowdecode.h"
 
 enum {
     OP_INT = 1,        /* a: width 1,2,3,4,8 (little endian); b: unsigned */
@@ -53,13 +50,13 @@ typedef struct {
     int utf8;            /* enc is utf8: the fast decoder */
 } col_t;
 
-typedef struct {
+struct Decoder {
     PyObject_HEAD
     PyObject *spec;
     PyObject *marker;
     Py_ssize_t ncols;
     col_t *cols;
-} Decoder;
+};
 
 static PyObject *k_values, *k_none_sources, *k_before_values, *k_before_none, *k_after_values, *k_after_none,
     *k_b64, *s_empty;
@@ -555,7 +552,7 @@ error:
     return NULL;
 }
 
-static PyObject *decode_buffer(Decoder *self, const uint8_t *data, size_t start, size_t end, const uint8_t *bm1,
+PyObject *rowdecode_rows(Decoder *self, const uint8_t *data, size_t start, size_t end, const uint8_t *bm1,
                                size_t bm1_len, const uint8_t *bm2, size_t bm2_len, int update) {
     size_t need_bm = (size_t)(self->ncols + 7) / 8;
     if (bm1_len < need_bm || (update && bm2_len < need_bm)) {
@@ -609,6 +606,8 @@ error:
     return NULL;
 }
 
+Py_ssize_t rowdecode_ncols(Decoder *self) { return self->ncols; }
+
 static PyObject *Decoder_decode(Decoder *self, PyObject *args) {
     Py_buffer data, bm1, bm2 = {0};
     Py_ssize_t start, end;
@@ -623,7 +622,7 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *args) {
         PyErr_Format(DecodeError, "row data %zd..%zd outside the event's %zd bytes", start, end, data.len);
         goto done;
     }
-    out = decode_buffer(self, data.buf, (size_t)start, (size_t)end, bm1.buf, (size_t)bm1.len, bm2.buf,
+    out = rowdecode_rows(self, data.buf, (size_t)start, (size_t)end, bm1.buf, (size_t)bm1.len, bm2.buf,
                         (size_t)bm2.len, update);
 done:
     PyBuffer_Release(&data);
@@ -744,7 +743,7 @@ static PyMethodDef Decoder_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject DecoderType = {
+PyTypeObject DecoderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sync.capture.binlog._rowdecode.Decoder",
     .tp_basicsize = sizeof(Decoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -785,5 +784,9 @@ PyMODINIT_FUNC PyInit__rowdecode(void) {
         return NULL;
     }
     Py_INCREF(DecodeError);
+    if (binloop_add_types(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

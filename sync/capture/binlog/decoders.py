@@ -14,8 +14,6 @@ import codecs
 import datetime as dt
 import json
 import os
-import struct
-import threading
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
@@ -40,9 +38,9 @@ __all__ = [
     "install_decoders",
     "native_spec",
     "select_decoder",
-    "cache_table_maps",
-    "thin_events",
     "compressed_row_events",
+    "compressed_query_event",
+    "inflate",
     "inflate_compressed_rows",
 ]
 
@@ -158,6 +156,7 @@ def install_decoders() -> None:
                           "1.0.17 (pip install 'mysql-replication==1.0.17')")
     for code, cls in zip(_COMPRESSED_V1, compressed_row_events()):
         event_map[code] = cls
+    event_map[_QUERY_COMPRESSED] = compressed_query_event()
     _decoders_installed = True
 
 
@@ -169,22 +168,32 @@ def install_decoders() -> None:
 # (same class names: the reader handles them as WriteRowsEvent, ...).
 
 _COMPRESSED_V1 = (166, 167, 168)
+_QUERY_COMPRESSED = 165   # QUERY_COMPRESSED_EVENT: a QUERY event whose statement is compressed the same way
 _compressed_classes: list[type] = []
+
+
+def inflate(data: bytes, what: str) -> bytes:
+    """MariaDB's compressed binlog data (one byte 0x80 | n, the length in n big-endian bytes, zlib)."""
+    n = data[0] & 0x07 if data else 0
+    if not data or data[0] & 0xE0 != 0x80 or not 1 <= n <= 4 or len(data) < 1 + n:
+        raise ValueError(f"compressed {what}: bad header byte {data[:1].hex() or 'none'}")
+    size = int.from_bytes(data[1:1 + n], "big")
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data[1 + n:], size + 1)
+    except zlib.error as exc:
+        raise ValueError(f"compressed {what}: {exc}") from None
+    if len(out) != size or not d.eof:
+        raise ValueError(f"compressed {what}: {len(out)} bytes inflated, the header says {size}")
+    return out
 
 
 def inflate_compressed_rows(ev: Any) -> None:
     """Replace the compressed row data of rows event `ev` (positioned after its bitmaps) by the inflated rows."""
     wrapper = ev.packet
     pkt = wrapper.packet
-    data = bytes(pkt._data[pkt._position:pkt._position + ev.event_size - wrapper.read_bytes])
-    n = data[0] & 0x07 if data else 0
-    if not data or data[0] & 0xE0 != 0x80 or not 1 <= n <= 4 or len(data) < 1 + n:
-        raise ValueError(f"compressed rows event: bad header byte {data[:1].hex() or 'none'}")
-    size = int.from_bytes(data[1:1 + n], "big")
-    d = zlib.decompressobj()
-    rows = d.decompress(data[1 + n:], size + 1)
-    if len(rows) != size or not d.eof:
-        raise ValueError(f"compressed rows event: {len(rows)} bytes inflated, the header says {size}")
+    rows = inflate(bytes(pkt._data[pkt._position:pkt._position + ev.event_size - wrapper.read_bytes]), "rows event")
+    size = len(rows)
     from pymysql.protocol import MysqlPacket
 
     wrapper.packet = MysqlPacket(rows, "utf8")
@@ -209,6 +218,41 @@ def compressed_row_events() -> list[type]:
 
             _compressed_classes.append(type(base.__name__, (base,), {"__init__": init, "compressed": True}))
     return list(_compressed_classes)
+
+
+_query_class: list[type] = []
+
+
+def compressed_query_event() -> type:
+    """The class of MariaDB's QUERY_COMPRESSED_EVENT (log_bin_compress=ON and a statement of at least
+    log_bin_compress_min_len bytes): a QueryEvent (same class name, for the reader) whose `query` is
+    the inflated statement; `inflate_error` says why it could not be inflated (else None). Without
+    it the library drops these events unseen (a compressed TRUNCATE or ALTER would go unnoticed)."""
+    if not _query_class:
+        from pymysqlreplication.event import QueryEvent
+
+        def init(self: Any, from_packet: Any, *a: Any, **kw: Any) -> None:
+            reads: list[bytes] = []
+            plain = from_packet.read
+
+            def read(n: int) -> bytes:   # the last read of QueryEvent.__init__ is the statement's bytes
+                b = plain(n)
+                reads.append(b)
+                return bytes(b)
+
+            from_packet.read = read
+            try:
+                QueryEvent.__init__(self, from_packet, *a, **kw)
+            finally:
+                del from_packet.read
+            self.inflate_error = None
+            try:
+                self.query = inflate(reads[-1] if reads else b"", "QUERY event").decode("utf-8", "backslashreplace")
+            except ValueError as exc:
+                self.inflate_error = str(exc)
+
+        _query_class.append(type("QueryEvent", (QueryEvent,), {"__init__": init, "compressed": True}))
+    return _query_class[0]
 
 
 # -- binlog columns → canonical values -------------------------------------------------------------
@@ -465,223 +509,6 @@ def _native_spec(bcol: Any, name: str | None, conv: Callable[[Any], Any] | None)
     return None
 
 
-# -- table maps: parsed once per distinct table map ----------------------------------------------
-# The server writes a TABLE_MAP event before the rows events of every transaction; mysql-replication
-# parses each one in full (columns, metadata, charsets, names: ~100 µs, more than the rows of a
-# one-row transaction take to decode in C). In a reader thread that called cache_table_maps(), an
-# event whose bytes equal one already parsed reuses that parse (its Table object): equal bytes,
-# equal table (the bytes start with the table id). The filters (only_tables, ...) are applied
-# again on every event, as the library does. Other threads (and sync-binlog with the Python
-# decoder, the benchmark baseline) keep the library's own parse.
-
-_thread_state = threading.local()
-_TABLE_MAP_CACHE_MAX = 4096
-
-
-def cache_table_maps(on: bool = True) -> None:
-    """Reuse the parse of a repeated TABLE_MAP event in the calling thread (see above), or not."""
-    _install_table_map_cache()
-    _thread_state.table_maps = {} if on else None
-
-
-_table_map_cache_installed = False
-
-
-def _install_table_map_cache() -> None:
-    global _table_map_cache_installed
-    if _table_map_cache_installed:
-        return
-    from pymysqlreplication.event import BinLogEvent
-    from pymysqlreplication.row_event import TableMapEvent
-
-    plain_init = TableMapEvent.__init__
-
-    def init(self: Any, from_packet: Any, event_size: int, table_map: Any, ctl_connection: Any, **kw: Any) -> None:
-        cache: dict[bytes, Any] | None = getattr(_thread_state, "table_maps", None)
-        raw = getattr(from_packet, "packet", None)
-        if cache is None or raw is None or len(getattr(from_packet, "_BinLogPacketWrapper__data_buffer", b"")) \
-                or kw.get("freeze_schema"):
-            plain_init(self, from_packet, event_size, table_map, ctl_connection, **kw)
-            return
-        key = bytes(raw._data[raw._position:raw._position + event_size])
-        table = cache.get(key)
-        if table is None:
-            plain_init(self, from_packet, event_size, table_map, ctl_connection, **kw)
-            if self._processed and len(key) == event_size:
-                if len(cache) >= _TABLE_MAP_CACHE_MAX:
-                    cache.clear()
-                cache[key] = self.table_obj
-            return
-        BinLogEvent.__init__(self, from_packet, event_size, table_map, ctl_connection, **kw)
-        self.table_id, self.schema, self.table, self.columns = table.table_id, table.schema, table.table, table.columns
-        self.column_count = len(table.columns)
-        only_tables, ignored_tables = kw.get("only_tables"), kw.get("ignored_tables")
-        only_schemas, ignored_schemas = kw.get("only_schemas"), kw.get("ignored_schemas")
-        if ((only_tables is not None and table.table not in only_tables)
-                or (ignored_tables is not None and table.table in ignored_tables)
-                or (only_schemas is not None and table.schema not in only_schemas)
-                or (ignored_schemas is not None and table.schema in ignored_schemas)):
-            self._processed = False
-            return
-        self.table_obj = table
-        table_map[table.table_id] = table
-
-    TableMapEvent.__init__ = init
-    _table_map_cache_installed = True
-
-
-# -- thin events: the header fields of the events the reader needs only a few of ------------------
-# Per event, mysql-replication builds a packet wrapper and a full event object through two
-# constructors of ~17 keyword arguments each: ~8 µs of pure Python, four times per one-row
-# transaction (GTID, TABLE_MAP, rows, XID): more than the C decoder spends on the rows. In a reader
-# thread that called thin_events(), the stream's packet wrapper is built here instead for
-#   MariaDB GTID, XID          the few fields they carry, read from the header and body directly;
-#   TABLE_MAP                  when cache_table_maps() already parsed the same bytes (else the library);
-#   WRITE/UPDATE/DELETE_ROWS   (v1, v2) the rows header: table id, flags, column count, bitmaps,
-#                              positioned at the row data for RowPlan.rows(); the library's own
-#                              event is rebuilt from the same bytes when the rows need its decode.
-# The objects are of the library's classes (the stream filters by class) with the attributes the
-# library sets that the reader and the stream read. Anything unusual (checksum verification, a
-# post-header length other than the one known, a column count past 250, a short body) goes through
-# the library as before. The stream's protocol handling (rotation, positions, GTID resume,
-# reconnects, heartbeats, other events) is unchanged.
-
-_HEADER = struct.Struct("<xIBIIIH")   # OK byte, timestamp, type, server id, event size, next position, flags
-_thin_installed = False
-
-
-def thin_events(on: bool = True) -> None:
-    """Build the packet wrappers of the calling thread's streams the thin way (see above), or not."""
-    _install_thin_events()
-    _thread_state.thin = on
-
-
-def _install_thin_events() -> None:
-    global _thin_installed
-    if _thin_installed:
-        return
-    from pymysqlreplication import binlogstream
-    from pymysqlreplication.constants import BINLOG
-    from pymysqlreplication.event import MariadbGtidEvent, XidEvent
-    from pymysqlreplication.packet import BinLogPacketWrapper
-    from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
-
-    rows_classes = {
-        BINLOG.WRITE_ROWS_EVENT_V1: (WriteRowsEvent, 8), BINLOG.UPDATE_ROWS_EVENT_V1: (UpdateRowsEvent, 8),
-        BINLOG.DELETE_ROWS_EVENT_V1: (DeleteRowsEvent, 8), BINLOG.WRITE_ROWS_EVENT_V2: (WriteRowsEvent, 10),
-        BINLOG.UPDATE_ROWS_EVENT_V2: (UpdateRowsEvent, 10), BINLOG.DELETE_ROWS_EVENT_V2: (DeleteRowsEvent, 10),
-    }
-    thin_types = {*rows_classes, BINLOG.XID_EVENT, BINLOG.MARIADB_GTID_EVENT, BINLOG.TABLE_MAP_EVENT}
-    header = _HEADER
-
-    class ThinWrapper(BinLogPacketWrapper):
-        """A BinLogPacketWrapper filled in by wrapper() below instead of the library's __init__."""
-
-        read_bytes = 0
-        _BinLogPacketWrapper__data_buffer = b""
-        event = None
-        enable_logging = use_column_name_cache = False
-
-    def wrapper(pkt: Any, table_map: Any, ctl: Any, mysql_version: Any, use_checksum: Any, allowed: Any,
-                only_tables: Any, ignored_tables: Any, only_schemas: Any, ignored_schemas: Any, freeze_schema: Any,
-                ignore_decode_errors: Any, verify_checksum: Any, optional_meta_data: Any, enable_logging: Any,
-                use_column_name_cache: Any = False, post_header_lengths: Any = None) -> Any:
-        args = (pkt, table_map, ctl, mysql_version, use_checksum, allowed, only_tables, ignored_tables, only_schemas,
-                ignored_schemas, freeze_schema, ignore_decode_errors, verify_checksum, optional_meta_data,
-                enable_logging, use_column_name_cache, post_header_lengths)
-        data = getattr(pkt, "_data", None)
-        if (not getattr(_thread_state, "thin", False) or verify_checksum or freeze_schema or type(data) is not bytes
-                or len(data) < 20 or data[5] not in thin_types or pkt._position != 0):
-            return BinLogPacketWrapper(*args)
-        timestamp, etype, server_id, event_size, log_pos, flags = header.unpack_from(data)
-        body = event_size - (23 if use_checksum else 19)
-        if body < 0 or 20 + body > len(data):
-            return BinLogPacketWrapper(*args)
-        table: Any = None
-        if etype == BINLOG.TABLE_MAP_EVENT:
-            cache = getattr(_thread_state, "table_maps", None)
-            table = cache.get(data[20:20 + body]) if cache is not None else None
-            if table is None:
-                return BinLogPacketWrapper(*args)   # parsed (and cached) by the library
-            cls: Any = TableMapEvent
-        elif etype == BINLOG.XID_EVENT:
-            cls = XidEvent
-            if body < 8:
-                return BinLogPacketWrapper(*args)
-        elif etype == BINLOG.MARIADB_GTID_EVENT:
-            cls = MariadbGtidEvent
-            if body < 13:
-                return BinLogPacketWrapper(*args)
-        else:
-            cls, post_header = rows_classes[etype]
-            if post_header_lengths and len(post_header_lengths) >= etype and post_header_lengths[etype - 1] != post_header:
-                return BinLogPacketWrapper(*args)
-        w = object.__new__(ThinWrapper)
-        w.packet, w.charset = pkt, ctl.charset
-        w.timestamp, w.event_type, w.server_id, w.event_size, w.log_pos, w.flags = \
-            timestamp, etype, server_id, event_size, log_pos, flags
-        pkt._position = 20
-        if cls not in allowed and cls is not TableMapEvent:
-            return w
-        ev = object.__new__(cls)
-        ev.packet, ev.event_type, ev.timestamp, ev.event_size = w, etype, timestamp, body
-        if cls is XidEvent:
-            ev.xid = int.from_bytes(data[20:28], "little")
-        elif cls is MariadbGtidEvent:
-            ev.server_id = server_id
-            ev.gtid_seq_no = int.from_bytes(data[20:28], "little")
-            ev.domain_id = int.from_bytes(data[28:32], "little")
-            ev.flags = data[32]
-            ev.gtid = f"{ev.domain_id}-{server_id}-{ev.gtid_seq_no}"
-        elif cls is TableMapEvent:
-            if _filtered(table, only_tables, ignored_tables, only_schemas, ignored_schemas):
-                return w
-            ev.table_id, ev.schema, ev.table, ev.columns = table.table_id, table.schema, table.table, table.columns
-            ev.column_count = len(table.columns)
-            ev.table_obj = table
-        else:
-            table = table_map.get(int.from_bytes(data[20:26], "little"))
-            if table is None or _filtered(table, only_tables, ignored_tables, only_schemas, ignored_schemas):
-                return w
-            extra = 2 if post_header == 8 else int.from_bytes(data[28:30], "little")   # v2: its own 2 bytes too
-            pos = 26 + post_header - 8 + extra if extra >= 2 else 20 + body
-            n = data[pos] if pos < 20 + body else 255
-            nb = (n + 7) >> 3
-            end = pos + 1 + (2 if cls is UpdateRowsEvent else 1) * nb
-            if n >= 251 or end > 20 + body:
-                pkt._position = 0
-                return BinLogPacketWrapper(*args)
-            ev.table_id, ev.schema, ev.table, ev.columns = table.table_id, table.schema, table.table, table.columns
-            ev.flags = int.from_bytes(data[26:28], "little")
-            ev.number_of_columns = n
-            ev.complete = True
-            ev.columns_present_bitmap = data[pos + 1:pos + 1 + nb]
-            if cls is UpdateRowsEvent:
-                ev.columns_present_bitmap2 = data[pos + 1 + nb:end]
-            pkt._position = end
-            w.read_bytes = end - 20
-
-            def library_event() -> Any:
-                """The library's own event from the same bytes (for its Python row decode)."""
-                pkt.rewind(0)
-                return BinLogPacketWrapper(*args).event
-
-            ev.library_event = library_event
-        w.event = ev
-        return w
-
-    binlogstream.BinLogPacketWrapper = wrapper
-    _thin_installed = True
-
-
-def _filtered(table: Any, only_tables: Any, ignored_tables: Any, only_schemas: Any, ignored_schemas: Any) -> bool:
-    """The library's table/schema filters of a table map or rows event."""
-    return bool((only_tables is not None and table.table not in only_tables)
-                or (ignored_tables is not None and table.table in ignored_tables)
-                or (only_schemas is not None and table.schema not in only_schemas)
-                or (ignored_schemas is not None and table.schema in ignored_schemas))
-
-
 class RowPlan:
     """How to turn one table's binlog rows (one table-map layout) into canonical rows.
 
@@ -721,8 +548,7 @@ class RowPlan:
         wrapper = getattr(ev, "packet", None)
         if dec is None or wrapper is None or len(getattr(wrapper, "_BinLogPacketWrapper__data_buffer", b"")) \
                 or not getattr(ev, "complete", False):
-            library_event = getattr(ev, "library_event", None)   # a thin event (thin_events)
-            return library_event().rows if library_event is not None else ev.rows
+            return ev.rows
         pkt = wrapper.packet   # pymysql's packet: the event's bytes, read up to the first row
         start = pkt._position
         return dec.decode(pkt._data, start, start + ev.event_size - wrapper.read_bytes,

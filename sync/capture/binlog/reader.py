@@ -12,6 +12,14 @@ which the applier's version fence turns into no-ops. With the quiet hook on (run
 commits read back to back are emitted together: at the latest when the server goes quiet, a chunk
 is full, or COALESCE_S after the previous emit (and before a reconnect re-reads from the last commit).
 
+With the C decoder (GEARSYNC_BINLOG_DECODER=c, the default when built), once the dump is connected
+the reader reads the dump connection's bytes itself (sync.capture.binlog.loop: the C event loop of
+_binloop.c): GTID, XID, TABLE_MAP events already seen, rows events (decoded in C; those of tables
+not synced skipped there) come back as one item per transaction; everything else becomes the
+library's event from its packet bytes and goes through the same handlers. The committed position
+is built only when read (a chunk is emitted, a reconnect). With the Python decoder the library's
+fetchone reads every event, as before.
+
 Row values are decoded per table-map layout by sync.capture.binlog.decoders (RowPlan). The key
 columns come from sync.rows.schema.load_table() and are re-read when a DDL statement names the
 table (or a row lacks a key column). Server checks and start positions: sync.capture.binlog.preflight.
@@ -76,13 +84,13 @@ import structlog
 
 from sync.capture.binlog.decoders import (
     RowPlan,
-    cache_table_maps,
+    compressed_query_event,
     compressed_row_events,
     install_decoders,
     select_decoder,
-    thin_events,
 )
 from sync.capture.binlog.fkrows import TableState, fk_row_events
+from sync.capture.binlog.loop import DumpLoop
 from sync.capture.binlog.preflight import ServerInfo, fatal_error
 from sync.capture.binlog.statements import Name, parse_table_statement
 from sync.errors import ConfigError, SourceError, short_error
@@ -147,6 +155,7 @@ class BinlogSource:
     ) -> None:
         install_decoders()
         self.decoder = select_decoder()   # "c" or "python" (GEARSYNC_BINLOG_DECODER)
+        self._dump: DumpLoop | None = None   # the C event loop of the dump connection (decoder "c")
         self.mysql = mysql
         self.database = database
         self.server = server
@@ -164,8 +173,10 @@ class BinlogSource:
         self.graph = EMPTY_GRAPH
         if graph:
             self._use_graph(graph)
-        # Where the reader stands: the position after the last commit it has read.
-        self.committed = start
+        # Where the reader stands: the position after the last commit it has read (the property
+        # `committed`; with MariaDB GTIDs built only when read: _commit_at keeps its parts).
+        self._committed: Position | None = start
+        self._commit_where: tuple[str | None, int | None] = (start.file, start.pos)
         self._gtid_state = parse_mariadb_gtids(start.gtid or "", "start GTID") if self.flavor == "mariadb" else {}
         self._mysql_gtids: Any = None
         if self.flavor == "mysql" and start.gtid is not None:
@@ -201,6 +212,24 @@ class BinlogSource:
         self.quiet_commits = -1               # ... and self.commits then
         self.stream_error: str | None = None  # why the dump connection is down (None: connected)
 
+    @property
+    def committed(self) -> Position:
+        """The position after the last commit read."""
+        c = self._committed
+        if c is None:
+            state = self._gtid_state
+            if len(state) == 1:  # one domain (the usual case): what format_mariadb_gtids writes
+                ((d, (s, n)),) = state.items()
+                gtid = f"{d}-{s}-{n}"
+            else:
+                gtid = format_mariadb_gtids(state)
+            c = self._committed = Position("mariadb", gtid, *self._commit_where)
+        return c
+
+    @committed.setter
+    def committed(self, position: Position) -> None:
+        self._committed = position
+
     # -- connection -------------------------------------------------------------------------------
     def _connection_settings(self) -> dict[str, Any]:
         m = self.mysql
@@ -231,7 +260,8 @@ class BinlogSource:
             server_id=self.server_id,
             blocking=blocking,
             only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent, RotateEvent,
-                         MariadbGtidEvent, GtidEvent, HeartbeatLogEvent, *compressed_row_events()],
+                         MariadbGtidEvent, GtidEvent, HeartbeatLogEvent, *compressed_row_events(),
+                         compressed_query_event()],
             # Row events of other tables are skipped unparsed; every transaction's GTID/XID still
             # arrives, so the position follows the whole binlog.
             only_tables=self._only_tables,
@@ -259,9 +289,6 @@ class BinlogSource:
 
         backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.3)
         self._emit = emit
-        if self.decoder == "c":
-            cache_table_maps()   # this thread: a repeated TABLE_MAP event is not parsed again
-            thin_events()        # ... and GTID/XID/TABLE_MAP/rows events skip the library's event objects
         while not stop.is_set():
             self._emit_held()       # read up to self.committed: not re-read
             self._reset_trx()
@@ -273,6 +300,14 @@ class BinlogSource:
                 connected_logged = False
                 hooked: Any = None
                 while not stop.is_set():
+                    if self._dump is not None:
+                        # The C event loop: the dump connection's bytes, split and read in C.
+                        items = self._dump.read()
+                        if self._idle_error is not None:
+                            exc, self._idle_error = self._idle_error, None
+                            raise exc
+                        self._items(items)
+                        continue
                     ev = self.stream.fetchone()
                     if ev is None:
                         raise ConnectionError("binlog stream ended (server closed the dump)")
@@ -289,6 +324,10 @@ class BinlogSource:
                         if conn is not hooked:
                             hooked = self._hook_quiet(conn, idle)
                     self._handle(ev)
+                    if self.decoder == "c":
+                        # Connected: from here the reader reads the dump connection itself.
+                        self._dump = DumpLoop(self.stream)
+                        self._seed_tables()
             except pymysql.err.MySQLError as exc:
                 fatal = fatal_error(exc, self.mysql, self.committed, list(self.tables))
                 if fatal is not None:
@@ -366,6 +405,7 @@ class BinlogSource:
         stop.wait(delay)
 
     def _close_stream(self) -> None:
+        self._dump = None
         if self.stream is not None:
             try:
                 self.stream.close()
@@ -389,18 +429,7 @@ class BinlogSource:
         elif name == "XidEvent":
             self._commit(ev)
         elif name == "MariadbGtidEvent":
-            self._reset_trx()
-            self._trx_gtid = (ev.domain_id, ev.server_id, ev.gtid_seq_no)
-            self._base = gtid_version(ev.gtid_seq_no)
-            self._mask = ROW_MASK
-            self._in_trx = True
-            self._awaiting_begin = True
-            if self._domain_warned is None:
-                self._domain_warned = ev.domain_id
-            elif self._domain_warned != ev.domain_id and self._domain_warned >= 0:
-                log.warning("binlog_several_gtid_domains", first=self._domain_warned, now=ev.domain_id,
-                            note="versions of different domains are not comparable")
-                self._domain_warned = -1
+            self._gtid(ev.domain_id, ev.server_id, ev.gtid_seq_no)
         elif name == "GtidEvent":
             self._reset_trx()
             self._trx_mysql_gtid = ev.gtid
@@ -412,15 +441,97 @@ class BinlogSource:
             self._query(ev)
         elif name == "RotateEvent":
             self._file = ev.next_binlog
-            for st in self.tables.values():
-                st.plans.clear()
+            self._forget_plans(*self.tables.values())
             if self.committed.gtid is None and not self._in_trx and self.flavor == "mysql":
                 self.committed = Position(self.flavor, None, ev.next_binlog, ev.position)
         elif name == "HeartbeatLogEvent":
             self._flush(heartbeat=True)
             self._quiet()
 
+    def _gtid(self, domain: int, server: int, seq: int) -> None:
+        """A MariaDB GTID event: a transaction (or a standalone statement) begins."""
+        self._reset_trx()
+        self._trx_gtid = (domain, server, seq)
+        self._base = gtid_version(seq)
+        self._mask = ROW_MASK
+        self._in_trx = True
+        self._awaiting_begin = True
+        if self._domain_warned is None:
+            self._domain_warned = domain
+        elif self._domain_warned != domain and self._domain_warned >= 0:
+            log.warning("binlog_several_gtid_domains", first=self._domain_warned, now=domain,
+                        note="versions of different domains are not comparable")
+            self._domain_warned = -1
+
+    def _items(self, items: list[tuple[Any, ...]]) -> None:
+        """The items of the C event loop (sync/capture/binlog/_binloop.c), in stream order."""
+        rows_of = self._rows_of
+        for item in items:
+            code = item[0]
+            if code == 0:   # a whole MariaDB transaction: GTID, its rows events, XID
+                _, seq, domain, server, log_pos, ts, rows = item
+                self._gtid(domain, server, seq)
+                for tag, kind, decoded, pos in rows:
+                    rows_of(tag, kind, decoded, pos)
+                self._commit_at(log_pos, ts)
+            elif code == 2:
+                rows_of(item[1], item[2], item[3], item[4])
+            elif code == 1:
+                self._gtid(item[2], item[3], item[1])
+            elif code == 3:
+                self._commit_at(item[1], item[2])
+            elif code == 4:
+                self._library_packet(item[1])
+            elif code == 5:
+                self._flush(heartbeat=True)
+                self._quiet()
+            elif code == 6:
+                import pymysql
+
+                pymysql.err.raise_mysql_exception(item[1])
+            elif code == 7:
+                raise ConnectionError("binlog stream ended (server closed the dump)")
+            else:
+                raise SourceError(f"binlog stream read after {self.committed.describe()}: {item[1]}")
+
+    def _library_packet(self, payload: bytes) -> None:
+        """An event the C loop hands back: the library's event, handled as fetchone's would be; a
+        TABLE_MAP is registered with the loop (a synced table's row plan, or: skip its rows)."""
+        dump = self._dump
+        assert dump is not None
+        ev = dump.library_event(payload)
+        if payload[5] != 19:   # not a TABLE_MAP event
+            if ev is not None:
+                self._handle(ev)
+            return
+        body = dump.body(payload)
+        st = self.tables.get(ev.table) if ev is not None and ev.schema == self.database else None
+        if st is None:
+            dump.loop.table_map(body, int.from_bytes(body[:6], "little"), None, None)
+            return
+        plan = self._plan(st, ev)
+        dump.loop.table_map(body, ev.table_id, plan.decoder, (ev.table, st, plan))
+
+    def _seed_tables(self) -> None:
+        """Register with the new C loop the tables whose TABLE_MAP the library read before it."""
+        assert self._dump is not None
+        for table_id, table in list(self.stream.table_map.items()):
+            st = self.tables.get(table.table) if table.schema == self.database else None
+            if st is not None:
+                plan = self._plan(st, table)
+                self._dump.loop.table_map(b"", table_id, plan.decoder, (table.table, st, plan))
+
+    def _forget_plans(self, *states: TableState) -> None:
+        """Rebuild the row plans of these tables from their next table map (DDL, rotation)."""
+        for st in states:
+            st.plans.clear()
+        if self._dump is not None:
+            self._dump.loop.clear()   # every TABLE_MAP goes through _library_packet again
+
     def _query(self, ev: Any) -> None:
+        if getattr(ev, "inflate_error", None):
+            raise SourceError(f"the compressed statement ending at binlog position {self._file}:{int(ev.packet.log_pos)} "
+                              f"cannot be read: {ev.inflate_error}")
         q = ev.query if isinstance(ev.query, str) else bytes(ev.query).decode("utf-8", "replace")
         qs = q.strip().upper()
         if qs == "BEGIN" or qs.startswith("XA START"):
@@ -450,7 +561,7 @@ class BinlogSource:
                 continue
             if schema and schema != self.database and f"{self.database}" not in query:
                 continue
-            st.plans.clear()
+            self._forget_plans(st)
             self._reload_key(table, st, why=f"{verb} statement")
 
     def _table_statement(self, kind: str, names: Sequence[Name], renames: Sequence[tuple[Name, Name]],
@@ -467,7 +578,7 @@ class BinlogSource:
                 return
             version = self._statement_version(ev)
             for table in hit:
-                self.tables[table].plans.clear()
+                self._forget_plans(self.tables[table])
                 self._statements.append(TableTruncate(table, version))
                 log.info("binlog_table_statement", table=table, statement=kind, version=version)
             return
@@ -535,7 +646,7 @@ class BinlogSource:
             need = {c for f in graph.child_fks(table) for c in f.columns} if st.child else set()
             need.update(graph.referenced_columns(table))
             st.extra = () if st.wanted is None else tuple(sorted(need - st.wanted - set(st.schema.key)))
-            st.plans.clear()
+            self._forget_plans(st)
         self.graph = graph
         self._only_tables[:] = list(self.tables)
         log.info("binlog_fk_graph", fks=len(graph.fks),
@@ -562,7 +673,7 @@ class BinlogSource:
         if schema.key != st.schema.key:
             log.info("binlog_key_changed", table=table, old=list(st.schema.key), new=list(schema.key))
         st.schema = schema
-        st.plans.clear()
+        self._forget_plans(st)
         log.info("binlog_schema_reloaded", table=table, why=why, key=list(schema.key))
 
     def _plan(self, st: TableState, ev: Any) -> RowPlan:
@@ -598,24 +709,31 @@ class BinlogSource:
         return self._base | i
 
     def _rows(self, ev: Any, kind: str) -> None:
+        """A rows event of the library (the Python decoder, or one the C loop handed back)."""
         table = ev.table
         st = self.tables.get(table)
         if st is None or ev.schema != self.database:
             return
-        if self._trx_gtid is None and self._trx_mysql_gtid is None:
-            # MySQL without GTIDs: version from (file number, event end position, row index).
-            fileno = int(self._file.rsplit(".", 1)[-1]) if self._file else 0
-            self._base = (fileno << 44) | (int(ev.packet.log_pos) << FILE_ROW_BITS)
-            self._mask = FILE_ROW_MASK
-            self._index = 0
         plan = self._plan(st, ev)
-        key = st.schema.key
-        out = self._pending
         try:
             rows = plan.rows(ev)
         except ValueError as exc:  # a malformed rows event (the C decoder's DecodeError, a bad charset byte)
             raise SourceError(f"table {self.database}.{table}: cannot decode the rows event ending at binlog position "
                               f"{self._file}:{int(ev.packet.log_pos)}: {exc}") from None
+        self._rows_of((table, st, plan), kind, rows, int(ev.packet.log_pos))
+
+    def _rows_of(self, tag: tuple[str, TableState, RowPlan], kind: str, rows: list[dict[str, Any]],
+                 log_pos: int) -> None:
+        """The decoded rows of one rows event (ending at log_pos) of a synced table."""
+        table, st, plan = tag
+        if self._trx_gtid is None and self._trx_mysql_gtid is None:
+            # MySQL without GTIDs: version from (file number, event end position, row index).
+            fileno = int(self._file.rsplit(".", 1)[-1]) if self._file else 0
+            self._base = (fileno << 44) | (log_pos << FILE_ROW_BITS)
+            self._mask = FILE_ROW_MASK
+            self._index = 0
+        key = st.schema.key
+        out = self._pending
         self.rows_read += len(rows)
         self._pending_rows += len(rows)
         src = Source.BINLOG
@@ -676,27 +794,27 @@ class BinlogSource:
         self._pending.append(ev)
 
     def _commit(self, ev: Any) -> None:
+        # the header of every binlog event has a timestamp
+        log_pos = int(ev.packet.log_pos) if getattr(ev, "packet", None) is not None else None
+        self._commit_at(log_pos, getattr(ev, "timestamp", 0))
+
+    def _commit_at(self, log_pos: int | None, ts: int) -> None:
+        """A commit (XID, COMMIT, a standalone statement) whose event ends at log_pos."""
         self.commits += 1
-        self.commit_ts = getattr(ev, "timestamp", 0)   # the header of every binlog event has one
+        self.commit_ts = ts
         if self._overflow:
             self._pending.extend(self._overflow.values())
             log.info("binlog_large_transaction", collapsed=len(self._overflow), rows=self._index)
-        log_pos = int(ev.packet.log_pos) if getattr(ev, "packet", None) is not None else None
         if self.flavor == "mariadb":
             if self._trx_gtid is not None:
                 d, s, n = self._trx_gtid
                 self._gtid_state[d] = (s, n)
-            state = self._gtid_state
-            if len(state) == 1:  # one domain (the usual case): what format_mariadb_gtids writes
-                ((d, (s, n)),) = state.items()
-                gtid = f"{d}-{s}-{n}"
-            else:
-                gtid = format_mariadb_gtids(state)
-            self.committed = Position("mariadb", gtid, self._file, log_pos)
-            if self.stream is not None:
+            self._committed = None   # built when read (the property `committed`)
+            self._commit_where = (self._file, log_pos)
+            if self.stream is not None and self._dump is None:
                 # The library reconnects by itself after error 2013/2006 with auto_position: make
                 # that resume from this commit, not from where we started.
-                self.stream.auto_position = gtid
+                self.stream.auto_position = self.committed.gtid
         elif self._mysql_gtids is not None:
             if self._trx_mysql_gtid is not None:
                 from pymysqlreplication.gtid import Gtid
