@@ -1,6 +1,7 @@
-/* What both fuzz targets start with: the two sources of sync.capture.binlog._rowdecode and an
+/* What both fuzz targets start with: the three sources of sync.capture.binlog._rowdecode and an
  * embedded CPython with the module initialised. */
 #include "../../sync/capture/binlog/_rowdecode.c"
+#include "../../sync/capture/binlog/_rowdecode_json.c"
 #include "../../sync/capture/binlog/_binloop.c"
 
 #include <stdlib.h>

@@ -37,6 +37,7 @@ enum {
     OP_TIME2 = 15,     /* a: fsp */
     OP_STR = 16,       /* a: length width 1..4; b: BINARY(n) pad width or 0; obj: encoding or None (bytes) */
     OP_ENUM_NONE = 17, /* a: index width; no enum values known: None */
+    OP_JSON = 18,      /* a: length width 1..4; MySQL's binary JSON (_rowdecode_json.c) */
 };
 
 static PyObject *DecodeError;
@@ -100,6 +101,15 @@ static uint64_t le(const uint8_t *p, int n) {
     for (int i = n - 1; i >= 0; i--)
         v = (v << 8) | p[i];
     return v;
+}
+
+/* a value of `width` length bytes (little endian) and then that many bytes: those bytes, or NULL */
+static const uint8_t *take_counted(rd_t *r, int width, size_t *len) {
+    const uint8_t *p = take(r, (size_t)width);
+    if (p == NULL)
+        return NULL;
+    *len = (size_t)le(p, width);
+    return take(r, *len);
 }
 
 static uint64_t be(const uint8_t *p, int n) {
@@ -170,7 +180,7 @@ static PyObject *unix_text(long long secs, unsigned long micro, int fsp) {
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /* bytes -> str when valid UTF-8, else {"$b64": ...} (sync.rows.rowcodec.normalize_value) */
-static PyObject *bytes_value(const uint8_t *p, size_t n) {
+PyObject *rowdecode_bytes_value(const uint8_t *p, size_t n) {
     PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, "strict");
     if (s != NULL || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
         return s;
@@ -464,11 +474,8 @@ static PyObject *read_value(rd_t *r, const col_t *c) {
         return time_text(total, fsp);
     }
     case OP_STR: {
-        if (need(r, (size_t)c->a) < 0)
-            return NULL;
-        size_t len = (size_t)le(r->p + r->pos, c->a);
-        r->pos += (size_t)c->a;
-        if ((p = take(r, len)) == NULL)
+        size_t len;
+        if ((p = take_counted(r, c->a, &len)) == NULL)
             return NULL;
         if (c->enc != NULL) {
             if (c->utf8)
@@ -482,11 +489,27 @@ static PyObject *read_value(rd_t *r, const col_t *c) {
                 return PyErr_NoMemory();
             if (len)
                 memcpy(padded, p, len);
-            PyObject *v = bytes_value(padded, (size_t)c->b);
+            PyObject *v = rowdecode_bytes_value(padded, (size_t)c->b);
             PyMem_Free(padded);
             return v;
         }
-        return bytes_value(p, len);
+        return rowdecode_bytes_value(p, len);
+    }
+    case OP_JSON: {
+        size_t len;
+        if ((p = take_counted(r, c->a, &len)) == NULL)
+            return NULL;
+        if (c->name == NULL)
+            Py_RETURN_NONE;   /* a column not synced: its document is skipped, not parsed */
+        const char *why;
+        PyObject *v = rowdecode_json(p, len, &why);
+        if (v == NULL && why != NULL) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "malformed JSON document (%s)", why);
+            r->pos -= len;
+            return fail(r, msg), NULL;
+        }
+        return v;
     }
     default:
         return fail(r, "unknown decoder op"), NULL;
@@ -670,6 +693,10 @@ static int check_col(Py_ssize_t i, col_t *c) {
     case OP_DATETIME2: case OP_TIMESTAMP2: case OP_TIME2:
         if (c->a < 0 || c->a > 6)
             return spec_error(i, "fsp");
+        return 0;
+    case OP_JSON:
+        if (c->a < 1 || c->a > 4)
+            return spec_error(i, "JSON length width");
         return 0;
     case OP_STR:
         if (c->a < 1 || c->a > 4 || c->b < 0 || c->b > 65535)

@@ -1,10 +1,12 @@
-/* Shared by the two sources of sync.capture.binlog._rowdecode: _rowdecode.c (a table map's row
- * decoder, the Decoder type) and _binloop.c (the dump connection's event loop, the Loop type). */
+/* Shared by the sources of sync.capture.binlog._rowdecode: _rowdecode.c (a table map's row decoder,
+ * the Decoder type), _rowdecode_json.c (MySQL's binary JSON) and _binloop.c (the dump connection's
+ * event loop, the Loop type). */
 #ifndef GEARSYNC_ROWDECODE_H
 #define GEARSYNC_ROWDECODE_H
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -19,6 +21,14 @@ PyObject *rowdecode_rows(Decoder *self, const uint8_t *data, size_t start, size_
 
 /* The number of table-map columns the decoder was built for. */
 Py_ssize_t rowdecode_ncols(Decoder *self);
+
+/* bytes -> str when valid UTF-8, else {"$b64": ...} (sync.rows.rowcodec.normalize_value). */
+PyObject *rowdecode_bytes_value(const uint8_t *p, size_t n);
+
+/* The value of a MySQL binary JSON document doc[0:n] (_rowdecode_json.c): a str, None, or
+ * {"$b64": ...}; NULL with *why set (no exception) when the document is malformed, NULL with an
+ * exception set (*why NULL) on a Python error. */
+PyObject *rowdecode_json(const uint8_t *doc, size_t n, const char **why);
 
 /* Adds the Loop type (_binloop.c) to the module. */
 int binloop_add_types(PyObject *module);

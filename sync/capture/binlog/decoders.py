@@ -388,8 +388,9 @@ def _json_plain(v: Any) -> Any:
 
 # -- the C decoder (sync/capture/binlog/_rowdecode.c) ----------------------------------------------
 # It turns a rows event's bytes straight into what RowPlan.row() returns, for every column type
-# below; a table with any other column type (MySQL's binary JSON, NEWDATE, a charset without table
-# map metadata) is decoded by mysql-replication + the converters above, as before.
+# below (MySQL's binary JSON too: _rowdecode_json.c prints what json_text prints); a table with any
+# other column type (NEWDATE, a charset without table map metadata) is decoded by mysql-replication +
+# the converters above, as before.
 
 DECODER_ENV = "GEARSYNC_BINLOG_DECODER"
 _DECODER_MODES = ("auto", "c", "python")
@@ -405,7 +406,7 @@ except ImportError as exc:  # not built (no compiler / Python headers at install
 
 # the C decoder's ops (enum in _rowdecode.c)
 (OP_INT, OP_YEAR, OP_FLOAT, OP_DOUBLE, OP_DECIMAL, OP_BIT, OP_ENUM, OP_SET, OP_DATE, OP_DATETIME, OP_DATETIME2,
- OP_TIMESTAMP, OP_TIMESTAMP2, OP_TIME, OP_TIME2, OP_STR, OP_ENUM_NONE) = range(1, 18)
+ OP_TIMESTAMP, OP_TIMESTAMP2, OP_TIME, OP_TIME2, OP_STR, OP_ENUM_NONE, OP_JSON) = range(1, 19)
 
 
 def decoder_mode() -> str:
@@ -496,6 +497,8 @@ def _native_spec(bcol: Any, name: str | None, conv: Callable[[Any], Any] | None)
         return (OP_SET, name, bcol.size, 0, members or None)
     if t == F.GEOMETRY:
         return (OP_STR, name, bcol.length_size, 0, None) if 1 <= bcol.length_size <= 4 else None
+    if t == F.JSON:   # MySQL's binary JSON (MariaDB's JSON is LONGTEXT: a BLOB in the table map)
+        return (OP_JSON, name, bcol.length_size, 0, None) if 1 <= bcol.length_size <= 4 else None
     if t in (F.VARCHAR, F.STRING, F.BLOB):
         charset = bcol.character_set_name
         if charset is None:

@@ -1,0 +1,348 @@
+/* sync.capture.binlog._rowdecode: MySQL's binary JSON (the JSONB format of a JSON column's value in
+ * a row image) to the value the Python path gives for the same bytes: mysql-replication's
+ * json_binary.parse_json, then decoders.column_converter's json_text, i.e.
+ *
+ *   object / array, number, true / false    json.dumps(..., ensure_ascii=False, separators=(", ", ": "))
+ *   a string at the top                     the string itself (valid UTF-8) or {"$b64": ...}
+ *   a string inside                         decoded with errors="replace", escaped as json.dumps does
+ *   null at the top                         None
+ *   opaque (custom type + data)             its data decoded with errors="ignore" (a zero DATE/DATETIME:
+ *                                           "0000-00-00 00:00:00"); an opaque DECIMAL, TIME or non-zero
+ *                                           DATE/DATETIME is refused (the Python path fails on it too:
+ *                                           json.dumps cannot print Decimal / datetime)
+ *
+ * The document's layout (MySQL's json_binary.h): a type byte, then the value. Objects and arrays,
+ * small (2-byte counts and offsets) or large (4-byte): element count, size in bytes, key entries
+ * (offset, uint16 length) of an object, value entries (type byte + inlined literal / int16 / uint16,
+ * and int32 / uint32 in a large container, or the offset of the value), all offsets from the start
+ * of the container. Strings: a variable-length size (7 bits a byte, at most 5 bytes), then the bytes.
+ *
+ * Bounded: every count, size, offset and length is checked against the bytes of the container it
+ * lies in (stricter than the Python parser, which slices silently), containers nest at most 100
+ * deep (MySQL's limit); a malformed document sets *why and returns NULL without an exception, the
+ * caller raises DecodeError naming the column.
+ */
+#include "_rowdecode.h"
+
+#include <math.h>
+
+#define JSONB_MAX_DEPTH 100
+
+enum {
+    J_SMALL_OBJECT = 0x0,
+    J_LARGE_OBJECT = 0x1,
+    J_SMALL_ARRAY = 0x2,
+    J_LARGE_ARRAY = 0x3,
+    J_LITERAL = 0x4,
+    J_INT16 = 0x5,
+    J_UINT16 = 0x6,
+    J_INT32 = 0x7,
+    J_UINT32 = 0x8,
+    J_INT64 = 0x9,
+    J_UINT64 = 0xA,
+    J_DOUBLE = 0xB,
+    J_STRING = 0xC,
+    J_OPAQUE = 0xF,
+};
+
+/* the MySQL field types an opaque value names that the Python path turns into Decimal / time / datetime */
+enum { F_DECIMAL = 0, F_DATE = 10, F_TIME = 11, F_DATETIME = 12, F_DATETIME2 = 18, F_TIME2 = 19, F_NEWDECIMAL = 246 };
+
+static const char ZERO_DATETIME[] = "0000-00-00 00:00:00";
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    const char *why;   /* set: the document is malformed */
+} json_out_t;
+
+static int json_bad(json_out_t *o, const char *why) {
+    o->why = why;
+    return -1;
+}
+
+static int json_put(json_out_t *o, const char *s, size_t n) {
+    if (o->cap - o->len < n) {
+        size_t cap = o->cap ? o->cap : 256;
+        while (cap - o->len < n) {
+            if (cap > (size_t)PY_SSIZE_T_MAX / 2) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            cap *= 2;
+        }
+        char *b = PyMem_Realloc(o->buf, cap);
+        if (b == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        o->buf = b;
+        o->cap = cap;
+    }
+    memcpy(o->buf + o->len, s, n);
+    o->len += n;
+    return 0;
+}
+
+#define JSON_PUT_LIT(o, s) json_put((o), (s), sizeof(s) - 1)
+
+static uint64_t json_le(const uint8_t *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* JSON string text of UTF-8 bytes s[0:n] (json.dumps with ensure_ascii=False: \" \\ \b \f \n \r \t,
+ * other control characters as \u00xx, everything else as it is) */
+static int put_escaped_utf8(json_out_t *o, const uint8_t *s, size_t n) {
+    if (JSON_PUT_LIT(o, "\"") < 0)
+        return -1;
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        if (json_put(o, (const char *)s + run, i - run) < 0)
+            return -1;
+        run = i + 1;
+        char esc[8];
+        const char *e = esc;
+        switch (c) {
+        case '"': e = "\\\""; break;
+        case '\\': e = "\\\\"; break;
+        case '\n': e = "\\n"; break;
+        case '\r': e = "\\r"; break;
+        case '\t': e = "\\t"; break;
+        case '\b': e = "\\b"; break;
+        case '\f': e = "\\f"; break;
+        default: snprintf(esc, sizeof esc, "\\u%04x", c); break;
+        }
+        if (json_put(o, e, strlen(e)) < 0)
+            return -1;
+    }
+    if (json_put(o, (const char *)s + run, n - run) < 0)
+        return -1;
+    return JSON_PUT_LIT(o, "\"");
+}
+
+/* bytes s[0:n] as a JSON string, decoded as Python's bytes.decode("utf-8", errors) does; errors
+ * "strict": not UTF-8 is a malformed document (an object key: the Python path's k.decode()) */
+static int put_string(json_out_t *o, const uint8_t *s, size_t n, const char *errors) {
+    size_t i = 0;
+    while (i < n && s[i] < 0x80)
+        i++;
+    if (i == n)
+        return put_escaped_utf8(o, s, n);
+    PyObject *u = PyUnicode_DecodeUTF8((const char *)s, (Py_ssize_t)n, errors);
+    if (u == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            return -1;
+        PyErr_Clear();
+        return json_bad(o, "object key not UTF-8");
+    }
+    Py_ssize_t k;
+    const char *t = PyUnicode_AsUTF8AndSize(u, &k);
+    int rc = t == NULL ? -1 : put_escaped_utf8(o, (const uint8_t *)t, (size_t)k);
+    Py_DECREF(u);
+    return rc;
+}
+
+/* a string's variable-length size: 7 bits a byte, low first, at most 5 bytes; *hdr: its bytes */
+static int json_varlen(json_out_t *o, const uint8_t *p, size_t n, uint64_t *len, size_t *hdr) {
+    uint64_t v = 0;
+    for (size_t i = 0; i < 5 && i < n; i++) {
+        v |= (uint64_t)(p[i] & 0x7F) << (7 * i);
+        if (!(p[i] & 0x80)) {
+            *hdr = i + 1;
+            if (v > n - *hdr)
+                return json_bad(o, "string past the end of its container");
+            *len = v;
+            return 0;
+        }
+    }
+    return json_bad(o, "string size unterminated");
+}
+
+/* an opaque value's data: p[0] the field type, then a variable-length size and the bytes */
+static int opaque_data(json_out_t *o, const uint8_t *p, size_t n, int *type, const uint8_t **data, size_t *len) {
+    if (n < 1)
+        return json_bad(o, "opaque value past the end of its container");
+    uint64_t k;
+    size_t hdr;
+    if (json_varlen(o, p + 1, n - 1, &k, &hdr) < 0)
+        return -1;
+    *type = p[0];
+    *data = p + 1 + hdr;
+    *len = (size_t)k;
+    switch (*type) {
+    case F_DECIMAL: case F_NEWDECIMAL:
+        return json_bad(o, "opaque DECIMAL value (not supported)");
+    case F_TIME: case F_TIME2:
+        return json_bad(o, "opaque TIME value (not supported)");
+    case F_DATE: case F_DATETIME: case F_DATETIME2:
+        if (*len < 8 || json_le(*data, 8) != 0)
+            return json_bad(o, "opaque DATE/DATETIME value (not supported)");
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static int json_is_date(int type) { return type == F_DATE || type == F_DATETIME || type == F_DATETIME2; }
+
+static int json_put_number(json_out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int json_put_number(json_out_t *o, const char *fmt, ...) {
+    char b[32];
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(b, sizeof b, fmt, ap);
+    va_end(ap);
+    return json_put(o, b, (size_t)k);
+}
+
+static int put_double(json_out_t *o, const uint8_t *p) {
+    uint64_t u = json_le(p, 8);
+    double d;
+    memcpy(&d, &u, 8);
+    if (isnan(d))
+        return JSON_PUT_LIT(o, "NaN");
+    if (isinf(d))
+        return d > 0 ? JSON_PUT_LIT(o, "Infinity") : JSON_PUT_LIT(o, "-Infinity");
+    char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);   /* float.__repr__ */
+    if (s == NULL)
+        return -1;
+    int rc = json_put(o, s, strlen(s));
+    PyMem_Free(s);
+    return rc;
+}
+
+static int json_emit(json_out_t *o, int type, const uint8_t *p, size_t n, int depth);
+
+/* an object or array: p[0:n] the bytes from its start to the end of the container it lies in */
+static int json_container(json_out_t *o, const uint8_t *p, size_t n, int large, int object, int depth) {
+    if (depth >= JSONB_MAX_DEPTH)
+        return json_bad(o, "nested deeper than 100");
+    int osz = large ? 4 : 2;
+    if (n < (size_t)(2 * osz))
+        return json_bad(o, "container header past the end");
+    uint64_t count = json_le(p, osz), size = json_le(p + osz, osz);
+    if (size > n)
+        return json_bad(o, "container size past the end");
+    uint64_t kes = object ? (uint64_t)(osz + 2) : 0, ves = (uint64_t)(1 + osz);
+    if (2 * (uint64_t)osz + count * (kes + ves) > size)
+        return json_bad(o, "container entries past its size");
+    if (json_put(o, object ? "{" : "[", 1) < 0)
+        return -1;
+    const uint8_t *keys = p + 2 * osz, *vals = keys + count * kes;
+    for (uint64_t i = 0; i < count; i++) {
+        if (i && JSON_PUT_LIT(o, ", ") < 0)
+            return -1;
+        if (object) {
+            const uint8_t *e = keys + i * kes;
+            uint64_t koff = json_le(e, osz), klen = json_le(e + osz, 2);
+            if (koff > size || klen > size - koff)
+                return json_bad(o, "object key past the container's size");
+            if (put_string(o, p + koff, (size_t)klen, "strict") < 0 || JSON_PUT_LIT(o, ": ") < 0)
+                return -1;
+        }
+        const uint8_t *e = vals + i * ves;
+        int t = e[0];
+        int inlined = t == J_LITERAL || t == J_INT16 || t == J_UINT16 || (large && (t == J_INT32 || t == J_UINT32));
+        if (inlined) {
+            if (json_emit(o, t, e + 1, (size_t)(ves - 1), depth + 1) < 0)
+                return -1;
+            continue;
+        }
+        uint64_t off = json_le(e + 1, osz);
+        if (off >= size)
+            return json_bad(o, "value offset past the container's size");
+        if (json_emit(o, t, p + off, (size_t)(size - off), depth + 1) < 0)
+            return -1;
+    }
+    return json_put(o, object ? "}" : "]", 1);
+}
+
+/* the JSON text of one value of type `type` whose bytes start at p (n: to the end of its container) */
+static int json_emit(json_out_t *o, int type, const uint8_t *p, size_t n, int depth) {
+    static const size_t width[] = {[J_INT16] = 2, [J_UINT16] = 2, [J_INT32] = 4, [J_UINT32] = 4,
+                                   [J_INT64] = 8, [J_UINT64] = 8, [J_DOUBLE] = 8, [J_LITERAL] = 1};
+    if (type >= J_LITERAL && type <= J_DOUBLE && n < width[type])
+        return json_bad(o, "scalar past the end of its container");
+    switch (type) {
+    case J_SMALL_OBJECT: case J_LARGE_OBJECT: case J_SMALL_ARRAY: case J_LARGE_ARRAY:
+        return json_container(o, p, n, type & 1, type < J_SMALL_ARRAY, depth);
+    case J_LITERAL:
+        switch (p[0]) {
+        case 0: return JSON_PUT_LIT(o, "null");
+        case 1: return JSON_PUT_LIT(o, "true");
+        case 2: return JSON_PUT_LIT(o, "false");
+        default: return json_bad(o, "unknown literal");
+        }
+    case J_INT16: return json_put_number(o, "%d", (int)(int16_t)(uint16_t)json_le(p, 2));
+    case J_UINT16: return json_put_number(o, "%u", (unsigned)json_le(p, 2));
+    case J_INT32: return json_put_number(o, "%ld", (long)(int32_t)(uint32_t)json_le(p, 4));
+    case J_UINT32: return json_put_number(o, "%lu", (unsigned long)json_le(p, 4));
+    case J_INT64: return json_put_number(o, "%lld", (long long)(int64_t)json_le(p, 8));
+    case J_UINT64: return json_put_number(o, "%llu", (unsigned long long)json_le(p, 8));
+    case J_DOUBLE: return put_double(o, p);
+    case J_STRING: {
+        uint64_t len;
+        size_t hdr;
+        if (json_varlen(o, p, n, &len, &hdr) < 0)
+            return -1;
+        return put_string(o, p + hdr, (size_t)len, "replace");
+    }
+    case J_OPAQUE: {
+        int t;
+        const uint8_t *d;
+        size_t len;
+        if (opaque_data(o, p, n, &t, &d, &len) < 0)
+            return -1;
+        if (json_is_date(t))
+            return put_escaped_utf8(o, (const uint8_t *)ZERO_DATETIME, sizeof ZERO_DATETIME - 1);
+        return put_string(o, d, len, "ignore");
+    }
+    default:
+        return json_bad(o, "unknown value type");
+    }
+}
+
+PyObject *rowdecode_json(const uint8_t *doc, size_t n, const char **why) {
+    *why = NULL;
+    if (n == 0)
+        Py_RETURN_NONE;   /* the library's "NULL value" */
+    int type = doc[0];
+    const uint8_t *p = doc + 1;
+    size_t m = n - 1;
+    json_out_t o = {NULL, 0, 0, NULL};
+    if (type == J_LITERAL && m >= 1 && p[0] == 0)
+        Py_RETURN_NONE;   /* parse_json gives None: the converter is never called */
+    if (type == J_STRING) {
+        uint64_t len;
+        size_t hdr;
+        if (json_varlen(&o, p, m, &len, &hdr) < 0) {
+            *why = o.why;
+            return NULL;
+        }
+        return rowdecode_bytes_value(p + hdr, (size_t)len);   /* canonical_value of the bytes */
+    }
+    if (type == J_OPAQUE) {
+        int t;
+        const uint8_t *d;
+        size_t len;
+        if (opaque_data(&o, p, m, &t, &d, &len) < 0) {
+            *why = o.why;
+            return NULL;
+        }
+        if (json_is_date(t))
+            return PyUnicode_FromString(ZERO_DATETIME);
+        return PyUnicode_DecodeUTF8((const char *)d, (Py_ssize_t)len, "ignore");
+    }
+    PyObject *out = NULL;
+    if (json_emit(&o, type, p, m, 0) == 0)
+        out = PyUnicode_DecodeUTF8(o.buf, (Py_ssize_t)o.len, "strict");
+    PyMem_Free(o.buf);
+    *why = o.why;
+    return out;
+}
