@@ -32,7 +32,7 @@ static PyObject *strings(int n) {
 }
 
 static PyObject *column(const uint8_t *c, int i) {
-    int sel = c[0] % 17 + 1, a = c[1], b = c[2], x = c[3];
+    int sel = c[0] % 18 + 1, a = c[1], b = c[2], x = c[3];
     PyObject *obj = Py_None;
     Py_INCREF(obj);
     static const int widths[] = {1, 2, 3, 4, 8};
@@ -42,6 +42,7 @@ static PyObject *column(const uint8_t *c, int i) {
     case OP_BIT: a = a % 8 + 1; b = b % 8 + 1; break;
     case OP_ENUM: a = a % 2 + 1; Py_DECREF(obj); obj = strings(x % 5); break;
     case OP_ENUM_NONE: a = a % 2 + 1; break;
+    case OP_JSON: a = a % 4 + 1; break;
     case OP_SET: a = a % 8 + 1; if (x & 1) { Py_DECREF(obj); obj = strings(x % 9); } break;
     case OP_DATETIME2: case OP_TIMESTAMP2: case OP_TIME2: a %= 7; break;
     case OP_STR:
