@@ -38,6 +38,35 @@ class Opaque:
         self.field_type, self.data = field_type, data
 
 
+DIG2BYTES = (0, 1, 1, 2, 2, 3, 3, 4, 4, 4)
+
+
+def decimal_bytes(precision: int, scale: int, digits: str, negative: bool) -> bytes:
+    """MySQL's binary DECIMAL(precision, scale) of the digits (precision of them, scale after the point)."""
+    intg, frac = digits[: precision - scale], digits[precision - scale:]
+    groups = []
+    lead = len(intg) % 9
+    if lead:
+        groups.append((intg[:lead], DIG2BYTES[lead]))
+    groups += [(intg[i:i + 9], 4) for i in range(lead, len(intg), 9)]
+    groups += [(frac[i:i + 9], 4) for i in range(0, len(frac) - len(frac) % 9, 9)]
+    if len(frac) % 9:
+        groups.append((frac[len(frac) - len(frac) % 9:], DIG2BYTES[len(frac) % 9]))
+    out = bytearray(b"".join(int(g).to_bytes(n, "big") for g, n in groups))
+    out[0] ^= 0x80
+    return bytes(b ^ 0xFF for b in out) if negative else bytes(out)
+
+
+def packed_datetime(y: int, mo: int, d: int, h: int, mi: int, s: int, us: int) -> bytes:
+    v = (((((y * 13 + mo) << 5) | d) << 17 | (h << 12 | mi << 6 | s)) << 24) + us
+    return v.to_bytes(8, "little", signed=True)
+
+
+def packed_time(negative: bool, h: int, mi: int, s: int, us: int) -> bytes:
+    v = ((h << 12 | mi << 6 | s) << 24) + us
+    return (-v if negative else v).to_bytes(8, "little", signed=True)
+
+
 def varlen(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -127,6 +156,10 @@ def decoded(body: bytes, mode: str = "c") -> list[Any]:
 
 # -- documents --------------------------------------------------------------------------------------
 
+def st_decimal_type(negative: bool) -> int:
+    return F.DECIMAL if negative else F.NEWDECIMAL   # both type codes mean DECIMAL
+
+
 scalars = st.one_of(
     st.none(), st.booleans(),
     st.integers(-2 ** 63, 2 ** 64 - 1),
@@ -138,6 +171,15 @@ scalars = st.one_of(
     st.sampled_from(["", "\"\\\b\f\n\r\t\x00\x1f\x7f", "ünï\u2028çødé 🙂", "a" * 300]),
     st.builds(Opaque, st.sampled_from([F.VARCHAR, F.BLOB, F.STRING, F.GEOMETRY]), st.binary(max_size=10)),
     st.just(Opaque(F.DATETIME, bytes(8))),        # the zero DATETIME
+    st.integers(1, 65).flatmap(lambda p: st.builds(
+        lambda s, digits, neg: Opaque(st_decimal_type(neg), bytes([p, s]) + decimal_bytes(p, s, digits, neg)),
+        st.integers(0, min(p, 30)), st.text("0123456789", min_size=p, max_size=p), st.booleans())),
+    st.builds(lambda t, *f: Opaque(t, packed_datetime(*f)), st.sampled_from([F.DATE, F.DATETIME, F.DATETIME2,
+                                                                              F.TIMESTAMP, F.TIMESTAMP2]),
+              st.integers(0, 9999), st.integers(0, 12), st.integers(0, 31), st.integers(0, 23), st.integers(0, 59),
+              st.integers(0, 59), st.integers(0, 999999)),
+    st.builds(lambda t, *f: Opaque(t, packed_time(*f)), st.sampled_from([F.TIME, F.TIME2]), st.booleans(),
+              st.integers(0, 838), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999999)),
 )
 documents = st.recursive(
     scalars,
@@ -179,12 +221,21 @@ def test_large_containers_past_64_kib_c_equals_python(v: Any, wrap: str) -> None
     ([-2 ** 63, 2 ** 64 - 1, Unsigned(7), 1e100, -0.0, math.inf, 0.1], False,
      "[-9223372036854775808, 18446744073709551615, 7, 1e+100, -0.0, Infinity, 0.1]"),
     (["tab\there \"q\" \\ \x01", "ü🙂", b"\xff\xfeok"], False, '["tab\\there \\"q\\" \\\\ \\u0001", "ü🙂", "\ufffd\ufffdok"]'),
-    ([Opaque(F.VARCHAR, b"op\xffaque"), Opaque(F.DATETIME2, bytes(8))], False, '["opaque", "0000-00-00 00:00:00"]'),
+    ([Opaque(F.VARCHAR, b"op\xffaque"), Opaque(F.DATETIME2, bytes(8))], False,
+     '["opaque", "0000-00-00 00:00:00.000000"]'),
+    ({"d": Opaque(F.NEWDECIMAL, bytes([5, 2]) + decimal_bytes(5, 2, "00150", False)),
+      "n": Opaque(F.NEWDECIMAL, bytes([12, 4]) + decimal_bytes(12, 4, "000012345678", True)),
+      "at": Opaque(F.DATETIME, packed_datetime(2024, 5, 1, 13, 2, 3, 45)),
+      "day": Opaque(F.DATE, packed_datetime(2024, 5, 1, 0, 0, 0, 0)),
+      "t": Opaque(F.TIME, packed_time(True, 101, 2, 3, 500000))}, False,
+     '{"d": 1.50, "n": -1234.5678, "at": "2024-05-01 13:02:03.000045", "day": "2024-05-01", "t": "-101:02:03.500000"}'),
+    (Opaque(F.NEWDECIMAL, bytes([5, 2]) + decimal_bytes(5, 2, "00150", False)), False, "1.50"),
+    (Opaque(F.DATETIME2, packed_datetime(1999, 12, 31, 23, 59, 59, 0)), False, "1999-12-31 23:59:59.000000"),
     (42, False, "42"), (Unsigned(2 ** 64 - 1), False, "18446744073709551615"), (2.5, False, "2.5"),
     (True, False, "true"), (False, False, "false"),
     ("top string", False, "top string"),               # the Python path: the string itself, unquoted
     (b"\xff\x00", False, {"$b64": "/wA="}),
-    (Opaque(F.VARCHAR, b"raw"), False, "raw"), (Opaque(F.DATE, bytes(8)), False, "0000-00-00 00:00:00"),
+    (Opaque(F.VARCHAR, b"raw"), False, "raw"), (Opaque(F.DATE, bytes(8)), False, "0000-00-00"),
     (None, False, None),                                # JSON null at the top: the Python path gives None
 ])
 def test_known_documents(value: Any, large: bool, text: Any) -> None:
@@ -222,7 +273,9 @@ def _obj_doc() -> bytes:
     (lambda d: b"\x04\x07", "unknown literal"),
     (lambda d: b"\x0c\x05ab", "string past the end"),
     (lambda d: b"\x0c\x80\x80\x80\x80\x80\x01", "string size unterminated"),
-    (lambda d: b"\x0f" + bytes([F.NEWDECIMAL]) + b"\x02\x04\x02", "opaque DECIMAL"),
+    (lambda d: b"\x0f" + bytes([F.NEWDECIMAL]) + b"\x02\x00\x00", "opaque DECIMAL without a valid precision"),
+    (lambda d: b"\x0f" + bytes([F.NEWDECIMAL]) + b"\x03\x04\x02\x80", "DECIMAL data ends early"),
+    (lambda d: b"\x0f" + bytes([F.DATETIME]) + b"\x04" + bytes(4), "opaque date/time shorter than 8 bytes"),
     (lambda d: b"\x02" + (1).to_bytes(2, "little") + (7).to_bytes(2, "little") + b"\x0c\xff\x00", "value offset past"),
     # one member: key entry (offset 11, length 1), inlined null, the key byte 0xff
     (lambda d: bytes.fromhex("00 0100 0c00 0b00 0100 040000 ff"), "object key not UTF-8"),

@@ -222,39 +222,40 @@ PyObject *rowdecode_bytes_value(const uint8_t *p, size_t n) {
 static const int DIG2BYTES[10] = {0, 1, 1, 2, 2, 3, 3, 4, 4, 4};
 static const uint32_t POW10[10] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000};
 
-static PyObject *read_decimal(rd_t *r, int precision, int scale) {
+/* The text of a binary DECIMAL(precision, scale) at p (avail bytes there): at most 512 bytes in
+ * out, its length in *len; returns the bytes read, or 0 with *why set. */
+size_t rowdecode_decimal_text(const uint8_t *p, size_t avail, int precision, int scale, char *out, size_t *len,
+                              const char **why) {
     int intg = precision - scale;
     int intg0 = intg / 9, intg0x = intg % 9, frac0 = scale / 9, frac0x = scale % 9;
     size_t size = (size_t)(intg0 * 4 + DIG2BYTES[intg0x] + frac0 * 4 + DIG2BYTES[frac0x]);
-    if (size == 0)
-        return fail(r, "DECIMAL of no digits"), NULL;
-    if (need(r, size) < 0)
-        return NULL;
     uint8_t b[160];
-    if (size > sizeof b)
-        return fail(r, "DECIMAL too wide"), NULL;
-    memcpy(b, r->p + r->pos, size);
+    *why = size == 0 ? "DECIMAL of no digits" : size > sizeof b ? "DECIMAL too wide"
+         : avail < size ? "DECIMAL data ends early" : NULL;
+    if (*why != NULL)
+        return 0;
+    memcpy(b, p, size);
     int negative = !(b[0] & 0x80);
     uint8_t mask = negative ? 0xFF : 0x00;
     b[0] ^= 0x80;
     for (size_t i = 0; i < size; i++)
         b[i] ^= mask;
     /* digits: at most 9 per group, 2 + 9 * groups + '.' */
-    char out[512];
     size_t n = 0, k = 0;
     char digits[400];
     size_t nd = 0;
+    *why = "DECIMAL digit group out of range";
     if (DIG2BYTES[intg0x]) {
         uint32_t v = (uint32_t)be(b, DIG2BYTES[intg0x]);
         if (v >= POW10[intg0x])
-            return fail(r, "DECIMAL digit group out of range"), NULL;
+            return 0;
         nd += (size_t)snprintf(digits + nd, sizeof digits - nd, "%u", v);
         k += (size_t)DIG2BYTES[intg0x];
     }
     for (int i = 0; i < intg0; i++, k += 4) {
         uint32_t v = (uint32_t)be(b + k, 4);
         if (v > 999999999u)
-            return fail(r, "DECIMAL digit group out of range"), NULL;
+            return 0;
         nd += (size_t)snprintf(digits + nd, sizeof digits - nd, "%09u", v);
     }
     if (negative)
@@ -273,16 +274,31 @@ static PyObject *read_decimal(rd_t *r, int precision, int scale) {
         for (int i = 0; i < frac0; i++, k += 4) {
             uint32_t v = (uint32_t)be(b + k, 4);
             if (v > 999999999u)
-                return fail(r, "DECIMAL digit group out of range"), NULL;
-            n += (size_t)snprintf(out + n, sizeof out - n, "%09u", v);
+                return 0;
+            n += (size_t)snprintf(out + n, 512 - n, "%09u", v);
         }
         if (frac0x) {
             uint32_t v = (uint32_t)be(b + k, DIG2BYTES[frac0x]);
             if (v >= POW10[frac0x])
-                return fail(r, "DECIMAL digit group out of range"), NULL;
-            n += (size_t)snprintf(out + n, sizeof out - n, "%0*u", frac0x, v);
+                return 0;
+            n += (size_t)snprintf(out + n, 512 - n, "%0*u", frac0x, v);
         }
     }
+    *why = NULL;
+    *len = n;
+    return size;
+}
+
+static PyObject *read_decimal(rd_t *r, int precision, int scale) {
+    char out[512];
+    size_t n;
+    const char *why;
+    int intg = precision - scale;
+    if (need(r, (size_t)(intg / 9 * 4 + DIG2BYTES[intg % 9] + scale / 9 * 4 + DIG2BYTES[scale % 9])) < 0)
+        return NULL;
+    size_t size = rowdecode_decimal_text(r->p + r->pos, r->end - r->pos, precision, scale, out, &n, &why);
+    if (size == 0)
+        return fail(r, why), NULL;
     r->pos += size;
     return PyUnicode_FromStringAndSize(out, (Py_ssize_t)n);
 }

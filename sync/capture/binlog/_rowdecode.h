@@ -25,6 +25,11 @@ Py_ssize_t rowdecode_ncols(Decoder *self);
 /* bytes -> str when valid UTF-8, else {"$b64": ...} (sync.rows.rowcodec.normalize_value). */
 PyObject *rowdecode_bytes_value(const uint8_t *p, size_t n);
 
+/* The text of a binary DECIMAL(precision, scale) at p (avail bytes there; out: 512 bytes), as
+ * format(Decimal, "f") prints it: the bytes read, or 0 with *why set. */
+size_t rowdecode_decimal_text(const uint8_t *p, size_t avail, int precision, int scale, char *out, size_t *len,
+                              const char **why);
+
 /* The value of a MySQL binary JSON document doc[0:n] (_rowdecode_json.c): a str, None, or
  * {"$b64": ...}; NULL with *why set (no exception) when the document is malformed, NULL with an
  * exception set (*why NULL) on a Python error. */

@@ -1,15 +1,16 @@
 /* sync.capture.binlog._rowdecode: MySQL's binary JSON (the JSONB format of a JSON column's value in
  * a row image) to the value the Python path gives for the same bytes: mysql-replication's
- * json_binary.parse_json, then decoders.column_converter's json_text, i.e.
+ * json_binary.parse_json (its parse_opaque replaced by decoders.decode_json_opaque), then
+ * decoders.column_converter's json_text, i.e.
  *
  *   object / array, number, true / false    json.dumps(..., ensure_ascii=False, separators=(", ", ": "))
  *   a string at the top                     the string itself (valid UTF-8) or {"$b64": ...}
  *   a string inside                         decoded with errors="replace", escaped as json.dumps does
  *   null at the top                         None
- *   opaque (custom type + data)             its data decoded with errors="ignore" (a zero DATE/DATETIME:
- *                                           "0000-00-00 00:00:00"); an opaque DECIMAL, TIME or non-zero
- *                                           DATE/DATETIME is refused (the Python path fails on it too:
- *                                           json.dumps cannot print Decimal / datetime)
+ *   opaque (custom type + data)             DECIMAL: its number (1.50); DATE, TIME, DATETIME, TIMESTAMP:
+ *                                           the text MySQL prints ("2024-05-01", "-01:02:03.000000",
+ *                                           "2024-05-01 12:00:00.000000"; quoted inside a document); other
+ *                                           types: the data decoded with errors="ignore"
  *
  * The document's layout (MySQL's json_binary.h): a type byte, then the value. Objects and arrays,
  * small (2-byte counts and offsets) or large (4-byte): element count, size in bytes, key entries
@@ -46,9 +47,10 @@ enum {
 };
 
 /* the MySQL field types an opaque value names that the Python path turns into Decimal / time / datetime */
-enum { F_DECIMAL = 0, F_DATE = 10, F_TIME = 11, F_DATETIME = 12, F_DATETIME2 = 18, F_TIME2 = 19, F_NEWDECIMAL = 246 };
-
-static const char ZERO_DATETIME[] = "0000-00-00 00:00:00";
+enum {
+    F_DECIMAL = 0, F_TIMESTAMP = 7, F_DATE = 10, F_TIME = 11, F_DATETIME = 12, F_TIMESTAMP2 = 17, F_DATETIME2 = 18,
+    F_TIME2 = 19, F_NEWDECIMAL = 246
+};
 
 typedef struct {
     char *buf;
@@ -175,21 +177,48 @@ static int opaque_data(json_out_t *o, const uint8_t *p, size_t n, int *type, con
     *type = p[0];
     *data = p + 1 + hdr;
     *len = (size_t)k;
-    switch (*type) {
-    case F_DECIMAL: case F_NEWDECIMAL:
-        return json_bad(o, "opaque DECIMAL value (not supported)");
-    case F_TIME: case F_TIME2:
-        return json_bad(o, "opaque TIME value (not supported)");
-    case F_DATE: case F_DATETIME: case F_DATETIME2:
-        if (*len < 8 || json_le(*data, 8) != 0)
-            return json_bad(o, "opaque DATE/DATETIME value (not supported)");
-        return 0;
-    default:
-        return 0;
-    }
+    return 0;
 }
 
-static int json_is_date(int type) { return type == F_DATE || type == F_DATETIME || type == F_DATETIME2; }
+/* an opaque value MySQL prints as a number or a date/time (the rest: its bytes as text) */
+static int json_is_temporal(int t) {
+    return t == F_DATE || t == F_DATETIME || t == F_DATETIME2 || t == F_TIMESTAMP || t == F_TIMESTAMP2 ||
+           t == F_TIME || t == F_TIME2;
+}
+
+/* the text MySQL prints for an opaque DECIMAL (a number) or DATE / TIME / DATETIME / TIMESTAMP
+ * (packed in 8 bytes: 'YYYY-MM-DD', '[-]HH:MM:SS.ffffff', 'YYYY-MM-DD HH:MM:SS.ffffff'); quoted: as
+ * a JSON string (a date/time inside a document) */
+static int json_opaque_text(json_out_t *o, int t, const uint8_t *d, size_t len, int quoted) {
+    char buf[600];
+    size_t n;
+    if (!json_is_temporal(t)) {
+        if (len < 2 || d[0] < 1 || d[0] > 65 || d[1] > 38 || d[1] > d[0])
+            return json_bad(o, "opaque DECIMAL without a valid precision and scale");
+        const char *why;
+        if (rowdecode_decimal_text(d + 2, len - 2, d[0], d[1], buf, &n, &why) == 0)
+            return json_bad(o, why);
+        return json_put(o, buf, n);
+    }
+    if (len < 8)
+        return json_bad(o, "opaque date/time shorter than 8 bytes");
+    int64_t v = (int64_t)json_le(d, 8);
+    unsigned long long m = v < 0 ? -(unsigned long long)v : (unsigned long long)v;
+    unsigned long long frac = m & 0xFFFFFF, ip = m >> 24;
+    if (t == F_TIME || t == F_TIME2) {
+        n = (size_t)snprintf(buf, sizeof buf, "%s%02llu:%02llu:%02llu.%06llu", v < 0 ? "-" : "", (ip >> 12) & 0x3FF,
+                             (ip >> 6) & 0x3F, ip & 0x3F, frac);
+    } else {
+        unsigned long long ymd = ip >> 17, ym = ymd >> 5, hms = ip & 0x1FFFF;
+        n = (size_t)snprintf(buf, sizeof buf, "%04llu-%02llu-%02llu", ym / 13, ym % 13, ymd & 0x1F);
+        if (t != F_DATE)
+            n += (size_t)snprintf(buf + n, sizeof buf - n, " %02llu:%02llu:%02llu.%06llu", hms >> 12,
+                                  (hms >> 6) & 0x3F, hms & 0x3F, frac);
+    }
+    return quoted ? put_escaped_utf8(o, (const uint8_t *)buf, n) : json_put(o, buf, n);
+}
+
+static int json_is_printed(int t) { return json_is_temporal(t) || t == F_DECIMAL || t == F_NEWDECIMAL; }
 
 static int json_put_number(json_out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int json_put_number(json_out_t *o, const char *fmt, ...) {
@@ -299,8 +328,8 @@ static int json_emit(json_out_t *o, int type, const uint8_t *p, size_t n, int de
         size_t len;
         if (opaque_data(o, p, n, &t, &d, &len) < 0)
             return -1;
-        if (json_is_date(t))
-            return put_escaped_utf8(o, (const uint8_t *)ZERO_DATETIME, sizeof ZERO_DATETIME - 1);
+        if (json_is_printed(t))
+            return json_opaque_text(o, t, d, len, 1);
         return put_string(o, d, len, "ignore");
     }
     default:
@@ -327,20 +356,19 @@ PyObject *rowdecode_json(const uint8_t *doc, size_t n, const char **why) {
         }
         return rowdecode_bytes_value(p + hdr, (size_t)len);   /* canonical_value of the bytes */
     }
+    int t = 0;
+    const uint8_t *d = NULL;
+    size_t len = 0;
     if (type == J_OPAQUE) {
-        int t;
-        const uint8_t *d;
-        size_t len;
         if (opaque_data(&o, p, m, &t, &d, &len) < 0) {
             *why = o.why;
             return NULL;
         }
-        if (json_is_date(t))
-            return PyUnicode_FromString(ZERO_DATETIME);
-        return PyUnicode_DecodeUTF8((const char *)d, (Py_ssize_t)len, "ignore");
+        if (!json_is_printed(t))
+            return PyUnicode_DecodeUTF8((const char *)d, (Py_ssize_t)len, "ignore");
     }
     PyObject *out = NULL;
-    if (json_emit(&o, type, p, m, 0) == 0)
+    if (type == J_OPAQUE ? json_opaque_text(&o, t, d, len, 0) == 0 : json_emit(&o, type, p, m, 0) == 0)
         out = PyUnicode_DecodeUTF8(o.buf, (Py_ssize_t)o.len, "strict");
     PyMem_Free(o.buf);
     *why = o.why;

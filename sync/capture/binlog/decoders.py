@@ -35,6 +35,8 @@ __all__ = [
     "decode_datetime2",
     "decode_time2",
     "decoder_mode",
+    "JsonNumber",
+    "decode_json_opaque",
     "install_decoders",
     "native_spec",
     "select_decoder",
@@ -126,8 +128,59 @@ def decode_datetime2(self: Any, column: Any) -> dt.datetime | str:
 _decoders_installed = False
 
 
+class JsonNumber(str):
+    """An opaque DECIMAL inside MySQL's binary JSON: printed as the number it is (1.50), not quoted."""
+
+
+_JSON_TEMPORAL = {7: "datetime", 10: "date", 11: "time", 12: "datetime", 17: "datetime", 18: "datetime", 19: "time"}
+_JSON_DECIMAL = (0, 246)
+
+
+def decode_json_opaque(data: bytes) -> Any:
+    """An opaque value of MySQL's binary JSON (field type, variable-length size, bytes) as MySQL prints
+    it: DECIMAL as its number (a JsonNumber), DATE 'YYYY-MM-DD', TIME '[-]HH:MM:SS.ffffff', DATETIME and
+    TIMESTAMP 'YYYY-MM-DD HH:MM:SS.ffffff' (the 8-byte packed form); any other type: the bytes decoded
+    with errors="ignore" (as mysql-replication does). Replaces json_binary.parse_opaque, which returned
+    Decimal / datetime objects that json.dumps cannot print, dropped a TIME's sign and a DATE's type."""
+    from pymysqlreplication.util.bytes import decode_variable_length, parse_decimal_from_bytes
+
+    if not data:
+        return None
+    kind = data[0]
+    length, n = decode_variable_length(data[1:])
+    payload = data[1 + n:1 + n + length]
+    if kind in _JSON_DECIMAL:
+        p, s = (payload[0], payload[1]) if len(payload) >= 2 else (0, 0)
+        intg, frac = p - s, s
+        size = intg // 9 * 4 + _DIG2BYTES[intg % 9] + frac // 9 * 4 + _DIG2BYTES[frac % 9]
+        if not (1 <= p <= 65 and s <= min(p, 38)) or len(payload) < 2 + size:
+            raise ValueError("malformed JSON document (opaque DECIMAL without a valid precision and scale)")
+        return JsonNumber(format(parse_decimal_from_bytes(payload[2:], p, s), "f"))
+    what = _JSON_TEMPORAL.get(kind)
+    if what is None:
+        return payload.decode(errors="ignore")
+    if len(payload) < 8:
+        raise ValueError("malformed JSON document (opaque date/time shorter than 8 bytes)")
+    v = int.from_bytes(payload[:8], "little", signed=True)
+    m = abs(v)
+    frac_us, ip = m & 0xFFFFFF, m >> 24
+    if what == "time":
+        sign = "-" if v < 0 else ""
+        return f"{sign}{(ip >> 12) & 0x3FF:02d}:{(ip >> 6) & 0x3F:02d}:{ip & 0x3F:02d}.{frac_us:06d}"
+    ymd, hms = ip >> 17, ip & 0x1FFFF
+    ym = ymd >> 5
+    date = f"{ym // 13:04d}-{ym % 13:02d}-{ymd & 0x1F:02d}"
+    if what == "date":
+        return date
+    return f"{date} {hms >> 12:02d}:{(hms >> 6) & 0x3F:02d}:{hms & 0x3F:02d}.{frac_us:06d}"
+
+
+_DIG2BYTES = (0, 1, 1, 2, 2, 3, 3, 4, 4, 4)
+
+
 def install_decoders() -> None:
-    """Replace mysql-replication's TIME2/DATE/DATETIME/DATETIME2 readers (see above). Idempotent;
+    """Replace mysql-replication's TIME2/DATE/DATETIME/DATETIME2 readers and its JSON opaque-value
+    parser (see above). Idempotent;
     refuses to run against a library version whose private reader names differ."""
     global _decoders_installed
     if _decoders_installed:
@@ -148,6 +201,12 @@ def install_decoders() -> None:
         )
     for n, fn in names.items():
         setattr(RowsEvent, n, fn)
+    from pymysqlreplication import json_binary
+
+    if not hasattr(json_binary, "parse_opaque"):
+        raise SourceError("mysql-replication: json_binary has no parse_opaque; this gearsync was checked with 1.0.17 "
+                          "(pip install 'mysql-replication==1.0.17')")
+    json_binary.parse_opaque = decode_json_opaque
     from pymysqlreplication.packet import BinLogPacketWrapper
 
     event_map = getattr(BinLogPacketWrapper, "_BinLogPacketWrapper__event_map", None)
@@ -356,12 +415,12 @@ def column_converter(col: Column, bcol: Any, flavor: str) -> Callable[[Any], Any
             return set_text
         if col.data_type == "json" and flavor == "mysql":
             def json_text(v: Any) -> Any:
-                if type(v) is str:
-                    return v
+                if isinstance(v, str):   # a string-like opaque value or date/time, a JsonNumber
+                    return str(v)
                 if isinstance(v, (bytes, bytearray)):
                     return canonical_value(col, v)
                 # MySQL's binary JSON, decoded: print it the way MySQL prints JSON text.
-                return json.dumps(_json_plain(v), ensure_ascii=False, separators=(", ", ": "))
+                return _json_dump(v)
             return json_text
         if col.data_type in ("enum", "json", "varchar", "char", "text", "set") and bcol.character_set_name not in (None, "binary"):
             return _text
@@ -376,14 +435,19 @@ def column_converter(col: Column, bcol: Any, flavor: str) -> Callable[[Any], Any
     return lambda v: canonical_value(col, v)
 
 
-def _json_plain(v: Any) -> Any:
+def _json_dump(v: Any) -> str:
+    """JSON text as json.dumps(v, ensure_ascii=False, separators=(", ", ": ")) prints it, bytes (keys
+    strictly) decoded as UTF-8, a JsonNumber unquoted."""
     if isinstance(v, dict):
-        return {(k.decode() if isinstance(k, bytes) else k): _json_plain(x) for k, x in v.items()}
+        return "{" + ", ".join(json.dumps(k.decode() if isinstance(k, bytes) else k, ensure_ascii=False) + ": "
+                               + _json_dump(x) for k, x in v.items()) + "}"
     if isinstance(v, list):
-        return [_json_plain(x) for x in v]
+        return "[" + ", ".join(_json_dump(x) for x in v) + "]"
+    if isinstance(v, JsonNumber):
+        return str(v)
     if isinstance(v, bytes):
-        return v.decode("utf-8", errors="replace")
-    return v
+        v = v.decode("utf-8", errors="replace")
+    return json.dumps(v, ensure_ascii=False)
 
 
 # -- the C decoder (sync/capture/binlog/_rowdecode.c) ----------------------------------------------
