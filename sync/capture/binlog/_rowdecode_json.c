@@ -20,7 +20,7 @@
  *
  * Bounded: every count, size, offset and length is checked against the bytes of the container it
  * lies in (stricter than the Python parser, which slices silently), containers nest at most 100
- * deep (MySQL's limit); a malformed document sets *why and returns NULL without an exception, the
+ * deep (MySQL's limit), an object's keys are distinct; a malformed document sets *why and returns NULL without an exception, the
  * caller raises DecodeError naming the column.
  */
 #include "_rowdecode.h"
@@ -249,6 +249,41 @@ static int put_double(json_out_t *o, const uint8_t *p) {
 static int json_emit(json_out_t *o, int type, const uint8_t *p, size_t n, int depth);
 
 /* an object or array: p[0:n] the bytes from its start to the end of the container it lies in */
+/* An object's keys (entries of kes bytes at keys; offsets from p, within size) all lie inside it
+ * and no two are equal: the Python path builds a dict (a repeated key: printed once, at its first
+ * place, with its last value), so a document with one is refused here. MySQL writes the keys
+ * sorted (by length, then bytes): a sorted object is checked in one pass, any other one with a set. */
+static int json_keys_checked(json_out_t *o, const uint8_t *p, uint64_t size, const uint8_t *keys, uint64_t count,
+                             int osz) {
+    int sorted = 1;
+    uint64_t kes = (uint64_t)osz + 2, plen = 0, poff = 0;
+    for (uint64_t i = 0; i < count; i++) {
+        const uint8_t *e = keys + i * kes;
+        uint64_t koff = json_le(e, osz), klen = json_le(e + osz, 2);
+        if (koff > size || klen > size - koff)
+            return json_bad(o, "object key past the container's size");
+        if (i && sorted && (klen < plen || (klen == plen && memcmp(p + koff, p + poff, (size_t)klen) <= 0)))
+            sorted = 0;
+        plen = klen;
+        poff = koff;
+    }
+    if (sorted)
+        return 0;
+    PyObject *seen = PySet_New(NULL);
+    if (seen == NULL)
+        return -1;
+    int rc = 0;
+    for (uint64_t i = 0; i < count && rc == 0; i++) {
+        const uint8_t *e = keys + i * kes;
+        PyObject *k = PyBytes_FromStringAndSize((const char *)p + json_le(e, osz), (Py_ssize_t)json_le(e + osz, 2));
+        int has = k == NULL ? -1 : PySet_Contains(seen, k);
+        rc = has < 0 ? -1 : has ? json_bad(o, "object key repeated") : PySet_Add(seen, k);
+        Py_XDECREF(k);
+    }
+    Py_DECREF(seen);
+    return rc;
+}
+
 static int json_container(json_out_t *o, const uint8_t *p, size_t n, int large, int object, int depth) {
     if (depth >= JSONB_MAX_DEPTH)
         return json_bad(o, "nested deeper than 100");
@@ -261,18 +296,15 @@ static int json_container(json_out_t *o, const uint8_t *p, size_t n, int large, 
     uint64_t kes = object ? (uint64_t)(osz + 2) : 0, ves = (uint64_t)(1 + osz);
     if (2 * (uint64_t)osz + count * (kes + ves) > size)
         return json_bad(o, "container entries past its size");
-    if (json_put(o, object ? "{" : "[", 1) < 0)
-        return -1;
     const uint8_t *keys = p + 2 * osz, *vals = keys + count * kes;
+    if ((object && json_keys_checked(o, p, size, keys, count, osz) < 0) || json_put(o, object ? "{" : "[", 1) < 0)
+        return -1;
     for (uint64_t i = 0; i < count; i++) {
         if (i && JSON_PUT_LIT(o, ", ") < 0)
             return -1;
         if (object) {
             const uint8_t *e = keys + i * kes;
-            uint64_t koff = json_le(e, osz), klen = json_le(e + osz, 2);
-            if (koff > size || klen > size - koff)
-                return json_bad(o, "object key past the container's size");
-            if (put_string(o, p + koff, (size_t)klen, "strict") < 0 || JSON_PUT_LIT(o, ": ") < 0)
+            if (put_string(o, p + json_le(e, osz), (size_t)json_le(e + osz, 2), "strict") < 0 || JSON_PUT_LIT(o, ": ") < 0)
                 return -1;
         }
         const uint8_t *e = vals + i * ves;
