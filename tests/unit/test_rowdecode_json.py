@@ -334,3 +334,12 @@ def test_column_not_synced_is_skipped_unparsed() -> None:
     plan = decoders.RowPlan(JCOLS, frozenset({"id"}), ("id",), "mysql", "c")
     body = row(b"\x0e garbage", 1) + row(_obj_doc(), 2)
     assert canonical(plan, plan.rows(rows_event(WriteRowsEvent, JCOLS, body, b"\x03"))) == [{"id": 1}, {"id": 2}]
+
+
+def test_json_spec_checked_and_mysql_json_tables_stay_on_the_c_path() -> None:
+    from sync.capture.binlog import _rowdecode
+
+    with pytest.raises(ValueError, match="JSON length width"):
+        _rowdecode.Decoder(((decoders.OP_JSON, "j", 5, 0, None),), None)
+    assert decoders.native_spec(JCOLS[1], "j", None) == (decoders.OP_JSON, "j", 4, 0, None)
+    assert decoders.native_spec(bcol("j", F.JSON, length_size=8), "j", None) is None
