@@ -106,6 +106,13 @@ def check_server(conn: Any, mysql: MySQLSettings, database: str, tables: Iterabl
         if meta.upper() != "FULL":
             raise SourceError(f"{where}: binlog_row_metadata is {meta}; expected FULL (column names in the binlog): "
                               "SET GLOBAL binlog_row_metadata=FULL and binlog_row_metadata=FULL in the server config")
+        value_options = _var(cur, "binlog_row_value_options")   # MySQL 8 only
+        if "PARTIAL_JSON" in (value_options or "").upper():
+            # Partial JSON updates are logged as PARTIAL_UPDATE_ROWS events (type 39), which carry a diff
+            # of the document rather than its value: the reader cannot turn them into rows.
+            raise SourceError(f"{where}: binlog_row_value_options is {value_options}; expected '' (whole JSON "
+                              "documents in the binlog): SET GLOBAL binlog_row_value_options='' and the same in "
+                              "the server config")
         gtid_mode = True
         if flavor == "mysql":
             gm = _var(cur, "gtid_mode")
