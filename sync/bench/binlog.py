@@ -10,7 +10,8 @@ before them, times reading that stretch of binlog to its end:
                       position in the same call, sent from the reader thread without waiting for
                       the reply), until the saved position reaches the end
     gearman/DECODER   BinlogService --sink gearman: rows → jobs (pipelined from the reader thread)
-                      accepted by gearmand → position saved
+                      accepted by gearmand → position saved (--job-changes changes per job, as
+                      sync-binlog's option; no worker runs, so gearmand holds every job of the runs)
 
 DECODER is each of --decoders (default "c,python"): the row decoder sync-binlog is asked for
 through GEARSYNC_BINLOG_DECODER, the one switch (c: the C extension, python: mysql-replication's
@@ -44,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from sync.events import MAX_BATCH_CHANGES
+from sync.settings import JOB_CHANGES
 
 
 def write_workload(db: Any, rows: int, updates: int) -> tuple[str, str]:
@@ -143,7 +147,8 @@ def thread_cpu(thread: threading.Thread | None) -> float:
 
 
 def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str, end: str, name: str,
-                decoder: str, flush_ms: float = 20.0, profile: cProfile.Profile | None = None) -> ServiceRun:
+                decoder: str, flush_ms: float = 20.0, profile: cProfile.Profile | None = None,
+                job_changes: int = JOB_CHANGES) -> ServiceRun:
     """Catch up from `start` to `end` with one BinlogService in a thread (its reader thread profiled
     into `profile` when given), the decoder asked for through DECODER_ENV."""
 
@@ -158,6 +163,7 @@ def run_service(db: Any, redis_server: Any, gearmand: Any, sink: str, start: str
         mysql=from_url(db.url + "bench"), database="bench", tables=("data",),
         redis=RedisSettings(url=f"redis://127.0.0.1:{redis_server.port}/0"), sink=sink, start=start,
         servers=((gearmand.host, gearmand.port),), stats_interval_s=0, name=name, flush_ms=flush_ms,
+        job_changes=job_changes,
     )
     os.environ[DECODER_ENV] = decoder   # read when the service makes its BinlogSource
     service = BinlogService(settings)
@@ -266,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sinks", default="redis,gearman", help="sinks, comma-separated (default redis,gearman)")
     p.add_argument("--profile", action="store_true", help="profile one extra run of each sink (first decoder)")
     p.add_argument("--flush-ms", type=float, default=20.0, help="sync-binlog --flush-ms (default 20)")
+    p.add_argument("--job-changes", type=int, default=JOB_CHANGES, metavar="N",
+                   help=f"sync-binlog --job-changes for --sink gearman: most changes per job (default {JOB_CHANGES}; "
+                        "1: a job per change)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
     decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
@@ -276,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in sinks:
         if k not in ("redis", "gearman"):
             p.error(f"--sinks: {k!r}; expected redis or gearman")
+    if not 1 <= args.job_changes <= MAX_BATCH_CHANGES:
+        p.error(f"--job-changes: {args.job_changes}; expected an integer from 1 to {MAX_BATCH_CHANGES}")
     setup_logging("warning", "console")
 
     times: dict[str, list[float]] = defaultdict(list)
@@ -308,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 for decoder in decoders:
                     for sink in sinks:
                         r = run_service(db, redis_server, gearmand, sink, start, end, f"bench-{sink}-{decoder}-{run}",
-                                        decoder, flush_ms=args.flush_ms)
+                                        decoder, flush_ms=args.flush_ms, job_changes=args.job_changes)
                         label = f"{sink}/{r.decoder}" + ("" if r.decoder == decoder else f" (asked {decoder})")
                         times[label].append(r.seconds)
                         cpus[label].append(r.process_cpu)
@@ -319,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 for sink in sinks:
                     prof = cProfile.Profile(time.thread_time)   # CPU of the reader thread, not waits
                     r = run_service(db, redis_server, gearmand, sink, start, end, f"bench-profile-{sink}", decoders[0],
-                                    flush_ms=args.flush_ms, profile=prof)
+                                    flush_ms=args.flush_ms, profile=prof, job_changes=args.job_changes)
                     measured = [v for k, v in reader_cpus.items() if k == f"{sink}/{r.decoder}"]
                     profiles.append(profile_report(prof, args.updates, f"--sink {sink}, {r.decoder} decoder",
                                                    1e6 * statistics.median(measured[0]) / args.updates if measured else None))
@@ -333,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_us = {k: 1e6 * statistics.median(v) / n for k, v in cpus.items()}
     reader_us = {k: 1e6 * statistics.median(v) / n for k, v in reader_cpus.items()}
     load = os.getloadavg()[0]
-    print(f"\nsync-binlog catch-up over {n:,} single-row UPDATEs (median of {args.runs}; load {load:.1f}):")
+    jobs = f"; --sink gearman --job-changes {args.job_changes}" if "gearman" in sinks else ""
+    print(f"\nsync-binlog catch-up over {n:,} single-row UPDATEs (median of {args.runs}; load {load:.1f}{jobs}):")
     print(f"  {'reader':<46}{'rows/s':>10}{'x raw':>8}{'reader CPU':>12}{'process CPU':>13}{'x raw CPU':>11}")
     print(f"  {'':<46}{'':>10}{'':>8}{'us/row':>12}{'us/row':>13}{'':>11}")
     for k, rate in rates.items():
