@@ -51,12 +51,12 @@ class DumpLoop:
         """The items of the bytes the connection has now (waits for at least one byte)."""
         loop = self.loop
         if loop.paused:   # the events after one handed to Python are fed already
-            items: list[tuple[Any, ...]] = loop.feed(b"")
-            return items
-        data = self._read1(READ_SIZE)
-        if not data:
-            raise ConnectionError("binlog stream ended (server closed the dump)")
-        items = loop.feed(data)
+            data = b""
+        else:
+            data = self._read1(READ_SIZE)
+            if not data:
+                raise ConnectionError("binlog stream ended (server closed the dump)")
+        items: list[tuple[Any, ...]] = loop.feed(data)
         return items
 
     def body(self, payload: bytes) -> bytes:

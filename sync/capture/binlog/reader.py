@@ -217,13 +217,7 @@ class BinlogSource:
         """The position after the last commit read."""
         c = self._committed
         if c is None:
-            state = self._gtid_state
-            if len(state) == 1:  # one domain (the usual case): what format_mariadb_gtids writes
-                ((d, (s, n)),) = state.items()
-                gtid = f"{d}-{s}-{n}"
-            else:
-                gtid = format_mariadb_gtids(state)
-            c = self._committed = Position("mariadb", gtid, *self._commit_where)
+            c = self._committed = Position("mariadb", format_mariadb_gtids(self._gtid_state), *self._commit_where)
         return c
 
     @committed.setter
