@@ -417,9 +417,6 @@ class GearmanWriter(BatchWriter):
             if fn is None:
                 fn = functions[name] = encode_function(name)
             payload = encode_change(ev)
-            if limit == 1:
-                out.append(pack(fn, payload, svc.unique(ev).encode("ascii")))
-                continue
             job = open_jobs.get(fn)
             if job is None:
                 job = open_jobs[fn] = ([], [], [0])
